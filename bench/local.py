@@ -1,0 +1,209 @@
+"""Issue 2 targets for the local TaskBucket: memory per pending time-bomb,
+firing lateness, immediate throughput vs bare asyncio, and drain latency."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+import tracemalloc
+
+from gobucket_py import BucketConfig, Executor, Task, TaskBucket, TaskType
+
+from .common import Row, median, percentile, save
+
+BOMB, IMM = TaskType.TIME_BOMB, TaskType.IMMEDIATE
+
+
+class Noop(Executor):
+    async def on_execute(self, task: Task) -> None:
+        return None
+
+
+def _traced(fn: object) -> int:
+    """Bytes still allocated after running ``fn`` (payload created before)."""
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    keep = fn()  # type: ignore[operator]
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    del keep
+    return after - before
+
+
+def memory(n: int = 1_000_000) -> list[Row]:
+    ids = [f"job-{i:07d}" for i in range(n)]  # ids and payloads are excluded
+
+    async def fill_all() -> int:
+        bucket = TaskBucket(BucketConfig(life_span=7200, run_after=3600, max_bucket=n), Noop())
+        used = _traced(lambda: [bucket.fill_nowait(BOMB, i) for i in ids] and bucket)
+        # the list of returned Task refs is freed; the bucket holds the tasks
+        assert len(bucket) == n
+        await bucket.close(grace=0)
+        return used
+
+    async def handles(m: int) -> tuple[int, int]:
+        loop = asyncio.get_running_loop()
+        hs = _traced(lambda: [loop.call_later(3600, print) for _ in range(m)])
+
+        async def sleeper() -> None:
+            await asyncio.sleep(3600)
+
+        ts: list[asyncio.Task[None]] = []
+        sl = _traced(lambda: ts.extend(loop.create_task(sleeper()) for _ in range(m)) or ts)
+        await asyncio.sleep(0)
+        for t in ts:
+            t.cancel()
+        return hs, sl
+
+    # The list comprehension inside _traced keeps one 8-byte ref per task alive
+    # until measured; subtract it so only what the bucket holds is counted.
+    used = asyncio.run(fill_all()) - 8 * n
+    m = 100_000
+    h, s = asyncio.run(handles(m))
+    per = used / n
+    return [Row("#2", f"memory per pending time-bomb at {n:,} pending (ids and payload excluded)",
+                per, "B", "<= 300 B", per <= 300,
+                baseline=f"call_later handle {(h - 8 * m) / m:.0f} B; sleeping task {s / m:.0f} B",
+                ratio=f"{per / ((h - 8 * m) / m):.2f}x a call_later handle",
+                note="tracemalloc, after gc")]
+
+
+def lateness(pending: int = 100_000, rate: float = 10_000.0, measure_s: float = 5.0) -> list[Row]:
+    spread = pending / rate  # seconds over which the pending tasks are due
+
+    async def ours() -> list[float]:
+        lat: list[float] = []
+        loop = asyncio.get_running_loop()
+        stop_at = 0.0
+        start_at = 0.0
+        n = 0
+
+        class Refill(Executor):
+            async def on_execute(self, task: Task) -> None:
+                nonlocal n
+                now = loop.time()
+                if start_at <= now < stop_at:
+                    lat.append(now - task._run_at)
+                if now < stop_at:
+                    n += 1
+                    bucket.fill_nowait(BOMB, f"r{n}", run_after=spread)
+
+        bucket = TaskBucket(BucketConfig(life_span=3600, max_bucket=pending * 2), Refill())
+        for i in range(pending):
+            bucket.fill_nowait(BOMB, f"p{i}", run_after=0.5 + spread * i / pending)
+        start_at = loop.time() + 1.0
+        stop_at = start_at + measure_s
+        await asyncio.sleep(stop_at - loop.time() + 0.1)
+        await bucket.close(grace=0)
+        return lat
+
+    async def baseline() -> list[float]:
+        lat: list[float] = []
+        loop = asyncio.get_running_loop()
+        start_at = loop.time() + 1.0
+        stop_at = start_at + measure_s
+
+        def fire(when: float) -> None:
+            now = loop.time()
+            if start_at <= now < stop_at:
+                lat.append(now - when)
+            if now < stop_at:
+                loop.call_at(now + spread, fire, now + spread)
+
+        t0 = loop.time()
+        for i in range(pending):
+            when = t0 + 0.5 + spread * i / pending
+            loop.call_at(when, fire, when)
+        await asyncio.sleep(stop_at - loop.time() + 0.1)
+        return lat
+
+    lat = asyncio.run(ours())
+    base = asyncio.run(baseline())
+    p50, p99 = percentile(lat, 50) * 1e3, percentile(lat, 99) * 1e3
+    b50, b99 = percentile(base, 50) * 1e3, percentile(base, 99) * 1e3
+    fired = len(lat) / measure_s
+    return [
+        Row("#2", f"firing lateness p50 ({pending:,} pending, {fired:,.0f} fires/s)", p50, "ms",
+            "<= 1 ms", p50 <= 1.0, baseline=f"bare loop.call_at p50 {b50:.3f} ms",
+            ratio=f"{p50 / b50:.2f}x" if b50 else ""),
+        Row("#2", f"firing lateness p99 ({pending:,} pending, {fired:,.0f} fires/s)", p99, "ms",
+            "<= 5 ms", p99 <= 5.0, baseline=f"bare loop.call_at p99 {b99:.3f} ms",
+            ratio=f"{p99 / b99:.2f}x" if b99 else ""),
+    ]
+
+
+def throughput(n: int = 100_000, repeats: int = 5) -> list[Row]:
+    ids = [f"t{i}" for i in range(n)]
+
+    async def ours() -> float:
+        bucket = TaskBucket(BucketConfig(life_span=60, max_bucket=n), Noop())
+        t0 = time.perf_counter()
+        for i in ids:
+            await bucket.fill(IMM, i)
+        await bucket.join()
+        return n / (time.perf_counter() - t0)
+
+    async def baseline() -> float:
+        async def noop() -> None:
+            return None
+
+        async def job() -> None:
+            async with asyncio.timeout(60):
+                await noop()
+
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        tasks = [loop.create_task(job()) for _ in ids]
+        await asyncio.wait(tasks)
+        return n / (time.perf_counter() - t0)
+
+    o, b = [], []
+    for _ in range(repeats):
+        gc.collect()
+        b.append(asyncio.run(baseline()))
+        gc.collect()
+        o.append(asyncio.run(ours()))
+    mo, mb = median(o), median(b)
+    return [Row("#2", f"immediate fill -> finish, no-op executor ({n:,} tasks)", mo, "tasks/s",
+                ">= 0.8x baseline", mo >= 0.8 * mb,
+                baseline=f"create_task+timeout {mb:,.0f}/s", ratio=f"{mo / mb:.2f}x")]
+
+
+def drain(n: int = 100_000) -> list[Row]:
+    async def run() -> tuple[list[float], list[float]]:
+        bucket = TaskBucket(BucketConfig(life_span=7200, run_after=3600, max_bucket=n), Noop())
+        ids = [f"d{i}" for i in range(n)]
+        for i in ids:
+            bucket.fill_nowait(BOMB, i)
+        pc = time.perf_counter
+        times = []
+        for i in ids:
+            t0 = pc()
+            await bucket.drain(i)
+            times.append(pc() - t0)
+        loop = asyncio.get_running_loop()
+        handles = [loop.call_later(3600, print) for _ in range(n)]
+        base = []
+        for h in handles:
+            t0 = pc()
+            h.cancel()
+            base.append(pc() - t0)
+        return times, base
+
+    times, base = asyncio.run(run())
+    m, mb = median(times) * 1e6, median(base) * 1e6
+    return [Row("#2", f"drain of a pending time-bomb ({n:,} pending)", m, "µs", "<= 5 µs",
+                m <= 5.0, baseline=f"TimerHandle.cancel {mb:.2f} µs", ratio=f"{m / mb:.1f}x",
+                note="median of per-call timings")]
+
+
+def main() -> None:
+    rows = throughput() + drain() + lateness() + memory()
+    save("local", rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""gobucket_py: bounded in-memory task buckets for asyncio, shared by a cluster.
+
+Local use::
+
+    from gobucket_py import BucketConfig, TaskBucket, TaskType
+
+    async def backup(task):
+        print("confirmation for", task.id, "never came")
+
+    async with TaskBucket(BucketConfig(life_span=60, run_after=30), backup) as bucket:
+        await bucket.fill(TaskType.TIME_BOMB, "order-42", {"user": 7})
+        await bucket.drain("order-42")  # the confirmation arrived: never runs
+
+Everything a user needs is in ``__all__``; other modules may change.
+"""
+
+from .bucket import TaskBucket
+from .config import BucketConfig
+from .errors import (
+    BucketClosedError,
+    BucketError,
+    BucketFullError,
+    ClusterFullError,
+    DuplicateTaskError,
+    GobucketError,
+    PeerError,
+    ProtocolError,
+    UnknownBucketError,
+)
+from .executor import Executor, FunctionExecutor, Handler
+from .task import DrainOutcome, DrainResult, Task, TaskState, TaskType
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BucketClosedError",
+    "BucketConfig",
+    "BucketError",
+    "BucketFullError",
+    "ClusterFullError",
+    "DrainOutcome",
+    "DrainResult",
+    "DuplicateTaskError",
+    "Executor",
+    "FunctionExecutor",
+    "GobucketError",
+    "Handler",
+    "PeerError",
+    "ProtocolError",
+    "Task",
+    "TaskBucket",
+    "TaskState",
+    "TaskType",
+    "UnknownBucketError",
+    "__version__",
+]

@@ -1,0 +1,74 @@
+"""The one error tree of gobucket_py.
+
+Every error the library raises on purpose derives from :class:`GobucketError`;
+errors of aiohttp and msgpack are converted at the edge (``raise X from exc``)::
+
+    GobucketError
+    ├── BucketError
+    │   ├── BucketFullError        the bucket holds max_bucket live tasks
+    │   ├── DuplicateTaskError     a live task already has this id
+    │   └── BucketClosedError      the bucket (or group) is closed
+    ├── UnknownBucketError         no bucket of that name (here or on the peer)
+    ├── ClusterFullError           no node of the cluster could take the task
+    └── PeerError                  a peer could not be reached or answered badly
+        └── ProtocolError          a message could not be encoded or decoded
+
+Bad configuration raises :class:`ValueError` naming the field, as Python does.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BucketClosedError",
+    "BucketError",
+    "BucketFullError",
+    "ClusterFullError",
+    "DuplicateTaskError",
+    "GobucketError",
+    "PeerError",
+    "ProtocolError",
+    "UnknownBucketError",
+]
+
+
+class GobucketError(Exception):
+    """Root of every error gobucket_py raises on purpose."""
+
+
+class BucketError(GobucketError):
+    """A bucket refused a task."""
+
+
+class BucketFullError(BucketError):
+    """The bucket already holds ``max_bucket`` live tasks."""
+
+
+class DuplicateTaskError(BucketError):
+    """A live task with the same id is already in the bucket."""
+
+
+class BucketClosedError(BucketError):
+    """The bucket or group is closed (or closing) and accepts no new task."""
+
+
+class UnknownBucketError(GobucketError):
+    """No bucket of that name exists on the node that was asked."""
+
+
+class ClusterFullError(GobucketError):
+    """Neither this node nor any peer could take the task.
+
+    ``rejections`` maps each peer id that was asked to the reason it gave.
+    """
+
+    def __init__(self, message: str, rejections: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.rejections: dict[str, str] = dict(rejections or {})
+
+
+class PeerError(GobucketError):
+    """A peer could not be reached, timed out, or answered with an error."""
+
+
+class ProtocolError(PeerError):
+    """A message could not be encoded or decoded (version, shape or size)."""

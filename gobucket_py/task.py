@@ -1,0 +1,146 @@
+"""Task records and the small enums and results around them."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from .bucket import TaskBucket
+
+__all__ = ["DrainOutcome", "DrainResult", "Task", "TaskState", "TaskType"]
+
+
+class TaskType(StrEnum):
+    """When a task runs."""
+
+    #: Runs at once after fill.
+    IMMEDIATE = "immediate"
+    #: Runs ``run_after`` seconds after fill (a "backup job").
+    TIME_BOMB = "time_bomb"
+
+
+class TaskState(StrEnum):
+    """Where a task is in its lifecycle. Every accepted task ends in exactly one
+    terminal state (every member but PENDING and RUNNING)."""
+
+    #: Accepted, waiting to run (a time-bomb before its time, or an immediate
+    #: task whose runner has not started yet).
+    PENDING = "pending"
+    #: ``on_execute`` is running.
+    RUNNING = "running"
+    #: ``on_execute`` returned; ``on_finish`` runs or ran.
+    FINISHED = "finished"
+    #: ``on_execute`` raised; ``on_execute_error`` runs or ran.
+    FAILED = "failed"
+    #: The lifespan ran out during ``on_execute``, which was cancelled;
+    #: ``on_task_exhausted`` runs or ran.
+    EXHAUSTED = "exhausted"
+    #: Drained before it started: it never ran and never will. No hook.
+    DRAINED = "drained"
+    #: Drained while ``on_execute`` ran: it was cancelled. No hook.
+    CANCELLED = "cancelled"
+    #: Handed to ``on_panic`` by ``rescue()`` or ``close()``.
+    RESCUED = "rescued"
+    #: Moved to another node of the cluster before it started (graceful stop).
+    HANDED_OFF = "handed_off"
+
+    @property
+    def terminal(self) -> bool:
+        """True for every state but PENDING and RUNNING."""
+        return self is not TaskState.PENDING and self is not TaskState.RUNNING
+
+
+class DrainOutcome(StrEnum):
+    """What ``drain(task_id)`` did."""
+
+    #: The task had not started; it will never run (anywhere).
+    DRAINED = "drained"
+    #: ``on_execute`` was running and has been cancelled.
+    CANCELLED = "cancelled"
+    #: No live task with that id (unknown, or already finished).
+    NOT_FOUND = "not_found"
+
+
+@dataclass(frozen=True, slots=True)
+class DrainResult:
+    """The answer of ``drain``: the outcome and, in a cluster, the node that
+    held the task (``None`` when not found or for a local bucket)."""
+
+    outcome: DrainOutcome
+    task_id: str
+    node_id: str | None = None
+
+    def __bool__(self) -> bool:
+        """True when a live task was stopped (DRAINED or CANCELLED)."""
+        return self.outcome is not DrainOutcome.NOT_FOUND
+
+
+class Task:
+    """One task in a bucket. Created by ``TaskBucket.fill``; read-only for users.
+
+    Times: ``filled_at`` is wall-clock (``time.time()``) at fill. ``run_at``
+    and ``deadline`` are wall-clock estimates derived from the event loop's
+    monotonic clock, so they stay right when the wall clock jumps;
+    ``seconds_left`` is the time until the deadline.
+    """
+
+    # A million pending tasks must fit in ~300 bytes each: slots, no dict, and
+    # the bucket name/loop reached through the owning bucket.
+    __slots__ = ("_deadline", "_owner", "_run_at", "_runner", "data", "filled_at", "id", "state",
+                 "type")
+
+    def __init__(
+        self,
+        owner: TaskBucket,
+        task_id: str,
+        data: Any,
+        task_type: TaskType,
+        run_at: float,
+        deadline: float,
+    ) -> None:
+        self.id = task_id
+        self.data = data
+        self.type = task_type
+        self.state = TaskState.PENDING
+        self.filled_at = time.time()
+        self._owner = owner
+        self._run_at = run_at  # loop time
+        self._deadline = deadline  # loop time
+        self._runner: asyncio.Task[None] | None = None
+
+    @property
+    def bucket(self) -> str:
+        """Name of the bucket that holds the task."""
+        return self._owner.name
+
+    def _wall(self, loop_time: float) -> float:
+        return time.time() + (loop_time - self._owner.loop_time())
+
+    @property
+    def run_at(self) -> float:
+        """Wall-clock time (``time.time()`` scale) at which the task fires."""
+        return self._wall(self._run_at)
+
+    @property
+    def deadline(self) -> float:
+        """Wall-clock time at which the lifespan runs out."""
+        return self._wall(self._deadline)
+
+    @property
+    def seconds_left(self) -> float:
+        """Seconds until the deadline (negative once past it)."""
+        return self._deadline - self._owner.loop_time()
+
+    @property
+    def seconds_to_run(self) -> float:
+        """Seconds until the task fires (0 once due)."""
+        return max(0.0, self._run_at - self._owner.loop_time())
+
+    def __repr__(self) -> str:
+        return (f"<Task {self.id!r} bucket={self.bucket!r} type={self.type.value} "
+                f"state={self.state.value}>")

@@ -1,0 +1,429 @@
+"""Lifecycle of the local TaskBucket. Time is faked with looptime: no sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from gobucket_py import (
+    BucketClosedError,
+    BucketConfig,
+    BucketFullError,
+    DrainOutcome,
+    DuplicateTaskError,
+    Task,
+    TaskBucket,
+    TaskState,
+    TaskType,
+)
+
+from .conftest import Recorder
+
+pytestmark = pytest.mark.looptime
+
+IMM, BOMB = TaskType.IMMEDIATE, TaskType.TIME_BOMB
+
+
+def make(rec: Recorder, **cfg: float) -> TaskBucket:
+    params: dict[str, float] = {"life_span": 10, "run_after": 2, "max_bucket": 100}
+    params.update(cfg)
+    return TaskBucket(BucketConfig(**params), rec, name="b")  # type: ignore[arg-type]
+
+
+async def settle(bucket: TaskBucket, until: float = 1000) -> None:
+    """Advance (fake) loop time until the bucket is empty."""
+    async with asyncio.timeout(until):
+        await bucket.join()
+
+
+async def test_immediate_runs_then_finishes_and_frees_slot() -> None:
+    rec = Recorder()
+    b = make(rec)
+    task = await b.fill(IMM, "a", {"x": 1})
+    assert task.id == "a" and task.data == {"x": 1} and task.bucket == "b"
+    assert task.type is IMM and task.state is TaskState.PENDING and len(b) == 1
+    await settle(b)
+    assert rec.hooks("a") == ["execute", "finish"]
+    assert task.state is TaskState.FINISHED and len(b) == 0 and b.free == 100
+    assert b.stats()["finished"] == 1
+
+
+async def test_time_bomb_fires_after_run_after() -> None:
+    rec = Recorder()
+    b = make(rec)
+    t0 = asyncio.get_running_loop().time()
+    await b.fill(BOMB, "bomb")
+    await settle(b)
+    assert rec.hooks("bomb") == ["execute", "finish"]
+    assert rec.at("execute", "bomb") - t0 == pytest.approx(2, abs=0.002)
+
+
+async def test_execute_error_goes_to_on_execute_error_not_finish() -> None:
+    boom = ValueError("boom")
+    rec = Recorder({"e": boom})
+    b = make(rec)
+    await b.fill(IMM, "e")
+    await settle(b)
+    assert rec.hooks("e") == ["execute", "error"]
+    assert rec.errors == [boom]
+    assert b.stats()["failed"] == 1 and b.stats()["finished"] == 0
+
+
+async def test_lifespan_exhaustion_cancels_execute_then_exhausted_hook() -> None:
+    rec = Recorder({"slow": 100})
+    b = make(rec, life_span=6, run_after=5)
+    t0 = asyncio.get_running_loop().time()
+    task = await b.fill(BOMB, "slow")
+    await settle(b)
+    # The lifespan counts from fill and includes the run_after wait: 6 s, not 5 + 6.
+    assert rec.hooks("slow") == ["execute", "exhausted"]
+    assert rec.at("exhausted", "slow") - t0 == pytest.approx(6, abs=0.002)
+    assert task.state is TaskState.EXHAUSTED and b.stats()["exhausted"] == 1
+
+
+async def test_slot_is_held_until_terminal_hook_returns() -> None:
+    rec = Recorder(hook_sleep=3)
+    b = make(rec, max_bucket=1)
+    await b.fill(IMM, "a")
+    await asyncio.sleep(1)
+    assert rec.hooks("a") == ["execute", "finish"]
+    assert len(b) == 1
+    with pytest.raises(BucketFullError):
+        await b.fill(IMM, "b")
+    await asyncio.sleep(3)
+    assert len(b) == 0
+    await b.fill(IMM, "b")
+
+
+async def test_drain_pending_time_bomb_never_runs_and_frees_slot() -> None:
+    rec = Recorder()
+    b = make(rec, max_bucket=1)
+    await b.fill(BOMB, "x")
+    res = await b.drain("x")
+    assert res.outcome is DrainOutcome.DRAINED and res.task_id == "x" and res
+    assert len(b) == 0
+    await b.fill(BOMB, "y")  # the slot was freed at once
+    await asyncio.sleep(5)
+    assert rec.hooks("x") == []
+    assert b.stats()["drained"] == 1
+
+
+async def test_drain_immediate_before_it_starts_is_drained() -> None:
+    rec = Recorder()
+    b = make(rec)
+    await b.fill(IMM, "now")
+    assert (await b.drain("now")).outcome is DrainOutcome.DRAINED
+    await asyncio.sleep(1)
+    assert rec.hooks("now") == []
+
+
+async def test_drain_running_task_cancels_it_without_hook() -> None:
+    cancelled = asyncio.Event()
+
+    class Slow(Recorder):
+        async def on_execute(self, task: Task) -> None:
+            self._rec("execute", task)
+            try:
+                await asyncio.sleep(50)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+    rec = Slow()
+    b = make(rec)
+    await b.fill(IMM, "r")
+    await asyncio.sleep(1)
+    res = await b.drain("r")
+    assert res.outcome is DrainOutcome.CANCELLED
+    assert len(b) == 0
+    await asyncio.sleep(1)
+    assert cancelled.is_set()
+    assert rec.hooks("r") == ["execute"]
+    assert b.stats()["cancelled"] == 1
+
+
+async def test_drain_unknown_or_finished_is_not_found() -> None:
+    rec = Recorder()
+    b = make(rec)
+    assert (await b.drain("nope")).outcome is DrainOutcome.NOT_FOUND
+    assert not await b.drain("nope")
+    await b.fill(IMM, "done")
+    await settle(b)
+    assert (await b.drain("done")).outcome is DrainOutcome.NOT_FOUND
+
+
+async def test_drain_task_in_terminal_hook_is_not_found_and_keeps_outcome() -> None:
+    rec = Recorder(hook_sleep=5)
+    b = make(rec)
+    await b.fill(IMM, "h")
+    await asyncio.sleep(1)
+    assert (await b.drain("h")).outcome is DrainOutcome.NOT_FOUND
+    await settle(b)
+    assert rec.hooks("h") == ["execute", "finish"]
+
+
+@pytest.mark.parametrize("offset", [-0.002, -0.001, -0.0001, 0.0, 0.0001, 0.001, 0.002])
+async def test_drain_racing_the_firing_time_has_one_winner(offset: float) -> None:
+    rec = Recorder({"*": 1})
+    b = make(rec)
+    loop = asyncio.get_running_loop()
+    task = await b.fill(BOMB, "race")
+    fire_at = loop.time() + 2
+    outcome: list[DrainOutcome] = []
+
+    def drain_now() -> None:
+        outcome.append(b.drain_nowait("race"))
+
+    loop.call_at(fire_at + offset, drain_now)
+    await asyncio.sleep(5)
+    assert len(outcome) == 1
+    if outcome[0] is DrainOutcome.DRAINED:
+        assert rec.hooks("race") == [], "a DRAINED task must never run"
+        assert task.state is TaskState.DRAINED
+    else:
+        assert outcome[0] is DrainOutcome.CANCELLED
+        assert rec.hooks("race") == ["execute"]
+    if offset < 0:
+        assert outcome[0] is DrainOutcome.DRAINED
+
+
+async def test_concurrent_fills_admit_exactly_max_bucket() -> None:
+    rec = Recorder({"*": 5})
+    b = make(rec, max_bucket=100)
+    results = await asyncio.gather(
+        *(b.fill(IMM, f"t{i}") for i in range(1000)), return_exceptions=True
+    )
+    accepted = [r for r in results if isinstance(r, Task)]
+    refused = [r for r in results if isinstance(r, BucketFullError)]
+    assert len(accepted) == 100 and len(refused) == 900
+    assert len(b) == 100 and b.stats()["rejected_full"] == 900
+    await settle(b)
+    assert sum(1 for h, _, _ in rec.calls if h == "execute") == 100
+
+
+async def test_duplicate_live_id_is_refused_and_changes_nothing() -> None:
+    rec = Recorder()
+    b = make(rec)
+    first = await b.fill(BOMB, "dup", "first")
+    with pytest.raises(DuplicateTaskError, match="dup"):
+        await b.fill(IMM, "dup", "second")
+    assert b.get("dup") is first and len(b) == 1
+    results = await asyncio.gather(*(b.fill(IMM, "same") for _ in range(50)),
+                                   return_exceptions=True)
+    assert sum(isinstance(r, Task) for r in results) == 1
+    await settle(b)
+    await b.fill(IMM, "dup")  # a finished id may be used again
+
+
+async def test_per_task_overrides() -> None:
+    rec = Recorder({"long": 15})
+    b = make(rec, life_span=10, run_after=2)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await b.fill(BOMB, "early", run_after=0.5)
+    await b.fill(BOMB, "long", run_after=1, life_span=20)
+    await b.fill(IMM, "short", life_span=1)
+    with pytest.raises(ValueError, match="run_after"):
+        await b.fill(BOMB, "bad", run_after=30)
+    with pytest.raises(ValueError, match="run_after"):
+        await b.fill(IMM, "bad", run_after=1)
+    with pytest.raises(ValueError, match="life_span"):
+        await b.fill(BOMB, "bad", life_span=-1)
+    assert b.get("bad") is None
+    await settle(b)
+    assert rec.at("execute", "early") - t0 == pytest.approx(0.5, abs=0.002)
+    # 20 s lifespan lets the 15 s job finish; the default 10 s would have exhausted it.
+    assert rec.hooks("long") == ["execute", "finish"]
+    assert rec.hooks("short") == ["execute", "finish"]
+
+
+async def test_reschedule_moves_firing_time_and_lifespan() -> None:
+    rec = Recorder({"*": 7})
+    b = make(rec, life_span=10, run_after=5)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    task = await b.fill(BOMB, "w")
+    await asyncio.sleep(4)
+    assert await b.reschedule("w", 5)  # watchdog: fire 5 s from now, t=9
+    assert task.seconds_to_run == pytest.approx(5, abs=0.01)
+    await asyncio.sleep(4.5)
+    assert rec.hooks("w") == []
+    await settle(b)
+    assert rec.at("execute", "w") - t0 == pytest.approx(9, abs=0.002)
+    # Lifespan moved with it (deadline 14, not 10): the 7 s job... exhausts at 14.
+    assert rec.hooks("w") == ["execute", "exhausted"]
+    assert rec.at("exhausted", "w") - t0 == pytest.approx(14, abs=0.002)
+
+
+async def test_reschedule_earlier_and_refusals() -> None:
+    rec = Recorder({"*": 5})
+    b = make(rec, life_span=60, run_after=30)
+    t0 = asyncio.get_running_loop().time()
+    await b.fill(BOMB, "e")
+    assert await b.reschedule("e", 1)
+    assert not await b.reschedule("nope", 1)
+    with pytest.raises(ValueError, match="run_after"):
+        await b.reschedule("e", -1)
+    await b.fill(IMM, "imm")
+    assert not await b.reschedule("imm", 1)
+    await asyncio.sleep(2)
+    assert rec.at("execute", "e") - t0 == pytest.approx(1, abs=0.002)
+    assert not await b.reschedule("e", 10)  # running now
+
+
+async def test_rescue_hands_every_live_task_to_on_panic() -> None:
+    rec = Recorder({"run": 100})
+    b = make(rec, life_span=200, run_after=50)
+    await b.fill(BOMB, "pending")
+    await b.fill(IMM, "run")
+    await asyncio.sleep(0)  # "run" is now inside on_execute
+    await b.fill(IMM, "not-started")  # its runner has not started yet
+    rescued = await b.rescue()
+    assert rescued == 3
+    assert rec.hooks("pending") == ["panic"]
+    assert rec.hooks("run") == ["execute", "panic"]
+    assert rec.hooks("not-started") == ["panic"]
+    assert len(b) == 0 and b.stats()["rescued"] == 3
+    await asyncio.sleep(100)
+    assert rec.hooks("pending") == ["panic"]  # never fired afterwards
+
+
+async def test_rescue_does_not_deadlock_with_tasks_inside_hooks() -> None:
+    rec = Recorder({"slowpanic": 100}, hook_sleep=20)
+    b = make(rec, life_span=200, run_after=50, hook_timeout=5)
+    await b.fill(IMM, "in-finish")
+    await b.fill(IMM, "slowpanic")
+    await asyncio.sleep(1)  # in-finish sits in on_finish for 20 s
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    rescued = await b.rescue()
+    # on_panic of slowpanic sleeps 20 s but is bounded by hook_timeout=5.
+    assert loop.time() - t0 == pytest.approx(5, abs=0.01)
+    assert rescued == 1
+    assert rec.hooks("in-finish") == ["execute", "finish"]
+    assert rec.hooks("slowpanic") == ["execute", "panic"]
+    assert b.stats()["hook_timeouts"] == 2  # on_finish (20 s) and on_panic (20 s), both cut at 5
+
+
+async def test_close_with_grace_then_rescue() -> None:
+    rec = Recorder({"quick": 1, "slow": 100})
+    b = make(rec, life_span=200, run_after=50)
+    await b.fill(IMM, "quick")
+    await b.fill(IMM, "slow")
+    await b.fill(BOMB, "pending")
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await b.close(grace=3)
+    assert loop.time() - t0 == pytest.approx(3, abs=0.01)
+    assert rec.hooks("quick") == ["execute", "finish"]
+    assert rec.hooks("slow") == ["execute", "panic"]
+    assert rec.hooks("pending") == ["panic"]
+    assert len(b) == 0 and b.free == 0 and b.closed
+    with pytest.raises(BucketClosedError):
+        await b.fill(IMM, "late")
+    await b.close()  # idempotent
+
+
+async def test_async_with_closes() -> None:
+    rec = Recorder()
+    async with make(rec) as b:
+        await b.fill(BOMB, "p")
+    assert rec.hooks("p") == ["panic"]
+
+
+async def test_hook_errors_are_logged_counted_and_contained(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rec = Recorder(hook_raises=True)
+    b = make(rec)
+    with caplog.at_level(logging.ERROR, logger="gobucket_py"):
+        await b.fill(IMM, "a")
+        await b.fill(IMM, "b")
+        await settle(b)
+    assert b.stats()["hook_errors"] == 2
+    assert "task_id=a" in caplog.text and "hook_error" in caplog.text
+    await b.fill(IMM, "c")  # the bucket still works
+    await settle(b)
+    assert rec.hooks("c") == ["execute", "finish"]
+
+
+async def test_hook_timeout_is_counted_and_frees_slot() -> None:
+    rec = Recorder(hook_sleep=100)
+    b = make(rec, hook_timeout=2)
+    await b.fill(IMM, "a")
+    await asyncio.sleep(3)
+    assert len(b) == 0 and b.stats()["hook_timeouts"] == 1
+
+
+async def test_plain_async_function_as_executor() -> None:
+    seen: list[str] = []
+
+    async def handler(task: Task) -> None:
+        seen.append(task.id)
+
+    b = TaskBucket(BucketConfig(life_span=5), handler)
+    await b.fill(IMM, "f")
+    await settle(b)
+    assert seen == ["f"]
+
+
+def test_bad_executors_are_refused() -> None:
+    def sync_handler(task: Task) -> None:
+        pass
+
+    with pytest.raises(TypeError, match="async def"):
+        TaskBucket(BucketConfig(life_span=5), sync_handler)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        TaskBucket(BucketConfig(life_span=5), 42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="name"):
+        TaskBucket(BucketConfig(life_span=5), Recorder(), name="")
+
+
+async def test_bad_fill_arguments_change_nothing() -> None:
+    b = make(Recorder())
+    with pytest.raises(TypeError, match="task_id"):
+        await b.fill(IMM, 42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="task_type"):
+        await b.fill("soon", "x")  # type: ignore[arg-type]
+    assert len(b) == 0 and b.stats()["filled"] == 0
+
+
+async def test_task_times_are_consistent() -> None:
+    import time
+
+    b = make(Recorder(), life_span=10, run_after=4)
+    before = time.time()
+    task = await b.fill(BOMB, "t")
+    assert before <= task.filled_at <= time.time()
+    assert task.run_at - task.filled_at == pytest.approx(4, abs=0.05)
+    assert task.deadline - task.filled_at == pytest.approx(10, abs=0.05)
+    assert task.seconds_left == pytest.approx(10, abs=0.01)
+
+
+async def test_churn_does_not_grow_the_wheel() -> None:
+    b = make(Recorder(), life_span=3600, run_after=1800, max_bucket=10_000)
+    for round_ in range(10):
+        for i in range(5000):
+            await b.fill(BOMB, f"r{round_}-{i}")
+        for i in range(5000):
+            await b.drain(f"r{round_}-{i}")
+    wheel = b._wheel
+    assert wheel is not None and len(wheel) == 0
+    assert wheel._entries <= 2 * wheel.COMPACT_MIN + 5000
+
+
+async def test_many_time_bombs_fire_in_order_of_run_at() -> None:
+    rec = Recorder()
+    b = make(rec, life_span=100, run_after=1, max_bucket=5000)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    for i in range(2000):
+        await b.fill(BOMB, f"t{i}", run_after=(i * 7919 % 2000) / 100)
+    await settle(b)
+    fired = [(ts, tid) for h, tid, ts in rec.calls if h == "execute"]
+    assert len(fired) == 2000
+    for ts, tid in fired:
+        i = int(tid[1:])
+        assert ts - t0 == pytest.approx((i * 7919 % 2000) / 100, abs=0.002)
