@@ -427,3 +427,17 @@ async def test_many_time_bombs_fire_in_order_of_run_at() -> None:
     for ts, tid in fired:
         i = int(tid[1:])
         assert ts - t0 == pytest.approx((i * 7919 % 2000) / 100, abs=0.002)
+
+
+async def test_join_waits_for_every_outcome_including_hooks() -> None:
+    rec = Recorder(work={"slow": 3}, hook_sleep=1)
+    b = make(rec)
+    await b.join()  # empty: returns at once
+    t0 = asyncio.get_running_loop().time()
+    await b.fill(IMM, "slow")
+    await b.fill(BOMB, "bomb", run_after=5)
+    waiters = [asyncio.ensure_future(b.join()) for _ in range(2)]
+    await asyncio.wait(waiters)
+    # bomb fires at 5 and its on_finish hook sleeps 1 s: join returns at 6.
+    assert asyncio.get_running_loop().time() - t0 == pytest.approx(6, abs=0.01)
+    assert len(b) == 0 and sorted(rec.hooks("slow")) == ["execute", "finish"]
