@@ -15,7 +15,17 @@ Everything a user needs is in ``__all__``; other modules may change.
 """
 
 from .bucket import TaskBucket
-from .config import BucketConfig
+from .cluster import (
+    GroupState,
+    HttpTransport,
+    Keyring,
+    MemberState,
+    MemoryNetwork,
+    PeerInfo,
+    TaskBucketGroup,
+    Transport,
+)
+from .config import BucketConfig, GroupConfig
 from .errors import (
     BucketClosedError,
     BucketError,
@@ -24,11 +34,12 @@ from .errors import (
     DuplicateTaskError,
     GobucketError,
     PeerError,
+    PeerUnavailableError,
     ProtocolError,
     UnknownBucketError,
 )
 from .executor import Executor, FunctionExecutor, Handler
-from .task import DrainOutcome, DrainResult, Task, TaskState, TaskType
+from .task import DrainOutcome, DrainResult, FillResult, Task, TaskInfo, TaskState, TaskType
 
 __version__ = "0.1.0"
 
@@ -42,15 +53,27 @@ __all__ = [
     "DrainResult",
     "DuplicateTaskError",
     "Executor",
+    "FillResult",
     "FunctionExecutor",
     "GobucketError",
+    "GroupConfig",
+    "GroupState",
     "Handler",
+    "HttpTransport",
+    "Keyring",
+    "MemberState",
+    "MemoryNetwork",
     "PeerError",
+    "PeerInfo",
+    "PeerUnavailableError",
     "ProtocolError",
     "Task",
     "TaskBucket",
+    "TaskBucketGroup",
+    "TaskInfo",
     "TaskState",
     "TaskType",
+    "Transport",
     "UnknownBucketError",
     "__version__",
 ]

@@ -387,6 +387,24 @@ class TaskBucket:
         self._notify(task)
         return task
 
+    def restore(self, task: Task) -> None:
+        """Put back a task taken by :meth:`take_pending` (its handoff failed),
+        with its original times. It runs here, or is rescued on close."""
+        if task._owner is not self or task.state is not TaskState.HANDED_OFF:
+            raise ValueError(f"task {task.id!r} was not taken from bucket {self.name!r}")
+        if task.id in self._tasks:
+            raise DuplicateTaskError(f"task {task.id!r} is already live in bucket {self.name!r}")
+        loop = self._loop or self._bind()
+        task.state = _PENDING
+        task._runner = None
+        self._tasks[task.id] = task
+        self._counts["handed_off"] -= 1
+        if task.type is _IMMEDIATE:
+            task._runner = loop.create_task(self._run(task))
+        else:
+            assert self._wheel is not None
+            self._wheel.add(task)
+
     # -- rescue / close --------------------------------------------------------
 
     async def rescue(self) -> int:

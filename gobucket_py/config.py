@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["BucketConfig"]
+__all__ = ["BucketConfig", "GroupConfig"]
 
 
 def _check_number(name: str, value: object) -> float:
@@ -85,3 +85,85 @@ class BucketConfig:
         if ht <= 0:
             raise ValueError(f"hook_timeout must be > 0 seconds, got {self.hook_timeout!r}")
         object.__setattr__(self, "hook_timeout", ht)
+
+
+def _positive(name: str, value: object) -> float:
+    number = _check_number(name, value)
+    if number <= 0:
+        raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
+    return number
+
+
+def _count(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class GroupConfig:
+    """Tuning of a :class:`~gobucket_py.TaskBucketGroup`. Times are seconds.
+
+    The defaults are for a LAN (or one host); :meth:`local` is a faster preset
+    for tests. Each default says why it is what it is. Detection of a dead
+    node takes at most about ``probe_interval + 2 * probe_timeout +
+    suspicion_timeout`` (2.7 s with the defaults).
+    """
+
+    #: Every peer is probed this often; capacity rides on each probe and ack,
+    #: so placement data is never older than this (plus one round trip).
+    probe_interval: float = 0.5
+    #: A direct or indirect probe that takes longer counts as failed. 0.4 s is
+    #: hundreds of loopback/LAN round trips, so only a stalled node misses it.
+    probe_timeout: float = 0.4
+    #: Peers asked to probe a node that missed a direct probe (SWIM's k);
+    #: they tell a dead node from a broken link between two nodes.
+    indirect_probes: int = 2
+    #: How long a suspect may refute the suspicion before it is declared dead.
+    suspicion_timeout: float = 1.2
+    #: Dead or left peers and unreached seeds are retried this often, so a
+    #: restarted node or a healed partition is found again.
+    rejoin_interval: float = 2.0
+    #: A forward (fill on a peer) waits at most this long for the reply, so a
+    #: hung peer never stalls fill longer than this.
+    forward_timeout: float = 1.0
+    #: Timeout of drain/get/leave calls to peers.
+    request_timeout: float = 1.0
+    #: Peers tried after the local bucket is full (one hop each).
+    max_attempts: int = 3
+    #: Forwards to one peer are coalesced into batches of at most this many.
+    batch_size: int = 256
+    #: Batches in flight to one peer at once (keeps a fast peer busy while
+    #: the next batch fills up).
+    batch_concurrency: int = 4
+    #: Request bodies above this size are refused with 413 before decoding.
+    max_body: int = 4 * 1024 * 1024
+    #: Signed requests whose timestamp is further from our clock are refused.
+    max_clock_skew: float = 30.0
+    #: On stop, running tasks get this long to finish before on_panic.
+    stop_grace: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in ("probe_interval", "probe_timeout", "suspicion_timeout", "rejoin_interval",
+                     "forward_timeout", "request_timeout", "max_clock_skew"):
+            object.__setattr__(self, name, _positive(name, getattr(self, name)))
+        object.__setattr__(self, "stop_grace", check_delay("stop_grace", self.stop_grace))
+        _count("indirect_probes", self.indirect_probes, 0)
+        _count("max_attempts", self.max_attempts, 1)
+        _count("batch_size", self.batch_size, 1)
+        _count("batch_concurrency", self.batch_concurrency, 1)
+        _count("max_body", self.max_body, 1024)
+        if self.probe_timeout >= self.probe_interval * 2:
+            raise ValueError(
+                f"probe_timeout ({self.probe_timeout}) must be < 2 x probe_interval "
+                f"({self.probe_interval}) or probes pile up")
+
+    @classmethod
+    def local(cls, **overrides: object) -> GroupConfig:
+        """A fast preset for tests and single-host demos."""
+        values: dict[str, object] = {
+            "probe_interval": 0.1, "probe_timeout": 0.1, "suspicion_timeout": 0.3,
+            "rejoin_interval": 0.3, "forward_timeout": 0.5, "request_timeout": 0.5,
+            "stop_grace": 1.0}
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]

@@ -10,7 +10,8 @@ errors of aiohttp and msgpack are converted at the edge (``raise X from exc``)::
     │   └── BucketClosedError      the bucket (or group) is closed
     ├── UnknownBucketError         no bucket of that name (here or on the peer)
     ├── ClusterFullError           no node of the cluster could take the task
-    └── PeerError                  a peer could not be reached or answered badly
+    └── PeerError                  a peer answered with an error
+        ├── PeerUnavailableError   a peer could not be reached or timed out
         └── ProtocolError          a message could not be encoded or decoded
 
 Bad configuration raises :class:`ValueError` naming the field, as Python does.
@@ -26,6 +27,7 @@ __all__ = [
     "DuplicateTaskError",
     "GobucketError",
     "PeerError",
+    "PeerUnavailableError",
     "ProtocolError",
     "UnknownBucketError",
 ]
@@ -68,6 +70,18 @@ class ClusterFullError(GobucketError):
 
 class PeerError(GobucketError):
     """A peer could not be reached, timed out, or answered with an error."""
+
+
+class PeerUnavailableError(PeerError):
+    """A peer refused the connection, or did not answer within the timeout.
+
+    ``maybe_delivered`` is False when the request certainly never reached the
+    peer (connection refused), True when it may have been processed.
+    """
+
+    def __init__(self, message: str, *, maybe_delivered: bool = True) -> None:
+        super().__init__(message)
+        self.maybe_delivered = maybe_delivered
 
 
 class ProtocolError(PeerError):

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
     from .bucket import TaskBucket
 
-__all__ = ["DrainOutcome", "DrainResult", "Task", "TaskState", "TaskType"]
+__all__ = ["DrainOutcome", "DrainResult", "FillResult", "Task", "TaskInfo", "TaskState", "TaskType"]
 
 
 class TaskType(StrEnum):
@@ -144,3 +144,37 @@ class Task:
     def __repr__(self) -> str:
         return (f"<Task {self.id!r} bucket={self.bucket!r} type={self.type.value} "
                 f"state={self.state.value}>")
+
+
+@dataclass(frozen=True, slots=True)
+class FillResult:
+    """Where a ``TaskBucketGroup.fill`` put the task.
+
+    ``forwarded`` is False when the task lives on this node (then ``task`` is
+    the local :class:`Task`), True when a peer took it.
+    """
+
+    bucket: str
+    task_id: str
+    node_id: str
+    forwarded: bool
+    task: Task | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInfo:
+    """A live task as seen from anywhere in the cluster (no payload)."""
+
+    bucket: str
+    task_id: str
+    node_id: str
+    type: TaskType
+    state: TaskState
+    seconds_to_run: float
+    seconds_left: float
+
+    @classmethod
+    def of(cls, task: Task, node_id: str) -> TaskInfo:
+        """Describe a local task."""
+        return cls(task.bucket, task.id, node_id, task.type, task.state, task.seconds_to_run,
+                   task.seconds_left)

@@ -6,8 +6,11 @@ def test_all_is_the_public_surface() -> None:
         [
             "BucketClosedError", "BucketConfig", "BucketError", "BucketFullError",
             "ClusterFullError", "DrainOutcome", "DrainResult", "DuplicateTaskError", "Executor",
-            "FunctionExecutor", "GobucketError", "Handler", "PeerError", "ProtocolError", "Task",
-            "TaskBucket", "TaskState", "TaskType", "UnknownBucketError", "__version__",
+            "FillResult", "FunctionExecutor", "GobucketError", "GroupConfig", "GroupState",
+            "Handler", "HttpTransport", "Keyring", "MemberState", "MemoryNetwork", "PeerError",
+            "PeerInfo", "PeerUnavailableError", "ProtocolError", "Task", "TaskBucket",
+            "TaskBucketGroup", "TaskInfo", "TaskState", "TaskType", "Transport",
+            "UnknownBucketError", "__version__",
         ]
     )
     for name in gobucket_py.__all__:
@@ -18,5 +21,6 @@ def test_all_is_the_public_surface() -> None:
 
 def test_error_tree() -> None:
     for name in ("BucketFullError", "DuplicateTaskError", "BucketClosedError",
-                 "UnknownBucketError", "ClusterFullError", "PeerError", "ProtocolError"):
+                 "UnknownBucketError", "ClusterFullError", "PeerError", "PeerUnavailableError",
+                 "ProtocolError"):
         assert issubclass(getattr(gobucket_py, name), gobucket_py.GobucketError)

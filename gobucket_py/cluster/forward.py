@@ -1,0 +1,110 @@
+"""Forwarding tasks to peers, with concurrent forwards coalesced into batches.
+
+Each peer has a queue; up to ``batch_concurrency`` pumps per peer send what
+has queued as one ``FILL`` request of at most ``batch_size`` items, so a burst
+of overflowing fills costs a few round trips instead of one each. Every item
+gets its own result. A forward is counted in the peer's ``inflight`` estimate
+from the moment it is queued until its reply (which carries fresh capacity)
+arrives, so placement never trusts a report that cannot include it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+from ..config import GroupConfig
+from ..errors import GobucketError, ProtocolError
+from .membership import Member, Membership
+from .protocol import Kind, field
+from .transport import Transport
+
+__all__ = ["Forwarder"]
+
+#: A FILL item: ``[bucket, task_id, type (0 immediate, 1 time-bomb),
+#: packed data, run_after, life_span]``; times are relative seconds so clock
+#: skew between nodes does not matter.
+Item = list[Any]
+
+
+class Forwarder:
+    """Per-peer batching of FILL requests."""
+
+    def __init__(self, transport: Transport, membership: Membership, config: GroupConfig) -> None:
+        self.transport = transport
+        self.membership = membership
+        self.config = config
+        self._queues: dict[str, deque[tuple[Item, asyncio.Future[str]]]] = {}
+        self._pumps: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def send(self, member: Member, item: Item, *, handoff: bool = False) -> asyncio.Future[str]:
+        """Queue ``item`` for ``member``; the future gets the peer's verdict
+        (``"ok"``, ``"full"``, ``"duplicate"``, ``"closed"``, ...) or a
+        :class:`~gobucket_py.PeerError`."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[str] = loop.create_future()
+        bucket = item[0]
+        member.inflight[bucket] = member.inflight.get(bucket, 0) + 1
+        key = f"{member.node_id}/{int(handoff)}"
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = deque()
+        queue.append((item, future))
+        if self._pumps.get(key, 0) < self.config.batch_concurrency:
+            self._pumps[key] = self._pumps.get(key, 0) + 1
+            task = loop.create_task(self._pump(key, member, queue, handoff))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return future
+
+    async def _pump(self, key: str, member: Member,
+                    queue: deque[tuple[Item, asyncio.Future[str]]], handoff: bool) -> None:
+        try:
+            while queue:
+                await asyncio.sleep(0)  # let fills issued in this loop pass join the batch
+                batch = [queue.popleft() for _ in range(min(len(queue), self.config.batch_size))]
+                if batch:
+                    await self._send_batch(member, batch, handoff)
+        finally:
+            self._pumps[key] -= 1
+
+    async def _send_batch(self, member: Member, batch: list[tuple[Item, asyncio.Future[str]]],
+                          handoff: bool) -> None:
+        message = {"v": 1, "from": self.membership.header(), "handoff": handoff,
+                   "items": [item for item, _ in batch]}
+        error: GobucketError | None = None
+        results: list[Any] = []
+        try:
+            reply = await self.transport.call(member.addr, Kind.FILL, message,
+                                              self.config.forward_timeout)
+            results = field(reply, "results", list)
+            if len(results) != len(batch) or not all(isinstance(r, str) for r in results):
+                raise ProtocolError(f"peer {member.addr} answered {len(results)} results "
+                                    f"for {len(batch)} items")
+            self.membership.heard(reply.get("from"))  # fresh capacity, includes this batch
+        except GobucketError as exc:
+            error = exc
+        for item, _ in batch:
+            bucket = item[0]
+            member.inflight[bucket] = max(0, member.inflight.get(bucket, 0) - 1)
+        for index, (_, future) in enumerate(batch):
+            if future.done():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(results[index])
+
+    async def close(self) -> None:
+        """Cancel pumps still running (their callers get CancelledError)."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+        for queue in self._queues.values():
+            for _, future in queue:
+                if not future.done():
+                    future.cancel()
+            queue.clear()

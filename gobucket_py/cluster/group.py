@@ -1,0 +1,647 @@
+"""TaskBucketGroup: the buckets of one node, shared with its peers.
+
+``fill`` tries the local bucket first (GoBucket parity) and overflows to a
+peer only when it is full; ``drain`` and ``get`` find a task wherever it
+lives. ``stop`` hands every pending task to peers before it goes, so a rolling
+restart loses nothing that had not started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import inspect
+import ipaddress
+import logging
+import random
+import secrets
+from collections.abc import Callable, Mapping
+from enum import StrEnum
+from typing import Any, Literal
+
+import msgpack
+
+from ..bucket import TaskBucket
+from ..config import GroupConfig, check_times
+from ..errors import (
+    BucketClosedError,
+    BucketFullError,
+    ClusterFullError,
+    DuplicateTaskError,
+    GobucketError,
+    PeerUnavailableError,
+    ProtocolError,
+    UnknownBucketError,
+)
+from ..task import DrainOutcome, DrainResult, FillResult, Task, TaskInfo, TaskState, TaskType
+from .auth import Keyring
+from .forward import Forwarder, Item
+from .membership import Member, Membership, MemberState, PeerInfo
+from .placement import candidates, order
+from .protocol import MAX_ITEMS, MAX_STR, Kind, field, number
+from .transport import HttpTransport, Transport
+
+__all__ = ["GroupState", "TaskBucketGroup"]
+
+log = logging.getLogger("gobucket_py")
+
+_TYPES = (TaskType.IMMEDIATE, TaskType.TIME_BOMB)
+_OUTCOMES = {o.value: o for o in DrainOutcome}
+
+#: ``on_peer_schedule_failed(peer_id, bucket, task_id, error)``; may be async.
+ScheduleFailed = Callable[[str, str, str, str], Any]
+
+
+class GroupState(StrEnum):
+    """Lifecycle of a group; a stopped group cannot be started again."""
+
+    NEW = "new"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _unpack_data(raw: bytes) -> Any:
+    return msgpack.unpackb(raw, raw=False, strict_map_key=True, max_str_len=MAX_STR,
+                           max_bin_len=len(raw), max_array_len=MAX_ITEMS,
+                           max_map_len=MAX_ITEMS, max_ext_len=0)
+
+
+class TaskBucketGroup:
+    """A node of a task-bucket cluster: local buckets plus peers.
+
+    Example::
+
+        buckets = {"backups": TaskBucket(BucketConfig(60, 30), Backup(), name="backups")}
+        async with TaskBucketGroup(buckets, ["10.0.0.2:6666", "10.0.0.3:6666"],
+                                   host="0.0.0.0", advertise="10.0.0.1:6666",
+                                   secret=os.environ["GOBUCKET_SECRET"]) as group:
+            placed = await group.fill("backups", "order-42", {"order": 42},
+                                      task_type=TaskType.TIME_BOMB)
+            print(placed.node_id, placed.forwarded)
+            await group.drain("backups", "order-42")   # wherever it lives
+
+    ``peers`` are seed addresses (``host:port``); the rest of the cluster is
+    learned from them, and this node's own address is ignored if listed.
+    Without ``secret`` the node refuses to listen on a non-loopback address
+    unless ``insecure=True``. ``transport`` replaces HTTP (e.g. a
+    :class:`~gobucket_py.MemoryNetwork` transport in tests).
+    """
+
+    def __init__(
+        self,
+        buckets: Mapping[str, TaskBucket],
+        peers: list[str] | tuple[str, ...] = (),
+        *,
+        host: str = "127.0.0.1",
+        port: int = 6666,
+        node_id: str | None = None,
+        advertise: str | None = None,
+        secret: str | Keyring | None = None,
+        insecure: bool = False,
+        config: GroupConfig | None = None,
+        transport: Transport | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config or GroupConfig()
+        if not isinstance(self.config, GroupConfig):
+            raise TypeError("config must be a GroupConfig")
+        if not buckets:
+            raise ValueError("buckets must name at least one TaskBucket")
+        for name, bucket in buckets.items():
+            if not isinstance(bucket, TaskBucket):
+                raise ValueError(f"buckets[{name!r}] must be a TaskBucket, "
+                                 f"got {type(bucket).__name__}")
+            if bucket.name != name:
+                raise ValueError(f"buckets[{name!r}] is named {bucket.name!r}; create it with "
+                                 f"TaskBucket(..., name={name!r})")
+        self.buckets: dict[str, TaskBucket] = dict(buckets)
+        if isinstance(peers, str) or not all(isinstance(p, str) and p for p in peers):
+            raise ValueError("peers must be a list of 'host:port' strings")
+        for peer in peers:
+            _, sep, port_text = peer.rpartition(":")
+            if not sep or not port_text.isdigit():
+                raise ValueError(f"peers: {peer!r} is not 'host:port'")
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ValueError(f"port must be an int in 0..65535, got {port!r}")
+        if node_id is not None and (not isinstance(node_id, str) or not node_id):
+            raise ValueError(f"node_id must be a non-empty string, got {node_id!r}")
+        if isinstance(secret, str):
+            secret = Keyring.parse(secret, max_skew=self.config.max_clock_skew)
+        self.keyring = secret
+        if transport is None:
+            if secret is None and not insecure and not _is_loopback(host):
+                raise ValueError(
+                    f"host: refusing to listen on {host!r} without a secret, because any "
+                    "machine that reaches it could fill and drain tasks; pass secret=... "
+                    "(or GOBUCKET_SECRET), or insecure=True on a trusted network")
+            transport = HttpTransport(host, port, advertise=advertise, keyring=secret,
+                                      max_body=self.config.max_body)
+        self.transport = transport
+        self.seeds = list(peers)
+        self._node_id = node_id
+        self.boot_id = secrets.token_hex(8)
+        self.rng = rng or random.Random()
+        self.state = GroupState.NEW
+        #: Called for each peer that rejected a task when no node could take
+        #: it, as ``(peer_id, bucket, task_id, error)``. Never on success.
+        self.on_peer_schedule_failed: ScheduleFailed | None = None
+        self._membership: Membership | None = None
+        self._forwarder: Forwarder | None = None
+        # Where this node forwarded each task, until the task's deadline.
+        self._forwarded: dict[tuple[str, str], tuple[str, str, float]] = {}
+        self._expiry: list[tuple[float, str, str]] = []
+        # Handoff on stop: tasks in transit, and where they went.
+        self._moving: dict[tuple[str, str], asyncio.Future[str | None]] = {}
+        self._moved: dict[tuple[str, str], str] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._stopped: asyncio.Future[None] | None = None
+
+    # -- introspection ---------------------------------------------------------
+
+    @property
+    def node_id(self) -> str:
+        """This node's id (its advertised address unless given)."""
+        return self._node_id or self.transport.address
+
+    @property
+    def address(self) -> str:
+        """``host:port`` as peers reach this node (final after ``start``)."""
+        return self.transport.address
+
+    @property
+    def peers(self) -> list[PeerInfo]:
+        """Every peer this node knows, with state, free capacity and last heard."""
+        if self._membership is None:
+            return []
+        return [m.info() for m in self._membership.members.values()]
+
+    def capacity(self) -> dict[str, int]:
+        """Free slots per local bucket (0 while stopping)."""
+        if self.state is not GroupState.RUNNING:
+            return dict.fromkeys(self.buckets, 0)
+        return {name: b.free for name, b in self.buckets.items()}
+
+    def _bucket(self, name: str) -> TaskBucket:
+        bucket = self.buckets.get(name)
+        if bucket is None:
+            raise UnknownBucketError(f"unknown bucket {name!r} on node {self.node_id}")
+        return bucket
+
+    @property
+    def _members(self) -> Membership:
+        if self._membership is None:
+            raise BucketClosedError(f"group is {self.state.value}, not running")
+        return self._membership
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Listen, contact the seeds, and start probing. Start once."""
+        if self.state is not GroupState.NEW:
+            raise RuntimeError(f"cannot start a group that is {self.state.value}")
+        self.state = GroupState.RUNNING
+        try:
+            await self.transport.start(self._handle)
+        except BaseException:
+            self.state = GroupState.STOPPED
+            raise
+        membership = Membership(node_id=self.node_id, boot=self.boot_id,
+                                transport=self.transport, config=self.config,
+                                capacity=self.capacity, seeds=self.seeds, rng=self.rng)
+        membership.on_restart = self._peer_restarted
+        self._membership = membership
+        self._forwarder = Forwarder(self.transport, membership, self.config)
+        await membership.start()
+        log.info("node started event=node_started node=%s addr=%s boot=%s seeds=%s",
+                 self.node_id, self.address, self.boot_id, ",".join(self.seeds) or "-")
+
+    async def stop(self) -> None:
+        """Leave gracefully. Idempotent.
+
+        Announce leaving, refuse new fills, hand every pending task to peers
+        with room (with its remaining times), give running tasks
+        ``stop_grace`` seconds, rescue the rest (``on_panic``), then close.
+        """
+        if self._stopped is not None:
+            await asyncio.shield(self._stopped)
+            return
+        self._stopped = asyncio.get_running_loop().create_future()
+        try:
+            if self.state is GroupState.RUNNING:
+                self.state = GroupState.STOPPING
+                membership = self._members
+                await membership.announce_leave()
+                handed = await self._handoff()
+                await asyncio.gather(*(b.close(self.config.stop_grace)
+                                       for b in self.buckets.values()))
+                await membership.stop()
+                assert self._forwarder is not None
+                await self._forwarder.close()
+                log.info("node stopped event=node_stopped node=%s handed_off=%d",
+                         self.node_id, handed)
+            for task in list(self._background):
+                task.cancel()
+            if self._background:
+                await asyncio.wait(list(self._background))
+            await self.transport.close()
+        finally:
+            self.state = GroupState.STOPPED
+            self._stopped.set_result(None)
+
+    async def __aenter__(self) -> TaskBucketGroup:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> Literal[False]:
+        await self.stop()
+        return False
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _peer_restarted(self, member: Member) -> None:
+        lost = [k for k, (node, _, _) in self._forwarded.items() if node == member.node_id]
+        for key in lost:
+            del self._forwarded[key]
+        if lost:
+            log.warning("peer restarted; tasks forwarded there are lost event=tasks_lost "
+                        "node=%s peer=%s count=%d", self.node_id, member.node_id, len(lost))
+
+    # -- fill ----------------------------------------------------------------------
+
+    async def fill(
+        self,
+        bucket: str,
+        task_id: str,
+        data: Any = None,
+        *,
+        task_type: TaskType = TaskType.IMMEDIATE,
+        run_after: float | None = None,
+        life_span: float | None = None,
+    ) -> FillResult:
+        """Place a task: here if the local bucket has room, else on a peer.
+
+        Returns where it went. Raises :class:`UnknownBucketError`,
+        :class:`DuplicateTaskError` (live here, or on the peer that was
+        chosen), :class:`ClusterFullError` (no node could take it; the
+        callback ``on_peer_schedule_failed`` is called for each peer that
+        refused), :class:`BucketClosedError` while stopping, and
+        ``TypeError`` when an overflowing task's data is not
+        msgpack-serializable.
+        """
+        if self.state is not GroupState.RUNNING:
+            raise BucketClosedError(f"node {self.node_id} is {self.state.value}; "
+                                    "it accepts no new task")
+        local = self._bucket(bucket)
+        try:
+            task = local.fill_nowait(task_type, task_id, data, run_after=run_after,
+                                     life_span=life_span)
+        except BucketFullError:
+            pass
+        else:
+            return FillResult(bucket, task_id, self.node_id, False, task)
+        ls, ra = check_times(local.config.life_span if life_span is None else life_span,
+                             0.0 if task_type is TaskType.IMMEDIATE else
+                             local.config.run_after if run_after is None else run_after)
+        try:
+            payload = msgpack.packb(data, use_bin_type=True, datetime=False)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise TypeError(f"bucket {bucket!r} is full here and task {task_id!r} cannot be "
+                            f"forwarded: its data is not msgpack-serializable ({exc})") from exc
+        item: Item = [bucket, task_id, _TYPES.index(task_type), payload, ra, ls]
+        member, rejections = await self._place(item)
+        if member is not None:
+            return FillResult(bucket, task_id, member.node_id, True)
+        for peer_id, error in rejections.items():
+            await self._report_failure(peer_id, bucket, task_id, error)
+        detail = "; ".join(f"{p}: {e}" for p, e in rejections.items()) or "no peer has room"
+        raise ClusterFullError(f"no node could take task {task_id!r} in bucket {bucket!r} "
+                               f"(local bucket full; {detail})", rejections)
+
+    async def _report_failure(self, peer_id: str, bucket: str, task_id: str, error: str) -> None:
+        callback = self.on_peer_schedule_failed
+        if callback is None:
+            return
+        try:
+            result = callback(peer_id, bucket, task_id, error)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("on_peer_schedule_failed raised node=%s", self.node_id)
+
+    async def _place(self, item: Item, *, handoff: bool = False
+                     ) -> tuple[Member | None, dict[str, str]]:
+        """Try up to ``max_attempts`` peers; return the one that accepted."""
+        bucket, task_id, life_span = item[0], item[1], item[5]
+        membership, forwarder = self._members, self._forwarder
+        assert forwarder is not None
+        rejections: dict[str, str] = {}
+        for _ in range(self.config.max_attempts):
+            pool = [m for m in candidates(membership.members.values(), bucket)
+                    if m.node_id not in rejections]
+            if not pool:
+                break
+            member = order(pool, bucket, self.rng, 1)[0]
+            try:
+                verdict = await forwarder.send(member, item, handoff=handoff)
+            except PeerUnavailableError as exc:
+                rejections[member.node_id] = str(exc)
+                if exc.maybe_delivered:  # it may have accepted: make sure it will not run
+                    self._spawn(self._drain_on(member, bucket, task_id))
+                continue
+            except GobucketError as exc:
+                rejections[member.node_id] = str(exc)
+                continue
+            if verdict == "ok":
+                self._remember(bucket, task_id, member, life_span)
+                return member, rejections
+            if verdict == "duplicate" and not handoff:
+                raise DuplicateTaskError(f"task {task_id!r} is already live in bucket "
+                                         f"{bucket!r} on node {member.node_id}")
+            rejections[member.node_id] = verdict
+        return None, rejections
+
+    def _remember(self, bucket: str, task_id: str, member: Member, life_span: float) -> None:
+        now = asyncio.get_running_loop().time()
+        expiry = now + life_span + 1.0
+        self._forwarded[(bucket, task_id)] = (member.node_id, member.boot, expiry)
+        heapq.heappush(self._expiry, (expiry, bucket, task_id))
+        while self._expiry and self._expiry[0][0] < now:
+            _, b, t = heapq.heappop(self._expiry)
+            record = self._forwarded.get((b, t))
+            if record is not None and record[2] < now:
+                del self._forwarded[(b, t)]
+
+    # -- drain and get ---------------------------------------------------------------
+
+    async def drain(self, bucket: str, task_id: str) -> DrainResult:
+        """Cancel a task wherever it lives in the cluster.
+
+        DRAINED: it had not started and will never run anywhere. CANCELLED:
+        its on_execute was cancelled. NOT_FOUND: no node holds it (finished,
+        never filled, or lost with a dead node). ``node_id`` says where it was.
+        """
+        outcome = self._bucket(bucket).drain_nowait(task_id)
+        if outcome is not DrainOutcome.NOT_FOUND:
+            self._forwarded.pop((bucket, task_id), None)
+            return DrainResult(outcome, task_id, self.node_id)
+        reply = await self._ask(Kind.DRAIN, bucket, task_id, lambda r: r.get("outcome")
+                                not in (None, DrainOutcome.NOT_FOUND.value))
+        self._forwarded.pop((bucket, task_id), None)
+        if reply is None:
+            return DrainResult(DrainOutcome.NOT_FOUND, task_id, None)
+        return DrainResult(_OUTCOMES[reply["outcome"]], task_id, reply.get("node"))
+
+    async def get(self, bucket: str, task_id: str) -> TaskInfo | None:
+        """Describe a live task wherever it lives, or None."""
+        task = self._bucket(bucket).get(task_id)
+        if task is not None:
+            return TaskInfo.of(task, self.node_id)
+        reply = await self._ask(Kind.GET, bucket, task_id, lambda r: r.get("task") is not None)
+        if reply is None:
+            return None
+        return _task_info(reply["task"])
+
+    async def _ask(self, kind: Kind, bucket: str, task_id: str,
+                   found: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+        """Ask the node this one forwarded the task to (one hop); failing
+        that, every reachable peer at once. Returns the first positive reply."""
+        membership = self._members
+        message = {"v": 1, "from": membership.header(), "bucket": bucket, "id": task_id,
+                   "follow": True}
+        timeout = self.config.request_timeout
+        record = self._forwarded.get((bucket, task_id))
+        asked: set[str] = set()
+        if record is not None:
+            member = membership.members.get(record[0])
+            if member is not None and member.boot == record[1] and member.state in (
+                    MemberState.ALIVE, MemberState.SUSPECT):
+                asked.add(member.node_id)
+                try:
+                    reply = await self.transport.call(member.addr, kind, message, timeout)
+                except GobucketError:
+                    pass
+                else:
+                    # The holder answers for its handoffs too: its word is final.
+                    return reply if found(reply) else None
+        targets = [m for m in membership.reachable() if m.node_id not in asked]
+        if not targets:
+            return None
+
+        async def one(member: Member) -> dict[str, Any] | None:
+            try:
+                reply = await self.transport.call(member.addr, kind, message, timeout)
+            except GobucketError:
+                return None
+            return reply if found(reply) else None
+
+        for answer in await asyncio.gather(*(one(m) for m in targets)):
+            if answer is not None:
+                return answer
+        return None
+
+    async def _drain_on(self, member: Member, bucket: str, task_id: str) -> None:
+        message = {"v": 1, "from": self._members.header(), "bucket": bucket, "id": task_id,
+                   "follow": False}
+        try:
+            await self.transport.call(member.addr, Kind.DRAIN, message,
+                                      self.config.request_timeout)
+        except GobucketError as exc:
+            log.warning("could not drain an ambiguous forward event=forward_ambiguous node=%s "
+                        "peer=%s bucket=%s task_id=%s error=%s", self.node_id, member.node_id,
+                        bucket, task_id, exc)
+
+    # -- handoff -------------------------------------------------------------------
+
+    async def _handoff(self) -> int:
+        """Move every pending task to peers with room; put back what cannot move."""
+        jobs = []
+        for name, bucket in self.buckets.items():
+            for task in list(bucket):
+                if task.state is TaskState.PENDING:
+                    taken = bucket.take_pending(task.id)
+                    if taken is not None:
+                        jobs.append(self._hand(name, bucket, taken))
+        if not jobs:
+            return 0
+        results = await asyncio.gather(*jobs)
+        moved = sum(results)
+        if moved < len(jobs):
+            log.warning("pending tasks could not be handed off; they will be rescued "
+                        "event=handoff_incomplete node=%s moved=%d kept=%d",
+                        self.node_id, moved, len(jobs) - moved)
+        return moved
+
+    async def _hand(self, name: str, bucket: TaskBucket, task: Task) -> bool:
+        key = (name, task.id)
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._moving[key] = future
+        target: str | None = None
+        try:
+            life_span = task.seconds_left
+            run_after = task.seconds_to_run if task.type is TaskType.TIME_BOMB else 0.0
+            if life_span > run_after:
+                try:
+                    payload = msgpack.packb(task.data, use_bin_type=True, datetime=False)
+                except (TypeError, ValueError, OverflowError) as exc:
+                    log.warning("task data is not serializable; not handed off "
+                                "event=handoff_failed node=%s bucket=%s task_id=%s error=%s",
+                                self.node_id, name, task.id, exc)
+                else:
+                    item: Item = [name, task.id, _TYPES.index(task.type), payload, run_after,
+                                  life_span]
+                    member, _ = await self._place(item, handoff=True)
+                    if member is not None:
+                        target = self._moved[key] = member.node_id
+            if target is None:
+                bucket.restore(task)
+            return target is not None
+        finally:
+            del self._moving[key]
+            future.set_result(target)
+
+    # -- serving peers ---------------------------------------------------------------
+
+    async def _handle(self, kind: Kind, message: dict[str, Any]) -> dict[str, Any]:
+        membership = self._membership
+        if membership is None:
+            raise ProtocolError("node is starting")
+        membership.heard(message.get("from"))
+        if kind is Kind.PING:
+            membership.merge(message.get("members"))
+            return {"v": 1, "from": membership.header(), "members": membership.gossip()}
+        if kind is Kind.PING_REQ:
+            return await membership.handle_ping_req(message)
+        if kind is Kind.FILL:
+            return self._serve_fill(message)
+        if kind is Kind.LEAVE:
+            return {"v": 1, "from": membership.header()}
+        bucket = field(message, "bucket", str)
+        task_id = field(message, "id", str)
+        follow = message.get("follow") is True
+        if kind is Kind.DRAIN:
+            return await self._serve_drain(bucket, task_id, follow)
+        return await self._serve_get(bucket, task_id, follow)
+
+    def _serve_fill(self, message: dict[str, Any]) -> dict[str, Any]:
+        items = field(message, "items", list)
+        checked = [_check_item(raw) for raw in items]  # all or nothing: 400 before any fill
+        results = [self._accept(*item) for item in checked]
+        assert self._membership is not None
+        return {"v": 1, "from": self._membership.header(), "results": results}
+
+    def _accept(self, bucket_name: str, task_id: str, task_type: TaskType, data: Any,
+                run_after: float, life_span: float) -> str:
+        bucket = self.buckets.get(bucket_name)
+        if bucket is None:
+            return "unknown bucket"
+        if self.state is not GroupState.RUNNING:
+            return "closed"
+        try:
+            if task_type is TaskType.IMMEDIATE:
+                bucket.fill_nowait(task_type, task_id, data, life_span=life_span)
+            else:
+                bucket.fill_nowait(task_type, task_id, data, run_after=run_after,
+                                   life_span=life_span)
+        except BucketFullError:
+            return "full"
+        except DuplicateTaskError:
+            return "duplicate"
+        except BucketClosedError:
+            return "closed"
+        except (TypeError, ValueError) as exc:
+            return f"invalid: {exc}"
+        return "ok"
+
+    async def _follow(self, kind: Kind, bucket: str, task_id: str) -> dict[str, Any] | None:
+        """A task this node is handing off (or handed off) is answered for by its new home."""
+        key = (bucket, task_id)
+        moving = self._moving.get(key)
+        target = await asyncio.shield(moving) if moving is not None else self._moved.get(key)
+        if target is None:
+            return None
+        membership = self._members
+        member = membership.members.get(target)
+        if member is None:
+            return None
+        message = {"v": 1, "from": membership.header(), "bucket": bucket, "id": task_id,
+                   "follow": False}
+        try:
+            return await self.transport.call(member.addr, kind, message,
+                                             self.config.request_timeout)
+        except GobucketError:
+            return None
+
+    async def _serve_drain(self, bucket: str, task_id: str, follow: bool) -> dict[str, Any]:
+        local = self._bucket(bucket)
+        outcome = local.drain_nowait(task_id)
+        node: str | None = self.node_id
+        if outcome is DrainOutcome.NOT_FOUND:
+            node = None
+            if follow or (bucket, task_id) in self._moving:
+                followed = await self._follow(Kind.DRAIN, bucket, task_id)
+                if followed is None and (bucket, task_id) in self.buckets[bucket]:
+                    outcome = local.drain_nowait(task_id)  # the handoff failed: it is back
+                    node = self.node_id
+                elif followed is not None and followed.get("outcome") in _OUTCOMES:
+                    outcome = _OUTCOMES[followed["outcome"]]
+                    node = followed.get("node")
+        return {"v": 1, "from": self._members.header(), "outcome": outcome.value, "node": node}
+
+    async def _serve_get(self, bucket: str, task_id: str, follow: bool) -> dict[str, Any]:
+        task = self._bucket(bucket).get(task_id)
+        info: list[Any] | None = None
+        if task is not None:
+            info = _pack_info(TaskInfo.of(task, self.node_id))
+        elif follow:
+            followed = await self._follow(Kind.GET, bucket, task_id)
+            if followed is not None and isinstance(followed.get("task"), list):
+                info = followed["task"]
+        return {"v": 1, "from": self._members.header(), "task": info}
+
+
+def _check_item(raw: object) -> tuple[str, str, TaskType, Any, float, float]:
+    if not isinstance(raw, list) or len(raw) != 6:
+        raise ProtocolError("each fill item must be a 6-item list")
+    bucket, task_id, type_code, payload, run_after, life_span = raw
+    if not isinstance(bucket, str) or not isinstance(task_id, str) or not task_id:
+        raise ProtocolError("fill item bucket and id must be strings")
+    if type_code not in (0, 1) or isinstance(type_code, bool):
+        raise ProtocolError(f"fill item type must be 0 or 1, got {type_code!r}")
+    if not isinstance(payload, bytes):
+        raise ProtocolError("fill item data must be msgpack bytes")
+    times = {"run_after": run_after, "life_span": life_span}
+    ra, ls = number(times, "run_after"), number(times, "life_span")
+    try:
+        data = _unpack_data(payload)
+    except Exception as exc:
+        raise ProtocolError(f"fill item data is malformed: {type(exc).__name__}") from exc
+    return bucket, task_id, _TYPES[type_code], data, ra, ls
+
+
+def _pack_info(info: TaskInfo) -> list[Any]:
+    return [info.bucket, info.task_id, info.node_id, info.type.value, info.state.value,
+            info.seconds_to_run, info.seconds_left]
+
+
+def _task_info(raw: object) -> TaskInfo:
+    if not isinstance(raw, list) or len(raw) != 7:
+        raise ProtocolError("malformed task info")
+    bucket, task_id, node, type_, state, to_run, left = raw
+    try:
+        return TaskInfo(str(bucket), str(task_id), str(node), TaskType(type_), TaskState(state),
+                        float(to_run), float(left))
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"malformed task info: {exc}") from exc

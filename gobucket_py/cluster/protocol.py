@@ -1,0 +1,153 @@
+"""The wire format between peers: message kinds, the msgpack codec, validation.
+
+Every request is an HTTP ``POST /v1/<kind>`` whose body is a msgpack map with
+the protocol version ``"v"``, the sender's :class:`NodeHeader` ``"from"`` and
+the fields of that kind. Replies are msgpack maps with ``"v"`` and ``"from"``
+too. Decoding is bounded (sizes, no ext types) and every field is checked, so
+malformed input becomes a :class:`~gobucket_py.ProtocolError` (HTTP 400),
+never a crash. Nothing but msgpack crosses the wire; never pickle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, TypeVar
+
+import msgpack
+
+from ..errors import ProtocolError
+
+__all__ = ["PROTOCOL_VERSION", "Kind", "NodeHeader", "decode", "encode"]
+
+#: Bumped on any incompatible change; a peer speaking another version gets 400.
+PROTOCOL_VERSION = 1
+
+#: Limits applied while decoding, before any object is built.
+MAX_STR = 1 << 20
+MAX_ITEMS = 100_000
+
+T = TypeVar("T")
+
+
+class Kind(IntEnum):
+    """Message kinds; each is served at ``/v1/<name>``."""
+
+    PING = 1       #: probe; carries membership and capacity, answered with the same
+    PING_REQ = 2   #: "probe that node for me" (SWIM's indirect probe)
+    FILL = 3       #: a batch of tasks to accept (overflow or handoff)
+    DRAIN = 4      #: drain one task held by the receiver
+    GET = 5        #: describe one task held by the receiver
+    LEAVE = 6      #: the sender is stopping gracefully
+
+    @property
+    def path(self) -> str:
+        return f"/v1/{self.name.lower().replace('_', '-')}"
+
+
+PATHS = {kind.path: kind for kind in Kind}
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise ProtocolError(f"msgpack ext type {code} is not allowed")
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """Pack a message. Raises :class:`TypeError` naming what cannot be packed."""
+    try:
+        return msgpack.packb(message, use_bin_type=True, datetime=False)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"not msgpack-serializable: {exc}") from exc
+
+
+def decode(body: bytes, max_body: int) -> dict[str, Any]:
+    """Unpack and check a message body: a map with the right protocol version."""
+    if len(body) > max_body:
+        raise ProtocolError(f"body of {len(body)} bytes exceeds {max_body}")
+    try:
+        message = msgpack.unpackb(
+            body, raw=False, strict_map_key=True, ext_hook=_no_ext, use_list=True,
+            max_str_len=MAX_STR, max_bin_len=max_body,
+            max_array_len=MAX_ITEMS, max_map_len=MAX_ITEMS, max_ext_len=0)
+    except ProtocolError:
+        raise
+    except Exception as exc:  # msgpack raises many types for bad input
+        raise ProtocolError(f"malformed msgpack body: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(message, dict):
+        raise ProtocolError(f"message must be a map, got {type(message).__name__}")
+    version = message.get("v")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {version!r} is not {PROTOCOL_VERSION}")
+    return message
+
+
+def field(message: dict[str, Any], name: str, kind: type[T]) -> T:
+    """``message[name]``, checked to be of ``kind`` (bool is not an int)."""
+    value = message.get(name)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ProtocolError(f"field {name!r} must be {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def number(message: dict[str, Any], name: str) -> float:
+    """A finite number >= 0."""
+    value = message.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            0 <= value < 1e12):
+        raise ProtocolError(f"field {name!r} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+@dataclass(slots=True)
+class NodeHeader:
+    """Who sent a message: identity, incarnation, state and free capacity.
+
+    ``boot`` changes on every start, so a fast restart is seen as a new
+    incarnation whose old tasks are gone. ``free`` maps each bucket to its
+    free slots; it rides on every message so placement data stays fresh.
+    """
+
+    node_id: str
+    boot: str
+    addr: str
+    incarnation: int
+    leaving: bool
+    free: dict[str, int]
+
+    def pack(self) -> list[Any]:
+        return [self.node_id, self.boot, self.addr, self.incarnation, self.leaving, self.free]
+
+    @classmethod
+    def unpack(cls, raw: object) -> NodeHeader:
+        if not isinstance(raw, list) or len(raw) != 6:
+            raise ProtocolError("field 'from' must be a 6-item node header")
+        node_id, boot, addr, inc, leaving, free = raw
+        if not (isinstance(node_id, str) and node_id and isinstance(boot, str)
+                and isinstance(addr, str) and addr and isinstance(inc, int)
+                and not isinstance(inc, bool) and inc >= 0 and isinstance(leaving, bool)
+                and isinstance(free, dict)):
+            raise ProtocolError("malformed node header in field 'from'")
+        for key, value in free.items():
+            if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, int):
+                raise ProtocolError("node header capacity must map bucket names to ints")
+        return cls(node_id, boot, addr, inc, leaving, free)
+
+
+#: Gossip entries: ``[node_id, boot, addr, incarnation, state]``.
+def check_gossip(raw: object) -> list[tuple[str, str, str, int, str]]:
+    """Validate the ``"members"`` list of a ping or ack."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ProtocolError("field 'members' must be a list")
+    out = []
+    for entry in raw:
+        if not (isinstance(entry, list) and len(entry) == 5):
+            raise ProtocolError("each member entry must have 5 items")
+        node_id, boot, addr, inc, state = entry
+        if not (isinstance(node_id, str) and node_id and isinstance(boot, str)
+                and isinstance(addr, str) and addr and isinstance(inc, int)
+                and not isinstance(inc, bool) and isinstance(state, str)):
+            raise ProtocolError("malformed member entry")
+        out.append((node_id, boot, addr, inc, state))
+    return out
