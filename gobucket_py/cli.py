@@ -1,0 +1,163 @@
+"""``gobucket-node``: run one node of a gobucket cluster.
+
+Every flag can also be set through the environment variable shown in
+``--help`` (flags win). The app is user code: ``--app module:factory`` names a
+callable (sync or async) that returns either ``{name: TaskBucket}`` or a
+ready ``TaskBucketGroup``. SIGTERM and SIGINT stop the node gracefully
+(pending tasks are handed to peers, running ones get a grace period, the rest
+go to on_panic) and it exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import inspect
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from . import __version__
+from .bucket import TaskBucket
+from .cluster.group import TaskBucketGroup
+from .config import GroupConfig
+
+__all__ = ["main"]
+
+log = logging.getLogger("gobucket_py")
+
+ENV = "GOBUCKET_"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One clear line, exit code 2 (argparse's convention for usage errors).
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(ENV + name, default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The node runner's argument parser (defaults come from GOBUCKET_* variables)."""
+    p = _Parser(prog="gobucket-node", description=__doc__.split("\n\n")[0] if __doc__ else None,
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--app", default=_env("APP"), metavar="MODULE:FACTORY",
+                   help="user code returning {bucket: TaskBucket} or a TaskBucketGroup "
+                        "[GOBUCKET_APP]")
+    p.add_argument("--host", default=_env("HOST", "127.0.0.1"),
+                   help="address to listen on [GOBUCKET_HOST]")
+    p.add_argument("--port", type=int, default=int(_env("PORT", "6666") or 6666),
+                   help="port to listen on; 0 picks a free one [GOBUCKET_PORT]")
+    p.add_argument("--node-id", default=_env("NODE_ID"),
+                   help="this node's id (default: its advertised address) [GOBUCKET_NODE_ID]")
+    p.add_argument("--advertise", default=_env("ADVERTISE"), metavar="HOST:PORT",
+                   help="address peers use to reach this node (default: host:port) "
+                        "[GOBUCKET_ADVERTISE]")
+    p.add_argument("--peers", default=_env("PEERS", ""), metavar="A:PORT,B:PORT",
+                   help="seed peers, comma-separated; this node's own address is ignored "
+                        "[GOBUCKET_PEERS]")
+    p.add_argument("--secret", default=_env("SECRET"),
+                   help="shared HMAC secret, or id1=s1,id2=s2 during a key rotation "
+                        "[GOBUCKET_SECRET]")
+    p.add_argument("--secret-file", default=_env("SECRET_FILE"),
+                   help="read the secret from this file instead [GOBUCKET_SECRET_FILE]")
+    p.add_argument("--insecure", action="store_true",
+                   default=(_env("INSECURE", "") or "").lower() in ("1", "true", "yes"),
+                   help="allow a non-loopback address without a secret [GOBUCKET_INSECURE]")
+    p.add_argument("--stop-grace", type=float, default=float(_env("STOP_GRACE", "5") or 5),
+                   help="seconds running tasks get on stop before on_panic "
+                        "[GOBUCKET_STOP_GRACE]")
+    p.add_argument("--fast", action="store_true",
+                   default=(_env("FAST", "") or "").lower() in ("1", "true", "yes"),
+                   help="use GroupConfig.local() timers (tests and single-host demos) "
+                        "[GOBUCKET_FAST]")
+    p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"),
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,
+                   help="log level [GOBUCKET_LOG_LEVEL]")
+    p.add_argument("--version", action="version", version=f"gobucket_py {__version__}")
+    return p
+
+
+def load_app(spec: str) -> Any:
+    """Import ``module:factory`` (the current directory is importable)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"--app must be module:factory, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"--app: cannot import {module_name!r}: {exc}") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ValueError(f"--app: {module_name!r} has no callable {attr!r}")
+    return factory
+
+
+async def _build(args: argparse.Namespace, factory: Any) -> TaskBucketGroup:
+    made = factory()
+    if inspect.isawaitable(made):
+        made = await made
+    if isinstance(made, TaskBucketGroup):
+        return made
+    if not isinstance(made, dict) or not all(isinstance(b, TaskBucket) for b in made.values()):
+        raise ValueError(f"--app {args.app}: the factory must return {{name: TaskBucket}} or a "
+                         f"TaskBucketGroup, got {type(made).__name__}")
+    secret = args.secret
+    if args.secret_file:
+        try:
+            with open(args.secret_file, encoding="utf-8") as fh:
+                secret = fh.read().strip()
+        except OSError as exc:
+            raise ValueError(f"--secret-file: {exc}") from exc
+    base = GroupConfig.local() if args.fast else GroupConfig()
+    config = GroupConfig(**{**{f: getattr(base, f) for f in base.__dataclass_fields__},
+                            "stop_grace": args.stop_grace})
+    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    return TaskBucketGroup(made, peers, host=args.host, port=args.port, node_id=args.node_id,
+                           advertise=args.advertise, secret=secret or None,
+                           insecure=args.insecure, config=config)
+
+
+async def run(args: argparse.Namespace, factory: Any) -> int:
+    """Start the node, serve until SIGTERM/SIGINT, stop gracefully."""
+    group = await _build(args, factory)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await group.start()
+    peers = ",".join(group.seeds) or "-"
+    print(f"gobucket-node {group.node_id} listening on {group.address} "
+          f"buckets={','.join(group.buckets)} peers={peers}", flush=True)
+    await stop.wait()
+    log.info("signal received; stopping event=node_stopping node=%s", group.node_id)
+    await group.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``gobucket-node`` and ``python -m gobucket_py``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if not args.app:
+        parser.error("--app (or GOBUCKET_APP) is required")
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be in 0..65535, got {args.port}")
+    try:
+        factory = load_app(args.app)
+        return asyncio.run(run(args, factory))
+    except (ValueError, TypeError, OSError) as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
