@@ -111,12 +111,6 @@ async def _build(args: argparse.Namespace, factory: Any) -> TaskBucketGroup:
         raise ValueError(f"--app {args.app}: the factory must return {{name: TaskBucket}} or a "
                          f"TaskBucketGroup, got {type(made).__name__}")
     secret = args.secret
-    if args.secret_file:
-        try:
-            with open(args.secret_file, encoding="utf-8") as fh:
-                secret = fh.read().strip()
-        except OSError as exc:
-            raise ValueError(f"--secret-file: {exc}") from exc
     base = GroupConfig.local() if args.fast else GroupConfig()
     config = GroupConfig(**{**{f: getattr(base, f) for f in base.__dataclass_fields__},
                             "stop_grace": args.stop_grace})
@@ -153,6 +147,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--app (or GOBUCKET_APP) is required")
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be in 0..65535, got {args.port}")
+    if args.secret_file:
+        try:
+            with open(args.secret_file, encoding="utf-8") as fh:
+                args.secret = fh.read().strip()
+        except OSError as exc:
+            parser.error(f"--secret-file: {exc}")
     try:
         factory = load_app(args.app)
         return asyncio.run(run(args, factory))

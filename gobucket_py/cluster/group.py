@@ -127,10 +127,6 @@ class TaskBucketGroup:
         self.buckets: dict[str, TaskBucket] = dict(buckets)
         if isinstance(peers, str) or not all(isinstance(p, str) and p for p in peers):
             raise ValueError("peers must be a list of 'host:port' strings")
-        for peer in peers:
-            _, sep, port_text = peer.rpartition(":")
-            if not sep or not port_text.isdigit():
-                raise ValueError(f"peers: {peer!r} is not 'host:port'")
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"port must be an int in 0..65535, got {port!r}")
         if node_id is not None and (not isinstance(node_id, str) or not node_id):
@@ -139,6 +135,10 @@ class TaskBucketGroup:
             secret = Keyring.parse(secret, max_skew=self.config.max_clock_skew)
         self.keyring = secret
         if transport is None:
+            for peer in peers:
+                _, sep, port_text = peer.rpartition(":")
+                if not sep or not port_text.isdigit():
+                    raise ValueError(f"peers: {peer!r} is not 'host:port'")
             if secret is None and not insecure and not _is_loopback(host):
                 raise ValueError(
                     f"host: refusing to listen on {host!r} without a secret, because any "

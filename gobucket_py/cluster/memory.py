@@ -40,11 +40,11 @@ class MemoryNetwork:
         return MemoryTransport(self, address)
 
     def down(self, address: str) -> None:
-        """Refuse every call to ``address`` (a killed process)."""
+        """Refuse every call to and from ``address`` (a killed process)."""
         self._down.add(address)
 
     def hang(self, address: str) -> None:
-        """Accept calls to ``address`` and never answer them (a stuck process)."""
+        """Calls to and from ``address`` never complete (a stuck process)."""
         self._hung.add(address)
 
     def up(self, address: str) -> None:
@@ -55,12 +55,14 @@ class MemoryNetwork:
     async def _deliver(self, src: str, addr: str, kind: Kind, body: bytes,
                        timeout: float) -> dict[str, Any]:
         self.calls.append((src, addr, kind))
+        if src in self._down:  # a killed process sends nothing either
+            raise PeerUnavailableError("this node is down", maybe_delivered=False)
         handler = self._handlers.get(addr)
         if handler is None or addr in self._down:
             raise PeerUnavailableError(f"cannot connect to peer {addr}", maybe_delivered=False)
         try:
             async with asyncio.timeout(timeout):
-                if addr in self._hung:
+                if addr in self._hung or src in self._hung:
                     await asyncio.Future()  # never answers
                 await asyncio.sleep(0)  # a real hop always yields
                 try:
@@ -81,17 +83,21 @@ class MemoryTransport(Transport):
     def __init__(self, network: MemoryNetwork, address: str) -> None:
         self.network = network
         self.address = address
+        self._handler: Handler | None = None
 
     async def start(self, handler: Handler) -> None:
         if self.address in self.network._handlers:
-            raise RuntimeError(f"address {self.address} is already in use")
+            raise OSError(f"address {self.address} is already in use")
+        self._handler = handler
         self.network._handlers[self.address] = handler
 
     async def call(self, addr: str, kind: Kind, message: dict[str, Any],
                    timeout: float) -> dict[str, Any]:
-        if self.network._handlers.get(self.address) is None:
+        if self._handler is None:
             raise PeerUnavailableError("transport is closed", maybe_delivered=False)
         return await self.network._deliver(self.address, addr, kind, encode(message), timeout)
 
     async def close(self) -> None:
-        self.network._handlers.pop(self.address, None)
+        if self._handler is not None and self.network._handlers.get(self.address) is self._handler:
+            del self.network._handlers[self.address]
+        self._handler = None

@@ -1,0 +1,483 @@
+"""Cluster logic on the in-memory network, with a faked loop clock (no sleeps).
+
+The real HTTP transport is covered by test_wire_security.py and the
+subprocess tests in test_nodes.py; here every rule of placement, routing,
+membership and handoff is checked in milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from gobucket_py import (
+    BucketClosedError,
+    BucketConfig,
+    ClusterFullError,
+    DrainOutcome,
+    DuplicateTaskError,
+    GroupConfig,
+    MemberState,
+    MemoryNetwork,
+    TaskBucket,
+    TaskBucketGroup,
+    TaskState,
+    TaskType,
+    UnknownBucketError,
+)
+from gobucket_py.cluster.protocol import Kind
+
+from .conftest import Recorder
+
+pytestmark = pytest.mark.looptime
+
+BOMB = TaskType.TIME_BOMB
+CFG = GroupConfig.local()
+
+
+class Cluster:
+    """N groups on one MemoryNetwork, addressed n1..nN, all seeded with n1."""
+
+    def __init__(self, net: MemoryNetwork) -> None:
+        self.net = net
+        self.groups: dict[str, TaskBucketGroup] = {}
+        self.recorders: dict[str, Recorder] = {}
+
+    async def add(self, name: str, *, max_bucket: int = 10, seeds: list[str] | None = None,
+                  life_span: float = 60, run_after: float = 30, **cfg: Any) -> TaskBucketGroup:
+        rec = Recorder()
+        bucket = TaskBucket(BucketConfig(life_span=life_span, run_after=run_after,
+                                         max_bucket=max_bucket), rec, name="jobs")
+        config = GroupConfig.local(**cfg) if cfg else CFG
+        group = TaskBucketGroup({"jobs": bucket}, ["n1"] if seeds is None else seeds,
+                                node_id=name, transport=self.net.transport(name), config=config,
+                                rng=random.Random(name))
+        await group.start()
+        self.groups[name], self.recorders[name] = group, rec
+        return group
+
+    def bucket(self, name: str) -> TaskBucket:
+        return self.groups[name].buckets["jobs"]
+
+    def fired(self) -> list[str]:
+        return [t for rec in self.recorders.values() for h, t, _ in rec.calls if h == "execute"]
+
+    async def settle(self, seconds: float = 1.0) -> None:
+        await asyncio.sleep(seconds)  # fake time: probes run, capacity is exchanged
+
+    async def close(self) -> None:
+        for group in self.groups.values():
+            await group.stop()
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[Cluster]:
+    c = Cluster(MemoryNetwork())
+    yield c
+    await c.close()
+
+
+def states(group: TaskBucketGroup) -> dict[str, MemberState]:
+    return {p.node_id: p.state for p in group.peers}
+
+
+async def fill_local(group: TaskBucketGroup, count: int, prefix: str = "local") -> None:
+    for i in range(count):
+        result = await group.fill("jobs", f"{prefix}-{i}", task_type=BOMB)
+        assert not result.forwarded
+
+
+# -- membership ----------------------------------------------------------------------
+
+
+async def test_discovery_from_one_seed(cluster: Cluster) -> None:
+    await cluster.add("n1", seeds=[])
+    await cluster.add("n2")
+    await cluster.add("n3", seeds=["n2"])  # knows only n2, learns n1 through it
+    await cluster.settle()
+    for name, group in cluster.groups.items():
+        expected = {n: MemberState.ALIVE for n in cluster.groups if n != name}
+        assert states(group) == expected, name
+
+
+async def test_own_address_in_peers_is_ignored(cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", seeds=["n1", "n2"])
+    await cluster.add("n2", seeds=["n2", "n1"])
+    await cluster.settle()
+    assert states(n1) == {"n2": MemberState.ALIVE}
+
+
+async def test_dead_node_is_detected_and_no_longer_used(cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=1)
+    await cluster.add("n2")
+    await cluster.add("n3")
+    await cluster.settle()
+    loop = asyncio.get_running_loop()
+    cluster.net.down("n3")  # kill -9
+    t0 = loop.time()
+    while states(n1)["n3"] is not MemberState.DEAD:
+        await asyncio.sleep(0.01)
+    detected = loop.time() - t0
+    # probe_interval + probe timeouts + suspicion_timeout of the local preset
+    assert detected <= CFG.probe_interval + 2 * CFG.probe_timeout + CFG.suspicion_timeout + 0.1
+    assert states(cluster.groups["n2"])["n3"] in (MemberState.SUSPECT, MemberState.DEAD)
+    await fill_local(n1, 1)
+    for i in range(5):
+        assert (await n1.fill("jobs", f"t{i}", task_type=BOMB)).node_id == "n2"
+
+
+async def test_suspect_that_answers_again_is_alive(cluster: Cluster) -> None:
+    n1 = await cluster.add("n1")
+    await cluster.add("n2")
+    await cluster.settle()
+    cluster.net.down("n2")
+    while states(n1)["n2"] is MemberState.ALIVE:
+        await asyncio.sleep(0.01)
+    assert states(n1)["n2"] is MemberState.SUSPECT
+    cluster.net.up("n2")
+    await cluster.settle(0.5)
+    assert states(n1)["n2"] is MemberState.ALIVE
+
+
+async def test_graceful_stop_is_left_not_dead(cluster: Cluster) -> None:
+    n1 = await cluster.add("n1")
+    n2 = await cluster.add("n2")
+    await cluster.settle()
+    await n2.stop()
+    assert states(n1)["n2"] is MemberState.LEFT
+    await cluster.settle(3)
+    assert states(n1)["n2"] is MemberState.LEFT
+
+
+async def test_restart_is_a_new_incarnation(cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=1)
+    n2 = await cluster.add("n2")
+    await cluster.settle()
+    old_boot = {p.node_id: p.boot_id for p in n1.peers}["n2"]
+    await fill_local(n1, 1)
+    placed = await n1.fill("jobs", "remote", task_type=BOMB)
+    assert placed.node_id == "n2"
+    cluster.net.down("n2")  # crash: its tasks are gone
+    await n2.stop()
+    cluster.net.up("n2")
+    await cluster.add("n2")  # same id and address, new boot id
+    await cluster.settle()
+    peer = {p.node_id: p for p in n1.peers}["n2"]
+    assert peer.state is MemberState.ALIVE and peer.boot_id != old_boot
+    # The origin forgot where it sent "remote": drain finds it nowhere.
+    assert (await n1.drain("jobs", "remote")).outcome is DrainOutcome.NOT_FOUND
+
+
+# -- placement -------------------------------------------------------------------------
+
+
+async def test_local_first_then_overflow_says_where(cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=2)
+    await cluster.add("n2")
+    await cluster.settle()
+    first = await n1.fill("jobs", "a")
+    assert first.node_id == "n1" and not first.forwarded and first.task is not None
+    await n1.fill("jobs", "b", task_type=BOMB)
+    spill = await n1.fill("jobs", "c", {"k": [1, 2]}, task_type=BOMB)
+    assert spill.node_id == "n2" and spill.forwarded and spill.task is None
+    task = cluster.bucket("n2").get("c")
+    assert task is not None and task.data == {"k": [1, 2]} and task.type is BOMB
+
+
+async def test_time_bomb_keeps_remaining_times_across_a_hop(cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=1)
+    await cluster.add("n2")
+    await cluster.settle()
+    await fill_local(n1, 1)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await n1.fill("jobs", "bomb", task_type=BOMB, run_after=10, life_span=25)
+    info = await n1.get("jobs", "bomb")
+    assert info is not None and info.node_id == "n2" and info.type is BOMB
+    assert info.seconds_to_run == pytest.approx(10, abs=0.05)
+    assert info.seconds_left == pytest.approx(25, abs=0.05)
+    await asyncio.sleep(12)
+    assert cluster.recorders["n2"].at("execute", "bomb") - t0 == pytest.approx(10, abs=0.05)
+
+
+async def test_reject_then_retry_on_next_peer(cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=1)
+    await cluster.add("n2", max_bucket=5)
+    await cluster.add("n3", max_bucket=5)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    failures: list[tuple[str, ...]] = []
+    n1.on_peer_schedule_failed = lambda *a: failures.append(a)
+    # n2 fills up behind n1's back: n1's estimate is stale, n2 must refuse.
+    for i in range(5):
+        await cluster.groups["n2"].fill("jobs", f"own-{i}", task_type=BOMB)
+    forwarded = []
+    for i in range(4):
+        forwarded.append((await n1.fill("jobs", f"t{i}", task_type=BOMB)).node_id)
+    assert forwarded == ["n3"] * 4
+    assert failures == []  # never called on success
+    assert len(cluster.bucket("n2")) == 5
+
+
+async def test_cluster_full_raises_and_reports_each_rejection(cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=1)
+    await cluster.add("n2", max_bucket=1)
+    await cluster.add("n3", max_bucket=1)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    for name in ("n2", "n3"):  # both fill up after their last report
+        await cluster.groups[name].fill("jobs", f"own-{name}", task_type=BOMB)
+    failures: list[tuple[str, str, str, str]] = []
+
+    async def failed(peer: str, bucket: str, task_id: str, error: str) -> None:
+        failures.append((peer, bucket, task_id, error))
+
+    n1.on_peer_schedule_failed = failed
+    with pytest.raises(ClusterFullError) as info:
+        await n1.fill("jobs", "x", task_type=BOMB)
+    assert set(info.value.rejections) == {"n2", "n3"}
+    assert sorted(failures) == [("n2", "jobs", "x", "full"), ("n3", "jobs", "x", "full")]
+    # After the fresh reports, n1 knows nobody has room: no peer is even asked.
+    failures.clear()
+    with pytest.raises(ClusterFullError, match="no peer has room"):
+        await n1.fill("jobs", "y", task_type=BOMB)
+    assert failures == []
+
+
+async def test_balance_across_peers(cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=1000)
+    await cluster.add("n2", max_bucket=1000)
+    await cluster.add("n3", max_bucket=1000)
+    await cluster.settle()
+    results = []
+    for start in range(0, 2500, 100):  # concurrent bursts, like a busy origin
+        results += await asyncio.gather(*(n1.fill("jobs", f"t{i}", task_type=BOMB)
+                                          for i in range(start, start + 100)))
+    sizes = {name: len(cluster.bucket(name)) for name in ("n1", "n2", "n3")}
+    assert sizes["n1"] == 1000 and sizes["n2"] + sizes["n3"] == 1500
+    assert max(sizes.values()) <= 1000
+    assert abs(sizes["n2"] - sizes["n3"]) <= 0.05 * max(sizes["n2"], sizes["n3"])
+    assert sum(r.forwarded for r in results) == 1500
+
+
+async def test_forwards_are_batched(cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=1)
+    await cluster.add("n2", max_bucket=1000)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    before = sum(1 for _, _, k in cluster.net.calls if k is Kind.FILL)
+    await asyncio.gather(*(n1.fill("jobs", f"t{i}", task_type=BOMB) for i in range(500)))
+    requests = sum(1 for _, _, k in cluster.net.calls if k is Kind.FILL) - before
+    assert len(cluster.bucket("n2")) == 500
+    assert requests <= 10, f"500 concurrent forwards took {requests} requests"
+
+
+async def test_hung_peer_does_not_stall_fill(cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=1)
+    await cluster.add("n2")
+    await cluster.settle()
+    await fill_local(n1, 1)
+    failures: list[str] = []
+    n1.on_peer_schedule_failed = lambda peer, *_: failures.append(peer)
+    cluster.net.hang("n2")
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    with pytest.raises(ClusterFullError, match="did not answer"):
+        await n1.fill("jobs", "x", task_type=BOMB)
+    assert loop.time() - t0 <= CFG.forward_timeout + 0.05
+    assert failures == ["n2"]
+
+
+async def test_unserializable_data_is_refused_clearly(cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=1)
+    await cluster.add("n2")
+    await cluster.settle()
+    await n1.fill("jobs", "local", object())  # local tasks may hold anything
+    with pytest.raises(TypeError, match="not msgpack-serializable"):
+        await n1.fill("jobs", "remote", object())
+    assert len(cluster.bucket("n2")) == 0
+
+
+async def test_duplicate_on_the_chosen_peer_is_refused(cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=1)
+    await cluster.add("n2")
+    await cluster.settle()
+    await fill_local(n1, 1)
+    await cluster.groups["n2"].fill("jobs", "dup", task_type=BOMB)
+    with pytest.raises(DuplicateTaskError, match="n2"):
+        await n1.fill("jobs", "dup", task_type=BOMB)
+
+
+async def test_forwarded_task_is_never_forwarded_again(cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=1)
+    await cluster.add("n2", max_bucket=1)
+    await cluster.add("n3", max_bucket=1)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    await cluster.groups["n2"].fill("jobs", "own", task_type=BOMB)  # n2 full, n1 unaware
+    n1.rng = random.Random(0)
+    await n1.fill("jobs", "x", task_type=BOMB)
+    hops = [(src, dst) for src, dst, k in cluster.net.calls if k is Kind.FILL]
+    assert all(src == "n1" for src, _ in hops)  # n2 refused; it did not pass it on
+
+
+async def test_bad_arguments(cluster: Cluster) -> None:
+    n1 = await cluster.add("n1")
+    with pytest.raises(UnknownBucketError):
+        await n1.fill("nope", "x")
+    with pytest.raises(UnknownBucketError):
+        await n1.drain("nope", "x")
+    bucket = TaskBucket(BucketConfig(life_span=1), Recorder(), name="a")
+    with pytest.raises(ValueError, match="named 'a'"):
+        TaskBucketGroup({"b": bucket}, [])
+    with pytest.raises(ValueError, match="peers"):
+        TaskBucketGroup({"a": bucket}, ["no-port"])
+    with pytest.raises(ValueError, match="port"):
+        TaskBucketGroup({"a": bucket}, [], port=70000)
+    with pytest.raises(ValueError, match="secret"):
+        TaskBucketGroup({"a": bucket}, [], host="0.0.0.0")
+    TaskBucketGroup({"a": bucket}, [], host="0.0.0.0", insecure=True)  # allowed when asked
+
+
+async def test_lifecycle_refuses_reuse(cluster: Cluster) -> None:
+    n1 = await cluster.add("n1")
+    with pytest.raises(RuntimeError, match="running"):
+        await n1.start()
+    await n1.stop()
+    await n1.stop()  # idempotent
+    with pytest.raises(BucketClosedError, match="stopped"):
+        await n1.fill("jobs", "x")
+    with pytest.raises(RuntimeError, match="stopped"):
+        await n1.start()
+
+
+# -- drain and get ------------------------------------------------------------------------
+
+
+async def spread(cluster: Cluster) -> TaskBucketGroup:
+    n1 = await cluster.add("n1", max_bucket=1)
+    await cluster.add("n2", max_bucket=50)
+    await cluster.add("n3", max_bucket=50)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    return n1
+
+
+async def test_drain_from_origin_takes_one_hop_and_never_runs(cluster: Cluster) -> None:
+    n1 = await spread(cluster)
+    placed = await n1.fill("jobs", "job", task_type=BOMB)
+    before = len(cluster.net.calls)
+    result = await n1.drain("jobs", "job")
+    drains = [c for c in cluster.net.calls[before:] if c[2] is Kind.DRAIN]
+    assert result.outcome is DrainOutcome.DRAINED and result.node_id == placed.node_id
+    assert drains == [("n1", placed.node_id, Kind.DRAIN)]
+    await asyncio.sleep(40)
+    assert "job" not in cluster.fired()
+    assert (await n1.drain("jobs", "job")).outcome is DrainOutcome.NOT_FOUND
+
+
+async def test_drain_and_get_from_a_third_node(cluster: Cluster) -> None:
+    n1 = await spread(cluster)
+    placed = await n1.fill("jobs", "job", task_type=BOMB)
+    other = "n3" if placed.node_id == "n2" else "n2"
+    asker = cluster.groups[other]
+    info = await asker.get("jobs", "job")
+    assert info is not None and info.node_id == placed.node_id
+    assert info.state is TaskState.PENDING
+    assert await asker.get("jobs", "unknown") is None
+    result = await asker.drain("jobs", "job")
+    assert result.outcome is DrainOutcome.DRAINED and result.node_id == placed.node_id
+    assert await n1.get("jobs", "job") is None
+    await asyncio.sleep(40)
+    assert "job" not in cluster.fired()
+
+
+async def test_drain_of_running_remote_task_is_cancelled(cluster: Cluster) -> None:
+    n1 = await spread(cluster)
+    for rec in cluster.recorders.values():
+        rec.work["slow"] = 5
+    placed = await n1.fill("jobs", "slow")
+    await asyncio.sleep(1)
+    result = await n1.drain("jobs", "slow")
+    assert result.outcome is DrainOutcome.CANCELLED and result.node_id == placed.node_id
+    assert cluster.recorders[placed.node_id].hooks("slow") == ["execute"]
+
+
+@pytest.mark.parametrize("offset", [-0.01, -0.001, 0.0, 0.001, 0.01])
+async def test_drain_racing_firing_on_a_peer_has_one_winner(cluster: Cluster,
+                                                            offset: float) -> None:
+    n1 = await spread(cluster)
+    loop = asyncio.get_running_loop()
+    placed = await n1.fill("jobs", "race", task_type=BOMB, run_after=5, life_span=10)
+    remote = cluster.bucket(placed.node_id).get("race")
+    assert remote is not None
+    await asyncio.sleep(remote._run_at - loop.time() + offset)
+    result = await n1.drain("jobs", "race")
+    await asyncio.sleep(10)
+    ran = "race" in cluster.fired()
+    if result.outcome is DrainOutcome.DRAINED:
+        assert not ran
+    else:
+        assert ran
+
+
+# -- graceful stop -------------------------------------------------------------------------
+
+
+async def test_stop_hands_pending_tasks_to_peers_with_remaining_times(cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=1)
+    n2 = await cluster.add("n2", max_bucket=50)
+    await cluster.add("n3", max_bucket=50)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    loop = asyncio.get_running_loop()
+    on_n2 = []
+    for i in range(40):
+        result = await n1.fill("jobs", f"t{i}", task_type=BOMB)
+        if result.node_id == "n2":
+            on_n2.append(f"t{i}")
+    assert on_n2
+    t0 = loop.time()
+    await asyncio.sleep(10)
+    await n2.stop()
+    assert cluster.bucket("n2").stats()["handed_off"] == len(on_n2)
+    for task_id in on_n2:
+        task = cluster.bucket("n3").get(task_id)
+        assert task is not None, task_id
+        assert task.seconds_to_run == pytest.approx(30 - (loop.time() - t0) - 0.0, abs=0.1)
+        # The origin still finds and drains it (its record points at n2, which left).
+        info = await n1.get("jobs", task_id)
+        assert info is not None and info.node_id == "n3"
+    assert (await n1.drain("jobs", on_n2[0])).outcome is DrainOutcome.DRAINED
+    await asyncio.sleep(40)
+    fired = [t for t in cluster.fired() if t in on_n2]
+    assert sorted(fired) == sorted(on_n2[1:])
+    assert cluster.recorders["n2"].calls == []  # n2 ran nothing and rescued nothing
+
+
+async def test_stop_without_room_rescues_instead_of_losing(cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=3)
+    await cluster.add("n2", max_bucket=1)
+    await cluster.settle()
+    await fill_local(n1, 3)
+    await n1.stop()
+    assert cluster.bucket("n2").stats()["filled"] == 1  # one moved
+    assert sorted(cluster.recorders["n1"].hooks("local-0") + cluster.recorders["n1"].hooks(
+        "local-1") + cluster.recorders["n1"].hooks("local-2")) == ["panic", "panic"]
+
+
+async def test_stopping_node_refuses_forwards(cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=1)
+    n2 = await cluster.add("n2", max_bucket=10)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    stopping = asyncio.ensure_future(n2.stop())
+    await asyncio.sleep(0)
+    with pytest.raises(ClusterFullError):
+        await n1.fill("jobs", "x", task_type=BOMB)
+    await stopping
+    assert len(cluster.bucket("n2")) == 0
