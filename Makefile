@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo bench chaos lint typecheck pytest clean install
+.PHONY: test demo demo-local bench chaos lint typecheck pytest clean install
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { \
@@ -27,7 +27,12 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
+# The main job: three local nodes, backup jobs overflowing from node 1, ~70% drained.
 demo: $(STAMP)
+	$(PY) -m examples.cluster.run_local
+
+# The single-node version of the same job.
+demo-local: $(STAMP)
 	$(PY) examples/local_backup.py
 
 bench: $(STAMP)

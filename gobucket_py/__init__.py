@@ -15,6 +15,7 @@ Everything a user needs is in ``__all__``; other modules may change.
 """
 
 from .bucket import TaskBucket
+from .client import GroupClient
 from .cluster import (
     GroupState,
     HttpTransport,
@@ -56,6 +57,7 @@ __all__ = [
     "FillResult",
     "FunctionExecutor",
     "GobucketError",
+    "GroupClient",
     "GroupConfig",
     "GroupState",
     "Handler",

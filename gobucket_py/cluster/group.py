@@ -518,6 +518,13 @@ class TaskBucketGroup:
         membership = self._membership
         if membership is None:
             raise ProtocolError("node is starting")
+        if kind is Kind.SUBMIT:
+            return await self._serve_submit(message)
+        if kind is Kind.STATS:
+            return {"v": 1, "node": self.node_id, "state": self.state.value,
+                    "buckets": {n: b.stats() for n, b in self.buckets.items()}}
+        if message.get("scope") == "cluster":  # a client: route like a local call
+            return await self._serve_client(kind, message)
         membership.heard(message.get("from"))
         if kind is Kind.PING:
             membership.merge(message.get("members"))
@@ -534,6 +541,33 @@ class TaskBucketGroup:
         if kind is Kind.DRAIN:
             return await self._serve_drain(bucket, task_id, follow)
         return await self._serve_get(bucket, task_id, follow)
+
+    async def _serve_submit(self, message: dict[str, Any]) -> dict[str, Any]:
+        bucket, task_id, task_type, data, _, _ = _check_item(
+            [message.get("bucket"), message.get("id"), message.get("type"),
+             message.get("data"), 0, 1])
+        times = {k: message.get(k) for k in ("run_after", "life_span")}
+        run_after = None if times["run_after"] is None else number(times, "run_after")
+        life_span = None if times["life_span"] is None else number(times, "life_span")
+        try:
+            placed = await self.fill(bucket, task_id, data, task_type=task_type,
+                                     run_after=run_after, life_span=life_span)
+        except GobucketError as exc:
+            return {"v": 1, "error": type(exc).__name__, "message": str(exc)}
+        except (TypeError, ValueError) as exc:
+            return {"v": 1, "error": "ValueError", "message": str(exc)}
+        return {"v": 1, "node": placed.node_id, "forwarded": placed.forwarded}
+
+    async def _serve_client(self, kind: Kind, message: dict[str, Any]) -> dict[str, Any]:
+        bucket = field(message, "bucket", str)
+        task_id = field(message, "id", str)
+        if kind is Kind.DRAIN:
+            result = await self.drain(bucket, task_id)
+            return {"v": 1, "outcome": result.outcome.value, "node": result.node_id}
+        if kind is Kind.GET:
+            info = await self.get(bucket, task_id)
+            return {"v": 1, "task": None if info is None else _pack_info(info)}
+        raise ProtocolError(f"{kind.name} does not take scope=cluster")
 
     def _serve_fill(self, message: dict[str, Any]) -> dict[str, Any]:
         items = field(message, "items", list)

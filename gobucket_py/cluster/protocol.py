@@ -39,6 +39,8 @@ class Kind(IntEnum):
     DRAIN = 4      #: drain one task held by the receiver
     GET = 5        #: describe one task held by the receiver
     LEAVE = 6      #: the sender is stopping gracefully
+    SUBMIT = 7     #: a client asks the receiver to fill as the origin (may overflow)
+    STATS = 8      #: per-bucket counters of the receiver
 
     @property
     def path(self) -> str:

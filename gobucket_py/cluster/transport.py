@@ -105,9 +105,14 @@ class HttpTransport(Transport):
         if sockets:
             self.port = sockets[0].getsockname()[1]
         self.address = self.advertise or f"{self.host}:{self.port}"
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, limit_per_host=64, ttl_dns_cache=10),
-            auto_decompress=False, skip_auto_headers=("User-Agent",))
+        await self.open_client()
+
+    async def open_client(self) -> None:
+        """Create the keep-alive client session (``start`` does it too)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, limit_per_host=64, ttl_dns_cache=10),
+                auto_decompress=False, skip_auto_headers=("User-Agent",))
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         kind = PATHS.get(request.path)

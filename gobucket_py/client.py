@@ -1,0 +1,89 @@
+"""GroupClient: use a cluster from a process that is not a node.
+
+It asks one node to act for it: ``fill`` makes that node the origin (local
+first, then overflow), ``drain`` and ``get`` are routed cluster-wide by it.
+Requests are signed like peer traffic::
+
+    async with GroupClient("127.0.0.1:6666", secret="...") as client:
+        placed = await client.fill("backups", "order-42", {"order": 42},
+                                   task_type=TaskType.TIME_BOMB)
+        await client.drain("backups", "order-42")
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgpack
+
+from . import errors
+from .cluster.auth import Keyring
+from .cluster.group import _task_info
+from .cluster.protocol import Kind
+from .cluster.transport import HttpTransport
+from .task import DrainOutcome, DrainResult, FillResult, TaskInfo, TaskType
+
+__all__ = ["GroupClient"]
+
+_ERRORS: dict[str, type[Exception]] = {
+    name: getattr(errors, name) for name in errors.__all__} | {"ValueError": ValueError}
+
+
+class GroupClient:
+    """A signed HTTP client of one node (see the module docstring)."""
+
+    def __init__(self, address: str, *, secret: str | None = None, timeout: float = 5.0) -> None:
+        self.address = address
+        self.timeout = timeout
+        keyring = Keyring.parse(secret) if secret else None
+        self._transport = HttpTransport("127.0.0.1", 0, keyring=keyring)
+
+    async def __aenter__(self) -> GroupClient:
+        await self._transport.open_client()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> Literal[False]:
+        await self.close()
+        return False
+
+    async def close(self) -> None:
+        """Release the connection pool."""
+        await self._transport.close()
+
+    async def _call(self, kind: Kind, message: dict[str, Any]) -> dict[str, Any]:
+        return await self._transport.call(self.address, kind, {"v": 1, **message}, self.timeout)
+
+    async def fill(self, bucket: str, task_id: str, data: Any = None, *,
+                   task_type: TaskType = TaskType.IMMEDIATE, run_after: float | None = None,
+                   life_span: float | None = None) -> FillResult:
+        """Like ``TaskBucketGroup.fill`` on the node; raises the same errors."""
+        try:
+            payload = msgpack.packb(data, use_bin_type=True, datetime=False)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise TypeError(f"task data is not msgpack-serializable: {exc}") from exc
+        reply = await self._call(Kind.SUBMIT, {
+            "bucket": bucket, "id": task_id, "type": 0 if task_type is TaskType.IMMEDIATE else 1,
+            "data": payload, "run_after": run_after, "life_span": life_span})
+        if "error" in reply:
+            error = _ERRORS.get(str(reply["error"]), errors.GobucketError)
+            raise error(str(reply.get("message")))
+        return FillResult(bucket, task_id, str(reply["node"]), bool(reply["forwarded"]))
+
+    async def drain(self, bucket: str, task_id: str) -> DrainResult:
+        """Drain the task wherever it lives."""
+        reply = await self._call(Kind.DRAIN, {"bucket": bucket, "id": task_id,
+                                              "scope": "cluster"})
+        node = reply.get("node")
+        return DrainResult(DrainOutcome(reply["outcome"]), task_id,
+                           node if isinstance(node, str) else None)
+
+    async def get(self, bucket: str, task_id: str) -> TaskInfo | None:
+        """Describe the task wherever it lives, or None."""
+        reply = await self._call(Kind.GET, {"bucket": bucket, "id": task_id,
+                                            "scope": "cluster"})
+        raw = reply.get("task")
+        return None if raw is None else _task_info(raw)
+
+    async def stats(self) -> dict[str, Any]:
+        """The node's id, state and per-bucket counters."""
+        return await self._call(Kind.STATS, {})
