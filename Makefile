@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo demo-local bench chaos lint typecheck pytest clean install
+.PHONY: test demo demo-local e2e bench chaos lint typecheck pytest clean install
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { \
@@ -34,6 +34,10 @@ demo: $(STAMP)
 # The single-node version of the same job.
 demo-local: $(STAMP)
 	$(PY) examples/local_backup.py
+
+# The docker-compose demo end to end (needs a Docker Engine; builds offline).
+e2e: $(STAMP)
+	$(PY) -m pytest -q -s -m docker tests/test_docker_e2e.py
 
 bench: $(STAMP)
 	$(PY) -m bench

@@ -522,7 +522,8 @@ class TaskBucketGroup:
             return await self._serve_submit(message)
         if kind is Kind.STATS:
             return {"v": 1, "node": self.node_id, "state": self.state.value,
-                    "buckets": {n: b.stats() for n, b in self.buckets.items()}}
+                    "buckets": {n: b.stats() for n, b in self.buckets.items()},
+                    "peers": {m.node_id: m.state.value for m in membership.members.values()}}
         if message.get("scope") == "cluster":  # a client: route like a local call
             return await self._serve_client(kind, message)
         membership.heard(message.get("from"))

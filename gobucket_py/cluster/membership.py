@@ -141,7 +141,10 @@ class Membership:
         if old is state:
             return
         member.state = state
-        member.state_since = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        member.state_since = since = loop.time()
+        if state is MemberState.SUSPECT:  # expire on time, not at the next probe tick
+            loop.call_later(self.config.suspicion_timeout, self._expire, member, since)
         bad = state in (MemberState.DEAD, MemberState.SUSPECT)
         level = logging.WARNING if bad else logging.INFO
         log.log(level, "peer %s event=peer_%s node=%s peer=%s addr=%s", state.value, state.value,
@@ -250,7 +253,8 @@ class Membership:
         if not helpers:
             return False
         message = {"v": 1, "from": self.header(), "target": target.addr}
-        timeout = self.config.probe_timeout * 2
+        # The helper's own probe takes up to probe_timeout; allow for the extra hop.
+        timeout = self.config.probe_timeout * 1.25
 
         async def ask(helper: Member) -> bool:
             try:
@@ -298,6 +302,10 @@ class Membership:
             await self.ping(addr, self.config.probe_timeout)
         except GobucketError as exc:
             log.debug("join attempt failed node=%s addr=%s error=%s", self.node_id, addr, exc)
+
+    def _expire(self, member: Member, since: float) -> None:
+        if member.state is MemberState.SUSPECT and member.state_since == since:
+            self._set_state(member, MemberState.DEAD)
 
     def _expire_suspects(self) -> None:
         now = asyncio.get_running_loop().time()
