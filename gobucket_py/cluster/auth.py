@@ -86,6 +86,8 @@ class Keyring:
                                   headers.get(SIG))
         if not (key_id and ts and nonce and sig):
             raise AuthError("request is not signed")
+        if not (key_id.isascii() and ts.isascii() and nonce.isascii() and sig.isascii()):
+            raise AuthError("malformed signature headers")
         key = self._keys.get(key_id)
         if key is None:
             raise AuthError(f"unknown key id {key_id[:64]!r}")

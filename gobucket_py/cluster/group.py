@@ -653,7 +653,7 @@ def _check_item(raw: object) -> tuple[str, str, TaskType, Any, float, float]:
     bucket, task_id, type_code, payload, run_after, life_span = raw
     if not isinstance(bucket, str) or not isinstance(task_id, str) or not task_id:
         raise ProtocolError("fill item bucket and id must be strings")
-    if type_code not in (0, 1) or isinstance(type_code, bool):
+    if type(type_code) is not int or type_code not in (0, 1):
         raise ProtocolError(f"fill item type must be 0 or 1, got {type_code!r}")
     if not isinstance(payload, bytes):
         raise ProtocolError("fill item data must be msgpack bytes")

@@ -78,7 +78,7 @@ def decode(body: bytes, max_body: int) -> dict[str, Any]:
     if not isinstance(message, dict):
         raise ProtocolError(f"message must be a map, got {type(message).__name__}")
     version = message.get("v")
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:
         raise ProtocolError(f"protocol version {version!r} is not {PROTOCOL_VERSION}")
     return message
 

@@ -130,6 +130,8 @@ class HttpTransport(Transport):
                 self.keyring.verify(request.method, request.path, request.headers, body)
             except AuthError as exc:
                 return _error_body(401, str(exc))
+            except (TypeError, ValueError):  # hostile header bytes: still just unauthenticated
+                return _error_body(401, "malformed signature headers")
         try:
             message = decode(body, self.max_body)
             reply = await self._handler(kind, message)
