@@ -35,7 +35,7 @@ def buckets() -> dict[str, TaskBucket]:
     ledger_path = os.environ.get("NODE_LEDGER")
     if ledger_path:
         node = os.environ.get("GOBUCKET_NODE_ID", str(os.getpid()))
-        ledger = open(ledger_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        ledger = open(ledger_path, "a", buffering=1, encoding="utf-8")
 
         def record(task: Task) -> None:
             ledger.write(json.dumps({"node": node, "id": task.id, "state": task.state.value})

@@ -6,7 +6,8 @@ def test_all_is_the_public_surface() -> None:
         [
             "BucketClosedError", "BucketConfig", "BucketError", "BucketFullError",
             "ClusterFullError", "DrainOutcome", "DrainResult", "DuplicateTaskError", "Executor",
-            "FillResult", "FunctionExecutor", "GobucketError", "GroupClient", "GroupConfig", "GroupState",
+            "FillResult", "FunctionExecutor", "GobucketError", "GroupClient", "GroupConfig",
+            "GroupState",
             "Handler", "HttpTransport", "Keyring", "MemberState", "MemoryNetwork", "PeerError",
             "PeerInfo", "PeerUnavailableError", "ProtocolError", "Task", "TaskBucket",
             "TaskBucketGroup", "TaskInfo", "TaskState", "TaskType", "Transport",

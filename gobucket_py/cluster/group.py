@@ -392,6 +392,8 @@ class TaskBucketGroup:
         DRAINED: it had not started and will never run anywhere. CANCELLED:
         its on_execute was cancelled. NOT_FOUND: no node holds it (finished,
         never filled, or lost with a dead node). ``node_id`` says where it was.
+        Raises :class:`PeerUnavailableError` when a peer that may hold the
+        task could not be asked: the task may still be live, so try again.
         """
         outcome = self._bucket(bucket).drain_nowait(task_id)
         if outcome is not DrainOutcome.NOT_FOUND:
@@ -399,13 +401,14 @@ class TaskBucketGroup:
             return DrainResult(outcome, task_id, self.node_id)
         reply = await self._ask(Kind.DRAIN, bucket, task_id, lambda r: r.get("outcome")
                                 not in (None, DrainOutcome.NOT_FOUND.value))
-        self._forwarded.pop((bucket, task_id), None)
+        self._forwarded.pop((bucket, task_id), None)  # a definite answer: forget the record
         if reply is None:
             return DrainResult(DrainOutcome.NOT_FOUND, task_id, None)
         return DrainResult(_OUTCOMES[reply["outcome"]], task_id, reply.get("node"))
 
     async def get(self, bucket: str, task_id: str) -> TaskInfo | None:
-        """Describe a live task wherever it lives, or None."""
+        """Describe a live task wherever it lives, or None. Raises
+        :class:`PeerUnavailableError` when a peer that may hold it did not answer."""
         task = self._bucket(bucket).get(task_id)
         if task is not None:
             return TaskInfo.of(task, self.node_id)
@@ -424,6 +427,7 @@ class TaskBucketGroup:
         timeout = self.config.request_timeout
         record = self._forwarded.get((bucket, task_id))
         asked: set[str] = set()
+        silent: list[str] = []  # peers that may hold the task but did not answer
         if record is not None:
             member = membership.members.get(record[0])
             if member is not None and member.boot == record[1] and member.state in (
@@ -431,18 +435,21 @@ class TaskBucketGroup:
                 asked.add(member.node_id)
                 try:
                     reply = await self.transport.call(member.addr, kind, message, timeout)
+                except PeerUnavailableError:
+                    silent.append(member.node_id)
                 except GobucketError:
                     pass
                 else:
                     # The holder answers for its handoffs too: its word is final.
                     return reply if found(reply) else None
         targets = [m for m in membership.reachable() if m.node_id not in asked]
-        if not targets:
-            return None
 
         async def one(member: Member) -> dict[str, Any] | None:
             try:
                 reply = await self.transport.call(member.addr, kind, message, timeout)
+            except PeerUnavailableError:
+                silent.append(member.node_id)
+                return None
             except GobucketError:
                 return None
             return reply if found(reply) else None
@@ -450,6 +457,10 @@ class TaskBucketGroup:
         for answer in await asyncio.gather(*(one(m) for m in targets)):
             if answer is not None:
                 return answer
+        if silent:
+            raise PeerUnavailableError(
+                f"could not reach {', '.join(sorted(silent))}; task {task_id!r} in bucket "
+                f"{bucket!r} may still be live there: try again")
         return None
 
     async def _drain_on(self, member: Member, bucket: str, task_id: str) -> None:
