@@ -15,13 +15,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="Run gobucket_py benchmarks and rewrite BENCHMARKS.md from all results.")
-    parser.add_argument("groups", nargs="*", choices=GROUPS, help="groups to run (default: all)")
+    # No argparse choices=: Python 3.11 rejects an empty nargs="*" list against them.
+    parser.add_argument("groups", nargs="*", metavar="GROUP",
+                        help=f"groups to run: {', '.join(GROUPS)} (default: all)")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite BENCHMARKS.md from saved results without running")
     parser.add_argument("--soak", type=float, default=60.0, metavar="SECONDS",
                         help="cluster: seconds of continuous overflow fill+drain load while "
                              "counting false suspicions (issue #3 asks for 600)")
     args = parser.parse_args()
+    unknown = [g for g in args.groups if g not in GROUPS]
+    if unknown:
+        parser.error(f"unknown group(s) {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
     if not args.report_only:
         for g in args.groups or GROUPS:
             print(f"== {g}", flush=True)

@@ -58,7 +58,7 @@ APP = "bench.app:buckets"
 T = TypeVar("T")
 
 #: Overflow sweep: (batch_size, batch_concurrency, concurrent fills). The first
-#: entry is the library default with the chunk size the issue's text suggests.
+#: two use the library defaults (batch_size 256, batch_concurrency 4).
 SWEEP = [(256, 4, 2000), (256, 4, 5000), (1024, 2, 5000), (1024, 4, 5000),
          (4096, 1, 5000), (512, 4, 5000), (256, 8, 5000), (1024, 4, 10000)]
 
@@ -179,6 +179,21 @@ class Node:
     def log_text(self) -> str:
         return "".join(self.logdir.joinpath(f"{self.node_id}.run{r}.err")
                        .read_text(errors="replace") for r in range(1, self.runs + 1))
+
+
+def cpu_seconds(node: Node) -> float:
+    """User+system CPU seconds of a running node (Linux /proc; 0 elsewhere)."""
+    try:
+        assert node.proc is not None
+        fields = Path(f"/proc/{node.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def process_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 # -- the in-process origin ------------------------------------------------------------
@@ -527,7 +542,7 @@ async def balance(logdir: Path, n: int = 2500, cap: int = 1000, chunk: int = 100
         Row("#3", "balance: ClusterFullError while the cluster had room", false_full,
             "fills", "0", false_full == 0,
             note=f"capacity {3 * cap:,} > {n:,} filled, so any ClusterFullError is one"),
-        Row("#3", "balance: peer occupancy spread |a-b|/max(a,b)", spread * 100, "%",
+        Row("#3", "balance: peer occupancy spread abs(a-b)/max(a,b)", spread * 100, "%",
             "<= 5%", spread <= 0.05,
             note=f"median of {rounds} rounds: {', '.join(f'{s:.1%}' for s in spreads)}"),
     ]
@@ -614,6 +629,7 @@ async def detection(logdir: Path, soak: float, kills: int = 10, stops: int = 5,
         filled = drained = failed = 0
         errors: Counter[str] = Counter()
         t0 = loop.time()
+        cpu0 = [cpu_seconds(node) for node in nodes], process_cpu()
         rnd = 0
         while loop.time() - t0 < soak:
             ids = [f"s{rnd}-{i}" for i in range(load_width)]
@@ -630,6 +646,8 @@ async def detection(logdir: Path, soak: float, kills: int = 10, stops: int = 5,
                            and r.outcome is DrainOutcome.DRAINED)
             errors.update(type(r).__name__ for r in res if isinstance(r, BaseException))
         soak_secs = loop.time() - t0
+        node_cpu = sum(cpu_seconds(n) - c for n, c in zip(nodes, cpu0[0], strict=True))
+        own_cpu = process_cpu() - cpu0[1]
         soak_false = list(watch.false)
         node_lines = []
         for node, mark in zip(nodes, log_marks, strict=True):
@@ -683,7 +701,8 @@ async def detection(logdir: Path, soak: float, kills: int = 10, stops: int = 5,
                  f"observer (default GroupConfig) saw {len(soak_false)}, the 3 nodes' logs "
                  f"{len(node_lines)}; load: rounds of {load_width:,} concurrent overflow "
                  f"fills then their drains, {filled / soak_secs:,.0f} fills/s + "
-                 f"{drained / soak_secs:,.0f} drains/s, {failed} failed fills"
+                 f"{drained / soak_secs:,.0f} drains/s, {failed} failed fills; CPU: observer "
+                 f"{own_cpu / soak_secs:.0%}, 3 nodes {node_cpu / soak_secs:.0%} of one core"
                  + (f", errors {dict(errors)}" if errors else "")
                  + (f"; observer: {soak_false[:3]}" if soak_false else "")
                  + (f"; nodes: {node_lines[:3]}" if node_lines else "")),

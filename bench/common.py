@@ -62,6 +62,11 @@ def machine() -> str:
             f"({platform.python_implementation()}), {platform.system()} {platform.release()}")
 
 
+def _cell(text: str) -> str:
+    """A Markdown table cell: no pipes or line breaks."""
+    return " ".join(text.replace("|", "\\|").split())
+
+
 def write_report(groups: list[str]) -> None:
     rows: list[dict[str, object]] = []
     for g in groups:
@@ -76,12 +81,14 @@ def write_report(groups: list[str]) -> None:
         "measured in the same run on the same machine (the machine is noisy: compare ratios).",
         "",
         f"Machine: {machine()}.",
-        f"Command: `make bench` (or `.venv/bin/python -m bench {' '.join(groups)}`).",
+        f"Command: `make bench` (or `.venv/bin/python -m bench {' '.join(groups)}`; "
+        "`--soak SECONDS` sets the cluster soak, default 60).",
         "",
         "| issue | figure | value | target | met | baseline (same run) | ratio | note |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        r = {k: _cell(v) if isinstance(v, str) else v for k, v in r.items()}
         lines.append(
             f"| {r['issue']} | {r['name']} | {fmt(float(r['value']))} {r['unit']} "  # type: ignore[arg-type]
             f"| {r['target']} | {'yes' if r['met'] else '**no**'} | {r['baseline']} "

@@ -107,7 +107,8 @@ class GroupConfig:
     The defaults are for a LAN (or one host); :meth:`local` is a faster preset
     for tests. Each default says why it is what it is. Detection of a dead
     node takes at most about ``probe_interval + 2 * probe_timeout +
-    suspicion_timeout`` (2.7 s with the defaults).
+    suspicion_timeout`` (2.5 s with the defaults; about 2.6 s for a hung node, whose
+    indirect probes time out too).
     """
 
     #: Every peer is probed this often; capacity rides on each probe and ack,

@@ -378,6 +378,10 @@ class TaskBucketGroup:
         expiry = now + life_span + 1.0
         self._forwarded[(bucket, task_id)] = (member.node_id, member.boot, expiry)
         heapq.heappush(self._expiry, (expiry, bucket, task_id))
+        if len(self._expiry) > 2 * len(self._forwarded) + 1024:
+            # Drained tasks leave stale heap entries: rebuild (amortised O(1)).
+            self._expiry = [(exp, b, t) for (b, t), (_, _, exp) in self._forwarded.items()]
+            heapq.heapify(self._expiry)
         while self._expiry and self._expiry[0][0] < now:
             _, b, t = heapq.heappop(self._expiry)
             record = self._forwarded.get((b, t))
