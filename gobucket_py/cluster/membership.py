@@ -307,19 +307,11 @@ class Membership:
         if member.state is MemberState.SUSPECT and member.state_since == since:
             self._set_state(member, MemberState.DEAD)
 
-    def _expire_suspects(self) -> None:
-        now = asyncio.get_running_loop().time()
-        for member in list(self.members.values()):
-            if (member.state is MemberState.SUSPECT
-                    and now - member.state_since >= self.config.suspicion_timeout):
-                self._set_state(member, MemberState.DEAD)
-
     async def _probe_loop(self) -> None:
         cfg = self.config
         # Jitter so that nodes started together do not probe in lockstep.
         await asyncio.sleep(self.rng.uniform(0, cfg.probe_interval))
         while True:
-            self._expire_suspects()
             for member in list(self.members.values()):
                 if member.state is not MemberState.LEFT:
                     self._spawn_probe(member)
