@@ -276,6 +276,87 @@ async def test_forwards_are_batched(cluster: Cluster) -> None:
     assert requests <= 10, f"500 concurrent forwards took {requests} requests"
 
 
+async def test_fill_many_places_local_first_then_spreads_and_reports_each(
+        cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=3)
+    await cluster.add("n2", max_bucket=4)
+    await cluster.add("n3", max_bucket=4)
+    await cluster.settle()
+    await cluster.groups["n3"].fill("jobs", "dup", task_type=BOMB)  # n3 has 3 slots left
+    failures: list[tuple[str, ...]] = []
+    n1.on_peer_schedule_failed = lambda *a: failures.append(a)
+    tasks = [(f"t{i}", {"i": i}) for i in range(12)] + [("bad", object())]
+    results = await n1.fill_many("jobs", tasks, task_type=BOMB, run_after=5, life_span=9)
+    assert len(results) == 13
+    placed = [r for r in results if not isinstance(r, Exception)]
+    assert [r.node_id for r in placed[:3]] == ["n1"] * 3  # local first
+    assert all(r.forwarded for r in placed[3:])
+    by_node = {name: len(cluster.bucket(name)) for name in ("n1", "n2", "n3")}
+    assert by_node == {"n1": 3, "n2": 4, "n3": 4}  # 10 of 12 placed, none over capacity
+    errors = [r for r in results if isinstance(r, Exception)]
+    assert [type(e) for e in errors] == [ClusterFullError, ClusterFullError, TypeError]
+    assert "not msgpack-serializable" in str(errors[-1])
+    for result in placed:
+        info = await n1.get("jobs", result.task_id)
+        assert info is not None and info.node_id == result.node_id
+        assert info.seconds_to_run == pytest.approx(5, abs=0.05)
+    task = cluster.bucket(placed[-1].node_id).get(placed[-1].task_id)
+    assert task is not None and task.data == {"i": int(placed[-1].task_id[1:])}
+    # n1's report of n3 predates "dup": n3 refused one task, and only that one
+    # refusal is reported (for the task that then found no home).
+    assert [(f[0], f[3]) for f in failures] == [("n3", "full")]
+    assert sorted("n3: full" in str(e) for e in errors[:2]) == [False, True]
+
+
+async def test_fill_many_retries_a_refusal_on_another_peer(cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=1)
+    await cluster.add("n2", max_bucket=5)
+    await cluster.add("n3", max_bucket=20)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    for i in range(5):  # n2 fills up behind n1's back
+        await cluster.groups["n2"].fill("jobs", f"own-{i}", task_type=BOMB)
+    results = await n1.fill_many("jobs", {f"t{i}": None for i in range(10)}, task_type=BOMB)
+    assert all(not isinstance(r, Exception) and r.node_id == "n3" for r in results), results
+    assert len(cluster.bucket("n3")) == 10 and len(cluster.bucket("n2")) == 5
+
+
+async def test_fill_many_reports_duplicates_per_task(cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=1)
+    await cluster.add("n2", max_bucket=10)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    await n1.fill("jobs", "seen", task_type=BOMB)  # forwarded to n2
+    results = await n1.fill_many("jobs", [("local-0", 1), ("seen", 2), ("new", 3)],
+                                 task_type=BOMB)
+    assert isinstance(results[0], DuplicateTaskError)  # live here
+    assert isinstance(results[1], DuplicateTaskError) and "n2" in str(results[1])
+    assert not isinstance(results[2], Exception) and results[2].node_id == "n2"
+
+
+async def test_fill_many_rejects_bad_arguments_before_filling(cluster: Cluster) -> None:
+    n1 = await cluster.add("n1")
+    with pytest.raises(UnknownBucketError):
+        await n1.fill_many("nope", [("a", None)])
+    with pytest.raises(ValueError, match="life_span"):
+        await n1.fill_many("jobs", [("a", None)], life_span=-1)
+    with pytest.raises(ValueError, match="run_after"):
+        await n1.fill_many("jobs", [("a", None)], run_after=3)  # immediate
+    assert len(cluster.bucket("n1")) == 0
+
+
+async def test_fill_many_batches_its_overflow(cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=1)
+    await cluster.add("n2", max_bucket=1000)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    before = sum(1 for _, _, k in cluster.net.calls if k is Kind.FILL)
+    results = await n1.fill_many("jobs", ((f"t{i}", i) for i in range(600)), task_type=BOMB)
+    requests = sum(1 for _, _, k in cluster.net.calls if k is Kind.FILL) - before
+    assert sum(not isinstance(r, Exception) and r.forwarded for r in results) == 600
+    assert requests <= 8, f"600 forwards took {requests} requests"
+
+
 async def test_hung_peer_does_not_stall_fill(cluster: Cluster) -> None:
     n1 = await cluster.add("n1", max_bucket=1)
     await cluster.add("n2")

@@ -35,8 +35,8 @@ class Forwarder:
         self.transport = transport
         self.membership = membership
         self.config = config
-        self._queues: dict[str, deque[tuple[Item, asyncio.Future[str]]]] = {}
-        self._pumps: dict[str, int] = {}
+        self._queues: dict[tuple[str, bool], deque[tuple[Item, asyncio.Future[str]]]] = {}
+        self._pumps: dict[tuple[str, bool], int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def send(self, member: Member, item: Item, *, handoff: bool = False) -> asyncio.Future[str]:
@@ -47,7 +47,7 @@ class Forwarder:
         future: asyncio.Future[str] = loop.create_future()
         bucket = item[0]
         member.inflight[bucket] = member.inflight.get(bucket, 0) + 1
-        key = f"{member.node_id}/{int(handoff)}"
+        key = (member.node_id, handoff)
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = deque()
@@ -59,7 +59,7 @@ class Forwarder:
             task.add_done_callback(self._tasks.discard)
         return future
 
-    async def _pump(self, key: str, member: Member,
+    async def _pump(self, key: tuple[str, bool], member: Member,
                     queue: deque[tuple[Item, asyncio.Future[str]]], handoff: bool) -> None:
         try:
             while queue:

@@ -15,7 +15,7 @@ import ipaddress
 import logging
 import random
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -37,7 +37,7 @@ from ..task import DrainOutcome, DrainResult, FillResult, Task, TaskInfo, TaskSt
 from .auth import Keyring
 from .forward import Forwarder, Item
 from .membership import Member, Membership, MemberState, PeerInfo
-from .placement import candidates, order
+from .placement import candidates, pick
 from .protocol import MAX_ITEMS, MAX_STR, Kind, field, number
 from .transport import HttpTransport, Transport
 
@@ -47,6 +47,7 @@ log = logging.getLogger("gobucket_py")
 
 _TYPES = (TaskType.IMMEDIATE, TaskType.TIME_BOMB)
 _OUTCOMES = {o.value: o for o in DrainOutcome}
+_PACKED_NONE = msgpack.packb(None)
 
 #: ``on_peer_schedule_failed(peer_id, bucket, task_id, error)``; may be async.
 ScheduleFailed = Callable[[str, str, str, str], Any]
@@ -301,34 +302,119 @@ class TaskBucketGroup:
         ``TypeError`` when an overflowing task's data is not
         msgpack-serializable.
         """
-        if self.state is not GroupState.RUNNING:
-            raise BucketClosedError(f"node {self.node_id} is {self.state.value}; "
-                                    "it accepts no new task")
-        local = self._bucket(bucket)
-        try:
+        local = self._open_bucket(bucket)
+        if local.free > 0 or task_id in local:  # no exception on the overflow path
             task = local.fill_nowait(task_type, task_id, data, run_after=run_after,
                                      life_span=life_span)
-        except BucketFullError:
-            pass
-        else:
             return FillResult(bucket, task_id, self.node_id, False, task)
-        ls, ra = check_times(local.config.life_span if life_span is None else life_span,
-                             0.0 if task_type is TaskType.IMMEDIATE else
-                             local.config.run_after if run_after is None else run_after)
-        try:
-            payload = msgpack.packb(data, use_bin_type=True, datetime=False)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise TypeError(f"bucket {bucket!r} is full here and task {task_id!r} cannot be "
-                            f"forwarded: its data is not msgpack-serializable ({exc})") from exc
-        item: Item = [bucket, task_id, _TYPES.index(task_type), payload, ra, ls]
+        ra, ls = _times(local, task_type, run_after, life_span)
+        item = _item(bucket, task_id, data, task_type, ra, ls)
         member, rejections = await self._place(item)
         if member is not None:
             return FillResult(bucket, task_id, member.node_id, True)
+        raise await self._cluster_full(item, rejections)
+
+    async def fill_many(
+        self,
+        bucket: str,
+        tasks: Mapping[str, Any] | Iterable[tuple[str, Any]],
+        *,
+        task_type: TaskType = TaskType.IMMEDIATE,
+        run_after: float | None = None,
+        life_span: float | None = None,
+    ) -> list[FillResult | Exception]:
+        """Fill many tasks of one type and timing: ``{task_id: data}`` or
+        ``(task_id, data)`` pairs.
+
+        Same placement as :meth:`fill` (local first, then peers), but the
+        overflow is spread over peers in one pass and sent in batches, which
+        is several times faster than one ``fill`` per task. Returns one entry
+        per task, in order: a :class:`FillResult`, or the exception that
+        ``fill`` would have raised for that task (one refused task does not
+        stop the rest). Raises only for what concerns every task: an unknown
+        or closed bucket, or bad ``task_type``/``run_after``/``life_span``.
+        """
+        local = self._open_bucket(bucket)
+        ra, ls = _times(local, task_type, run_after, life_span)
+        pairs = tasks.items() if isinstance(tasks, Mapping) else tasks
+        results: list[FillResult | Exception | None] = []
+        overflow: list[tuple[int, Item]] = []
+        for task_id, data in pairs:
+            try:
+                if local.free > 0 or task_id in local:
+                    task = local.fill_nowait(task_type, task_id, data, run_after=run_after,
+                                             life_span=life_span)
+                    results.append(FillResult(bucket, task_id, self.node_id, False, task))
+                    continue
+                overflow.append((len(results), _item(bucket, task_id, data, task_type, ra, ls)))
+                results.append(None)
+            except (GobucketError, TypeError, ValueError) as exc:
+                results.append(exc)
+        if overflow:
+            await self._place_many(bucket, overflow, results)
+        assert all(r is not None for r in results)
+        return results  # type: ignore[return-value]
+
+    def _open_bucket(self, name: str) -> TaskBucket:
+        if self.state is not GroupState.RUNNING:
+            raise BucketClosedError(f"node {self.node_id} is {self.state.value}; "
+                                    "it accepts no new task")
+        local = self._bucket(name)
+        if local.closed:
+            raise BucketClosedError(f"bucket {name!r} is closed")
+        return local
+
+    async def _place_many(self, bucket: str, overflow: list[tuple[int, Item]],
+                          results: list[FillResult | Exception | None]) -> None:
+        """Spread ``overflow`` over peers by two choices, all sent at once;
+        what a peer refuses goes through :meth:`_place` like a single fill."""
+        forwarder = self._forwarder
+        assert forwarder is not None
+        pool = candidates(self._members.members.values(), bucket)
+        sent: list[tuple[int, Item, Member, asyncio.Future[str]]] = []
+        retry: list[tuple[int, Item, dict[str, str]]] = []
+        for index, item in overflow:
+            if not pool:
+                retry.append((index, item, {}))
+                continue
+            member = pick(pool, bucket, self.rng)
+            sent.append((index, item, member, forwarder.send(member, item)))
+            if member.estimate(bucket) <= 0:
+                pool.remove(member)
+        for index, item, member, future in sent:
+            rejections: dict[str, str] = {}
+            try:
+                outcome: str | GobucketError = await future
+            except GobucketError as exc:
+                outcome = exc
+            try:
+                if self._settle(member, item, outcome, rejections):
+                    results[index] = FillResult(bucket, item[1], member.node_id, True)
+                else:
+                    retry.append((index, item, rejections))
+            except DuplicateTaskError as exc:
+                results[index] = exc
+
+        async def again(index: int, item: Item, rejections: dict[str, str]) -> None:
+            try:
+                member, rejections = await self._place(item, rejections=rejections)
+                results[index] = (FillResult(bucket, item[1], member.node_id, True)
+                                  if member is not None
+                                  else await self._cluster_full(item, rejections))
+            except GobucketError as exc:
+                results[index] = exc
+
+        if retry:
+            await asyncio.gather(*(again(*r) for r in retry))
+
+    async def _cluster_full(self, item: Item, rejections: dict[str, str]) -> ClusterFullError:
+        """Report each refusal to ``on_peer_schedule_failed``; the error to raise."""
+        bucket, task_id = item[0], item[1]
         for peer_id, error in rejections.items():
             await self._report_failure(peer_id, bucket, task_id, error)
         detail = "; ".join(f"{p}: {e}" for p, e in rejections.items()) or "no peer has room"
-        raise ClusterFullError(f"no node could take task {task_id!r} in bucket {bucket!r} "
-                               f"(local bucket full; {detail})", rejections)
+        return ClusterFullError(f"no node could take task {task_id!r} in bucket {bucket!r} "
+                                f"(local bucket full; {detail})", rejections)
 
     async def _report_failure(self, peer_id: str, bucket: str, task_id: str, error: str) -> None:
         callback = self.on_peer_schedule_failed
@@ -341,37 +427,44 @@ class TaskBucketGroup:
         except Exception:
             log.exception("on_peer_schedule_failed raised node=%s", self.node_id)
 
-    async def _place(self, item: Item, *, handoff: bool = False
+    async def _place(self, item: Item, *, handoff: bool = False,
+                     rejections: dict[str, str] | None = None
                      ) -> tuple[Member | None, dict[str, str]]:
-        """Try up to ``max_attempts`` peers; return the one that accepted."""
-        bucket, task_id, life_span = item[0], item[1], item[5]
-        membership, forwarder = self._members, self._forwarder
+        """Try up to ``max_attempts`` peers (not those in ``rejections``);
+        return the one that accepted, and who refused."""
+        bucket = item[0]
+        members, forwarder, rng = self._members.members, self._forwarder, self.rng
         assert forwarder is not None
-        rejections: dict[str, str] = {}
-        for _ in range(self.config.max_attempts):
-            pool = [m for m in candidates(membership.members.values(), bucket)
-                    if m.node_id not in rejections]
+        rejections = {} if rejections is None else rejections
+        for _ in range(self.config.max_attempts - len(rejections)):
+            pool = candidates(members.values(), bucket, rejections)
             if not pool:
                 break
-            member = order(pool, bucket, self.rng, 1)[0]
+            member = pick(pool, bucket, rng)
             try:
-                verdict = await forwarder.send(member, item, handoff=handoff)
-            except PeerUnavailableError as exc:
-                rejections[member.node_id] = str(exc)
-                if exc.maybe_delivered:  # it may have accepted: make sure it will not run
-                    self._spawn(self._drain_on(member, bucket, task_id))
-                continue
+                outcome: str | GobucketError = await forwarder.send(member, item, handoff=handoff)
             except GobucketError as exc:
-                rejections[member.node_id] = str(exc)
-                continue
-            if verdict == "ok":
-                self._remember(bucket, task_id, member, life_span)
+                outcome = exc
+            if self._settle(member, item, outcome, rejections, handoff):
                 return member, rejections
-            if verdict == "duplicate" and not handoff:
-                raise DuplicateTaskError(f"task {task_id!r} is already live in bucket "
-                                         f"{bucket!r} on node {member.node_id}")
-            rejections[member.node_id] = verdict
         return None, rejections
+
+    def _settle(self, member: Member, item: Item, outcome: str | GobucketError,
+                rejections: dict[str, str], handoff: bool = False) -> bool:
+        """Act on a peer's answer to one forward: True if it took the task;
+        else record why in ``rejections`` (raises DuplicateTaskError)."""
+        bucket, task_id = item[0], item[1]
+        if outcome == "ok":
+            self._remember(bucket, task_id, member, item[5])
+            return True
+        if isinstance(outcome, PeerUnavailableError) and outcome.maybe_delivered:
+            # It may have accepted: make sure it will not run.
+            self._spawn(self._drain_on(member, bucket, task_id))
+        elif outcome == "duplicate" and not handoff:
+            raise DuplicateTaskError(f"task {task_id!r} is already live in bucket "
+                                     f"{bucket!r} on node {member.node_id}")
+        rejections[member.node_id] = str(outcome)
+        return False
 
     def _remember(self, bucket: str, task_id: str, member: Member, life_span: float) -> None:
         now = asyncio.get_running_loop().time()
@@ -660,6 +753,38 @@ class TaskBucketGroup:
             if followed is not None and isinstance(followed.get("task"), list):
                 info = followed["task"]
         return {"v": 1, "from": self._members.header(), "task": info}
+
+
+def _times(bucket: TaskBucket, task_type: TaskType, run_after: float | None,
+           life_span: float | None) -> tuple[float, float]:
+    """``(run_after, life_span)`` for a task that overflows, as relative seconds."""
+    config = bucket.config
+    immediate = task_type is TaskType.IMMEDIATE
+    if not immediate and task_type is not TaskType.TIME_BOMB:
+        raise TypeError(f"task_type must be a TaskType, got {task_type!r}")
+    if immediate and run_after:
+        raise ValueError("run_after applies to TaskType.TIME_BOMB tasks only")
+    if life_span is None and run_after is None:
+        return 0.0 if immediate else config.run_after, config.life_span
+    ls, ra = check_times(config.life_span if life_span is None else life_span,
+                         0.0 if immediate else
+                         config.run_after if run_after is None else run_after)
+    return ra, ls
+
+
+def _item(bucket: str, task_id: str, data: Any, task_type: TaskType, run_after: float,
+          life_span: float) -> Item:
+    """The wire form of one task to forward; ``TypeError`` if it cannot travel."""
+    if type(task_id) is not str or not task_id:
+        raise TypeError(f"task_id must be a non-empty str, got {task_id!r}")
+    try:
+        payload = _PACKED_NONE if data is None else msgpack.packb(
+            data, use_bin_type=True, datetime=False)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"bucket {bucket!r} is full here and task {task_id!r} cannot be "
+                        f"forwarded: its data is not msgpack-serializable ({exc})") from exc
+    return [bucket, task_id, 0 if task_type is TaskType.IMMEDIATE else 1, payload, run_after,
+            life_span]
 
 
 def _check_item(raw: object) -> tuple[str, str, TaskType, Any, float, float]:

@@ -11,29 +11,26 @@ network.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 
 from .membership import Member, MemberState
 
-__all__ = ["candidates", "order"]
+__all__ = ["candidates", "pick"]
+
+_ALIVE = MemberState.ALIVE
 
 
-def candidates(members: Iterable[Member], bucket: str) -> list[Member]:
-    """Alive peers that report free room in ``bucket``."""
-    return [m for m in members if m.state is MemberState.ALIVE and m.estimate(bucket) > 0]
+def candidates(members: Iterable[Member], bucket: str, exclude: Container[str] = ()
+               ) -> list[Member]:
+    """Alive peers that report free room in ``bucket``, except those in ``exclude``."""
+    return [m for m in members if m.state is _ALIVE and m.estimate(bucket) > 0
+            and m.node_id not in exclude]
 
 
-def order(members: list[Member], bucket: str, rng: random.Random, limit: int) -> list[Member]:
-    """Up to ``limit`` distinct peers in the order to try them: each is the
-    better (more estimated free slots) of two drawn at random from the rest."""
-    pool = list(members)
-    chosen: list[Member] = []
-    while pool and len(chosen) < limit:
-        if len(pool) == 1:
-            pick = pool[0]
-        else:
-            a, b = rng.sample(pool, 2)
-            pick = a if a.estimate(bucket) >= b.estimate(bucket) else b
-        chosen.append(pick)
-        pool.remove(pick)
-    return chosen
+def pick(pool: list[Member], bucket: str, rng: random.Random) -> Member:
+    """The better (more estimated free slots) of two peers drawn at random
+    from ``pool``; ``pool`` must not be empty."""
+    if len(pool) == 1:
+        return pool[0]
+    a, b = rng.sample(pool, 2)
+    return a if a.estimate(bucket) >= b.estimate(bucket) else b
