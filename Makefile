@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo demo-local e2e bench chaos lint typecheck pytest clean install
+.PHONY: test demo demo-local e2e bench chaos lint typecheck pytest clean install browser
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { \
@@ -16,13 +16,20 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The dashboard test drives Debian's headless chromium through chromedriver.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "installing Debian's chromium and chromium-driver (for the dashboard test)"; \
+	  apt-get update -qq >/dev/null || true; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check gobucket_py tests bench examples
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy --strict gobucket_py
 
-pytest: $(STAMP)
+pytest: $(STAMP) browser
 	$(PY) -m pytest -q
 
 test: lint typecheck pytest
@@ -41,6 +48,10 @@ e2e: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# The ledger chaos test at full size (make test runs it with 10,000 tasks).
+chaos: $(STAMP)
+	CHAOS_TASKS=$${CHAOS_TASKS:-100000} $(PY) -m pytest -q -s tests/test_chaos.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -8,7 +8,7 @@ import inspect
 
 from .common import write_report
 
-GROUPS = ["local", "cluster"]
+GROUPS = ["local", "cluster", "compare"]
 
 
 def main() -> None:

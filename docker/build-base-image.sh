@@ -24,6 +24,6 @@ mkdir -p wheelhouse && rm -f wheelhouse/*.whl
 "$PY" -m pip download -q --dest wheelhouse --only-binary=:all: \
   --python-version "$PYVER" --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux_2_28_x86_64 --implementation cp \
-  "aiohttp>=3.9" "msgpack>=1.0"
+  $("$PY" -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))')
 # Debian's python3 refuses system-wide pip installs unless told otherwise.
 echo "base image $TAG and wheelhouse ready ($(ls wheelhouse | wc -l) wheels)"

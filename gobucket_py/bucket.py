@@ -17,6 +17,7 @@ from typing import Any, Literal
 from .config import BucketConfig, check_delay, check_times
 from .errors import BucketClosedError, BucketFullError, DuplicateTaskError
 from .executor import Executor, Handler, as_executor, overrides
+from .observe.histogram import Histogram
 from .task import DrainOutcome, DrainResult, Task, TaskState, TaskType
 from .timers import TimerWheel
 
@@ -29,8 +30,9 @@ _RUNNING = TaskState.RUNNING
 _IMMEDIATE = TaskType.IMMEDIATE
 
 #: Counter names reported by :meth:`TaskBucket.stats`.
-STAT_NAMES = ("filled", "rejected_full", "rejected_duplicate", "finished", "failed", "exhausted",
-              "drained", "cancelled", "rescued", "handed_off", "hook_errors", "hook_timeouts")
+STAT_NAMES = ("filled", "started", "rejected_full", "rejected_duplicate", "finished", "failed",
+              "exhausted", "drained", "cancelled", "rescued", "handed_off", "hook_errors",
+              "hook_timeouts")
 
 
 class TaskBucket:
@@ -82,6 +84,10 @@ class TaskBucket:
         #: Called with each task as it reaches a terminal state (used by the
         #: cluster layer and metrics). Must not block.
         self.on_outcome: Callable[[Task], None] | None = None
+        #: How late time-bombs fire (seconds after their due time).
+        self.lateness = Histogram()
+        #: Node id in log lines; set by :class:`~gobucket_py.TaskBucketGroup`.
+        self.node = "-"
 
     # -- introspection -------------------------------------------------------
 
@@ -205,8 +211,10 @@ class TaskBucket:
         return task
 
     def _fire(self, task: Task) -> None:
-        assert self._loop is not None
-        task._runner = self._loop.create_task(self._run(task))
+        loop = self._loop
+        assert loop is not None
+        self.lateness.observe(loop.time() - task._run_at)
+        task._runner = loop.create_task(self._run(task))
 
     # -- the lifecycle ---------------------------------------------------------
 
@@ -215,6 +223,7 @@ class TaskBucket:
         if task.state is not _PENDING:
             return
         task.state = _RUNNING
+        self._counts["started"] += 1
         timeout = asyncio.timeout_at(task._deadline)
         try:
             async with timeout:
@@ -258,7 +267,8 @@ class TaskBucket:
         """Count the outcome, run its hook (bounded), then free the slot."""
         self._counts[outcome] += 1
         if outcome != "finished":
-            log.info("task %s event=%s bucket=%s task_id=%s", outcome, outcome, self.name, task.id)
+            log.info("task %s event=%s node=%s bucket=%s task_id=%s", outcome, outcome,
+                     self.node, self.name, task.id)
         try:
             if self.on_outcome is not None:
                 self.on_outcome(task)
@@ -278,12 +288,13 @@ class TaskBucket:
         except Exception as exc:
             if timeout.expired():
                 self._counts["hook_timeouts"] += 1
-                log.error("hook timed out event=hook_timeout hook=%s bucket=%s task_id=%s "
-                          "timeout=%.3gs", name, self.name, task.id, self.config.hook_timeout)
+                log.error("hook timed out event=hook_timeout node=%s bucket=%s task_id=%s "
+                          "hook=%s timeout=%.3gs", self.node, self.name, task.id, name,
+                          self.config.hook_timeout)
             else:
                 self._counts["hook_errors"] += 1
-                log.error("hook raised event=hook_error hook=%s bucket=%s task_id=%s error=%r",
-                          name, self.name, task.id, exc, exc_info=exc)
+                log.error("hook raised event=hook_error node=%s bucket=%s task_id=%s hook=%s "
+                          "error=%r", self.node, self.name, task.id, name, exc, exc_info=exc)
 
     def _release(self, task: Task) -> None:
         if self._tasks.get(task.id) is task:
@@ -343,8 +354,8 @@ class TaskBucket:
         return DrainOutcome.NOT_FOUND
 
     def _notify(self, task: Task) -> None:
-        log.info("task %s event=%s bucket=%s task_id=%s", task.state.value, task.state.value,
-                 self.name, task.id)
+        log.info("task %s event=%s node=%s bucket=%s task_id=%s", task.state.value,
+                 task.state.value, self.node, self.name, task.id)
         if self.on_outcome is not None:
             try:
                 self.on_outcome(task)

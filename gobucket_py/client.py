@@ -29,6 +29,13 @@ _ERRORS: dict[str, type[Exception]] = {
     name: getattr(errors, name) for name in errors.__all__} | {"ValueError": ValueError}
 
 
+def _raise_error(reply: dict[str, Any]) -> None:
+    """Raise the error the node reported (same class as in-process), if any."""
+    if "error" in reply:
+        error = _ERRORS.get(str(reply["error"]), errors.GobucketError)
+        raise error(str(reply.get("message")))
+
+
 class GroupClient:
     """A signed HTTP client of one node (see the module docstring)."""
 
@@ -64,23 +71,24 @@ class GroupClient:
         reply = await self._call(Kind.SUBMIT, {
             "bucket": bucket, "id": task_id, "type": 0 if task_type is TaskType.IMMEDIATE else 1,
             "data": payload, "run_after": run_after, "life_span": life_span})
-        if "error" in reply:
-            error = _ERRORS.get(str(reply["error"]), errors.GobucketError)
-            raise error(str(reply.get("message")))
+        _raise_error(reply)
         return FillResult(bucket, task_id, str(reply["node"]), bool(reply["forwarded"]))
 
     async def drain(self, bucket: str, task_id: str) -> DrainResult:
-        """Drain the task wherever it lives."""
+        """Drain the task wherever it lives. Raises the node's error, e.g.
+        :class:`~gobucket_py.PeerUnavailableError` when a possible holder did not answer."""
         reply = await self._call(Kind.DRAIN, {"bucket": bucket, "id": task_id,
                                               "scope": "cluster"})
+        _raise_error(reply)
         node = reply.get("node")
         return DrainResult(DrainOutcome(reply["outcome"]), task_id,
                            node if isinstance(node, str) else None)
 
     async def get(self, bucket: str, task_id: str) -> TaskInfo | None:
-        """Describe the task wherever it lives, or None."""
+        """Describe the task wherever it lives, or None (errors as for ``drain``)."""
         reply = await self._call(Kind.GET, {"bucket": bucket, "id": task_id,
                                             "scope": "cluster"})
+        _raise_error(reply)
         raw = reply.get("task")
         return None if raw is None else _task_info(raw)
 

@@ -3,9 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import warnings
 from typing import Any
 
+import pytest
+
 from gobucket_py import Executor, Task
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_leaked_event_loop() -> None:
+    """Close an idle event loop left set by earlier *sync* tests.
+
+    looptime's ``pytest_pyfunc_call`` calls ``policy.get_event_loop()`` for
+    sync tests too, which creates a loop that nobody closes (test_config.py and
+    test_public_api.py are all sync). When pytest-asyncio later installs its own
+    loop, the leaked one is collected and its ResourceWarning ("unclosed event
+    loop") fails the next async test, under filterwarnings=error. Closing it
+    at the start of every module is enough: no module mixes the two kinds.
+    """
+    policy = asyncio.get_event_loop_policy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            loop = policy.get_event_loop()
+        except RuntimeError:
+            return
+    if not loop.is_running() and not loop.is_closed():
+        loop.close()
+    policy.set_event_loop(None)
 
 
 class Recorder(Executor):

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,19 @@ def test_compose_demo_end_to_end(cluster: None) -> None:
     placed = {line.split()[0]: int(line.split()[1]) for line in demo.stdout.splitlines()
               if line.startswith("node") and line.split()[1].isdigit()}
     assert placed.get("node2", 0) > 0 and placed.get("node3", 0) > 0
+
+    # The dashboard, status and metrics on node1's published port, unchanged.
+    base = f"http://127.0.0.1:{PORT}"
+    with urllib.request.urlopen(f"{base}/", timeout=10) as resp:
+        assert resp.status == 200 and b"gobucket cluster" in resp.read()
+    with urllib.request.urlopen(f"{base}/v1/status", timeout=10) as resp:
+        status = json.loads(resp.read())
+    assert status["node"] == "node1"
+    assert {p["node_id"]: p["state"] for p in status["peers"]} == {"node2": "alive",
+                                                                   "node3": "alive"}
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as resp:
+        metrics = resp.read().decode()
+    assert 'gobucket_fills_total{bucket="backups",node="node1",result="forwarded"}' in metrics
 
     # 3. A time-bomb that lives on node3, drained through node1: never fires.
     before = on("node3", "stats")["buckets"]["backups"]

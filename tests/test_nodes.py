@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -61,29 +60,6 @@ if sys.platform == "win32":  # pragma: no cover
 
 
 # -- fixtures and helpers --------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _close_leaked_event_loop() -> None:
-    """Close an idle event loop left set by earlier *sync* tests.
-
-    looptime's ``pytest_pyfunc_call`` calls ``policy.get_event_loop()`` for
-    sync tests too, which creates a loop that nobody closes (test_config.py and
-    test_public_api.py are all sync). When pytest-asyncio later installs its own
-    loop, the leaked one is collected and its ResourceWarning ("unclosed event
-    loop") fails the first async test here, under filterwarnings=error. Every
-    test in this module is async, so closing it once up front is enough.
-    """
-    policy = asyncio.get_event_loop_policy()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        try:
-            loop = policy.get_event_loop()
-        except RuntimeError:
-            return
-    if not loop.is_running() and not loop.is_closed():
-        loop.close()
-    policy.set_event_loop(None)
 
 
 class Idle(Executor):

@@ -1,7 +1,10 @@
 """``make demo``: three gobucket nodes as local processes, the backup-job demo
 against them, then a clean shutdown (SIGTERM, exit 0, no stray processes).
 
-    python -m examples.cluster.run_local [--jobs N] [--delay S] [--base-port P]
+    python -m examples.cluster.run_local [--jobs N] [--delay S] [--max-bucket N] [--hold S]
+
+The cluster dashboard is node1's address in a browser (the URL is printed);
+``--hold S`` keeps the nodes up S seconds after the demo to look at it.
 """
 
 from __future__ import annotations
@@ -66,10 +69,14 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=260, help="backup jobs to fill")
     p.add_argument("--delay", type=float, default=4.0, help="seconds before a job fires")
     p.add_argument("--max-bucket", type=int, default=100, help="max_bucket of each node")
+    p.add_argument("--hold", type=float, default=0.0,
+                   help="seconds to keep the nodes up after the demo (to watch the dashboard)")
     args = p.parse_args()
     secret = secrets.token_hex(16)
     ports = [free_port() for _ in range(3)]
     procs = start_nodes(ports, secret, args.max_bucket)
+    print(f"dashboard: http://127.0.0.1:{ports[0]}/  (node1's view of the cluster; "
+          f"metrics at /metrics, JSON at /v1/status)", flush=True)
     try:
         time.sleep(0.5)  # the nodes exchange capacity within a few probe intervals
         demo_args = demo.parser().parse_args([
@@ -77,6 +84,12 @@ def main() -> int:
             "--others", ",".join(f"127.0.0.1:{p}" for p in ports[1:]),
             "--secret", secret, "--jobs", str(args.jobs), "--delay", str(args.delay)])
         code = asyncio.run(demo.run(demo_args))
+        if args.hold > 0:
+            print(f"holding the cluster for {args.hold:g} s (Ctrl-C to stop early)", flush=True)
+            try:
+                time.sleep(args.hold)
+            except KeyboardInterrupt:
+                pass
     finally:
         codes = stop_nodes(procs)
     print(f"nodes stopped with exit codes {codes}")

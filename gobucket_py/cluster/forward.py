@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from ..config import GroupConfig
 from ..errors import GobucketError, ProtocolError
+from ..observe.histogram import Histogram
 from .membership import Member, Membership
 from .protocol import Kind, field
 from .transport import Transport
@@ -38,6 +40,10 @@ class Forwarder:
         self._queues: dict[tuple[str, bool], deque[tuple[Item, asyncio.Future[str]]]] = {}
         self._pumps: dict[tuple[str, bool], int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Round-trip time of each FILL batch (seconds).
+        self.latency = Histogram()
+        #: Called as ``on_batch(member, accepted, sent, handoff)`` after each reply.
+        self.on_batch: Callable[[Member, int, int, bool], None] | None = None
 
     def send(self, member: Member, item: Item, *, handoff: bool = False) -> asyncio.Future[str]:
         """Queue ``item`` for ``member``; the future gets the peer's verdict
@@ -76,9 +82,12 @@ class Forwarder:
                    "items": [item for item, _ in batch]}
         error: GobucketError | None = None
         results: list[Any] = []
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             reply = await self.transport.call(member.addr, Kind.FILL, message,
                                               self.config.forward_timeout)
+            self.latency.observe(loop.time() - started)
             results = field(reply, "results", list)
             if len(results) != len(batch) or not all(isinstance(r, str) for r in results):
                 raise ProtocolError(f"peer {member.addr} answered {len(results)} results "
@@ -86,6 +95,8 @@ class Forwarder:
             self.membership.heard(reply.get("from"))  # fresh capacity, includes this batch
         except GobucketError as exc:
             error = exc
+        if self.on_batch is not None:
+            self.on_batch(member, 0 if error else results.count("ok"), len(batch), handoff)
         for item, _ in batch:
             bucket = item[0]
             member.inflight[bucket] = max(0, member.inflight.get(bucket, 0) - 1)

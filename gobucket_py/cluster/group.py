@@ -15,6 +15,7 @@ import ipaddress
 import logging
 import random
 import secrets
+import time
 from collections.abc import Callable, Iterable, Mapping
 from enum import StrEnum
 from typing import Any, Literal
@@ -33,12 +34,13 @@ from ..errors import (
     ProtocolError,
     UnknownBucketError,
 )
+from ..observe.events import EventFeed
 from ..task import DrainOutcome, DrainResult, FillResult, Task, TaskInfo, TaskState, TaskType
 from .auth import Keyring
 from .forward import Forwarder, Item
 from .membership import Member, Membership, MemberState, PeerInfo
 from .placement import candidates, pick
-from .protocol import MAX_ITEMS, MAX_STR, Kind, field, number
+from .protocol import MAX_ITEMS, MAX_STR, Kind, check_gossip, field, number
 from .transport import HttpTransport, Transport
 
 __all__ = ["GroupState", "TaskBucketGroup"]
@@ -166,6 +168,12 @@ class TaskBucketGroup:
         self._moved: dict[tuple[str, str], str] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._stopped: asyncio.Future[None] | None = None
+        #: Recent membership changes, overflows and drains (for the dashboard).
+        self.events = EventFeed()
+        #: Fills per bucket: ``[local, forwarded, rejected]`` (ClusterFullError).
+        self.fill_counts: dict[str, list[int]] = {name: [0, 0, 0] for name in self.buckets}
+        #: Wall-clock time of ``start()``.
+        self.started_at: float | None = None
 
     # -- introspection ---------------------------------------------------------
 
@@ -211,6 +219,9 @@ class TaskBucketGroup:
         if self.state is not GroupState.NEW:
             raise RuntimeError(f"cannot start a group that is {self.state.value}")
         self.state = GroupState.RUNNING
+        if isinstance(self.transport, HttpTransport):
+            from ..observe.web import add_routes  # the dashboard, /metrics and /v1/status
+            add_routes(self.transport.app, self)
         try:
             await self.transport.start(self._handle)
         except BaseException:
@@ -220,9 +231,16 @@ class TaskBucketGroup:
                                 transport=self.transport, config=self.config,
                                 capacity=self.capacity, seeds=self.seeds, rng=self.rng)
         membership.on_restart = self._peer_restarted
+        membership.on_change = self._peer_changed
         self._membership = membership
         self._forwarder = Forwarder(self.transport, membership, self.config)
+        self._forwarder.on_batch = self._forwarded_batch
+        for bucket in self.buckets.values():
+            bucket.node = self.node_id
+        self.started_at = time.time()
         await membership.start()
+        self.events.add("node_started", f"{self.node_id} started at {self.address}",
+                        node=self.node_id)
         log.info("node started event=node_started node=%s addr=%s boot=%s seeds=%s",
                  self.node_id, self.address, self.boot_id, ",".join(self.seeds) or "-")
 
@@ -240,6 +258,8 @@ class TaskBucketGroup:
         try:
             if self.state is GroupState.RUNNING:
                 self.state = GroupState.STOPPING
+                self.events.add("node_stopping", f"{self.node_id} is leaving",
+                                node=self.node_id)
                 membership = self._members
                 await membership.announce_leave()
                 handed = await self._handoff()
@@ -272,6 +292,17 @@ class TaskBucketGroup:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    def _peer_changed(self, member: Member, old: MemberState | None) -> None:
+        new = member.state.value
+        text = (f"{member.node_id} joined ({member.addr})" if old is None
+                else f"{member.node_id}: {old.value} -> {new}")
+        self.events.add("peer_joined" if old is None else f"peer_{new}", text,
+                        peer=member.node_id)
+
+    def _forwarded_batch(self, member: Member, accepted: int, sent: int, handoff: bool) -> None:
+        what = "handoff" if handoff else "overflow"
+        self.events.add_or_merge(what, member.node_id, accepted, sent)
+
     def _peer_restarted(self, member: Member) -> None:
         lost = [k for k, (node, _, _) in self._forwarded.items() if node == member.node_id]
         for key in lost:
@@ -303,14 +334,17 @@ class TaskBucketGroup:
         msgpack-serializable.
         """
         local = self._open_bucket(bucket)
+        counts = self.fill_counts[bucket]
         if local.free > 0 or task_id in local:  # no exception on the overflow path
             task = local.fill_nowait(task_type, task_id, data, run_after=run_after,
                                      life_span=life_span)
+            counts[0] += 1
             return FillResult(bucket, task_id, self.node_id, False, task)
         ra, ls = _times(local, task_type, run_after, life_span)
         item = _item(bucket, task_id, data, task_type, ra, ls)
         member, rejections = await self._place(item)
         if member is not None:
+            counts[1] += 1
             return FillResult(bucket, task_id, member.node_id, True)
         raise await self._cluster_full(item, rejections)
 
@@ -335,6 +369,7 @@ class TaskBucketGroup:
         or closed bucket, or bad ``task_type``/``run_after``/``life_span``.
         """
         local = self._open_bucket(bucket)
+        counts = self.fill_counts[bucket]
         ra, ls = _times(local, task_type, run_after, life_span)
         pairs = tasks.items() if isinstance(tasks, Mapping) else tasks
         results: list[FillResult | Exception | None] = []
@@ -345,6 +380,7 @@ class TaskBucketGroup:
                     task = local.fill_nowait(task_type, task_id, data, run_after=run_after,
                                              life_span=life_span)
                     results.append(FillResult(bucket, task_id, self.node_id, False, task))
+                    counts[0] += 1
                     continue
                 overflow.append((len(results), _item(bucket, task_id, data, task_type, ra, ls)))
                 results.append(None)
@@ -370,6 +406,7 @@ class TaskBucketGroup:
         what a peer refuses goes through :meth:`_place` like a single fill."""
         forwarder = self._forwarder
         assert forwarder is not None
+        counts = self.fill_counts[bucket]
         pool = candidates(self._members.members.values(), bucket)
         sent: list[tuple[int, Item, Member, asyncio.Future[str]]] = []
         retry: list[tuple[int, Item, dict[str, str]]] = []
@@ -390,6 +427,7 @@ class TaskBucketGroup:
             try:
                 if self._settle(member, item, outcome, rejections):
                     results[index] = FillResult(bucket, item[1], member.node_id, True)
+                    counts[1] += 1
                 else:
                     retry.append((index, item, rejections))
             except DuplicateTaskError as exc:
@@ -398,9 +436,11 @@ class TaskBucketGroup:
         async def again(index: int, item: Item, rejections: dict[str, str]) -> None:
             try:
                 member, rejections = await self._place(item, rejections=rejections)
-                results[index] = (FillResult(bucket, item[1], member.node_id, True)
-                                  if member is not None
-                                  else await self._cluster_full(item, rejections))
+                if member is None:
+                    results[index] = await self._cluster_full(item, rejections)
+                else:
+                    results[index] = FillResult(bucket, item[1], member.node_id, True)
+                    counts[1] += 1
             except GobucketError as exc:
                 results[index] = exc
 
@@ -410,6 +450,11 @@ class TaskBucketGroup:
     async def _cluster_full(self, item: Item, rejections: dict[str, str]) -> ClusterFullError:
         """Report each refusal to ``on_peer_schedule_failed``; the error to raise."""
         bucket, task_id = item[0], item[1]
+        self.fill_counts[bucket][2] += 1
+        self.events.add("cluster_full", f"no node could take {task_id}", bucket=bucket,
+                        task_id=task_id)
+        log.warning("no node could take the task event=cluster_full node=%s bucket=%s "
+                    "task_id=%s rejections=%d", self.node_id, bucket, task_id, len(rejections))
         for peer_id, error in rejections.items():
             await self._report_failure(peer_id, bucket, task_id, error)
         detail = "; ".join(f"{p}: {e}" for p, e in rejections.items()) or "no peer has room"
@@ -495,13 +540,21 @@ class TaskBucketGroup:
         outcome = self._bucket(bucket).drain_nowait(task_id)
         if outcome is not DrainOutcome.NOT_FOUND:
             self._forwarded.pop((bucket, task_id), None)
+            self._drained(bucket, task_id, outcome, self.node_id)
             return DrainResult(outcome, task_id, self.node_id)
         reply = await self._ask(Kind.DRAIN, bucket, task_id, lambda r: r.get("outcome")
                                 not in (None, DrainOutcome.NOT_FOUND.value))
         self._forwarded.pop((bucket, task_id), None)  # a definite answer: forget the record
         if reply is None:
             return DrainResult(DrainOutcome.NOT_FOUND, task_id, None)
-        return DrainResult(_OUTCOMES[reply["outcome"]], task_id, reply.get("node"))
+        outcome, node = _OUTCOMES[reply["outcome"]], reply.get("node")
+        self._drained(bucket, task_id, outcome, node)
+        return DrainResult(outcome, task_id, node)
+
+    def _drained(self, bucket: str, task_id: str, outcome: DrainOutcome, node: str | None
+                 ) -> None:
+        self.events.add("drain", f"{task_id} {outcome.value} on {node}", bucket=bucket,
+                        task_id=task_id, peer=node)
 
     async def get(self, bucket: str, task_id: str) -> TaskInfo | None:
         """Describe a live task wherever it lives, or None. Raises
@@ -630,23 +683,38 @@ class TaskBucketGroup:
             return await self._serve_submit(message)
         if kind is Kind.STATS:
             return {"v": 1, "node": self.node_id, "state": self.state.value,
-                    "buckets": {n: b.stats() for n, b in self.buckets.items()},
+                    "buckets": {n: {**b.stats(), "capacity": b.config.max_bucket,
+                                    "fills": dict(zip(("local", "forwarded", "rejected"),
+                                                      self.fill_counts[n], strict=True))}
+                                for n, b in self.buckets.items()},
                     "peers": {m.node_id: m.state.value for m in membership.members.values()}}
         if message.get("scope") == "cluster":  # a client: route like a local call
             return await self._serve_client(kind, message)
-        membership.heard(message.get("from"))
+        # Validate everything before trusting the sender: a malformed request
+        # must not even make its sender a member.
+        sender = message.get("from")
         if kind is Kind.PING:
+            check_gossip(message.get("members"))
+            membership.heard(sender)
             membership.merge(message.get("members"))
             return {"v": 1, "from": membership.header(), "members": membership.gossip()}
         if kind is Kind.PING_REQ:
+            field(message, "target", str)
+            membership.heard(sender)
             return await membership.handle_ping_req(message)
         if kind is Kind.FILL:
-            return self._serve_fill(message)
+            checked = [_check_item(raw) for raw in field(message, "items", list)]
+            membership.heard(sender)  # all or nothing: 400 before any fill
+            return {"v": 1, "results": [self._accept(*item) for item in checked],
+                    "from": membership.header()}
         if kind is Kind.LEAVE:
+            membership.heard(sender)
             return {"v": 1, "from": membership.header()}
         bucket = field(message, "bucket", str)
         task_id = field(message, "id", str)
         follow = message.get("follow") is True
+        self._bucket(bucket)  # an unknown bucket is a 404 before anything else
+        membership.heard(sender)
         if kind is Kind.DRAIN:
             return await self._serve_drain(bucket, task_id, follow)
         return await self._serve_get(bucket, task_id, follow)
@@ -658,6 +726,7 @@ class TaskBucketGroup:
         times = {k: message.get(k) for k in ("run_after", "life_span")}
         run_after = None if times["run_after"] is None else number(times, "run_after")
         life_span = None if times["life_span"] is None else number(times, "life_span")
+        self._bucket(bucket)  # an unknown bucket is a 404, as for every endpoint
         try:
             placed = await self.fill(bucket, task_id, data, task_type=task_type,
                                      run_after=run_after, life_span=life_span)
@@ -670,20 +739,18 @@ class TaskBucketGroup:
     async def _serve_client(self, kind: Kind, message: dict[str, Any]) -> dict[str, Any]:
         bucket = field(message, "bucket", str)
         task_id = field(message, "id", str)
-        if kind is Kind.DRAIN:
-            result = await self.drain(bucket, task_id)
-            return {"v": 1, "outcome": result.outcome.value, "node": result.node_id}
-        if kind is Kind.GET:
+        if kind not in (Kind.DRAIN, Kind.GET):
+            raise ProtocolError(f"{kind.name} does not take scope=cluster")
+        try:
+            if kind is Kind.DRAIN:
+                result = await self.drain(bucket, task_id)
+                return {"v": 1, "outcome": result.outcome.value, "node": result.node_id}
             info = await self.get(bucket, task_id)
             return {"v": 1, "task": None if info is None else _pack_info(info)}
-        raise ProtocolError(f"{kind.name} does not take scope=cluster")
-
-    def _serve_fill(self, message: dict[str, Any]) -> dict[str, Any]:
-        items = field(message, "items", list)
-        checked = [_check_item(raw) for raw in items]  # all or nothing: 400 before any fill
-        results = [self._accept(*item) for item in checked]
-        assert self._membership is not None
-        return {"v": 1, "from": self._membership.header(), "results": results}
+        except UnknownBucketError:
+            raise  # a 404, like a peer's
+        except GobucketError as exc:  # e.g. a possible holder did not answer: say so
+            return {"v": 1, "error": type(exc).__name__, "message": str(exc)}
 
     def _accept(self, bucket_name: str, task_id: str, task_type: TaskType, data: Any,
                 run_after: float, life_span: float) -> str:

@@ -34,6 +34,7 @@ from typing import Any
 
 from ..config import GroupConfig
 from ..errors import GobucketError, PeerError
+from ..observe.histogram import Histogram
 from .protocol import Kind, NodeHeader, check_gossip
 from .protocol import field as msg_field
 from .transport import Transport
@@ -121,6 +122,8 @@ class Membership:
         self.rng = rng or random.Random()
         self.on_change: ChangeCallback | None = None
         self.on_restart: Callable[[Member], None] | None = None
+        #: Round-trip time of each successful direct probe (seconds).
+        self.probe_rtt = Histogram()
         self._loops: list[asyncio.Task[None]] = []
         self._probes: set[asyncio.Task[None]] = set()
 
@@ -223,8 +226,11 @@ class Membership:
 
     async def ping(self, addr: str, timeout: float) -> Member | None:
         """One direct probe. Raises PeerError when it fails."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         reply = await self.transport.call(
             addr, Kind.PING, {"v": 1, "from": self.header(), "members": self.gossip()}, timeout)
+        self.probe_rtt.observe(loop.time() - started)
         member = self.heard(msg_field(reply, "from", list))
         self.merge(reply.get("members"))
         return member

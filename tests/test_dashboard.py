@@ -1,0 +1,147 @@
+"""The dashboard in a real headless Chromium (Debian's, driven by selenium and
+chromedriver) against three real subprocess nodes.
+
+The page must load, show three alive nodes, move its bars after fills, and
+turn a kill -9'd node dead. A screenshot is saved under ``artifacts/``.
+``make test`` installs chromium and chromium-driver when they are missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gobucket_py import GroupClient, TaskType
+
+from .procs import ROOT, SECRET, Nodes, wait_for
+
+CHROMIUM = os.environ.get("GOBUCKET_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("GOBUCKET_CHROMEDRIVER", "/usr/bin/chromedriver")
+ARTIFACTS = ROOT / "artifacts"
+
+if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):  # pragma: no cover
+    message = (f"the dashboard test needs {CHROMIUM} and {CHROMEDRIVER}: run `make test` "
+               "(it installs Debian's chromium and chromium-driver) or set GOBUCKET_CHROMIUM "
+               "and GOBUCKET_CHROMEDRIVER")
+    if os.environ.get("GOBUCKET_SKIP_BROWSER") == "1":
+        pytest.skip(message, allow_module_level=True)
+    raise RuntimeError(message)
+
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[Nodes]:
+    made = Nodes(tmp_path)
+    try:
+        yield made
+    finally:
+        made.cleanup()
+        print(made.dump())
+
+
+@pytest.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[webdriver.Chrome]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                "--disable-background-networking", "--disable-dev-shm-usage",
+                "--window-size=1280,900", f"--user-data-dir={tmp_path / 'chromium'}"):
+        options.add_argument(arg)
+    service = Service(executable_path=CHROMEDRIVER, log_output=str(tmp_path / "driver.log"))
+    driver = await asyncio.to_thread(webdriver.Chrome, options=options, service=service)
+    try:
+        yield driver
+    finally:
+        await asyncio.to_thread(driver.quit)
+
+
+async def page_nodes(driver: webdriver.Chrome) -> dict[str, dict[str, Any]]:
+    """What the page shows: node id -> state and per-bucket size."""
+    script = """
+      return [...document.querySelectorAll('.node')].map(n => ({
+        id: n.dataset.node, state: n.dataset.state,
+        buckets: Object.fromEntries([...n.querySelectorAll('.bucket')].map(b =>
+          [b.dataset.bucket, {size: Number(b.dataset.size), capacity: Number(b.dataset.capacity),
+                              width: b.querySelector('.fill').style.width}]))}));"""
+    rows = await asyncio.to_thread(driver.execute_script, script)
+    return {row["id"]: row for row in rows}
+
+
+async def test_dashboard_shows_nodes_fills_and_a_death(
+        nodes: Nodes, browser: webdriver.Chrome) -> None:
+    env = {"NODE_MAX": 200, "NODE_LIFE": 120, "NODE_RUN_AFTER": 60}
+    n1 = nodes.add("n1", env=env)
+    n2 = nodes.add("n2", [n1], env=env)
+    n3 = nodes.add("n3", [n1], env=env)
+    await nodes.start(n1, n2, n3)
+
+    await asyncio.to_thread(browser.get, f"http://{n1.addr}/")
+    assert "gobucket cluster" in browser.title
+
+    async def three_alive() -> bool:
+        shown = await page_nodes(browser)
+        return sorted(shown) == ["n1", "n2", "n3"] and all(
+            n["state"] == "alive" for n in shown.values())
+
+    await wait_for(three_alive, 15, "three alive nodes on the page", interval=0.2)
+    before = await page_nodes(browser)
+    assert before["n1"]["buckets"]["jobs"]["size"] == 0
+
+    async with GroupClient(n1.addr, secret=SECRET) as client:
+        for i in range(250):  # 200 stay on n1, 50 overflow to n2 and n3
+            await client.fill("jobs", f"job-{i}", task_type=TaskType.TIME_BOMB)
+
+    async def bars_moved() -> dict[str, dict[str, Any]] | None:
+        shown = await page_nodes(browser)
+        sizes = {k: v["buckets"]["jobs"]["size"] for k, v in shown.items()}
+        if sizes.get("n1") == 200 and sizes.get("n2", 0) + sizes.get("n3", 0) == 50:
+            return shown
+        return None
+
+    shown = await wait_for(bars_moved, 10, "the bars to show 200 on n1 and 50 on its peers",
+                           interval=0.2)
+    assert shown["n1"]["buckets"]["jobs"]["width"] == "100%"  # as the browser writes it
+    for peer in ("n2", "n3"):
+        bar = shown[peer]["buckets"]["jobs"]
+        assert float(bar["width"].rstrip("%")) == pytest.approx(100 * bar["size"] / 200, abs=0.1)
+    assert shown["n1"]["buckets"]["jobs"]["capacity"] == 200
+    fills_rate = await asyncio.to_thread(
+        browser.execute_script,
+        "return document.querySelector('[data-node=\"n1\"] [data-rate=\"fills\"] b')"
+        ".textContent")
+    assert fills_rate.isdigit()
+    events = await asyncio.to_thread(
+        lambda: [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#events li")])
+    assert any("overflow" in e for e in events) and any("joined" in e for e in events)
+
+    n3.proc.kill()  # type: ignore[union-attr]  # kill -9 of our own subprocess
+    await asyncio.to_thread(n3.proc.wait)  # type: ignore[union-attr]
+
+    async def n3_dead() -> bool:
+        shown = await page_nodes(browser)
+        return shown.get("n3", {}).get("state") == "dead"
+
+    await wait_for(n3_dead, 10, "n3 to turn dead on the page", interval=0.2)
+    shown = await page_nodes(browser)
+    assert shown["n1"]["state"] == "alive" and shown["n2"]["state"] == "alive"
+    events = await asyncio.to_thread(
+        lambda: [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#events li")])
+    assert any("n3" in e and "dead" in e for e in events), events
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "dashboard.png"
+    assert await asyncio.to_thread(browser.save_screenshot, str(shot))
+    assert shot.stat().st_size > 10_000
+    # Every resource the page loaded came from the node itself.
+    origins = await asyncio.to_thread(
+        browser.execute_script,
+        "return performance.getEntriesByType('resource').map(e => new URL(e.name).host)")
+    assert set(origins) <= {n1.addr}, origins
