@@ -384,19 +384,24 @@ class TaskBucket:
 
     def take_pending(self, task_id: str) -> Task | None:
         """Remove a pending task without running it and return it, for a
-        handoff to another node. Its state becomes HANDED_OFF."""
+        handoff to another node. Its state becomes HANDED_OFF; call
+        :meth:`handed_off` once a peer has it, or :meth:`restore` if none took it."""
         task = self._tasks.get(task_id)
         if task is None or task.state is not _PENDING:
             return None
         task.state = TaskState.HANDED_OFF
         self._remove(task_id)
-        self._counts["handed_off"] += 1
         if task._runner is not None:
             task._runner.cancel()
         elif self._wheel is not None:
             self._wheel.discard(task)
-        self._notify(task)
         return task
+
+    def handed_off(self, task: Task) -> None:
+        """Record that a task taken by :meth:`take_pending` now lives on a
+        peer: count it and report the outcome (``on_outcome``, the log)."""
+        self._counts["handed_off"] += 1
+        self._notify(task)
 
     def restore(self, task: Task) -> None:
         """Put back a task taken by :meth:`take_pending` (its handoff failed),
@@ -409,8 +414,7 @@ class TaskBucket:
         task.state = _PENDING
         task._runner = None
         self._tasks[task.id] = task
-        self._counts["handed_off"] -= 1
-        if task.type is _IMMEDIATE:
+        if task.type is _IMMEDIATE or task._run_at <= loop.time():
             task._runner = loop.create_task(self._run(task))
         else:
             assert self._wheel is not None

@@ -46,7 +46,7 @@ from gobucket_py import (
 from .procs import SECRET, Node, Nodes, wait_for
 
 TASKS = int(os.environ.get("CHAOS_TASKS", "10000"))
-NODE_MAX = 300
+NODE_MAX = 100  # ~350 time-bombs pend at once: the origins overflow
 CONCURRENCY = 24  # in-flight fills per client
 FINAL = {"finished", "failed", "exhausted", "drained", "cancelled", "rescued"}
 
@@ -58,6 +58,7 @@ class Run:
     """What the clients were told."""
 
     accepted: dict[str, str] = field(default_factory=dict)  # id -> node it was placed on
+    forwarded: int = 0  # accepted on another node than the one asked (overflow)
     ambiguous: set[str] = field(default_factory=set)  # the fill may or may not have landed
     refused: Counter[str] = field(default_factory=Counter)  # error type -> count
     drains: dict[str, DrainOutcome] = field(default_factory=dict)
@@ -103,9 +104,10 @@ class Load:
         for client in self.clients.values():
             await client.close()
 
-    def client(self, avoid: str | None = None) -> tuple[str, GroupClient]:
-        up = [n.node_id for n in self.ring if n.node_id not in self.down and n.node_id != avoid]
-        node_id = self.rng.choice(up)
+    def client(self) -> tuple[str, GroupClient]:
+        """A node that is up; the first one twice as often (it overflows most)."""
+        up = [n.node_id for n in self.ring if n.node_id not in self.down]
+        node_id = self.rng.choice(up + up[:1])
         return node_id, self.clients[node_id]
 
     async def fill(self, task_id: str) -> None:
@@ -134,9 +136,11 @@ class Load:
                 run.refused[type(exc).__name__] += 1
                 return
             run.accepted[task_id] = placed.node_id
+            run.forwarded += placed.forwarded
             run.due[task_id] = time.monotonic() + life
             if rng.random() < 0.3:
-                delay = rng.uniform(0, run_after * 1.3) if bomb else rng.uniform(0, 0.01)
+                # Mostly before the firing time, some racing it or just after.
+                delay = rng.uniform(0, run_after * 1.1) if bomb else rng.uniform(0, 0.01)
                 task = asyncio.get_running_loop().create_task(self.drain(task_id, delay))
                 self.drainers.add(task)
                 task.add_done_callback(self.drainers.discard)
@@ -213,7 +217,8 @@ def check_ledger(run: Run, got: dict[str, list[str]], may_lose: set[str]) -> Cou
 def summary(name: str, run: Run, mix: Counter[str], seconds: float, extra: str = "") -> None:
     placed = Counter(run.accepted.values())
     print(f"\nchaos {name}: {TASKS:,} tasks, {len(run.accepted):,} accepted "
-          f"(placed on {dict(sorted(placed.items()))}), {len(run.ambiguous)} ambiguous, "
+          f"(placed on {dict(sorted(placed.items()))}, {run.forwarded:,} by overflow), "
+          f"{len(run.ambiguous)} ambiguous, "
           f"refused {dict(run.refused)}, "
           f"{len(run.drains):,} drains {dict(Counter(o.value for o in run.drains.values()))}, "
           f"drain retries {dict(run.drain_errors)}; outcomes {dict(mix)}; "
@@ -253,7 +258,8 @@ async def test_chaos_steady(nodes: Nodes) -> None:
     summary("steady", run, mix, time.monotonic() - t0)
     assert len(run.accepted) >= 0.9 * TASKS, run.refused
     assert set(run.accepted.values()) == {"n1", "n2", "n3"}
-    assert mix["drained"] > 0.1 * TASKS and mix["finished"] > 0.3 * TASKS
+    assert mix["drained"] > 0.08 * TASKS and mix["finished"] > 0.3 * TASKS
+    assert run.forwarded > 0.05 * TASKS, "the buckets never overflowed"
     assert not run.ambiguous
 
 
@@ -278,9 +284,16 @@ async def test_chaos_rolling_sigterm_restart_loses_nothing(nodes: Nodes) -> None
         await filling
     got = await settle(ring, run, set(run.accepted))
     mix = check_ledger(run, got, may_lose=set())
-    summary("rolling", run, mix, time.monotonic() - t0, f"; restarts {[n.runs for n in ring]}")
+    handed = sum(states.count("handed_off") for states in ledgers(ring).values())
+    incomplete = [line.split("event=")[1] for node in ring
+                  for run_no in range(1, node.runs + 1)
+                  for line in (node.logdir / f"{node.node_id}.run{run_no}.err").read_text()
+                  .splitlines() if "event=handoff_incomplete" in line]
+    summary("rolling", run, mix, time.monotonic() - t0,
+            f"; restarts {[n.runs for n in ring]}, {handed:,} handed off; {incomplete}")
     assert all(n.runs == 2 for n in ring)
-    assert mix["handed_off"] > 0, "no pending task was moved by a restart"
+    assert handed > 0, "no pending task was moved by a restart"
+
 
 
 async def test_chaos_kill9_loses_only_what_the_dead_node_held(nodes: Nodes) -> None:

@@ -262,9 +262,11 @@ class TaskBucketGroup:
                                 node=self.node_id)
                 membership = self._members
                 await membership.announce_leave()
-                handed = await self._handoff()
-                await asyncio.gather(*(b.close(self.config.stop_grace)
-                                       for b in self.buckets.values()))
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + self.config.stop_grace
+                handed = await self._handoff(deadline)
+                grace = max(0.0, deadline - loop.time())
+                await asyncio.gather(*(b.close(grace) for b in self.buckets.values()))
                 await membership.stop()
                 assert self._forwarder is not None
                 await self._forwarder.close()
@@ -626,23 +628,31 @@ class TaskBucketGroup:
 
     # -- handoff -------------------------------------------------------------------
 
-    async def _handoff(self) -> int:
-        """Move every pending task to peers with room; put back what cannot move."""
-        jobs = []
-        for name, bucket in self.buckets.items():
-            for task in list(bucket):
-                if task.state is TaskState.PENDING:
-                    taken = bucket.take_pending(task.id)
-                    if taken is not None:
-                        jobs.append(self._hand(name, bucket, taken))
-        if not jobs:
-            return 0
-        results = await asyncio.gather(*jobs)
-        moved = sum(results)
-        if moved < len(jobs):
-            log.warning("pending tasks could not be handed off; they will be rescued "
-                        "event=handoff_incomplete node=%s moved=%d kept=%d",
-                        self.node_id, moved, len(jobs) - moved)
+    async def _handoff(self, deadline: float) -> int:
+        """Move every pending task to peers with room, until ``deadline``
+        (loop time): what no peer can take yet is put back and offered again
+        after a probe interval (peers report room as their tasks end). What
+        is still here at the deadline runs here or is rescued by ``close``."""
+        loop = asyncio.get_running_loop()
+        moved = kept = 0
+        while True:
+            jobs = [self._hand(name, bucket, taken)
+                    for name, bucket in self.buckets.items()
+                    for task in list(bucket) if task.state is TaskState.PENDING
+                    if (taken := bucket.take_pending(task.id)) is not None]
+            if not jobs:
+                return moved
+            done = sum(await asyncio.gather(*jobs))
+            moved, kept = moved + done, len(jobs) - done
+            wait = self.config.probe_interval
+            if not kept or loop.time() + wait >= deadline or not any(
+                    m.state is MemberState.ALIVE for m in self._members.members.values()):
+                break
+            await asyncio.sleep(wait)
+        if kept:
+            log.warning("pending tasks could not be handed off; they will run here or be "
+                        "rescued event=handoff_incomplete node=%s moved=%d kept=%d",
+                        self.node_id, moved, kept)
         return moved
 
     async def _hand(self, name: str, bucket: TaskBucket, task: Task) -> bool:
@@ -668,6 +678,8 @@ class TaskBucketGroup:
                         target = self._moved[key] = member.node_id
             if target is None:
                 bucket.restore(task)
+            else:
+                bucket.handed_off(task)
             return target is not None
         finally:
             del self._moving[key]
