@@ -171,6 +171,17 @@ class TaskBucket:
         life_span: float | None = None,
     ) -> Task:
         """``fill`` without the coroutine: for callers already on the loop."""
+        return self._fill(task_type, task_id, data, run_after, life_span, False)
+
+    def fill_validated(self, task_type: TaskType, task_id: str, data: Any, run_after: float,
+                       life_span: float) -> Task:
+        """``fill_nowait`` for times already validated as by ``check_times``
+        (``0 <= run_after < life_span``, finite), e.g. by the cluster layer
+        for tasks arriving from a peer: they are not checked again."""
+        return self._fill(task_type, task_id, data, run_after, life_span, True)
+
+    def _fill(self, task_type: TaskType, task_id: str, data: Any, run_after: float | None,
+              life_span: float | None, checked: bool) -> Task:
         loop = self._loop or self._bind()
         if self._closing:
             raise BucketClosedError(f"bucket {self.name!r} is closed")
@@ -191,7 +202,7 @@ class TaskBucket:
             if run_after:
                 raise ValueError("run_after applies to TaskType.TIME_BOMB tasks only")
             if life_span is not None:
-                ls, _ = check_times(life_span, 0.0)
+                ls = life_span if checked else check_times(life_span, 0.0)[0]
             task = Task(self, task_id, data, task_type, now, now + ls)
             tasks[task_id] = task
             self._counts["filled"] += 1
@@ -200,7 +211,9 @@ class TaskBucket:
         if task_type is not TaskType.TIME_BOMB:
             raise TypeError(f"task_type must be a TaskType, got {task_type!r}")
         ra = cfg.run_after
-        if run_after is not None or life_span is not None:
+        if checked and run_after is not None and life_span is not None:
+            ls, ra = life_span, run_after
+        elif run_after is not None or life_span is not None:
             ls, ra = check_times(ls if life_span is None else life_span,
                                  ra if run_after is None else run_after)
         task = Task(self, task_id, data, task_type, now + ra, now + ls)

@@ -27,7 +27,29 @@ __all__ = ["Forwarder"]
 #: A FILL item: ``[bucket, task_id, type (0 immediate, 1 time-bomb),
 #: packed data, run_after, life_span]``; times are relative seconds so clock
 #: skew between nodes does not matter.
-Item = list[Any]
+Item = tuple[Any, ...]  # a tuple of atoms: the garbage collector soon stops tracking it
+
+
+class _Group:
+    """The items of one :meth:`Forwarder.send_many` call: one future for all."""
+
+    __slots__ = ("future", "remaining", "results")
+
+    def __init__(self, future: asyncio.Future[list[str | GobucketError]], size: int) -> None:
+        self.future = future
+        self.results: list[str | GobucketError] = [""] * size
+        self.remaining = size
+
+    def settle(self, index: int, result: str | GobucketError) -> None:
+        self.results[index] = result
+        self.remaining -= 1
+        if not self.remaining and not self.future.done():
+            self.future.set_result(self.results)
+
+
+#: A queued item and where its verdict goes: a future (``send``), or a group
+#: and the item's index in it (``send_many``).
+Entry = tuple[Item, "asyncio.Future[str] | _Group", int]
 
 
 class Forwarder:
@@ -37,7 +59,7 @@ class Forwarder:
         self.transport = transport
         self.membership = membership
         self.config = config
-        self._queues: dict[tuple[str, bool], deque[tuple[Item, asyncio.Future[str]]]] = {}
+        self._queues: dict[tuple[str, bool], deque[Entry]] = {}
         self._pumps: dict[tuple[str, bool], int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         #: Round-trip time of each FILL batch (seconds).
@@ -49,24 +71,52 @@ class Forwarder:
         """Queue ``item`` for ``member``; the future gets the peer's verdict
         (``"ok"``, ``"full"``, ``"duplicate"``, ``"closed"``, ...) or a
         :class:`~gobucket_py.PeerError`."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[str] = loop.create_future()
-        bucket = item[0]
-        member.inflight[bucket] = member.inflight.get(bucket, 0) + 1
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        member.inflight[item[0]] = member.inflight.get(item[0], 0) + 1
+        queue = self._queue(member, handoff)
+        queue.append((item, future, -1))
+        if self._pumps.get((member.node_id, handoff), 0) < self.config.batch_concurrency:
+            self._pump_up(member, handoff)  # (only while pumps are below the cap)
+        return future
+
+    def send_many(self, member: Member, items: list[Item]
+                  ) -> asyncio.Future[list[str | GobucketError]]:
+        """Queue several items (of one bucket) for ``member``; one future gets
+        every verdict or error, in order. Cheaper than ``send`` per item."""
+        future: asyncio.Future[list[str | GobucketError]] = (
+            asyncio.get_running_loop().create_future())
+        group = _Group(future, len(items))
+        if items:
+            bucket = items[0][0]
+            member.inflight[bucket] = member.inflight.get(bucket, 0) + len(items)
+            self._queue(member, False).extend(
+                (item, group, index) for index, item in enumerate(items))
+            self._pump_up(member, False)
+        else:
+            future.set_result([])
+        return future
+
+    def _queue(self, member: Member, handoff: bool) -> deque[Entry]:
         key = (member.node_id, handoff)
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = deque()
-        queue.append((item, future))
-        if self._pumps.get(key, 0) < self.config.batch_concurrency:
+        return queue
+
+    def _pump_up(self, member: Member, handoff: bool) -> None:
+        """Start pumps for the queue: one per batch waiting, up to batch_concurrency."""
+        key = (member.node_id, handoff)
+        queue = self._queues[key]
+        want = min(self.config.batch_concurrency, -(-len(queue) // self.config.batch_size))
+        loop = asyncio.get_running_loop()
+        while self._pumps.get(key, 0) < want:
             self._pumps[key] = self._pumps.get(key, 0) + 1
             task = loop.create_task(self._pump(key, member, queue, handoff))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return future
 
-    async def _pump(self, key: tuple[str, bool], member: Member,
-                    queue: deque[tuple[Item, asyncio.Future[str]]], handoff: bool) -> None:
+    async def _pump(self, key: tuple[str, bool], member: Member, queue: deque[Entry],
+                    handoff: bool) -> None:
         try:
             while queue:
                 await asyncio.sleep(0)  # let fills issued in this loop pass join the batch
@@ -76,10 +126,9 @@ class Forwarder:
         finally:
             self._pumps[key] -= 1
 
-    async def _send_batch(self, member: Member, batch: list[tuple[Item, asyncio.Future[str]]],
-                          handoff: bool) -> None:
+    async def _send_batch(self, member: Member, batch: list[Entry], handoff: bool) -> None:
         message = {"v": 1, "from": self.membership.header(), "handoff": handoff,
-                   "items": [item for item, _ in batch]}
+                   "items": [item for item, _, _ in batch]}
         error: GobucketError | None = None
         results: list[Any] = []
         loop = asyncio.get_running_loop()
@@ -97,16 +146,20 @@ class Forwarder:
             error = exc
         if self.on_batch is not None:
             self.on_batch(member, 0 if error else results.count("ok"), len(batch), handoff)
-        for item, _ in batch:
+        inflight = member.inflight
+        for item, _, _ in batch:
             bucket = item[0]
-            member.inflight[bucket] = max(0, member.inflight.get(bucket, 0) - 1)
-        for index, (_, future) in enumerate(batch):
-            if future.done():
+            inflight[bucket] = max(0, inflight.get(bucket, 0) - 1)
+        for position, (_, sink, index) in enumerate(batch):
+            result: str | GobucketError = error if error is not None else results[position]
+            if isinstance(sink, _Group):
+                sink.settle(index, result)
+            elif sink.done():
                 continue
-            if error is not None:
-                future.set_exception(error)
+            elif isinstance(result, GobucketError):
+                sink.set_exception(result)
             else:
-                future.set_result(results[index])
+                sink.set_result(result)
 
     async def close(self) -> None:
         """Cancel pumps still running (their callers get CancelledError)."""
@@ -115,7 +168,8 @@ class Forwarder:
         if self._tasks:
             await asyncio.wait(list(self._tasks))
         for queue in self._queues.values():
-            for _, future in queue:
+            for _, sink, _ in queue:
+                future = sink.future if isinstance(sink, _Group) else sink
                 if not future.done():
                     future.cancel()
             queue.clear()

@@ -410,30 +410,53 @@ class TaskBucketGroup:
         assert forwarder is not None
         counts = self.fill_counts[bucket]
         pool = candidates(self._members.members.values(), bucket)
-        sent: list[tuple[int, Item, Member, asyncio.Future[str]]] = []
+        # Spread by two choices on estimates that count what is already
+        # assigned; send each peer's share a batch at a time as it fills up, so
+        # replies are settled while later batches are still on the wire.
+        size = self.config.batch_size
+        assigned: dict[str, tuple[Member, list[int], list[Item]]] = {}  # not yet sent
+        sent: list[tuple[Member, list[int], list[Item],
+                         asyncio.Future[list[str | GobucketError]]]] = []
         retry: list[tuple[int, Item, dict[str, str]]] = []
+
+        def room(m: Member) -> int:  # its estimate counts what was sent, not what waits
+            waiting = assigned.get(m.node_id)
+            return m.estimate(bucket) - (len(waiting[2]) if waiting else 0)
+
         for index, item in overflow:
             if not pool:
                 retry.append((index, item, {}))
                 continue
-            member = pick(pool, bucket, self.rng)
-            sent.append((index, item, member, forwarder.send(member, item)))
-            if member.estimate(bucket) <= 0:
+            if len(pool) == 1:
+                member = pool[0]
+            else:
+                a, b = self.rng.sample(pool, 2)
+                member = a if room(a) >= room(b) else b
+            entry = assigned.get(member.node_id)
+            if entry is None:
+                entry = assigned[member.node_id] = (member, [], [])
+            entry[1].append(index)
+            entry[2].append(item)
+            if len(entry[2]) >= size:
+                del assigned[member.node_id]
+                sent.append((*entry, forwarder.send_many(member, entry[2])))
+                await asyncio.sleep(0)  # let the pumps put it on the wire
+            if room(member) <= 0:
                 pool.remove(member)
-        for index, item, member, future in sent:
-            rejections: dict[str, str] = {}
-            try:
-                outcome: str | GobucketError = await future
-            except GobucketError as exc:
-                outcome = exc
-            try:
-                if self._settle(member, item, outcome, rejections):
-                    results[index] = FillResult(bucket, item[1], member.node_id, True)
-                    counts[1] += 1
-                else:
-                    retry.append((index, item, rejections))
-            except DuplicateTaskError as exc:
-                results[index] = exc
+        sent.extend((*entry, forwarder.send_many(entry[0], entry[2]))
+                    for entry in assigned.values())
+        for member, indexes, items, future in sent:
+            outcomes = await future
+            for index, item, outcome in zip(indexes, items, outcomes, strict=True):
+                rejections: dict[str, str] = {}
+                try:
+                    if self._settle(member, item, outcome, rejections):
+                        results[index] = FillResult(bucket, item[1], member.node_id, True)
+                        counts[1] += 1
+                    else:
+                        retry.append((index, item, rejections))
+                except DuplicateTaskError as exc:
+                    results[index] = exc
 
         async def again(index: int, item: Item, rejections: dict[str, str]) -> None:
             try:
@@ -671,8 +694,8 @@ class TaskBucketGroup:
                                 "event=handoff_failed node=%s bucket=%s task_id=%s error=%s",
                                 self.node_id, name, task.id, exc)
                 else:
-                    item: Item = [name, task.id, _TYPES.index(task.type), payload, run_after,
-                                  life_span]
+                    item: Item = (name, task.id, _TYPES.index(task.type), payload, run_after,
+                                  life_span)
                     member, _ = await self._place(item, handoff=True)
                     if member is not None:
                         target = self._moved[key] = member.node_id
@@ -771,12 +794,17 @@ class TaskBucketGroup:
             return "unknown bucket"
         if self.state is not GroupState.RUNNING:
             return "closed"
+        # _check_item made both finite numbers >= 0; the rest of check_times:
+        immediate = task_type is TaskType.IMMEDIATE
+        if immediate:
+            run_after = 0.0
+        if not 0 < life_span or run_after >= life_span:
+            try:
+                check_times(life_span, run_after)
+            except ValueError as exc:
+                return f"invalid: {exc}"
         try:
-            if task_type is TaskType.IMMEDIATE:
-                bucket.fill_nowait(task_type, task_id, data, life_span=life_span)
-            else:
-                bucket.fill_nowait(task_type, task_id, data, run_after=run_after,
-                                   life_span=life_span)
+            bucket.fill_validated(task_type, task_id, data, run_after, life_span)
         except BucketFullError:
             return "full"
         except DuplicateTaskError:
@@ -862,8 +890,8 @@ def _item(bucket: str, task_id: str, data: Any, task_type: TaskType, run_after: 
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"bucket {bucket!r} is full here and task {task_id!r} cannot be "
                         f"forwarded: its data is not msgpack-serializable ({exc})") from exc
-    return [bucket, task_id, 0 if task_type is TaskType.IMMEDIATE else 1, payload, run_after,
-            life_span]
+    return (bucket, task_id, 0 if task_type is TaskType.IMMEDIATE else 1, payload, run_after,
+            life_span)
 
 
 def _check_item(raw: object) -> tuple[str, str, TaskType, Any, float, float]:
@@ -876,10 +904,12 @@ def _check_item(raw: object) -> tuple[str, str, TaskType, Any, float, float]:
         raise ProtocolError(f"fill item type must be 0 or 1, got {type_code!r}")
     if not isinstance(payload, bytes):
         raise ProtocolError("fill item data must be msgpack bytes")
-    times = {"run_after": run_after, "life_span": life_span}
-    ra, ls = number(times, "run_after"), number(times, "life_span")
+    for name, value in (("run_after", run_after), ("life_span", life_span)):
+        if (type(value) is not float and type(value) is not int) or not 0 <= value < 1e12:
+            raise ProtocolError(f"fill item {name} must be a number >= 0, got {value!r}")
+    ra, ls = float(run_after), float(life_span)
     try:
-        data = _unpack_data(payload)
+        data = None if payload == _PACKED_NONE else _unpack_data(payload)
     except Exception as exc:
         raise ProtocolError(f"fill item data is malformed: {type(exc).__name__}") from exc
     return bucket, task_id, _TYPES[type_code], data, ra, ls
