@@ -709,11 +709,10 @@ async def detection(logdir: Path, soak: float, kills: int = 10, stops: int = 5,
                  "membership.on_change"
                  + (f": {kill_false[:5]}" if kill_false else "")),
         Row("#3", f"false suspicions under continuous overflow fill+drain load "
-                  f"({soak_secs:.0f} s run; target is for 600 s)",
+                  f"({soak_secs:.0f} s run)",
             len(soak_false) + len(node_lines), "events", "0 in 10 min of full load",
             not soak_false and not node_lines and soak_secs >= 600,
-            note=f"ran {soak_secs:.0f} s (--soak {soak:g}), the issue asks for 600 s "
-                 f"(met needs a >= 600 s run: python -m bench cluster --soak 600); "
+            note=f"ran {soak_secs:.0f} s (--soak {soak:g}; the target needs >= 600 s); "
                  f"observer (default GroupConfig) saw {len(soak_false)}, the 3 nodes' logs "
                  f"{len(node_lines)}; load: rounds of {load_width:,} concurrent overflow "
                  f"fills then their drains, {filled / soak_secs:,.0f} fills/s + "
@@ -757,7 +756,7 @@ async def run_all(soak: float, logdir: Path) -> tuple[list[Row], bool]:
 
 
 def main(args: Any = None) -> None:
-    soak = float(getattr(args, "soak", 60.0))
+    soak = float(getattr(args, "soak", 600.0))
     # Suspicions are counted through membership.on_change; keep stderr readable.
     logging.getLogger("gobucket_py").setLevel(logging.ERROR)
     logdir = Path(tempfile.mkdtemp(prefix="gobucket-bench-"))

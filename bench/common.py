@@ -82,7 +82,8 @@ def write_report(groups: list[str]) -> None:
         "",
         f"Machine: {machine()}.",
         f"Command: `make bench` (or `.venv/bin/python -m bench {' '.join(groups)}`; "
-        "`--soak SECONDS` sets the cluster soak, default 60).",
+        "`--soak SECONDS` sets the cluster soak, default 600; the whole run takes about "
+        "half an hour).",
         "",
         "| issue | figure | value | target | met | baseline (same run) | ratio | note |",
         "|---|---|---|---|---|---|---|---|",
