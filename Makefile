@@ -36,7 +36,7 @@ test: lint typecheck pytest
 
 # The main job: three local nodes, backup jobs overflowing from node 1, ~70% drained.
 demo: $(STAMP)
-	$(PY) -m examples.cluster.run_local
+	$(PY) -m examples.cluster.run_local $(if $(HOLD),--hold $(HOLD))
 
 # The single-node version of the same job.
 demo-local: $(STAMP)

@@ -18,7 +18,7 @@ import msgpack
 
 from . import errors
 from .cluster.auth import Keyring
-from .cluster.group import _task_info
+from .cluster.items import unpack_info
 from .cluster.protocol import Kind
 from .cluster.transport import HttpTransport
 from .task import DrainOutcome, DrainResult, FillResult, TaskInfo, TaskType
@@ -90,7 +90,7 @@ class GroupClient:
                                             "scope": "cluster"})
         _raise_error(reply)
         raw = reply.get("task")
-        return None if raw is None else _task_info(raw)
+        return None if raw is None else unpack_info(raw)
 
     async def stats(self) -> dict[str, Any]:
         """The node's id, state and per-bucket counters."""

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import warnings
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gobucket_py import Executor, Task
+
+from .procs import Nodes
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -32,6 +36,21 @@ def _close_leaked_event_loop() -> None:
     if not loop.is_running() and not loop.is_closed():
         loop.close()
     policy.set_event_loop(None)
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[Nodes]:
+    """Subprocess nodes; always terminated (then killed) at teardown."""
+    made = Nodes(tmp_path)
+    try:
+        yield made
+    finally:
+        made.cleanup()
+        print(made.dump())  # shown by pytest only when the test failed
+    for node in made.nodes.values():  # no node crashed or failed a request internally
+        for run in range(1, node.runs + 1):
+            log = (tmp_path / f"{node.node_id}.run{run}.err").read_text(errors="replace")
+            assert "Traceback" not in log and "event=handler_error" not in log, log[-3000:]
 
 
 class Recorder(Executor):

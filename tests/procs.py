@@ -67,8 +67,10 @@ class Node:
     """One subprocess node. ``start`` (re)launches it on its fixed port."""
 
     def __init__(self, node_id: str, port: int, logdir: Path, peers: list[str],
-                 env: dict[str, str], advertise: str | None = None) -> None:
+                 env: dict[str, str], advertise: str | None = None,
+                 log_level: str = "INFO") -> None:
         self.node_id = node_id
+        self.log_level = log_level
         self.port = port
         self.advertise = advertise
         self.addr = advertise or f"127.0.0.1:{port}"  # as peers reach it
@@ -94,7 +96,7 @@ class Node:
         self.runs += 1
         out_path, err_path = self._paths()
         args = ["--app", APP, "--port", str(self.port), "--node-id", self.node_id,
-                "--fast", "--secret", SECRET, "--log-level", "INFO"]
+                "--fast", "--secret", SECRET, "--log-level", self.log_level]
         if self.peers:
             args += ["--peers", ",".join(self.peers)]
         if self.advertise:
@@ -183,12 +185,12 @@ class Nodes:
 
     def add(self, node_id: str, peers: Sequence[Node | str] = (),
             env: Mapping[str, object] | None = None, *, port: int | None = None,
-            advertise: str | None = None) -> Node:
+            advertise: str | None = None, log_level: str = "INFO") -> Node:
         """Define a node (seeded with ``peers``; extra environment ``env``), by
         default on a free port."""
         addrs = [p.addr if isinstance(p, Node) else p for p in peers]
         node = Node(node_id, port or free_port(), self.logdir, addrs,
-                    {k: str(v) for k, v in (env or {}).items()}, advertise)
+                    {k: str(v) for k, v in (env or {}).items()}, advertise, log_level)
         self.nodes[node_id] = node
         return node
 

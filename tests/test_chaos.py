@@ -27,9 +27,7 @@ import os
 import random
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
@@ -64,20 +62,6 @@ class Run:
     drains: dict[str, DrainOutcome] = field(default_factory=dict)
     drain_errors: Counter[str] = field(default_factory=Counter)
     due: dict[str, float] = field(default_factory=dict)  # id -> when it may still run
-
-
-@pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[Nodes]:
-    made = Nodes(tmp_path)
-    try:
-        yield made
-    finally:
-        made.cleanup()
-        print(made.dump())
-    for node in made.nodes.values():
-        for run in range(1, node.runs + 1):
-            log = (tmp_path / f"{node.node_id}.run{run}.err").read_text(errors="replace")
-            assert "Traceback" not in log and "event=handler_error" not in log, log[-3000:]
 
 
 class Load:

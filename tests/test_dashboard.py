@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +35,6 @@ if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):  # pragma: n
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
-
-
-@pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[Nodes]:
-    made = Nodes(tmp_path)
-    try:
-        yield made
-    finally:
-        made.cleanup()
-        print(made.dump())
 
 
 @pytest.fixture

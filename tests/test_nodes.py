@@ -17,15 +17,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
 from gobucket_py import (
     BucketConfig,
+    ClusterFullError,
     DrainOutcome,
     Executor,
+    GroupClient,
     GroupConfig,
     MemberState,
     PeerInfo,
@@ -67,21 +68,6 @@ class Idle(Executor):
 
     async def on_execute(self, task: Task) -> None:
         return None
-
-
-@pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[Nodes]:
-    """Subprocess nodes; always terminated (then killed) at teardown."""
-    made = Nodes(tmp_path)
-    try:
-        yield made
-    finally:
-        made.cleanup()
-        print(made.dump())  # shown by pytest only when the test failed
-    for node in made.nodes.values():  # no node crashed or failed a request internally
-        for run in range(1, node.runs + 1):
-            log = (tmp_path / f"{node.node_id}.run{run}.err").read_text(errors="replace")
-            assert "Traceback" not in log and "event=handler_error" not in log, log[-3000:]
 
 
 Observe = Callable[..., Awaitable[TaskBucketGroup]]
@@ -350,6 +336,29 @@ async def test_sigint_also_stops_gracefully(nodes: Nodes) -> None:
     assert await n1.wait_exit(5.0) == 0
     assert "event=node_stopped" in n1.stderr()
     assert n1.stdout().count("listening on") == 1
+
+
+@pytest.mark.parametrize("level", ["INFO", "WARNING"])
+async def test_log_lines_are_structured_and_follow_log_level(nodes: Nodes, level: str) -> None:
+    n1 = nodes.add("n1", env={"NODE_MAX": 1}, log_level=level)
+    await nodes.start(n1)
+    async with GroupClient(n1.addr, secret=SECRET) as client:
+        await client.fill("jobs", "kept", "secret-payload", task_type=BOMB)
+        assert (await client.drain("jobs", "kept")).outcome is DrainOutcome.DRAINED
+        await client.fill("jobs", "one", "secret-payload", task_type=BOMB)
+        with pytest.raises(ClusterFullError):  # alone and full
+            await client.fill("jobs", "two", "secret-payload", task_type=BOMB)
+    assert await n1.stop() == 0
+    lines = n1.stderr().splitlines()
+    assert lines and all("secret-payload" not in line for line in lines)
+    drained = [line for line in lines if "event=drained" in line]
+    full = [line for line in lines if "event=cluster_full" in line]
+    assert len(full) == 1 and "node=n1 bucket=jobs task_id=two" in full[0]  # WARNING
+    if level == "INFO":
+        assert len(drained) == 1 and "node=n1 bucket=jobs task_id=kept" in drained[0]
+        assert any("event=node_started node=n1" in line for line in lines)
+    else:
+        assert not drained and not [line for line in lines if " INFO " in line]
 
 
 # -- 5. graceful handoff -------------------------------------------------------------------------

@@ -4,6 +4,10 @@
 peer only when it is full; ``drain`` and ``get`` find a task wherever it
 lives. ``stop`` hands every pending task to peers before it goes, so a rolling
 restart loses nothing that had not started.
+
+Around it: :mod:`.membership` (who is alive), :mod:`.placement` (which peer),
+:mod:`.forward` (batched FILLs), :mod:`.items` (a task on the wire),
+:mod:`.serve` (what this node answers) and :mod:`.transport` (HTTP).
 """
 
 from __future__ import annotations
@@ -23,33 +27,31 @@ from typing import Any, Literal
 import msgpack
 
 from ..bucket import TaskBucket
-from ..config import GroupConfig, check_times
+from ..config import GroupConfig
 from ..errors import (
     BucketClosedError,
-    BucketFullError,
     ClusterFullError,
     DuplicateTaskError,
     GobucketError,
     PeerUnavailableError,
-    ProtocolError,
     UnknownBucketError,
 )
 from ..observe.events import EventFeed
 from ..task import DrainOutcome, DrainResult, FillResult, Task, TaskInfo, TaskState, TaskType
 from .auth import Keyring
 from .forward import Forwarder, Item
+from .items import TYPES, encode_item, task_times, unpack_info
 from .membership import Member, Membership, MemberState, PeerInfo
 from .placement import candidates, pick
-from .protocol import MAX_ITEMS, MAX_STR, Kind, check_gossip, field, number
+from .protocol import Kind
+from .serve import PeerServer
 from .transport import HttpTransport, Transport
 
 __all__ = ["GroupState", "TaskBucketGroup"]
 
 log = logging.getLogger("gobucket_py")
 
-_TYPES = (TaskType.IMMEDIATE, TaskType.TIME_BOMB)
 _OUTCOMES = {o.value: o for o in DrainOutcome}
-_PACKED_NONE = msgpack.packb(None)
 
 #: ``on_peer_schedule_failed(peer_id, bucket, task_id, error)``; may be async.
 ScheduleFailed = Callable[[str, str, str, str], Any]
@@ -71,12 +73,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _unpack_data(raw: bytes) -> Any:
-    return msgpack.unpackb(raw, raw=False, strict_map_key=True, max_str_len=MAX_STR,
-                           max_bin_len=len(raw), max_array_len=MAX_ITEMS,
-                           max_map_len=MAX_ITEMS, max_ext_len=0)
 
 
 class TaskBucketGroup:
@@ -174,6 +170,7 @@ class TaskBucketGroup:
         self.fill_counts: dict[str, list[int]] = {name: [0, 0, 0] for name in self.buckets}
         #: Wall-clock time of ``start()``.
         self.started_at: float | None = None
+        self._server = PeerServer(self)
 
     # -- introspection ---------------------------------------------------------
 
@@ -186,6 +183,11 @@ class TaskBucketGroup:
     def address(self) -> str:
         """``host:port`` as peers reach this node (final after ``start``)."""
         return self.transport.address
+
+    @property
+    def running(self) -> bool:
+        """True between ``start()`` and ``stop()``: the node takes new tasks."""
+        return self.state is GroupState.RUNNING
 
     @property
     def peers(self) -> list[PeerInfo]:
@@ -223,7 +225,7 @@ class TaskBucketGroup:
             from ..observe.web import add_routes  # the dashboard, /metrics and /v1/status
             add_routes(self.transport.app, self)
         try:
-            await self.transport.start(self._handle)
+            await self.transport.start(self._server.handle)
         except BaseException:
             self.state = GroupState.STOPPED
             raise
@@ -342,8 +344,8 @@ class TaskBucketGroup:
                                      life_span=life_span)
             counts[0] += 1
             return FillResult(bucket, task_id, self.node_id, False, task)
-        ra, ls = _times(local, task_type, run_after, life_span)
-        item = _item(bucket, task_id, data, task_type, ra, ls)
+        ra, ls = task_times(local, task_type, run_after, life_span)
+        item = encode_item(bucket, task_id, data, task_type, ra, ls)
         member, rejections = await self._place(item)
         if member is not None:
             counts[1] += 1
@@ -372,7 +374,7 @@ class TaskBucketGroup:
         """
         local = self._open_bucket(bucket)
         counts = self.fill_counts[bucket]
-        ra, ls = _times(local, task_type, run_after, life_span)
+        ra, ls = task_times(local, task_type, run_after, life_span)
         pairs = tasks.items() if isinstance(tasks, Mapping) else tasks
         results: list[FillResult | Exception | None] = []
         overflow: list[tuple[int, Item]] = []
@@ -384,7 +386,8 @@ class TaskBucketGroup:
                     results.append(FillResult(bucket, task_id, self.node_id, False, task))
                     counts[0] += 1
                     continue
-                overflow.append((len(results), _item(bucket, task_id, data, task_type, ra, ls)))
+                item = encode_item(bucket, task_id, data, task_type, ra, ls)
+                overflow.append((len(results), item))
                 results.append(None)
             except (GobucketError, TypeError, ValueError) as exc:
                 results.append(exc)
@@ -590,7 +593,7 @@ class TaskBucketGroup:
         reply = await self._ask(Kind.GET, bucket, task_id, lambda r: r.get("task") is not None)
         if reply is None:
             return None
-        return _task_info(reply["task"])
+        return unpack_info(reply["task"])
 
     async def _ask(self, kind: Kind, bucket: str, task_id: str,
                    found: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
@@ -694,7 +697,7 @@ class TaskBucketGroup:
                                 "event=handoff_failed node=%s bucket=%s task_id=%s error=%s",
                                 self.node_id, name, task.id, exc)
                 else:
-                    item: Item = (name, task.id, _TYPES.index(task.type), payload, run_after,
+                    item: Item = (name, task.id, TYPES.index(task.type), payload, run_after,
                                   life_span)
                     member, _ = await self._place(item, handoff=True)
                     if member is not None:
@@ -707,225 +710,3 @@ class TaskBucketGroup:
         finally:
             del self._moving[key]
             future.set_result(target)
-
-    # -- serving peers ---------------------------------------------------------------
-
-    async def _handle(self, kind: Kind, message: dict[str, Any]) -> dict[str, Any]:
-        membership = self._membership
-        if membership is None:
-            raise ProtocolError("node is starting")
-        if kind is Kind.SUBMIT:
-            return await self._serve_submit(message)
-        if kind is Kind.STATS:
-            return {"v": 1, "node": self.node_id, "state": self.state.value,
-                    "buckets": {n: {**b.stats(), "capacity": b.config.max_bucket,
-                                    "fills": dict(zip(("local", "forwarded", "rejected"),
-                                                      self.fill_counts[n], strict=True))}
-                                for n, b in self.buckets.items()},
-                    "peers": {m.node_id: m.state.value for m in membership.members.values()}}
-        if message.get("scope") == "cluster":  # a client: route like a local call
-            return await self._serve_client(kind, message)
-        # Validate everything before trusting the sender: a malformed request
-        # must not even make its sender a member.
-        sender = message.get("from")
-        if kind is Kind.PING:
-            check_gossip(message.get("members"))
-            membership.heard(sender)
-            membership.merge(message.get("members"))
-            return {"v": 1, "from": membership.header(), "members": membership.gossip()}
-        if kind is Kind.PING_REQ:
-            field(message, "target", str)
-            membership.heard(sender)
-            return await membership.handle_ping_req(message)
-        if kind is Kind.FILL:
-            checked = [_check_item(raw) for raw in field(message, "items", list)]
-            membership.heard(sender)  # all or nothing: 400 before any fill
-            return {"v": 1, "results": [self._accept(*item) for item in checked],
-                    "from": membership.header()}
-        if kind is Kind.LEAVE:
-            membership.heard(sender)
-            return {"v": 1, "from": membership.header()}
-        bucket = field(message, "bucket", str)
-        task_id = field(message, "id", str)
-        follow = message.get("follow") is True
-        self._bucket(bucket)  # an unknown bucket is a 404 before anything else
-        membership.heard(sender)
-        if kind is Kind.DRAIN:
-            return await self._serve_drain(bucket, task_id, follow)
-        return await self._serve_get(bucket, task_id, follow)
-
-    async def _serve_submit(self, message: dict[str, Any]) -> dict[str, Any]:
-        bucket, task_id, task_type, data, _, _ = _check_item(
-            [message.get("bucket"), message.get("id"), message.get("type"),
-             message.get("data"), 0, 1])
-        times = {k: message.get(k) for k in ("run_after", "life_span")}
-        run_after = None if times["run_after"] is None else number(times, "run_after")
-        life_span = None if times["life_span"] is None else number(times, "life_span")
-        self._bucket(bucket)  # an unknown bucket is a 404, as for every endpoint
-        try:
-            placed = await self.fill(bucket, task_id, data, task_type=task_type,
-                                     run_after=run_after, life_span=life_span)
-        except GobucketError as exc:
-            return {"v": 1, "error": type(exc).__name__, "message": str(exc)}
-        except (TypeError, ValueError) as exc:
-            return {"v": 1, "error": "ValueError", "message": str(exc)}
-        return {"v": 1, "node": placed.node_id, "forwarded": placed.forwarded}
-
-    async def _serve_client(self, kind: Kind, message: dict[str, Any]) -> dict[str, Any]:
-        bucket = field(message, "bucket", str)
-        task_id = field(message, "id", str)
-        if kind not in (Kind.DRAIN, Kind.GET):
-            raise ProtocolError(f"{kind.name} does not take scope=cluster")
-        try:
-            if kind is Kind.DRAIN:
-                result = await self.drain(bucket, task_id)
-                return {"v": 1, "outcome": result.outcome.value, "node": result.node_id}
-            info = await self.get(bucket, task_id)
-            return {"v": 1, "task": None if info is None else _pack_info(info)}
-        except UnknownBucketError:
-            raise  # a 404, like a peer's
-        except GobucketError as exc:  # e.g. a possible holder did not answer: say so
-            return {"v": 1, "error": type(exc).__name__, "message": str(exc)}
-
-    def _accept(self, bucket_name: str, task_id: str, task_type: TaskType, data: Any,
-                run_after: float, life_span: float) -> str:
-        bucket = self.buckets.get(bucket_name)
-        if bucket is None:
-            return "unknown bucket"
-        if self.state is not GroupState.RUNNING:
-            return "closed"
-        # _check_item made both finite numbers >= 0; the rest of check_times:
-        immediate = task_type is TaskType.IMMEDIATE
-        if immediate:
-            run_after = 0.0
-        if not 0 < life_span or run_after >= life_span:
-            try:
-                check_times(life_span, run_after)
-            except ValueError as exc:
-                return f"invalid: {exc}"
-        try:
-            bucket.fill_validated(task_type, task_id, data, run_after, life_span)
-        except BucketFullError:
-            return "full"
-        except DuplicateTaskError:
-            return "duplicate"
-        except BucketClosedError:
-            return "closed"
-        except (TypeError, ValueError) as exc:
-            return f"invalid: {exc}"
-        return "ok"
-
-    async def _follow(self, kind: Kind, bucket: str, task_id: str) -> dict[str, Any] | None:
-        """A task this node is handing off (or handed off) is answered for by its new home."""
-        key = (bucket, task_id)
-        moving = self._moving.get(key)
-        target = await asyncio.shield(moving) if moving is not None else self._moved.get(key)
-        if target is None:
-            return None
-        membership = self._members
-        member = membership.members.get(target)
-        if member is None:
-            return None
-        message = {"v": 1, "from": membership.header(), "bucket": bucket, "id": task_id,
-                   "follow": False}
-        try:
-            return await self.transport.call(member.addr, kind, message,
-                                             self.config.request_timeout)
-        except GobucketError:
-            return None
-
-    async def _serve_drain(self, bucket: str, task_id: str, follow: bool) -> dict[str, Any]:
-        local = self._bucket(bucket)
-        outcome = local.drain_nowait(task_id)
-        node: str | None = self.node_id
-        if outcome is DrainOutcome.NOT_FOUND:
-            node = None
-            if follow or (bucket, task_id) in self._moving:
-                followed = await self._follow(Kind.DRAIN, bucket, task_id)
-                if followed is None and (bucket, task_id) in self.buckets[bucket]:
-                    outcome = local.drain_nowait(task_id)  # the handoff failed: it is back
-                    node = self.node_id
-                elif followed is not None and followed.get("outcome") in _OUTCOMES:
-                    outcome = _OUTCOMES[followed["outcome"]]
-                    node = followed.get("node")
-        return {"v": 1, "from": self._members.header(), "outcome": outcome.value, "node": node}
-
-    async def _serve_get(self, bucket: str, task_id: str, follow: bool) -> dict[str, Any]:
-        task = self._bucket(bucket).get(task_id)
-        info: list[Any] | None = None
-        if task is not None:
-            info = _pack_info(TaskInfo.of(task, self.node_id))
-        elif follow:
-            followed = await self._follow(Kind.GET, bucket, task_id)
-            if followed is not None and isinstance(followed.get("task"), list):
-                info = followed["task"]
-        return {"v": 1, "from": self._members.header(), "task": info}
-
-
-def _times(bucket: TaskBucket, task_type: TaskType, run_after: float | None,
-           life_span: float | None) -> tuple[float, float]:
-    """``(run_after, life_span)`` for a task that overflows, as relative seconds."""
-    config = bucket.config
-    immediate = task_type is TaskType.IMMEDIATE
-    if not immediate and task_type is not TaskType.TIME_BOMB:
-        raise TypeError(f"task_type must be a TaskType, got {task_type!r}")
-    if immediate and run_after:
-        raise ValueError("run_after applies to TaskType.TIME_BOMB tasks only")
-    if life_span is None and run_after is None:
-        return 0.0 if immediate else config.run_after, config.life_span
-    ls, ra = check_times(config.life_span if life_span is None else life_span,
-                         0.0 if immediate else
-                         config.run_after if run_after is None else run_after)
-    return ra, ls
-
-
-def _item(bucket: str, task_id: str, data: Any, task_type: TaskType, run_after: float,
-          life_span: float) -> Item:
-    """The wire form of one task to forward; ``TypeError`` if it cannot travel."""
-    if type(task_id) is not str or not task_id:
-        raise TypeError(f"task_id must be a non-empty str, got {task_id!r}")
-    try:
-        payload = _PACKED_NONE if data is None else msgpack.packb(
-            data, use_bin_type=True, datetime=False)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise TypeError(f"bucket {bucket!r} is full here and task {task_id!r} cannot be "
-                        f"forwarded: its data is not msgpack-serializable ({exc})") from exc
-    return (bucket, task_id, 0 if task_type is TaskType.IMMEDIATE else 1, payload, run_after,
-            life_span)
-
-
-def _check_item(raw: object) -> tuple[str, str, TaskType, Any, float, float]:
-    if not isinstance(raw, list) or len(raw) != 6:
-        raise ProtocolError("each fill item must be a 6-item list")
-    bucket, task_id, type_code, payload, run_after, life_span = raw
-    if not isinstance(bucket, str) or not isinstance(task_id, str) or not task_id:
-        raise ProtocolError("fill item bucket and id must be strings")
-    if type(type_code) is not int or type_code not in (0, 1):
-        raise ProtocolError(f"fill item type must be 0 or 1, got {type_code!r}")
-    if not isinstance(payload, bytes):
-        raise ProtocolError("fill item data must be msgpack bytes")
-    for name, value in (("run_after", run_after), ("life_span", life_span)):
-        if (type(value) is not float and type(value) is not int) or not 0 <= value < 1e12:
-            raise ProtocolError(f"fill item {name} must be a number >= 0, got {value!r}")
-    ra, ls = float(run_after), float(life_span)
-    try:
-        data = None if payload == _PACKED_NONE else _unpack_data(payload)
-    except Exception as exc:
-        raise ProtocolError(f"fill item data is malformed: {type(exc).__name__}") from exc
-    return bucket, task_id, _TYPES[type_code], data, ra, ls
-
-
-def _pack_info(info: TaskInfo) -> list[Any]:
-    return [info.bucket, info.task_id, info.node_id, info.type.value, info.state.value,
-            info.seconds_to_run, info.seconds_left]
-
-
-def _task_info(raw: object) -> TaskInfo:
-    if not isinstance(raw, list) or len(raw) != 7:
-        raise ProtocolError("malformed task info")
-    bucket, task_id, node, type_, state, to_run, left = raw
-    try:
-        return TaskInfo(str(bucket), str(task_id), str(node), TaskType(type_), TaskState(state),
-                        float(to_run), float(left))
-    except (TypeError, ValueError) as exc:
-        raise ProtocolError(f"malformed task info: {exc}") from exc

@@ -1,0 +1,106 @@
+"""The wire forms of a task: FILL items (to forward) and task infos (get).
+
+A FILL item is ``(bucket, task_id, type, packed data, run_after, life_span)``:
+type 0 is immediate and 1 a time-bomb, the data is msgpack packed on its own
+(so a receiver can bound its decoding), and the times are seconds relative
+to receipt, so clock skew between nodes does not matter.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from ..bucket import TaskBucket
+from ..config import check_times
+from ..errors import ProtocolError
+from ..task import TaskInfo, TaskState, TaskType
+from .forward import Item
+from .protocol import MAX_ITEMS, MAX_STR
+
+__all__ = ["PACKED_NONE", "TYPES", "decode_item", "encode_item", "pack_info", "task_times",
+           "unpack_info"]
+
+TYPES = (TaskType.IMMEDIATE, TaskType.TIME_BOMB)
+#: ``None`` packed: most tasks carry no data, so neither side packs it each time.
+PACKED_NONE: bytes = msgpack.packb(None)
+
+
+def unpack_data(raw: bytes) -> Any:
+    """Decode one task's data with limits and no ext types."""
+    return msgpack.unpackb(raw, raw=False, strict_map_key=True, max_str_len=MAX_STR,
+                           max_bin_len=len(raw), max_array_len=MAX_ITEMS,
+                           max_map_len=MAX_ITEMS, max_ext_len=0)
+
+
+def task_times(bucket: TaskBucket, task_type: TaskType, run_after: float | None,
+           life_span: float | None) -> tuple[float, float]:
+    """``(run_after, life_span)`` for a task that overflows, as relative seconds."""
+    config = bucket.config
+    immediate = task_type is TaskType.IMMEDIATE
+    if not immediate and task_type is not TaskType.TIME_BOMB:
+        raise TypeError(f"task_type must be a TaskType, got {task_type!r}")
+    if immediate and run_after:
+        raise ValueError("run_after applies to TaskType.TIME_BOMB tasks only")
+    if life_span is None and run_after is None:
+        return 0.0 if immediate else config.run_after, config.life_span
+    ls, ra = check_times(config.life_span if life_span is None else life_span,
+                         0.0 if immediate else
+                         config.run_after if run_after is None else run_after)
+    return ra, ls
+
+
+def encode_item(bucket: str, task_id: str, data: Any, task_type: TaskType, run_after: float,
+          life_span: float) -> Item:
+    """The wire form of one task to forward; ``TypeError`` if it cannot travel."""
+    if type(task_id) is not str or not task_id:
+        raise TypeError(f"task_id must be a non-empty str, got {task_id!r}")
+    try:
+        payload = PACKED_NONE if data is None else msgpack.packb(
+            data, use_bin_type=True, datetime=False)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"bucket {bucket!r} is full here and task {task_id!r} cannot be "
+                        f"forwarded: its data is not msgpack-serializable ({exc})") from exc
+    return (bucket, task_id, 0 if task_type is TaskType.IMMEDIATE else 1, payload, run_after,
+            life_span)
+
+
+def decode_item(raw: object) -> tuple[str, str, TaskType, Any, float, float]:
+    """Check one received FILL item; ``ProtocolError`` (a 400) if malformed."""
+    if not isinstance(raw, list) or len(raw) != 6:
+        raise ProtocolError("each fill item must be a 6-item list")
+    bucket, task_id, type_code, payload, run_after, life_span = raw
+    if not isinstance(bucket, str) or not isinstance(task_id, str) or not task_id:
+        raise ProtocolError("fill item bucket and id must be strings")
+    if type(type_code) is not int or type_code not in (0, 1):
+        raise ProtocolError(f"fill item type must be 0 or 1, got {type_code!r}")
+    if not isinstance(payload, bytes):
+        raise ProtocolError("fill item data must be msgpack bytes")
+    for name, value in (("run_after", run_after), ("life_span", life_span)):
+        if (type(value) is not float and type(value) is not int) or not 0 <= value < 1e12:
+            raise ProtocolError(f"fill item {name} must be a number >= 0, got {value!r}")
+    ra, ls = float(run_after), float(life_span)
+    try:
+        data = None if payload == PACKED_NONE else unpack_data(payload)
+    except Exception as exc:
+        raise ProtocolError(f"fill item data is malformed: {type(exc).__name__}") from exc
+    return bucket, task_id, TYPES[type_code], data, ra, ls
+
+
+def pack_info(info: TaskInfo) -> list[Any]:
+    """A :class:`TaskInfo` as a msgpack list (no payload)."""
+    return [info.bucket, info.task_id, info.node_id, info.type.value, info.state.value,
+            info.seconds_to_run, info.seconds_left]
+
+
+def unpack_info(raw: object) -> TaskInfo:
+    """The inverse of :func:`pack_info`; ``ProtocolError`` if malformed."""
+    if not isinstance(raw, list) or len(raw) != 7:
+        raise ProtocolError("malformed task info")
+    bucket, task_id, node, type_, state, to_run, left = raw
+    try:
+        return TaskInfo(str(bucket), str(task_id), str(node), TaskType(type_), TaskState(state),
+                        float(to_run), float(left))
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"malformed task info: {exc}") from exc
