@@ -72,7 +72,7 @@ def write_report(groups: list[str]) -> None:
     for g in groups:
         f = RESULTS / f"{g}.json"
         if f.exists():
-            rows.extend(json.loads(f.read_text()))
+            rows.extend({**r, "how": f"`python -m bench {g}`"} for r in json.loads(f.read_text()))
     lines = [
         "# Benchmarks",
         "",
@@ -85,15 +85,16 @@ def write_report(groups: list[str]) -> None:
         "`--soak SECONDS` sets the cluster soak, default 600; the whole run takes about "
         "half an hour).",
         "",
-        "| issue | figure | value | target | met | baseline (same run) | ratio | note |",
-        "|---|---|---|---|---|---|---|---|",
+        "| issue | figure | value | target | met | baseline (same run) | ratio | reproduce "
+        "| note |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         r = {k: _cell(v) if isinstance(v, str) else v for k, v in r.items()}
         lines.append(
             f"| {r['issue']} | {r['name']} | {fmt(float(r['value']))} {r['unit']} "  # type: ignore[arg-type]
             f"| {r['target']} | {'yes' if r['met'] else '**no**'} | {r['baseline']} "
-            f"| {r['ratio']} | {r['note']} |"
+            f"| {r['ratio']} | {r['how']} | {r['note']} |"
         )
     (ROOT / "BENCHMARKS.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {ROOT / 'BENCHMARKS.md'}", file=sys.stderr)

@@ -257,7 +257,7 @@ async def test_chaos_rolling_sigterm_restart_loses_nothing(nodes: Nodes) -> None
         filling = asyncio.get_running_loop().create_task(
             load.fill_all([f"r-{i}" for i in range(TASKS)]))
         for node in ring:
-            await asyncio.sleep(min(2.0, TASKS / 10_000))
+            await asyncio.sleep(max(1.0, TASKS / 4_000))  # spread over the run
             load.down.add(node.node_id)
             await asyncio.sleep(0.3)  # let fills already sent to it return
             code = await node.stop(timeout=20)
@@ -290,7 +290,7 @@ async def test_chaos_kill9_loses_only_what_the_dead_node_held(nodes: Nodes) -> N
     async with Load(ring, run, seed=3) as load:
         filling = asyncio.get_running_loop().create_task(
             load.fill_all([f"k-{i}" for i in range(TASKS)]))
-        await asyncio.sleep(min(2.0, TASKS / 10_000))
+        await asyncio.sleep(max(1.0, TASKS / 4_000))  # spread over the run
         load.down.add(victim.node_id)
         assert victim.proc is not None
         victim.proc.kill()
