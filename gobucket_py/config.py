@@ -141,7 +141,8 @@ class GroupConfig:
     max_body: int = 4 * 1024 * 1024
     #: Signed requests whose timestamp is further from our clock are refused.
     max_clock_skew: float = 30.0
-    #: On stop, running tasks get this long to finish before on_panic.
+    #: On stop: how long pending tasks that no peer can take yet are offered
+    #: again, and running tasks may finish, before the rest get on_panic.
     stop_grace: float = 5.0
 
     def __post_init__(self) -> None:

@@ -509,6 +509,43 @@ async def test_drain_racing_firing_on_a_peer_has_one_winner(cluster: Cluster,
 # -- graceful stop -------------------------------------------------------------------------
 
 
+async def test_stop_waits_for_room_on_peers_within_stop_grace(cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=10, stop_grace=5.0)
+    n2 = await cluster.add("n2", max_bucket=3)
+    await cluster.settle()
+    loop = asyncio.get_running_loop()
+    due = loop.time() + 2
+    for i in range(3):  # n2 is full of tasks that fire (and end) 2 s from now
+        await n2.fill("jobs", f"soon-{i}", task_type=BOMB, run_after=2)
+    for i in range(3):  # n1's tasks are due in 30 s
+        await n1.fill("jobs", f"later-{i}", task_type=BOMB)
+    await cluster.settle(0.5)  # n1 learns that n2 is full
+    t0 = loop.time()
+    await n1.stop()  # nobody has room at first; n2 does once its tasks have run
+    assert due <= loop.time() <= t0 + 5.0
+    assert cluster.bucket("n1").stats()["handed_off"] == 3
+    assert cluster.bucket("n1").stats()["rescued"] == 0
+    assert sorted(t.id for t in cluster.bucket("n2")) == [f"later-{i}" for i in range(3)]
+    handed = [t for h, t, _ in cluster.recorders["n1"].calls]
+    assert handed == []  # n1 ran, and rescued, nothing
+
+
+async def test_stop_rescues_what_no_peer_takes_within_stop_grace(cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=10, stop_grace=1.5)
+    n2 = await cluster.add("n2", max_bucket=1)
+    await cluster.settle()
+    await n2.fill("jobs", "forever", task_type=BOMB)  # n2 stays full
+    await n1.fill("jobs", "stuck", task_type=BOMB)
+    await cluster.settle(0.5)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await n1.stop()
+    assert loop.time() - t0 <= 1.5 + 0.1  # bounded by stop_grace
+    stats = cluster.bucket("n1").stats()
+    assert (stats["handed_off"], stats["rescued"]) == (0, 1)
+    assert cluster.recorders["n1"].hooks("stuck") == ["panic"]  # on_panic
+
+
 async def test_stop_hands_pending_tasks_to_peers_with_remaining_times(cluster: Cluster) -> None:
     n1 = await cluster.add("n1", max_bucket=1)
     n2 = await cluster.add("n2", max_bucket=50)

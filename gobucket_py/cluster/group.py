@@ -250,7 +250,8 @@ class TaskBucketGroup:
         """Leave gracefully. Idempotent.
 
         Announce leaving, refuse new fills, hand every pending task to peers
-        with room (with its remaining times), give running tasks
+        with room (with its remaining times; offered again every probe
+        interval while none has room), give running tasks what is left of
         ``stop_grace`` seconds, rescue the rest (``on_panic``), then close.
         """
         if self._stopped is not None:
