@@ -171,6 +171,8 @@ class TaskBucketGroup:
         #: Wall-clock time of ``start()``.
         self.started_at: float | None = None
         self._server = PeerServer(self)
+        # Overflowing single fills waiting for this loop pass's placement.
+        self._overflow: dict[str, list[tuple[Item, asyncio.Future[FillResult]]]] = {}
 
     # -- introspection ---------------------------------------------------------
 
@@ -347,11 +349,43 @@ class TaskBucketGroup:
             return FillResult(bucket, task_id, self.node_id, False, task)
         ra, ls = task_times(local, task_type, run_after, life_span)
         item = encode_item(bucket, task_id, data, task_type, ra, ls)
-        member, rejections = await self._place(item)
-        if member is not None:
-            counts[1] += 1
-            return FillResult(bucket, task_id, member.node_id, True)
-        raise await self._cluster_full(item, rejections)
+        # Overflowing fills issued in the same loop pass are placed together
+        # (one two-choice pass, one batch per peer), like fill_many.
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[FillResult] = loop.create_future()
+        queue = self._overflow.get(bucket)
+        if queue is None:
+            queue = self._overflow[bucket] = []
+            loop.call_soon(self._flush_overflow, bucket)
+        queue.append((item, future))
+        return await future
+
+    def _flush_overflow(self, bucket: str) -> None:
+        entries = self._overflow.pop(bucket, [])
+        if entries:
+            self._spawn(self._place_entries(bucket, entries))
+
+    async def _place_entries(self, bucket: str,
+                             entries: list[tuple[Item, asyncio.Future[FillResult]]]) -> None:
+        results: list[FillResult | Exception | None] = [None] * len(entries)
+        try:
+            await self._place_many(bucket, [(i, e[0]) for i, e in enumerate(entries)], results)
+        except BaseException as exc:  # cancelled by stop(), or a bug: no caller hangs
+            for _, future in entries:
+                if not future.done():
+                    if isinstance(exc, asyncio.CancelledError):
+                        future.cancel()
+                    else:
+                        future.set_exception(exc)
+            raise
+        for (_, future), result in zip(entries, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, FillResult):
+                future.set_result(result)
+            else:
+                assert result is not None
+                future.set_exception(result)
 
     async def fill_many(
         self,
@@ -409,7 +443,8 @@ class TaskBucketGroup:
     async def _place_many(self, bucket: str, overflow: list[tuple[int, Item]],
                           results: list[FillResult | Exception | None]) -> None:
         """Spread ``overflow`` over peers by two choices, all sent at once;
-        what a peer refuses goes through :meth:`_place` like a single fill."""
+        what a peer refuses goes through :meth:`_place` like a single fill.
+        Serves ``fill_many``, and the single fills of one loop pass."""
         forwarder = self._forwarder
         assert forwarder is not None
         counts = self.fill_counts[bucket]
