@@ -23,6 +23,9 @@ def main() -> None:
     parser.add_argument("--soak", type=float, default=600.0, metavar="SECONDS",
                         help="cluster: seconds of continuous overflow fill+drain load while "
                              "counting false suspicions (issue #3's target is for 600)")
+    parser.add_argument("--only", choices=["throughput", "drain", "balance", "detection"],
+                        help="cluster: run one part only, keeping the other parts' saved "
+                             "figures")
     args = parser.parse_args()
     unknown = [g for g in args.groups if g not in GROUPS]
     if unknown:

@@ -41,6 +41,12 @@ def percentile(xs: list[float], p: float) -> float:
     return s[k]
 
 
+def load(group: str) -> list[Row]:
+    """The rows saved by the last run of ``group`` (none if it never ran)."""
+    f = RESULTS / f"{group}.json"
+    return [Row(**r) for r in json.loads(f.read_text())] if f.exists() else []
+
+
 def save(group: str, rows: list[Row]) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{group}.json").write_text(json.dumps([asdict(r) for r in rows], indent=1))
