@@ -196,7 +196,11 @@ class Membership:
 
     def merge(self, raw_members: object) -> None:
         """Peer exchange: learn new members; accept dead/left news; refute suspicion."""
-        for node_id, boot, addr, inc, state in check_gossip(raw_members):
+        self.merge_checked(check_gossip(raw_members))
+
+    def merge_checked(self, entries: list[tuple[str, str, str, int, str]]) -> None:
+        """:meth:`merge` for entries already validated by ``check_gossip``."""
+        for node_id, boot, addr, inc, state in entries:
             if node_id == self.node_id:
                 if state in ("suspect", "dead") and boot == self.boot and inc >= self.incarnation:
                     self.incarnation = inc + 1  # refute: our next messages carry it

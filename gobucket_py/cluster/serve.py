@@ -62,9 +62,9 @@ class PeerServer:
         # must not even make its sender a member.
         sender = message.get("from")
         if kind is Kind.PING:
-            check_gossip(message.get("members"))
+            gossip = check_gossip(message.get("members"))
             membership.heard(sender)
-            membership.merge(message.get("members"))
+            membership.merge_checked(gossip)
             return {"v": 1, "from": membership.header(), "members": membership.gossip()}
         if kind is Kind.PING_REQ:
             field(message, "target", str)
@@ -97,10 +97,11 @@ class PeerServer:
         times = {k: message.get(k) for k in ("run_after", "life_span")}
         run_after = None if times["run_after"] is None else number(times, "run_after")
         life_span = None if times["life_span"] is None else number(times, "life_span")
-        group._bucket(bucket)  # an unknown bucket is a 404, as for every endpoint
         try:
             placed = await group.fill(bucket, task_id, data, task_type=task_type,
                                       run_after=run_after, life_span=life_span)
+        except UnknownBucketError:
+            raise  # a 404, as for every endpoint
         except GobucketError as exc:
             return {"v": 1, "error": type(exc).__name__, "message": str(exc)}
         except (TypeError, ValueError) as exc:
