@@ -338,7 +338,8 @@ class TaskBucketGroup:
         callback ``on_peer_schedule_failed`` is called for each peer that
         refused), :class:`BucketClosedError` while stopping, and
         ``TypeError`` when an overflowing task's data is not
-        msgpack-serializable.
+        msgpack-serializable. Fills that overflow in the same event-loop
+        pass are placed together, as by :meth:`fill_many`.
         """
         local = self._open_bucket(bucket)
         counts = self.fill_counts[bucket]
@@ -370,14 +371,17 @@ class TaskBucketGroup:
         results: list[FillResult | Exception | None] = [None] * len(entries)
         try:
             await self._place_many(bucket, [(i, e[0]) for i, e in enumerate(entries)], results)
-        except BaseException as exc:  # cancelled by stop(), or a bug: no caller hangs
+        except asyncio.CancelledError:  # stop(): the callers are cancelled too
+            for _, future in entries:
+                future.cancel()
+            raise
+        except Exception as exc:  # a bug: say so, and let no caller hang
+            log.exception("placing overflowing fills failed node=%s bucket=%s",
+                          self.node_id, bucket)
             for _, future in entries:
                 if not future.done():
-                    if isinstance(exc, asyncio.CancelledError):
-                        future.cancel()
-                    else:
-                        future.set_exception(exc)
-            raise
+                    future.set_exception(exc)
+            return
         for (_, future), result in zip(entries, results, strict=True):
             if future.done():
                 continue
