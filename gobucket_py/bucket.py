@@ -427,7 +427,7 @@ class TaskBucket:
         task.state = _PENDING
         task._runner = None
         self._tasks[task.id] = task
-        if task.type is _IMMEDIATE or task._run_at <= loop.time():
+        if task.type is _IMMEDIATE:
             task._runner = loop.create_task(self._run(task))
         else:
             assert self._wheel is not None

@@ -24,10 +24,10 @@ from .transport import Transport
 
 __all__ = ["Forwarder"]
 
-#: A FILL item: ``[bucket, task_id, type (0 immediate, 1 time-bomb),
-#: packed data, run_after, life_span]``; times are relative seconds so clock
-#: skew between nodes does not matter.
-Item = tuple[Any, ...]  # a tuple of atoms: the garbage collector soon stops tracking it
+#: A FILL item (see :mod:`.items`): ``(bucket, task_id, type, packed data,
+#: run_after, life_span)``. A tuple of atoms, which the garbage collector
+#: soon stops tracking.
+Item = tuple[Any, ...]
 
 
 class _Group:

@@ -470,11 +470,7 @@ class TaskBucketGroup:
             if not pool:
                 retry.append((index, item, {}))
                 continue
-            if len(pool) == 1:
-                member = pool[0]
-            else:
-                a, b = self.rng.sample(pool, 2)
-                member = a if room(a) >= room(b) else b
+            member = pick(pool, room, self.rng)
             entry = assigned.get(member.node_id)
             if entry is None:
                 entry = assigned[member.node_id] = (member, [], [])
@@ -553,7 +549,7 @@ class TaskBucketGroup:
             pool = candidates(members.values(), bucket, rejections)
             if not pool:
                 break
-            member = pick(pool, bucket, rng)
+            member = pick(pool, lambda m: m.estimate(bucket), rng)
             try:
                 outcome: str | GobucketError = await forwarder.send(member, item, handoff=handoff)
             except GobucketError as exc:

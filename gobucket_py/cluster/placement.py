@@ -11,7 +11,7 @@ network.
 from __future__ import annotations
 
 import random
-from collections.abc import Container, Iterable
+from collections.abc import Callable, Container, Iterable
 
 from .membership import Member, MemberState
 
@@ -27,10 +27,11 @@ def candidates(members: Iterable[Member], bucket: str, exclude: Container[str] =
             and m.node_id not in exclude]
 
 
-def pick(pool: list[Member], bucket: str, rng: random.Random) -> Member:
-    """The better (more estimated free slots) of two peers drawn at random
-    from ``pool``; ``pool`` must not be empty."""
+def pick(pool: list[Member], room: Callable[[Member], int], rng: random.Random) -> Member:
+    """The better (more free slots by ``room``, e.g. ``Member.estimate``
+    for a bucket) of two peers drawn at random from ``pool``, which must not
+    be empty."""
     if len(pool) == 1:
         return pool[0]
     a, b = rng.sample(pool, 2)
-    return a if a.estimate(bucket) >= b.estimate(bucket) else b
+    return a if room(a) >= room(b) else b

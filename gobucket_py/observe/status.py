@@ -11,6 +11,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
+from .. import __version__
 from ..cluster.membership import MemberState
 from ..cluster.protocol import Kind
 from ..errors import GobucketError
@@ -112,7 +113,6 @@ def status(group: TaskBucketGroup, *, peer_stats: PeerStats | None = None,
             entry["stats_age"] = None if fetched is None else round(now - fetched, 3)
         peers.append(entry)
     started = group.started_at
-    from .. import __version__
     return {
         "node": group.node_id, "boot_id": group.boot_id, "address": group.address,
         "state": group.state.value, "version": __version__, "time": now,
