@@ -40,16 +40,45 @@ class _Group:
         self.results: list[str | GobucketError] = [""] * size
         self.remaining = size
 
-    def settle(self, index: int, result: str | GobucketError) -> None:
-        self.results[index] = result
-        self.remaining -= 1
+    def settle(self, offset: int, results: list[str] | list[GobucketError]) -> None:
+        """Verdicts for the items from ``offset`` on."""
+        self.results[offset:offset + len(results)] = results
+        self.remaining -= len(results)
         if not self.remaining and not self.future.done():
             self.future.set_result(self.results)
 
 
-#: A queued item and where its verdict goes: a future (``send``), or a group
-#: and the item's index in it (``send_many``).
-Entry = tuple[Item, "asyncio.Future[str] | _Group", int]
+#: Items queued for one peer, and where their verdicts go: a future for one
+#: item (``send``), or a group and the items' offset in it (``send_many``).
+#: A pump splits an entry that does not fit in its batch.
+Entry = tuple[list[Item], "asyncio.Future[str] | _Group", int]
+
+
+class _Queue:
+    """The entries waiting for one peer, and how many items they hold."""
+
+    __slots__ = ("entries", "items", "pumps")
+
+    def __init__(self) -> None:
+        self.entries: deque[Entry] = deque()
+        self.items = 0
+        self.pumps = 0
+
+    def take(self, limit: int) -> list[Entry]:
+        """Up to ``limit`` items from the front, as entries."""
+        batch: list[Entry] = []
+        entries = self.entries
+        while entries and limit:
+            items, sink, offset = entries[0]
+            if len(items) <= limit:
+                batch.append(entries.popleft())
+                limit -= len(items)
+            else:
+                batch.append((items[:limit], sink, offset))
+                entries[0] = (items[limit:], sink, offset + limit)
+                limit = 0
+        self.items -= sum(len(entry[0]) for entry in batch)
+        return batch
 
 
 class Forwarder:
@@ -59,8 +88,7 @@ class Forwarder:
         self.transport = transport
         self.membership = membership
         self.config = config
-        self._queues: dict[tuple[str, bool], deque[Entry]] = {}
-        self._pumps: dict[tuple[str, bool], int] = {}
+        self._queues: dict[tuple[str, bool], _Queue] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         #: Round-trip time of each FILL batch (seconds).
         self.latency = Histogram()
@@ -72,11 +100,7 @@ class Forwarder:
         (``"ok"``, ``"full"``, ``"duplicate"``, ``"closed"``, ...) or a
         :class:`~gobucket_py.PeerError`."""
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        member.inflight[item[0]] = member.inflight.get(item[0], 0) + 1
-        queue = self._queue(member, handoff)
-        queue.append((item, future, -1))
-        if self._pumps.get((member.node_id, handoff), 0) < self.config.batch_concurrency:
-            self._pump_up(member, handoff)  # (only while pumps are below the cap)
+        self._enqueue(member, handoff, [item], future)
         return future
 
     def send_many(self, member: Member, items: list[Item]
@@ -85,50 +109,46 @@ class Forwarder:
         every verdict or error, in order. Cheaper than ``send`` per item."""
         future: asyncio.Future[list[str | GobucketError]] = (
             asyncio.get_running_loop().create_future())
-        group = _Group(future, len(items))
         if items:
-            bucket = items[0][0]
-            member.inflight[bucket] = member.inflight.get(bucket, 0) + len(items)
-            self._queue(member, False).extend(
-                (item, group, index) for index, item in enumerate(items))
-            self._pump_up(member, False)
+            self._enqueue(member, False, items, _Group(future, len(items)))
         else:
             future.set_result([])
         return future
 
-    def _queue(self, member: Member, handoff: bool) -> deque[Entry]:
+    def _enqueue(self, member: Member, handoff: bool, items: list[Item],
+                 sink: asyncio.Future[str] | _Group) -> None:
+        """Count ``items`` (of one bucket) in flight, queue them, and start
+        pumps: one per batch waiting, up to ``batch_concurrency``."""
+        bucket = items[0][0]
+        member.inflight[bucket] = member.inflight.get(bucket, 0) + len(items)
         key = (member.node_id, handoff)
         queue = self._queues.get(key)
         if queue is None:
-            queue = self._queues[key] = deque()
-        return queue
-
-    def _pump_up(self, member: Member, handoff: bool) -> None:
-        """Start pumps for the queue: one per batch waiting, up to batch_concurrency."""
-        key = (member.node_id, handoff)
-        queue = self._queues[key]
-        want = min(self.config.batch_concurrency, -(-len(queue) // self.config.batch_size))
-        loop = asyncio.get_running_loop()
-        while self._pumps.get(key, 0) < want:
-            self._pumps[key] = self._pumps.get(key, 0) + 1
-            task = loop.create_task(self._pump(key, member, queue, handoff))
+            queue = self._queues[key] = _Queue()
+        queue.entries.append((items, sink, 0))
+        queue.items += len(items)
+        config = self.config
+        want = min(config.batch_concurrency, -(-queue.items // config.batch_size))
+        while queue.pumps < want:
+            queue.pumps += 1
+            task = asyncio.get_running_loop().create_task(self._pump(member, queue, handoff))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _pump(self, key: tuple[str, bool], member: Member, queue: deque[Entry],
-                    handoff: bool) -> None:
+    async def _pump(self, member: Member, queue: _Queue, handoff: bool) -> None:
         try:
-            while queue:
+            while queue.entries:
                 await asyncio.sleep(0)  # let fills issued in this loop pass join the batch
-                batch = [queue.popleft() for _ in range(min(len(queue), self.config.batch_size))]
+                batch = queue.take(self.config.batch_size)
                 if batch:
                     await self._send_batch(member, batch, handoff)
         finally:
-            self._pumps[key] -= 1
+            queue.pumps -= 1
 
     async def _send_batch(self, member: Member, batch: list[Entry], handoff: bool) -> None:
+        items = batch[0][0] if len(batch) == 1 else [i for entry in batch for i in entry[0]]
         message = {"v": 1, "from": self.membership.header(), "handoff": handoff,
-                   "items": [item for item, _, _ in batch]}
+                   "items": items}
         error: GobucketError | None = None
         results: list[Any] = []
         loop = asyncio.get_running_loop()
@@ -138,28 +158,29 @@ class Forwarder:
                                               self.config.forward_timeout)
             self.latency.observe(loop.time() - started)
             results = field(reply, "results", list)
-            if len(results) != len(batch) or not all(isinstance(r, str) for r in results):
+            if len(results) != len(items) or not all(type(r) is str for r in results):
                 raise ProtocolError(f"peer {member.addr} answered {len(results)} results "
-                                    f"for {len(batch)} items")
+                                    f"for {len(items)} items")
             self.membership.heard(reply.get("from"))  # fresh capacity, includes this batch
         except GobucketError as exc:
             error = exc
         if self.on_batch is not None:
-            self.on_batch(member, 0 if error else results.count("ok"), len(batch), handoff)
+            self.on_batch(member, 0 if error else results.count("ok"), len(items), handoff)
         inflight = member.inflight
-        for item, _, _ in batch:
-            bucket = item[0]
-            inflight[bucket] = max(0, inflight.get(bucket, 0) - 1)
-        for position, (_, sink, index) in enumerate(batch):
-            result: str | GobucketError = error if error is not None else results[position]
+        position = 0
+        for chunk, sink, offset in batch:
+            bucket, count = chunk[0][0], len(chunk)
+            inflight[bucket] = max(0, inflight.get(bucket, 0) - count)
             if isinstance(sink, _Group):
-                sink.settle(index, result)
+                sink.settle(offset, [error] * count if error is not None
+                            else results[position:position + count])
             elif sink.done():
-                continue
-            elif isinstance(result, GobucketError):
-                sink.set_exception(result)
+                pass
+            elif error is not None:
+                sink.set_exception(error)
             else:
-                sink.set_result(result)
+                sink.set_result(results[position])
+            position += count
 
     async def close(self) -> None:
         """Cancel pumps still running (their callers get CancelledError)."""
@@ -168,8 +189,9 @@ class Forwarder:
         if self._tasks:
             await asyncio.wait(list(self._tasks))
         for queue in self._queues.values():
-            for _, sink, _ in queue:
+            for _, sink, _ in queue.entries:
                 future = sink.future if isinstance(sink, _Group) else sink
                 if not future.done():
                     future.cancel()
-            queue.clear()
+            queue.entries.clear()
+            queue.items = 0

@@ -13,7 +13,6 @@ Around it: :mod:`.membership` (who is alive), :mod:`.placement` (which peer),
 from __future__ import annotations
 
 import asyncio
-import heapq
 import inspect
 import ipaddress
 import logging
@@ -44,6 +43,7 @@ from .items import TYPES, encode_item, task_times, unpack_info
 from .membership import Member, Membership, MemberState, PeerInfo
 from .placement import candidates, pick
 from .protocol import Kind
+from .routes import Routes
 from .serve import PeerServer
 from .transport import HttpTransport, Transport
 
@@ -157,8 +157,7 @@ class TaskBucketGroup:
         self._membership: Membership | None = None
         self._forwarder: Forwarder | None = None
         # Where this node forwarded each task, until the task's deadline.
-        self._forwarded: dict[tuple[str, str], tuple[str, str, float]] = {}
-        self._expiry: list[tuple[float, str, str]] = []
+        self._routes = Routes()
         # Handoff on stop: tasks in transit, and where they went.
         self._moving: dict[tuple[str, str], asyncio.Future[str | None]] = {}
         self._moved: dict[tuple[str, str], str] = {}
@@ -311,12 +310,10 @@ class TaskBucketGroup:
         self.events.add_or_merge(what, member.node_id, accepted, sent)
 
     def _peer_restarted(self, member: Member) -> None:
-        lost = [k for k, (node, _, _) in self._forwarded.items() if node == member.node_id]
-        for key in lost:
-            del self._forwarded[key]
+        lost = self._routes.forget_node(member.node_id)
         if lost:
             log.warning("peer restarted; tasks forwarded there are lost event=tasks_lost "
-                        "node=%s peer=%s count=%d", self.node_id, member.node_id, len(lost))
+                        "node=%s peer=%s count=%d", self.node_id, member.node_id, lost)
 
     # -- fill ----------------------------------------------------------------------
 
@@ -451,51 +448,44 @@ class TaskBucketGroup:
         Serves ``fill_many``, and the single fills of one loop pass."""
         forwarder = self._forwarder
         assert forwarder is not None
-        counts = self.fill_counts[bucket]
+        size, rng = self.config.batch_size, self.rng
         pool = candidates(self._members.members.values(), bucket)
-        # Spread by two choices on estimates that count what is already
-        # assigned; send each peer's share a batch at a time as it fills up, so
-        # replies are settled while later batches are still on the wire.
-        size = self.config.batch_size
-        assigned: dict[str, tuple[Member, list[int], list[Item]]] = {}  # not yet sent
+        # Two choices on each candidate's room: its estimate (which counts
+        # what was sent) minus what waits here to be sent. Each peer's share
+        # goes out a batch at a time as it fills up, so replies are settled
+        # while later batches are on the wire; replies bring fresh reports, so
+        # room is re-read after each batch.
+        room = {m: m.estimate(bucket) for m in pool}
+        room_of = room.__getitem__
+        waiting: dict[Member, tuple[list[int], list[Item]]] = {}
         sent: list[tuple[Member, list[int], list[Item],
                          asyncio.Future[list[str | GobucketError]]]] = []
         retry: list[tuple[int, Item, dict[str, str]]] = []
-
-        def room(m: Member) -> int:  # its estimate counts what was sent, not what waits
-            waiting = assigned.get(m.node_id)
-            return m.estimate(bucket) - (len(waiting[2]) if waiting else 0)
-
         for index, item in overflow:
             if not pool:
                 retry.append((index, item, {}))
                 continue
-            member = pick(pool, room, self.rng)
-            entry = assigned.get(member.node_id)
-            if entry is None:
-                entry = assigned[member.node_id] = (member, [], [])
-            entry[1].append(index)
-            entry[2].append(item)
-            if len(entry[2]) >= size:
-                del assigned[member.node_id]
-                sent.append((*entry, forwarder.send_many(member, entry[2])))
+            member = pick(pool, room_of, rng)
+            share = waiting.get(member)
+            if share is None:
+                share = waiting[member] = ([], [])
+            share[0].append(index)
+            share[1].append(item)
+            room[member] -= 1
+            if len(share[1]) >= size:
+                del waiting[member]
+                sent.append((member, *share, forwarder.send_many(member, share[1])))
                 await asyncio.sleep(0)  # let the pumps put it on the wire
-            if room(member) <= 0:
+                for m in pool:
+                    room[m] = m.estimate(bucket) - (len(waiting[m][1]) if m in waiting else 0)
+                pool = [m for m in pool if room[m] > 0 and m.state is MemberState.ALIVE]
+            elif room[member] <= 0:
                 pool.remove(member)
-        sent.extend((*entry, forwarder.send_many(entry[0], entry[2]))
-                    for entry in assigned.values())
+        sent.extend((member, *share, forwarder.send_many(member, share[1]))
+                    for member, share in waiting.items())
         for member, indexes, items, future in sent:
-            outcomes = await future
-            for index, item, outcome in zip(indexes, items, outcomes, strict=True):
-                rejections: dict[str, str] = {}
-                try:
-                    if self._settle(member, item, outcome, rejections):
-                        results[index] = FillResult(bucket, item[1], member.node_id, True)
-                        counts[1] += 1
-                    else:
-                        retry.append((index, item, rejections))
-                except DuplicateTaskError as exc:
-                    results[index] = exc
+            retry.extend(self._settle_many(bucket, member, indexes, items, await future,
+                                           results))
 
         async def again(index: int, item: Item, rejections: dict[str, str]) -> None:
             try:
@@ -504,12 +494,42 @@ class TaskBucketGroup:
                     results[index] = await self._cluster_full(item, rejections)
                 else:
                     results[index] = FillResult(bucket, item[1], member.node_id, True)
-                    counts[1] += 1
+                    self.fill_counts[bucket][1] += 1
             except GobucketError as exc:
                 results[index] = exc
 
         if retry:
             await asyncio.gather(*(again(*r) for r in retry))
+
+    def _settle_many(self, bucket: str, member: Member, indexes: list[int], items: list[Item],
+                     outcomes: list[str | GobucketError],
+                     results: list[FillResult | Exception | None]
+                     ) -> list[tuple[int, Item, dict[str, str]]]:
+        """Act on a peer's answers to one batch: fill in ``results`` for what
+        it took (remembering where, by life span) or what cannot be retried;
+        return what to try elsewhere."""
+        node = member.node_id
+        placed: dict[float, list[str]] = {}
+        retry = []
+        for index, item, outcome in zip(indexes, items, outcomes, strict=True):
+            if outcome == "ok":
+                results[index] = FillResult(bucket, item[1], node, True)
+                ids = placed.get(item[5])
+                if ids is None:
+                    ids = placed[item[5]] = []
+                ids.append(item[1])
+                continue
+            rejections: dict[str, str] = {}
+            try:
+                self._settle(member, item, outcome, rejections)  # not "ok": False or raises
+                retry.append((index, item, rejections))
+            except DuplicateTaskError as exc:
+                results[index] = exc
+        now = asyncio.get_running_loop().time()
+        for life_span, ids in placed.items():
+            self._routes.add(bucket, node, member.boot, now, life_span, ids)
+            self.fill_counts[bucket][1] += len(ids)
+        return retry
 
     async def _cluster_full(self, item: Item, rejections: dict[str, str]) -> ClusterFullError:
         """Report each refusal to ``on_peer_schedule_failed``; the error to raise."""
@@ -564,7 +584,8 @@ class TaskBucketGroup:
         else record why in ``rejections`` (raises DuplicateTaskError)."""
         bucket, task_id = item[0], item[1]
         if outcome == "ok":
-            self._remember(bucket, task_id, member, item[5])
+            self._routes.add(bucket, member.node_id, member.boot,
+                             asyncio.get_running_loop().time(), item[5], [task_id])
             return True
         if isinstance(outcome, PeerUnavailableError) and outcome.maybe_delivered:
             # It may have accepted: make sure it will not run.
@@ -574,21 +595,6 @@ class TaskBucketGroup:
                                      f"{bucket!r} on node {member.node_id}")
         rejections[member.node_id] = str(outcome)
         return False
-
-    def _remember(self, bucket: str, task_id: str, member: Member, life_span: float) -> None:
-        now = asyncio.get_running_loop().time()
-        expiry = now + life_span + 1.0
-        self._forwarded[(bucket, task_id)] = (member.node_id, member.boot, expiry)
-        heapq.heappush(self._expiry, (expiry, bucket, task_id))
-        if len(self._expiry) > 2 * len(self._forwarded) + 1024:
-            # Drained tasks leave stale heap entries: rebuild (amortised O(1)).
-            self._expiry = [(exp, b, t) for (b, t), (_, _, exp) in self._forwarded.items()]
-            heapq.heapify(self._expiry)
-        while self._expiry and self._expiry[0][0] < now:
-            _, b, t = heapq.heappop(self._expiry)
-            record = self._forwarded.get((b, t))
-            if record is not None and record[2] < now:
-                del self._forwarded[(b, t)]
 
     # -- drain and get ---------------------------------------------------------------
 
@@ -603,12 +609,12 @@ class TaskBucketGroup:
         """
         outcome = self._bucket(bucket).drain_nowait(task_id)
         if outcome is not DrainOutcome.NOT_FOUND:
-            self._forwarded.pop((bucket, task_id), None)
+            self._routes.forget(bucket, task_id)
             self._drained(bucket, task_id, outcome, self.node_id)
             return DrainResult(outcome, task_id, self.node_id)
         reply = await self._ask(Kind.DRAIN, bucket, task_id, lambda r: r.get("outcome")
                                 not in (None, DrainOutcome.NOT_FOUND.value))
-        self._forwarded.pop((bucket, task_id), None)  # a definite answer: forget the record
+        self._routes.forget(bucket, task_id)  # a definite answer: forget the route
         if reply is None:
             return DrainResult(DrainOutcome.NOT_FOUND, task_id, None)
         outcome, node = _OUTCOMES[reply["outcome"]], reply.get("node")
@@ -639,7 +645,7 @@ class TaskBucketGroup:
         message = {"v": 1, "from": membership.header(), "bucket": bucket, "id": task_id,
                    "follow": True}
         timeout = self.config.request_timeout
-        record = self._forwarded.get((bucket, task_id))
+        record = self._routes.get(bucket, task_id)
         asked: set[str] = set()
         silent: list[str] = []  # peers that may hold the task but did not answer
         if record is not None:
