@@ -19,7 +19,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -413,22 +413,26 @@ class TaskBucketGroup:
         ra, ls = task_times(local, task_type, run_after, life_span)
         pairs = tasks.items() if isinstance(tasks, Mapping) else tasks
         results: list[FillResult | Exception | None] = []
-        overflow: list[tuple[int, Item]] = []
-        for task_id, data in pairs:
-            try:
-                if local.free > 0 or task_id in local:
-                    task = local.fill_nowait(task_type, task_id, data, run_after=run_after,
-                                             life_span=life_span)
-                    results.append(FillResult(bucket, task_id, self.node_id, False, task))
-                    counts[0] += 1
+
+        def overflow() -> Iterator[tuple[int, Item]]:
+            # Lazy, so the first batches are on the wire while later tasks
+            # are still being read (and local room is checked as it is then).
+            for task_id, data in pairs:
+                try:
+                    if local.free > 0 or task_id in local:
+                        task = local.fill_nowait(task_type, task_id, data,
+                                                 run_after=run_after, life_span=life_span)
+                        results.append(FillResult(bucket, task_id, self.node_id, False, task))
+                        counts[0] += 1
+                        continue
+                    item = encode_item(bucket, task_id, data, task_type, ra, ls)
+                except (GobucketError, TypeError, ValueError) as exc:
+                    results.append(exc)
                     continue
-                item = encode_item(bucket, task_id, data, task_type, ra, ls)
-                overflow.append((len(results), item))
                 results.append(None)
-            except (GobucketError, TypeError, ValueError) as exc:
-                results.append(exc)
-        if overflow:
-            await self._place_many(bucket, overflow, results)
+                yield len(results) - 1, item
+
+        await self._place_many(bucket, overflow(), results)
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
 
@@ -441,7 +445,7 @@ class TaskBucketGroup:
             raise BucketClosedError(f"bucket {name!r} is closed")
         return local
 
-    async def _place_many(self, bucket: str, overflow: list[tuple[int, Item]],
+    async def _place_many(self, bucket: str, overflow: Iterable[tuple[int, Item]],
                           results: list[FillResult | Exception | None]) -> None:
         """Spread ``overflow`` over peers by two choices, all sent at once;
         what a peer refuses goes through :meth:`_place` like a single fill.
