@@ -21,7 +21,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import msgpack
 
@@ -55,6 +55,32 @@ _OUTCOMES = {o.value: o for o in DrainOutcome}
 
 #: ``on_peer_schedule_failed(peer_id, bucket, task_id, error)``; may be async.
 ScheduleFailed = Callable[[str, str, str, str], Any]
+
+
+class Results(Protocol):
+    """Where :meth:`TaskBucketGroup._place_many` puts each task's result."""
+
+    def __setitem__(self, index: int, result: FillResult | Exception, /) -> None: ...
+
+
+class _Waiting:
+    """Single fills that overflowed in one loop pass: their items, and the
+    callers' futures, each resolved as soon as its task is placed or refused."""
+
+    __slots__ = ("futures", "items")
+
+    def __init__(self) -> None:
+        self.items: list[tuple[int, Item]] = []
+        self.futures: list[asyncio.Future[FillResult]] = []
+
+    def __setitem__(self, index: int, result: FillResult | Exception) -> None:
+        future = self.futures[index]
+        if future.done():
+            pass
+        elif isinstance(result, Exception):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
 
 
 class GroupState(StrEnum):
@@ -171,7 +197,7 @@ class TaskBucketGroup:
         self.started_at: float | None = None
         self._server = PeerServer(self)
         # Overflowing single fills waiting for this loop pass's placement.
-        self._overflow: dict[str, list[tuple[Item, asyncio.Future[FillResult]]]] = {}
+        self._overflow: dict[str, _Waiting] = {}
 
     # -- introspection ---------------------------------------------------------
 
@@ -351,42 +377,32 @@ class TaskBucketGroup:
         # (one two-choice pass, one batch per peer), like fill_many.
         loop = asyncio.get_running_loop()
         future: asyncio.Future[FillResult] = loop.create_future()
-        queue = self._overflow.get(bucket)
-        if queue is None:
-            queue = self._overflow[bucket] = []
+        waiting = self._overflow.get(bucket)
+        if waiting is None:
+            waiting = self._overflow[bucket] = _Waiting()
             loop.call_soon(self._flush_overflow, bucket)
-        queue.append((item, future))
+        waiting.items.append((len(waiting.futures), item))
+        waiting.futures.append(future)
         return await future
 
     def _flush_overflow(self, bucket: str) -> None:
-        entries = self._overflow.pop(bucket, [])
-        if entries:
-            self._spawn(self._place_entries(bucket, entries))
+        waiting = self._overflow.pop(bucket, None)
+        if waiting is not None:
+            self._spawn(self._place_waiting(bucket, waiting))
 
-    async def _place_entries(self, bucket: str,
-                             entries: list[tuple[Item, asyncio.Future[FillResult]]]) -> None:
-        results: list[FillResult | Exception | None] = [None] * len(entries)
+    async def _place_waiting(self, bucket: str, waiting: _Waiting) -> None:
         try:
-            await self._place_many(bucket, [(i, e[0]) for i, e in enumerate(entries)], results)
+            await self._place_many(bucket, waiting.items, waiting)
         except asyncio.CancelledError:  # stop(): the callers are cancelled too
-            for _, future in entries:
+            for future in waiting.futures:
                 future.cancel()
             raise
         except Exception as exc:  # a bug: say so, and let no caller hang
             log.exception("placing overflowing fills failed node=%s bucket=%s",
                           self.node_id, bucket)
-            for _, future in entries:
+            for future in waiting.futures:
                 if not future.done():
                     future.set_exception(exc)
-            return
-        for (_, future), result in zip(entries, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, FillResult):
-                future.set_result(result)
-            else:
-                assert result is not None
-                future.set_exception(result)
 
     async def fill_many(
         self,
@@ -446,9 +462,10 @@ class TaskBucketGroup:
         return local
 
     async def _place_many(self, bucket: str, overflow: Iterable[tuple[int, Item]],
-                          results: list[FillResult | Exception | None]) -> None:
+                          results: Results) -> None:
         """Spread ``overflow`` over peers by two choices, all sent at once;
         what a peer refuses goes through :meth:`_place` like a single fill.
+        Each result is stored in ``results[index]`` as soon as it is known.
         Serves ``fill_many``, and the single fills of one loop pass."""
         forwarder = self._forwarder
         assert forwarder is not None
@@ -506,8 +523,7 @@ class TaskBucketGroup:
             await asyncio.gather(*(again(*r) for r in retry))
 
     def _settle_many(self, bucket: str, member: Member, indexes: list[int], items: list[Item],
-                     outcomes: list[str | GobucketError],
-                     results: list[FillResult | Exception | None]
+                     outcomes: list[str | GobucketError], results: Results
                      ) -> list[tuple[int, Item, dict[str, str]]]:
         """Act on a peer's answers to one batch: fill in ``results`` for what
         it took (remembering where, by life span) or what cannot be retried;
