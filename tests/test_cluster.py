@@ -20,6 +20,7 @@ from gobucket_py import (
     ClusterFullError,
     DrainOutcome,
     DuplicateTaskError,
+    FillResult,
     GroupConfig,
     MemberState,
     MemoryNetwork,
@@ -355,6 +356,58 @@ async def test_fill_many_batches_its_overflow(cluster: Cluster) -> None:
     requests = sum(1 for _, _, k in cluster.net.calls if k is Kind.FILL) - before
     assert sum(not isinstance(r, Exception) and r.forwarded for r in results) == 600
     assert requests <= 8, f"600 forwards took {requests} requests"
+
+
+async def test_batches_split_and_mix_many_and_single_fills(cluster: Cluster) -> None:
+    """fill_many's shares and single fills share a peer's queue; batches of
+    batch_size cut through them, and every verdict reaches its own caller."""
+    n1 = await cluster.add("n1", max_bucket=1, batch_size=7, batch_concurrency=2)
+    await cluster.add("n2", max_bucket=1000)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    await cluster.groups["n2"].fill("jobs", "m13", task_type=BOMB)  # a duplicate inside
+    before = sum(1 for _, _, k in cluster.net.calls if k is Kind.FILL)
+    many, *singles = await asyncio.gather(
+        n1.fill_many("jobs", [(f"m{i}", i) for i in range(30)], task_type=BOMB),
+        *(n1.fill("jobs", f"s{i}", i, task_type=BOMB) for i in range(10)),
+        return_exceptions=True)
+    requests = sum(1 for _, _, k in cluster.net.calls if k is Kind.FILL) - before
+    assert isinstance(many, list)
+    assert [type(r).__name__ for r in many].count("FillResult") == 29
+    assert isinstance(many[13], DuplicateTaskError)
+    assert [r.task_id for r in many if isinstance(r, FillResult)] == [
+        f"m{i}" for i in range(30) if i != 13]
+    assert [r.task_id for r in singles if isinstance(r, FillResult)] == [
+        f"s{i}" for i in range(10)]
+    n2 = cluster.bucket("n2")
+    assert {t.id: t.data for t in n2} == {"m13": None, **{f"m{i}": i for i in range(30)
+                                                          if i != 13},
+                                          **{f"s{i}": i for i in range(10)}}
+    assert requests <= -(-40 // 7) + 1, f"40 forwards in batches of 7 took {requests}"
+
+
+async def test_single_fills_return_as_their_own_batch_is_answered(cluster: Cluster) -> None:
+    """Fills that overflow together are not held back by a slower batch."""
+    n1 = await cluster.add("n1", max_bucket=1)
+    await cluster.add("n2", max_bucket=1000)
+    await cluster.add("n3", max_bucket=1000)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    cluster.net.hang("n3")  # n1 still believes n3 alive with room
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    done: dict[str, float] = {}
+
+    async def one(i: int) -> FillResult:
+        result = await n1.fill("jobs", f"t{i}", task_type=BOMB)
+        done[result.task_id] = loop.time() - t0
+        return result
+
+    results = await asyncio.gather(*(one(i) for i in range(40)))
+    assert {r.node_id for r in results} == {"n2"}  # n3's share was retried on n2
+    fast = [t for t, took in done.items() if took < 0.05]
+    slow = [t for t, took in done.items() if took >= CFG.forward_timeout]
+    assert fast and slow and len(fast) + len(slow) == 40, done
 
 
 async def test_hung_peer_does_not_stall_fill(cluster: Cluster) -> None:

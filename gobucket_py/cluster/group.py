@@ -70,7 +70,7 @@ class _Waiting:
     __slots__ = ("futures", "items")
 
     def __init__(self) -> None:
-        self.items: list[tuple[int, Item]] = []
+        self.items: list[Item] = []
         self.futures: list[asyncio.Future[FillResult]] = []
 
     def __setitem__(self, index: int, result: FillResult | Exception) -> None:
@@ -364,12 +364,13 @@ class TaskBucketGroup:
         msgpack-serializable. Fills that overflow in the same event-loop
         pass are placed together, as by :meth:`fill_many`.
         """
-        local = self._open_bucket(bucket)
-        counts = self.fill_counts[bucket]
+        local = self.buckets.get(bucket)
+        if local is None or local.closed or self.state is not GroupState.RUNNING:
+            local = self._open_bucket(bucket)  # raises why not
         if local.free > 0 or task_id in local:  # no exception on the overflow path
             task = local.fill_nowait(task_type, task_id, data, run_after=run_after,
                                      life_span=life_span)
-            counts[0] += 1
+            self.fill_counts[bucket][0] += 1
             return FillResult(bucket, task_id, self.node_id, False, task)
         ra, ls = task_times(local, task_type, run_after, life_span)
         item = encode_item(bucket, task_id, data, task_type, ra, ls)
@@ -381,7 +382,7 @@ class TaskBucketGroup:
         if waiting is None:
             waiting = self._overflow[bucket] = _Waiting()
             loop.call_soon(self._flush_overflow, bucket)
-        waiting.items.append((len(waiting.futures), item))
+        waiting.items.append(item)
         waiting.futures.append(future)
         return await future
 
@@ -392,7 +393,7 @@ class TaskBucketGroup:
 
     async def _place_waiting(self, bucket: str, waiting: _Waiting) -> None:
         try:
-            await self._place_many(bucket, waiting.items, waiting)
+            await self._place_many(bucket, enumerate(waiting.items), waiting)
         except asyncio.CancelledError:  # stop(): the callers are cancelled too
             for future in waiting.futures:
                 future.cancel()

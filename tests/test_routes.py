@@ -1,0 +1,74 @@
+"""Units of the origin's memory of forwarded tasks (cluster/routes.py) and of
+the forwarder's per-peer queue (cluster/forward.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gobucket_py.cluster.forward import _Group, _Queue
+from gobucket_py.cluster.routes import Routes
+
+
+def test_routes_remember_until_the_deadline() -> None:
+    routes = Routes()
+    routes.add("jobs", "n2", "boot2", now=100.0, life_span=10.0, task_ids=["a", "b"])
+    routes.add("other", "n3", "boot3", now=100.0, life_span=50.0, task_ids=["a"])
+    assert routes.get("jobs", "a") == ("n2", "boot2", 111.0)
+    assert routes.get("other", "a") == ("n3", "boot3", 151.0)
+    assert routes.get("jobs", "zzz") is None and routes.get("nope", "a") is None
+    assert len(routes) == 3
+    routes.expire(110.5)  # not yet: life span plus a second
+    assert len(routes) == 3
+    routes.expire(111.5)
+    assert routes.get("jobs", "a") is None and routes.get("jobs", "b") is None
+    assert routes.get("other", "a") is not None and len(routes) == 1
+
+
+def test_refilled_task_keeps_its_newer_route_when_the_old_one_expires() -> None:
+    routes = Routes()
+    routes.add("jobs", "n2", "b2", now=0.0, life_span=10.0, task_ids=["a"])
+    routes.forget("jobs", "a")  # drained, then filled again elsewhere
+    routes.add("jobs", "n3", "b3", now=5.0, life_span=10.0, task_ids=["a"])
+    routes.expire(12.0)  # the first entry's time: the record is newer, kept
+    assert routes.get("jobs", "a") == ("n3", "b3", 16.0)
+    routes.expire(16.5)
+    assert routes.get("jobs", "a") is None
+
+
+def test_forget_node_drops_only_its_routes() -> None:
+    routes = Routes()
+    routes.add("jobs", "n2", "b2", now=0.0, life_span=60.0, task_ids=["a", "b"])
+    routes.add("jobs", "n3", "b3", now=0.0, life_span=60.0, task_ids=["c"])
+    assert routes.forget_node("n2") == 2
+    assert routes.get("jobs", "c") is not None and len(routes) == 1
+
+
+def test_drained_routes_do_not_grow_the_expiry_queue_without_bound() -> None:
+    routes = Routes()
+    for i in range(20_000):  # fill and drain, long life spans: nothing expires
+        routes.add("jobs", "n2", "b2", now=0.0, life_span=3600.0, task_ids=[f"t{i}"])
+        routes.forget("jobs", f"t{i}")
+    assert len(routes) == 0
+    assert routes._queued <= 1024 + 1  # swept, not 20,000 stale entries
+    assert len(routes._expiry) == routes._queued
+
+
+async def test_queue_splits_an_entry_across_batches_and_keeps_offsets() -> None:
+    loop = asyncio.get_running_loop()
+    queue = _Queue()
+    many: asyncio.Future[list[str | Exception]] = loop.create_future()
+    group = _Group(many, 5)  # type: ignore[arg-type]
+    single: asyncio.Future[str] = loop.create_future()
+    items = [("jobs", f"m{i}") for i in range(5)]
+    queue.entries.extend([(list(items), group, 0), ([("jobs", "s")], single, 0)])
+    queue.items = 6
+    first = queue.take(3)
+    assert [(len(chunk), offset) for chunk, _, offset in first] == [(3, 0)]
+    second = queue.take(3)  # the rest of the group, then the single item
+    assert [(chunk, sink, offset) for chunk, sink, offset in second] == [
+        (items[3:], group, 3), ([("jobs", "s")], single, 0)]
+    assert queue.items == 0 and not queue.entries
+    group.settle(3, ["ok", "full"])
+    assert not many.done()
+    group.settle(0, ["ok", "ok", "duplicate"])
+    assert many.result() == ["ok", "ok", "duplicate", "ok", "full"]
