@@ -35,16 +35,19 @@ def unpack_data(raw: bytes) -> Any:
 
 
 def task_times(bucket: TaskBucket, task_type: TaskType, run_after: float | None,
-           life_span: float | None) -> tuple[float, float]:
+               life_span: float | None) -> tuple[float, float]:
     """``(run_after, life_span)`` for a task that overflows, as relative seconds."""
     config = bucket.config
+    if life_span is None and run_after is None:  # the common case, first
+        if task_type is TaskType.TIME_BOMB:
+            return config.run_after, config.life_span
+        if task_type is TaskType.IMMEDIATE:
+            return 0.0, config.life_span
     immediate = task_type is TaskType.IMMEDIATE
     if not immediate and task_type is not TaskType.TIME_BOMB:
         raise TypeError(f"task_type must be a TaskType, got {task_type!r}")
     if immediate and run_after:
         raise ValueError("run_after applies to TaskType.TIME_BOMB tasks only")
-    if life_span is None and run_after is None:
-        return 0.0 if immediate else config.run_after, config.life_span
     ls, ra = check_times(config.life_span if life_span is None else life_span,
                          0.0 if immediate else
                          config.run_after if run_after is None else run_after)
@@ -52,7 +55,7 @@ def task_times(bucket: TaskBucket, task_type: TaskType, run_after: float | None,
 
 
 def encode_item(bucket: str, task_id: str, data: Any, task_type: TaskType, run_after: float,
-          life_span: float) -> Item:
+                life_span: float) -> Item:
     """The wire form of one task to forward; ``TypeError`` if it cannot travel."""
     if type(task_id) is not str or not task_id:
         raise TypeError(f"task_id must be a non-empty str, got {task_id!r}")
