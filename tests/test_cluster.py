@@ -144,6 +144,60 @@ async def test_suspect_that_answers_again_is_alive(cluster: Cluster) -> None:
     assert states(n1)["n2"] is MemberState.ALIVE
 
 
+async def test_peer_that_keeps_talking_to_us_is_not_suspected(cluster: Cluster) -> None:
+    """Lifeguard: an unanswered probe is no evidence against a peer that sent
+    us messages meanwhile (a busy node is not a dead one)."""
+    n1 = await cluster.add("n1")
+    await cluster.add("n2")
+    await cluster.add("n3")
+    await cluster.settle()
+    serve = cluster.net._handlers["n2"]
+
+    async def deaf_to_probes(kind: Kind, message: dict[str, Any]) -> dict[str, Any]:
+        if kind in (Kind.PING, Kind.PING_REQ):
+            await asyncio.Future()  # never answers a probe; its own pings still go out
+        return await serve(kind, message)
+
+    cluster.net._handlers["n2"] = deaf_to_probes
+    seen: list[MemberState] = []
+    n1._members.on_change = lambda m, old: seen.append(m.state) if m.node_id == "n2" else None
+    await cluster.settle(3)
+    assert seen == [] and states(n1)["n2"] is MemberState.ALIVE
+    # The same deafness in a node that says nothing is detected as usual.
+    cluster.groups["n2"]._members._loops[0].cancel()  # n2 stops probing (pinging) others
+    while states(n1)["n2"] is MemberState.ALIVE:
+        await asyncio.sleep(0.05)
+    assert seen[0] is MemberState.SUSPECT
+
+
+async def test_probe_round_that_outlasts_its_timeouts_is_inconclusive(
+        cluster: Cluster, caplog: pytest.LogCaptureFixture) -> None:
+    """If this node's own loop stalled during the indirect round, its
+    timeouts measured the stall: the peer is not suspected for it."""
+    n1 = await cluster.add("n1")
+    await cluster.add("n2")
+    await cluster.add("n3")
+    await cluster.settle()
+    membership = n1._members
+    cluster.net.hang("n2")
+    stalled = 0
+
+    async def indirect_during_a_stall(target: Any) -> bool:
+        nonlocal stalled
+        stalled += 1
+        await asyncio.sleep(CFG.probe_timeout * 2)  # as if the loop had been blocked
+        return False
+
+    membership._indirect = indirect_during_a_stall  # type: ignore[method-assign]
+    with caplog.at_level("INFO", logger="gobucket_py"):
+        await cluster.settle(1)
+    assert stalled >= 3 and states(n1)["n2"] is MemberState.ALIVE
+    assert "event=probe_inconclusive" in caplog.text and "peer=n2" in caplog.text
+    del membership._indirect  # the real round: n2 is hung, so it is suspected
+    while states(n1)["n2"] is MemberState.ALIVE:
+        await asyncio.sleep(0.05)
+
+
 async def test_graceful_stop_is_left_not_dead(cluster: Cluster) -> None:
     n1 = await cluster.add("n1")
     n2 = await cluster.add("n2")

@@ -664,6 +664,48 @@ async def test_call_to_closed_port_is_unavailable_and_not_delivered(
     assert info.value.maybe_delivered is False
 
 
+@pytest.mark.parametrize("addr", ["a..b:6666", "x" * 70 + ".example:6666", "h:99999",
+                                  "[zz:1"])
+async def test_call_to_an_undialable_address_is_unavailable(addr: str,
+                                                           transport: HttpTransport) -> None:
+    """A peer may announce any string as its address (a signed header or
+    gossip): probing it is a clean PeerUnavailableError, never an exception
+    escaping a probe task."""
+    for kind in (Kind.PING, Kind.FILL):
+        with pytest.raises(PeerUnavailableError, match="cannot call peer address") as info:
+            await transport.call(addr, kind, {"v": 1, "from": ATTACKER}, 0.3)
+        assert info.value.maybe_delivered is False
+
+
+async def test_probes_do_not_queue_behind_a_burst_of_data_requests(
+        transport: HttpTransport) -> None:
+    """Membership messages have their own connections: a peer busy with a
+    hundred slow drains from us still gets our probe at once."""
+    release = asyncio.Event()
+
+    async def handler(kind: Kind, message: dict[str, Any]) -> dict[str, Any]:
+        if kind is Kind.DRAIN:
+            await release.wait()
+        return {"v": 1}
+
+    server = HttpTransport("127.0.0.1", 0, keyring=KEYRING)
+    await server.start(handler)
+    try:
+        drains = [asyncio.ensure_future(transport.call(server.address, Kind.DRAIN, {"v": 1}, 10))
+                  for _ in range(100)]  # more than a peer's data connections
+        await asyncio.sleep(0.2)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        assert await transport.call(server.address, Kind.PING, {"v": 1}, 2.0) == {"v": 1}
+        assert loop.time() - start < 0.5
+        assert not any(d.done() for d in drains)
+        release.set()
+        assert await asyncio.gather(*drains) == [{"v": 1}] * 100
+    finally:
+        release.set()
+        await server.close()
+
+
 async def test_hung_peer_does_not_stall_fill_beyond_forward_timeout(
         make_node: MakeNode, http: aiohttp.ClientSession) -> None:
     b = await make_node(max_bucket=3)

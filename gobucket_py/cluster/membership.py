@@ -9,7 +9,10 @@ A simpler relative of SWIM, sized for clusters of a few to a few dozen nodes:
   node that knows one seed learns the rest.
 - **Indirect probes.** A missed ping is retried through up to
   ``indirect_probes`` other peers (``ping-req``), which tells a dead node from
-  a broken link. If they fail too, the node becomes *suspect*.
+  a broken link. If they fail too, the node becomes *suspect* -- unless the
+  evidence is void (as in Lifeguard): it spoke to us while we probed it, or
+  our own event loop stalled during the indirect round, so the timeouts
+  measured our stall rather than its silence. A busy node is not a dead one.
 - **Suspicion.** A suspect that answers anything within ``suspicion_timeout``
   is alive again; otherwise it is *dead*. A node that hears it is gossiped as
   suspect or dead bumps its incarnation to refute it.
@@ -241,6 +244,8 @@ class Membership:
 
     async def _probe(self, member: Member) -> None:
         cfg = self.config
+        loop = asyncio.get_running_loop()
+        since = time.time()
         try:
             try:
                 await self.ping(member.addr, cfg.probe_timeout)
@@ -249,10 +254,20 @@ class Membership:
                 pass
             if member.state in (MemberState.DEAD, MemberState.LEFT):
                 return
+            started = loop.time()
             if await self._indirect(member):
                 return
-            if member.state is MemberState.ALIVE:
-                self._set_state(member, MemberState.SUSPECT)
+            if member.state is not MemberState.ALIVE:
+                return
+            if member.last_heard is not None and member.last_heard >= since:
+                return  # it spoke to us meanwhile: alive, whatever the probes said
+            took = loop.time() - started
+            if took > cfg.probe_timeout * 1.5:  # the indirect round allows 1.25x
+                log.info("own event loop stalled during a probe; not suspecting the peer "
+                         "event=probe_inconclusive node=%s peer=%s took=%.3f", self.node_id,
+                         member.node_id, took)
+                return
+            self._set_state(member, MemberState.SUSPECT)
         finally:
             member.probing = False
 

@@ -1,9 +1,14 @@
 """How peers reach each other: the :class:`Transport` seam and its HTTP implementation.
 
 A transport serves one handler for every :class:`~.protocol.Kind` and calls
-peers by address. :class:`HttpTransport` is aiohttp on both sides: one
-keep-alive ``ClientSession`` per node, msgpack bodies, HMAC signatures, a body
-cap checked before reading, and a timeout on every call. aiohttp errors are
+peers by address. :class:`HttpTransport` is aiohttp on both sides: keep-alive
+client sessions, msgpack bodies, HMAC signatures, a body cap checked before
+reading, and a timeout on every call. Membership messages (probes, leave) have
+their own connections, so a burst of fills or drains never delays a probe and
+gets a node falsely suspected; and a burst waits for one of a peer's
+``PEER_CONNECTIONS`` slots *before* any request is built, so a thousand
+concurrent drains cost a thousand cheap waits, not one long loop iteration
+that delays this node's answers to probes. aiohttp errors are
 converted here, at the edge, into :class:`~gobucket_py.PeerError` subclasses.
 :class:`~.memory.MemoryNetwork` is the in-memory double for fast tests.
 """
@@ -33,6 +38,10 @@ log = logging.getLogger("gobucket_py")
 Handler = Callable[[Kind, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 CONTENT_TYPE = "application/msgpack"
+#: Data requests (fills, drains, gets...) in flight to one peer at once.
+PEER_CONNECTIONS = 64
+#: Messages of the membership protocol, which must never queue behind data.
+CONTROL = frozenset({Kind.PING, Kind.PING_REQ, Kind.LEAVE})
 
 
 class Transport(ABC):
@@ -83,6 +92,8 @@ class HttpTransport(Transport):
         self.app.router.add_post("/v1/{kind}", self._serve)
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._control: aiohttp.ClientSession | None = None
+        self._slots: dict[str, asyncio.Semaphore] = {}
         self._handler: Handler | None = None
         self._closed = False
 
@@ -108,11 +119,16 @@ class HttpTransport(Transport):
         await self.open_client()
 
     async def open_client(self) -> None:
-        """Create the keep-alive client session (``start`` does it too)."""
+        """Create the keep-alive client sessions (``start`` does it too)."""
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, limit_per_host=64, ttl_dns_cache=10),
-                auto_decompress=False, skip_auto_headers=("User-Agent",))
+            self._session = self._new_session(PEER_CONNECTIONS)
+            self._control = self._new_session(8)
+
+    @staticmethod
+    def _new_session(per_peer: int) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=per_peer, ttl_dns_cache=10),
+            auto_decompress=False, skip_auto_headers=("User-Agent",))
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         kind = PATHS.get(request.path)
@@ -146,23 +162,26 @@ class HttpTransport(Transport):
 
     async def call(self, addr: str, kind: Kind, message: dict[str, Any],
                    timeout: float) -> dict[str, Any]:
-        session = self._session
+        control = kind in CONTROL
+        session = self._control if control else self._session
         if session is None or session.closed:
             raise PeerUnavailableError("transport is closed", maybe_delivered=False)
-        body = encode(message)
-        path = kind.path
-        headers = {"Content-Type": CONTENT_TYPE}
-        if self.keyring is not None:
-            headers.update(self.keyring.sign("POST", path, body))
         try:
             async with asyncio.timeout(timeout):
-                async with session.post(f"http://{addr}{path}", data=body,
-                                        headers=headers) as resp:
-                    data = await resp.read()
-                    status = resp.status
+                if control:
+                    status, data = await self._post(session, addr, kind, message)
+                else:
+                    slots = self._slots.get(addr)
+                    if slots is None:
+                        slots = self._slots[addr] = asyncio.Semaphore(PEER_CONNECTIONS)
+                    async with slots:
+                        status, data = await self._post(session, addr, kind, message)
         except TimeoutError:
             raise PeerUnavailableError(f"peer {addr} did not answer {kind.name} "
                                        f"within {timeout:g}s") from None
+        except ValueError as exc:  # no URL can be built for it (protocol.valid_addr)
+            raise PeerUnavailableError(f"cannot call peer address {addr[:100]!r}: {exc}",
+                                       maybe_delivered=False) from exc
         except aiohttp.ClientConnectorError as exc:
             raise PeerUnavailableError(f"cannot connect to peer {addr}: {exc.os_error}",
                                        maybe_delivered=False) from exc
@@ -177,11 +196,22 @@ class HttpTransport(Transport):
             raise_for_status(addr, status, text)
         return decode(data, self.max_body)
 
+    async def _post(self, session: aiohttp.ClientSession, addr: str, kind: Kind,
+                    message: dict[str, Any]) -> tuple[int, bytes]:
+        body = encode(message)
+        path = kind.path
+        headers = {"Content-Type": CONTENT_TYPE}
+        if self.keyring is not None:  # signed as late as possible: the clock is checked
+            headers.update(self.keyring.sign("POST", path, body))
+        async with session.post(f"http://{addr}{path}", data=body, headers=headers) as resp:
+            return resp.status, await resp.read()
+
     async def close(self) -> None:
         self._closed = True
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._control):
+            if session is not None:
+                await session.close()
+        self._session = self._control = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
