@@ -10,7 +10,8 @@
 
 The origin node is always the in-process ``TaskBucketGroup``; the other nodes
 are ``python -m gobucket_py --app bench.app:buckets`` processes whose output
-goes to files in a temporary directory (kept, and printed, when a part fails).
+goes to files in a temporary directory (kept, and printed, when a part fails
+or a target is not met).
 Only processes started here are ever signalled, through their own Popen.
 """
 
@@ -780,7 +781,7 @@ def main(args: Any = None) -> None:
         kept = [r for i, r in enumerate(saved) if i not in mine]
         rows = kept[:at] + rows + kept[at:]
     save("cluster", rows)
-    if ok:
+    if ok and all(r.met for r in rows):
         shutil.rmtree(logdir, ignore_errors=True)
     else:
         print(f"  node logs kept in {logdir}", file=sys.stderr)

@@ -245,13 +245,13 @@ class Membership:
     async def _probe(self, member: Member) -> None:
         cfg = self.config
         loop = asyncio.get_running_loop()
-        since = time.time()
+        since, began = time.time(), loop.time()
         try:
             try:
                 await self.ping(member.addr, cfg.probe_timeout)
                 return
-            except GobucketError:
-                pass
+            except GobucketError as exc:
+                direct = exc
             if member.state in (MemberState.DEAD, MemberState.LEFT):
                 return
             started = loop.time()
@@ -267,6 +267,11 @@ class Membership:
                          "event=probe_inconclusive node=%s peer=%s took=%.3f", self.node_id,
                          member.node_id, took)
                 return
+            log.warning("direct and indirect probes failed event=probe_failed node=%s "
+                        "peer=%s direct_took=%.3f indirect_took=%.3f heard_ago=%s error=%s",
+                        self.node_id, member.node_id, started - began, took,
+                        "-" if member.last_heard is None else
+                        f"{time.time() - member.last_heard:.3f}", direct)
             self._set_state(member, MemberState.SUSPECT)
         finally:
             member.probing = False
