@@ -4,11 +4,11 @@ A transport serves one handler for every :class:`~.protocol.Kind` and calls
 peers by address. :class:`HttpTransport` is aiohttp on both sides: keep-alive
 client sessions, msgpack bodies, HMAC signatures, a body cap checked before
 reading, and a timeout on every call. Membership messages (probes, leave) have
-their own connections, so a burst of fills or drains never delays a probe and
-gets a node falsely suspected; and a burst waits for one of a peer's
-``PEER_CONNECTIONS`` slots *before* any request is built, so a thousand
-concurrent drains cost a thousand cheap waits, not one long loop iteration
-that delays this node's answers to probes. aiohttp errors are
+their own connections: a burst of fills or drains never delays a probe (a
+delayed probe is a false suspicion). Other calls wait for one of a peer's
+``PEER_CONNECTIONS`` slots *before* a request is built, so a thousand
+concurrent drains are a thousand cheap waits, not one long loop iteration
+that would delay this node's own answers to probes. aiohttp errors are
 converted here, at the edge, into :class:`~gobucket_py.PeerError` subclasses.
 :class:`~.memory.MemoryNetwork` is the in-memory double for fast tests.
 """
@@ -179,7 +179,7 @@ class HttpTransport(Transport):
         except TimeoutError:
             raise PeerUnavailableError(f"peer {addr} did not answer {kind.name} "
                                        f"within {timeout:g}s") from None
-        except ValueError as exc:  # no URL can be built for it (protocol.valid_addr)
+        except ValueError as exc:  # no URL for it (a peer may announce any string)
             raise PeerUnavailableError(f"cannot call peer address {addr[:100]!r}: {exc}",
                                        maybe_delivered=False) from exc
         except aiohttp.ClientConnectorError as exc:
