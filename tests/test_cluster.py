@@ -190,7 +190,7 @@ async def test_probe_round_that_outlasts_its_timeouts_is_inconclusive(
 
     membership._indirect = indirect_during_a_stall  # type: ignore[method-assign]
     with caplog.at_level("INFO", logger="gobucket_py"):
-        await cluster.settle(1)
+        await cluster.settle(2)  # several probe rounds, each "stalled"
     assert stalled >= 3 and states(n1)["n2"] is MemberState.ALIVE
     assert "event=probe_inconclusive" in caplog.text and "peer=n2" in caplog.text
     del membership._indirect  # the real round: n2 is hung, so it is suspected
