@@ -36,6 +36,7 @@ from .errors import (
     GobucketError,
     PeerError,
     PeerUnavailableError,
+    PlacementUnknownError,
     ProtocolError,
     UnknownBucketError,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "PeerError",
     "PeerInfo",
     "PeerUnavailableError",
+    "PlacementUnknownError",
     "ProtocolError",
     "Task",
     "TaskBucket",

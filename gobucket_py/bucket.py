@@ -28,11 +28,32 @@ log = logging.getLogger("gobucket_py")
 _PENDING = TaskState.PENDING
 _RUNNING = TaskState.RUNNING
 _IMMEDIATE = TaskType.IMMEDIATE
+_NOT_FOUND = DrainOutcome.NOT_FOUND
+
+#: What ``drain`` answers for a task that already ended (or is in its terminal
+#: hook), by its terminal state. HANDED_OFF is absent: from this bucket's view
+#: the task is gone (the cluster layer follows handoffs itself): NOT_FOUND.
+_DRAIN_ANSWER: dict[TaskState, DrainOutcome] = {
+    TaskState.DRAINED: DrainOutcome.DRAINED,
+    TaskState.CANCELLED: DrainOutcome.CANCELLED,
+    TaskState.FINISHED: DrainOutcome.FINISHED,
+    TaskState.FAILED: DrainOutcome.FAILED,
+    TaskState.EXHAUSTED: DrainOutcome.EXHAUSTED,
+    TaskState.RESCUED: DrainOutcome.RESCUED,
+}
+
+#: Raised by a hook, these end the bucket's loop run (asyncio re-raises them
+#: out of the loop), so ``rescue()`` holds them until every task is rescued.
+_FATAL = (KeyboardInterrupt, SystemExit)
 
 #: Counter names reported by :meth:`TaskBucket.stats`.
 STAT_NAMES = ("filled", "started", "rejected_full", "rejected_duplicate", "finished", "failed",
               "exhausted", "drained", "cancelled", "rescued", "handed_off", "hook_errors",
               "hook_timeouts")
+
+
+def _name(hook: Callable[..., Awaitable[None]]) -> str:
+    return getattr(hook, "__name__", "hook")
 
 
 class TaskBucket:
@@ -81,9 +102,20 @@ class TaskBucket:
         self._max = config.max_bucket
         self._counts = dict.fromkeys(STAT_NAMES, 0)
         self._idle: asyncio.Future[None] | None = None  # set by join()
+        # Outcome records: task id -> terminal state, in two generations
+        # (see the module docstring). None when disabled.
+        half = (config.max_outcomes + 1) // 2
+        on = config.outcome_retention > 0 and half > 0
+        self._records: dict[str, TaskState] | None = {} if on else None
+        self._records_old: dict[str, TaskState] = {}
+        self._records_half = half  # rotate early when current holds this many
+        self._records_timer: asyncio.TimerHandle | None = None  # armed while records exist
+        self._fatal: list[BaseException] = []  # KeyboardInterrupt/SystemExit held by rescue()
         #: Called with each task as it reaches a terminal state (used by the
         #: cluster layer and metrics). Must not block.
         self.on_outcome: Callable[[Task], None] | None = None
+        # The cluster layer's own outcome watcher (see add_outcome_watcher).
+        self._watcher: Callable[[Task], None] | None = None
         #: How late time-bombs fire (seconds after their due time).
         self.lateness = Histogram()
         #: Node id in log lines; set by :class:`~gobucket_py.TaskBucketGroup`.
@@ -118,12 +150,40 @@ class TaskBucket:
         """The live task with that id, or None."""
         return self._tasks.get(task_id)
 
+    def ended(self, task_id: str) -> TaskState | None:
+        """How the task with that id ended here, if it did recently.
+
+        The terminal state (FINISHED, FAILED, EXHAUSTED, DRAINED, CANCELLED,
+        RESCUED or HANDED_OFF) of the last task with that id that left this
+        bucket, remembered for ``outcome_retention / 2`` to
+        ``outcome_retention`` seconds and at most ``max_outcomes`` records
+        (past that the oldest are forgotten early). None when a task with that
+        id is live (pending, running or in its terminal hook: see
+        :meth:`get`), when none ended here within the retention, or when
+        records are disabled (``outcome_retention=0`` or ``max_outcomes=0``).
+        """
+        if task_id in self._tasks:
+            return None
+        return self._record(task_id)
+
+    def _record(self, task_id: str) -> TaskState | None:
+        records = self._records
+        if records is None:
+            return None
+        state = records.get(task_id)
+        return state if state is not None else self._records_old.get(task_id)
+
     def stats(self) -> dict[str, int]:
         """Counters since creation: fills, rejections, one per terminal
-        outcome, hook errors and hook timeouts, plus ``live`` and ``pending``."""
+        outcome, hook errors and hook timeouts, plus ``live``, ``pending``
+        and ``outcome_records`` (records of ended tasks held for
+        :meth:`ended` and ``drain``)."""
         out = dict(self._counts)
         out["live"] = len(self._tasks)
         out["pending"] = len(self._wheel) if self._wheel is not None else 0
+        records = self._records
+        out["outcome_records"] = (0 if records is None
+                                  else len(records) + len(self._records_old))
         return out
 
     def loop_time(self) -> float:
@@ -241,21 +301,40 @@ class TaskBucket:
         try:
             async with timeout:
                 await self._execute(task)
-        except asyncio.CancelledError:
-            # drain() or rescue() set the state before cancelling us.
-            if task.state is _RUNNING:
-                raise  # cancelled from outside (loop shutdown): not ours to swallow
+        except asyncio.CancelledError as exc:
             current = asyncio.current_task()
-            if current is not None:
-                current.uncancel()
+            assert current is not None
+            if task.state is _RUNNING:
+                if current.cancelling() == 0:
+                    # Nobody cancelled this runner: on_execute let out the
+                    # CancelledError of something it awaited (a future another
+                    # component cancelled). That is a failure of on_execute.
+                    task.state = TaskState.FAILED
+                    await self._end(task, "failed", self._on_error, exc)
+                    return
+                # Cancelled from outside (loop shutdown, someone cancelled the
+                # runner): not ours to swallow, but the task still ends once.
+                self._stop_now(task, TaskState.CANCELLED, "cancelled")
+                raise
+            # drain() or rescue() set the state before cancelling us.
+            current.uncancel()
             await self._after_stop(task)
             return
-        except Exception as exc:
-            if task.state is not _RUNNING:
-                await self._after_stop(task)
+        except BaseException as exc:
+            if task.state is TaskState.RESCUED:  # it raised on its way out
+                await self._end_rescued(task)
+                if isinstance(exc, _FATAL):
+                    self._fatal.append(exc)  # see _end_rescued
+            elif task.state is not _RUNNING:  # drained: it already ended
+                if isinstance(exc, _FATAL):
+                    raise
             elif timeout.expired():
                 task.state = TaskState.EXHAUSTED
                 await self._end(task, "exhausted", self._on_exhausted)
+            elif isinstance(exc, _FATAL):
+                # KeyboardInterrupt/SystemExit: end the task (no hook), then let it out.
+                self._stop_now(task, TaskState.FAILED, "failed")
+                raise
             else:
                 task.state = TaskState.FAILED
                 await self._end(task, "failed", self._on_error, exc)
@@ -268,7 +347,22 @@ class TaskBucket:
 
     async def _after_stop(self, task: Task) -> None:
         if task.state is TaskState.RESCUED:
+            await self._end_rescued(task)
+
+    async def _end_rescued(self, task: Task) -> None:
+        try:
             await self._end(task, "rescued", self._on_panic)
+        except _FATAL as exc:
+            # Held for rescue(), which re-raises it once every task is rescued
+            # (raised here, asyncio would stop the loop part-way through).
+            self._fatal.append(exc)
+
+    def _stop_now(self, task: Task, state: TaskState, outcome: str) -> None:
+        """End a task at once, without its hook: count, free the slot, notify."""
+        task.state = state
+        self._counts[outcome] += 1
+        self._release(task)
+        self._notify(task)
 
     async def _end(
         self,
@@ -283,8 +377,13 @@ class TaskBucket:
             log.info("task %s event=%s node=%s bucket=%s task_id=%s", outcome, outcome,
                      self.node, self.name, task.id)
         try:
+            if self._watcher is not None:
+                self._watcher(task)
             if self.on_outcome is not None:
-                self.on_outcome(task)
+                try:
+                    self.on_outcome(task)
+                except Exception:
+                    log.exception("on_outcome callback failed")
             if hook is not None:
                 await self._call_hook(hook, task, *args)
         finally:
@@ -293,7 +392,6 @@ class TaskBucket:
     async def _call_hook(
         self, hook: Callable[..., Awaitable[None]], task: Task, *args: Any
     ) -> None:
-        name = getattr(hook, "__name__", "hook")
         timeout = asyncio.timeout(self.config.hook_timeout)
         try:
             async with timeout:
@@ -302,23 +400,69 @@ class TaskBucket:
             if timeout.expired():
                 self._counts["hook_timeouts"] += 1
                 log.error("hook timed out event=hook_timeout node=%s bucket=%s task_id=%s "
-                          "hook=%s timeout=%.3gs", self.node, self.name, task.id, name,
-                          self.config.hook_timeout)
+                          "hook=%s timeout=%.3gs", self.node, self.name, task.id,
+                          _name(hook), self.config.hook_timeout)
             else:
-                self._counts["hook_errors"] += 1
-                log.error("hook raised event=hook_error node=%s bucket=%s task_id=%s hook=%s "
-                          "error=%r", self.node, self.name, task.id, name, exc, exc_info=exc)
+                self._hook_error(hook, task, exc)
+        except asyncio.CancelledError as exc:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # a real cancel from outside: let it through
+            self._hook_error(hook, task, exc)  # the hook's own CancelledError
+        except _FATAL as exc:
+            self._hook_error(hook, task, exc)
+            raise
+        except BaseException as exc:  # a custom BaseException subclass
+            self._hook_error(hook, task, exc)
+
+    def _hook_error(self, hook: Callable[..., Awaitable[None]], task: Task,
+                    exc: BaseException) -> None:
+        self._counts["hook_errors"] += 1
+        log.error("hook raised event=hook_error node=%s bucket=%s task_id=%s hook=%s "
+                  "error=%r", self.node, self.name, task.id, _name(hook), exc, exc_info=exc)
 
     def _release(self, task: Task) -> None:
         if self._tasks.get(task.id) is task:
-            self._remove(task.id)
+            self._remove(task)
 
-    def _remove(self, task_id: str) -> None:
-        del self._tasks[task_id]
-        if not self._tasks and self._idle is not None:
+    def _remove(self, task: Task) -> None:
+        """Free the slot of a task that reached a terminal state; record it."""
+        task_id = task.id
+        tasks = self._tasks
+        del tasks[task_id]
+        records = self._records
+        if records is not None:
+            records[task_id] = task.state  # an enum singleton: nothing allocated
+            if self._records_timer is None or len(records) >= self._records_half:
+                self._records_due()
+        if not tasks and self._idle is not None:
             if not self._idle.done():
                 self._idle.set_result(None)
             self._idle = None
+
+    def _records_due(self) -> None:
+        """Arm the rotation timer, or rotate early when the current generation is full."""
+        records = self._records
+        assert records is not None and self._loop is not None
+        if len(records) >= self._records_half:
+            self._rotate_records()
+        elif self._records_timer is None:
+            self._records_timer = self._loop.call_later(self.config.outcome_retention / 2,
+                                                        self._rotate_records)
+
+    def _rotate_records(self) -> None:
+        """Forget the old generation; the current one becomes old. Armed again
+        (for another ``retention / 2``) only while records remain."""
+        if self._records_timer is not None:
+            self._records_timer.cancel()
+            self._records_timer = None
+        old = self._records
+        assert old is not None and self._loop is not None
+        self._records_old = old
+        self._records = {}
+        if old:
+            self._records_timer = self._loop.call_later(self.config.outcome_retention / 2,
+                                                        self._rotate_records)
 
     async def join(self) -> None:
         """Wait until the bucket holds no live task (every task has reached
@@ -334,9 +478,22 @@ class TaskBucket:
     async def drain(self, task_id: str) -> DrainResult:
         """Cancel a task. No hook runs (GoBucket parity); the slot is freed at once.
 
-        DRAINED: it had not started and never will. CANCELLED: ``on_execute``
-        was running and has been cancelled. NOT_FOUND: unknown, or already
-        finished (or in its terminal hook).
+        A live task: DRAINED if it had not started (it never will), CANCELLED
+        if ``on_execute`` was running (it has been cancelled).
+
+        A task that already reached its outcome answers how it ended:
+        FINISHED, FAILED, EXHAUSTED or RESCUED (nothing to stop), or DRAINED /
+        CANCELLED if an earlier drain stopped it. This holds while the task
+        is in its terminal hook and, once it has left the bucket, for
+        ``outcome_retention`` (see :meth:`ended`). NOT_FOUND: never filled
+        here, handed off to a peer, or ended longer ago than that.
+
+        Changed from GoBucket (and from earlier versions, which answered
+        NOT_FOUND for every task that was not live): a retried drain whose
+        first attempt was applied (its reply lost) answers DRAINED again,
+        and a drain that comes after the task ran learns that it did, instead
+        of a NOT_FOUND that cannot be told from "never existed".
+        ``bool(result)`` is True only when a drain stopped the task.
         """
         return DrainResult(self.drain_nowait(task_id), task_id)
 
@@ -344,11 +501,12 @@ class TaskBucket:
         """``drain`` without the coroutine; returns the outcome only."""
         task = self._tasks.get(task_id)
         if task is None:
-            return DrainOutcome.NOT_FOUND
+            state = self._record(task_id)
+            return _NOT_FOUND if state is None else _DRAIN_ANSWER.get(state, _NOT_FOUND)
         state = task.state
         if state is _PENDING:
             task.state = TaskState.DRAINED
-            self._remove(task_id)
+            self._remove(task)
             self._counts["drained"] += 1
             if task._runner is not None:
                 task._runner.cancel()  # not started yet: its body will never run
@@ -358,22 +516,30 @@ class TaskBucket:
             return DrainOutcome.DRAINED
         if state is _RUNNING:
             task.state = TaskState.CANCELLED
-            self._remove(task_id)
+            self._remove(task)
             self._counts["cancelled"] += 1
             assert task._runner is not None
             task._runner.cancel()
             self._notify(task)
             return DrainOutcome.CANCELLED
-        return DrainOutcome.NOT_FOUND
+        return _DRAIN_ANSWER.get(state, _NOT_FOUND)  # in its terminal hook
 
     def _notify(self, task: Task) -> None:
         log.info("task %s event=%s node=%s bucket=%s task_id=%s", task.state.value,
                  task.state.value, self.node, self.name, task.id)
+        if self._watcher is not None:
+            self._watcher(task)
         if self.on_outcome is not None:
             try:
                 self.on_outcome(task)
             except Exception:
                 log.exception("on_outcome callback failed")
+
+    def add_outcome_watcher(self, watcher: Callable[[Task], None]) -> None:
+        """Set the cluster layer's watcher, called like ``on_outcome`` with
+        each task that reaches a terminal state, before ``on_outcome`` (which
+        stays the user's). One per bucket; it must not block or raise."""
+        self._watcher = watcher
 
     async def reschedule(self, task_id: str, run_after: float) -> bool:
         """Move a pending time-bomb to fire ``run_after`` seconds from now.
@@ -403,7 +569,7 @@ class TaskBucket:
         if task is None or task.state is not _PENDING:
             return None
         task.state = TaskState.HANDED_OFF
-        self._remove(task_id)
+        self._remove(task)
         if task._runner is not None:
             task._runner.cancel()
         elif self._wheel is not None:
@@ -439,7 +605,14 @@ class TaskBucket:
         """Cancel every live task (pending or running) and await ``on_panic``
         for each. Returns how many. Tasks already in their terminal hook keep
         their outcome and are not counted. Never deadlocks: each ``on_panic``
-        is bounded by ``hook_timeout``."""
+        is bounded by ``hook_timeout``.
+
+        An ``on_panic`` that raises anything (even its own CancelledError or
+        another BaseException) is logged and counted as a hook error; every
+        other task still gets its ``on_panic`` and every slot is freed. A
+        KeyboardInterrupt or SystemExit from a hook is re-raised once every
+        task is rescued. Cancelling the caller still cancels ``rescue()``
+        (the slots are freed all the same)."""
         direct: list[Task] = []
         runners: list[asyncio.Task[None]] = []
         for task in list(self._tasks.values()):
@@ -455,16 +628,22 @@ class TaskBucket:
                 assert task._runner is not None
                 task._runner.cancel()
                 runners.append(task._runner)
-        waits: list[Awaitable[Any]] = [self._end(t, "rescued", self._on_panic) for t in direct]
+        waits: list[Awaitable[Any]] = [self._end_rescued(t) for t in direct]
         if runners:
             waits.append(asyncio.wait(runners))
         if waits:
             await asyncio.gather(*waits)
+        if self._fatal:
+            fatal = self._fatal[0]
+            self._fatal.clear()
+            raise fatal
         return len(direct) + len(runners)
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop accepting, wait up to ``grace`` seconds for running tasks,
-        then rescue the rest (``on_panic``). Idempotent."""
+        then rescue the rest (``on_panic``). Idempotent. A hook that raises
+        never stops it part-way (see :meth:`rescue`); a KeyboardInterrupt or
+        SystemExit from a hook is re-raised once the bucket is closed."""
         if self._closed:
             return
         self._closing = True
@@ -472,13 +651,19 @@ class TaskBucket:
         running = [t._runner for t in self._tasks.values() if t._runner is not None]
         if running and grace > 0:
             await asyncio.wait(running, timeout=grace)
-        await self.rescue()
+        fatal: BaseException | None = None
+        try:
+            await self.rescue()
+        except _FATAL as exc:
+            fatal = exc
         rest = [t._runner for t in self._tasks.values() if t._runner is not None]
         if rest:  # tasks in their terminal hook, bounded by hook_timeout
             await asyncio.wait(rest)
         if self._wheel is not None:
             self._wheel.close()
         self._closed = True
+        if fatal is not None:
+            raise fatal
 
     async def __aenter__(self) -> TaskBucket:
         return self

@@ -64,15 +64,25 @@ class BucketConfig:
     ``hook_timeout``
         Bound on each of on_finish, on_execute_error, on_task_exhausted and
         on_panic, so one stuck hook cannot hold a slot (or ``rescue()``) forever.
+    ``outcome_retention``
+        How long the outcome of an ended task is remembered, so that a
+        retried ``drain`` (or a ``get``) says how it ended instead of
+        NOT_FOUND. 600 s covers any sane retry loop of a backup job.
+    ``max_outcomes``
+        Bound on those records per bucket, so a burst of outcomes cannot
+        grow memory without limit: past it the oldest are forgotten early.
 
-    >>> BucketConfig(life_span=60, run_after=30)
-    BucketConfig(life_span=60.0, run_after=30.0, max_bucket=1024, hook_timeout=30.0)
+    >>> BucketConfig(life_span=60, run_after=30)  # doctest: +NORMALIZE_WHITESPACE
+    BucketConfig(life_span=60.0, run_after=30.0, max_bucket=1024, hook_timeout=30.0,
+                 outcome_retention=600.0, max_outcomes=1000000)
     """
 
     life_span: float
     run_after: float = 0.0
     max_bucket: int = 1024
     hook_timeout: float = 30.0
+    outcome_retention: float = 600.0
+    max_outcomes: int = 1_000_000
 
     def __post_init__(self) -> None:
         ls, ra = check_times(self.life_span, self.run_after)
@@ -85,6 +95,9 @@ class BucketConfig:
         if ht <= 0:
             raise ValueError(f"hook_timeout must be > 0 seconds, got {self.hook_timeout!r}")
         object.__setattr__(self, "hook_timeout", ht)
+        object.__setattr__(self, "outcome_retention",
+                           check_delay("outcome_retention", self.outcome_retention))
+        _count("max_outcomes", self.max_outcomes, 0)
 
 
 def _positive(name: str, value: object) -> float:
@@ -144,10 +157,24 @@ class GroupConfig:
     #: On stop: how long pending tasks that no peer can take yet are offered
     #: again, and running tasks may finish, before the rest get on_panic.
     stop_grace: float = 5.0
+    #: After a forward times out, how long the origin keeps asking that peer
+    #: whether it took the batch before it gives up and raises
+    #: PlacementUnknownError (the task is never placed twice).
+    settle_timeout: float = 3.0
+    #: A peer dead this long (same boot id: it may only be stalled) is
+    #: presumed lost: origins report its tasks through on_tasks_lost and
+    #: drains of them answer LOST. Until then they answer "unknown" (an
+    #: error to retry), never NOT_FOUND. 30 s outlasts GC pauses, VM
+    #: migrations and short partitions.
+    lost_after: float = 30.0
+    #: Dead and left peers are dropped from the member table (and from
+    #: gossip and rejoin attempts) this long after they died or left.
+    prune_after: float = 300.0
 
     def __post_init__(self) -> None:
         for name in ("probe_interval", "probe_timeout", "suspicion_timeout", "rejoin_interval",
-                     "forward_timeout", "request_timeout", "max_clock_skew"):
+                     "forward_timeout", "request_timeout", "max_clock_skew",
+                     "settle_timeout", "lost_after", "prune_after"):
             object.__setattr__(self, name, _positive(name, getattr(self, name)))
         object.__setattr__(self, "stop_grace", check_delay("stop_grace", self.stop_grace))
         _count("indirect_probes", self.indirect_probes, 0)
@@ -155,6 +182,10 @@ class GroupConfig:
         _count("batch_size", self.batch_size, 1)
         _count("batch_concurrency", self.batch_concurrency, 1)
         _count("max_body", self.max_body, 1024)
+        if self.prune_after < self.lost_after:
+            raise ValueError(
+                f"prune_after ({self.prune_after}) must be >= lost_after ({self.lost_after}): "
+                "a dead peer's tasks are reported lost before it is forgotten")
         if self.probe_timeout >= self.probe_interval * 2:
             raise ValueError(
                 f"probe_timeout ({self.probe_timeout}) must be < 2 x probe_interval "
@@ -166,6 +197,6 @@ class GroupConfig:
         values: dict[str, object] = {
             "probe_interval": 0.1, "probe_timeout": 0.1, "suspicion_timeout": 0.3,
             "rejoin_interval": 0.3, "forward_timeout": 0.5, "request_timeout": 0.5,
-            "stop_grace": 1.0}
+            "stop_grace": 1.0, "settle_timeout": 1.0, "lost_after": 5.0, "prune_after": 30.0}
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

@@ -12,6 +12,8 @@ errors of aiohttp and msgpack are converted at the edge (``raise X from exc``)::
     ├── ClusterFullError           no node of the cluster could take the task
     └── PeerError                  a peer answered with an error
         ├── PeerUnavailableError   a peer could not be reached or timed out
+        │                          (or answered with an error): try again
+        ├── PlacementUnknownError  fill: the task may or may not be on a peer
         └── ProtocolError          a message could not be encoded or decoded
 
 Bad configuration raises :class:`ValueError` naming the field, as Python does.
@@ -28,6 +30,7 @@ __all__ = [
     "GobucketError",
     "PeerError",
     "PeerUnavailableError",
+    "PlacementUnknownError",
     "ProtocolError",
     "UnknownBucketError",
 ]
@@ -69,7 +72,12 @@ class ClusterFullError(GobucketError):
 
 
 class PeerError(GobucketError):
-    """A peer could not be reached, timed out, or answered with an error."""
+    """A peer could not be reached, timed out, or answered with an error.
+
+    ``status`` is the HTTP status the peer answered with, if it answered.
+    """
+
+    status: int | None = None
 
 
 class PeerUnavailableError(PeerError):
@@ -82,6 +90,22 @@ class PeerUnavailableError(PeerError):
     def __init__(self, message: str, *, maybe_delivered: bool = True) -> None:
         super().__init__(message)
         self.maybe_delivered = maybe_delivered
+
+
+class PlacementUnknownError(PeerError):
+    """``fill`` could not find out whether a peer accepted the task.
+
+    The forward to ``node_id`` timed out and the peer could not be asked in
+    time whether it had taken the task (``GroupConfig.settle_timeout``). The
+    task may be live there, so it was not placed anywhere else. Call
+    ``drain`` or ``get`` (which ask ``node_id``) to find out; do not simply
+    fill it again, or it may run twice.
+    """
+
+    def __init__(self, message: str, *, node_id: str, task_id: str) -> None:
+        super().__init__(message)
+        self.node_id = node_id
+        self.task_id = task_id
 
 
 class ProtocolError(PeerError):

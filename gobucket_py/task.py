@@ -48,6 +48,10 @@ class TaskState(StrEnum):
     RESCUED = "rescued"
     #: Moved to another node of the cluster before it started (graceful stop).
     HANDED_OFF = "handed_off"
+    #: Cluster only, as the origin sees a forwarded task: the node holding it
+    #: restarted (a new boot id) or stayed dead past ``GroupConfig.lost_after``.
+    #: Reported once through ``TaskBucketGroup.on_tasks_lost``.
+    LOST = "lost"
 
     @property
     def terminal(self) -> bool:
@@ -56,14 +60,39 @@ class TaskState(StrEnum):
 
 
 class DrainOutcome(StrEnum):
-    """What ``drain(task_id)`` did."""
+    """What ``drain(task_id)`` found.
 
-    #: The task had not started; it will never run (anywhere).
+    A drain is retry-safe: a task that already ended answers how it ended
+    (for ``BucketConfig.outcome_retention``), so a retried drain whose first
+    attempt was applied answers DRAINED again, never NOT_FOUND.
+    """
+
+    #: The task had not started; it will never run (anywhere). Also the
+    #: answer for a task an earlier drain stopped.
     DRAINED = "drained"
-    #: ``on_execute`` was running and has been cancelled.
+    #: ``on_execute`` was running and has been cancelled (now or earlier).
     CANCELLED = "cancelled"
-    #: No live task with that id (unknown, or already finished).
+    #: Nothing to stop: the task already ran to completion.
+    FINISHED = "finished"
+    #: Nothing to stop: ``on_execute`` already raised.
+    FAILED = "failed"
+    #: Nothing to stop: the task's lifespan already ran out while it ran.
+    EXHAUSTED = "exhausted"
+    #: Nothing to stop: the task was handed to ``on_panic`` (rescue, close).
+    RESCUED = "rescued"
+    #: Cluster only: the node holding the task crashed (restarted) or is
+    #: presumed lost (dead past ``GroupConfig.lost_after``); the loss was
+    #: reported through ``on_tasks_lost``.
+    LOST = "lost"
+    #: Certainly no such task: it was never filled, or it ended longer ago
+    #: than the outcome records are kept. In a cluster, said only when every
+    #: node that could hold it answered.
     NOT_FOUND = "not_found"
+
+    @property
+    def stopped(self) -> bool:
+        """True when a drain stopped the task (DRAINED or CANCELLED)."""
+        return self is DrainOutcome.DRAINED or self is DrainOutcome.CANCELLED
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +105,8 @@ class DrainResult:
     node_id: str | None = None
 
     def __bool__(self) -> bool:
-        """True when a live task was stopped (DRAINED or CANCELLED)."""
-        return self.outcome is not DrainOutcome.NOT_FOUND
+        """True when a drain stopped the task (DRAINED or CANCELLED)."""
+        return self.outcome.stopped
 
 
 class Task:
@@ -164,12 +193,17 @@ class FillResult:
 
 @dataclass(frozen=True, slots=True)
 class TaskInfo:
-    """A live task as seen from anywhere in the cluster (no payload)."""
+    """A task as seen from anywhere in the cluster (no payload).
+
+    A live task has state PENDING or RUNNING. One that ended recently (see
+    ``BucketConfig.outcome_retention``) has its terminal state, ``type``
+    None and both times 0; one whose holder was lost has state LOST.
+    """
 
     bucket: str
     task_id: str
     node_id: str
-    type: TaskType
+    type: TaskType | None
     state: TaskState
     seconds_to_run: float
     seconds_left: float

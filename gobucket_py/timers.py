@@ -66,15 +66,22 @@ class TimerWheel:
         self._insert(task)
 
     def moved(self, task: Task, old_run_at: float) -> None:
-        """``task._run_at`` changed from ``old_run_at``; schedule it again."""
+        """``task._run_at`` changed from ``old_run_at``; schedule it again.
+
+        The entry at the old tick goes stale (counted in ``_entries`` but not
+        in ``_live``), so repeated reschedules compact like discards do."""
         if self._tick(old_run_at) != self._tick(task._run_at):
             self._insert(task)
+            self._maybe_compact()
         elif task._run_at < self._handle_when:
             self._arm(task._run_at)
 
     def discard(self, task: Task) -> None:
         """A scheduled task will not fire (drained or rescued); its entry goes stale."""
         self._live -= 1
+        self._maybe_compact()
+
+    def _maybe_compact(self) -> None:
         if self._entries - self._live > max(self.COMPACT_MIN, self._live):
             self._compact()
 

@@ -144,24 +144,28 @@ async def test_drain_running_task_cancels_it_without_hook() -> None:
     assert b.stats()["cancelled"] == 1
 
 
-async def test_drain_unknown_or_finished_is_not_found() -> None:
+async def test_drain_unknown_is_not_found_and_finished_answers_finished() -> None:
     rec = Recorder()
     b = make(rec)
     assert (await b.drain("nope")).outcome is DrainOutcome.NOT_FOUND
     assert not await b.drain("nope")
     await b.fill(IMM, "done")
     await settle(b)
-    assert (await b.drain("done")).outcome is DrainOutcome.NOT_FOUND
+    res = await b.drain("done")  # outcome records: it says how it ended
+    assert res.outcome is DrainOutcome.FINISHED and not res
 
 
-async def test_drain_task_in_terminal_hook_is_not_found_and_keeps_outcome() -> None:
+async def test_drain_task_in_terminal_hook_answers_its_outcome_and_keeps_it() -> None:
     rec = Recorder(hook_sleep=5)
     b = make(rec)
     await b.fill(IMM, "h")
     await asyncio.sleep(1)
-    assert (await b.drain("h")).outcome is DrainOutcome.NOT_FOUND
+    res = await b.drain("h")
+    assert res.outcome is DrainOutcome.FINISHED and not res
+    assert len(b) == 1  # still in on_finish: the drain changed nothing
     await settle(b)
     assert rec.hooks("h") == ["execute", "finish"]
+    assert b.stats()["finished"] == 1 and b.stats()["cancelled"] == 0
 
 
 @pytest.mark.parametrize("offset", [-0.002, -0.001, -0.0001, 0.0, 0.0001, 0.001, 0.002])
@@ -441,3 +445,241 @@ async def test_join_waits_for_every_outcome_including_hooks() -> None:
     # bomb fires at 5 and its on_finish hook sleeps 1 s: join returns at 6.
     assert asyncio.get_running_loop().time() - t0 == pytest.approx(6, abs=0.01)
     assert len(b) == 0 and sorted(rec.hooks("slow")) == ["execute", "finish"]
+
+
+# -- a CancelledError nobody asked for (task 2) --------------------------------
+
+
+async def test_cancelled_error_escaping_on_execute_is_a_failure() -> None:
+    """on_execute awaited a future another component cancelled: nobody cancelled
+    the runner, so it is a failure, not a task stuck in RUNNING forever."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+
+    class Awaits(Recorder):
+        async def on_execute(self, task: Task) -> None:
+            self._rec("execute", task)
+            await fut
+
+    rec = Awaits()
+    b = make(rec, max_bucket=1)
+    outcomes: list[TaskState] = []
+    b.on_outcome = lambda t: outcomes.append(t.state)
+    task = await b.fill(IMM, "c")
+    await asyncio.sleep(1)
+    fut.cancel()  # someone else's future
+    await settle(b)  # join() returns
+    assert task.state is TaskState.FAILED and outcomes == [TaskState.FAILED]
+    assert rec.hooks("c") == ["execute", "error"]
+    assert len(rec.errors) == 1 and isinstance(rec.errors[0], asyncio.CancelledError)
+    assert len(b) == 0 and b.free == 1 and b.stats()["failed"] == 1
+    assert (await b.drain("c")).outcome is DrainOutcome.FAILED
+    await b.fill(IMM, "next")  # the slot was freed
+
+
+async def test_runner_cancelled_from_outside_ends_once_as_cancelled() -> None:
+    rec = Recorder({"o": 100})
+    b = make(rec, max_bucket=1)
+    outcomes: list[TaskState] = []
+    b.on_outcome = lambda t: outcomes.append(t.state)
+    task = await b.fill(IMM, "o")
+    await asyncio.sleep(1)
+    runner = task._runner
+    assert runner is not None and task.state is TaskState.RUNNING
+    runner.cancel()  # not drain/rescue: e.g. loop shutdown
+    await asyncio.wait([runner])
+    assert runner.cancelled()  # the cancel was not swallowed
+    assert task.state is TaskState.CANCELLED and outcomes == [TaskState.CANCELLED]
+    assert len(b) == 0 and b.free == 1 and b.stats()["cancelled"] == 1
+    await settle(b)
+    assert rec.hooks("o") == ["execute"]
+    assert await b.rescue() == 0  # nothing left to rescue
+    assert outcomes == [TaskState.CANCELLED]
+    assert (await b.drain("o")).outcome is DrainOutcome.CANCELLED
+
+
+def _in_fresh_loop(main: object) -> BaseException | None:
+    """Run ``asyncio.run(main())`` in a thread of its own (its own loop, so
+    KeyboardInterrupt/SystemExit escaping the loop cannot reach pytest's)."""
+    import threading
+
+    escaped: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            asyncio.run(main())  # type: ignore[operator]
+        except BaseException as exc:
+            escaped.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    return escaped[0] if escaped else None
+
+
+def test_loop_shutdown_ends_running_task_once() -> None:
+    rec = Recorder({"*": 100})
+    b = make(rec)
+    outcomes: list[TaskState] = []
+
+    async def main() -> None:
+        b.on_outcome = lambda t: outcomes.append(t.state)
+        await b.fill(IMM, "run")
+        for _ in range(3):
+            await asyncio.sleep(0)  # "run" is inside on_execute; return without close()
+
+    assert _in_fresh_loop(main) is None
+    assert outcomes == [TaskState.CANCELLED]
+    assert len(b) == 0 and b.stats()["cancelled"] == 1
+
+
+def test_system_exit_from_on_execute_ends_the_task_then_escapes() -> None:
+    rec = Recorder({"x": SystemExit(3)})
+    b = make(rec)
+
+    async def main() -> None:
+        await b.fill(IMM, "x")
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    escaped = _in_fresh_loop(main)
+    assert isinstance(escaped, SystemExit)
+    assert len(b) == 0 and b.stats()["failed"] == 1
+    assert b.ended("x") is TaskState.FAILED
+    assert rec.hooks("x") == ["execute"]  # no hook once the process is exiting
+
+
+async def test_custom_base_exception_from_on_execute_is_a_failure() -> None:
+    class Stop(BaseException):
+        pass
+
+    rec = Recorder({"s": Stop()})
+    b = make(rec)
+    await b.fill(IMM, "s")
+    await settle(b)
+    assert rec.hooks("s") == ["execute", "error"] and isinstance(rec.errors[0], Stop)
+    assert b.stats()["failed"] == 1
+
+
+# -- reschedule churn (task 3) ---------------------------------------------------
+
+
+async def test_many_reschedules_keep_the_wheel_bounded_and_fire_once() -> None:
+    rec = Recorder()
+    b = make(rec, life_span=10, run_after=2)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await b.fill(BOMB, "w")
+    wheel = b._wheel
+    assert wheel is not None
+    most = 0
+    n = 300_000
+    for i in range(n):
+        assert await b.reschedule("w", 1 + i * 0.001)  # a new tick every time
+        most = max(most, wheel._entries)
+    # Before the fix every reschedule left a stale entry: 300,001 entries.
+    assert most <= wheel.COMPACT_MIN + 2
+    assert len(wheel._slots) <= wheel.COMPACT_MIN + 2 and len(wheel) == 1
+    last = 1 + (n - 1) * 0.001
+    await settle(b)
+    assert rec.hooks("w") == ["execute", "finish"]
+    assert rec.at("execute", "w") - t0 == pytest.approx(last, abs=0.002)
+
+
+# -- hooks raising BaseException in rescue/close (task 4) -------------------------
+
+
+class Boom(BaseException):
+    """A custom BaseException subclass (not an Exception)."""
+
+
+class PanicRaises(Recorder):
+    """on_panic raises ``raises[task_id]`` (after recording the call)."""
+
+    def __init__(self, raises: dict[str, BaseException], **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.raises = raises
+
+    async def on_panic(self, task: Task) -> None:
+        self._rec("panic", task)
+        await asyncio.sleep(1)
+        exc = self.raises.get(task.id)
+        if exc is not None:
+            raise exc
+
+
+async def _fill_mix(b: TaskBucket) -> list[str]:
+    """Pending time-bombs p0..p3 and running immediates r0..r3."""
+    for i in range(4):
+        await b.fill(BOMB, f"p{i}")
+        await b.fill(IMM, f"r{i}")
+    await asyncio.sleep(0)  # r* are inside on_execute
+    return [f"{k}{i}" for k in "pr" for i in range(4)]
+
+
+async def test_on_panic_raising_base_exceptions_does_not_stop_rescue(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rec = PanicRaises({"p0": asyncio.CancelledError(), "r0": asyncio.CancelledError(),
+                       "p1": Boom(), "r1": Boom(), "p2": ValueError()},
+                      work={"*": 100})
+    b = make(rec, life_span=200, run_after=50)
+    ids = await _fill_mix(b)
+    with caplog.at_level(logging.ERROR, logger="gobucket_py"):
+        assert await b.rescue() == 8
+    assert all(rec.hooks(i)[-1] == "panic" for i in ids)
+    assert len(b) == 0 and b.stats()["rescued"] == 8 and b.stats()["hook_errors"] == 5
+    assert caplog.text.count("event=hook_error") == 5
+    assert all(b.ended(i) is TaskState.RESCUED for i in ids)
+
+
+async def test_close_completes_when_on_panic_raises_base_exceptions() -> None:
+    rec = PanicRaises({"p0": asyncio.CancelledError(), "r0": Boom(), "r1": Boom()},
+                      work={"*": 100})
+    b = make(rec, life_span=200, run_after=50)
+    ids = await _fill_mix(b)
+    await b.close(grace=1)
+    assert b._closed and len(b) == 0 and b.stats()["rescued"] == 8
+    assert b.stats()["hook_errors"] == 3
+    assert all(rec.hooks(i)[-1] == "panic" for i in ids)
+
+
+@pytest.mark.parametrize("fatal", [KeyboardInterrupt, SystemExit])
+@pytest.mark.parametrize("victim", ["p1", "r1"])  # on_panic called directly / in the runner
+async def test_fatal_from_on_panic_is_reraised_after_every_rescue(
+    fatal: type[BaseException], victim: str
+) -> None:
+    rec = PanicRaises({victim: fatal()}, work={"*": 100})
+    b = make(rec, life_span=200, run_after=50)
+    ids = await _fill_mix(b)
+    with pytest.raises(fatal):
+        await b.rescue()
+    assert all(rec.hooks(i)[-1] == "panic" for i in ids)
+    assert len(b) == 0 and b.stats()["rescued"] == 8 and b.stats()["hook_errors"] == 1
+    await b.close()  # nothing held back any more
+    assert b._closed
+
+
+async def test_fatal_from_on_panic_lets_close_finish_then_is_reraised() -> None:
+    rec = PanicRaises({"r2": SystemExit(1)}, work={"*": 100})
+    b = make(rec, life_span=200, run_after=50)
+    ids = await _fill_mix(b)
+    with pytest.raises(SystemExit):
+        await b.close(grace=0)
+    assert b._closed and len(b) == 0 and b.stats()["rescued"] == 8
+    assert all(rec.hooks(i)[-1] == "panic" for i in ids)
+
+
+@pytest.mark.parametrize("method", ["rescue", "close"])
+async def test_outside_cancel_of_rescue_or_close_propagates(method: str) -> None:
+    rec = PanicRaises({}, work={"*": 100}, hook_sleep=0)
+    b = make(rec, life_span=200, run_after=50)
+    await _fill_mix(b)
+    call = b.rescue() if method == "rescue" else b.close(grace=0)
+    caller = asyncio.ensure_future(call)
+    await asyncio.sleep(0.5)  # every on_panic is sleeping
+    caller.cancel()
+    await asyncio.wait([caller])
+    assert caller.cancelled()  # the cancel was not swallowed as a hook error
+    await settle(b)
+    assert len(b) == 0 and b.stats()["rescued"] == 8 and b.stats()["hook_errors"] == 0

@@ -9,8 +9,8 @@ def test_all_is_the_public_surface() -> None:
             "FillResult", "FunctionExecutor", "GobucketError", "GroupClient", "GroupConfig",
             "GroupState",
             "Handler", "HttpTransport", "Keyring", "MemberState", "MemoryNetwork", "PeerError",
-            "PeerInfo", "PeerUnavailableError", "ProtocolError", "Task", "TaskBucket",
-            "TaskBucketGroup", "TaskInfo", "TaskState", "TaskType", "Transport",
+            "PeerInfo", "PeerUnavailableError", "PlacementUnknownError", "ProtocolError", "Task",
+            "TaskBucket", "TaskBucketGroup", "TaskInfo", "TaskState", "TaskType", "Transport",
             "UnknownBucketError", "__version__",
         ]
     )
@@ -23,5 +23,5 @@ def test_all_is_the_public_surface() -> None:
 def test_error_tree() -> None:
     for name in ("BucketFullError", "DuplicateTaskError", "BucketClosedError",
                  "UnknownBucketError", "ClusterFullError", "PeerError", "PeerUnavailableError",
-                 "ProtocolError"):
+                 "PlacementUnknownError", "ProtocolError"):
         assert issubclass(getattr(gobucket_py, name), gobucket_py.GobucketError)

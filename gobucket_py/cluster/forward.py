@@ -6,28 +6,59 @@ of overflowing fills costs a few round trips instead of one each. Every item
 gets its own result. A forward is counted in the peer's ``inflight`` estimate
 from the moment it is queued until its reply (which carries fresh capacity)
 arrives, so placement never trusts a report that cannot include it.
+
+A batch whose reply does not come (a timeout, a dropped connection, a 5xx)
+may or may not have been applied. Before its tasks may go anywhere else the
+batch is *settled* with the same peer (SETTLE, see :mod:`.batches`): the
+peer answers the verdicts it gave, or voids the batch for good. If the peer
+cannot be asked within ``settle_timeout``, each task gets a
+:class:`~gobucket_py.PlacementUnknownError`: it may be there, so it is
+placed nowhere else.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from ..config import GroupConfig
-from ..errors import GobucketError, ProtocolError
+from ..errors import GobucketError, PeerError, PeerUnavailableError, ProtocolError
 from ..observe.histogram import Histogram
 from .membership import Member, Membership
 from .protocol import Kind, field
 from .transport import Transport
 
-__all__ = ["Forwarder"]
+__all__ = ["Forwarder", "Unsettled"]
 
 #: A FILL item (see :mod:`.items`): ``(bucket, task_id, type, packed data,
 #: run_after, life_span)``. A tuple of atoms, which the garbage collector
 #: soon stops tracking.
 Item = tuple[Any, ...]
+
+
+class Unsettled(PeerUnavailableError):
+    """The verdict on a task whose batch may or may not have been taken
+    (see ``Forwarder._settle``): it must not be placed anywhere else."""
+
+
+def _ambiguous(error: GobucketError) -> bool:
+    """Could the failed request have been applied?"""
+    if isinstance(error, PeerUnavailableError):
+        return error.maybe_delivered
+    return isinstance(error, PeerError) and (error.status or 0) >= 500
+
+
+def _refuse(sink: asyncio.Future[str] | _Group, offset: int, count: int) -> None:
+    """Verdicts for items that were never sent (the node is stopping)."""
+    error: GobucketError = PeerUnavailableError("this node is stopping",
+                                                maybe_delivered=False)
+    if isinstance(sink, _Group):
+        sink.settle(offset, [error] * count)
+    elif not sink.done():
+        sink.set_exception(error)
 
 
 class _Group:
@@ -90,6 +121,9 @@ class Forwarder:
         self.config = config
         self._queues: dict[tuple[str, bool], _Queue] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._seq = itertools.count(1)
+        #: Set by :meth:`close`: nothing more is sent.
+        self.closed = False
         #: Round-trip time of each FILL batch (seconds).
         self.latency = Histogram()
         #: Called as ``on_batch(member, accepted, sent, handoff)`` after each reply.
@@ -119,6 +153,9 @@ class Forwarder:
                  sink: asyncio.Future[str] | _Group) -> None:
         """Count ``items`` (of one bucket) in flight, queue them, and start
         pumps: one per batch waiting, up to ``batch_concurrency``."""
+        if self.closed:
+            _refuse(sink, 0, len(items))
+            return
         bucket = items[0][0]
         member.inflight[bucket] = member.inflight.get(bucket, 0) + len(items)
         key = (member.node_id, handoff)
@@ -147,25 +184,42 @@ class Forwarder:
 
     async def _send_batch(self, member: Member, batch: list[Entry], handoff: bool) -> None:
         items = batch[0][0] if len(batch) == 1 else [i for entry in batch for i in entry[0]]
+        seq = next(self._seq)
         message = {"v": 1, "from": self.membership.header(), "handoff": handoff,
-                   "items": items}
+                   "items": items, "batch": seq}
         error: GobucketError | None = None
         results: list[Any] = []
         loop = asyncio.get_running_loop()
-        started = loop.time()
+        started, boot = loop.time(), member.boot
+        answered = False
         try:
-            reply = await self.transport.call(member.addr, Kind.FILL, message,
-                                              self.config.forward_timeout)
-            self.latency.observe(loop.time() - started)
-            results = field(reply, "results", list)
-            if len(results) != len(items) or not all(type(r) is str for r in results):
-                raise ProtocolError(f"peer {member.addr} answered {len(results)} results "
-                                    f"for {len(items)} items")
-            self.membership.heard(reply.get("from"))  # fresh capacity, includes this batch
-        except GobucketError as exc:
-            error = exc
+            try:
+                reply = await self.transport.call(member.addr, Kind.FILL, message,
+                                                  self.config.forward_timeout)
+                answered = True
+                self.latency.observe(loop.time() - started)
+                results = self._results(member, reply, len(items))
+                self.membership.heard(reply.get("from"))  # fresh capacity, includes this batch
+            except GobucketError as exc:
+                error = exc
+                if answered or _ambiguous(exc):
+                    settled = await self._settle(member, boot, seq, len(items), exc)
+                    if isinstance(settled, list):
+                        error, results = None, settled
+                    else:
+                        error = settled
+        except asyncio.CancelledError:  # close(): the batch is in flight, its fate unknown
+            self._resolve(member, batch, Unsettled(
+                "the node stopped while the batch was in flight"), [])
+            raise
         if self.on_batch is not None:
             self.on_batch(member, 0 if error else results.count("ok"), len(items), handoff)
+        self._resolve(member, batch, error, results)
+
+    @staticmethod
+    def _resolve(member: Member, batch: list[Entry], error: GobucketError | None,
+                 results: list[Any]) -> None:
+        """Give each entry of ``batch`` its verdicts (or ``error``)."""
         inflight = member.inflight
         position = 0
         for chunk, sink, offset in batch:
@@ -182,16 +236,56 @@ class Forwarder:
                 sink.set_result(results[position])
             position += count
 
-    async def close(self) -> None:
-        """Cancel pumps still running (their callers get CancelledError)."""
+    @staticmethod
+    def _results(member: Member, reply: dict[str, Any], count: int) -> list[str]:
+        results = field(reply, "results", list)
+        if len(results) != count or not all(type(r) is str for r in results):
+            raise ProtocolError(f"peer {member.addr} answered {len(results)} results "
+                                f"for {count} items")
+        return results
+
+    async def _settle(self, member: Member, boot: str, seq: int, count: int,
+                      cause: GobucketError) -> list[str] | GobucketError:
+        """Find out what ``member`` did with batch ``seq``: its verdicts, or
+        (void, or it restarted) an error that lets the tasks go elsewhere, or
+        -- if it cannot be asked within ``settle_timeout`` -- the marker
+        error for "may be there" (:class:`Unsettled`)."""
+        loop = asyncio.get_running_loop()
+        config = self.config
+        deadline = loop.time() + config.settle_timeout
+        message = {"v": 1, "from": self.membership.header(), "batch": seq}
+        last: GobucketError = cause
+        while (left := deadline - loop.time()) > 0:
+            if member.boot != boot:  # it restarted: whatever it took is gone
+                return PeerUnavailableError(f"peer {member.node_id} restarted",
+                                            maybe_delivered=False)
+            try:
+                reply = await self.transport.call(member.addr, Kind.SETTLE, message,
+                                                  min(config.request_timeout, left))
+                if reply.get("void") is True:
+                    return PeerUnavailableError(f"{cause} (settled: not taken)",
+                                                maybe_delivered=False)
+                return self._results(member, reply, count)
+            except GobucketError as exc:
+                last = exc
+            await asyncio.sleep(min(config.probe_interval, max(0.0, deadline - loop.time())))
+        return Unsettled(f"{cause}; then could not ask whether it took the batch within "
+                          f"{config.settle_timeout:g}s: {last}")
+
+    async def close(self, grace: float = 0.0) -> None:
+        """Wait up to ``grace`` seconds for batches in flight to be answered
+        (or settled), then stop: a batch still in flight gets
+        :class:`Unsettled` verdicts, anything queued or sent later is
+        refused at once (never sent). No caller is left waiting."""
+        if self._tasks and grace > 0:
+            await asyncio.wait(list(self._tasks), timeout=grace)
+        self.closed = True
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks))
         for queue in self._queues.values():
-            for _, sink, _ in queue.entries:
-                future = sink.future if isinstance(sink, _Group) else sink
-                if not future.done():
-                    future.cancel()
+            for items, sink, offset in queue.entries:
+                _refuse(sink, offset, len(items))
             queue.entries.clear()
             queue.items = 0

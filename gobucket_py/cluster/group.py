@@ -2,12 +2,22 @@
 
 ``fill`` tries the local bucket first (GoBucket parity) and overflows to a
 peer only when it is full; ``drain`` and ``get`` find a task wherever it
-lives. ``stop`` hands every pending task to peers before it goes, so a rolling
-restart loses nothing that had not started.
+lives, and say "unknown" (an error to retry) rather than guess. ``stop``
+hands every pending task to peers before it goes, so a rolling restart loses
+nothing that had not started.
 
-Around it: :mod:`.membership` (who is alive), :mod:`.placement` (which peer),
-:mod:`.forward` (batched FILLs), :mod:`.items` (a task on the wire),
-:mod:`.serve` (what this node answers) and :mod:`.transport` (HTTP).
+This module is the public surface and the wiring. Around it:
+
+- :mod:`.membership`: who is alive (probes, suspicion, presumed lost);
+- :mod:`.overflow`, :mod:`.placement`, :mod:`.forward`: placing what does
+  not fit here, on which peer, in batches;
+- :mod:`.batches`: forwards that cannot duplicate (dedupe and settle);
+- :mod:`.routes`, :mod:`.ended`: where each forwarded task went, and the
+  holders' notices of what ended there;
+- :mod:`.lookup`: drain and get, with three-valued answers;
+- :mod:`.handoff`: moving pending tasks on a graceful stop;
+- :mod:`.serve`, :mod:`.items`, :mod:`.transport`: what this node answers,
+  a task on the wire, HTTP.
 """
 
 from __future__ import annotations
@@ -21,28 +31,22 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from enum import StrEnum
-from typing import Any, Literal, Protocol
-
-import msgpack
+from typing import Any, Literal
 
 from ..bucket import TaskBucket
 from ..config import GroupConfig
-from ..errors import (
-    BucketClosedError,
-    ClusterFullError,
-    DuplicateTaskError,
-    GobucketError,
-    PeerUnavailableError,
-    UnknownBucketError,
-)
+from ..errors import BucketClosedError, GobucketError, UnknownBucketError
 from ..observe.events import EventFeed
-from ..task import DrainOutcome, DrainResult, FillResult, Task, TaskInfo, TaskState, TaskType
+from ..task import DrainResult, FillResult, TaskInfo, TaskType
 from .auth import Keyring
+from .batches import BatchLedger
+from .ended import EndedNotices
 from .forward import Forwarder, Item
-from .items import TYPES, encode_item, task_times, unpack_info
+from .handoff import Handoff
+from .items import encode_item, task_times
+from .lookup import Lookup
 from .membership import Member, Membership, MemberState, PeerInfo
-from .placement import candidates, pick
-from .protocol import Kind
+from .overflow import Overflow
 from .routes import Routes
 from .serve import PeerServer
 from .transport import HttpTransport, Transport
@@ -51,36 +55,20 @@ __all__ = ["GroupState", "TaskBucketGroup"]
 
 log = logging.getLogger("gobucket_py")
 
-_OUTCOMES = {o.value: o for o in DrainOutcome}
-
 #: ``on_peer_schedule_failed(peer_id, bucket, task_id, error)``; may be async.
 ScheduleFailed = Callable[[str, str, str, str], Any]
+#: ``on_tasks_lost(peer_id, bucket, task_ids)``; may be async.
+TasksLost = Callable[[str, str, list[str]], Any]
 
 
-class Results(Protocol):
-    """Where :meth:`TaskBucketGroup._place_many` puts each task's result."""
-
-    def __setitem__(self, index: int, result: FillResult | Exception, /) -> None: ...
-
-
-class _Waiting:
-    """Single fills that overflowed in one loop pass: their items, and the
-    callers' futures, each resolved as soon as its task is placed or refused."""
-
-    __slots__ = ("futures", "items")
-
-    def __init__(self) -> None:
-        self.items: list[Item] = []
-        self.futures: list[asyncio.Future[FillResult]] = []
-
-    def __setitem__(self, index: int, result: FillResult | Exception) -> None:
-        future = self.futures[index]
-        if future.done():
-            pass
-        elif isinstance(result, Exception):
-            future.set_exception(result)
-        else:
-            future.set_result(result)
+async def _call_lost(callback: TasksLost, peer_id: str, bucket: str, task_ids: list[str],
+                     node_id: str) -> None:
+    try:
+        result = callback(peer_id, bucket, task_ids)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        log.exception("on_tasks_lost raised node=%s", node_id)
 
 
 class GroupState(StrEnum):
@@ -180,13 +168,23 @@ class TaskBucketGroup:
         #: Called for each peer that rejected a task when no node could take
         #: it, as ``(peer_id, bucket, task_id, error)``. Never on success.
         self.on_peer_schedule_failed: ScheduleFailed | None = None
+        #: Called once per lost batch as ``(peer_id, bucket, task_ids)``:
+        #: tasks this node forwarded to a peer that then crashed (came back
+        #: with a new boot id) or stayed dead past ``config.lost_after``.
+        #: A graceful handoff is never a loss. May be async; must not block.
+        self.on_tasks_lost: TasksLost | None = None
+        #: Tasks reported lost, per bucket.
+        self.lost_counts: dict[str, int] = dict.fromkeys(self.buckets, 0)
         self._membership: Membership | None = None
         self._forwarder: Forwarder | None = None
         # Where this node forwarded each task, until the task's deadline.
         self._routes = Routes()
-        # Handoff on stop: tasks in transit, and where they went.
-        self._moving: dict[tuple[str, str], asyncio.Future[str | None]] = {}
-        self._moved: dict[tuple[str, str], str] = {}
+        # What this node did with each FILL batch it received (dedupe, settle).
+        self._batches = BatchLedger()
+        self._overflow = Overflow(self)
+        self._lookup = Lookup(self)
+        self._handoff = Handoff(self)
+        self._ended = EndedNotices(self)
         self._background: set[asyncio.Task[Any]] = set()
         self._stopped: asyncio.Future[None] | None = None
         #: Recent membership changes, overflows and drains (for the dashboard).
@@ -196,8 +194,6 @@ class TaskBucketGroup:
         #: Wall-clock time of ``start()``.
         self.started_at: float | None = None
         self._server = PeerServer(self)
-        # Overflowing single fills waiting for this loop pass's placement.
-        self._overflow: dict[str, _Waiting] = {}
 
     # -- introspection ---------------------------------------------------------
 
@@ -260,12 +256,14 @@ class TaskBucketGroup:
                                 transport=self.transport, config=self.config,
                                 capacity=self.capacity, seeds=self.seeds, rng=self.rng)
         membership.on_restart = self._peer_restarted
+        membership.on_lost = self._peer_lost
         membership.on_change = self._peer_changed
         self._membership = membership
         self._forwarder = Forwarder(self.transport, membership, self.config)
         self._forwarder.on_batch = self._forwarded_batch
         for bucket in self.buckets.values():
             bucket.node = self.node_id
+            bucket.add_outcome_watcher(self._ended.task_ended)
         self.started_at = time.time()
         await membership.start()
         self.events.add("node_started", f"{self.node_id} started at {self.address}",
@@ -280,6 +278,8 @@ class TaskBucketGroup:
         with room (with its remaining times; offered again every probe
         interval while none has room), give running tasks what is left of
         ``stop_grace`` seconds, rescue the rest (``on_panic``), then close.
+        Fills already placing a task on a peer get their answer first (at
+        most ``forward_timeout + settle_timeout`` more).
         """
         if self._stopped is not None:
             await asyncio.shield(self._stopped)
@@ -294,12 +294,16 @@ class TaskBucketGroup:
                 await membership.announce_leave()
                 loop = asyncio.get_running_loop()
                 deadline = loop.time() + self.config.stop_grace
-                handed = await self._handoff(deadline)
+                handed = await self._handoff.run(deadline)
                 grace = max(0.0, deadline - loop.time())
                 await asyncio.gather(*(b.close(grace) for b in self.buckets.values()))
-                await membership.stop()
                 assert self._forwarder is not None
-                await self._forwarder.close()
+                config = self.config
+                # Let forwards in flight get their verdicts, so no caller is stranded.
+                await self._forwarder.close(config.forward_timeout + config.settle_timeout)
+                if self._background:
+                    await asyncio.wait(list(self._background), timeout=config.request_timeout)
+                await membership.stop()
                 log.info("node stopped event=node_stopped node=%s handed_off=%d",
                          self.node_id, handed)
             for task in list(self._background):
@@ -335,13 +339,29 @@ class TaskBucketGroup:
         what = "handoff" if handoff else "overflow"
         self.events.add_or_merge(what, member.node_id, accepted, sent)
 
-    def _peer_restarted(self, member: Member) -> None:
-        lost = self._routes.forget_node(member.node_id)
-        if lost:
-            log.warning("peer restarted; tasks forwarded there are lost event=tasks_lost "
-                        "node=%s peer=%s count=%d", self.node_id, member.node_id, lost)
+    def _peer_restarted(self, member: Member, was: MemberState) -> None:
+        if was is MemberState.LEFT:
+            # It left gracefully: its tasks were handed off (drains find them).
+            self._routes.forget_node(member.node_id)
+            return
+        self._report_lost(member.node_id, member.boot, "restarted", other=True)
 
-    # -- fill ----------------------------------------------------------------------
+    def _peer_lost(self, member: Member) -> None:
+        self._report_lost(member.node_id, member.boot, "presumed lost")
+
+    def _report_lost(self, node_id: str, boot: str, why: str, *, other: bool = False) -> None:
+        """Report once every task routed to ``node_id`` (in ``boot``; with
+        ``other``, in any earlier boot) as lost."""
+        for bucket, task_ids in self._routes.mark_lost(node_id, boot, other=other).items():
+            self.lost_counts[bucket] = self.lost_counts.get(bucket, 0) + len(task_ids)
+            self.events.add("tasks_lost", f"{len(task_ids)} tasks lost on {node_id} ({why})",
+                            bucket=bucket, peer=node_id)
+            log.warning("tasks forwarded to a peer are lost event=tasks_lost node=%s peer=%s "
+                        "reason=%s bucket=%s count=%d", self.node_id, node_id,
+                        why.replace(" ", "_"), bucket, len(task_ids))
+            callback = self.on_tasks_lost
+            if callback is not None:
+                self._spawn(_call_lost(callback, node_id, bucket, task_ids, self.node_id))
 
     async def fill(
         self,
@@ -359,10 +379,12 @@ class TaskBucketGroup:
         :class:`DuplicateTaskError` (live here, or on the peer that was
         chosen), :class:`ClusterFullError` (no node could take it; the
         callback ``on_peer_schedule_failed`` is called for each peer that
-        refused), :class:`BucketClosedError` while stopping, and
-        ``TypeError`` when an overflowing task's data is not
-        msgpack-serializable. Fills that overflow in the same event-loop
-        pass are placed together, as by :meth:`fill_many`.
+        refused), :class:`PlacementUnknownError` (a peer may or may not
+        have taken it: it was placed nowhere else; drain or get it to find
+        out), :class:`BucketClosedError` while stopping, and ``TypeError``
+        when an overflowing task's data is not msgpack-serializable. Fills
+        that overflow in the same event-loop pass are placed together, as by
+        :meth:`fill_many`.
         """
         local = self.buckets.get(bucket)
         if local is None or local.closed or self.state is not GroupState.RUNNING:
@@ -374,36 +396,7 @@ class TaskBucketGroup:
             return FillResult(bucket, task_id, self.node_id, False, task)
         ra, ls = task_times(local, task_type, run_after, life_span)
         item = encode_item(bucket, task_id, data, task_type, ra, ls)
-        # Overflowing fills issued in the same loop pass are placed together
-        # (one two-choice pass, one batch per peer), like fill_many.
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[FillResult] = loop.create_future()
-        waiting = self._overflow.get(bucket)
-        if waiting is None:
-            waiting = self._overflow[bucket] = _Waiting()
-            loop.call_soon(self._flush_overflow, bucket)
-        waiting.items.append(item)
-        waiting.futures.append(future)
-        return await future
-
-    def _flush_overflow(self, bucket: str) -> None:
-        waiting = self._overflow.pop(bucket, None)
-        if waiting is not None:
-            self._spawn(self._place_waiting(bucket, waiting))
-
-    async def _place_waiting(self, bucket: str, waiting: _Waiting) -> None:
-        try:
-            await self._place_many(bucket, enumerate(waiting.items), waiting)
-        except asyncio.CancelledError:  # stop(): the callers are cancelled too
-            for future in waiting.futures:
-                future.cancel()
-            raise
-        except Exception as exc:  # a bug: say so, and let no caller hang
-            log.exception("placing overflowing fills failed node=%s bucket=%s",
-                          self.node_id, bucket)
-            for future in waiting.futures:
-                if not future.done():
-                    future.set_exception(exc)
+        return await self._overflow.fill_one(bucket, item)
 
     async def fill_many(
         self,
@@ -449,7 +442,7 @@ class TaskBucketGroup:
                 results.append(None)
                 yield len(results) - 1, item
 
-        await self._place_many(bucket, overflow(), results)
+        await self._overflow.place_many(bucket, overflow(), results)
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
 
@@ -462,314 +455,33 @@ class TaskBucketGroup:
             raise BucketClosedError(f"bucket {name!r} is closed")
         return local
 
-    async def _place_many(self, bucket: str, overflow: Iterable[tuple[int, Item]],
-                          results: Results) -> None:
-        """Spread ``overflow`` over peers by two choices, all sent at once;
-        what a peer refuses goes through :meth:`_place` like a single fill.
-        Each result is stored in ``results[index]`` as soon as it is known.
-        Serves ``fill_many``, and the single fills of one loop pass."""
-        forwarder = self._forwarder
-        assert forwarder is not None
-        size, rng = self.config.batch_size, self.rng
-        pool = candidates(self._members.members.values(), bucket)
-        # Two choices on each candidate's room: its estimate (which counts
-        # what was sent) minus what waits here to be sent. Each peer's share
-        # goes out a batch at a time as it fills up, so replies are settled
-        # while later batches are on the wire; replies bring fresh reports, so
-        # room is re-read after each batch.
-        room = {m: m.estimate(bucket) for m in pool}
-        room_of = room.__getitem__
-        waiting: dict[Member, tuple[list[int], list[Item]]] = {}
-        sent: list[tuple[Member, list[int], list[Item],
-                         asyncio.Future[list[str | GobucketError]]]] = []
-        retry: list[tuple[int, Item, dict[str, str]]] = []
-        for index, item in overflow:
-            if not pool:
-                retry.append((index, item, {}))
-                continue
-            member = pick(pool, room_of, rng)
-            share = waiting.get(member)
-            if share is None:
-                share = waiting[member] = ([], [])
-            share[0].append(index)
-            share[1].append(item)
-            room[member] -= 1
-            if len(share[1]) >= size:
-                del waiting[member]
-                sent.append((member, *share, forwarder.send_many(member, share[1])))
-                await asyncio.sleep(0)  # let the pumps put it on the wire
-                for m in pool:
-                    room[m] = m.estimate(bucket) - (len(waiting[m][1]) if m in waiting else 0)
-                pool = [m for m in pool if room[m] > 0 and m.state is MemberState.ALIVE]
-            elif room[member] <= 0:
-                pool.remove(member)
-        sent.extend((member, *share, forwarder.send_many(member, share[1]))
-                    for member, share in waiting.items())
-        for member, indexes, items, future in sent:
-            retry.extend(self._settle_many(bucket, member, indexes, items, await future,
-                                           results))
-
-        async def again(index: int, item: Item, rejections: dict[str, str]) -> None:
-            try:
-                member, rejections = await self._place(item, rejections=rejections)
-                if member is None:
-                    results[index] = await self._cluster_full(item, rejections)
-                else:
-                    results[index] = FillResult(bucket, item[1], member.node_id, True)
-                    self.fill_counts[bucket][1] += 1
-            except GobucketError as exc:
-                results[index] = exc
-
-        if retry:
-            await asyncio.gather(*(again(*r) for r in retry))
-
-    def _settle_many(self, bucket: str, member: Member, indexes: list[int], items: list[Item],
-                     outcomes: list[str | GobucketError], results: Results
-                     ) -> list[tuple[int, Item, dict[str, str]]]:
-        """Act on a peer's answers to one batch: fill in ``results`` for what
-        it took (remembering where, by life span) or what cannot be retried;
-        return what to try elsewhere."""
-        node = member.node_id
-        placed: dict[float, list[str]] = {}
-        retry = []
-        for index, item, outcome in zip(indexes, items, outcomes, strict=True):
-            if outcome == "ok":
-                results[index] = FillResult(bucket, item[1], node, True)
-                ids = placed.get(item[5])
-                if ids is None:
-                    ids = placed[item[5]] = []
-                ids.append(item[1])
-                continue
-            rejections: dict[str, str] = {}
-            try:
-                self._settle(member, item, outcome, rejections)  # not "ok": False or raises
-                retry.append((index, item, rejections))
-            except DuplicateTaskError as exc:
-                results[index] = exc
-        now = asyncio.get_running_loop().time()
-        for life_span, ids in placed.items():
-            self._routes.add(bucket, node, member.boot, now, life_span, ids)
-            self.fill_counts[bucket][1] += len(ids)
-        return retry
-
-    async def _cluster_full(self, item: Item, rejections: dict[str, str]) -> ClusterFullError:
-        """Report each refusal to ``on_peer_schedule_failed``; the error to raise."""
-        bucket, task_id = item[0], item[1]
-        self.fill_counts[bucket][2] += 1
-        self.events.add("cluster_full", f"no node could take {task_id}", bucket=bucket,
-                        task_id=task_id)
-        log.warning("no node could take the task event=cluster_full node=%s bucket=%s "
-                    "task_id=%s rejections=%d", self.node_id, bucket, task_id, len(rejections))
-        for peer_id, error in rejections.items():
-            await self._report_failure(peer_id, bucket, task_id, error)
-        detail = "; ".join(f"{p}: {e}" for p, e in rejections.items()) or "no peer has room"
-        return ClusterFullError(f"no node could take task {task_id!r} in bucket {bucket!r} "
-                                f"(local bucket full; {detail})", rejections)
-
-    async def _report_failure(self, peer_id: str, bucket: str, task_id: str, error: str) -> None:
-        callback = self.on_peer_schedule_failed
-        if callback is None:
-            return
-        try:
-            result = callback(peer_id, bucket, task_id, error)
-            if inspect.isawaitable(result):
-                await result
-        except Exception:
-            log.exception("on_peer_schedule_failed raised node=%s", self.node_id)
-
-    async def _place(self, item: Item, *, handoff: bool = False,
-                     rejections: dict[str, str] | None = None
-                     ) -> tuple[Member | None, dict[str, str]]:
-        """Try up to ``max_attempts`` peers (not those in ``rejections``);
-        return the one that accepted, and who refused."""
-        bucket = item[0]
-        members, forwarder, rng = self._members.members, self._forwarder, self.rng
-        assert forwarder is not None
-        rejections = {} if rejections is None else rejections
-        for _ in range(self.config.max_attempts - len(rejections)):
-            pool = candidates(members.values(), bucket, rejections)
-            if not pool:
-                break
-            member = pick(pool, lambda m: m.estimate(bucket), rng)
-            try:
-                outcome: str | GobucketError = await forwarder.send(member, item, handoff=handoff)
-            except GobucketError as exc:
-                outcome = exc
-            if self._settle(member, item, outcome, rejections, handoff):
-                return member, rejections
-        return None, rejections
-
-    def _settle(self, member: Member, item: Item, outcome: str | GobucketError,
-                rejections: dict[str, str], handoff: bool = False) -> bool:
-        """Act on a peer's answer to one forward: True if it took the task;
-        else record why in ``rejections`` (raises DuplicateTaskError)."""
-        bucket, task_id = item[0], item[1]
-        if outcome == "ok":
-            self._routes.add(bucket, member.node_id, member.boot,
-                             asyncio.get_running_loop().time(), item[5], [task_id])
-            return True
-        if isinstance(outcome, PeerUnavailableError) and outcome.maybe_delivered:
-            # It may have accepted: make sure it will not run.
-            self._spawn(self._drain_on(member, bucket, task_id))
-        elif outcome == "duplicate" and not handoff:
-            raise DuplicateTaskError(f"task {task_id!r} is already live in bucket "
-                                     f"{bucket!r} on node {member.node_id}")
-        rejections[member.node_id] = str(outcome)
-        return False
-
     # -- drain and get ---------------------------------------------------------------
 
     async def drain(self, bucket: str, task_id: str) -> DrainResult:
         """Cancel a task wherever it lives in the cluster.
 
-        DRAINED: it had not started and will never run anywhere. CANCELLED:
-        its on_execute was cancelled. NOT_FOUND: no node holds it (finished,
-        never filled, or lost with a dead node). ``node_id`` says where it was.
-        Raises :class:`PeerUnavailableError` when a peer that may hold the
-        task could not be asked: the task may still be live, so try again.
-        """
-        outcome = self._bucket(bucket).drain_nowait(task_id)
-        if outcome is not DrainOutcome.NOT_FOUND:
-            self._routes.forget(bucket, task_id)
-            self._drained(bucket, task_id, outcome, self.node_id)
-            return DrainResult(outcome, task_id, self.node_id)
-        reply = await self._ask(Kind.DRAIN, bucket, task_id, lambda r: r.get("outcome")
-                                not in (None, DrainOutcome.NOT_FOUND.value))
-        self._routes.forget(bucket, task_id)  # a definite answer: forget the route
-        if reply is None:
-            return DrainResult(DrainOutcome.NOT_FOUND, task_id, None)
-        outcome, node = _OUTCOMES[reply["outcome"]], reply.get("node")
-        self._drained(bucket, task_id, outcome, node)
-        return DrainResult(outcome, task_id, node)
+        DRAINED: it had not started and will never run anywhere (also the
+        answer when an earlier drain stopped it). CANCELLED: its on_execute
+        was cancelled. FINISHED, FAILED, EXHAUSTED, RESCUED: it already
+        ended that way (nothing was stopped). LOST: the node holding it
+        crashed or is presumed lost (reported through ``on_tasks_lost``).
+        NOT_FOUND: every node that could hold it answered that it does not
+        (never filled, or ended longer ago than ``outcome_retention``).
+        ``node_id`` says where it was.
 
-    def _drained(self, bucket: str, task_id: str, outcome: DrainOutcome, node: str | None
-                 ) -> None:
-        self.events.add("drain", f"{task_id} {outcome.value} on {node}", bucket=bucket,
-                        task_id=task_id, peer=node)
+        Raises :class:`PeerUnavailableError` when a node that may hold the
+        task could not say (unreachable, timed out, answered with an error,
+        or dead but maybe only stalled): the task may still be live, so try
+        again. A retried drain is safe: if the first one was applied, the
+        retry answers DRAINED.
+        """
+        return await self._lookup.drain(bucket, task_id)
 
     async def get(self, bucket: str, task_id: str) -> TaskInfo | None:
-        """Describe a live task wherever it lives, or None. Raises
-        :class:`PeerUnavailableError` when a peer that may hold it did not answer."""
-        task = self._bucket(bucket).get(task_id)
-        if task is not None:
-            return TaskInfo.of(task, self.node_id)
-        reply = await self._ask(Kind.GET, bucket, task_id, lambda r: r.get("task") is not None)
-        if reply is None:
-            return None
-        return unpack_info(reply["task"])
+        """Describe a task wherever it lives, or None if no node has it.
 
-    async def _ask(self, kind: Kind, bucket: str, task_id: str,
-                   found: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
-        """Ask the node this one forwarded the task to (one hop); failing
-        that, every reachable peer at once. Returns the first positive reply."""
-        membership = self._members
-        message = {"v": 1, "from": membership.header(), "bucket": bucket, "id": task_id,
-                   "follow": True}
-        timeout = self.config.request_timeout
-        record = self._routes.get(bucket, task_id)
-        asked: set[str] = set()
-        silent: list[str] = []  # peers that may hold the task but did not answer
-        if record is not None:
-            member = membership.members.get(record[0])
-            if member is not None and member.boot == record[1] and member.state in (
-                    MemberState.ALIVE, MemberState.SUSPECT):
-                asked.add(member.node_id)
-                try:
-                    reply = await self.transport.call(member.addr, kind, message, timeout)
-                except PeerUnavailableError:
-                    silent.append(member.node_id)
-                except GobucketError:
-                    pass
-                else:
-                    # The holder answers for its handoffs too: its word is final.
-                    return reply if found(reply) else None
-        targets = [m for m in membership.reachable() if m.node_id not in asked]
-
-        async def one(member: Member) -> dict[str, Any] | None:
-            try:
-                reply = await self.transport.call(member.addr, kind, message, timeout)
-            except PeerUnavailableError:
-                silent.append(member.node_id)
-                return None
-            except GobucketError:
-                return None
-            return reply if found(reply) else None
-
-        for answer in await asyncio.gather(*(one(m) for m in targets)):
-            if answer is not None:
-                return answer
-        if silent:
-            raise PeerUnavailableError(
-                f"could not reach {', '.join(sorted(silent))}; task {task_id!r} in bucket "
-                f"{bucket!r} may still be live there: try again")
-        return None
-
-    async def _drain_on(self, member: Member, bucket: str, task_id: str) -> None:
-        message = {"v": 1, "from": self._members.header(), "bucket": bucket, "id": task_id,
-                   "follow": False}
-        try:
-            await self.transport.call(member.addr, Kind.DRAIN, message,
-                                      self.config.request_timeout)
-        except GobucketError as exc:
-            log.warning("could not drain an ambiguous forward event=forward_ambiguous node=%s "
-                        "peer=%s bucket=%s task_id=%s error=%s", self.node_id, member.node_id,
-                        bucket, task_id, exc)
-
-    # -- handoff -------------------------------------------------------------------
-
-    async def _handoff(self, deadline: float) -> int:
-        """Move every pending task to peers with room, until ``deadline``
-        (loop time): what no peer can take yet is put back and offered again
-        after a probe interval (peers report room as their tasks end). What
-        is still here at the deadline runs here or is rescued by ``close``."""
-        loop = asyncio.get_running_loop()
-        moved = kept = 0
-        while True:
-            jobs = [self._hand(name, bucket, taken)
-                    for name, bucket in self.buckets.items()
-                    for task in list(bucket) if task.state is TaskState.PENDING
-                    if (taken := bucket.take_pending(task.id)) is not None]
-            if not jobs:
-                return moved
-            done = sum(await asyncio.gather(*jobs))
-            moved, kept = moved + done, len(jobs) - done
-            wait = self.config.probe_interval
-            if not kept or loop.time() + wait >= deadline or not any(
-                    m.state is MemberState.ALIVE for m in self._members.members.values()):
-                break
-            await asyncio.sleep(wait)
-        if kept:
-            log.warning("pending tasks could not be handed off; they will run here or be "
-                        "rescued event=handoff_incomplete node=%s moved=%d kept=%d",
-                        self.node_id, moved, kept)
-        return moved
-
-    async def _hand(self, name: str, bucket: TaskBucket, task: Task) -> bool:
-        key = (name, task.id)
-        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._moving[key] = future
-        target: str | None = None
-        try:
-            life_span = task.seconds_left
-            run_after = task.seconds_to_run if task.type is TaskType.TIME_BOMB else 0.0
-            if life_span > run_after:
-                try:
-                    payload = msgpack.packb(task.data, use_bin_type=True, datetime=False)
-                except (TypeError, ValueError, OverflowError) as exc:
-                    log.warning("task data is not serializable; not handed off "
-                                "event=handoff_failed node=%s bucket=%s task_id=%s error=%s",
-                                self.node_id, name, task.id, exc)
-                else:
-                    item: Item = (name, task.id, TYPES.index(task.type), payload, run_after,
-                                  life_span)
-                    member, _ = await self._place(item, handoff=True)
-                    if member is not None:
-                        target = self._moved[key] = member.node_id
-            if target is None:
-                bucket.restore(task)
-            else:
-                bucket.handed_off(task)
-            return target is not None
-        finally:
-            del self._moving[key]
-            future.set_result(target)
+        A task that ended recently is described with its terminal state
+        (``type`` None); one whose holder was lost has state LOST. Raises
+        :class:`PeerUnavailableError` when a node that may hold it could
+        not say (see :meth:`drain`)."""
+        return await self._lookup.get(bucket, task_id)

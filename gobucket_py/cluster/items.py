@@ -93,7 +93,8 @@ def decode_item(raw: object) -> tuple[str, str, TaskType, Any, float, float]:
 
 def pack_info(info: TaskInfo) -> list[Any]:
     """A :class:`TaskInfo` as a msgpack list (no payload)."""
-    return [info.bucket, info.task_id, info.node_id, info.type.value, info.state.value,
+    return [info.bucket, info.task_id, info.node_id,
+            None if info.type is None else info.type.value, info.state.value,
             info.seconds_to_run, info.seconds_left]
 
 
@@ -103,7 +104,8 @@ def unpack_info(raw: object) -> TaskInfo:
         raise ProtocolError("malformed task info")
     bucket, task_id, node, type_, state, to_run, left = raw
     try:
-        return TaskInfo(str(bucket), str(task_id), str(node), TaskType(type_), TaskState(state),
+        return TaskInfo(str(bucket), str(task_id), str(node),
+                        None if type_ is None else TaskType(type_), TaskState(state),
                         float(to_run), float(left))
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"malformed task info: {exc}") from exc

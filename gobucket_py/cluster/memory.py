@@ -1,37 +1,138 @@
-"""An in-memory network: many nodes in one event loop, no sockets.
+"""An in-memory network: many nodes in one event loop, no sockets, and faults on demand.
 
 Messages still go through the msgpack codec (so what a test sends is what the
-wire would carry), and the network can take a node down (refused) or make it
-hang (timeouts), which makes failure detection and placement testable in
-milliseconds with a faked loop clock::
+wire would carry). Every call is two messages, the request and the reply, and
+the network can delay, drop or hold either of them, which makes failure
+detection, placement and their races testable in milliseconds with a faked
+loop clock (looptime)::
 
     net = MemoryNetwork()
-    a = TaskBucketGroup(buckets, ["b"], transport=net.transport("a"))
-    net.down("b")       # kill -9: connections refused
-    net.hang("b")       # accepts and never answers
-    net.up("b")
+    a = TaskBucketGroup(buckets, ["b"], node_id="a", transport=net.transport("a"))
+
+    net.down("b")                        # connections to and from b are refused
+    net.hang("b")                        # b accepts and never answers
+    net.up("b")                          # undo down() and hang()
+
+    slow = net.delay("a", "b", 2.0)      # a's messages to b take 2 s longer
+    net.drop_replies("a", "b")           # b applies a's requests; a never hears back
+    cut = net.partition(["a"], ["b", "c"])          # both ways: calls time out
+    net.partition(["a"], ["b"], one_way=True)       # a -> b lost, b -> a delivered
+    net.stall("b")                       # SIGSTOP: b's traffic is held, callers time out
+    net.resume("b")                      # SIGCONT: what was held is delivered now
+    net.crash("b")                       # kill -9: in-flight work lost, b's address is free
+    cut.heal()                           # undo one fault
+    net.heal()                           # undo every delay, drop, partition and stall
+
+How a message travels (each of the request and the reply, in this order):
+
+1. It takes the extra latency of its link (the sum of the :meth:`delay` faults
+   on ``(sender, receiver)``; none by default).
+2. It waits while its sender or its receiver is stalled (:meth:`stall`), and
+   goes on when both are resumed.
+3. It is lost if, when it arrives, its link is cut (:meth:`partition`), an end
+   is hung (:meth:`hang`), or it is a reply that :meth:`drop_replies` drops.
+4. A request that arrives at a node that was killed (:meth:`down`,
+   :meth:`crash`) fails the call with a reset (``maybe_delivered=True``, as
+   for a real connection reset after the request was written).
+
+A request that arrives is applied: the receiver's handler runs to completion
+in its own task, whatever the caller does meanwhile (a caller's timeout does
+not cancel it, as an HTTP server goes on after the client gave up). A caller
+whose reply does not come within its timeout gets
+:class:`~gobucket_py.PeerUnavailableError` with ``maybe_delivered=True``; a
+call to an address where nothing listens (or that is :meth:`down`) is refused
+at once with ``maybe_delivered=False``.
+
+Each node's handlers run in a copy of the :mod:`contextvars` context its
+transport was started in, so per-node context (a log field, a test's node
+tag) follows the node's work as it would follow a process. With no fault
+configured a call costs one task and two msgpack round trips, nothing more.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from ..config import check_delay
 from ..errors import PeerUnavailableError, ProtocolError, UnknownBucketError
 from .protocol import Kind, decode, encode
 from .transport import Handler, Transport, raise_for_status
 
-__all__ = ["MemoryNetwork", "MemoryTransport"]
+__all__ = ["Fault", "MemoryNetwork", "MemoryTransport"]
+
+Link = tuple[str, str]
+
+
+class Fault:
+    """One fault injected into a :class:`MemoryNetwork`, as returned by
+    :meth:`~MemoryNetwork.delay`, :meth:`~MemoryNetwork.drop_replies`,
+    :meth:`~MemoryNetwork.partition` and :meth:`~MemoryNetwork.stall`.
+
+    ``heal()`` undoes just this fault (idempotent); ``active`` says whether it
+    still applies. ``str(fault)`` describes it, e.g. ``partition n1 | n2,n3``::
+
+        cut = net.partition(["n1"], ["n2", "n3"])
+        await asyncio.sleep(5)
+        cut.heal()
+    """
+
+    __slots__ = ("_net", "_undo", "active", "kind", "subject", "text")
+
+    def __init__(self, net: MemoryNetwork, kind: str, text: str,
+                 undo: Callable[[], None], subject: str = "") -> None:
+        self._net = net
+        self._undo = undo
+        #: ``"delay"``, ``"drop_replies"``, ``"partition"`` or ``"stall"``.
+        self.kind = kind
+        #: The stalled address (for a stall).
+        self.subject = subject
+        self.text = text
+        self.active = True
+
+    def heal(self) -> None:
+        """Undo this fault. Messages it held (a stall) are delivered now."""
+        if not self.active:
+            return
+        self.active = False
+        self._undo()
+        self._net._faults.remove(self)
+        self._net._refresh()
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"<Fault {self.text}{'' if self.active else ' (healed)'}>"
+
+
+def _nodes(side: str | Iterable[str]) -> list[str]:
+    return [side] if isinstance(side, str) else list(dict.fromkeys(side))
 
 
 class MemoryNetwork:
-    """Routes calls between :class:`MemoryTransport` s by address."""
+    """Routes calls between :class:`MemoryTransport` s by address, with faults.
+
+    Every fault method is documented with what the caller sees; the module
+    docstring says how a message travels. The network is deterministic: with
+    a faked loop clock the same calls and faults give the same run.
+    """
 
     def __init__(self, *, max_body: int = 4 * 1024 * 1024) -> None:
         self.max_body = max_body
         self._handlers: dict[str, Handler] = {}
+        self._transports: dict[str, MemoryTransport] = {}
         self._down: set[str] = set()
         self._hung: set[str] = set()
+        self._delays: dict[Link, float] = {}
+        self._cut: dict[Link, int] = {}  # partitions cutting each directed link
+        self._drops: dict[Link, int] = {}  # drop_replies faults on each (caller, callee)
+        self._stalled: dict[str, asyncio.Future[None]] = {}
+        self._faults: list[Fault] = []
+        # True when a message may be anything but delivered at once (the fast path's test).
+        self._faulty = False
         #: Every call made, as ``(from_addr, to_addr, kind)``.
         self.calls: list[tuple[str, str, Kind]] = []
 
@@ -39,42 +140,264 @@ class MemoryNetwork:
         """A transport that will serve at ``address`` once started."""
         return MemoryTransport(self, address)
 
+    # -- process faults (existing) -----------------------------------------------
+
     def down(self, address: str) -> None:
-        """Refuse every call to and from ``address`` (a killed process)."""
+        """Refuse every call to and from ``address`` (a killed process whose
+        port refuses connections). Requests in flight to it fail with a reset."""
         self._down.add(address)
+        self._refresh()
 
     def hang(self, address: str) -> None:
-        """Calls to and from ``address`` never complete (a stuck process)."""
+        """Calls to and from ``address`` never complete (a stuck process):
+        their messages are lost and callers time out."""
         self._hung.add(address)
+        self._refresh()
 
     def up(self, address: str) -> None:
         """Undo :meth:`down` and :meth:`hang`."""
         self._down.discard(address)
         self._hung.discard(address)
+        self._refresh()
 
-    async def _deliver(self, src: str, addr: str, kind: Kind, body: bytes,
+    def crash(self, address: str) -> None:
+        """Kill the process at ``address`` without grace (``kill -9``).
+
+        Its transport is closed at once: its handlers in progress are
+        cancelled, requests in flight to it fail with a reset, replies in
+        flight to it are lost, and new calls to ``address`` are refused until
+        a new transport starts there (a restart: a new
+        :class:`~gobucket_py.TaskBucketGroup` with the same ``node_id`` and a
+        fresh ``net.transport(address)``, which gets a new boot id). The
+        node's own work (its buckets' timers and running tasks) belongs to
+        its group, not to the network: a test abandons that group and stops
+        its tasks (see ``tests/nemesis.py``)::
+
+            net.crash("n2")
+            ...                                   # downtime
+            n2 = TaskBucketGroup(buckets, ["n1"], node_id="n2",
+                                 transport=net.transport("n2"))
+            await n2.start()
+        """
+        transport = self._transports.get(address)
+        if transport is not None:
+            transport._kill()
+
+    # -- link faults ----------------------------------------------------------------
+
+    def delay(self, src: str, dst: str, seconds: float, *, both_ways: bool = False) -> Fault:
+        """Add ``seconds`` of latency to every message from ``src`` to ``dst``
+        (and back, with ``both_ways``); delays on one link add up.
+
+        A delay beyond the caller's timeout makes late replies: the request is
+        still applied when it arrives, the caller has timed out
+        (``PeerUnavailableError``, ``maybe_delivered=True``)::
+
+            slow = net.delay("n1", "n2", 1.5)   # n1's requests reach n2 1.5 s late
+            ...
+            slow.heal()
+        """
+        extra = check_delay("seconds", seconds)
+        links = [(src, dst), (dst, src)] if both_ways else [(src, dst)]
+
+        def apply(sign: float) -> None:
+            for link in links:
+                total = self._delays.get(link, 0.0) + sign * extra
+                if total > 1e-12:
+                    self._delays[link] = total
+                else:
+                    self._delays.pop(link, None)
+
+        apply(1.0)
+        arrow = "<->" if both_ways else "->"
+        return self._add(Fault(self, "delay", f"delay {src}{arrow}{dst} +{extra:g}s",
+                               lambda: apply(-1.0)))
+
+    def drop_replies(self, src: str, dst: str) -> Fault:
+        """Calls from ``src`` to ``dst`` are delivered and applied, but their
+        replies are lost: ``src`` times out (``PeerUnavailableError``,
+        ``maybe_delivered=True``) although ``dst`` did the work::
+
+            lossy = net.drop_replies("n1", "n2")   # n2 takes n1's forwards; n1 never knows
+        """
+        link = (src, dst)
+        self._drops[link] = self._drops.get(link, 0) + 1
+        return self._add(Fault(self, "drop_replies", f"drop replies {src}->{dst}",
+                               lambda: _decrement(self._drops, link)))
+
+    def partition(self, a: str | Iterable[str], b: str | Iterable[str], *,
+                  one_way: bool = False) -> Fault:
+        """Cut the links between the nodes of ``a`` and those of ``b``.
+
+        Messages across the cut are lost, as in a blackholed network: calls
+        across it time out (``PeerUnavailableError``, ``maybe_delivered=True``);
+        they are never refused. With ``one_way`` only messages from ``a`` to
+        ``b`` are lost: ``a``'s calls to ``b`` time out undelivered, while
+        ``b``'s calls to ``a`` are delivered and applied but their replies are
+        lost. Nodes inside one side still talk::
+
+            cut = net.partition(["n1"], ["n2", "n3"])      # n1 alone
+            net.partition("n1", "n2", one_way=True)         # n1 cannot reach n2
+        """
+        left, right = _nodes(a), _nodes(b)
+        if not left or not right:
+            raise ValueError("partition: both sides need at least one address")
+        both = set(left) & set(right)
+        if both:
+            raise ValueError(f"partition: {sorted(both)} on both sides")
+        links = [(x, y) for x in left for y in right]
+        if not one_way:
+            links += [(y, x) for x in left for y in right]
+        for link in links:
+            self._cut[link] = self._cut.get(link, 0) + 1
+
+        def undo() -> None:
+            for link in links:
+                _decrement(self._cut, link)
+
+        arrow = "->" if one_way else "|"
+        return self._add(Fault(self, "partition",
+                               f"partition {','.join(left)} {arrow} {','.join(right)}", undo))
+
+    def stall(self, address: str) -> Fault:
+        """Freeze the node's traffic, as ``SIGSTOP`` or ``docker pause`` would.
+
+        Messages to and from ``address`` are held (the kernel buffers them)
+        and delivered, in order, when it :meth:`resume` s; callers time out
+        meanwhile (``maybe_delivered=True``) and the node handles their
+        requests late. The node's own loop keeps time: its timers fire and
+        its tasks run (one event loop serves every node), only its network is
+        frozen. Stalling a stalled node changes nothing::
+
+            net.stall("n2")
+            await asyncio.sleep(3)    # n2's peers suspect it; what they sent waits
+            net.resume("n2")          # n2 gets every held request now
+        """
+        if address not in self._stalled:
+            self._stalled[address] = asyncio.get_running_loop().create_future()
+        return self._add(Fault(self, "stall", f"stall {address}",
+                               lambda: self._resume(address), address))
+
+    def resume(self, address: str) -> None:
+        """Undo :meth:`stall`: deliver what was held for ``address`` and let
+        its traffic flow again (heals every stall fault of ``address``)."""
+        for fault in [f for f in self._faults if f.kind == "stall" and f.subject == address]:
+            fault.heal()
+        self._resume(address)
+        self._refresh()
+
+    def _resume(self, address: str) -> None:
+        waiter = self._stalled.pop(address, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def heal(self) -> None:
+        """Undo every :meth:`delay`, :meth:`drop_replies`, :meth:`partition`
+        and :meth:`stall` (not :meth:`down`, :meth:`hang` or :meth:`crash`)."""
+        for fault in list(self._faults):
+            fault.heal()
+
+    @property
+    def faults(self) -> list[Fault]:
+        """The faults in effect, oldest first."""
+        return list(self._faults)
+
+    def _add(self, fault: Fault) -> Fault:
+        self._faults.append(fault)
+        self._refresh()
+        return fault
+
+    def _refresh(self) -> None:
+        self._faulty = bool(self._delays or self._cut or self._drops or self._stalled
+                            or self._hung or self._down)
+
+    # -- delivery ---------------------------------------------------------------------
+
+    async def _deliver(self, caller: MemoryTransport, addr: str, kind: Kind, body: bytes,
                        timeout: float) -> dict[str, Any]:
+        src = caller.address
         self.calls.append((src, addr, kind))
         if src in self._down:  # a killed process sends nothing either
             raise PeerUnavailableError("this node is down", maybe_delivered=False)
-        handler = self._handlers.get(addr)
-        if handler is None or addr in self._down:
+        target = self._transports.get(addr)
+        if target is None or addr in self._down:
             raise PeerUnavailableError(f"cannot connect to peer {addr}", maybe_delivered=False)
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[dict[str, Any]] = loop.create_future()
+        carrier = loop.create_task(self._carry(caller, target, kind, body, reply),
+                                   context=target._context.copy())
+        target._carriers[carrier] = reply
+        carrier.add_done_callback(target._carried)
         try:
             async with asyncio.timeout(timeout):
-                if addr in self._hung or src in self._hung:
-                    await asyncio.Future()  # never answers
-                await asyncio.sleep(0)  # a real hop always yields
-                try:
-                    reply = await handler(kind, decode(body, self.max_body))
-                except ProtocolError as exc:
-                    raise_for_status(addr, 400, str(exc))
-                except UnknownBucketError as exc:
-                    raise_for_status(addr, 404, str(exc))
+                return await reply
         except TimeoutError:
             raise PeerUnavailableError(
                 f"peer {addr} did not answer {kind.name} within {timeout:g}s") from None
-        return decode(encode(reply), self.max_body)
+
+    async def _carry(self, caller: MemoryTransport, target: MemoryTransport, kind: Kind,
+                     body: bytes, reply: asyncio.Future[dict[str, Any]]) -> None:
+        """Carry one call: the request, the handler (in the receiver's
+        context, whatever the caller does meanwhile), and the reply."""
+        src, dst = caller.address, target.address
+        if self._faulty and not await self._travel(src, dst, None):
+            return  # the request was lost: the caller times out
+        handler = target._handler
+        if handler is None or dst in self._down:
+            if not reply.done():
+                reply.set_exception(PeerUnavailableError(f"connection to peer {dst} reset"))
+            return
+        error: BaseException | None = None
+        payload = b""
+        try:
+            payload = encode(await handler(kind, decode(body, self.max_body)))
+        except ProtocolError as exc:
+            error = _status_error(dst, 400, str(exc))
+        except UnknownBucketError as exc:
+            error = _status_error(dst, 404, str(exc))
+        except Exception as exc:  # a handler bug: the caller sees it, as in a test it should
+            error = exc
+        if self._faulty and not await self._travel(dst, src, (src, dst)):
+            return  # the reply was lost
+        if reply.done() or caller._handler is None:
+            return  # the caller gave up, or its process died
+        if error is not None:
+            reply.set_exception(error)
+        else:
+            reply.set_result(decode(payload, self.max_body))
+
+    async def _travel(self, frm: str, to: str, call: Link | None) -> bool:
+        """One message from ``frm`` to ``to`` (a reply when ``call`` is the
+        ``(caller, callee)`` it answers): wait out its link's delay and any
+        stall; False if it is lost on arrival."""
+        extra = self._delays.get((frm, to))
+        if extra:
+            await asyncio.sleep(extra)
+        stalled = self._stalled
+        while stalled:
+            waiter = stalled.get(frm) or stalled.get(to)
+            if waiter is None:
+                break
+            await asyncio.shield(waiter)
+        if (frm, to) in self._cut or frm in self._hung or to in self._hung:
+            return False
+        return call is None or call not in self._drops
+
+
+def _decrement(counts: dict[Link, int], link: Link) -> None:
+    left = counts.get(link, 0) - 1
+    if left > 0:
+        counts[link] = left
+    else:
+        counts.pop(link, None)
+
+
+def _status_error(addr: str, status: int, text: str) -> Exception:
+    try:
+        raise_for_status(addr, status, text)
+    except Exception as exc:
+        return exc
+    raise AssertionError("raise_for_status did not raise")  # pragma: no cover
 
 
 class MemoryTransport(Transport):
@@ -84,20 +407,45 @@ class MemoryTransport(Transport):
         self.network = network
         self.address = address
         self._handler: Handler | None = None
+        self._context = contextvars.copy_context()
+        # Calls being carried to this node (their handlers run here), and their replies.
+        self._carriers: dict[asyncio.Task[None], asyncio.Future[dict[str, Any]]] = {}
 
     async def start(self, handler: Handler) -> None:
         if self.address in self.network._handlers:
             raise OSError(f"address {self.address} is already in use")
         self._handler = handler
+        self._context = contextvars.copy_context()
         self.network._handlers[self.address] = handler
+        self.network._transports[self.address] = self
 
     async def call(self, addr: str, kind: Kind, message: dict[str, Any],
                    timeout: float) -> dict[str, Any]:
         if self._handler is None:
             raise PeerUnavailableError("transport is closed", maybe_delivered=False)
-        return await self.network._deliver(self.address, addr, kind, encode(message), timeout)
+        return await self.network._deliver(self, addr, kind, encode(message), timeout)
+
+    def _carried(self, carrier: asyncio.Task[None]) -> None:
+        reply = self._carriers.pop(carrier, None)
+        if reply is None or reply.done():
+            return
+        if carrier.cancelled():
+            reply.set_exception(PeerUnavailableError(f"connection to peer {self.address} reset"))
+        elif carrier.exception() is not None:
+            reply.set_exception(carrier.exception())  # type: ignore[arg-type]
+
+    def _unregister(self) -> None:
+        net = self.network
+        if net._handlers.get(self.address) is self._handler and self._handler is not None:
+            del net._handlers[self.address]
+        if net._transports.get(self.address) is self:
+            del net._transports[self.address]
+        self._handler = None
+
+    def _kill(self) -> None:
+        self._unregister()
+        for carrier in list(self._carriers):
+            carrier.cancel()
 
     async def close(self) -> None:
-        if self._handler is not None and self.network._handlers.get(self.address) is self._handler:
-            del self.network._handlers[self.address]
-        self._handler = None
+        self._unregister()

@@ -41,6 +41,8 @@ class Kind(IntEnum):
     LEAVE = 6      #: the sender is stopping gracefully
     SUBMIT = 7     #: a client asks the receiver to fill as the origin (may overflow)
     STATS = 8      #: per-bucket counters of the receiver
+    SETTLE = 9     #: "did you take FILL batch N?"; if not yet, it is void for good
+    ENDED = 10     #: "these tasks you forwarded me ended (or moved)"; the origin drops routes
 
     @property
     def path(self) -> str:

@@ -12,10 +12,14 @@ from __future__ import annotations
 import heapq
 import itertools
 
-__all__ = ["Route", "Routes"]
+__all__ = ["LOST", "Route", "Routes"]
 
 #: ``(node_id, boot_id, expiry)``: where a task went and until when (loop time).
 Route = tuple[str, str, float]
+
+#: The boot id of a route whose holder crashed or is presumed lost: the task
+#: was reported lost, and drains of it answer LOST until its deadline.
+LOST = ""
 
 
 class Routes:
@@ -71,14 +75,47 @@ class Routes:
         if where is not None:
             where.pop(task_id, None)
 
+    def forget_if(self, bucket: str, task_id: str, node_id: str) -> None:
+        """Drop a route if it still leads to ``node_id`` (which says the task ended)."""
+        where = self._where.get(bucket)
+        if where is not None:
+            route = where.get(task_id)
+            if route is not None and route[0] == node_id and route[1] != LOST:
+                del where[task_id]
+
+    def move(self, bucket: str, task_id: str, from_node: str, node_id: str, boot: str) -> None:
+        """A task routed to ``from_node`` was handed off to ``node_id`` (in ``boot``)."""
+        where = self._where.get(bucket)
+        if where is not None:
+            route = where.get(task_id)
+            if route is not None and route[0] == from_node and route[1] != LOST:
+                where[task_id] = (node_id, boot, route[2])
+
     def forget_node(self, node_id: str) -> int:
-        """Drop every route to ``node_id`` (it restarted: its tasks are gone)."""
-        lost = 0
+        """Drop every route to ``node_id`` (it left gracefully: its tasks moved)."""
+        dropped = 0
         for where in self._where.values():
             gone = [task_id for task_id, route in where.items() if route[0] == node_id]
             for task_id in gone:
                 del where[task_id]
-            lost += len(gone)
+            dropped += len(gone)
+        return dropped
+
+    def mark_lost(self, node_id: str, boot: str, *, other: bool = False
+                  ) -> dict[str, list[str]]:
+        """The tasks routed to ``node_id`` in boot ``boot`` (with ``other``:
+        in any boot but ``boot``, the new one) are lost: it crashed, or is
+        presumed lost. Mark their routes LOST and return them by bucket, each
+        task once (a route already marked is not returned)."""
+        lost: dict[str, list[str]] = {}
+        for bucket, where in self._where.items():
+            ids = [task_id for task_id, (node, was, _) in where.items()
+                   if node == node_id and was != LOST and (was != boot if other
+                                                           else was == boot)]
+            for task_id in ids:
+                where[task_id] = (node_id, LOST, where[task_id][2])
+            if ids:
+                lost[bucket] = ids
         return lost
 
     def _rebuild(self) -> None:

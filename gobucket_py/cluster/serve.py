@@ -5,7 +5,13 @@ malformed request (a 400) or one for an unknown bucket (a 404) does not even
 make its sender a member. A FILL batch is all or nothing at the message level
 (one bad item: 400, nothing filled); well-formed items then get one verdict
 each (``ok``, ``full``, ``duplicate``, ``closed``, ``unknown bucket``,
-``invalid: ...``).
+``invalid: ...``). A FILL batch is identified by its sender's boot id and
+a sequence number (:mod:`.batches`): one that arrives twice is answered as
+the first time, and one the sender settled as void is refused.
+
+DRAIN and GET are answered by :mod:`.lookup`: a task held here, handed off
+from here (followed), or ended here; ``unknown`` in the reply when a node
+this one asked could not say.
 """
 
 from __future__ import annotations
@@ -22,8 +28,10 @@ from ..errors import (
     ProtocolError,
     UnknownBucketError,
 )
-from ..task import DrainOutcome, TaskInfo, TaskType
+from ..task import TaskType
+from .batches import VOID, expand
 from .items import decode_item, pack_info
+from .lookup import Unknown, drain_reply, get_reply
 from .protocol import Kind, check_gossip, field, number
 
 if TYPE_CHECKING:
@@ -31,7 +39,6 @@ if TYPE_CHECKING:
 
 __all__ = ["PeerServer"]
 
-_OUTCOMES = {o.value: o for o in DrainOutcome}
 _FILLS = ("local", "forwarded", "rejected")
 
 
@@ -72,21 +79,51 @@ class PeerServer:
             return await membership.handle_ping_req(message)
         if kind is Kind.FILL:
             checked = [decode_item(raw) for raw in field(message, "items", list)]
-            membership.heard(sender)  # all or nothing: 400 before any fill
+            seq = message.get("batch")
+            if seq is not None and type(seq) is not int:
+                raise ProtocolError("batch must be an int")
+            member = membership.heard(sender)  # all or nothing: 400 before any fill
+            results = self._fill(checked, None if member is None or seq is None
+                                 else (member.boot, seq))
+            if member is not None and message.get("handoff") is not True:
+                # Tell the origin when each ends (so a crash here reports only live ones).
+                accepted = group._ended.accepted
+                for item, verdict in zip(checked, results, strict=True):
+                    if verdict == "ok":
+                        accepted(item[0], item[1], member.node_id)
             # "from" last: the capacity it reports includes this batch.
-            return {"v": 1, "results": [self._accept(*item) for item in checked],
-                    "from": membership.header()}
+            return {"v": 1, "results": results, "from": membership.header()}
+        if kind is Kind.ENDED:
+            notice = group._ended.check(message)
+            member = membership.heard(sender)
+            if member is not None:
+                group._ended.apply(member.node_id, notice)
+            return {"v": 1, "from": membership.header()}
+        if kind is Kind.SETTLE:
+            seq = field(message, "batch", int)
+            member = membership.heard(sender)
+            if member is None:
+                raise ProtocolError("a node does not settle with itself")
+            now = asyncio.get_running_loop().time()
+            given = group._batches.settle((member.boot, seq), now)
+            return {"v": 1, "from": membership.header(),
+                    **({"void": True} if given is None else {"results": given})}
         if kind is Kind.LEAVE:
             membership.heard(sender)
             return {"v": 1, "from": membership.header()}
         bucket = field(message, "bucket", str)
         task_id = field(message, "id", str)
-        follow = message.get("follow") is True
         group._bucket(bucket)  # an unknown bucket is a 404 before anything else
         membership.heard(sender)
-        if kind is Kind.DRAIN:
-            return await self._drain(bucket, task_id, follow)
-        return await self._get(bucket, task_id, follow)
+        try:
+            if kind is Kind.DRAIN:
+                reply = drain_reply(*await group._lookup.drain_here(bucket, task_id))
+            else:
+                reply = get_reply(await group._lookup.get_here(bucket, task_id))
+        except Unknown as exc:
+            reply = {"v": 1, "unknown": str(exc)}
+        reply["from"] = membership.header()
+        return reply
 
     async def _submit(self, message: dict[str, Any]) -> dict[str, Any]:
         """A client asks this node to fill as the origin (``GroupClient.fill``)."""
@@ -126,6 +163,22 @@ class PeerServer:
         except GobucketError as exc:  # e.g. a possible holder did not answer: say so
             return {"v": 1, "error": type(exc).__name__, "message": str(exc)}
 
+    def _fill(self, items: list[tuple[str, str, TaskType, Any, float, float]],
+              key: tuple[str, int] | None) -> list[str]:
+        """Verdicts for one FILL batch; a batch seen before is not filled again."""
+        if key is None:
+            return [self._accept(*item) for item in items]
+        ledger = self.group._batches
+        now = asyncio.get_running_loop().time()
+        seen = ledger.seen(key, now)
+        if seen == VOID:
+            return ["void"] * len(items)  # its sender settled it as not taken
+        if seen is not None:
+            return expand(seen)
+        results = [self._accept(*item) for item in items]
+        ledger.done(key, results, now)
+        return results
+
     def _accept(self, bucket_name: str, task_id: str, task_type: TaskType, data: Any,
                 run_after: float, life_span: float) -> str:
         """One forwarded task: the verdict for its sender."""
@@ -154,53 +207,3 @@ class PeerServer:
         except (TypeError, ValueError) as exc:
             return f"invalid: {exc}"
         return "ok"
-
-    async def _follow(self, kind: Kind, bucket: str, task_id: str) -> dict[str, Any] | None:
-        """A task this node is handing off (or handed off) is answered for by its new home."""
-        group = self.group
-        key = (bucket, task_id)
-        moving = group._moving.get(key)
-        target = await asyncio.shield(moving) if moving is not None else group._moved.get(key)
-        if target is None:
-            return None
-        membership = group._members
-        member = membership.members.get(target)
-        if member is None:
-            return None
-        message = {"v": 1, "from": membership.header(), "bucket": bucket, "id": task_id,
-                   "follow": False}
-        try:
-            return await group.transport.call(member.addr, kind, message,
-                                              group.config.request_timeout)
-        except GobucketError:
-            return None
-
-    async def _drain(self, bucket: str, task_id: str, follow: bool) -> dict[str, Any]:
-        group = self.group
-        local = group._bucket(bucket)
-        outcome = local.drain_nowait(task_id)
-        node: str | None = group.node_id
-        if outcome is DrainOutcome.NOT_FOUND:
-            node = None
-            if follow or (bucket, task_id) in group._moving:
-                followed = await self._follow(Kind.DRAIN, bucket, task_id)
-                if followed is None and task_id in local:
-                    outcome = local.drain_nowait(task_id)  # the handoff failed: it is back
-                    node = group.node_id
-                elif followed is not None and followed.get("outcome") in _OUTCOMES:
-                    outcome = _OUTCOMES[followed["outcome"]]
-                    node = followed.get("node")
-        return {"v": 1, "from": group._members.header(), "outcome": outcome.value,
-                "node": node}
-
-    async def _get(self, bucket: str, task_id: str, follow: bool) -> dict[str, Any]:
-        group = self.group
-        task = group._bucket(bucket).get(task_id)
-        info: list[Any] | None = None
-        if task is not None:
-            info = pack_info(TaskInfo.of(task, group.node_id))
-        elif follow:
-            followed = await self._follow(Kind.GET, bucket, task_id)
-            if followed is not None and isinstance(followed.get("task"), list):
-                info = followed["task"]
-        return {"v": 1, "from": group._members.header(), "task": info}

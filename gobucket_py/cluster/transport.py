@@ -76,7 +76,9 @@ def raise_for_status(addr: str, status: int, text: str) -> None:
     """Map a peer's non-200 answer to our error tree."""
     if status == 404 and text.startswith("unknown bucket"):
         raise UnknownBucketError(f"peer {addr}: {text}")
-    raise PeerError(f"peer {addr} answered {status}: {text}")
+    error = PeerError(f"peer {addr} answered {status}: {text}")
+    error.status = status
+    raise error
 
 
 class HttpTransport(Transport):

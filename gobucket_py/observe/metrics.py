@@ -75,6 +75,10 @@ class GroupCollector(Collector):
         hook_timeouts = CounterMetricFamily("gobucket_hook_timeouts",
                                             "Lifecycle hooks cut off by hook_timeout",
                                             labels=["node", "bucket"])
+        lost = CounterMetricFamily("gobucket_tasks_lost",
+                                   "Tasks this node forwarded whose holder crashed or is "
+                                   "presumed lost (each reported once to on_tasks_lost)",
+                                   labels=["node", "bucket"])
         lateness: list[tuple[list[str], Histogram]] = []
         for name, bucket in group.buckets.items():
             stats = bucket.stats()
@@ -88,8 +92,10 @@ class GroupCollector(Collector):
                 outcomes.add_metric([node, name, outcome], stats[outcome])
             hook_errors.add_metric([node, name], stats["hook_errors"])
             hook_timeouts.add_metric([node, name], stats["hook_timeouts"])
+            lost.add_metric([node, name], group.lost_counts.get(name, 0))
             lateness.append(([node, name], bucket.lateness))
-        yield from (live, capacity, fills, accepted, fired, outcomes, hook_errors, hook_timeouts)
+        yield from (live, capacity, fills, accepted, fired, outcomes, hook_errors, hook_timeouts,
+                    lost)
         yield _histogram("gobucket_firing_lateness_seconds",
                          "How late time-bombs started after their due time",
                          ["node", "bucket"], lateness)

@@ -105,8 +105,11 @@ def status(group: TaskBucketGroup, *, peer_stats: PeerStats | None = None,
     for p in sorted(group.peers, key=lambda p: p.node_id):
         entry: dict[str, Any] = {
             "node_id": p.node_id, "address": p.address, "state": p.state.value,
-            "boot_id": p.boot_id, "free": p.free, "last_heard": p.last_heard,
-            "seconds_since_heard": None if p.last_heard is None else round(now - p.last_heard, 3)}
+            "boot_id": p.boot_id, "free": p.free,
+            # last_heard is wall-clock, for display; the age is measured on the
+            # monotonic clock, so a wall-clock step does not skew it.
+            "last_heard": p.last_heard,
+            "seconds_since_heard": None if p.heard_ago is None else round(p.heard_ago, 3)}
         if peer_stats is not None:
             entry["buckets"] = peer_stats.view(p.node_id)
             fetched = peer_stats.fetched.get(p.node_id)

@@ -1,0 +1,147 @@
+"""Ended notices: a holder tells each origin which of its forwarded tasks ended.
+
+The origin of a forward keeps a route to the holder until the task's
+deadline. If the holder then crashes, the origin reports the tasks routed
+there as lost -- so it must know which of them had already ended, or it
+would report finished tasks as lost (and a task would get an outcome *and* a
+loss report). The holder remembers the origin of each task it accepted by
+forward, and when one ends sends the origin an ENDED notice (batched: one
+request per origin every ``FLUSH`` seconds at most); the origin then drops
+the route. A task handed off on a graceful stop is reported as moved, and
+the origin's route follows it.
+
+Notices are idempotent and best effort: one that cannot be delivered is
+retried with the next batch while the origin is alive or suspect, and
+dropped once it is dead or gone. The window between a task's end and its
+notice (``FLUSH`` plus a round trip) is the only time a crash can still
+report an ended task as lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..errors import GobucketError, ProtocolError
+from ..task import Task, TaskState
+from .membership import MemberState
+from .protocol import Kind
+
+if TYPE_CHECKING:
+    from .group import TaskBucketGroup
+
+__all__ = ["EndedNotices"]
+
+log = logging.getLogger("gobucket_py")
+
+#: Seconds between notices to one origin: ends are batched, yet an origin
+#: learns of them long before it could detect a crash (~2 s).
+FLUSH = 0.05
+
+
+class EndedNotices:
+    """Both sides of ENDED notices for one :class:`~gobucket_py.TaskBucketGroup`."""
+
+    def __init__(self, group: TaskBucketGroup) -> None:
+        self.group = group
+        #: bucket -> task id -> origin node id, for tasks accepted by forward.
+        self.origins: dict[str, dict[str, str]] = {}
+        # origin -> bucket -> ended task ids; origin -> [bucket, id, node, boot]
+        self._ended: dict[str, dict[str, list[str]]] = {}
+        self._moved: dict[str, list[list[str]]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- the holder's side --------------------------------------------------------------
+
+    def accepted(self, bucket: str, task_id: str, origin: str) -> None:
+        """A task arrived by forward from ``origin``."""
+        where = self.origins.get(bucket)
+        if where is None:
+            where = self.origins[bucket] = {}
+        where[task_id] = origin
+
+    def task_ended(self, task: Task) -> None:
+        """A bucket's ``on_outcome``: queue a notice if the task was forwarded here."""
+        where = self.origins.get(task.bucket)
+        if not where:
+            return
+        origin = where.pop(task.id, None)
+        if origin is None or task.state is TaskState.HANDED_OFF:
+            return  # not forwarded here; or moved, which Handoff reports with its target
+        per_bucket = self._ended.get(origin)
+        if per_bucket is None:
+            per_bucket = self._ended[origin] = {}
+        ids = per_bucket.get(task.bucket)
+        if ids is None:
+            ids = per_bucket[task.bucket] = []
+        ids.append(task.id)
+        self._arm()
+
+    def moved(self, bucket: str, task_id: str, origin: str | None, node: str) -> None:
+        """A task forwarded here from ``origin`` was handed off to ``node``."""
+        member = self.group._members.members.get(node)
+        if origin is None or member is None:
+            return
+        self._moved.setdefault(origin, []).append([bucket, task_id, node, member.boot])
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(FLUSH, self._flush)
+
+    def _flush(self) -> None:
+        self._timer = None
+        members = self.group._members.members
+        for origin in set(self._ended) | set(self._moved):
+            ended = self._ended.pop(origin, {})
+            moved = self._moved.pop(origin, [])
+            member = members.get(origin)
+            if member is None or member.state not in (MemberState.ALIVE, MemberState.SUSPECT):
+                continue  # it is dead, leaving or gone: nobody to tell
+            self.group._spawn(self._send(origin, member.addr, ended, moved))
+
+    async def _send(self, origin: str, addr: str, ended: dict[str, list[str]],
+                    moved: list[list[str]]) -> None:
+        group = self.group
+        message = {"v": 1, "from": group._members.header(), "ended": ended, "moved": moved}
+        try:
+            await group.transport.call(addr, Kind.ENDED, message, group.config.request_timeout)
+        except GobucketError as exc:  # try again with the next batch
+            log.debug("ended notice not delivered node=%s origin=%s error=%s", group.node_id,
+                      origin, exc)
+            for bucket, ids in ended.items():
+                self._ended.setdefault(origin, {}).setdefault(bucket, []).extend(ids)
+            self._moved.setdefault(origin, []).extend(moved)
+            self._arm()
+
+    # -- the origin's side ----------------------------------------------------------------
+
+    @staticmethod
+    def check(message: dict[str, Any]) -> tuple[list[tuple[str, list[str]]], list[list[str]]]:
+        """Validate an ENDED notice (``ProtocolError``, a 400, if malformed)."""
+        ended, moved = message.get("ended"), message.get("moved")
+        if not isinstance(ended, dict) or not isinstance(moved, list):
+            raise ProtocolError("ended notice needs 'ended' (a map) and 'moved' (a list)")
+        checked: list[tuple[str, list[str]]] = []
+        for bucket, ids in ended.items():
+            if not isinstance(bucket, str) or not isinstance(ids, list) or not all(
+                    isinstance(i, str) for i in ids):
+                raise ProtocolError("ended notice: each bucket maps to a list of task ids")
+            checked.append((bucket, ids))
+        for entry in moved:
+            if (not isinstance(entry, list) or len(entry) != 4
+                    or not all(isinstance(v, str) for v in entry)):
+                raise ProtocolError("ended notice: each move is [bucket, id, node, boot]")
+        return checked, moved
+
+    def apply(self, sender: str, notice: tuple[list[tuple[str, list[str]]], list[list[str]]]
+              ) -> None:
+        """Drop the routes of tasks ``sender`` says ended; move those it handed off."""
+        checked, moved = notice
+        routes = self.group._routes
+        for bucket, ids in checked:
+            for task_id in ids:
+                routes.forget_if(bucket, task_id, sender)
+        for bucket, task_id, node, boot in moved:
+            routes.move(bucket, task_id, sender, node, boot)

@@ -1,0 +1,278 @@
+"""Overflow: placing tasks the local bucket has no room for on peers.
+
+Two choices by free room (:mod:`.placement`), sent in batches
+(:mod:`.forward`). Single fills that overflow in the same event-loop pass are
+placed together, like one ``fill_many``. A peer that refuses a task is
+recorded and the next one tried, up to ``max_attempts``; when none takes it
+the caller gets :class:`~gobucket_py.ClusterFullError`. A forward whose fate
+could not be settled gives :class:`~gobucket_py.PlacementUnknownError`, and
+the task is placed nowhere else (it may be on that peer; the route to it is
+kept, so ``drain`` asks there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Protocol
+
+from ..errors import (
+    ClusterFullError,
+    DuplicateTaskError,
+    GobucketError,
+    PlacementUnknownError,
+)
+from ..task import FillResult
+from .forward import Item, Unsettled
+from .membership import Member, MemberState
+from .placement import candidates, pick
+
+if TYPE_CHECKING:
+    from .group import TaskBucketGroup
+
+__all__ = ["Overflow"]
+
+log = logging.getLogger("gobucket_py")
+
+
+class Results(Protocol):
+    """Where :meth:`Overflow.place_many` puts each task's result."""
+
+    def __setitem__(self, index: int, result: FillResult | Exception, /) -> None: ...
+
+
+class _Waiting:
+    """Single fills that overflowed in one loop pass: their items, and the
+    callers' futures, each resolved as soon as its task is placed or refused."""
+
+    __slots__ = ("futures", "items")
+
+    def __init__(self) -> None:
+        self.items: list[Item] = []
+        self.futures: list[asyncio.Future[FillResult]] = []
+
+    def __setitem__(self, index: int, result: FillResult | Exception) -> None:
+        future = self.futures[index]
+        if future.done():
+            pass
+        elif isinstance(result, Exception):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+
+class Overflow:
+    """Places the overflow of one :class:`~gobucket_py.TaskBucketGroup`."""
+
+    def __init__(self, group: TaskBucketGroup) -> None:
+        self.group = group
+        # Overflowing single fills waiting for this loop pass's placement.
+        self._waiting: dict[str, _Waiting] = {}
+
+    def fill_one(self, bucket: str, item: Item) -> asyncio.Future[FillResult]:
+        """Place one task; fills issued in the same loop pass are placed
+        together (one two-choice pass, one batch per peer), like fill_many."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[FillResult] = loop.create_future()
+        waiting = self._waiting.get(bucket)
+        if waiting is None:
+            waiting = self._waiting[bucket] = _Waiting()
+            loop.call_soon(self._flush, bucket)
+        waiting.items.append(item)
+        waiting.futures.append(future)
+        return future
+
+    def _flush(self, bucket: str) -> None:
+        waiting = self._waiting.pop(bucket, None)
+        if waiting is not None:
+            self.group._spawn(self._place_waiting(bucket, waiting))
+
+    async def _place_waiting(self, bucket: str, waiting: _Waiting) -> None:
+        try:
+            await self.place_many(bucket, enumerate(waiting.items), waiting)
+        except BaseException as exc:  # stop() (bounded) or a bug: let no caller hang
+            if not isinstance(exc, asyncio.CancelledError):
+                log.exception("placing overflowing fills failed node=%s bucket=%s",
+                              self.group.node_id, bucket)
+            for future, item in zip(waiting.futures, waiting.items, strict=True):
+                if not future.done():
+                    future.set_exception(self._interrupted(item))
+            raise
+
+    def _interrupted(self, item: Item) -> GobucketError:
+        return PlacementUnknownError(
+            f"node {self.group.node_id} stopped while placing task {item[1]!r}; it may "
+            "have been placed on a peer: drain or get it to find out",
+            node_id=self.group.node_id, task_id=item[1])
+
+    async def place_many(self, bucket: str, overflow: Iterable[tuple[int, Item]],
+                         results: Results) -> None:
+        """Spread ``overflow`` over peers by two choices, all sent at once;
+        what a peer refuses goes through :meth:`place` like a single fill.
+        Each result is stored in ``results[index]`` as soon as it is known.
+        Serves ``fill_many``, and the single fills of one loop pass."""
+        group = self.group
+        forwarder = group._forwarder
+        assert forwarder is not None
+        size, rng = group.config.batch_size, group.rng
+        pool = candidates(group._members.members.values(), bucket)
+        # Two choices on each candidate's room: its estimate (which counts
+        # what was sent) minus what waits here to be sent. Each peer's share
+        # goes out a batch at a time as it fills up, so replies are settled
+        # while later batches are on the wire; replies bring fresh reports, so
+        # room is re-read after each batch.
+        room = {m: m.estimate(bucket) for m in pool}
+        room_of = room.__getitem__
+        waiting: dict[Member, tuple[list[int], list[Item]]] = {}
+        sent: list[tuple[Member, list[int], list[Item],
+                         asyncio.Future[list[str | GobucketError]]]] = []
+        retry: list[tuple[int, Item, dict[str, str]]] = []
+        for index, item in overflow:
+            if not pool:
+                retry.append((index, item, {}))
+                continue
+            member = pick(pool, room_of, rng)
+            share = waiting.get(member)
+            if share is None:
+                share = waiting[member] = ([], [])
+            share[0].append(index)
+            share[1].append(item)
+            room[member] -= 1
+            if len(share[1]) >= size:
+                del waiting[member]
+                sent.append((member, *share, forwarder.send_many(member, share[1])))
+                await asyncio.sleep(0)  # let the pumps put it on the wire
+                for m in pool:
+                    room[m] = m.estimate(bucket) - (len(waiting[m][1]) if m in waiting else 0)
+                pool = [m for m in pool if room[m] > 0 and m.state is MemberState.ALIVE]
+            elif room[member] <= 0:
+                pool.remove(member)
+        sent.extend((member, *share, forwarder.send_many(member, share[1]))
+                    for member, share in waiting.items())
+        for member, indexes, items, future in sent:
+            retry.extend(self._settle_many(bucket, member, indexes, items, await future,
+                                           results))
+
+        async def again(index: int, item: Item, rejections: dict[str, str]) -> None:
+            try:
+                member, rejections = await self.place(item, rejections=rejections)
+                if member is None:
+                    results[index] = await self._cluster_full(item, rejections)
+                else:
+                    results[index] = FillResult(bucket, item[1], member.node_id, True)
+                    group.fill_counts[bucket][1] += 1
+            except GobucketError as exc:
+                results[index] = exc
+
+        if retry:
+            await asyncio.gather(*(again(*r) for r in retry))
+
+    def _settle_many(self, bucket: str, member: Member, indexes: list[int], items: list[Item],
+                     outcomes: list[str | GobucketError], results: Results
+                     ) -> list[tuple[int, Item, dict[str, str]]]:
+        """Act on a peer's answers to one batch: fill in ``results`` for what
+        it took (remembering where, by life span) or what cannot be retried;
+        return what to try elsewhere."""
+        node = member.node_id
+        placed: dict[float, list[str]] = {}
+        retry = []
+        for index, item, outcome in zip(indexes, items, outcomes, strict=True):
+            if outcome == "ok" or isinstance(outcome, Unsettled):
+                ids = placed.get(item[5])
+                if ids is None:
+                    ids = placed[item[5]] = []
+                ids.append(item[1])
+                results[index] = (_unknown(member, item, outcome)
+                                  if isinstance(outcome, Unsettled)
+                                  else FillResult(bucket, item[1], node, True))
+                continue
+            rejections: dict[str, str] = {}
+            try:
+                self._settle(member, item, outcome, rejections)  # not "ok": False or raises
+                retry.append((index, item, rejections))
+            except DuplicateTaskError as exc:
+                results[index] = exc
+        group = self.group
+        now = asyncio.get_running_loop().time()
+        for life_span, ids in placed.items():
+            group._routes.add(bucket, node, member.boot, now, life_span, ids)
+            group.fill_counts[bucket][1] += len(ids)
+        return retry
+
+    async def _cluster_full(self, item: Item, rejections: dict[str, str]) -> ClusterFullError:
+        """Report each refusal to ``on_peer_schedule_failed``; the error to raise."""
+        group = self.group
+        bucket, task_id = item[0], item[1]
+        group.fill_counts[bucket][2] += 1
+        group.events.add("cluster_full", f"no node could take {task_id}", bucket=bucket,
+                         task_id=task_id)
+        log.warning("no node could take the task event=cluster_full node=%s bucket=%s "
+                    "task_id=%s rejections=%d", group.node_id, bucket, task_id, len(rejections))
+        for peer_id, error in rejections.items():
+            await self._report_failure(peer_id, bucket, task_id, error)
+        detail = "; ".join(f"{p}: {e}" for p, e in rejections.items()) or "no peer has room"
+        return ClusterFullError(f"no node could take task {task_id!r} in bucket {bucket!r} "
+                                f"(local bucket full; {detail})", rejections)
+
+    async def _report_failure(self, peer_id: str, bucket: str, task_id: str, error: str) -> None:
+        group = self.group
+        callback = group.on_peer_schedule_failed
+        if callback is None:
+            return
+        try:
+            result = callback(peer_id, bucket, task_id, error)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("on_peer_schedule_failed raised node=%s", group.node_id)
+
+    async def place(self, item: Item, *, handoff: bool = False,
+                    rejections: dict[str, str] | None = None
+                    ) -> tuple[Member | None, dict[str, str]]:
+        """Try up to ``max_attempts`` peers (not those in ``rejections``);
+        return the one that accepted, and who refused. Raises
+        PlacementUnknownError when a peer may or may not have taken it."""
+        group = self.group
+        bucket = item[0]
+        members, forwarder, rng = group._members.members, group._forwarder, group.rng
+        assert forwarder is not None
+        rejections = {} if rejections is None else rejections
+        for _ in range(group.config.max_attempts - len(rejections)):
+            pool = candidates(members.values(), bucket, rejections)
+            if not pool:
+                break
+            member = pick(pool, lambda m: m.estimate(bucket), rng)
+            try:
+                outcome: str | GobucketError = await forwarder.send(member, item, handoff=handoff)
+            except GobucketError as exc:
+                outcome = exc
+            if self._settle(member, item, outcome, rejections, handoff):
+                return member, rejections
+        return None, rejections
+
+    def _settle(self, member: Member, item: Item, outcome: str | GobucketError,
+                rejections: dict[str, str], handoff: bool = False) -> bool:
+        """Act on a peer's answer to one forward: True if it took the task;
+        else record why in ``rejections`` (raises DuplicateTaskError, or
+        PlacementUnknownError when it may have taken it)."""
+        bucket, task_id = item[0], item[1]
+        if outcome == "ok" or isinstance(outcome, Unsettled):
+            self.group._routes.add(bucket, member.node_id, member.boot,
+                                   asyncio.get_running_loop().time(), item[5], [task_id])
+            if isinstance(outcome, Unsettled):
+                raise _unknown(member, item, outcome)
+            return True
+        if outcome == "duplicate" and not handoff:
+            raise DuplicateTaskError(f"task {task_id!r} is already live in bucket "
+                                     f"{bucket!r} on node {member.node_id}")
+        rejections[member.node_id] = str(outcome)
+        return False
+
+
+def _unknown(member: Member, item: Item, cause: GobucketError) -> PlacementUnknownError:
+    return PlacementUnknownError(
+        f"task {item[1]!r} may or may not be on node {member.node_id}: {cause}. It was "
+        "placed nowhere else; drain or get it to find out", node_id=member.node_id,
+        task_id=item[1])

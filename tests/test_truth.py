@@ -1,0 +1,281 @@
+"""The cluster never lies: drain, get and fill stay true under faults.
+
+In-memory cluster, faked loop clock. Each test injects one fault -- a lost
+reply, a holder that answers with an error, a stalled holder, a crash, a
+graceful stop with tasks in flight -- and checks that every answer is either
+true or an honest "unknown" (PeerUnavailableError / PlacementUnknownError),
+and that no task runs twice or after a DRAINED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from gobucket_py import (
+    DrainOutcome,
+    MemoryNetwork,
+    PeerUnavailableError,
+    PlacementUnknownError,
+    TaskBucketGroup,
+    TaskState,
+    TaskType,
+)
+from gobucket_py.cluster.protocol import Kind
+
+from .test_cluster import CFG, Cluster, fill_local, spread
+
+pytestmark = pytest.mark.looptime
+
+BOMB = TaskType.TIME_BOMB
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[Cluster]:
+    c = Cluster(MemoryNetwork())
+    yield c
+    await c.close()
+
+
+def runs(cluster: Cluster, task_id: str) -> int:
+    return cluster.fired().count(task_id)
+
+
+def fail_calls(group: TaskBucketGroup, kind: Kind, *, after: bool,
+               error: Exception | None = None) -> list[int]:
+    """Make ``group``'s calls of ``kind`` fail: ``after`` the peer applied
+    them (the reply is lost) or before (never sent). Returns a switch list:
+    empty it to stop failing."""
+    real = group.transport.call
+    switch = [1]
+
+    async def call(addr: str, k: Kind, message: dict[str, Any], timeout: float
+                   ) -> dict[str, Any]:
+        if k is kind and switch:
+            if after:
+                await real(addr, k, message, timeout)
+            raise error or PeerUnavailableError(f"reply of {k.name} lost")
+        return await real(addr, k, message, timeout)
+
+    group.transport.call = call  # type: ignore[method-assign]
+    return switch
+
+
+# -- forwards that cannot duplicate ---------------------------------------------------------
+
+
+async def test_lost_reply_to_a_forward_is_settled_not_placed_twice(cluster: Cluster) -> None:
+    n1 = await spread(cluster)
+    fail_calls(n1, Kind.FILL, after=True)  # applied on the peer; the reply never comes
+    placed = await n1.fill("jobs", "job")
+    assert placed.forwarded
+    holders = [n for n in ("n2", "n3") if cluster.bucket(n).stats()["filled"]]
+    assert holders == [placed.node_id]  # settled with the first peer: one copy
+    await asyncio.sleep(1)
+    assert runs(cluster, "job") == 1
+
+
+async def test_forward_that_never_arrived_is_voided_then_placed(cluster: Cluster) -> None:
+    n1 = await spread(cluster)
+    switch = fail_calls(n1, Kind.FILL, after=False)  # lost on the way (maybe_delivered)
+    real_fill_count = [0]
+    original = n1.transport.call
+
+    async def once(addr: str, k: Kind, message: dict[str, Any], timeout: float
+                   ) -> dict[str, Any]:
+        if k is Kind.FILL:
+            real_fill_count[0] += 1
+            if real_fill_count[0] > 1:
+                switch.clear()  # the retry elsewhere gets through
+        return await original(addr, k, message, timeout)
+
+    n1.transport.call = once  # type: ignore[method-assign]
+    placed = await n1.fill("jobs", "job", task_type=BOMB)
+    assert placed.forwarded and "job" in cluster.bucket(placed.node_id)
+    first = next(n for n in ("n2", "n3") if n != placed.node_id)
+    assert cluster.bucket(first).stats()["filled"] == 0
+    # The voided batch turning up late is refused: no second copy, ever.
+    ledger = cluster.groups[first]._batches
+    assert len(ledger) == 1
+
+
+async def test_a_batch_delivered_twice_is_filled_once(cluster: Cluster) -> None:
+    n1 = await spread(cluster)
+    sent: list[dict[str, Any]] = []
+    real = n1.transport.call
+
+    async def record(addr: str, k: Kind, message: dict[str, Any], timeout: float
+                     ) -> dict[str, Any]:
+        if k is Kind.FILL:
+            sent.append((addr, dict(message)))  # type: ignore[arg-type]
+        return await real(addr, k, message, timeout)
+
+    n1.transport.call = record  # type: ignore[method-assign]
+    placed = await n1.fill("jobs", "job", task_type=BOMB)
+    addr, message = sent[0]  # type: ignore[misc]
+    again = await real(addr, Kind.FILL, message, 1.0)  # a duplicate on the wire
+    assert again["results"] == ["ok"]  # answered as the first time...
+    assert cluster.bucket(placed.node_id).stats()["filled"] == 1  # ...not filled again
+
+
+async def test_unsettled_forward_is_placement_unknown_and_drain_is_unknown(
+        cluster: Cluster) -> None:
+    n1 = await spread(cluster)
+    fail_calls(n1, Kind.FILL, after=True)
+    fail_calls(n1, Kind.SETTLE, after=False)  # the peer cannot be asked in time
+    with pytest.raises(PlacementUnknownError) as caught:
+        await n1.fill("jobs", "job", task_type=BOMB)
+    holder = caught.value.node_id
+    assert "job" in cluster.bucket(holder)  # it was applied; nothing else has it
+    assert sum("job" in cluster.bucket(n) for n in ("n2", "n3")) == 1
+    result = await n1.drain("jobs", "job")  # the route was kept: drain finds it
+    assert result.outcome is DrainOutcome.DRAINED and result.node_id == holder
+    await asyncio.sleep(40)
+    assert runs(cluster, "job") == 0
+
+
+# -- drain and get: unknown is not NOT_FOUND -------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [401, 500])
+async def test_holder_answering_with_an_error_is_unknown_and_route_kept(
+        cluster: Cluster, status: int) -> None:
+    from gobucket_py.cluster.transport import raise_for_status
+
+    n1 = await spread(cluster)
+    placed = await n1.fill("jobs", "job", task_type=BOMB)
+    holder = cluster.groups[placed.node_id]
+    serve = holder.transport._handler
+    assert serve is not None
+
+    async def erring(kind: Kind, message: dict[str, Any]) -> dict[str, Any]:
+        if kind in (Kind.DRAIN, Kind.GET):
+            raise_for_status(holder.address, status, "clock step / internal error")
+        return await serve(kind, message)
+
+    holder.transport._handler = erring
+    with pytest.raises(PeerUnavailableError, match="try again"):
+        await n1.drain("jobs", "job")
+    with pytest.raises(PeerUnavailableError):
+        await n1.get("jobs", "job")
+    holder.transport._handler = serve
+    result = await n1.drain("jobs", "job")  # the route was kept
+    assert result.outcome is DrainOutcome.DRAINED and result.node_id == placed.node_id
+    await asyncio.sleep(40)
+    assert runs(cluster, "job") == 0
+
+
+async def test_dead_holder_with_the_same_boot_is_unknown_until_it_returns(
+        cluster: Cluster) -> None:
+    n1 = await spread(cluster)
+    placed = await n1.fill("jobs", "job", task_type=BOMB)
+    cluster.net.hang(placed.node_id)  # SIGSTOP, docker pause, a partition
+    await cluster.settle(2)  # well past detection: it is DEAD to the others
+    assert {p.node_id: p.state for p in n1.peers}[placed.node_id].value == "dead"
+    for asker in ("n1", "n2", "n3"):
+        if asker == placed.node_id:
+            continue
+        with pytest.raises(PeerUnavailableError):
+            await cluster.groups[asker].drain("jobs", "job")
+    cluster.net.up(placed.node_id)  # it resumes with the same boot id
+    await cluster.settle(1)
+    result = await n1.drain("jobs", "job")
+    assert result.outcome is DrainOutcome.DRAINED
+    await asyncio.sleep(40)
+    assert runs(cluster, "job") == 0
+
+
+async def test_presumed_lost_reports_only_live_tasks_once(cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=1)
+    await cluster.add("n2", max_bucket=50)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    lost: list[tuple[str, str, list[str]]] = []
+    n1.on_tasks_lost = lambda *args: lost.append(args)
+    await n1.fill("jobs", "quick")  # immediate: runs and ends on n2
+    await n1.fill("jobs", "drained", task_type=BOMB)
+    await n1.fill("jobs", "pending", task_type=BOMB)
+    await n1.drain("jobs", "drained")
+    await cluster.settle(1)  # n2's ended notices reach n1
+    cluster.net.hang("n2")
+    await asyncio.sleep(CFG.lost_after + 3)
+    assert lost == [("n2", "jobs", ["pending"])]  # not the ended ones, and once
+    assert n1.lost_counts["jobs"] == 1
+    assert (await n1.drain("jobs", "pending")).outcome is DrainOutcome.LOST
+    info = await n1.get("jobs", "pending")
+    assert info is not None and info.state is TaskState.LOST
+    assert any(e["kind"] == "tasks_lost" for e in n1.events.since(0))
+
+
+async def test_graceful_restart_is_not_a_loss_and_drains_follow_the_handoff(
+        cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=1)
+    n2 = await cluster.add("n2", max_bucket=50)
+    await cluster.add("n3", max_bucket=50)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    lost: list[Any] = []
+    n1.on_tasks_lost = lambda *args: lost.append(args)
+    on_n2 = []
+    for i in range(30):
+        placed = await n1.fill("jobs", f"t{i}", task_type=BOMB)
+        if placed.node_id == "n2":
+            on_n2.append(placed.task_id)
+    assert on_n2
+    # Drains sent while n2 is leaving: it still serves and follows its handoffs.
+    stopping = asyncio.create_task(n2.stop())
+    await asyncio.sleep(0)
+    first = await n1.drain("jobs", on_n2[0])
+    await stopping
+    second = await n1.drain("jobs", on_n2[1])
+    assert first.outcome is DrainOutcome.DRAINED and second.outcome is DrainOutcome.DRAINED
+    del cluster.groups["n2"]
+    await cluster.add("n2", max_bucket=50)  # same id, new boot id
+    await cluster.settle(1)
+    assert lost == []  # a graceful handoff is never a loss
+    for task_id in on_n2[2:]:
+        info = await n1.get("jobs", task_id)
+        assert info is not None and info.node_id == "n3" and info.state is TaskState.PENDING
+    await asyncio.sleep(40)
+    assert not set(cluster.fired()) & set(on_n2[:2])
+    assert all(cluster.fired().count(t) <= 1 for t in on_n2)
+
+
+async def test_retried_drain_after_a_lost_reply_answers_drained(cluster: Cluster) -> None:
+    n1 = await spread(cluster)
+    placed = await n1.fill("jobs", "job", task_type=BOMB)
+    switch = fail_calls(n1, Kind.DRAIN, after=True)  # applied; the reply is lost
+    with pytest.raises(PeerUnavailableError):
+        await n1.drain("jobs", "job")
+    switch.clear()
+    result = await n1.drain("jobs", "job")
+    assert result.outcome is DrainOutcome.DRAINED and result.node_id == placed.node_id
+
+
+# -- stop with forwards in flight --------------------------------------------------------------
+
+
+async def test_stop_while_forwards_are_in_flight_strands_no_caller(cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=1)
+    await cluster.add("n2", max_bucket=1000)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    cluster.net.hang("n2")  # the forwards will get no answer
+    many = asyncio.create_task(n1.fill_many("jobs", [(f"m{i}", None) for i in range(20)],
+                                            task_type=BOMB))
+    one = asyncio.create_task(n1.fill("jobs", "single", task_type=BOMB))
+    await asyncio.sleep(0.01)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await n1.stop()
+    config = n1.config
+    assert loop.time() - t0 <= config.stop_grace + config.forward_timeout + \
+        config.settle_timeout + config.request_timeout + 0.1
+    results = await asyncio.wait_for(many, 0.1)  # returned, not stranded
+    assert len(results) == 20
+    assert all(isinstance(r, PlacementUnknownError) for r in results)
+    with pytest.raises(PlacementUnknownError):
+        await asyncio.wait_for(one, 0.1)  # an answer, not a bare CancelledError
