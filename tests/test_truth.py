@@ -279,3 +279,26 @@ async def test_stop_while_forwards_are_in_flight_strands_no_caller(cluster: Clus
     assert all(isinstance(r, PlacementUnknownError) for r in results)
     with pytest.raises(PlacementUnknownError):
         await asyncio.wait_for(one, 0.1)  # an answer, not a bare CancelledError
+
+
+async def test_presumed_lost_holder_that_returns_is_asked_again(cluster: Cluster) -> None:
+    """"Presumed lost" is a presumption: a holder that comes back with the
+    same boot id still holds its tasks, so drains ask it again."""
+    n1 = await cluster.add("n1", max_bucket=1)
+    await cluster.add("n2", max_bucket=50)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    lost: list[Any] = []
+    n1.on_tasks_lost = lambda *args: lost.append(args)
+    await n1.fill("jobs", "pending", task_type=BOMB)
+    cluster.net.hang("n2")
+    await asyncio.sleep(CFG.lost_after + 3)
+    assert lost == [("n2", "jobs", ["pending"])]
+    assert (await n1.drain("jobs", "pending")).outcome is DrainOutcome.LOST
+    cluster.net.up("n2")
+    await cluster.settle(1)
+    assert any(e["kind"] == "tasks_returned" for e in n1.events.since(0))
+    result = await n1.drain("jobs", "pending")
+    assert result.outcome is DrainOutcome.DRAINED and result.node_id == "n2"
+    await asyncio.sleep(40)
+    assert runs(cluster, "pending") == 0

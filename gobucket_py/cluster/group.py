@@ -257,6 +257,7 @@ class TaskBucketGroup:
                                 capacity=self.capacity, seeds=self.seeds, rng=self.rng)
         membership.on_restart = self._peer_restarted
         membership.on_lost = self._peer_lost
+        membership.on_returned = self._peer_returned
         membership.on_change = self._peer_changed
         self._membership = membership
         self._forwarder = Forwarder(self.transport, membership, self.config)
@@ -348,6 +349,15 @@ class TaskBucketGroup:
 
     def _peer_lost(self, member: Member) -> None:
         self._report_lost(member.node_id, member.boot, "presumed lost")
+
+    def _peer_returned(self, member: Member) -> None:
+        back = self._routes.unmark_lost(member.node_id, member.boot)
+        if back:
+            self.events.add("tasks_returned", f"{back} tasks presumed lost on "
+                            f"{member.node_id} are live again", peer=member.node_id)
+            log.warning("a peer presumed lost came back with the same boot id; the tasks "
+                        "reported lost there may still run event=tasks_returned node=%s "
+                        "peer=%s count=%d", self.node_id, member.node_id, back)
 
     def _report_lost(self, node_id: str, boot: str, why: str, *, other: bool = False) -> None:
         """Report once every task routed to ``node_id`` (in ``boot``; with

@@ -31,7 +31,7 @@ from ..task import DrainOutcome, DrainResult, TaskInfo, TaskState
 from .items import pack_info, unpack_info
 from .membership import Member, MemberState
 from .protocol import Kind
-from .routes import LOST
+from .routes import is_lost
 
 if TYPE_CHECKING:
     from .group import TaskBucketGroup
@@ -168,22 +168,25 @@ class Lookup:
         route = routes.get(bucket, task_id)
         asked: set[str] = {group.node_id}
         if route is not None:
-            node, boot, _ = route
+            node, boot = route[0], route[1]
             asked.add(node)
             member = members.get(node)
-            if boot == LOST or member is None or member.boot != boot or member.lost:
+            if is_lost(route) or (member is not None and member.boot == boot and member.lost):
                 if kind is Kind.DRAIN:
                     return DrainOutcome.LOST, node
                 return TaskInfo(bucket, task_id, node, None, TaskState.LOST, 0.0, 0.0)
-            try:
-                answer = await self._ask(member, kind, bucket, task_id)
-            except Unknown as exc:
-                if not self._gone(member):
-                    raise _unavailable(bucket, task_id, [str(exc)]) from None
+            if member is None or member.boot != boot:
+                routes.forget(bucket, task_id)  # it left (and restarted, or was pruned)
             else:
-                routes.forget(bucket, task_id)  # a definite answer
-                if rank(answer) > 0:
-                    return answer
+                try:
+                    answer = await self._ask(member, kind, bucket, task_id)
+                except Unknown as exc:
+                    if not self._gone(member):
+                        raise _unavailable(bucket, task_id, [str(exc)]) from None
+                else:
+                    routes.forget(bucket, task_id)  # a definite answer
+                    if rank(answer) > 0:
+                        return answer
                 # The holder never had it, or handed it off and has exited: look around.
         if ended_here is not None:
             return ended_here

@@ -12,14 +12,20 @@ from __future__ import annotations
 import heapq
 import itertools
 
-__all__ = ["LOST", "Route", "Routes"]
+__all__ = ["Route", "Routes", "is_lost"]
 
 #: ``(node_id, boot_id, expiry)``: where a task went and until when (loop time).
 Route = tuple[str, str, float]
 
-#: The boot id of a route whose holder crashed or is presumed lost: the task
-#: was reported lost, and drains of it answer LOST until its deadline.
-LOST = ""
+#: Prefix of the boot id of a route whose holder crashed or is presumed lost:
+#: the task was reported lost, and drains of it answer LOST until its
+#: deadline (or until a presumed-lost holder returns, see ``unmark_lost``).
+_LOST = "!"
+
+
+def is_lost(route: Route) -> bool:
+    """Was the task on this route reported lost?"""
+    return route[1].startswith(_LOST)
 
 
 class Routes:
@@ -80,7 +86,7 @@ class Routes:
         where = self._where.get(bucket)
         if where is not None:
             route = where.get(task_id)
-            if route is not None and route[0] == node_id and route[1] != LOST:
+            if route is not None and route[0] == node_id and not is_lost(route):
                 del where[task_id]
 
     def move(self, bucket: str, task_id: str, from_node: str, node_id: str, boot: str) -> None:
@@ -88,7 +94,7 @@ class Routes:
         where = self._where.get(bucket)
         if where is not None:
             route = where.get(task_id)
-            if route is not None and route[0] == from_node and route[1] != LOST:
+            if route is not None and route[0] == from_node and not is_lost(route):
                 where[task_id] = (node_id, boot, route[2])
 
     def forget_node(self, node_id: str) -> int:
@@ -110,13 +116,25 @@ class Routes:
         lost: dict[str, list[str]] = {}
         for bucket, where in self._where.items():
             ids = [task_id for task_id, (node, was, _) in where.items()
-                   if node == node_id and was != LOST and (was != boot if other
-                                                           else was == boot)]
+                   if node == node_id and not was.startswith(_LOST)
+                   and (was != boot if other else was == boot)]
             for task_id in ids:
-                where[task_id] = (node_id, LOST, where[task_id][2])
+                where[task_id] = (node_id, _LOST + where[task_id][1], where[task_id][2])
             if ids:
                 lost[bucket] = ids
         return lost
+
+    def unmark_lost(self, node_id: str, boot: str) -> int:
+        """A presumed-lost holder came back with the same boot id: its tasks
+        were not lost after all. Route them to it again; return how many."""
+        marked = _LOST + boot
+        count = 0
+        for where in self._where.values():
+            for task_id, (node, was, expiry) in where.items():
+                if node == node_id and was == marked:
+                    where[task_id] = (node, boot, expiry)
+                    count += 1
+        return count
 
     def _rebuild(self) -> None:
         """One heap entry per live route (amortised O(1) per remembered task)."""
