@@ -29,10 +29,13 @@ _ERRORS: dict[str, type[Exception]] = {
     name: getattr(errors, name) for name in errors.__all__} | {"ValueError": ValueError}
 
 
-def _raise_error(reply: dict[str, Any]) -> None:
+def _raise_error(reply: dict[str, Any], task_id: str) -> None:
     """Raise the error the node reported (same class as in-process), if any."""
     if "error" in reply:
         error = _ERRORS.get(str(reply["error"]), errors.GobucketError)
+        if error is errors.PlacementUnknownError:
+            raise errors.PlacementUnknownError(str(reply.get("message")),
+                                               node_id=str(reply.get("node")), task_id=task_id)
         raise error(str(reply.get("message")))
 
 
@@ -71,7 +74,7 @@ class GroupClient:
         reply = await self._call(Kind.SUBMIT, {
             "bucket": bucket, "id": task_id, "type": 0 if task_type is TaskType.IMMEDIATE else 1,
             "data": payload, "run_after": run_after, "life_span": life_span})
-        _raise_error(reply)
+        _raise_error(reply, task_id)
         return FillResult(bucket, task_id, str(reply["node"]), bool(reply["forwarded"]))
 
     async def drain(self, bucket: str, task_id: str) -> DrainResult:
@@ -79,7 +82,7 @@ class GroupClient:
         :class:`~gobucket_py.PeerUnavailableError` when a possible holder did not answer."""
         reply = await self._call(Kind.DRAIN, {"bucket": bucket, "id": task_id,
                                               "scope": "cluster"})
-        _raise_error(reply)
+        _raise_error(reply, task_id)
         node = reply.get("node")
         return DrainResult(DrainOutcome(reply["outcome"]), task_id,
                            node if isinstance(node, str) else None)
@@ -88,7 +91,7 @@ class GroupClient:
         """Describe the task wherever it lives, or None (errors as for ``drain``)."""
         reply = await self._call(Kind.GET, {"bucket": bucket, "id": task_id,
                                             "scope": "cluster"})
-        _raise_error(reply)
+        _raise_error(reply, task_id)
         raw = reply.get("task")
         return None if raw is None else unpack_info(raw)
 

@@ -153,14 +153,16 @@ async def test_peer_that_keeps_talking_to_us_is_not_suspected(cluster: Cluster) 
     await cluster.add("n2")
     await cluster.add("n3")
     await cluster.settle()
-    serve = cluster.net._handlers["n2"]
+    transport = cluster.groups["n2"].transport
+    serve = transport._handler
+    assert serve is not None
 
     async def deaf_to_probes(kind: Kind, message: dict[str, Any]) -> dict[str, Any]:
         if kind in (Kind.PING, Kind.PING_REQ):
             await asyncio.Future()  # never answers a probe; its own pings still go out
         return await serve(kind, message)
 
-    cluster.net._handlers["n2"] = deaf_to_probes
+    transport._handler = deaf_to_probes
     seen: list[MemberState] = []
     n1._members.on_change = lambda m, old: seen.append(m.state) if m.node_id == "n2" else None
     await cluster.settle(3)
@@ -455,14 +457,16 @@ async def test_single_fills_return_as_their_own_batch_is_answered(cluster: Clust
     await cluster.add("n3", max_bucket=1000)
     await cluster.settle()
     await fill_local(n1, 1)
-    serve = cluster.net._handlers["n3"]
+    transport = cluster.groups["n3"].transport
+    serve = transport._handler
+    assert serve is not None
 
     async def slow(kind: Kind, message: dict[str, Any]) -> dict[str, Any]:
         if kind is Kind.FILL:
             await asyncio.sleep(0.3)  # answers, but late
         return await serve(kind, message)
 
-    cluster.net._handlers["n3"] = slow
+    transport._handler = slow
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     done: dict[str, float] = {}

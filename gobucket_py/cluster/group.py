@@ -258,6 +258,7 @@ class TaskBucketGroup:
         membership.on_restart = self._peer_restarted
         membership.on_lost = self._peer_lost
         membership.on_returned = self._peer_returned
+        membership.on_pruned = self._lookup.forget_member
         membership.on_change = self._peer_changed
         self._membership = membership
         self._forwarder = Forwarder(self.transport, membership, self.config)

@@ -59,6 +59,10 @@ class Lookup:
         #: ``(node_id, boot)`` of peers that left and then refused a connection.
         self.exited: set[tuple[str, str]] = set()
 
+    def forget_member(self, member: Member) -> None:
+        """A peer was pruned from the member table."""
+        self.exited.discard((member.node_id, member.boot))
+
     def _gone(self, member: Member) -> bool:
         """A peer that left and has certainly exited: its tasks are elsewhere."""
         if member.state is not MemberState.LEFT:

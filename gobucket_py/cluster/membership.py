@@ -48,8 +48,9 @@ A simpler relative of SWIM, sized for clusters of a few to a few dozen nodes:
 
 All durations are measured on the event loop's monotonic clock; wall-clock
 time (``Member.last_heard``) is kept for display only, so a clock step never
-hides a dead peer. Dead and left peers and unreached seeds are retried every
-``rejoin_interval`` until pruned.
+hides a dead peer. Until they are pruned, dead peers are still probed every
+``probe_interval`` and left ones retried every ``rejoin_interval`` (either may
+come back); unreached seeds are retried every ``rejoin_interval`` for ever.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from ..errors import (
     BucketFullError,
     DuplicateTaskError,
     GobucketError,
+    PlacementUnknownError,
     ProtocolError,
     UnknownBucketError,
 )
@@ -139,6 +140,9 @@ class PeerServer:
                                       run_after=run_after, life_span=life_span)
         except UnknownBucketError:
             raise  # a 404, as for every endpoint
+        except PlacementUnknownError as exc:
+            return {"v": 1, "error": type(exc).__name__, "message": str(exc),
+                    "node": exc.node_id}
         except GobucketError as exc:
             return {"v": 1, "error": type(exc).__name__, "message": str(exc)}
         except (TypeError, ValueError) as exc:
