@@ -79,6 +79,7 @@ class Node:
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
         self.runs = 0
+        self.paused = False
         self.ledger = logdir / f"{node_id}.ledger.jsonl"
 
     @property
@@ -135,6 +136,16 @@ class Node:
         assert self.proc is not None and self.proc.poll() is None, "not running"
         self.proc.send_signal(sig)
 
+    def pause(self) -> None:
+        """SIGSTOP: the process freezes (its sockets stay open, nothing answers)."""
+        self.signal(signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        self.signal(signal.SIGCONT)
+        self.paused = False
+
     async def wait_exit(self, timeout: float = 10.0) -> int:
         """Wait (without blocking the loop) for the process to exit; its return code."""
         proc = self.proc
@@ -148,14 +159,23 @@ class Node:
         self.signal(signal.SIGTERM)
         return await self.wait_exit(timeout)
 
-    def ledger_states(self) -> dict[str, list[str]]:
-        """``{task_id: [state, ...]}`` from this node's NODE_LEDGER file."""
-        states: dict[str, list[str]] = {}
+    def ledger_entries(self) -> list[dict[str, Any]]:
+        """Every line of this node's NODE_LEDGER file (see tests/node_app.py), in order.
+
+        A line cut short by a kill -9 (no newline yet) is skipped."""
         if not self.ledger.exists():
-            return states
-        for line in self.ledger.read_text().splitlines():
-            if line.strip():
-                entry = json.loads(line)
+            return []
+        text = self.ledger.read_text()
+        if not text.endswith("\n"):
+            text = text[:text.rfind("\n") + 1]
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def ledger_states(self) -> dict[str, list[str]]:
+        """``{task_id: [outcome, ...]}`` from this node's NODE_LEDGER file
+        (terminal outcomes and ``handed_off``; not ``started`` nor ``lost``)."""
+        states: dict[str, list[str]] = {}
+        for entry in self.ledger_entries():
+            if entry["state"] not in ("started", "lost"):
                 states.setdefault(entry["id"], []).append(entry["state"])
         return states
 
@@ -165,6 +185,9 @@ class Node:
         if proc is None:
             return
         if proc.poll() is None:
+            if self.paused:  # a stopped process would not act on SIGTERM
+                proc.send_signal(signal.SIGCONT)
+                self.paused = False
             proc.terminate()
             try:
                 proc.wait(timeout=5)

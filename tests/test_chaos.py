@@ -1,33 +1,50 @@
-"""The ledger chaos test: every accepted task reaches exactly one final outcome.
+"""The ledger chaos test: every accepted task reaches exactly one final outcome,
+and no answer a client got was a lie.
 
 Three ``gobucket-node`` subprocesses with small buckets (so fills overflow
 and sometimes find the cluster full). Tasks, half immediate and half
 time-bombs with short random delays, are filled through all three nodes
 (``GroupClient`` -> SUBMIT, the node is the origin); about 30% are drained at
 random moments, some racing their firing time, through a random node. Every
-node appends each terminal outcome to its ledger (tests/node_app.py); the
-test joins the ledgers with what the clients were told and checks:
+node appends to its ledger (tests/node_app.py) each terminal outcome, each
+start of on_execute, and each task it reports lost through
+``on_tasks_lost``, with the wall-clock time; the clients log every drain
+answer with the wall-clock time it arrived (one machine, one clock). The
+checker joins the two and counts, for every variant:
 
-- every accepted task has exactly one final outcome (``handed_off`` is not
-  final: the task goes on elsewhere): lost = 0, duplicated = 0;
-- a task a drain reported DRAINED never ran; CANCELLED ones were cancelled;
-- the ledgers hold no task that no fill accepted (ambiguous fills aside).
+- duplicates: a task with two final outcomes (``handed_off`` is not final:
+  the task goes on elsewhere), or whose on_execute started twice;
+- lost: an accepted task with neither an outcome nor a loss report (or with
+  both, outside the documented window: a task that ended on a killed node
+  just before the kill may still be reported lost; those are counted apart);
+- DRAINED-then-ran: a drain said DRAINED, yet on_execute started;
+- NOT_FOUND-then-ran: a drain said NOT_FOUND, and on_execute started after
+  that answer arrived;
+- wrong answers: a drain said how a task ended (FINISHED, CANCELLED...) and
+  the ledger says otherwise;
+- unknown: a drain answered ``PeerUnavailableError`` ("try again"); it is
+  retried after the fault heals and must then get a definite answer.
 
 Variants: ``steady``; ``rolling`` (each node SIGTERM'd and restarted in turn
-during the run: still lost = 0); ``kill9`` (one node SIGKILL'd: the lost
-tasks are exactly some of those it held, and the survivors answer
-``get``/``drain`` for them with "unknown"). Size: ``CHAOS_TASKS`` (default
-10,000 in ``make test``; ``make chaos`` runs 100,000).
+during the run); ``sigstop`` (one holder frozen with SIGSTOP for longer than
+the suspicion timeout but less than ``lost_after``, drains of its tasks sent
+through the other nodes meanwhile, then SIGCONT: nothing is lost);
+``kill9`` (one node SIGKILL'd, either left dead past ``lost_after`` or
+restarted at once: the origins report what it held through
+``on_tasks_lost``). Size: ``CHAOS_TASKS`` (default 10,000 in ``make test``;
+``make chaos`` runs 100,000).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -38,17 +55,38 @@ from gobucket_py import (
     GobucketError,
     GroupClient,
     PeerUnavailableError,
+    PlacementUnknownError,
     TaskType,
 )
 
 from .procs import SECRET, Node, Nodes, wait_for
 
 TASKS = int(os.environ.get("CHAOS_TASKS", "10000"))
-NODE_MAX = 100  # ~350 time-bombs pend at once: the origins overflow
+NODE_MAX = 80  # ~200-350 time-bombs pend at once: the origins overflow
 CONCURRENCY = 24  # in-flight fills per client
 FINAL = {"finished", "failed", "exhausted", "drained", "cancelled", "rescued"}
+DEFINITE = {o.value for o in DrainOutcome}
+LOST_AFTER = 5.0  # GroupConfig.local().lost_after: the nodes run with --fast
+STOP_FOR = 4.0  # SIGSTOP: well past the suspicion timeout (0.3 s), under lost_after
+KILL_WINDOW = 1.0  # an outcome this close before a kill -9 may still be reported lost
+RETRY_FOR = 20.0  # after a fault heals, a drain must get a definite answer within this
 
 pytestmark = pytest.mark.timeout(max(300, TASKS // 100))
+
+
+@dataclass
+class Answer:
+    """One drain answer, as the client saw it."""
+
+    via: str  # the node asked
+    sent: float  # wall clock
+    at: float  # wall clock, when the answer arrived
+    value: str  # a DrainOutcome value, "unknown" (PeerUnavailableError) or an error name
+    fault: str | None  # the fault going on when it was sent, if any
+
+    def __str__(self) -> str:
+        return f"{self.value}@{self.at:.3f} via {self.via}" + (
+            f" during {self.fault}" if self.fault else "")
 
 
 @dataclass
@@ -56,12 +94,20 @@ class Run:
     """What the clients were told."""
 
     accepted: dict[str, str] = field(default_factory=dict)  # id -> node it was placed on
+    via: dict[str, str] = field(default_factory=dict)  # id -> node asked to fill (the origin)
     forwarded: int = 0  # accepted on another node than the one asked (overflow)
-    ambiguous: set[str] = field(default_factory=set)  # the fill may or may not have landed
+    # id -> node it may be on: PlacementUnknownError (its node), or a timed-out SUBMIT (None).
+    ambiguous: dict[str, str | None] = field(default_factory=dict)
     refused: Counter[str] = field(default_factory=Counter)  # error type -> count
-    drains: dict[str, DrainOutcome] = field(default_factory=dict)
-    drain_errors: Counter[str] = field(default_factory=Counter)
+    answers: dict[str, list[Answer]] = field(default_factory=dict)  # every drain answer
     due: dict[str, float] = field(default_factory=dict)  # id -> when it may still run
+    fault: str | None = None  # the fault going on now (for the answers' log)
+    fill_seconds: float = 0.0  # how long filling took
+
+    def final(self, task_id: str) -> str | None:
+        """The definite answer a task's drain ended with, if any."""
+        answers = self.answers.get(task_id, [])
+        return answers[-1].value if answers and answers[-1].value in DEFINITE else None
 
 
 class Load:
@@ -72,8 +118,10 @@ class Load:
         self.run = run
         self.rng = random.Random(seed)
         self.clients: dict[str, GroupClient] = {}
-        self.down: set[str] = set()  # nodes being restarted or killed: not used
+        self.down: set[str] = set()  # nodes being restarted, frozen or killed: not used
         self.drainers: set[asyncio.Task[None]] = set()
+        self.healed = asyncio.Event()  # cleared during a fault: unknown drains wait for it
+        self.healed.set()
 
     async def __aenter__(self) -> Load:
         for node in self.ring:
@@ -88,9 +136,17 @@ class Load:
         for client in self.clients.values():
             await client.close()
 
-    def client(self) -> tuple[str, GroupClient]:
+    def fault(self, name: str) -> None:
+        self.run.fault = name
+        self.healed.clear()
+
+    def heal(self) -> None:
+        self.run.fault = None
+        self.healed.set()
+
+    def client(self, avoid: frozenset[str] = frozenset()) -> tuple[str, GroupClient]:
         """A node that is up; the first one twice as often (it overflows most)."""
-        up = [n.node_id for n in self.ring if n.node_id not in self.down]
+        up = [n.node_id for n in self.ring if n.node_id not in self.down | avoid]
         node_id = self.rng.choice(up + up[:1])
         return node_id, self.clients[node_id]
 
@@ -100,7 +156,7 @@ class Load:
         run_after = rng.uniform(0.05, 1.5) if bomb else 0.0
         life = run_after + 5.0
         for attempt in range(20):
-            _, client = self.client()
+            via, client = self.client()
             try:
                 placed = await client.fill(
                     "jobs", task_id, None,
@@ -111,38 +167,67 @@ class Load:
                 continue
             except BucketClosedError:
                 continue  # that node is stopping (rolling restart): another one
+            except PlacementUnknownError as exc:
+                run.ambiguous[task_id] = exc.node_id  # maybe there, certainly nowhere else
+                run.via[task_id] = via
+                run.due[task_id] = time.monotonic() + life
+                return
             except PeerUnavailableError as exc:
                 if exc.maybe_delivered:
-                    run.ambiguous.add(task_id)
+                    run.ambiguous[task_id] = None
+                    run.via[task_id] = via
+                    run.due[task_id] = time.monotonic() + life
                     return  # it may live somewhere: never fill the same id twice
                 continue  # that node is down: another one
             except GobucketError as exc:
                 run.refused[type(exc).__name__] += 1
                 return
             run.accepted[task_id] = placed.node_id
+            run.via[task_id] = via
             run.forwarded += placed.forwarded
             run.due[task_id] = time.monotonic() + life
             if rng.random() < 0.3:
                 # Mostly before the firing time, some racing it or just after.
                 delay = rng.uniform(0, run_after * 1.1) if bomb else rng.uniform(0, 0.01)
-                task = asyncio.get_running_loop().create_task(self.drain(task_id, delay))
-                self.drainers.add(task)
-                task.add_done_callback(self.drainers.discard)
+                self.spawn_drain(task_id, delay)
             return
         run.refused["ClusterFullError"] += 1
 
-    async def drain(self, task_id: str, delay: float) -> None:
+    def spawn_drain(self, task_id: str, delay: float = 0.0,
+                    avoid: frozenset[str] = frozenset()) -> None:
+        task = asyncio.get_running_loop().create_task(self.drain(task_id, delay, avoid))
+        self.drainers.add(task)
+        task.add_done_callback(self.drainers.discard)
+
+    async def drain(self, task_id: str, delay: float = 0.0,
+                    avoid: frozenset[str] = frozenset()) -> None:
+        """Drain until a definite answer; after an unknown, wait for the fault to heal.
+
+        Every answer is logged; the last one of a drain that never got a
+        definite answer (RETRY_FOR after healing) is not definite, and the
+        checker counts it."""
         await asyncio.sleep(delay)
-        for _ in range(5):
-            _, client = self.client()
+        give_up: float | None = None
+        answers = self.run.answers.setdefault(task_id, [])
+        while True:
+            via, client = self.client(avoid)
+            fault, sent = self.run.fault, time.time()
             try:
-                result = await client.drain("jobs", task_id)
-            except GobucketError as exc:  # a holder was restarting: ask again
-                self.run.drain_errors[type(exc).__name__] += 1
-                await asyncio.sleep(0.1)
-                continue
-            self.run.drains[task_id] = result.outcome
-            return
+                value = (await client.drain("jobs", task_id)).outcome.value
+            except PeerUnavailableError:
+                value = "unknown"
+            except GobucketError as exc:  # e.g. that node is stopping: ask another
+                value = type(exc).__name__
+            answers.append(Answer(via, sent, time.time(), value, fault or self.run.fault))
+            if value in DEFINITE:
+                return
+            await self.healed.wait()  # a fault: ask again once it is over
+            await asyncio.sleep(0.1)
+            now = time.monotonic()
+            if give_up is None:
+                give_up = now + RETRY_FOR
+            elif now > give_up:
+                return
 
     async def fill_all(self, ids: list[str]) -> None:
         queue = iter(ids)
@@ -151,62 +236,234 @@ class Load:
             for task_id in queue:
                 await self.fill(task_id)
 
+        start = time.monotonic()
         await asyncio.gather(*(worker() for _ in range(CONCURRENCY * len(self.ring))))
+        self.run.fill_seconds = time.monotonic() - start
 
 
-def ledgers(ring: list[Node]) -> dict[str, list[str]]:
-    """Every task's outcomes across all nodes and all their runs."""
-    joined: dict[str, list[str]] = {}
-    for node in ring:
-        for task_id, states in node.ledger_states().items():
-            joined.setdefault(task_id, []).extend(states)
-    return joined
+# -- the ledgers ----------------------------------------------------------------------------------
 
 
-def finals(joined: dict[str, list[str]]) -> dict[str, list[str]]:
-    return {tid: [s for s in states if s in FINAL] for tid, states in joined.items()}
+@dataclass
+class Entry:
+    node: str
+    state: str
+    t: float
+    peer: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.node}:{self.state}@{self.t:.3f}" + (f"(peer {self.peer})"
+                                                          if self.peer else "")
 
 
-async def settle(ring: list[Node], run: Run, expect: set[str]) -> dict[str, list[str]]:
-    """Wait until every task in ``expect`` has a final outcome, or all are past due."""
-    deadline = max(run.due.values(), default=time.monotonic()) + 3.0
+class Ledgers:
+    """Every node's ledger, read incrementally (a file is appended across restarts)."""
+
+    def __init__(self, ring: list[Node]) -> None:
+        self.ring = ring
+        self.offsets = {n.node_id: 0 for n in ring}
+        self.tasks: dict[str, list[Entry]] = {}
+        self.lines: dict[str, list[str]] = {}  # task id -> raw lines (evidence)
+
+    def update(self) -> Ledgers:
+        for node in self.ring:
+            if not node.ledger.exists():
+                continue
+            with open(node.ledger, "rb") as fh:
+                fh.seek(self.offsets[node.node_id])
+                data = fh.read()
+            end = data.rfind(b"\n") + 1  # a line cut short by a kill -9 is skipped
+            self.offsets[node.node_id] += end
+            for line in data[:end].decode().splitlines():
+                if not line.strip():
+                    continue
+                raw = json.loads(line)
+                self.tasks.setdefault(raw["id"], []).append(
+                    Entry(raw["node"], raw["state"], raw["t"], raw.get("peer")))
+                self.lines.setdefault(raw["id"], []).append(line)
+        return self
+
+    def finals(self, task_id: str) -> list[Entry]:
+        return [e for e in self.tasks.get(task_id, ()) if e.state in FINAL]
+
+    def starts(self, task_id: str) -> list[Entry]:
+        return [e for e in self.tasks.get(task_id, ()) if e.state == "started"]
+
+    def losses(self, task_id: str) -> list[Entry]:
+        return [e for e in self.tasks.get(task_id, ()) if e.state == "lost"]
+
+    def count(self, state: str) -> int:
+        return sum(e.state == state for entries in self.tasks.values() for e in entries)
+
+
+async def settle(ledgers: Ledgers, run: Run, expect: set[str],
+                 extra: float = 3.0) -> None:
+    """Wait until every task in ``expect`` has a final outcome or a loss report, or all
+    are past due (plus ``extra`` seconds)."""
+    deadline = max(run.due.values(), default=time.monotonic()) + extra
 
     def done() -> bool:
-        got = finals(ledgers(ring))
-        return all(got.get(t) for t in expect) or time.monotonic() > deadline
+        ledgers.update()
+        return (all(ledgers.finals(t) or ledgers.losses(t) for t in expect)
+                or time.monotonic() > deadline)
 
     await wait_for(done, max(5.0, deadline - time.monotonic() + 5), "the tasks to end",
                    interval=0.5)
-    return finals(ledgers(ring))
 
 
-def check_ledger(run: Run, got: dict[str, list[str]], may_lose: set[str]) -> Counter[str]:
-    """The assertions shared by all variants; returns the outcome mix."""
-    stray = set(got) - set(run.accepted) - run.ambiguous
-    assert not stray, f"{len(stray)} ledger tasks no fill accepted: {sorted(stray)[:5]}"
-    lost = sorted(t for t in run.accepted if not got.get(t) and t not in may_lose)
-    duplicated = sorted(t for t in run.accepted if len(got.get(t, [])) > 1)
-    assert not lost, f"lost = {len(lost)}: {lost[:10]}"
-    assert not duplicated, f"duplicated = {len(duplicated)}: " + str(
-        [(t, got[t]) for t in duplicated[:5]])
-    for task_id, outcome in run.drains.items():
-        if outcome is DrainOutcome.DRAINED:
-            assert got.get(task_id) == ["drained"], (task_id, got.get(task_id))
-        elif outcome is DrainOutcome.CANCELLED:
-            assert got.get(task_id) == ["cancelled"], (task_id, got.get(task_id))
-    mix = Counter(s for states in got.values() for s in states)
-    return mix
+# -- the checker ----------------------------------------------------------------------------------
 
 
-def summary(name: str, run: Run, mix: Counter[str], seconds: float, extra: str = "") -> None:
+@dataclass
+class Kill:
+    """A kill -9 of ``victim`` at wall-clock time ``at``."""
+
+    victim: str
+    at: float
+
+
+@dataclass
+class Census:
+    counts: Counter[str] = field(default_factory=Counter)
+    violations: dict[str, list[str]] = field(default_factory=dict)  # kind -> evidence
+    notes: dict[str, list[str]] = field(default_factory=dict)  # counted apart, with evidence
+
+    def bad(self, kind: str, task_id: str, run: Run, ledgers: Ledgers, why: str = "") -> None:
+        self.violations.setdefault(kind, []).append(evidence(task_id, run, ledgers, why))
+
+    def note(self, kind: str, task_id: str, run: Run, ledgers: Ledgers, why: str = "") -> None:
+        self.notes.setdefault(kind, []).append(evidence(task_id, run, ledgers, why))
+
+
+def evidence(task_id: str, run: Run, ledgers: Ledgers, why: str = "") -> str:
+    placed = run.accepted.get(task_id, f"ambiguous:{run.ambiguous.get(task_id, '?')}")
+    answers = ", ".join(map(str, run.answers.get(task_id, []))) or "-"
+    return (f"{task_id}: placed on {placed} via {run.via.get(task_id)}; answers [{answers}]; "
+            f"ledger {ledgers.lines.get(task_id, [])}" + (f"; {why}" if why else ""))
+
+
+def check(run: Run, ledgers: Ledgers, kill: Kill | None = None) -> Census:
+    """Count everything listed in the module docstring; violations with evidence."""
+    ledgers.update()
+    census = Census()
+    counts = census.counts
+    known = set(run.accepted) | set(run.ambiguous)
+    for task_id in sorted(set(ledgers.tasks) - known):
+        census.bad("stray (in a ledger, no fill accepted it)", task_id, run, ledgers)
+    for task_id in sorted(known):
+        finals, starts = ledgers.finals(task_id), ledgers.starts(task_id)
+        losses = ledgers.losses(task_id)
+        holder = run.accepted.get(task_id) or run.ambiguous.get(task_id)
+        if len(finals) > 1:
+            census.bad("duplicate outcome", task_id, run, ledgers)
+        if len(starts) > 1:
+            census.bad("ran twice", task_id, run, ledgers)
+        if len(losses) > 1:
+            census.bad("reported lost twice", task_id, run, ledgers)
+        on_victim = kill is not None and holder == kill.victim
+        if losses and not on_victim:
+            census.bad("reported lost, not held by a crashed node", task_id, run, ledgers)
+        elif losses and finals:
+            before = kill.at - finals[0].t if kill else 0.0
+            if finals[0].node == kill.victim and 0 <= before <= KILL_WINDOW:  # type: ignore[union-attr]
+                counts["ended <= 1 s before the kill, then reported lost"] += 1
+                census.note("ended just before the kill, reported lost", task_id, run,
+                            ledgers, f"ended {before:.3f} s before the kill")
+            else:
+                census.bad("an outcome and a loss report", task_id, run, ledgers)
+        if task_id in run.accepted and not finals and not losses:
+            if on_victim and run.via.get(task_id) == kill.victim:  # type: ignore[union-attr]
+                counts["lost with their origin (no node left to report them)"] += 1
+            elif on_victim and starts:
+                counts["running on the killed node, not reported lost"] += 1
+                census.bad("lost, not reported", task_id, run, ledgers, "it was running")
+            else:
+                census.bad("lost, not reported" if on_victim else "lost", task_id, run,
+                           ledgers)
+        if task_id in run.ambiguous:
+            counts["ambiguous fills"] += 1
+            counts[f"ambiguous fills that ran {len(starts)} times"] += 1
+        check_answers(task_id, run, ledgers, census)
+    return census
+
+
+def check_answers(task_id: str, run: Run, ledgers: Ledgers, census: Census) -> None:
+    """Each drain answer of one task against its ledger."""
+    answers = run.answers.get(task_id)
+    if not answers:
+        return
+    counts = census.counts
+    finals, starts = ledgers.finals(task_id), ledgers.starts(task_id)
+    outcome = finals[0].state if len(finals) == 1 else None
+    unknowns = sum(a.value == "unknown" for a in answers)
+    last = answers[-1]
+    if unknowns:
+        counts["drains answered unknown"] += 1
+        if last.value in DEFINITE:
+            counts[f"unknown, then on retry: {last.value}"] += 1
+        else:
+            census.bad("no definite answer after the fault healed", task_id, run, ledgers)
+    for answer in answers:
+        if answer.fault:
+            counts[f"answers during {answer.fault}: {answer.value}"] += 1
+        value = answer.value
+        if value == "drained" and starts:
+            census.bad("DRAINED-then-ran", task_id, run, ledgers)
+        elif value == "not_found":
+            counts["NOT_FOUND answers"] += 1
+            ran_after = [s for s in starts if s.t > answer.at]
+            if ran_after:
+                census.bad("NOT_FOUND-then-ran", task_id, run, ledgers,
+                           f"started {ran_after[0].t - answer.at:.3f} s after the answer")
+            elif task_id in run.ambiguous and not finals:
+                counts["NOT_FOUND: an ambiguous fill that never landed"] += 1
+            elif finals and finals[0].t < answer.sent:
+                counts["NOT_FOUND for a task that had ended"] += 1
+                census.note("NOT_FOUND for a task that had ended", task_id, run, ledgers)
+            elif ledgers.losses(task_id) or not finals:
+                counts["NOT_FOUND for a lost task"] += 1
+            else:
+                counts["NOT_FOUND, other"] += 1
+                census.note("NOT_FOUND, other", task_id, run, ledgers)
+        elif value == "lost":
+            counts["LOST answers"] += 1
+            if finals and finals[0].t < answer.sent:
+                counts["LOST for a task that had ended"] += 1
+                census.note("LOST for a task that had ended", task_id, run, ledgers)
+        elif value in FINAL and value != outcome:
+            census.bad(f"answered {value.upper()}, ledger says otherwise", task_id, run,
+                       ledgers)
+
+
+def summary(name: str, run: Run, ledgers: Ledgers, census: Census, seconds: float,
+            extra: str = "") -> None:
     placed = Counter(run.accepted.values())
+    firsts = Counter(a[0].value for a in run.answers.values() if a)
+    lasts = Counter(a[-1].value for a in run.answers.values() if a)
+    outcomes = {s: ledgers.count(s) for s in sorted(FINAL | {"handed_off", "lost", "started"})}
     print(f"\nchaos {name}: {TASKS:,} tasks, {len(run.accepted):,} accepted "
           f"(placed on {dict(sorted(placed.items()))}, {run.forwarded:,} by overflow), "
-          f"{len(run.ambiguous)} ambiguous, "
-          f"refused {dict(run.refused)}, "
-          f"{len(run.drains):,} drains {dict(Counter(o.value for o in run.drains.values()))}, "
-          f"drain retries {dict(run.drain_errors)}; outcomes {dict(mix)}; "
-          f"{seconds:.1f} s{extra}")
+          f"{len(run.ambiguous)} ambiguous {dict(Counter(map(str, run.ambiguous.values())))}, "
+          f"refused {dict(run.refused)}; {len(run.answers):,} drains, first answers "
+          f"{dict(firsts)}, last answers {dict(lasts)}; ledger {outcomes}; "
+          f"{seconds:.1f} s (filling {run.fill_seconds:.1f} s){extra}")
+    print(f"  census: {dict(sorted(census.counts.items()))}")
+    for kind, items in census.notes.items():
+        print(f"  counted apart: {kind}: {len(items)}")
+        for item in items[:5]:
+            print(f"    {item}")
+    for kind, items in census.violations.items():
+        print(f"  VIOLATION {kind}: {len(items)}")
+        for item in items[:5]:
+            print(f"    {item}")
+
+
+def no_violations(census: Census) -> None:
+    assert not census.violations, "; ".join(
+        f"{kind}: {len(items)} (e.g. {items[0]})" for kind, items in census.violations.items())
+
+
+# -- the cluster ----------------------------------------------------------------------------------
 
 
 def start_ring(nodes: Nodes) -> list[Node]:
@@ -217,11 +474,16 @@ def start_ring(nodes: Nodes) -> list[Node]:
     return [n1, n2, n3]
 
 
+async def peer_states(node: Node) -> dict[str, Any]:
+    async with GroupClient(node.addr, secret=SECRET) as client:
+        peers: dict[str, Any] = (await client.stats())["peers"]
+    return peers
+
+
 async def all_alive(ring: list[Node]) -> None:
     async def meshed() -> bool:
         for node in ring:
-            async with GroupClient(node.addr, secret=SECRET) as client:
-                peers = (await client.stats())["peers"]
+            peers = await peer_states(node)
             if sorted(p for p, s in peers.items() if s == "alive") != sorted(
                     n.node_id for n in ring if n is not node):
                 return False
@@ -229,29 +491,60 @@ async def all_alive(ring: list[Node]) -> None:
     await wait_for(meshed, 15, "every node to see the others alive", interval=0.2)
 
 
+async def seen_dead(survivors: list[Node], victim: Node) -> None:
+    for node in survivors:
+        async def dead(node: Node = node) -> bool:
+            return bool((await peer_states(node)).get(victim.node_id) == "dead")
+        await wait_for(dead, 10, f"{node.node_id} to see {victim.node_id} dead", interval=0.05)
+
+
+def pending_on(run: Run, ledgers: Ledgers, victim: Node, limit: int,
+               rng: random.Random) -> list[str]:
+    """Tasks placed on ``victim`` that have not ended (as far as the ledgers say), no
+    drain yet: a random sample of at most ``limit``."""
+    ledgers.update()
+    ids = [t for t, n in run.accepted.items() if n == victim.node_id
+           and not ledgers.finals(t) and t not in run.answers]
+    return rng.sample(ids, min(limit, len(ids)))
+
+
+async def drain_ambiguous(load: Load, run: Run) -> None:
+    """A fill that raised PlacementUnknownError: drain (or get) finds out. Drain each."""
+    for task_id in sorted(run.ambiguous):
+        if task_id not in run.answers:
+            load.spawn_drain(task_id)
+
+
+# -- the variants ---------------------------------------------------------------------------------
+
+
 async def test_chaos_steady(nodes: Nodes) -> None:
     ring = start_ring(nodes)
     await nodes.start(*ring)
     await all_alive(ring)
-    run = Run()
+    run, ledgers = Run(), Ledgers(ring)
     t0 = time.monotonic()
     async with Load(ring, run, seed=1) as load:
         await load.fill_all([f"s-{i}" for i in range(TASKS)])
-    got = await settle(ring, run, set(run.accepted))
-    mix = check_ledger(run, got, may_lose=set())
-    summary("steady", run, mix, time.monotonic() - t0)
+        await drain_ambiguous(load, run)
+    await settle(ledgers, run, set(run.accepted))
+    census = check(run, ledgers)
+    summary("steady", run, ledgers, census, time.monotonic() - t0)
+    no_violations(census)
     assert len(run.accepted) >= 0.9 * TASKS, run.refused
     assert set(run.accepted.values()) == {"n1", "n2", "n3"}
-    assert mix["drained"] > 0.08 * TASKS and mix["finished"] > 0.3 * TASKS
-    assert run.forwarded > 0.05 * TASKS, "the buckets never overflowed"
+    # Drains race the firing time on a loaded machine: mostly, they win.
+    assert ledgers.count("drained") > 0.04 * TASKS and ledgers.count("finished") > 0.3 * TASKS
+    assert run.forwarded > 0.02 * TASKS, "the buckets never overflowed"
     assert not run.ambiguous
+    assert census.counts["NOT_FOUND answers"] == 0, "NOT_FOUND for an accepted task"
 
 
 async def test_chaos_rolling_sigterm_restart_loses_nothing(nodes: Nodes) -> None:
     ring = start_ring(nodes)
     await nodes.start(*ring)
     await all_alive(ring)
-    run = Run()
+    run, ledgers = Run(), Ledgers(ring)
     t0 = time.monotonic()
     async with Load(ring, run, seed=2) as load:
         filling = asyncio.get_running_loop().create_task(
@@ -266,55 +559,114 @@ async def test_chaos_rolling_sigterm_restart_loses_nothing(nodes: Nodes) -> None
             load.down.discard(node.node_id)
             await all_alive(ring)
         await filling
-    got = await settle(ring, run, set(run.accepted))
-    mix = check_ledger(run, got, may_lose=set())
-    handed = sum(states.count("handed_off") for states in ledgers(ring).values())
+        await drain_ambiguous(load, run)
+    await settle(ledgers, run, set(run.accepted))
+    census = check(run, ledgers)
+    handed = ledgers.count("handed_off")
     incomplete = [line.split("event=")[1] for node in ring
                   for run_no in range(1, node.runs + 1)
                   for line in (node.logdir / f"{node.node_id}.run{run_no}.err").read_text()
                   .splitlines() if "event=handoff_incomplete" in line]
-    summary("rolling", run, mix, time.monotonic() - t0,
+    summary("rolling", run, ledgers, census, time.monotonic() - t0,
             f"; restarts {[n.runs for n in ring]}, {handed:,} handed off; {incomplete}")
+    no_violations(census)
     assert all(n.runs == 2 for n in ring)
     assert handed > 0, "no pending task was moved by a restart"
 
 
-
-async def test_chaos_kill9_loses_only_what_the_dead_node_held(nodes: Nodes) -> None:
+async def test_chaos_sigstop_holder_loses_nothing_and_never_lies(nodes: Nodes) -> None:
+    """SIGSTOP one holder for STOP_FOR seconds (dead to the others, not presumed
+    lost), drain some of its tasks through the others meanwhile, SIGCONT."""
     ring = start_ring(nodes)
     await nodes.start(*ring)
     await all_alive(ring)
-    victim = ring[2]
-    run = Run()
+    victim, survivors = ring[2], ring[:2]
+    run, ledgers = Run(), Ledgers(ring)
+    rng = random.Random(4)
     t0 = time.monotonic()
-    async with Load(ring, run, seed=3) as load:
+    async with Load(ring, run, seed=4) as load:
         filling = asyncio.get_running_loop().create_task(
-            load.fill_all([f"k-{i}" for i in range(TASKS)]))
+            load.fill_all([f"p-{i}" for i in range(TASKS)]))
         await asyncio.sleep(max(1.0, TASKS / 4_000))  # spread over the run
         load.down.add(victim.node_id)
+        load.fault(f"SIGSTOP of {victim.node_id}")
+        victim.pause()
+        stopped = time.monotonic()
+        avoid = frozenset({victim.node_id})
+        # Drains while the others still think it alive (they time out)...
+        for task_id in pending_on(run, ledgers, victim, 150, rng):
+            load.spawn_drain(task_id, avoid=avoid)
+        await seen_dead(survivors, victim)
+        dead_after = time.monotonic() - stopped
+        # ... and once it is dead to them (maybe only stalled: "unknown", never NOT_FOUND).
+        for task_id in pending_on(run, ledgers, victim, 150, rng):
+            load.spawn_drain(task_id, avoid=avoid)
+        await asyncio.sleep(max(0.0, stopped + STOP_FOR - time.monotonic()))
+        victim.resume()
+        stop_for = time.monotonic() - stopped
+        await all_alive(ring)
+        load.down.discard(victim.node_id)
+        load.heal()
+        await filling
+        await drain_ambiguous(load, run)
+    await settle(ledgers, run, set(run.accepted))
+    census = check(run, ledgers)
+    during = {k: v for k, v in census.counts.items() if k.startswith("answers during")}
+    summary("sigstop", run, ledgers, census, time.monotonic() - t0,
+            f"; {victim.node_id} stopped {stop_for:.1f} s, dead to both others after "
+            f"{dead_after:.1f} s")
+    no_violations(census)
+    assert stop_for < LOST_AFTER and during, during
+    assert census.counts["drains answered unknown"] > 0, "no drain met the frozen holder"
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["stays-dead", "restarted"])
+async def test_chaos_kill9_reports_what_the_dead_node_held(nodes: Nodes, restart: bool) -> None:
+    """kill -9 one node. Left dead: past lost_after its tasks are reported lost by their
+    origins. Restarted at once: the new boot id tells the origins at once."""
+    ring = start_ring(nodes)
+    await nodes.start(*ring)
+    await all_alive(ring)
+    victim, survivors = ring[2], ring[:2]
+    run, ledgers = Run(), Ledgers(ring)
+    rng = random.Random(3)
+    size = TASKS if not restart else TASKS // 2
+    t0 = time.monotonic()
+    async with Load(ring, run, seed=3 + restart) as load:
+        filling = asyncio.get_running_loop().create_task(
+            load.fill_all([f"k-{i}" for i in range(size)]))
+        await asyncio.sleep(max(1.0, size / 4_000))  # spread over the run
+        load.down.add(victim.node_id)
+        load.fault(f"kill -9 of {victim.node_id}")
         assert victim.proc is not None
         victim.proc.kill()
+        kill = Kill(victim.node_id, time.time())
         await asyncio.to_thread(victim.proc.wait)
+        await seen_dead(survivors, victim)  # so they stop asking it
+        dead_at = time.monotonic()
+        avoid = frozenset({victim.node_id})
+        sample = pending_on(run, ledgers, victim, 300, rng)
+        for task_id in sample:  # "unknown" until the loss is known
+            load.spawn_drain(task_id, avoid=avoid)
+        if restart:
+            await victim.start()
+            await all_alive(ring)
+            load.down.discard(victim.node_id)
+        else:
+            await asyncio.sleep(max(0.0, dead_at + LOST_AFTER + 1.0 - time.monotonic()))
+        load.heal()
         await filling
-        # The survivors see it dead (so they stop asking it).
-        for node in ring[:2]:
-            async def dead(node: Node = node) -> bool:
-                async with GroupClient(node.addr, secret=SECRET) as client:
-                    return bool((await client.stats())["peers"].get(victim.node_id) == "dead")
-            await wait_for(dead, 10, f"{node.node_id} to see {victim.node_id} dead")
+        await drain_ambiguous(load, run)
     held = {t for t, n in run.accepted.items() if n == victim.node_id}
-    got = await settle(ring, run, set(run.accepted) - held)
-    mix = check_ledger(run, got, may_lose=held)
-    lost = sorted(t for t in run.accepted if not got.get(t))
-    assert set(lost) <= held and lost, f"{len(lost)} lost, {len(held)} held by the victim"
-    # The survivors answer "unknown" for every lost task, from either of them.
-    sample = lost[:200]
-    async with GroupClient(ring[0].addr, secret=SECRET) as c1, \
-            GroupClient(ring[1].addr, secret=SECRET) as c2:
-        for i, task_id in enumerate(sample):
-            client = (c1, c2)[i % 2]
-            assert await client.get("jobs", task_id) is None, task_id
-            assert (await client.drain("jobs", task_id)).outcome is DrainOutcome.NOT_FOUND
-    summary("kill9", run, mix, time.monotonic() - t0,
-            f"; victim held {len(held):,} (by placement), lost {len(lost):,}; "
-            f"{len(sample)} checked unknown on the survivors")
+    await settle(ledgers, run, set(run.accepted) - held)
+    await settle(ledgers, run, {t for t in held if run.via[t] != victim.node_id}, extra=0)
+    census = check(run, ledgers, kill)
+    reported = ledgers.count("lost")
+    summary(f"kill9 ({'restarted' if restart else 'stays dead'})", run, ledgers, census,
+            time.monotonic() - t0,
+            f"; {victim.node_id} held {len(held):,} by placement, {reported:,} reported lost; "
+            f"{len(sample)} of its pending tasks drained after the kill")
+    no_violations(census)
+    assert reported > 0, "no loss reported"
+    finals = Counter(run.final(t) for t in sample)
+    assert set(finals) <= {"lost", "not_found"} | FINAL, finals
