@@ -8,7 +8,7 @@ import inspect
 
 from .common import write_report
 
-GROUPS = ["local", "cluster", "compare"]
+GROUPS = ["local", "cluster", "compare", "versus"]
 
 
 def main() -> None:

@@ -110,6 +110,10 @@ class TaskBucket:
         self._records_old: dict[str, TaskState] = {}
         self._records_half = half  # rotate early when current holds this many
         self._records_timer: asyncio.TimerHandle | None = None  # armed while records exist
+        # _records_due() runs when current holds this many: 1 while the timer
+        # is not armed (to arm it), else _records_half (to rotate early). One
+        # comparison per ended task.
+        self._records_trigger = 1
         self._fatal: list[BaseException] = []  # KeyboardInterrupt/SystemExit held by rescue()
         #: Called with each task as it reaches a terminal state (used by the
         #: cluster layer and metrics). Must not block.
@@ -433,7 +437,7 @@ class TaskBucket:
         records = self._records
         if records is not None:
             records[task_id] = task.state  # an enum singleton: nothing allocated
-            if self._records_timer is None or len(records) >= self._records_half:
+            if len(records) >= self._records_trigger:
                 self._records_due()
         if not tasks and self._idle is not None:
             if not self._idle.done():
@@ -449,6 +453,7 @@ class TaskBucket:
         elif self._records_timer is None:
             self._records_timer = self._loop.call_later(self.config.outcome_retention / 2,
                                                         self._rotate_records)
+            self._records_trigger = self._records_half
 
     def _rotate_records(self) -> None:
         """Forget the old generation; the current one becomes old. Armed again
@@ -463,6 +468,9 @@ class TaskBucket:
         if old:
             self._records_timer = self._loop.call_later(self.config.outcome_retention / 2,
                                                         self._rotate_records)
+            self._records_trigger = self._records_half
+        else:
+            self._records_trigger = 1  # no records left: the next one arms the timer
 
     async def join(self) -> None:
         """Wait until the bucket holds no live task (every task has reached

@@ -72,16 +72,15 @@ class TimerWheel:
         in ``_live``), so repeated reschedules compact like discards do."""
         if self._tick(old_run_at) != self._tick(task._run_at):
             self._insert(task)
-            self._maybe_compact()
+            if self._entries - self._live > max(self.COMPACT_MIN, self._live):
+                self._compact()
         elif task._run_at < self._handle_when:
             self._arm(task._run_at)
 
     def discard(self, task: Task) -> None:
         """A scheduled task will not fire (drained or rescued); its entry goes stale."""
         self._live -= 1
-        self._maybe_compact()
-
-    def _maybe_compact(self) -> None:
+        # (inline, not a shared helper: this is on every drain's path)
         if self._entries - self._live > max(self.COMPACT_MIN, self._live):
             self._compact()
 

@@ -302,3 +302,52 @@ async def test_presumed_lost_holder_that_returns_is_asked_again(cluster: Cluster
     assert result.outcome is DrainOutcome.DRAINED and result.node_id == "n2"
     await asyncio.sleep(40)
     assert runs(cluster, "pending") == 0
+
+
+async def test_drain_between_taking_and_handing_off_waits_for_the_move(
+        cluster: Cluster) -> None:
+    """A drain served right after stop() took a task out of its bucket (before
+    the handoff coroutine ran) must see the move, not answer NOT_FOUND."""
+    n1 = await cluster.add("n1", max_bucket=10)
+    await cluster.add("n2", max_bucket=10)
+    await cluster.settle()
+    await n1.fill("jobs", "T", task_type=BOMB, run_after=0.5)
+    bucket = n1.buckets["jobs"]
+    real_take = bucket.take_pending
+    answers: list[asyncio.Task[Any]] = []
+
+    def take_pending(task_id: str) -> Any:
+        task = real_take(task_id)
+        answers.append(asyncio.get_running_loop().create_task(
+            n1._lookup.drain_here("jobs", task_id)))
+        return task
+
+    bucket.take_pending = take_pending  # type: ignore[method-assign]
+    await n1.stop()
+    outcome, node = answers[0].result()
+    assert outcome is DrainOutcome.DRAINED and node == "n2"
+    await asyncio.sleep(2)
+    assert runs(cluster, "T") == 0
+
+
+async def test_tasks_on_a_dead_holder_are_reported_even_past_their_deadline(
+        cluster: Cluster) -> None:
+    """Routes to a silent holder outlive their tasks' deadlines until the
+    holder is presumed lost, so short-lived tasks are reported too."""
+    n1 = await cluster.add("n1", max_bucket=1)
+    await cluster.add("n2", max_bucket=10)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    lost: list[tuple[str, str, list[str]]] = []
+    n1.on_tasks_lost = lambda *args: lost.append(args)
+    ids = [f"T{i}" for i in range(3)]
+    for task_id in ids:
+        await n1.fill("jobs", task_id, task_type=BOMB, run_after=1, life_span=2)
+    cluster.net.down("n2")  # crashes and stays dead
+    await cluster.add("n3", max_bucket=10)
+    await asyncio.sleep(4)  # deadlines (+1 s) pass before lost_after
+    await n1.fill("jobs", "sweeper", task_type=BOMB)  # a later forward sweeps routes
+    await asyncio.sleep(CFG.lost_after)
+    assert [(peer, sorted(task_ids)) for peer, _, task_ids in lost] == [("n2", ids)]
+    for task_id in ids:
+        assert (await n1.drain("jobs", task_id)).outcome is DrainOutcome.LOST

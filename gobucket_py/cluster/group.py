@@ -259,6 +259,7 @@ class TaskBucketGroup:
         membership.on_lost = self._peer_lost
         membership.on_returned = self._peer_returned
         membership.on_pruned = self._lookup.forget_member
+        self._routes.hold = self._unresolved
         membership.on_change = self._peer_changed
         self._membership = membership
         self._forwarder = Forwarder(self.transport, membership, self.config)
@@ -350,6 +351,13 @@ class TaskBucketGroup:
 
     def _peer_lost(self, member: Member) -> None:
         self._report_lost(member.node_id, member.boot, "presumed lost")
+
+    def _unresolved(self, node_id: str) -> bool:
+        """Is ``node_id`` silent but not yet presumed lost (so routes to it stay)?"""
+        membership = self._membership
+        member = None if membership is None else membership.members.get(node_id)
+        return member is not None and not member.lost and member.state in (
+            MemberState.SUSPECT, MemberState.DEAD)
 
     def _peer_returned(self, member: Member) -> None:
         back = self._routes.unmark_lost(member.node_id, member.boot)

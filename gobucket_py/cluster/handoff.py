@@ -54,7 +54,7 @@ class Handoff:
         loop = asyncio.get_running_loop()
         moved = kept = 0
         while True:
-            jobs = [self._hand(name, bucket, taken)
+            jobs = [self._hand(name, bucket, taken, self._moving(name, taken.id))
                     for name, bucket in group.buckets.items()
                     for task in list(bucket) if task.state is TaskState.PENDING
                     if (taken := bucket.take_pending(task.id)) is not None]
@@ -73,11 +73,17 @@ class Handoff:
                         group.node_id, moved, kept)
         return moved
 
-    async def _hand(self, name: str, bucket: TaskBucket, task: Task) -> bool:
+    def _moving(self, name: str, task_id: str) -> asyncio.Future[str | None]:
+        # Registered the moment the task leaves its bucket, so a drain that
+        # arrives before the move starts waits for it instead of missing it.
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self.moving[(name, task_id)] = future
+        return future
+
+    async def _hand(self, name: str, bucket: TaskBucket, task: Task,
+                    future: asyncio.Future[str | None]) -> bool:
         group = self.group
         key = (name, task.id)
-        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self.moving[key] = future
         target: str | None = None
         try:
             life_span = task.seconds_left

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Callable
 
 __all__ = ["Route", "Routes", "is_lost"]
 
@@ -32,6 +33,10 @@ class Routes:
     """Forwarded tasks by ``(bucket, task_id)``."""
 
     def __init__(self) -> None:
+        #: ``hold(node_id)``: True while a route to that node must outlive
+        #: its task's deadline (the node is dead but not yet presumed lost:
+        #: its tasks are reported lost, not silently forgotten).
+        self.hold: Callable[[str], bool] | None = None
         self._where: dict[str, dict[str, Route]] = {}  # bucket -> task id -> route
         # (expiry, seq, bucket, task ids): drained tasks leave stale ids here,
         # counted by _queued and swept when they outnumber the records.
@@ -65,7 +70,8 @@ class Routes:
         """Forget every route whose task's deadline has passed."""
         if self._queued > 2 * len(self) + 1024:
             self._rebuild()
-        heap = self._expiry
+        heap, hold = self._expiry, self.hold
+        held: list[tuple[str, str]] = []
         while heap and heap[0][0] < now:
             _, _, bucket, task_ids = heapq.heappop(heap)
             self._queued -= len(task_ids)
@@ -73,7 +79,15 @@ class Routes:
             for task_id in task_ids:
                 route = where.get(task_id)
                 if route is not None and route[2] < now:
-                    del where[task_id]
+                    if hold is not None and not is_lost(route) and hold(route[0]):
+                        held.append((bucket, task_id))
+                    else:
+                        del where[task_id]
+        for bucket, task_id in held:  # looked at again in a second
+            node, boot, _ = self._where[bucket][task_id]
+            self._where[bucket][task_id] = (node, boot, now + 1.0)
+            heapq.heappush(heap, (now + 1.0, next(self._seq), bucket, [task_id]))
+            self._queued += 1
 
     def forget(self, bucket: str, task_id: str) -> None:
         """Drop one route (the task was drained or found gone)."""

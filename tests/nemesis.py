@@ -1,0 +1,1382 @@
+"""A seeded nemesis for the in-memory cluster, and the ledger checker that judges it.
+
+``run_seed(seed)`` builds a cluster of 3 to 5 nodes on one
+:class:`~gobucket_py.MemoryNetwork` (tiny buckets, so tasks overflow to
+peers) and drives it for a few seconds of loop time with a workload drawn
+from ``random.Random(seed)``: fills and ``fill_many`` through random nodes
+(immediate tasks and time-bombs with short ``run_after`` and ``life_span``;
+``on_execute`` returns, sleeps past the lifespan, or raises), drains (retried
+while they answer "unknown"), gets, and local reschedules of pending
+time-bombs. Meanwhile the nemesis injects faults at random times and heals
+them: link delays beyond the timeouts, lost replies, partitions (two-way and
+one-way), stalls (SIGSTOP), crash-restarts (kill -9, then a new incarnation
+with a new boot id at the same address) and wall-clock steps. Then every
+fault is healed, time passes beyond every lifespan and ``lost_after``, every
+task is drained once more (the audit), and every node stops gracefully.
+
+Everything observable goes to a :class:`Ledger`, ordered by one sequence
+number: each node's ``filled``, ``start`` (of on_execute), terminal outcome
+(``on_outcome``) and hook calls; every call the workload made with its answer
+and when it began and returned; every crash; every ``on_tasks_lost`` report.
+:func:`check` then judges each task against the invariants of the issue "a
+cluster that never lies" (kinds of violation, in :data:`KINDS`):
+
+1. ``twice``: on_execute started twice, and no crash cut the first run short.
+2. ``drained_ran``: a drain answered DRAINED and on_execute started anyway
+   (ever, anywhere), or it started after a CANCELLED answer.
+3. ``not_found_ran``: a drain answered NOT_FOUND or LOST, or a get answered
+   None (or LOST), and on_execute started after that answer;
+   ``not_found_live``: such an answer while a copy of the task was live on a
+   node that had not crashed, through the whole call.
+4. ``no_outcome``, ``two_outcomes``, ``outcome_and_loss``, ``lost_twice``:
+   every accepted task ends exactly once (finished, failed, exhausted,
+   drained, cancelled, rescued) or is reported lost exactly once through
+   ``on_tasks_lost``, never both. A task may have neither only if a node
+   holding it crashed *and* its origin (the node whose fill accepted it)
+   crashed too, since only the origin reports losses. ``refused_ran``: a
+   fill that raised ClusterFullError, DuplicateTaskError or
+   BucketClosedError (not accepted anywhere), or an id never filled, yet the
+   task ran or lived (ended other than drained). PlacementUnknownError (and a
+   fill cut short by the crash of the node asked) allows at most one run.
+   ``false_answer``: a definite answer that the ledger contradicts (DRAINED,
+   CANCELLED, FINISHED... with no such outcome; a fill that names a node
+   that never took the task; a get that describes a live task when none was;
+   LOST with no crash and no loss report; a loss reported by a node that
+   neither filled nor handed off the task).
+5. ``hang``: a call did not return within its bound (:func:`call_bound`,
+   :func:`stop_bound`); ``bad_error``: a call raised an exception its
+   contract does not list; ``still_unknown``: after every fault healed and
+   time passed, the audit drain still could not get a definite answer.
+
+``zombie`` is a harness defect: a crashed incarnation ran something.
+Notes (counted, not violations): ``not_found_for_ended`` (NOT_FOUND or None
+for a task that ended, within ``outcome_retention``), answers that were
+"unknown", tasks lost with their origin.
+
+Crashes: each node runs in its own :mod:`contextvars` context (the
+MemoryNetwork runs each handler in its receiver's context), and a task
+factory files every asyncio task under the incarnation whose context created
+it. A crash closes the node's transport (``MemoryNetwork.crash``) and
+cancels every task of that incarnation; tasks it would create afterwards
+(a timer firing) are cancelled before they start. What it records while
+dying (a runner cancelled mid-run ends CANCELLED) is not recorded: a killed
+process says nothing.
+
+Replay: ``GOBUCKET_SEED=<seed> .venv/bin/python -m pytest -q tests/test_nemesis.py -k replay``
+(the run is deterministic under looptime: the report's ``trace`` digest says
+whether a replay took the same path). ``python -m tests.nemesis 0-99`` runs
+seeds outside pytest and prints a census by kind, with one replay command
+per kind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+import math
+import os
+import random
+import sys
+import threading
+import time
+import traceback
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from gobucket_py import (
+    BucketConfig,
+    DrainResult,
+    Executor,
+    FillResult,
+    GroupConfig,
+    MemoryNetwork,
+    PlacementUnknownError,
+    Task,
+    TaskBucket,
+    TaskBucketGroup,
+    TaskInfo,
+    TaskState,
+    TaskType,
+)
+
+__all__ = ["KINDS", "Call", "Census", "Ledger", "Outcome", "Plan", "call_bound", "check",
+           "make_plan", "replay_command", "run_seed", "stop_bound"]
+
+BUCKET = "jobs"
+FINAL = frozenset({"finished", "failed", "exhausted", "drained", "cancelled", "rescued"})
+ENDS = FINAL | {"handed_off"}
+#: Fill errors that mean "not accepted anywhere".
+REFUSED = frozenset({"ClusterFullError", "DuplicateTaskError", "BucketClosedError"})
+#: Everything fill may raise by contract.
+FILL_ERRORS = REFUSED | {"PlacementUnknownError"}
+#: Documented "no answer" errors of drain and get.
+LOOKUP_ERRORS = {"PeerUnavailableError": "unknown", "BucketClosedError": "BucketClosedError"}
+#: Answers that say nothing about the task.
+NO_INFO = frozenset({"unknown", "hang", "interrupted", "BucketClosedError"})
+INF = math.inf
+
+#: Every kind of violation, with the invariant it breaks.
+KINDS: dict[str, str] = {
+    "twice": "1 at most once: on_execute started twice, no crash cut a run short",
+    "drained_ran": "2 DRAINED is final: answered DRAINED (or CANCELLED), then on_execute started",
+    "not_found_ran": "3 NOT_FOUND is certain: answered NOT_FOUND/LOST/None, then on_execute "
+                     "started",
+    "not_found_live": "3 NOT_FOUND is certain: answered NOT_FOUND/LOST/None while a live node "
+                      "held the task through the whole call",
+    "no_outcome": "4 every end is told: accepted, no outcome and no loss report (and not lost "
+                  "together with its origin)",
+    "two_outcomes": "4 every end is told: two terminal outcomes",
+    "outcome_and_loss": "4 every end is told: a terminal outcome and a loss report",
+    "lost_twice": "4 every end is told: reported lost twice",
+    "refused_ran": "4 a refused fill (or an id never filled) ran or lived",
+    "false_answer": "2-4 answers are true: a definite answer the ledger contradicts",
+    "hang": "5 nothing hangs: a call outlived its bound",
+    "bad_error": "5 a call raised an exception its contract does not list",
+    "still_unknown": "5 after healing, the audit drain still answered unknown",
+    "zombie": "harness defect: a crashed incarnation ran on_execute",
+}
+
+
+# -- the ledger ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something a node did to a task: ``filled``, ``restored``, ``start``,
+    a terminal state (``finished`` ... ``handed_off``), ``hook:<name>`` or ``zombie``."""
+
+    seq: int
+    t: float
+    node: str  # incarnation tag, "n2#1"
+    task: str
+    what: str
+
+
+@dataclass(slots=True)
+class Call:
+    """One call of the workload and its answer.
+
+    ``answer``: fill: ``placed`` (``node`` = FillResult.node_id), an error
+    name (``PlacementUnknownError``: ``node`` = exc.node_id); drain: a
+    DrainOutcome value (``node`` = DrainResult.node_id) or ``unknown``
+    (PeerUnavailableError); get: ``none`` or ``state:<TaskState>``; any:
+    ``hang`` (outlived its bound), ``interrupted`` (the node asked crashed
+    meanwhile), ``error:<Type>`` (an undocumented exception), ``ok``.
+    """
+
+    op: str
+    via: str
+    task: str | None
+    seq0: int
+    t0: float
+    seq1: int = -1
+    t1: float = -1.0
+    answer: str = "pending"
+    node: str | None = None
+    audit: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Crash:
+    seq: int
+    t: float
+    node: str  # the incarnation that died
+
+
+@dataclass(frozen=True, slots=True)
+class Loss:
+    seq: int
+    t: float
+    reporter: str  # incarnation tag
+    peer: str
+    tasks: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    seq: int
+    t: float
+    text: str
+
+
+class Ledger:
+    """Everything observable in one run, in one order (``seq``)."""
+
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        self.clock = clock or (lambda: 0.0)
+        self.seq = 0
+        self.events: list[Event] = []
+        self.calls: list[Call] = []
+        self.crashes: list[Crash] = []
+        self.losses: list[Loss] = []
+        self.actions: list[Action] = []
+        self.post_mortem = 0  # what dying incarnations did (not recorded)
+        self.aborted: str | None = None  # why the run was cut short (a livelock)
+
+    def stamp(self) -> tuple[int, float]:
+        self.seq += 1
+        return self.seq, self.clock()
+
+    def event(self, node: str, task: str, what: str) -> None:
+        self.events.append(Event(*self.stamp(), node, task, what))
+
+    def begin(self, op: str, via: str, task: str | None, *, audit: bool = False) -> Call:
+        call = Call(op, via, task, *self.stamp(), audit=audit)
+        self.calls.append(call)
+        return call
+
+    def end(self, call: Call, answer: str, node: str | None = None,
+            stamp: tuple[int, float] | None = None) -> Call:
+        call.seq1, call.t1 = stamp or self.stamp()
+        call.answer, call.node = answer, node
+        return call
+
+    def crash(self, node: str) -> None:
+        self.crashes.append(Crash(*self.stamp(), node))
+
+    def loss(self, reporter: str, peer: str, tasks: Iterable[str]) -> None:
+        self.losses.append(Loss(*self.stamp(), reporter, peer, tuple(tasks)))
+
+    def action(self, text: str) -> None:
+        self.actions.append(Action(*self.stamp(), text))
+
+    def abort(self, reason: str) -> None:
+        """The run was cut short: the loop stopped making progress."""
+        self.aborted = reason
+
+    def digest(self) -> str:
+        """A short hash of the whole run: two runs with the same digest took the same path."""
+        h = hashlib.sha256()
+        for e in self.events:
+            h.update(f"e{e.seq},{e.t:.6f},{e.node},{e.task},{e.what};".encode())
+        for c in self.calls:
+            h.update(f"c{c.seq0},{c.seq1},{c.op},{c.via},{c.task},{c.answer},{c.node};".encode())
+        for x in self.losses:
+            h.update(f"l{x.seq},{x.reporter},{x.peer},{x.tasks};".encode())
+        return h.hexdigest()[:12]
+
+
+# -- the checker ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    kind: str
+    task: str | None
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class Copy:
+    """The task's life on one incarnation: from ``filled`` to its end."""
+
+    node: str
+    opened: int
+    closed: float  # seq, INF while open
+    by: str  # the end event, "crash" or "open"
+
+
+def node_of(tag: str) -> str:
+    return tag.split("#", 1)[0]
+
+
+def _id_key(task: str) -> tuple[str, int]:
+    head = task.rstrip("0123456789")
+    return head, int(task[len(head):] or 0)
+
+
+@dataclass
+class Census:
+    """What :func:`check` found."""
+
+    ledger: Ledger
+    violations: list[Violation] = field(default_factory=list)
+    notes: Counter[str] = field(default_factory=Counter)
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def bad(self, kind: str, task: str | None, why: str) -> None:
+        assert kind in KINDS, kind
+        self.violations.append(Violation(kind, task, why))
+
+    @property
+    def kinds(self) -> Counter[str]:
+        return Counter(v.kind for v in self.violations)
+
+    def timeline(self, task: str) -> str:
+        """Everything about one task, in order, with the faults of its lifetime."""
+        ledger = self.ledger
+        rows: list[tuple[int, str]] = []
+        nodes: set[str] = set()
+        for e in ledger.events:
+            if e.task == task and not e.what.startswith("hook:"):
+                rows.append((e.seq, f"{e.t:.3f} {e.node} {e.what}"))
+                nodes.add(e.node)
+        for c in ledger.calls:
+            if c.task == task:
+                to = f"@{c.node}" if c.node else ""
+                rows.append((c.seq0, f"{c.t0:.3f}-{c.t1:.3f} {'audit ' if c.audit else ''}"
+                                     f"{c.op} via {c.via} -> {c.answer}{to}"))
+                nodes.add(c.via)
+        for x in ledger.losses:
+            if task in x.tasks:
+                rows.append((x.seq, f"{x.t:.3f} lost, reported by {x.reporter} (peer {x.peer})"))
+        if not rows:
+            return "(nothing recorded)"
+        first, last = min(s for s, _ in rows), max(s for s, _ in rows)
+        for crash in ledger.crashes:
+            if crash.node in nodes or node_of(crash.node) in {node_of(n) for n in nodes}:
+                if first - 50 <= crash.seq <= last + 50:
+                    rows.append((crash.seq, f"{crash.t:.3f} CRASH {crash.node}"))
+        for action in ledger.actions:
+            if first <= action.seq <= last:
+                rows.append((action.seq, f"{action.t:.3f} nemesis {action.text}"))
+        return "; ".join(text for _, text in sorted(rows))
+
+
+def check(ledger: Ledger) -> Census:
+    """Judge every task of ``ledger`` against the invariants (see the module docstring)."""
+    census = Census(ledger)
+    if ledger.aborted is not None:
+        census.bad("hang", None, ledger.aborted)
+    crashed = {c.node: c.seq for c in ledger.crashes}
+    events: dict[str, list[Event]] = {}
+    for e in ledger.events:
+        events.setdefault(e.task, []).append(e)
+        if e.what == "zombie":
+            census.bad("zombie", e.task, f"{e.node} ran on_execute after its crash")
+    calls: dict[str, list[Call]] = {}
+    for c in ledger.calls:
+        if c.task is not None:
+            calls.setdefault(c.task, []).append(c)
+        if c.answer == "hang":
+            census.bad("hang", c.task, f"{c.op} via {c.via} at {c.t0:.3f} did not return "
+                                       f"within its bound")
+        elif c.answer.startswith("error:"):
+            census.bad("bad_error", c.task, f"{c.op} via {c.via} at {c.t0:.3f} raised "
+                                            f"{c.answer[6:]}")
+    losses: dict[str, list[Loss]] = {}
+    for x in ledger.losses:
+        for task in x.tasks:
+            losses.setdefault(task, []).append(x)
+    for task in sorted(set(events) | set(calls) | set(losses), key=_id_key):
+        _check_task(census, task, events.get(task, []), calls.get(task, []),
+                    losses.get(task, []), crashed)
+    return census
+
+
+def _copies(evs: list[Event], crashed: dict[str, int]) -> list[Copy]:
+    opened: dict[str, int] = {}
+    out: list[Copy] = []
+    for e in evs:
+        if e.what == "filled":
+            opened.setdefault(e.node, e.seq)
+        elif e.what in ENDS and e.node in opened:
+            out.append(Copy(e.node, opened.pop(e.node), e.seq, e.what))
+    for node, seq in opened.items():
+        crash = crashed.get(node)
+        out.append(Copy(node, seq, crash, "crash") if crash is not None and crash > seq
+                   else Copy(node, seq, INF, "open"))
+    return out
+
+
+def _check_task(census: Census, task: str, evs: list[Event], calls: list[Call],
+                losses: list[Loss], crashed: dict[str, int]) -> None:
+    bad = census.bad
+    starts = [e for e in evs if e.what == "start"]
+    finals = [e for e in evs if e.what in FINAL]
+    copies = _copies(evs, crashed)
+    fills = [c for c in calls if c.op in ("fill", "fill_many")]
+    placed = [c for c in fills if c.answer == "placed"]
+    refused = bool(fills) and all(c.answer in REFUSED for c in fills)
+    census.counts["tasks"] += 1
+
+    def at(events: list[Event]) -> str:
+        return ", ".join(f"{e.node}@{e.t:.3f}" for e in events)
+
+    # 1. At most once: runs cut short by a crash of their node are excused.
+    def cut(start: Event) -> bool:
+        crash = crashed.get(start.node)
+        return crash is not None and crash > start.seq and not any(
+            f.node == start.node and start.seq < f.seq < crash for f in finals)
+
+    uncut = [s for s in starts if not cut(s)]
+    if len(uncut) > 1:
+        bad("twice", task, f"on_execute started {len(starts)} times: {at(starts)}")
+
+    # 2 and 3: every definite answer against the ledger.
+    def had(what: str, before: int) -> bool:
+        return any(e.what == what and e.seq < before for e in evs)
+
+    def nowhere(c: Call, label: str) -> None:
+        later = [s for s in starts if s.seq > c.seq1]
+        if later:
+            bad("not_found_ran", task, f"{label} via {c.via} at {c.t1:.3f}, then on_execute "
+                                       f"started: {at(later)}")
+        live = [cp for cp in copies if cp.opened < c.seq0 and cp.closed > c.seq1]
+        if live:
+            bad("not_found_live", task, f"{label} via {c.via} ({c.t0:.3f}-{c.t1:.3f}) while "
+                                        f"{', '.join(cp.node for cp in live)} held it")
+
+    for c in calls:
+        a = c.answer
+        if c.op == "drain":
+            if a == "drained":
+                if starts:
+                    bad("drained_ran", task, f"DRAINED via {c.via} at {c.t1:.3f}, yet "
+                                             f"on_execute started: {at(starts)}")
+                elif not had("drained", c.seq1):
+                    bad("false_answer", task, f"DRAINED via {c.via} at {c.t1:.3f}: no node "
+                                              "drained it")
+            elif a == "cancelled":
+                later = [s for s in starts if s.seq > c.seq1]
+                if later:
+                    bad("drained_ran", task, f"CANCELLED via {c.via} at {c.t1:.3f}, then "
+                                             f"on_execute started: {at(later)}")
+                if not had("cancelled", c.seq1):
+                    bad("false_answer", task, f"CANCELLED via {c.via} at {c.t1:.3f}: no node "
+                                              "cancelled it")
+            elif a in FINAL:
+                if not had(a, c.seq1):
+                    bad("false_answer", task, f"{a.upper()} via {c.via} at {c.t1:.3f}: the "
+                                              f"ledger has no such outcome")
+            elif a in ("not_found", "lost"):
+                nowhere(c, a.upper())
+            if a in ("not_found",) and any(f.seq < c.seq0 for f in finals):
+                census.notes["not_found_for_ended"] += 1
+        elif c.op == "get":
+            state = a[6:] if a.startswith("state:") else None
+            if a == "none":
+                nowhere(c, "get None")
+                if any(f.seq < c.seq0 for f in finals):
+                    census.notes["not_found_for_ended"] += 1
+            elif state in FINAL:
+                if not had(state, c.seq1):
+                    bad("false_answer", task, f"get said {state} via {c.via} at {c.t1:.3f}: "
+                                              "the ledger has no such outcome")
+            elif state == "lost":
+                nowhere(c, "get LOST")
+            elif state in ("pending", "running") and not any(
+                    cp.opened < c.seq1 and cp.closed > c.seq0 for cp in copies):
+                bad("false_answer", task, f"get said {state} via {c.via} at {c.t1:.3f}, "
+                                          "when no node held it")
+        if a == "lost" or (c.op == "get" and a == "state:lost"):
+            if not losses and not any(cp.by == "crash" and cp.closed < c.seq1 for cp in copies):
+                bad("false_answer", task, f"LOST via {c.via} at {c.t1:.3f}: no holder crashed "
+                                          "and no loss was reported")
+        if a == "unknown":
+            census.notes["unknown_answers"] += 1
+    audits = [c for c in calls if c.audit]
+    if audits and all(c.answer in NO_INFO for c in audits):
+        bad("still_unknown", task, f"the audit drain answered {audits[-1].answer} "
+                                   f"{len(audits)} times, after every fault healed")
+
+    # 4. Every end is told.
+    if placed or (fills and not refused):
+        for c in placed:
+            if not any(e.what == "filled" and node_of(e.node) == c.node
+                       and c.seq0 < e.seq < c.seq1 for e in evs):
+                bad("false_answer", task, f"fill via {c.via} said it lives on {c.node}, "
+                                          f"which did not take it")
+        if len(finals) > 1:
+            bad("two_outcomes", task, f"{len(finals)} outcomes: "
+                                      + ", ".join(f"{e.what} on {e.node}" for e in finals))
+        if len(losses) > 1:
+            bad("lost_twice", task, "reported lost by "
+                                    + ", ".join(f"{x.reporter}@{x.t:.3f}" for x in losses))
+        if finals and losses:
+            bad("outcome_and_loss", task, f"{finals[0].what} on {finals[0].node} at "
+                                          f"{finals[0].t:.3f} and reported lost by "
+                                          f"{losses[0].reporter} at {losses[0].t:.3f}")
+        if placed:
+            census.counts["accepted"] += 1
+            origin = placed[0].via
+            if not finals and not losses:
+                lost = [cp for cp in copies if cp.by == "crash"]
+                if not lost:
+                    bad("no_outcome", task, "accepted, no outcome, no loss report, and no node "
+                                            "holding it crashed")
+                elif origin not in crashed:
+                    bad("no_outcome", task, f"held by {lost[0].node} when it crashed; the "
+                                            f"origin {origin} survived and did not report it")
+                else:
+                    census.notes["lost_with_origin"] += 1
+        else:
+            census.counts["ambiguous"] += 1
+        allowed = {c.via for c in fills} | {e.node for e in evs if e.what == "handed_off"}
+        for x in losses:
+            if x.reporter not in allowed:
+                bad("false_answer", task, f"reported lost by {x.reporter}, which neither "
+                                          "filled it nor handed it off")
+    else:
+        census.counts["refused" if refused else "never_filled"] += 1
+        lived = [e for e in evs if e.what == "start" or (e.what in FINAL and e.what != "drained")]
+        if lived:
+            what = "a refused fill" if refused else "never filled"
+            bad("refused_ran", task, f"{what}, yet: "
+                                     + ", ".join(f"{e.what} on {e.node}@{e.t:.3f}" for e in lived))
+        if losses:
+            bad("false_answer", task, f"not accepted, yet reported lost by {losses[0].reporter}")
+    for e in finals:
+        census.counts[f"outcome:{e.what}"] += 1
+
+
+# -- the plan -------------------------------------------------------------------------------------
+
+PROFILES = ("calm", "links", "stalls", "crashes", "mixed")
+PROFILE_WEIGHTS = (1, 2, 2, 2, 3)
+WORK_FOR = 4.0  # seconds of workload and faults (loop time)
+WARMUP = 1.0  # membership settles and capacities are exchanged before the workload
+MAX_LIFE = 3.0  # longest life_span of a task
+MAX_PUSH = 1.0  # longest reschedule
+MAX_FAULT = 3.0  # longest fault
+
+
+def group_config() -> GroupConfig:
+    """The cluster's tuning: the local preset, with losses presumed after 2 s."""
+    return GroupConfig.local(lost_after=2.0)
+
+
+HOOK_TIMEOUT = 0.5
+#: looptime's idle cycles before it moves the clock (its default, 42, only costs
+#: time here: the same seed takes the same path with 4).
+NOOP_CYCLES = 4
+
+
+def call_bound(cfg: GroupConfig) -> float:
+    """The bound on fill, fill_many, drain and get: every attempt's forward
+    timeout, a settle round, three request round trips, and a second of margin."""
+    return (cfg.forward_timeout * cfg.max_attempts + cfg.settle_timeout
+            + 3 * cfg.request_timeout + 1.0)
+
+
+def stop_bound(cfg: GroupConfig, hook_timeout: float = HOOK_TIMEOUT) -> float:
+    """The bound on stop: the leave announcement, the handoff (until stop_grace,
+    plus a placement that started just before it), the rescue hooks, the
+    forwards in flight (forward + settle), the background round trip, margin."""
+    return (cfg.request_timeout + cfg.stop_grace
+            + cfg.forward_timeout * cfg.max_attempts + cfg.settle_timeout + hook_timeout
+            + cfg.forward_timeout + cfg.settle_timeout + cfg.request_timeout + 1.0)
+
+
+def start_bound(cfg: GroupConfig) -> float:
+    """The bound on start: one join round of probes, and margin."""
+    return 2 * cfg.probe_timeout + cfg.request_timeout + 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """A task to fill: its times and what its on_execute does (``work`` seconds
+    of sleep; negative: it raises)."""
+
+    id: str
+    bomb: bool
+    run_after: float
+    life_span: float
+    work: float
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    at: float  # seconds into the workload
+    kind: str  # fill, fill_many, drain, get, reschedule
+    node: int  # index of the node asked (the next one up if it is down)
+    specs: tuple[Spec, ...] = ()
+    task: str = ""
+    retries: tuple[tuple[int, float], ...] = ()  # drain: (node, pause) for each retry
+    u: float = 0.0  # reschedule: which pending time-bomb
+    value: float = 0.0  # reschedule: run_after
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    at: float
+    kind: str  # delay, drop, partition, one_way, stall, crash, clock
+    nodes: tuple[int, ...]  # delay/drop: (src, dst); partition: side a; stall/crash: (node,)
+    other: tuple[int, ...] = ()  # partition: side b
+    value: float = 0.0  # delay seconds, clock step
+    lasts: float = 0.0
+
+    def text(self, names: list[str]) -> str:
+        a = ",".join(names[i] for i in self.nodes)
+        b = ",".join(names[i] for i in self.other)
+        return {
+            "delay": f"delay {a.replace(',', '->')} +{self.value:.2f}s for {self.lasts:.2f}s",
+            "drop": f"drop replies {a.replace(',', '->')} for {self.lasts:.2f}s",
+            "partition": f"partition {a} | {b} for {self.lasts:.2f}s",
+            "one_way": f"one-way partition {a} -> {b} for {self.lasts:.2f}s",
+            "stall": f"stall {a} for {self.lasts:.2f}s",
+            "crash": f"crash {a}, restart after {self.lasts:.2f}s",
+            "clock": f"wall clock step {self.value:+.1f}s",
+        }[self.kind]
+
+
+@dataclass
+class Plan:
+    seed: int
+    profile: str
+    names: list[str]
+    caps: list[int]
+    ops: list[Op]
+    faults: list[Fault]
+    ids: list[str]  # every id the workload fills, in order
+    ghosts: list[str]  # ids drained but never filled
+
+    def describe(self) -> str:
+        tasks = len(self.ids)
+        return (f"profile {self.profile}, {len(self.names)} nodes (bucket sizes "
+                f"{self.caps}), {tasks} tasks, {len(self.ops)} ops, {len(self.faults)} faults")
+
+
+FAULTS_OF = {
+    "calm": (),
+    "links": ("delay", "drop", "partition", "one_way"),
+    "stalls": ("stall", "stall", "delay"),
+    "crashes": ("crash",),
+    "mixed": ("delay", "drop", "partition", "one_way", "stall", "crash", "clock"),
+}
+
+
+def make_plan(seed: int) -> Plan:
+    """Everything a run will do, drawn from ``random.Random(seed)`` up front
+    (so the plan does not depend on how the run interleaves)."""
+    rng = random.Random(seed)
+    n = rng.randint(3, 5)
+    names = [f"n{i + 1}" for i in range(n)]
+    caps = [rng.randint(2, 5) for _ in names]
+    profile = rng.choices(PROFILES, PROFILE_WEIGHTS)[0]
+    ops: list[Op] = []
+    ids: list[str] = []
+    ghosts: list[str] = []
+    counter = 0
+
+    def spec(bomb: bool, run_after: float, life: float) -> Spec:
+        nonlocal counter
+        counter += 1
+        r = rng.random()
+        work = (0.0 if r < 0.4 else rng.uniform(0.05, 0.6) if r < 0.8
+                else -1.0 if r < 0.9 else life + 0.5)
+        return Spec(f"t{counter}", bomb, run_after, life, work)
+
+    def times() -> tuple[bool, float, float]:
+        bomb = rng.random() < 0.6
+        run_after = rng.uniform(0.05, 1.5) if bomb else 0.0
+        life = min(MAX_LIFE, run_after + rng.uniform(0.2, 1.5))
+        return bomb, run_after, life
+
+    def drain_at(at: float, task: str) -> None:
+        retries = tuple((rng.randrange(n), rng.uniform(0.2, 0.6)) for _ in range(3))
+        ops.append(Op(at, "drain", rng.randrange(n), task=task, retries=retries))
+
+    t = 0.0
+    while True:
+        t += rng.expovariate(12.0)
+        if t >= WORK_FOR:
+            break
+        r = rng.random()
+        node = rng.randrange(n)
+        if r < 0.62:
+            many = r >= 0.52
+            bomb, run_after, life = times()
+            specs = tuple(spec(bomb, run_after, life)
+                          for _ in range(rng.randint(2, 5) if many else 1))
+            ops.append(Op(t, "fill_many" if many else "fill", node, specs=specs))
+            for s in specs:
+                ids.append(s.id)
+                if rng.random() < 0.35:  # drained: mostly before it fires, some racing it
+                    drain_at(t + rng.uniform(0.0, s.run_after * 1.2 + 0.2), s.id)
+        elif r < 0.75:
+            if ids and rng.random() < 0.9:
+                drain_at(t, rng.choice(ids))
+            else:
+                ghosts.append(f"ghost{len(ghosts) + 1}")
+                drain_at(t, ghosts[-1])
+        elif r < 0.9:
+            if ids:
+                ops.append(Op(t, "get", node, task=rng.choice(ids)))
+        elif ids:
+            ops.append(Op(t, "reschedule", node, u=rng.random(),
+                          value=rng.uniform(0.05, MAX_PUSH)))
+    ops.sort(key=lambda op: op.at)
+
+    faults: list[Fault] = []
+    kinds = FAULTS_OF[profile]
+    down: list[tuple[float, float, int]] = []  # crash or stall windows: (from, to, node)
+    t = 0.2
+    while kinds:
+        t += rng.uniform(0.2, 0.9)
+        if t >= WORK_FOR:
+            break
+        kind = rng.choice(kinds)
+        lasts = rng.uniform(0.2, MAX_FAULT)
+        if kind in ("delay", "drop"):
+            src, dst = rng.sample(range(n), 2)
+            value = rng.uniform(0.05, 1.2) if kind == "delay" else 0.0
+            faults.append(Fault(t, kind, (src, dst), value=value, lasts=lasts))
+        elif kind in ("partition", "one_way"):
+            order = rng.sample(range(n), n)
+            cut = rng.randint(1, n - 1)
+            faults.append(Fault(t, kind, tuple(sorted(order[:cut])), tuple(sorted(order[cut:])),
+                                lasts=lasts))
+        elif kind in ("stall", "crash"):
+            busy = {node for start, end, node in down if start <= t + lasts and t <= end}
+            free = [i for i in range(n) if i not in busy]
+            if len(busy) >= n - 1 or not free:
+                continue
+            node = rng.choice(free)
+            down.append((t, t + lasts, node))
+            faults.append(Fault(t, kind, (node,), lasts=lasts))
+        else:
+            step = rng.choice((-1, 1)) * rng.uniform(0.5, 60.0)
+            faults.append(Fault(t, "clock", (), value=step))
+    return Plan(seed, profile, names, caps, ops, faults, ids, ghosts)
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+class Incarnation:
+    """One life of one node: its group, bucket and every asyncio task it made."""
+
+    def __init__(self, name: str, number: int) -> None:
+        self.name = name
+        self.tag = f"{name}#{number}"
+        self.dying = False
+        self.tasks: dict[asyncio.Task[Any], None] = {}  # insertion-ordered: deterministic
+        self.context = contextvars.copy_context()
+        self.context.run(NODE.set, self)
+        self.group: TaskBucketGroup | None = None
+        self.bucket: LedgerBucket | None = None
+
+    def forget(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.pop(task, None)
+
+
+#: The incarnation whose code is running (set in each node's context).
+NODE: contextvars.ContextVar[Incarnation | None] = contextvars.ContextVar("nemesis_node",
+                                                                          default=None)
+
+
+class LedgerExecutor(Executor):
+    """Records each on_execute start and hook; does what the task's data says."""
+
+    def __init__(self, inc: Incarnation, ledger: Ledger) -> None:
+        self.inc = inc
+        self.ledger = ledger
+
+    async def on_execute(self, task: Task) -> None:
+        if self.inc.dying:
+            self.ledger.event(self.inc.tag, task.id, "zombie")
+            return
+        self.ledger.event(self.inc.tag, task.id, "start")
+        work = task.data.get("w", 0.0) if isinstance(task.data, dict) else 0.0
+        if work < 0:
+            raise RuntimeError("on_execute fails, as planned")
+        if work:
+            await asyncio.sleep(work)
+
+    def _hook(self, name: str, task: Task) -> None:
+        if not self.inc.dying:
+            self.ledger.event(self.inc.tag, task.id, f"hook:{name}")
+
+    async def on_finish(self, task: Task) -> None:
+        self._hook("finish", task)
+
+    async def on_execute_error(self, task: Task, error: BaseException) -> None:
+        self._hook("error", task)
+
+    async def on_task_exhausted(self, task: Task) -> None:
+        self._hook("exhausted", task)
+
+    async def on_panic(self, task: Task) -> None:
+        self._hook("panic", task)
+
+
+class LedgerBucket(TaskBucket):
+    """A TaskBucket that records each task it takes (``filled``, ``restored``)
+    and each terminal outcome (through ``on_outcome``)."""
+
+    def __init__(self, config: BucketConfig, inc: Incarnation, ledger: Ledger) -> None:
+        super().__init__(config, LedgerExecutor(inc, ledger), name=BUCKET)
+        self.inc = inc
+        self.ledger = ledger
+        self.on_outcome = self._outcome
+
+    def _note(self, task_id: str, what: str) -> None:
+        if self.inc.dying:
+            self.ledger.post_mortem += 1
+        else:
+            self.ledger.event(self.inc.tag, task_id, what)
+
+    def _outcome(self, task: Task) -> None:
+        self._note(task.id, task.state.value)
+
+    def fill_nowait(self, task_type: TaskType, task_id: str, data: Any = None, *,
+                    run_after: float | None = None, life_span: float | None = None) -> Task:
+        task = super().fill_nowait(task_type, task_id, data, run_after=run_after,
+                                   life_span=life_span)
+        self._note(task_id, "filled")
+        return task
+
+    def fill_validated(self, task_type: TaskType, task_id: str, data: Any, run_after: float,
+                       life_span: float) -> Task:
+        task = super().fill_validated(task_type, task_id, data, run_after, life_span)
+        self._note(task_id, "filled")
+        return task
+
+    def restore(self, task: Task) -> None:
+        super().restore(task)
+        self._note(task.id, "restored")
+
+
+@contextmanager
+def filed_tasks() -> Iterator[None]:
+    """Install a task factory that files each new task under the incarnation
+    whose context makes it, and cancels (before it starts) any task a dying
+    incarnation would make."""
+    loop = asyncio.get_running_loop()
+    previous = loop.get_task_factory()
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        context = kwargs.get("context")
+        task: asyncio.Task[Any]
+        if previous is not None:
+            task = previous(loop, coro, **kwargs)  # type: ignore[assignment]
+        else:
+            task = asyncio.Task(coro, loop=loop, **kwargs)
+        inc = context.get(NODE) if context is not None else NODE.get()
+        if inc is not None:
+            if inc.dying:
+                task.cancel()
+            else:
+                inc.tasks[task] = None
+                task.add_done_callback(inc.forget)
+        return task
+
+    loop.set_task_factory(factory)  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        loop.set_task_factory(previous)
+
+
+@contextmanager
+def wall_clock() -> Iterator[Callable[[float], None]]:
+    """Let the nemesis step the wall clock (``time.time``); durations in the
+    library must not notice. Yields ``step(seconds)``; restored on exit."""
+    real = time.time
+    offset = [0.0]
+
+    def fake() -> float:
+        return real() + offset[0]
+
+    def step(seconds: float) -> None:
+        offset[0] += seconds
+
+    time.time = fake
+    try:
+        yield step
+    finally:
+        time.time = real
+
+
+class Watchdog:
+    """Cuts a run short when the loop's (fake) time stops advancing for
+    ``frozen_for`` seconds of real time while the loop keeps running -- a
+    livelock, which no asyncio timeout can catch since time stands still --
+    or when the run takes more than ``limit`` real seconds. ``reason`` says
+    why, with the loop thread's stack at that moment; the body is cancelled."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, body: asyncio.Task[Any], *,
+                 frozen_for: float = 5.0, limit: float = 90.0) -> None:
+        self.loop = loop
+        self.body = body
+        self.frozen_for = frozen_for
+        self.limit = limit
+        self.reason: str | None = None
+        self._done = threading.Event()
+        self._thread_id = threading.get_ident()
+        self._thread = threading.Thread(target=self._watch, name="nemesis-watchdog",
+                                        daemon=True)
+
+    def __enter__(self) -> Watchdog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        began = last_change = time.perf_counter()
+        last = self.loop.time()
+        while not self._done.wait(0.25):
+            now, real = self.loop.time(), time.perf_counter()
+            if now != last:
+                last, last_change = now, real
+            if real - last_change > self.frozen_for:
+                why = (f"livelock: loop time stuck at {now:.6f} for {real - last_change:.1f} s "
+                       "of real time while the loop kept running")
+            elif real - began > self.limit:
+                why = f"the run took more than {self.limit:g} s of real time"
+            else:
+                continue
+            frame = sys._current_frames().get(self._thread_id)
+            stack = traceback.extract_stack(frame)[-8:] if frame is not None else []
+            self.reason = why + "; the loop was in: " + " <- ".join(
+                f"{os.path.basename(f.filename)}:{f.lineno} {f.name}" for f in reversed(stack))
+            self.loop.call_soon_threadsafe(self.body.cancel)
+            return
+
+
+@dataclass
+class Outcome:
+    """A finished run: its plan, ledger and census."""
+
+    plan: Plan
+    ledger: Ledger
+    census: Census
+    leaked: int = 0  # asyncio tasks of stopped groups still alive (cancelled by the harness)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.census.violations)
+
+    def report(self, *, full: bool = False, per_kind: int = 3) -> str:
+        census, plan = self.census, self.plan
+        counts = census.counts
+        lines = [
+            f"nemesis seed {plan.seed}: {len(census.violations)} violations "
+            f"{dict(sorted(census.kinds.items()))}; {plan.describe()}; "
+            f"accepted {counts['accepted']}, refused {counts['refused']}, ambiguous "
+            f"{counts['ambiguous']}; notes {dict(sorted(census.notes.items()))}; "
+            f"trace {self.ledger.digest()}"]
+        shown: Counter[str] = Counter()
+        for v in census.violations:
+            shown[v.kind] += 1
+            if not full and shown[v.kind] > per_kind:
+                continue
+            lines.append(f"  {v.kind} [{KINDS[v.kind]}]")
+            lines.append(f"    {v.task}: {v.why}")
+            if v.task is not None:
+                lines.append(f"    timeline: {census.timeline(v.task)}")
+        if full:
+            lines.append("  faults: " + "; ".join(f"{a.t:.3f} {a.text}"
+                                                 for a in self.ledger.actions))
+        lines.append(f"  replay: {replay_command(plan.seed)}")
+        return "\n".join(lines)
+
+
+def replay_command(seed: int) -> str:
+    """The one command that replays ``seed`` (with the same hash seed, if one was set)."""
+    hashseed = os.environ.get("PYTHONHASHSEED")
+    prefix = f"PYTHONHASHSEED={hashseed} " if hashseed else ""
+    return (f"{prefix}GOBUCKET_SEED={seed} .venv/bin/python -m pytest -q "
+            "tests/test_nemesis.py -k replay")
+
+
+class Run:
+    """One seeded run (see the module docstring)."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.loop = asyncio.get_running_loop()
+        self.ledger = Ledger(self.loop.time)
+        self.net = MemoryNetwork()
+        self.config = group_config()
+        self.bound = call_bound(self.config)
+        self.names = plan.names
+        self.current: dict[str, Incarnation | None] = dict.fromkeys(self.names)
+        self.lives: dict[str, int] = dict.fromkeys(self.names, 0)
+        self.all: list[Incarnation] = []
+        self.step_clock: Callable[[float], None] = lambda seconds: None
+        self.jobs: list[asyncio.Task[None]] = []
+        self.nemesis: list[asyncio.Task[None]] = []
+
+    # -- nodes --
+
+    def _build(self, inc: Incarnation) -> None:
+        index = self.names.index(inc.name)
+        bucket = LedgerBucket(BucketConfig(life_span=MAX_LIFE, run_after=1.0,
+                                           max_bucket=self.plan.caps[index],
+                                           hook_timeout=HOOK_TIMEOUT), inc, self.ledger)
+        group = TaskBucketGroup({BUCKET: bucket}, [n for n in self.names if n != inc.name],
+                                node_id=inc.name, transport=self.net.transport(inc.name),
+                                config=self.config,
+                                rng=random.Random(f"{self.plan.seed}/{inc.tag}"))
+        ledger = self.ledger
+
+        def lost(peer: str, bucket: str, task_ids: list[str]) -> None:
+            if not inc.dying:
+                ledger.loss(inc.tag, peer, task_ids)
+
+        group.on_tasks_lost = lost
+        inc.group, inc.bucket = group, bucket
+
+    async def boot(self, name: str) -> None:
+        inc = Incarnation(name, self.lives[name])
+        self.lives[name] += 1
+        inc.context.run(self._build, inc)
+        self.all.append(inc)
+        group = inc.group
+        assert group is not None
+        call, (answer, _, stamp), _ = await self.invoke(inc, "start", None, group.start,
+                                                        start_bound(self.config))
+        self.ledger.end(call, answer if answer in ("ok", "hang", "interrupted")
+                        else f"error:{answer}", None, stamp)
+        if call.answer == "ok":
+            self.current[name] = inc
+
+    async def crash(self, name: str) -> None:
+        inc = self.current[name]
+        if inc is None:
+            return
+        self.current[name] = None
+        inc.dying = True  # from here on it records nothing, and its new tasks never start
+        self.ledger.crash(inc.tag)
+        self.net.crash(name)
+        for _ in range(20):
+            tasks = list(inc.tasks)
+            if not tasks:
+                break
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=0.5)
+
+    def pick(self, index: int) -> Incarnation | None:
+        """The node at ``index``, or the next one that is up."""
+        n = len(self.names)
+        for k in range(n):
+            inc = self.current[self.names[(index + k) % n]]
+            if inc is not None:
+                return inc
+        return None
+
+    # -- calls --
+
+    async def invoke(self, inc: Incarnation, op: str, task: str | None,
+                     fn: Callable[[], Awaitable[Any]], bound: float, *, audit: bool = False
+                     ) -> tuple[Call, tuple[str, str | None, tuple[int, float] | None], Any]:
+        """Run ``fn()`` in the node's context, bounded: the call record, the
+        answer (``ok`` or the exception's name, or hang/interrupted) with the
+        stamp of its return, and the result."""
+        ledger = self.ledger
+        call = ledger.begin(op, inc.tag, task, audit=audit)
+        stamp: list[tuple[int, float]] = []
+
+        async def inner() -> tuple[Any, BaseException | None]:
+            try:
+                result = await fn()
+            except Exception as exc:
+                stamp.append(ledger.stamp())
+                return None, exc
+            stamp.append(ledger.stamp())
+            return result, None
+
+        job = self.loop.create_task(inner(), context=inc.context.copy())
+        try:
+            async with asyncio.timeout(bound):
+                result, exc = await job
+        except TimeoutError:
+            return call, ("hang", None, None), None
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+            return call, ("interrupted", None, None), None
+        if exc is None:
+            return call, ("ok", None, stamp[0]), result
+        if isinstance(exc, PlacementUnknownError):
+            return call, ("PlacementUnknownError", exc.node_id, stamp[0]), exc
+        return call, (type(exc).__name__, None, stamp[0]), exc
+
+    def spawn(self, coro: Awaitable[None]) -> None:
+        self.jobs.append(self.loop.create_task(coro))  # type: ignore[arg-type]
+
+    async def at(self, when: float) -> None:
+        delay = when - self.loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def fill(self, op: Op) -> None:
+        inc = self.pick(op.node)
+        if inc is None:
+            return
+        group = inc.group
+        assert group is not None
+        first = op.specs[0]
+        kw: dict[str, Any] = {
+            "task_type": TaskType.TIME_BOMB if first.bomb else TaskType.IMMEDIATE,
+            "run_after": first.run_after if first.bomb else None,
+            "life_span": first.life_span}
+        if op.kind == "fill":
+            def one() -> Awaitable[FillResult]:
+                return group.fill(BUCKET, first.id, {"w": first.work}, **kw)
+            call, (answer, node, stamp), result = await self.invoke(inc, "fill", first.id, one,
+                                                                    self.bound)
+            if answer == "ok":
+                answer, node = "placed", result.node_id
+            elif answer not in FILL_ERRORS | NO_INFO:
+                answer = f"error:{answer}"
+            self.ledger.end(call, answer, node, stamp)
+            return
+
+        def many() -> Awaitable[list[FillResult | Exception]]:
+            return group.fill_many(BUCKET, [(s.id, {"w": s.work}) for s in op.specs], **kw)
+        call, (answer, node, stamp), result = await self.invoke(inc, "fill_many", None, many,
+                                                                self.bound)
+        self.ledger.calls.remove(call)
+        for i, s in enumerate(op.specs):
+            each = Call("fill_many", call.via, s.id, call.seq0, call.t0)
+            self.ledger.calls.append(each)
+            a, where = answer, node
+            if answer == "ok":
+                item = result[i]
+                if isinstance(item, FillResult):
+                    a, where = "placed", item.node_id
+                elif isinstance(item, PlacementUnknownError):
+                    a, where = "PlacementUnknownError", item.node_id
+                else:
+                    a, where = type(item).__name__, None
+            if a not in FILL_ERRORS | NO_INFO | {"placed"}:
+                a = f"error:{a}"
+            self.ledger.end(each, a, where, stamp)
+
+    async def drain(self, op: Op, *, audit: bool = False) -> None:
+        attempts = [(op.node, 0.0), *op.retries]
+        for index, pause in attempts:
+            if pause:
+                await asyncio.sleep(pause)
+            inc = self.pick(index)
+            if inc is None:
+                continue
+            group = inc.group
+            assert group is not None
+
+            def go(group: TaskBucketGroup = group) -> Awaitable[DrainResult]:
+                return group.drain(BUCKET, op.task)
+            call, (answer, node, stamp), result = await self.invoke(inc, "drain", op.task, go,
+                                                                    self.bound, audit=audit)
+            if answer == "ok":
+                answer, node = result.outcome.value, result.node_id
+            else:
+                answer = LOOKUP_ERRORS.get(answer, answer)
+                if answer not in NO_INFO:
+                    answer = f"error:{answer}"
+            self.ledger.end(call, answer, node, stamp)
+            if answer not in NO_INFO:
+                return
+
+    async def get(self, op: Op) -> None:
+        inc = self.pick(op.node)
+        if inc is None:
+            return
+        group = inc.group
+        assert group is not None
+
+        def go() -> Awaitable[TaskInfo | None]:
+            return group.get(BUCKET, op.task)
+        call, (answer, node, stamp), result = await self.invoke(inc, "get", op.task, go,
+                                                                self.bound)
+        if answer == "ok":
+            if result is None:
+                answer = "none"
+            else:
+                answer, node = f"state:{TaskState(result.state).value}", result.node_id
+        else:
+            answer = LOOKUP_ERRORS.get(answer, answer)
+            if answer not in NO_INFO:
+                answer = f"error:{answer}"
+        self.ledger.end(call, answer, node, stamp)
+
+    async def reschedule(self, op: Op) -> None:
+        inc = self.pick(op.node)
+        if inc is None or inc.bucket is None:
+            return
+        bucket = inc.bucket
+        pending = [t.id for t in bucket
+                   if t.state is TaskState.PENDING and t.type is TaskType.TIME_BOMB]
+        if not pending:
+            return
+        task_id = pending[int(op.u * len(pending))]
+
+        def go() -> Awaitable[bool]:
+            return bucket.reschedule(task_id, op.value)
+        call, (answer, _, stamp), result = await self.invoke(inc, "reschedule", task_id, go,
+                                                             self.bound)
+        if answer == "ok":
+            answer = "ok" if result else "no"
+        elif answer not in NO_INFO:
+            answer = f"error:{answer}"
+        self.ledger.end(call, answer, None, stamp)
+
+    async def workload(self, start: float) -> None:
+        for op in self.plan.ops:
+            await self.at(start + op.at)
+            if op.kind in ("fill", "fill_many"):
+                self.spawn(self.fill(op))
+            elif op.kind == "drain":
+                self.spawn(self.drain(op))
+            elif op.kind == "get":
+                self.spawn(self.get(op))
+            else:
+                self.spawn(self.reschedule(op))
+
+    # -- the nemesis --
+
+    async def fault(self, start: float, fault: Fault) -> None:
+        await self.at(start + fault.at)
+        names = self.names
+        text = fault.text(names)
+        self.ledger.action(text)
+        net = self.net
+        a = [names[i] for i in fault.nodes]
+        b = [names[i] for i in fault.other]
+        if fault.kind == "clock":
+            self.step_clock(fault.value)
+            return
+        if fault.kind == "crash":
+            await self.crash(a[0])
+            await asyncio.sleep(fault.lasts)
+            self.ledger.action(f"restart {a[0]}")
+            await self.boot(a[0])
+            return
+        if fault.kind == "delay":
+            handle = net.delay(a[0], a[1], fault.value)
+        elif fault.kind == "drop":
+            handle = net.drop_replies(a[0], a[1])
+        elif fault.kind in ("partition", "one_way"):
+            handle = net.partition(a, b, one_way=fault.kind == "one_way")
+        else:
+            handle = net.stall(a[0])
+        await asyncio.sleep(fault.lasts)
+        self.ledger.action(f"heal: {text}")
+        handle.heal()
+
+    # -- the whole run --
+
+    async def run(self) -> Outcome:
+        with filed_tasks(), wall_clock() as step:
+            self.step_clock = step
+            body = self.loop.create_task(self._body())
+            with Watchdog(self.loop, body) as dog:
+                try:
+                    await body
+                except asyncio.CancelledError:
+                    if dog.reason is None:
+                        raise
+                    self.ledger.abort(dog.reason)
+                    for job in [*self.jobs, *self.nemesis]:
+                        job.cancel()
+                    self.current = dict.fromkeys(self.names)
+            leaked = await self.sweep()
+        return Outcome(self.plan, self.ledger, check(self.ledger), leaked)
+
+    async def _body(self) -> None:
+        plan = self.plan
+        for name in self.names:
+            await self.boot(name)
+        await asyncio.sleep(WARMUP)
+        start = self.loop.time()
+        self.nemesis = [self.loop.create_task(self.fault(start, f)) for f in plan.faults]
+        await self.workload(start)
+        await asyncio.gather(*self.nemesis)
+        # Heal everything, restart whatever is down, and let every task end.
+        self.net.heal()
+        self.ledger.action("heal everything")
+        for name in self.names:
+            if self.current[name] is None:
+                await self.boot(name)
+        while self.jobs:
+            jobs, self.jobs = self.jobs, []
+            await asyncio.gather(*jobs)
+        await asyncio.sleep(MAX_LIFE + MAX_PUSH + self.config.lost_after + 1.0)
+        # The audit: every task once more; unknown is retried (the faults are over).
+        n = len(self.names)
+        audits = [self.drain(Op(0.0, "drain", i % n, task=task_id,
+                                retries=((i % n, 0.5), ((i + 1) % n, 1.0))), audit=True)
+                  for i, task_id in enumerate([*plan.ids, *plan.ghosts])]
+        await asyncio.gather(*audits)
+        await self.stop_all()
+
+    async def stop_all(self) -> None:
+        bound = stop_bound(self.config)
+
+        async def stop(inc: Incarnation) -> None:
+            group = inc.group
+            assert group is not None
+            call, (answer, _, stamp), _ = await self.invoke(inc, "stop", None, group.stop, bound)
+            self.ledger.end(call, answer if answer in ("ok", "hang") else f"error:{answer}",
+                            None, stamp)
+
+        await asyncio.gather(*(stop(inc) for inc in self.current.values() if inc is not None))
+
+    async def sweep(self) -> int:
+        """Cancel what stopped (or crashed) nodes left running; how many there were."""
+        left = [t for inc in self.all for t in inc.tasks if not t.done()]
+        for inc in self.all:
+            inc.dying = True
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.wait(left, timeout=5.0)
+        return len(left)
+
+
+async def run_seed(seed: int) -> Outcome:
+    """Run one seed on the running loop (use a looptime loop: it takes loop-time seconds)."""
+    return await Run(make_plan(seed)).run()
+
+
+# -- outside pytest: a census over many seeds ------------------------------------------------------
+
+
+def _seeds(text: str) -> list[int]:
+    out: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        out.extend(range(int(first), int(last or first) + 1))
+    return out
+
+
+def main(argv: list[str]) -> int:
+    """``python -m tests.nemesis 0-99 [--verbose]``: run the seeds, print a census."""
+    import looptime
+
+    seeds = _seeds(argv[0] if argv else "0-99")
+    verbose = "--verbose" in argv
+    by_kind: dict[str, list[int]] = {}
+    notes: Counter[str] = Counter()
+    profiles: Counter[str] = Counter()
+    failed_profiles: Counter[str] = Counter()
+    began = time.perf_counter()
+    for seed in seeds:
+        loop = looptime.new_event_loop(noop_cycles=NOOP_CYCLES)
+        try:
+            outcome = loop.run_until_complete(run_seed(seed))
+        finally:
+            loop.close()
+        profiles[outcome.plan.profile] += 1
+        notes.update(outcome.census.notes)
+        if outcome.failed:
+            failed_profiles[outcome.plan.profile] += 1
+            for kind in outcome.census.kinds:
+                by_kind.setdefault(kind, []).append(seed)
+            if verbose:
+                print(outcome.report(), flush=True)
+    took = time.perf_counter() - began
+    failed = len({s for v in by_kind.values() for s in v})
+    print(f"\n{len(seeds)} seeds in {took:.1f} s: {failed} failed; by profile "
+          + ", ".join(f"{p} {failed_profiles[p]}/{profiles[p]}" for p in PROFILES))
+    for kind, seeds_of in sorted(by_kind.items(), key=lambda kv: -len(kv[1])):
+        print(f"  {kind:17} {len(seeds_of):4} seeds  [{KINDS[kind]}]  e.g. {seeds_of[:8]}\n"
+              f"                    {replay_command(seeds_of[0])}")
+    print(f"  notes: {dict(notes)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
