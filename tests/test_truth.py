@@ -351,3 +351,18 @@ async def test_tasks_on_a_dead_holder_are_reported_even_past_their_deadline(
     assert [(peer, sorted(task_ids)) for peer, _, task_ids in lost] == [("n2", ids)]
     for task_id in ids:
         assert (await n1.drain("jobs", task_id)).outcome is DrainOutcome.LOST
+
+
+async def test_get_of_a_live_task_keeps_its_route(cluster: Cluster) -> None:
+    """Asking about a task must not make its origin forget where it is: the
+    route is what lets a later crash be reported as a loss."""
+    n1 = await spread(cluster)
+    lost: list[Any] = []
+    n1.on_tasks_lost = lambda *args: lost.append(args)
+    placed = await n1.fill("jobs", "job", task_type=BOMB)
+    info = await n1.get("jobs", "job")
+    assert info is not None and info.state is TaskState.PENDING
+    assert n1._routes.get("jobs", "job") is not None
+    cluster.net.down(placed.node_id)
+    await asyncio.sleep(CFG.lost_after + 3)
+    assert lost == [(placed.node_id, "jobs", ["job"])]

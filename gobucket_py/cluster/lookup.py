@@ -188,7 +188,8 @@ class Lookup:
                     if not self._gone(member):
                         raise _unavailable(bucket, task_id, [str(exc)]) from None
                 else:
-                    routes.forget(bucket, task_id)  # a definite answer
+                    if kind is Kind.DRAIN or answer is None or answer.state.terminal:
+                        routes.forget(bucket, task_id)  # it ended: a definite answer
                     if rank(answer) > 0:
                         return answer
                 # The holder never had it, or handed it off and has exited: look around.
