@@ -5,6 +5,20 @@ in between, so concurrent fills can never overshoot ``max_bucket`` or accept a
 duplicate id (GoBucket bug 1). Pending time-bombs live in one
 :class:`~gobucket_py.timers.TimerWheel`; an asyncio task is only created when a
 task runs.
+
+Outcome records: when a task leaves the bucket (finished, failed, exhausted,
+drained, cancelled, rescued, handed off), ``task id -> TaskState`` is kept so
+that a retried ``drain`` (and :meth:`TaskBucket.ended`) says how it ended. Two
+generations of plain dicts (current, old): a loop timer, armed only while
+records exist, rotates them every ``outcome_retention / 2`` (old = current,
+current = {}), and current rotates early when it reaches ``max_outcomes / 2``,
+so a record lives ``retention / 2`` to ``retention`` seconds and at most
+``max_outcomes`` are held. A record is one dict entry whose value is an enum
+singleton: measured with tracemalloc at 999,999 records, about **31 bytes per
+record** without the id string and **92 bytes** counting a 12-character id
+such as ``"order-123456"`` (61 B) that only the record keeps alive. The default
+``max_outcomes=1_000_000`` thus bounds records to about 31 MB (92 MB with such
+ids) per bucket. On the hot path it is one dict store and one comparison.
 """
 
 from __future__ import annotations
@@ -28,7 +42,10 @@ log = logging.getLogger("gobucket_py")
 _PENDING = TaskState.PENDING
 _RUNNING = TaskState.RUNNING
 _IMMEDIATE = TaskType.IMMEDIATE
+_DRAINED = TaskState.DRAINED
+_CANCELLED = TaskState.CANCELLED
 _NOT_FOUND = DrainOutcome.NOT_FOUND
+_INFO = logging.INFO
 
 #: What ``drain`` answers for a task that already ended (or is in its terminal
 #: hook), by its terminal state. HANDED_OFF is absent: from this bucket's view
@@ -347,6 +364,12 @@ class TaskBucket:
             await self._after_stop(task)  # on_execute swallowed a drain/rescue cancel
             return
         task.state = TaskState.FINISHED
+        if self._on_finish is None:  # the common case: no hook, end without a coroutine
+            try:
+                self._report(task, "finished")
+            finally:
+                self._release(task)
+            return
         await self._end(task, "finished", self._on_finish)
 
     async def _after_stop(self, task: Task) -> None:
@@ -376,22 +399,26 @@ class TaskBucket:
         *args: Any,
     ) -> None:
         """Count the outcome, run its hook (bounded), then free the slot."""
-        self._counts[outcome] += 1
-        if outcome != "finished":
-            log.info("task %s event=%s node=%s bucket=%s task_id=%s", outcome, outcome,
-                     self.node, self.name, task.id)
         try:
-            if self._watcher is not None:
-                self._watcher(task)
-            if self.on_outcome is not None:
-                try:
-                    self.on_outcome(task)
-                except Exception:
-                    log.exception("on_outcome callback failed")
+            self._report(task, outcome)
             if hook is not None:
                 await self._call_hook(hook, task, *args)
         finally:
             self._release(task)
+
+    def _report(self, task: Task, outcome: str) -> None:
+        """Count the outcome and report it (log, watcher, ``on_outcome``)."""
+        self._counts[outcome] += 1
+        if outcome != "finished" and log.isEnabledFor(_INFO):
+            log.info("task %s event=%s node=%s bucket=%s task_id=%s", outcome, outcome,
+                     self.node, self.name, task.id)
+        if self._watcher is not None:
+            self._watcher(task)
+        if self.on_outcome is not None:
+            try:
+                self.on_outcome(task)
+            except Exception:
+                log.exception("on_outcome callback failed")
 
     async def _call_hook(
         self, hook: Callable[..., Awaitable[None]], task: Task, *args: Any
@@ -513,7 +540,7 @@ class TaskBucket:
             return _NOT_FOUND if state is None else _DRAIN_ANSWER.get(state, _NOT_FOUND)
         state = task.state
         if state is _PENDING:
-            task.state = TaskState.DRAINED
+            task.state = _DRAINED
             self._remove(task)
             self._counts["drained"] += 1
             if task._runner is not None:
@@ -523,7 +550,7 @@ class TaskBucket:
             self._notify(task)
             return DrainOutcome.DRAINED
         if state is _RUNNING:
-            task.state = TaskState.CANCELLED
+            task.state = _CANCELLED
             self._remove(task)
             self._counts["cancelled"] += 1
             assert task._runner is not None
@@ -533,8 +560,12 @@ class TaskBucket:
         return _DRAIN_ANSWER.get(state, _NOT_FOUND)  # in its terminal hook
 
     def _notify(self, task: Task) -> None:
-        log.info("task %s event=%s node=%s bucket=%s task_id=%s", task.state.value,
-                 task.state.value, self.node, self.name, task.id)
+        # On every drain: skip building the log call when INFO is off (a
+        # StrEnum formats with %s as its value; .value is a property call).
+        if log.isEnabledFor(_INFO):
+            state = task.state
+            log.info("task %s event=%s node=%s bucket=%s task_id=%s", state, state, self.node,
+                     self.name, task.id)
         if self._watcher is not None:
             self._watcher(task)
         if self.on_outcome is not None:

@@ -27,8 +27,12 @@ cluster that never lies" (kinds of violation, in :data:`KINDS`):
 3. ``not_found_ran``: a drain answered NOT_FOUND or LOST, or a get answered
    None (or LOST), and on_execute started after that answer;
    ``not_found_live``: such an answer while a copy of the task was live on a
-   node that had not crashed, through the whole call.
-4. ``no_outcome``, ``two_outcomes``, ``outcome_and_loss``, ``lost_twice``:
+   node that had not crashed, through the whole call. Only for lookups that
+   began after the task's fill returned (one concurrent with the fill may be
+   ordered before it).
+4. ``no_outcome``, ``two_outcomes``, ``lost_twice``, ``outcome_and_loss``
+   (it ended, then its holder crashed and it was reported lost),
+   ``presumed_lost_ended`` (reported lost while its holder lived, and ended):
    every accepted task ends exactly once (finished, failed, exhausted,
    drained, cancelled, rescued) or is reported lost exactly once through
    ``on_tasks_lost``, never both. A task may have neither only if a node
@@ -44,9 +48,12 @@ cluster that never lies" (kinds of violation, in :data:`KINDS`):
    LOST with no crash and no loss report; a loss reported by a node that
    neither filled nor handed off the task).
 5. ``hang``: a call did not return within its bound (:func:`call_bound`,
-   :func:`stop_bound`); ``bad_error``: a call raised an exception its
-   contract does not list; ``still_unknown``: after every fault healed and
-   time passed, the audit drain still could not get a definite answer.
+   :func:`stop_bound`); ``livelock``: the loop kept running callbacks while
+   its fake time stood still (a :class:`Watchdog` thread sees it and cuts
+   the run short: no asyncio timeout can fire then); ``bad_error``: a call
+   raised an exception its contract does not list; ``still_unknown``: after
+   every fault healed and time passed, the audit drain still could not get
+   a definite answer.
 
 ``zombie`` is a harness defect: a crashed incarnation ran something.
 Notes (counted, not violations): ``not_found_for_ended`` (NOT_FOUND or None
@@ -58,9 +65,11 @@ MemoryNetwork runs each handler in its receiver's context), and a task
 factory files every asyncio task under the incarnation whose context created
 it. A crash closes the node's transport (``MemoryNetwork.crash``) and
 cancels every task of that incarnation; tasks it would create afterwards
-(a timer firing) are cancelled before they start. What it records while
-dying (a runner cancelled mid-run ends CANCELLED) is not recorded: a killed
-process says nothing.
+(a timer firing) are cancelled before they start, and its buckets are closed
+at once (``close(0)``) for whatever its context did not reach. What it does
+while dying (a runner cancelled mid-run ends CANCELLED, a closed bucket
+rescues) is not recorded: a killed process says nothing. An on_execute that
+still starts on a crashed incarnation is recorded as ``zombie``.
 
 Replay: ``GOBUCKET_SEED=<seed> .venv/bin/python -m pytest -q tests/test_nemesis.py -k replay``
 (the run is deterministic under looptime: the report's ``trace`` digest says
@@ -130,11 +139,15 @@ KINDS: dict[str, str] = {
     "no_outcome": "4 every end is told: accepted, no outcome and no loss report (and not lost "
                   "together with its origin)",
     "two_outcomes": "4 every end is told: two terminal outcomes",
-    "outcome_and_loss": "4 every end is told: a terminal outcome and a loss report",
+    "outcome_and_loss": "4 every end is told: it ended, and was reported lost when its holder "
+                        "crashed later",
+    "presumed_lost_ended": "4 every end is told: reported lost while its holder lived (presumed "
+                           "lost), and it ended anyway",
     "lost_twice": "4 every end is told: reported lost twice",
     "refused_ran": "4 a refused fill (or an id never filled) ran or lived",
     "false_answer": "2-4 answers are true: a definite answer the ledger contradicts",
-    "hang": "5 nothing hangs: a call outlived its bound",
+    "hang": "5 nothing hangs: a call outlived its bound (or the run its real-time limit)",
+    "livelock": "5 nothing hangs: the loop kept running while its (fake) time stood still",
     "bad_error": "5 a call raised an exception its contract does not list",
     "still_unknown": "5 after healing, the audit drain still answered unknown",
     "zombie": "harness defect: a crashed incarnation ran on_execute",
@@ -315,8 +328,11 @@ class Census:
             if e.task == task and not e.what.startswith("hook:"):
                 rows.append((e.seq, f"{e.t:.3f} {e.node} {e.what}"))
                 nodes.add(e.node)
+        audits: set[int] = set()
         for c in ledger.calls:
             if c.task == task:
+                if c.audit:
+                    audits.add(c.seq0)
                 to = f"@{c.node}" if c.node else ""
                 rows.append((c.seq0, f"{c.t0:.3f}-{c.t1:.3f} {'audit ' if c.audit else ''}"
                                      f"{c.op} via {c.via} -> {c.answer}{to}"))
@@ -326,7 +342,9 @@ class Census:
                 rows.append((x.seq, f"{x.t:.3f} lost, reported by {x.reporter} (peer {x.peer})"))
         if not rows:
             return "(nothing recorded)"
-        first, last = min(s for s, _ in rows), max(s for s, _ in rows)
+        first = min(s for s, _ in rows)
+        last = max([c.seq1 for c in ledger.calls if c.task == task and not c.audit]
+                   + [s for s, _ in rows if s not in audits])
         for crash in ledger.crashes:
             if crash.node in nodes or node_of(crash.node) in {node_of(n) for n in nodes}:
                 if first - 50 <= crash.seq <= last + 50:
@@ -341,7 +359,8 @@ def check(ledger: Ledger) -> Census:
     """Judge every task of ``ledger`` against the invariants (see the module docstring)."""
     census = Census(ledger)
     if ledger.aborted is not None:
-        census.bad("hang", None, ledger.aborted)
+        census.bad("livelock" if ledger.aborted.startswith("livelock") else "hang", None,
+                   ledger.aborted)
     crashed = {c.node: c.seq for c in ledger.crashes}
     events: dict[str, list[Event]] = {}
     for e in ledger.events:
@@ -364,7 +383,7 @@ def check(ledger: Ledger) -> Census:
             losses.setdefault(task, []).append(x)
     for task in sorted(set(events) | set(calls) | set(losses), key=_id_key):
         _check_task(census, task, events.get(task, []), calls.get(task, []),
-                    losses.get(task, []), crashed)
+                    losses.get(task, []), crashed, complete=ledger.aborted is None)
     return census
 
 
@@ -384,7 +403,8 @@ def _copies(evs: list[Event], crashed: dict[str, int]) -> list[Copy]:
 
 
 def _check_task(census: Census, task: str, evs: list[Event], calls: list[Call],
-                losses: list[Loss], crashed: dict[str, int]) -> None:
+                losses: list[Loss], crashed: dict[str, int], *, complete: bool = True) -> None:
+    """One task; ``complete`` is False for a run cut short (then tasks need not have ended)."""
     bad = census.bad
     starts = [e for e in evs if e.what == "start"]
     finals = [e for e in evs if e.what in FINAL]
@@ -411,7 +431,13 @@ def _check_task(census: Census, task: str, evs: list[Event], calls: list[Call],
     def had(what: str, before: int) -> bool:
         return any(e.what == what and e.seq < before for e in evs)
 
+    # A lookup that began before any fill of the task returned may be ordered
+    # before the fill (linearizably): "nowhere" is then a true answer.
+    filled_at = min((c.seq1 for c in fills), default=INF)
+
     def nowhere(c: Call, label: str) -> None:
+        if filled_at > c.seq0:
+            return
         later = [s for s in starts if s.seq > c.seq1]
         if later:
             bad("not_found_ran", task, f"{label} via {c.via} at {c.t1:.3f}, then on_execute "
@@ -470,7 +496,7 @@ def _check_task(census: Census, task: str, evs: list[Event], calls: list[Call],
         if a == "unknown":
             census.notes["unknown_answers"] += 1
     audits = [c for c in calls if c.audit]
-    if audits and all(c.answer in NO_INFO for c in audits):
+    if complete and audits and all(c.answer in NO_INFO for c in audits):
         bad("still_unknown", task, f"the audit drain answered {audits[-1].answer} "
                                    f"{len(audits)} times, after every fault healed")
 
@@ -488,13 +514,18 @@ def _check_task(census: Census, task: str, evs: list[Event], calls: list[Call],
             bad("lost_twice", task, "reported lost by "
                                     + ", ".join(f"{x.reporter}@{x.t:.3f}" for x in losses))
         if finals and losses:
-            bad("outcome_and_loss", task, f"{finals[0].what} on {finals[0].node} at "
-                                          f"{finals[0].t:.3f} and reported lost by "
-                                          f"{losses[0].reporter} at {losses[0].t:.3f}")
+            end, loss = finals[0], losses[0]
+            crash = crashed.get(end.node)
+            kind = ("outcome_and_loss" if crash is not None and crash < loss.seq
+                    else "presumed_lost_ended")
+            bad(kind, task, f"{end.what} on {end.node} at {end.t:.3f} and reported lost by "
+                            f"{loss.reporter} at {loss.t:.3f}"
+                + (f" (after {end.node} crashed)" if kind == "outcome_and_loss"
+                   else f" ({end.node} never crashed)"))
         if placed:
             census.counts["accepted"] += 1
             origin = placed[0].via
-            if not finals and not losses:
+            if not finals and not losses and complete:
                 lost = [cp for cp in copies if cp.by == "crash"]
                 if not lost:
                     bad("no_outcome", task, "accepted, no outcome, no loss report, and no node "
@@ -592,7 +623,9 @@ class Op:
 
 
 @dataclass(frozen=True, slots=True)
-class Fault:
+class Strike:
+    """One blow of the nemesis, ``at`` seconds into the workload, for ``lasts`` seconds."""
+
     at: float
     kind: str  # delay, drop, partition, one_way, stall, crash, clock
     nodes: tuple[int, ...]  # delay/drop: (src, dst); partition: side a; stall/crash: (node,)
@@ -621,7 +654,7 @@ class Plan:
     names: list[str]
     caps: list[int]
     ops: list[Op]
-    faults: list[Fault]
+    faults: list[Strike]
     ids: list[str]  # every id the workload fills, in order
     ghosts: list[str]  # ids drained but never filled
 
@@ -702,7 +735,7 @@ def make_plan(seed: int) -> Plan:
                           value=rng.uniform(0.05, MAX_PUSH)))
     ops.sort(key=lambda op: op.at)
 
-    faults: list[Fault] = []
+    faults: list[Strike] = []
     kinds = FAULTS_OF[profile]
     down: list[tuple[float, float, int]] = []  # crash or stall windows: (from, to, node)
     t = 0.2
@@ -715,11 +748,11 @@ def make_plan(seed: int) -> Plan:
         if kind in ("delay", "drop"):
             src, dst = rng.sample(range(n), 2)
             value = rng.uniform(0.05, 1.2) if kind == "delay" else 0.0
-            faults.append(Fault(t, kind, (src, dst), value=value, lasts=lasts))
+            faults.append(Strike(t, kind, (src, dst), value=value, lasts=lasts))
         elif kind in ("partition", "one_way"):
             order = rng.sample(range(n), n)
             cut = rng.randint(1, n - 1)
-            faults.append(Fault(t, kind, tuple(sorted(order[:cut])), tuple(sorted(order[cut:])),
+            faults.append(Strike(t, kind, tuple(sorted(order[:cut])), tuple(sorted(order[cut:])),
                                 lasts=lasts))
         elif kind in ("stall", "crash"):
             busy = {node for start, end, node in down if start <= t + lasts and t <= end}
@@ -728,10 +761,10 @@ def make_plan(seed: int) -> Plan:
                 continue
             node = rng.choice(free)
             down.append((t, t + lasts, node))
-            faults.append(Fault(t, kind, (node,), lasts=lasts))
+            faults.append(Strike(t, kind, (node,), lasts=lasts))
         else:
             step = rng.choice((-1, 1)) * rng.uniform(0.5, 60.0)
-            faults.append(Fault(t, "clock", (), value=step))
+            faults.append(Strike(t, "clock", (), value=step))
     return Plan(seed, profile, names, caps, ops, faults, ids, ghosts)
 
 
@@ -883,6 +916,15 @@ def wall_clock() -> Iterator[Callable[[float], None]]:
         time.time = real
 
 
+def _describe(callback: Any) -> str:
+    """A callback's name; for a task's step, the coroutine it runs."""
+    owner = getattr(callback, "__self__", None)
+    if isinstance(owner, asyncio.Task):
+        coro = owner.get_coro()
+        return f"task {getattr(coro, '__qualname__', coro)}"
+    return str(getattr(callback, "__qualname__", callback))
+
+
 class Watchdog:
     """Cuts a run short when the loop's (fake) time stops advancing for
     ``frozen_for`` seconds of real time while the loop keeps running -- a
@@ -891,7 +933,7 @@ class Watchdog:
     why, with the loop thread's stack at that moment; the body is cancelled."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, body: asyncio.Task[Any], *,
-                 frozen_for: float = 5.0, limit: float = 90.0) -> None:
+                 frozen_for: float = 2.0, limit: float = 90.0) -> None:
         self.loop = loop
         self.body = body
         self.frozen_for = frozen_for
@@ -910,6 +952,26 @@ class Watchdog:
         self._done.set()
         self._thread.join()
 
+    def _busy(self, samples: int = 60) -> str:
+        """Where the loop thread spends its time: the commonest stacks of
+        library and test frames, and the callbacks the loop keeps running."""
+        stacks: Counter[str] = Counter()
+        callbacks: Counter[str] = Counter()
+        for _ in range(samples):
+            frame = sys._current_frames().get(self._thread_id)
+            ours = [f for f in traceback.extract_stack(frame)
+                    if "gobucket_py" in f.filename or os.sep + "tests" + os.sep in f.filename]
+            if ours:
+                stacks[" <- ".join(f"{os.path.basename(f.filename)}:{f.lineno} {f.name}"
+                                   for f in reversed(ours[-6:]))] += 1
+            handles = [*getattr(self.loop, "_ready", ()), *getattr(self.loop, "_scheduled", ())]
+            for handle in handles[:50]:
+                callbacks[_describe(getattr(handle, "_callback", None))] += 1
+            time.sleep(0.005)
+        top = "; or ".join(stack for stack, _ in stacks.most_common(2)) or "(no frame of ours)"
+        ready = ", ".join(f"{name} x{n}" for name, n in callbacks.most_common(3))
+        return f"{top}; callbacks queued most: {ready}"
+
     def _watch(self) -> None:
         began = last_change = time.perf_counter()
         last = self.loop.time()
@@ -924,10 +986,7 @@ class Watchdog:
                 why = f"the run took more than {self.limit:g} s of real time"
             else:
                 continue
-            frame = sys._current_frames().get(self._thread_id)
-            stack = traceback.extract_stack(frame)[-8:] if frame is not None else []
-            self.reason = why + "; the loop was in: " + " <- ".join(
-                f"{os.path.basename(f.filename)}:{f.lineno} {f.name}" for f in reversed(stack))
+            self.reason = f"{why}; the loop was busy in: {self._busy()}"
             self.loop.call_soon_threadsafe(self.body.cancel)
             return
 
@@ -966,15 +1025,22 @@ class Outcome:
         if full:
             lines.append("  faults: " + "; ".join(f"{a.t:.3f} {a.text}"
                                                  for a in self.ledger.actions))
-        lines.append(f"  replay: {replay_command(plan.seed)}")
+        exact = "" if os.environ.get("PYTHONHASHSEED") else (
+            " (this run's PYTHONHASHSEED was random: the replay may take another path; "
+            "compare the trace)")
+        lines.append(f"  replay: {replay_command(plan.seed)}{exact}")
         return "\n".join(lines)
 
 
 def replay_command(seed: int) -> str:
-    """The one command that replays ``seed`` (with the same hash seed, if one was set)."""
-    hashseed = os.environ.get("PYTHONHASHSEED")
-    prefix = f"PYTHONHASHSEED={hashseed} " if hashseed else ""
-    return (f"{prefix}GOBUCKET_SEED={seed} .venv/bin/python -m pytest -q "
+    """The one command that replays ``seed``, with this process's hash seed.
+
+    Set iteration order (string hashing) steers a few interleavings, so an
+    exact replay needs the same ``PYTHONHASHSEED``; without one set, the
+    command uses 0, which takes the same path for most seeds (compare the
+    ``trace`` digest of the two reports)."""
+    hashseed = os.environ.get("PYTHONHASHSEED") or "0"
+    return (f"PYTHONHASHSEED={hashseed} GOBUCKET_SEED={seed} .venv/bin/python -m pytest -q "
             "tests/test_nemesis.py -k replay")
 
 
@@ -1045,6 +1111,11 @@ class Run:
             for task in tasks:
                 task.cancel()
             await asyncio.wait(tasks, timeout=0.5)
+        # What its context did not reach (a timer armed from another context):
+        # the buckets let nothing run any more (what they do now is not recorded).
+        if inc.group is not None:
+            for bucket in inc.group.buckets.values():
+                await bucket.close(0)
 
     def pick(self, index: int) -> Incarnation | None:
         """The node at ``index``, or the next one that is up."""
@@ -1227,7 +1298,7 @@ class Run:
 
     # -- the nemesis --
 
-    async def fault(self, start: float, fault: Fault) -> None:
+    async def fault(self, start: float, fault: Strike) -> None:
         await self.at(start + fault.at)
         names = self.names
         text = fault.text(names)
@@ -1273,7 +1344,10 @@ class Run:
                         job.cancel()
                     self.current = dict.fromkeys(self.names)
             leaked = await self.sweep()
-        return Outcome(self.plan, self.ledger, check(self.ledger), leaked)
+        census = check(self.ledger)
+        if leaked and self.ledger.aborted is None:
+            census.notes["tasks_running_after_stop"] += leaked
+        return Outcome(self.plan, self.ledger, census, leaked)
 
     async def _body(self) -> None:
         plan = self.plan

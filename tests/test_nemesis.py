@@ -17,11 +17,29 @@ The checker is tested on hand-made ledgers below: it must catch each kind.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import logging
 import os
+from typing import Any
 
 import pytest
 
-from .nemesis import KINDS, NOOP_CYCLES, Ledger, check, make_plan, replay_command, run_seed
+from gobucket_py import MemoryNetwork, PeerUnavailableError, TaskType
+from gobucket_py.cluster.protocol import Kind
+
+from .nemesis import (
+    KINDS,
+    NOOP_CYCLES,
+    Ledger,
+    Plan,
+    Run,
+    check,
+    filed_tasks,
+    make_plan,
+    replay_command,
+    run_seed,
+)
 
 pytestmark = pytest.mark.looptime(noop_cycles=NOOP_CYCLES)
 
@@ -30,7 +48,10 @@ FIRST_SEED = int(os.environ.get("NEMESIS_FIRST_SEED", "0"))
 
 
 @pytest.mark.parametrize("seed", range(FIRST_SEED, FIRST_SEED + SEEDS))
-async def test_seed(seed: int) -> None:
+async def test_seed(seed: int, caplog: pytest.LogCaptureFixture) -> None:
+    # The faults make the library warn all the time; a failing seed's report
+    # (and its replay, which keeps them) says more than thousands of warnings.
+    caplog.set_level(logging.ERROR, logger="gobucket_py")
     outcome = await run_seed(seed)
     if outcome.failed:
         pytest.fail("\n" + outcome.report(), pytrace=False)
@@ -104,6 +125,11 @@ async def test_checker_passes_clean_lives() -> None:
     book.ask("drain", "f", "lost", via="n1#0")
     book.did("n3#0", "g", "filled", "start", "failed")  # ran again after n4 crashed mid-run
     book.ask("get", "never", "none")
+    fill = book.ledger.begin("fill", "n1#0", "h")  # a get concurrent with the fill
+    book.ask("get", "h", "none")  # may be ordered before it
+    book.did("n2#0", "h", "filled")
+    book.ledger.end(fill, "placed", "n2")
+    book.did("n2#0", "h", "start", "finished")
     assert book.kinds() == {}
 
 
@@ -121,12 +147,12 @@ async def test_checker_catches(kind: str) -> None:
         book.ask("drain", "a", "drained", node="n2")
         book.did("n3#0", "a", "filled", "start")
     elif kind == "not_found_ran":
-        fill = ledger.begin("fill", "n1#0", "a")
+        book.fill("a")
         drain = ledger.begin("drain", "n3#0", "a")
-        book.did("n2#0", "a", "filled")  # placed while the drain looked (not live throughout)
+        book.did("n4#0", "a", "filled")  # handed from n2 to n4 while the drain looked:
+        book.did("n2#0", "a", "handed_off")  # no node held it through the whole call
         ledger.end(drain, "not_found")
-        ledger.end(fill, "placed", "n2")
-        book.did("n2#0", "a", "start", "finished")  # it runs after NOT_FOUND
+        book.did("n4#0", "a", "start", "finished")  # it runs after NOT_FOUND
     elif kind == "not_found_live":
         book.fill("a")
         book.ask("get", "a", "none")
@@ -141,7 +167,12 @@ async def test_checker_catches(kind: str) -> None:
     elif kind == "outcome_and_loss":
         book.fill("a")
         book.did("n2#0", "a", "start", "finished")
+        ledger.crash("n2#0")
         ledger.loss("n1#0", "n2", ["a"])
+    elif kind == "presumed_lost_ended":
+        book.fill("a")
+        ledger.loss("n1#0", "n2", ["a"])  # n2 only stalled: presumed lost
+        book.did("n2#0", "a", "start", "finished")
     elif kind == "lost_twice":
         book.fill("a")
         ledger.crash("n2#0")
@@ -156,6 +187,9 @@ async def test_checker_catches(kind: str) -> None:
         book.ask("drain", "a", "failed", node="n2")
     elif kind == "hang":
         book.fill("a", answer="hang", to=None, holder=None)
+    elif kind == "livelock":
+        book.fill("a")  # cut short: it need not have ended
+        ledger.abort("livelock: loop time stuck at 1.0")
     elif kind == "bad_error":
         book.fill("a", answer="error:KeyError", to=None, holder=None)
     elif kind == "still_unknown":
@@ -196,4 +230,174 @@ async def test_checker_catches_lies_about_placement_and_loss() -> None:
 async def test_plan_is_a_function_of_the_seed() -> None:
     assert make_plan(7) == make_plan(7)
     assert make_plan(7) != make_plan(8)
-    assert "GOBUCKET_SEED=7 " in replay_command(7) and "-k replay" in replay_command(7)
+    command = replay_command(7)
+    assert "GOBUCKET_SEED=7 " in command and "PYTHONHASHSEED=" in command
+    assert command.endswith("tests/test_nemesis.py -k replay")
+
+
+# -- the network's fault controls -----------------------------------------------------------------
+
+
+class Peers:
+    """Transports on one MemoryNetwork whose handlers log what they applied, and when."""
+
+    def __init__(self, *names: str) -> None:
+        self.net = MemoryNetwork()
+        self.names = names
+        self.applied: list[tuple[str, float]] = []  # (receiver, loop time)
+
+    async def __aenter__(self) -> Peers:
+        self.ends = {name: self.net.transport(name) for name in self.names}
+        for name, end in self.ends.items():
+            async def handler(kind: Kind, message: dict[str, Any], name: str = name
+                              ) -> dict[str, Any]:
+                self.applied.append((name, asyncio.get_running_loop().time()))
+                await asyncio.sleep(message.get("work", 0.0))
+                return {"v": 1, "by": name, "ctx": WHO.get()}
+            WHO.set(name)  # each end serves in the context it was started in
+            await end.start(handler)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for end in self.ends.values():
+            await end.close()
+
+    async def call(self, src: str, dst: str, timeout: float = 1.0, work: float = 0.0
+                   ) -> dict[str, Any]:
+        return await self.ends[src].call(dst, Kind.PING, {"v": 1, "work": work}, timeout)
+
+    async def fails(self, src: str, dst: str, timeout: float = 1.0) -> PeerUnavailableError:
+        t0 = asyncio.get_running_loop().time()
+        with pytest.raises(PeerUnavailableError) as caught:
+            await self.call(src, dst, timeout)
+        took = asyncio.get_running_loop().time() - t0
+        assert caught.value.maybe_delivered and took == pytest.approx(timeout), took
+        return caught.value
+
+
+WHO: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="?")
+
+
+async def test_network_delay_makes_late_replies_and_still_applies_the_request() -> None:
+    async with Peers("a", "b") as p:
+        loop = asyncio.get_running_loop()
+        slow = p.net.delay("a", "b", 2.0)
+        t0 = loop.time()
+        await p.fails("a", "b", timeout=1.0)
+        assert p.applied == []
+        await asyncio.sleep(1.5)
+        assert p.applied == [("b", pytest.approx(t0 + 2.0))]  # applied when it arrived
+        t1 = loop.time()
+        assert (await p.call("b", "a", timeout=3.0))["by"] == "a"  # b's request is not late,
+        assert loop.time() - t1 == pytest.approx(2.0)  # a's reply to b is
+        assert str(slow) == "delay a->b +2s" and p.net.faults == [slow]
+        slow.heal()
+        assert (await p.call("a", "b"))["by"] == "b" and p.net.faults == []
+
+
+async def test_network_drop_replies_applies_but_the_caller_never_hears() -> None:
+    async with Peers("a", "b") as p:
+        p.net.drop_replies("a", "b")
+        await p.fails("a", "b")
+        assert [who for who, _ in p.applied] == ["b"]
+        assert (await p.call("b", "a"))["by"] == "a"
+        p.net.heal()
+        assert (await p.call("a", "b"))["by"] == "b"
+
+
+async def test_network_partition_times_out_and_never_refuses() -> None:
+    async with Peers("a", "b", "c") as p:
+        cut = p.net.partition(["a"], ["b", "c"])
+        await p.fails("a", "b")
+        await p.fails("c", "a")
+        assert p.applied == []  # nothing crossed
+        assert (await p.call("b", "c"))["by"] == "c"  # one side still talks
+        cut.heal()
+        assert (await p.call("a", "b"))["by"] == "b"
+        p.net.partition("a", "b", one_way=True)  # a's messages to b are lost
+        await p.fails("a", "b")
+        assert [who for who, _ in p.applied] == ["c", "b"]
+        await p.fails("b", "a")  # b's request reaches a, the reply is lost
+        assert [who for who, _ in p.applied] == ["c", "b", "a"]
+        with pytest.raises(ValueError, match="both sides"):
+            p.net.partition(["a", "b"], ["b"])
+
+
+async def test_network_stall_holds_traffic_and_delivers_it_on_resume() -> None:
+    async with Peers("a", "b") as p:
+        p.net.stall("b")
+        await p.fails("a", "b")
+        await p.fails("b", "a")  # a stalled node's own calls wait too
+        assert p.applied == []
+        await asyncio.sleep(2.0)
+        t1 = asyncio.get_running_loop().time()
+        p.net.resume("b")
+        await asyncio.sleep(0.01)
+        assert sorted(p.applied) == [("a", pytest.approx(t1)), ("b", pytest.approx(t1))]
+        assert (await p.call("a", "b"))["by"] == "b"
+
+
+async def test_network_crash_resets_in_flight_calls_and_frees_the_address() -> None:
+    async with Peers("a", "b") as p:
+        loop = asyncio.get_running_loop()
+        busy = loop.create_task(p.call("a", "b", timeout=5.0, work=3.0))
+        await asyncio.sleep(0.5)
+        p.net.crash("b")
+        with pytest.raises(PeerUnavailableError) as reset:
+            await busy
+        assert reset.value.maybe_delivered and "reset" in str(reset.value)
+        with pytest.raises(PeerUnavailableError) as refused:
+            await p.call("a", "b")
+        assert not refused.value.maybe_delivered
+        with pytest.raises(PeerUnavailableError):
+            await p.call("b", "a")  # the dead end sends nothing either
+        again = p.net.transport("b")  # a restart at the same address
+
+        async def handler(kind: Kind, message: dict[str, Any]) -> dict[str, Any]:
+            return {"v": 1, "by": "b again"}
+
+        await again.start(handler)
+        assert (await p.call("a", "b"))["by"] == "b again"
+
+
+async def test_network_handlers_outlive_caller_timeouts_and_run_in_their_node_context() -> None:
+    async with Peers("a", "b") as p:
+        with pytest.raises(PeerUnavailableError):
+            await p.call("a", "b", timeout=0.5, work=1.0)  # the caller gives up...
+        await asyncio.sleep(1.0)
+        assert [who for who, _ in p.applied] == ["b"]  # ...the handler ran to its end
+        assert (await p.call("a", "b"))["ctx"] == "b"
+
+
+# -- the harness's kill -9 ------------------------------------------------------------------------
+
+
+async def test_harness_crash_stops_everything_the_node_runs() -> None:
+    """A crashed incarnation runs nothing more: no timer fires, no task starts,
+    no outcome is recorded, and its address takes a new incarnation."""
+    plan = Plan(0, "calm", ["n1", "n2"], [5, 5], [], [], [], [])
+    run = Run(plan)
+    with filed_tasks():
+        for name in plan.names:
+            await run.boot(name)
+        n2 = run.current["n2"]
+        assert n2 is not None and n2.group is not None
+        for i in range(3):
+            await n2.group.fill("jobs", f"bomb{i}", {"w": 0.0}, task_type=TaskType.TIME_BOMB,
+                                run_after=0.5, life_span=2.0)
+        await n2.group.fill("jobs", "busy", {"w": 5.0}, life_span=10.0)  # running now
+        await asyncio.sleep(0.1)
+        await run.crash("n2")
+        assert not n2.tasks  # every task it had is done
+        await asyncio.sleep(1.0)  # the time-bombs' time passes
+        await run.boot("n2")
+        await asyncio.sleep(0.5)
+        for inc in run.current.values():
+            assert inc is not None and inc.group is not None
+            await inc.group.stop()
+    whats = [(e.node, e.task, e.what) for e in run.ledger.events]
+    assert ("n2#0", "busy", "start") in whats
+    assert not [w for w in whats if w[0] == "n2#0" and w[2] not in ("filled", "start")], whats
+    assert run.ledger.post_mortem >= 1  # the running one ended CANCELLED, unrecorded
+    assert [c.node for c in run.ledger.crashes] == ["n2#0"]
+    assert run.current["n2"] is not None and run.current["n2"].tag == "n2#1"

@@ -129,7 +129,7 @@ class MemoryNetwork:
         self._delays: dict[Link, float] = {}
         self._cut: dict[Link, int] = {}  # partitions cutting each directed link
         self._drops: dict[Link, int] = {}  # drop_replies faults on each (caller, callee)
-        self._stalled: dict[str, asyncio.Future[None]] = {}
+        self._stalled: dict[str, asyncio.Event] = {}  # set on resume
         self._faults: list[Fault] = []
         # True when a message may be anything but delivered at once (the fast path's test).
         self._faulty = False
@@ -274,7 +274,7 @@ class MemoryNetwork:
             net.resume("n2")          # n2 gets every held request now
         """
         if address not in self._stalled:
-            self._stalled[address] = asyncio.get_running_loop().create_future()
+            self._stalled[address] = asyncio.Event()
         return self._add(Fault(self, "stall", f"stall {address}",
                                lambda: self._resume(address), address))
 
@@ -288,8 +288,8 @@ class MemoryNetwork:
 
     def _resume(self, address: str) -> None:
         waiter = self._stalled.pop(address, None)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            waiter.set()
 
     def heal(self) -> None:
         """Undo every :meth:`delay`, :meth:`drop_replies`, :meth:`partition`
@@ -378,7 +378,7 @@ class MemoryNetwork:
             waiter = stalled.get(frm) or stalled.get(to)
             if waiter is None:
                 break
-            await asyncio.shield(waiter)
+            await waiter.wait()
         if (frm, to) in self._cut or frm in self._hung or to in self._hung:
             return False
         return call is None or call not in self._drops

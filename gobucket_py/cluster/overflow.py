@@ -92,14 +92,14 @@ class Overflow:
     async def _place_waiting(self, bucket: str, waiting: _Waiting) -> None:
         try:
             await self.place_many(bucket, enumerate(waiting.items), waiting)
-        except BaseException as exc:  # stop() (bounded) or a bug: let no caller hang
-            if not isinstance(exc, asyncio.CancelledError):
-                log.exception("placing overflowing fills failed node=%s bucket=%s",
-                              self.group.node_id, bucket)
+        except (Exception, asyncio.CancelledError) as exc:  # stop(), or a bug: no caller hangs
             for future, item in zip(waiting.futures, waiting.items, strict=True):
                 if not future.done():
                     future.set_exception(self._interrupted(item))
-            raise
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            log.exception("placing overflowing fills failed node=%s bucket=%s",
+                          self.group.node_id, bucket)
 
     def _interrupted(self, item: Item) -> GobucketError:
         return PlacementUnknownError(
