@@ -349,13 +349,13 @@ class TaskBucket:
             elif task.state is not _RUNNING:  # drained: it already ended
                 if isinstance(exc, _FATAL):
                     raise
-            elif timeout.expired():
-                task.state = TaskState.EXHAUSTED
-                await self._end(task, "exhausted", self._on_exhausted)
             elif isinstance(exc, _FATAL):
                 # KeyboardInterrupt/SystemExit: end the task (no hook), then let it out.
                 self._stop_now(task, TaskState.FAILED, "failed")
                 raise
+            elif timeout.expired():
+                task.state = TaskState.EXHAUSTED
+                await self._end(task, "exhausted", self._on_exhausted)
             else:
                 task.state = TaskState.FAILED
                 await self._end(task, "failed", self._on_error, exc)
