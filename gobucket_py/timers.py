@@ -23,6 +23,10 @@ from .task import Task, TaskState
 __all__ = ["TimerWheel"]
 
 _PENDING = TaskState.PENDING
+#: A task due within this much of now fires now: re-arming a timer for a
+#: microsecond's difference is pointless (and a clock that cannot step by
+#: less, like a test's fake one, would spin on it).
+_EARLY = 1e-6
 
 
 class TimerWheel:
@@ -130,7 +134,7 @@ class TimerWheel:
             for task in entries:
                 if not self._valid(task, tick):
                     continue
-                if task._run_at <= now:
+                if task._run_at <= now + _EARLY:
                     self._live -= 1
                     fire(task)  # sets task._runner, so a duplicate entry is skipped
                 else:

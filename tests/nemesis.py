@@ -57,7 +57,9 @@ cluster that never lies" (kinds of violation, in :data:`KINDS`):
 
 ``zombie`` is a harness defect: a crashed incarnation ran something.
 Notes (counted, not violations): ``not_found_for_ended`` (NOT_FOUND or None
-for a task that ended, within ``outcome_retention``), answers that were
+for a task that ended on a node that crashed since) and
+``not_found_for_ended_holder_alive`` (its holder is alive and should have
+answered how it ended, within ``outcome_retention``), answers that were
 "unknown", tasks lost with their origin.
 
 Crashes: each node runs in its own :mod:`contextvars` context (the
@@ -447,6 +449,15 @@ def _check_task(census: Census, task: str, evs: list[Event], calls: list[Call],
             bad("not_found_live", task, f"{label} via {c.via} ({c.t0:.3f}-{c.t1:.3f}) while "
                                         f"{', '.join(cp.node for cp in live)} held it")
 
+    def forgot(c: Call) -> None:
+        """NOT_FOUND (or None) for a task that had ended: its holder should
+        say how (outcome_retention), unless it crashed since."""
+        ended = [f for f in finals if f.seq < c.seq0]
+        if ended:
+            crash = crashed.get(ended[0].node)
+            since = crash is not None and crash < c.seq0
+            census.notes["not_found_for_ended" + ("" if since else "_holder_alive")] += 1
+
     for c in calls:
         a = c.answer
         if c.op == "drain":
@@ -471,14 +482,13 @@ def _check_task(census: Census, task: str, evs: list[Event], calls: list[Call],
                                               f"ledger has no such outcome")
             elif a in ("not_found", "lost"):
                 nowhere(c, a.upper())
-            if a in ("not_found",) and any(f.seq < c.seq0 for f in finals):
-                census.notes["not_found_for_ended"] += 1
+            if a == "not_found":
+                forgot(c)
         elif c.op == "get":
             state = a[6:] if a.startswith("state:") else None
             if a == "none":
                 nowhere(c, "get None")
-                if any(f.seq < c.seq0 for f in finals):
-                    census.notes["not_found_for_ended"] += 1
+                forgot(c)
             elif state in FINAL:
                 if not had(state, c.seq1):
                     bad("false_answer", task, f"get said {state} via {c.via} at {c.t1:.3f}: "
@@ -567,8 +577,11 @@ MAX_FAULT = 3.0  # longest fault
 
 
 def group_config() -> GroupConfig:
-    """The cluster's tuning: the local preset, with losses presumed after 2 s."""
-    return GroupConfig.local(lost_after=2.0)
+    """The cluster's tuning: the local preset, with losses presumed after 5 s."""
+    # Longer than any fault the nemesis heals: a stall or partition it heals
+    # must be "unknown", never presumed lost (presumption is for a node that
+    # stays dead, and is tested on its own in test_truth.py).
+    return GroupConfig.local(lost_after=MAX_FAULT + 2.0)
 
 
 HOOK_TIMEOUT = 0.5

@@ -6,7 +6,8 @@ clock steps come and go, then checks every task against the invariants of "a
 cluster that never lies" (tests/nemesis.py says which, and how). Loop time is
 faked (looptime): a seed takes a fraction of a second.
 
-``make test`` runs ``NEMESIS_SEEDS`` seeds (100); ``make chaos`` runs 2,000.
+``make test`` runs ``NEMESIS_SEEDS`` seeds (100) from ``NEMESIS_FIRST_SEED``
+(0); ``make chaos`` runs 2,000.
 A failure prints a compact report and the one command that replays it::
 
     GOBUCKET_SEED=1234 .venv/bin/python -m pytest -q tests/test_nemesis.py -k replay

@@ -93,13 +93,20 @@ class EndedNotices:
     def _flush(self) -> None:
         self._timer = None
         members = self.group._members.members
+        waiting = False
         for origin in set(self._ended) | set(self._moved):
+            member = members.get(origin)
+            if member is not None and member.state is MemberState.DEAD and not member.lost:
+                waiting = True  # it may only be stalled or cut off: tell it when it is back
+                continue
             ended = self._ended.pop(origin, {})
             moved = self._moved.pop(origin, [])
-            member = members.get(origin)
             if member is None or member.state not in (MemberState.ALIVE, MemberState.SUSPECT):
-                continue  # it is dead, leaving or gone: nobody to tell
+                continue  # gone, leaving or presumed lost: nobody to tell
             self.group._spawn(self._send(origin, member.addr, ended, moved))
+        if waiting and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(
+                self.group.config.probe_interval, self._flush)
 
     async def _send(self, origin: str, addr: str, ended: dict[str, list[str]],
                     moved: list[list[str]]) -> None:
@@ -142,6 +149,6 @@ class EndedNotices:
         routes = self.group._routes
         for bucket, ids in checked:
             for task_id in ids:
-                routes.forget_if(bucket, task_id, sender)
+                routes.ended(bucket, task_id, sender)
         for bucket, task_id, node, boot in moved:
             routes.move(bucket, task_id, sender, node, boot)

@@ -44,6 +44,11 @@ class Unsettled(PeerUnavailableError):
     (see ``Forwarder._settle``): it must not be placed anywhere else."""
 
 
+#: Shortest wait between settle attempts, so a deadline a hair away is not
+#: chased with zero-length timeouts.
+_TICK = 0.001
+
+
 def _ambiguous(error: GobucketError) -> bool:
     """Could the failed request have been applied?"""
     if isinstance(error, PeerUnavailableError):
@@ -255,7 +260,7 @@ class Forwarder:
         deadline = loop.time() + config.settle_timeout
         message = {"v": 1, "from": self.membership.header(), "batch": seq}
         last: GobucketError = cause
-        while (left := deadline - loop.time()) > 0:
+        while (left := deadline - loop.time()) > _TICK:
             if member.boot != boot:  # it restarted: whatever it took is gone
                 return PeerUnavailableError(f"peer {member.node_id} restarted",
                                             maybe_delivered=False)
@@ -268,7 +273,7 @@ class Forwarder:
                 return self._results(member, reply, count)
             except GobucketError as exc:
                 last = exc
-            await asyncio.sleep(min(config.probe_interval, max(0.0, deadline - loop.time())))
+            await asyncio.sleep(max(_TICK, min(config.probe_interval, deadline - loop.time())))
         return Unsettled(f"{cause}; then could not ask whether it took the batch within "
                           f"{config.settle_timeout:g}s: {last}")
 

@@ -195,6 +195,8 @@ class Lookup:
                 # The holder never had it, or handed it off and has exited: look around.
         if ended_here is not None:
             return ended_here
+        if not group._members.joined and group.seeds:
+            raise _unavailable(bucket, task_id, ["this node has not reached any peer yet"])
         targets = [m for m in members.values() if m.node_id not in asked and not m.lost]
         unknown: list[str] = []
 

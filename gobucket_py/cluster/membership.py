@@ -191,6 +191,9 @@ class Membership:
         self.incarnation = 0
         self.leaving = False
         self.members: dict[str, Member] = {}
+        #: True once any peer has been heard from: until then this node does
+        #: not know who could hold a task, so it cannot say "nowhere".
+        self.joined = False
         self.seeds = list(dict.fromkeys(seeds))
         self._unreached = set(self.seeds)
         self.rng = rng or random.Random()
@@ -320,6 +323,7 @@ class Membership:
         self._unreached.discard(h.addr)
         self._learned.pop(h.addr, None)
         returned = False
+        self.joined = True
         if member is None:
             member = Member(h.node_id, h.addr, h.boot, h.incarnation,
                             state=MemberState.LEFT if h.leaving else MemberState.ALIVE)

@@ -29,6 +29,10 @@ def is_lost(route: Route) -> bool:
     return route[1].startswith(_LOST)
 
 
+#: Ended notices kept for routes not added yet (a few seconds' worth).
+EARLY_MAX = 10_000
+
+
 class Routes:
     """Forwarded tasks by ``(bucket, task_id)``."""
 
@@ -37,6 +41,8 @@ class Routes:
         #: its task's deadline (the node is dead but not yet presumed lost:
         #: its tasks are reported lost, not silently forgotten).
         self.hold: Callable[[str], bool] | None = None
+        # Ended notices that arrived before their route: (bucket, id) -> node.
+        self._early: dict[tuple[str, str], str] = {}
         self._where: dict[str, dict[str, Route]] = {}  # bucket -> task id -> route
         # (expiry, seq, bucket, task ids): drained tasks leave stale ids here,
         # counted by _queued and swept when they outnumber the records.
@@ -60,6 +66,8 @@ class Routes:
         where = self._where.get(bucket)
         if where is None:
             where = self._where[bucket] = {}
+        if self._early:
+            task_ids = [t for t in task_ids if self._early.pop((bucket, t), None) != node_id]
         for task_id in task_ids:
             where[task_id] = route
         heapq.heappush(self._expiry, (expiry, next(self._seq), bucket, task_ids))
@@ -95,13 +103,20 @@ class Routes:
         if where is not None:
             where.pop(task_id, None)
 
-    def forget_if(self, bucket: str, task_id: str, node_id: str) -> None:
-        """Drop a route if it still leads to ``node_id`` (which says the task ended)."""
+    def ended(self, bucket: str, task_id: str, node_id: str) -> None:
+        """``node_id`` says the task ended there: drop its route. A notice
+        that overtakes the route (the forward's verdict is still being
+        settled) is kept for a while, so the route is never added."""
         where = self._where.get(bucket)
-        if where is not None:
-            route = where.get(task_id)
-            if route is not None and route[0] == node_id and not is_lost(route):
-                del where[task_id]
+        route = None if where is None else where.get(task_id)
+        if route is None:
+            early = self._early
+            early[(bucket, task_id)] = node_id
+            if len(early) > EARLY_MAX:  # drop the oldest half
+                for key in list(early)[:EARLY_MAX // 2]:
+                    del early[key]
+        elif route[0] == node_id and not is_lost(route):
+            del where[task_id]  # type: ignore[union-attr]  # route implies where
 
     def move(self, bucket: str, task_id: str, from_node: str, node_id: str, boot: str) -> None:
         """A task routed to ``from_node`` was handed off to ``node_id`` (in ``boot``)."""
