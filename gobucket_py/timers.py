@@ -124,7 +124,7 @@ class TimerWheel:
         self._handle = None
         self._handle_when = math.inf
         now = self._loop.time()
-        current = self._tick(now)
+        current = self._tick(now + _EARLY)  # a slot due by float rounding is due
         slots, ticks, fire = self._slots, self._ticks, self._fire
         carry: list[Task] = []
         while ticks and ticks[0] <= current:

@@ -357,6 +357,26 @@ class Census:
         return "; ".join(text for _, text in sorted(rows))
 
 
+#: How soon after a task's end its holder tells the origin, faults aside:
+#: the notices' batching (cluster/ended.py FLUSH) plus one request timeout.
+NOTICE_WINDOW = 0.05 + 0.5
+
+
+def unnotified(ledger: Ledger, end: Event, origin: str) -> bool:
+    """Did the holder of ``end`` crash before its ended notice could reach
+    ``origin``: within NOTICE_WINDOW, or with a fault touching either node
+    (started up to MAX_FAULT before the end) in between?"""
+    crash = next((c for c in ledger.crashes if c.node == end.node and c.seq > end.seq),
+                 None)
+    if crash is None:
+        return False
+    if crash.t - end.t <= NOTICE_WINDOW:
+        return True
+    names = {node_of(end.node), node_of(origin)}
+    return any(end.t - MAX_FAULT <= a.t <= crash.t and any(n in a.text for n in names)
+               for a in ledger.actions)
+
+
 def check(ledger: Ledger) -> Census:
     """Judge every task of ``ledger`` against the invariants (see the module docstring)."""
     census = Census(ledger)
@@ -385,7 +405,8 @@ def check(ledger: Ledger) -> Census:
             losses.setdefault(task, []).append(x)
     for task in sorted(set(events) | set(calls) | set(losses), key=_id_key):
         _check_task(census, task, events.get(task, []), calls.get(task, []),
-                    losses.get(task, []), crashed, complete=ledger.aborted is None)
+                    losses.get(task, []), crashed, complete=ledger.aborted is None,
+                    ledger=ledger)
     return census
 
 
@@ -405,7 +426,8 @@ def _copies(evs: list[Event], crashed: dict[str, int]) -> list[Copy]:
 
 
 def _check_task(census: Census, task: str, evs: list[Event], calls: list[Call],
-                losses: list[Loss], crashed: dict[str, int], *, complete: bool = True) -> None:
+                losses: list[Loss], crashed: dict[str, int], *, complete: bool = True,
+                ledger: Ledger | None = None) -> None:
     """One task; ``complete`` is False for a run cut short (then tasks need not have ended)."""
     bad = census.bad
     starts = [e for e in evs if e.what == "start"]
@@ -528,6 +550,13 @@ def _check_task(census: Census, task: str, evs: list[Event], calls: list[Call],
             crash = crashed.get(end.node)
             kind = ("outcome_and_loss" if crash is not None and crash < loss.seq
                     else "presumed_lost_ended")
+            if (kind == "outcome_and_loss" and ledger is not None
+                    and unnotified(ledger, end, loss.reporter)):
+                # The documented window: the holder crashed before its "ended"
+                # notice could reach the origin (too soon, or a fault between).
+                census.notes["ended_then_holder_crashed_unnotified"] += 1
+                kind = ""
+        if finals and losses and kind:
             bad(kind, task, f"{end.what} on {end.node} at {end.t:.3f} and reported lost by "
                             f"{loss.reporter} at {loss.t:.3f}"
                 + (f" (after {end.node} crashed)" if kind == "outcome_and_loss"
