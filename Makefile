@@ -30,7 +30,7 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy --strict gobucket_py
 
 pytest: $(STAMP) browser
-	$(PY) -m pytest -q
+	PYTHONHASHSEED=0 $(PY) -m pytest -q
 
 test: lint typecheck pytest
 
