@@ -304,6 +304,7 @@ class TaskBucketGroup:
                 config = self.config
                 # Let forwards in flight get their verdicts, so no caller is stranded.
                 await self._forwarder.close(config.forward_timeout + config.settle_timeout)
+
                 if self._background:
                     await asyncio.wait(list(self._background), timeout=config.request_timeout)
                 await membership.stop()

@@ -195,8 +195,13 @@ class Lookup:
                 # The holder never had it, or handed it off and has exited: look around.
         if ended_here is not None:
             return ended_here
-        if not group._members.joined and group.seeds:
+        membership = group._members
+        if not membership.joined and group.seeds:
             raise _unavailable(bucket, task_id, ["this node has not reached any peer yet"])
+        strangers = membership.unreached()
+        if strangers:
+            raise _unavailable(bucket, task_id, [f"peers name {', '.join(strangers)}, which "
+                                                 "this node has not reached yet"])
         targets = [m for m in members.values() if m.node_id not in asked and not m.lost]
         unknown: list[str] = []
 

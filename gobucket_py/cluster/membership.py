@@ -220,6 +220,9 @@ class Membership:
         self._aliases: set[str] = set()
         #: Addresses learned second-hand -> loop time of the last join attempt.
         self._learned: dict[str, float] = {}
+        # node id -> (state, first heard, last heard): unknown nodes that
+        # peers gossip as dead or left (see unreached()).
+        self._rumours: dict[str, tuple[str, float, float]] = {}
         #: Clashing address -> loop time its node id clash was last logged.
         self._clash_logged: dict[str, float] = {}
 
@@ -379,9 +382,13 @@ class Membership:
             member = self.members.get(node_id)
             if member is None:
                 # Dead or left news about a node we do not know (or pruned)
-                # is ignored: it must not bring a forgotten node back.
+                # does not make it a member: it must not bring a forgotten
+                # node back. It is remembered as a rumour: that node may still
+                # hold tasks, so for a while this node cannot say "nowhere".
                 if state in ("alive", "suspect"):
                     self._learn(addr)
+                else:
+                    self._rumour(node_id, state)
                 continue
             if boot != member.boot or inc < member.incarnation:
                 continue
@@ -408,6 +415,28 @@ class Membership:
             return
         self._learned[addr] = now
         self._track(self._attempt(addr))
+
+    def unreached(self) -> list[str]:
+        """Nodes this node does not know that may hold tasks: addresses
+        peers named as alive lately and not reached yet, and nodes they name
+        as dead (for ``lost_after`` after the first such rumour) or left (for
+        ``stop_grace`` and two request timeouts: it may still be handing
+        off)."""
+        now = asyncio.get_running_loop().time()
+        cfg = self.config
+        fresh = 2 * cfg.rejoin_interval
+        leaving = cfg.stop_grace + 2 * cfg.request_timeout
+        self._rumours = {n: r for n, r in self._rumours.items()
+                         if now - r[2] < fresh and n not in self.members}
+        rumours = [n for n, (state, first, _) in self._rumours.items()
+                   if now - first < (cfg.lost_after if state == "dead" else leaving)]
+        return list(self._learned) + rumours
+
+    def _rumour(self, node_id: str, state: str) -> None:
+        now = asyncio.get_running_loop().time()
+        known = self._rumours.get(node_id)
+        first = now if known is None or known[0] != state else known[1]
+        self._rumours[node_id] = (state, first, now)
 
     def forget_unreached(self, addr: str) -> None:
         """Drop an address from the join list for good (it is ourselves)."""
