@@ -168,6 +168,7 @@ async def test_checker_catches(kind: str) -> None:
     elif kind == "outcome_and_loss":
         book.fill("a")
         book.did("n2#0", "a", "start", "finished")
+        ledger.clock = lambda: 10.0  # long after its end, with no fault: notice was due
         ledger.crash("n2#0")
         ledger.loss("n1#0", "n2", ["a"])
     elif kind == "presumed_lost_ended":
