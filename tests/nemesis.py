@@ -366,14 +366,18 @@ def unnotified(ledger: Ledger, end: Event, origin: str) -> bool:
     """Did the holder of ``end`` crash before its ended notice could reach
     ``origin``: within NOTICE_WINDOW, or with a fault touching either node
     (started up to MAX_FAULT before the end) in between?"""
-    crash = next((c for c in ledger.crashes if c.node == end.node and c.seq > end.seq),
-                 None)
+    crash: Crash | Call | None = next(
+        (c for c in ledger.crashes if c.node == end.node and c.seq > end.seq), None)
+    if crash is None:  # a graceful stop ends the incarnation (and its notices) too
+        crash = next((c for c in ledger.calls if c.op == "stop" and c.via == end.node
+                      and c.seq0 > end.seq), None)
     if crash is None:
         return False
-    if crash.t - end.t <= NOTICE_WINDOW:
+    gone = crash.t if isinstance(crash, Crash) else crash.t1
+    if gone - end.t <= NOTICE_WINDOW:
         return True
     names = {node_of(end.node), node_of(origin)}
-    return any(end.t - MAX_FAULT <= a.t <= crash.t and any(n in a.text for n in names)
+    return any(end.t - MAX_FAULT <= a.t <= gone and any(n in a.text for n in names)
                for a in ledger.actions)
 
 
@@ -561,7 +565,7 @@ def _check_task(census: Census, task: str, evs: list[Event], calls: list[Call],
             crash = crashed.get(end.node)
             kind = ("outcome_and_loss" if crash is not None and crash < loss.seq
                     else "presumed_lost_ended")
-            if (kind == "outcome_and_loss" and ledger is not None
+            if (kind in ("outcome_and_loss", "presumed_lost_ended") and ledger is not None
                     and unnotified(ledger, end, loss.reporter)):
                 # The documented window: the holder crashed before its "ended"
                 # notice could reach the origin (too soon, or a fault between).

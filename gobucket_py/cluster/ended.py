@@ -108,8 +108,24 @@ class EndedNotices:
             self._timer = asyncio.get_running_loop().call_later(
                 self.group.config.probe_interval, self._flush)
 
+    async def flush(self) -> None:
+        """Send every pending notice now and wait for the answers (on stop:
+        this node's last word to the origins, bounded by request_timeout)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        members = self.group._members.members
+        sends = []
+        for origin in set(self._ended) | set(self._moved):
+            ended = self._ended.pop(origin, {})
+            moved = self._moved.pop(origin, [])
+            member = members.get(origin)
+            if member is not None and member.state is not MemberState.LEFT and not member.lost:
+                sends.append(self._send(origin, member.addr, ended, moved, retry=False))
+        await asyncio.gather(*sends)
+
     async def _send(self, origin: str, addr: str, ended: dict[str, list[str]],
-                    moved: list[list[str]]) -> None:
+                    moved: list[list[str]], *, retry: bool = True) -> None:
         group = self.group
         message = {"v": 1, "from": group._members.header(), "ended": ended, "moved": moved}
         try:
@@ -117,6 +133,8 @@ class EndedNotices:
         except GobucketError as exc:  # try again with the next batch
             log.debug("ended notice not delivered node=%s origin=%s error=%s", group.node_id,
                       origin, exc)
+            if not retry:
+                return
             for bucket, ids in ended.items():
                 self._ended.setdefault(origin, {}).setdefault(bucket, []).extend(ids)
             self._moved.setdefault(origin, []).extend(moved)

@@ -300,6 +300,7 @@ class TaskBucketGroup:
                 handed = await self._handoff.run(deadline)
                 grace = max(0.0, deadline - loop.time())
                 await asyncio.gather(*(b.close(grace) for b in self.buckets.values()))
+                await self._ended.flush()  # tell origins what ended here, before going
                 assert self._forwarder is not None
                 config = self.config
                 # Let forwards in flight get their verdicts, so no caller is stranded.
