@@ -370,7 +370,7 @@ def unnotified(ledger: Ledger, end: Event, origin: str) -> bool:
         (c for c in ledger.crashes if c.node == end.node and c.seq > end.seq), None)
     if crash is None:  # a graceful stop ends the incarnation (and its notices) too
         crash = next((c for c in ledger.calls if c.op == "stop" and c.via == end.node
-                      and c.seq0 > end.seq), None)
+                      and c.seq1 > end.seq), None)
     if crash is None:
         return False
     gone = crash.t if isinstance(crash, Crash) else crash.t1

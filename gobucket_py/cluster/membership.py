@@ -191,8 +191,8 @@ class Membership:
         self.incarnation = 0
         self.leaving = False
         self.members: dict[str, Member] = {}
-        #: True once any peer has been heard from: until then this node does
-        #: not know who could hold a task, so it cannot say "nowhere".
+        #: True once a peer's member list has been merged: until then this
+        #: node does not know who could hold a task, so it cannot say "nowhere".
         self.joined = False
         self.seeds = list(dict.fromkeys(seeds))
         self._unreached = set(self.seeds)
@@ -326,7 +326,6 @@ class Membership:
         self._unreached.discard(h.addr)
         self._learned.pop(h.addr, None)
         returned = False
-        self.joined = True
         if member is None:
             member = Member(h.node_id, h.addr, h.boot, h.incarnation,
                             state=MemberState.LEFT if h.leaving else MemberState.ALIVE)
@@ -374,6 +373,7 @@ class Membership:
 
     def merge_checked(self, entries: list[tuple[str, str, str, int, str]]) -> None:
         """:meth:`merge` for entries already validated by ``check_gossip``."""
+        self.joined = True  # a peer's member list: this node knows who is out there
         for node_id, boot, addr, inc, state in entries:
             if node_id == self.node_id:
                 if state in ("suspect", "dead") and boot == self.boot and inc >= self.incarnation:
@@ -407,9 +407,12 @@ class Membership:
         while peers keep naming it: an address that never answers is not
         kept (only seeds are retried for ever).
         """
-        if addr in self._unreached or addr in self._aliases or addr == self.transport.address:
+        if addr in self._aliases or addr == self.transport.address:
             return
         now = asyncio.get_running_loop().time()
+        if addr in self._unreached:  # a seed: the join loop retries it anyway
+            self._learned[addr] = now  # but peers say it is alive: it may hold tasks
+            return
         last = self._learned.get(addr)
         if last is not None and now - last < self.config.rejoin_interval:
             return
