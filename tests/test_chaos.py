@@ -379,7 +379,13 @@ def check(run: Run, ledgers: Ledgers, kill: Kill | None = None) -> Census:
         # Placed on the victim before the kill (not on its new incarnation).
         on_victim = (kill is not None and holder == kill.victim
                      and run.asked.get(task_id, 0.0) < kill.at)
-        if losses and not on_victim:
+        # A fill that said "may be on X" (PlacementUnknownError) is reported
+        # lost when X dies: it will not run, whether or not it got there.
+        maybe_on_victim = (kill is not None and task_id in run.ambiguous
+                           and run.ambiguous[task_id] == kill.victim)
+        if losses and maybe_on_victim and not on_victim:
+            census.counts["ambiguous fills reported lost with the victim"] += 1
+        elif losses and not on_victim:
             census.bad("reported lost, not held by a crashed node", task_id, run, ledgers)
         elif losses and finals:
             before = kill.at - finals[0].t if kill else 0.0
