@@ -14,11 +14,13 @@ records exist, rotates them every ``outcome_retention / 2`` (old = current,
 current = {}), and current rotates early when it reaches ``max_outcomes / 2``,
 so a record lives ``retention / 2`` to ``retention`` seconds and at most
 ``max_outcomes`` are held. A record is one dict entry whose value is an enum
-singleton: measured with tracemalloc at 999,999 records, about **31 bytes per
-record** without the id string and **92 bytes** counting a 12-character id
-such as ``"order-123456"`` (61 B) that only the record keeps alive. The default
-``max_outcomes=1_000_000`` thus bounds records to about 31 MB (92 MB with such
-ids) per bucket. On the hot path it is one dict store and one comparison.
+singleton: **31 to 62 bytes per record** without the id string, depending on
+where the dict is in its growth (tracemalloc: 31 B at 999,999 records over two
+generations; 62 B at 1,000,000 in one, ``make bench``), plus 61 B for a
+12-character id such as ``"order-123456"`` that only the record keeps alive.
+The default ``max_outcomes=1_000_000`` thus bounds records to about 31-62 MB
+(90-120 MB with such ids) per bucket. On the hot path it is one dict store
+and one comparison.
 """
 
 from __future__ import annotations
