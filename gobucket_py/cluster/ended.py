@@ -61,6 +61,27 @@ class EndedNotices:
             where = self.origins[bucket] = {}
         where[task_id] = origin
 
+    def accepted_batch(self, items: list[tuple[Any, ...]], verdicts: list[str],
+                       origin: str) -> None:
+        """The tasks of one FILL batch that this node took (verdict ``"ok"``)."""
+        origins = self.origins
+        bucket = where = None
+        for item, verdict in zip(items, verdicts, strict=True):
+            if verdict == "ok":
+                if item[0] != bucket:
+                    bucket = item[0]
+                    where = origins.get(bucket)
+                    if where is None:
+                        where = origins[bucket] = {}
+                where[item[1]] = origin  # type: ignore[index]
+
+    def forget(self, bucket: str, task_id: str, asker: str) -> None:
+        """``asker`` is draining the task: if it is the task's origin, it
+        learns the outcome from the answer and needs no notice."""
+        where = self.origins.get(bucket)
+        if where is not None and where.get(task_id) == asker:
+            del where[task_id]
+
     def task_ended(self, task: Task) -> None:
         """A bucket's ``on_outcome``: queue a notice if the task was forwarded here."""
         where = self.origins.get(task.bucket)

@@ -88,10 +88,7 @@ class PeerServer:
                                  else (member.boot, seq))
             if member is not None and message.get("handoff") is not True:
                 # Tell the origin when each ends (so a crash here reports only live ones).
-                accepted = group._ended.accepted
-                for item, verdict in zip(checked, results, strict=True):
-                    if verdict == "ok":
-                        accepted(item[0], item[1], member.node_id)
+                group._ended.accepted_batch(checked, results, member.node_id)
             # "from" last: the capacity it reports includes this batch.
             return {"v": 1, "results": results, "from": membership.header()}
         if kind is Kind.ENDED:
@@ -115,9 +112,11 @@ class PeerServer:
         bucket = field(message, "bucket", str)
         task_id = field(message, "id", str)
         group._bucket(bucket)  # an unknown bucket is a 404 before anything else
-        membership.heard(sender)
+        asker = membership.heard(sender)
         try:
             if kind is Kind.DRAIN:
+                if asker is not None:
+                    group._ended.forget(bucket, task_id, asker.node_id)
                 reply = drain_reply(*await group._lookup.drain_here(bucket, task_id))
             else:
                 reply = get_reply(await group._lookup.get_here(bucket, task_id))
