@@ -33,8 +33,8 @@ def run_part(tree: Path, part: str) -> dict[str, float]:
     subprocess.run([sys.executable, "-m", "bench", "cluster", "--only", part], cwd=tree,
                    env=env, check=True, stdout=subprocess.DEVNULL)
     rows = json.loads((tree / "bench" / "results" / "cluster.json").read_text())
-    return {r["name"]: float(r["value"]) for r in rows
-            if r["name"].startswith(tuple(FIGURES))}
+    prefix = {"throughput": "overflow throughput", "drain": "cluster drain"}.get(part, part)
+    return {r["name"]: float(r["value"]) for r in rows if r["name"].startswith(prefix)}
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
