@@ -261,9 +261,10 @@ class Forwarder:
         message = {"v": 1, "from": self.membership.header(), "batch": seq}
         last: GobucketError = cause
         while (left := deadline - loop.time()) > _TICK:
-            if member.boot != boot:  # it restarted: whatever it took is gone
-                return PeerUnavailableError(f"peer {member.node_id} restarted",
-                                            maybe_delivered=False)
+            if member.boot != boot:  # it restarted: whatever it took is gone, but an
+                # immediate task may have started there first: still "may have"
+                return Unsettled(f"{cause}; then peer {member.node_id} restarted before it "
+                                 "could say whether it took (and ran) the batch")
             try:
                 reply = await self.transport.call(member.addr, Kind.SETTLE, message,
                                                   min(config.request_timeout, left))
