@@ -64,15 +64,11 @@ class Lookup:
         self.exited.discard((member.node_id, member.boot))
 
     def _gone(self, member: Member) -> bool:
-        """A peer that left and has certainly exited: its tasks are elsewhere."""
-        if member.state is not MemberState.LEFT:
-            return False
-        if (member.node_id, member.boot) in self.exited:
-            return True
-        # A leaving node hands off and rescues within its stop_grace, then exits.
-        config = self.group.config
-        return (asyncio.get_running_loop().time() - member.state_since
-                > config.stop_grace + 2 * config.request_timeout)
+        """A peer that left and has certainly exited (its address refused a
+        connection since): its tasks are elsewhere. A timeout is no proof: a
+        new incarnation may be behind a cut link at that address."""
+        return (member.state is MemberState.LEFT
+                and (member.node_id, member.boot) in self.exited)
 
     # -- this node's own answers (to its callers and to peers) ----------------------------
 
