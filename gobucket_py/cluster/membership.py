@@ -223,6 +223,7 @@ class Membership:
         # node id -> (state, first heard, last heard): unknown nodes that
         # peers gossip as dead or left (see unreached()).
         self._rumours: dict[str, tuple[str, float, float]] = {}
+        self._started = 0.0  # loop time of start()
         #: Clashing address -> loop time its node id clash was last logged.
         self._clash_logged: dict[str, float] = {}
 
@@ -421,10 +422,10 @@ class Membership:
 
     def unreached(self) -> list[str]:
         """Nodes this node does not know that may hold tasks: addresses
-        peers named as alive lately and not reached yet, and nodes they name
-        as dead (for ``lost_after`` after the first such rumour) or left (for
+        peers named as alive lately and not reached yet, nodes they name as
+        dead (for ``lost_after`` after the first such rumour) or left (for
         ``stop_grace`` and two request timeouts: it may still be handing
-        off)."""
+        off), and seeds not reached since start (for ``lost_after``)."""
         now = asyncio.get_running_loop().time()
         cfg = self.config
         fresh = 2 * cfg.rejoin_interval
@@ -433,7 +434,11 @@ class Membership:
                          if now - r[2] < fresh and n not in self.members}
         rumours = [n for n, (state, first, _) in self._rumours.items()
                    if now - first < (cfg.lost_after if state == "dead" else leaving)]
-        return list(self._learned) + rumours
+        # Seeds never reached since this node started (it may have restarted
+        # into a partition): presumed empty after lost_after, like a dead peer.
+        seeds = ([a for a in self._unreached if a not in self._learned]
+                 if now - self._started < cfg.lost_after else [])
+        return list(self._learned) + rumours + seeds
 
     def _rumour(self, node_id: str, state: str) -> None:
         now = asyncio.get_running_loop().time()
@@ -643,6 +648,7 @@ class Membership:
 
     async def start(self) -> None:
         """Contact the seeds once, then run the probe and rejoin loops."""
+        self._started = asyncio.get_running_loop().time()
         await self._join_once()
         loop = asyncio.get_running_loop()
         self._loops = [loop.create_task(self._probe_loop()), loop.create_task(self._join_loop())]
