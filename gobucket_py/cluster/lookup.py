@@ -192,7 +192,9 @@ class Lookup:
         if ended_here is not None:
             return ended_here
         membership = group._members
-        if not membership.joined and group.seeds:
+        if not membership.joined and (group.seeds or membership.young()):
+            # No member list yet: peers it cannot know of may hold the task (a
+            # node restarted without seeds waits for its peers to find it).
             raise _unavailable(bucket, task_id, ["this node has not reached any peer yet"])
         strangers = membership.unreached()
         if strangers:

@@ -420,6 +420,10 @@ class Membership:
         self._learned[addr] = now
         self._track(self._attempt(addr))
 
+    def young(self) -> bool:
+        """Started less than ``lost_after`` ago (peers may not have found it yet)."""
+        return asyncio.get_running_loop().time() - self._started < self.config.lost_after
+
     def unreached(self) -> list[str]:
         """Nodes this node does not know that may hold tasks: addresses
         peers named as alive lately and not reached yet, nodes they name as
