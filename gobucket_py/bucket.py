@@ -60,6 +60,8 @@ _DRAIN_ANSWER: dict[TaskState, DrainOutcome] = {
     TaskState.EXHAUSTED: DrainOutcome.EXHAUSTED,
     TaskState.RESCUED: DrainOutcome.RESCUED,
 }
+#: The same mapping, for the cluster layer's answers about ended tasks.
+DRAIN_ANSWER = _DRAIN_ANSWER
 
 #: Raised by a hook, these end the bucket's loop run (asyncio re-raises them
 #: out of the loop), so ``rescue()`` holds them until every task is rescued.

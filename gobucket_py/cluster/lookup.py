@@ -26,6 +26,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..bucket import DRAIN_ANSWER
 from ..errors import GobucketError, PeerUnavailableError, UnknownBucketError
 from ..task import DrainOutcome, DrainResult, TaskInfo, TaskState
 from .items import pack_info, unpack_info
@@ -39,9 +40,6 @@ if TYPE_CHECKING:
 __all__ = ["Lookup"]
 
 _OUTCOMES = {o.value: o for o in DrainOutcome}
-_ENDED = {TaskState.FINISHED: DrainOutcome.FINISHED, TaskState.FAILED: DrainOutcome.FAILED,
-          TaskState.EXHAUSTED: DrainOutcome.EXHAUSTED, TaskState.DRAINED: DrainOutcome.DRAINED,
-          TaskState.CANCELLED: DrainOutcome.CANCELLED, TaskState.RESCUED: DrainOutcome.RESCUED}
 
 #: A peer's answer: ``(outcome, node)`` for a drain, a TaskInfo (or None) for a get.
 Answer = Any
@@ -124,7 +122,8 @@ class Lookup:
             if outcome is not DrainOutcome.NOT_FOUND:
                 return self._drained(bucket, task_id, outcome, node)
         state = local.ended(task_id)
-        ended = None if state is None or state not in _ENDED else (_ENDED[state], group.node_id)
+        outcome = None if state is None else DRAIN_ANSWER.get(state)
+        ended = None if outcome is None else (outcome, group.node_id)
         answer = await self._find(Kind.DRAIN, bucket, task_id, _drain_rank, ended)
         if answer is None:
             return DrainResult(DrainOutcome.NOT_FOUND, task_id, None)
