@@ -20,7 +20,7 @@ RUN if ls /wheels/*.whl >/dev/null 2>&1; then \
 
 ENV PYTHONUNBUFFERED=1 GOBUCKET_HOST=0.0.0.0 GOBUCKET_PORT=6666 \
     GOBUCKET_APP=examples.cluster.app:buckets
-EXPOSE 6666
+EXPOSE 6666 6666/udp
 HEALTHCHECK --interval=2s --timeout=2s --retries=15 \
     CMD python3 -c "import socket; socket.create_connection(('127.0.0.1', 6666), 1)"
 CMD ["gobucket-node"]

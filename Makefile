@@ -16,12 +16,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The dashboard test drives Debian's headless chromium through chromedriver.
+# The dashboard test drives Debian's headless chromium through chromedriver; the TLS
+# test makes its certificates with the openssl command.
 browser:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
-	  echo "installing Debian's chromium and chromium-driver (for the dashboard test)"; \
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null \
+	  && command -v openssl >/dev/null || { \
+	  echo "installing Debian's chromium, chromium-driver and openssl (for the dashboard and TLS tests)"; \
 	  apt-get update -qq >/dev/null || true; \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver openssl \
+	    >/dev/null; }
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check gobucket_py tests bench examples
@@ -42,20 +45,26 @@ demo: $(STAMP)
 demo-local: $(STAMP)
 	$(PY) examples/local_backup.py
 
-# The docker-compose demo end to end (needs a Docker Engine; builds offline).
+# The docker-compose demo, its --scale variant and the swarm stack end to end
+# (needs a Docker Engine; builds offline).
 e2e: $(STAMP)
-	$(PY) -m pytest -q -s -m docker tests/test_docker_e2e.py
+	$(PY) -m pytest -q -s -m docker tests/test_docker_e2e.py tests/test_deploy.py
 
 bench: $(STAMP)
 	$(PY) -m bench
 
-# The ledger chaos test at full size (make test runs it with 10,000 tasks), then
-# the seeded in-memory nemesis with 2,000 seeds (make test runs 100); a failing
-# seed prints the one command that replays it (fixed hash seed: exact replays).
+# The ledger chaos test at full size (make test runs it with 10,000 tasks), with its
+# replicas variants (kill -9 of one node, and of two at once: 100,000 tasks each, here
+# only), then the seeded in-memory nemesis with 2,000 seeds, with and without replicas,
+# and 1,000 one-crash-at-a-time seeds with replicas (make test runs 100 of each); a
+# failing seed prints the one command that replays it (fixed hash seed: exact replays).
 chaos: $(STAMP)
 	status=0; \
-	CHAOS_TASKS=$${CHAOS_TASKS:-100000} $(PY) -m pytest -q -s tests/test_chaos.py || status=1; \
-	PYTHONHASHSEED=0 NEMESIS_SEEDS=$${NEMESIS_SEEDS:-2000} $(PY) -m pytest -q tests/test_nemesis.py \
+	CHAOS_TASKS=$${CHAOS_TASKS:-100000} CHAOS_REPLICAS=1 $(PY) -m pytest -q -s tests/test_chaos.py \
+	  || status=1; \
+	PYTHONHASHSEED=0 NEMESIS_SEEDS=$${NEMESIS_SEEDS:-2000} \
+	  NEMESIS_REPLICA_SEEDS=$${NEMESIS_REPLICA_SEEDS:-2000} NEMESIS_CRASH_SEEDS=$${NEMESIS_CRASH_SEEDS:-1000} \
+	  $(PY) -m pytest -q tests/test_nemesis.py \
 	  || status=1; \
 	exit $$status
 

@@ -8,7 +8,7 @@ import inspect
 
 from .common import write_report
 
-GROUPS = ["local", "cluster", "compare", "versus"]
+GROUPS = ["local", "cluster", "compare", "versus", "replicas", "tls", "scale", "swim"]
 
 
 def main() -> None:

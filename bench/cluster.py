@@ -92,8 +92,9 @@ class Node:
     """One ``gobucket-node`` subprocess on loopback."""
 
     def __init__(self, node_id: str, logdir: Path, *, fast: bool, max_bucket: int,
-                 peers: Sequence[str] = ()) -> None:
+                 peers: Sequence[str] = (), extra: Sequence[str] = ()) -> None:
         self.node_id = node_id
+        self.extra = list(extra)  # more gobucket-node arguments
         self.logdir = logdir
         self.fast = fast
         self.max_bucket = max_bucket
@@ -121,6 +122,7 @@ class Node:
             args.append("--fast")
         if self.peers:
             args += ["--peers", ",".join(self.peers)]
+        args += self.extra
         env = {k: v for k, v in os.environ.items() if not k.startswith(("GOBUCKET_", "BENCH_"))}
         env.update(PYTHONUNBUFFERED="1", BENCH_MAX=str(self.max_bucket))
         with open(self.out_path(), "wb") as out, open(self.err_path(), "wb") as err:

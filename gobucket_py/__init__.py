@@ -14,6 +14,8 @@ Local use::
 Everything a user needs is in ``__all__``; other modules may change.
 """
 
+__version__ = "0.1.0"  # first: observe.metrics reads it while this package loads
+
 from .bucket import TaskBucket
 from .client import GroupClient
 from .cluster import (
@@ -24,8 +26,10 @@ from .cluster import (
     MemoryNetwork,
     PeerInfo,
     TaskBucketGroup,
+    TLSConfig,
     Transport,
 )
+from .codec import Codec, Serializer
 from .config import BucketConfig, GroupConfig
 from .errors import (
     BucketClosedError,
@@ -34,6 +38,7 @@ from .errors import (
     ClusterFullError,
     DuplicateTaskError,
     GobucketError,
+    NoBackupRoomError,
     PeerError,
     PeerUnavailableError,
     PlacementUnknownError,
@@ -41,9 +46,8 @@ from .errors import (
     UnknownBucketError,
 )
 from .executor import Executor, FunctionExecutor, Handler
+from .observe.web import serve_pages
 from .task import DrainOutcome, DrainResult, FillResult, Task, TaskInfo, TaskState, TaskType
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BucketClosedError",
@@ -51,6 +55,7 @@ __all__ = [
     "BucketError",
     "BucketFullError",
     "ClusterFullError",
+    "Codec",
     "DrainOutcome",
     "DrainResult",
     "DuplicateTaskError",
@@ -66,18 +71,22 @@ __all__ = [
     "Keyring",
     "MemberState",
     "MemoryNetwork",
+    "NoBackupRoomError",
     "PeerError",
     "PeerInfo",
     "PeerUnavailableError",
     "PlacementUnknownError",
     "ProtocolError",
+    "Serializer",
     "Task",
     "TaskBucket",
     "TaskBucketGroup",
     "TaskInfo",
     "TaskState",
     "TaskType",
+    "TLSConfig",
     "Transport",
     "UnknownBucketError",
     "__version__",
+    "serve_pages",
 ]

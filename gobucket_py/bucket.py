@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Literal
 
@@ -48,6 +49,11 @@ _DRAINED = TaskState.DRAINED
 _CANCELLED = TaskState.CANCELLED
 _NOT_FOUND = DrainOutcome.NOT_FOUND
 _INFO = logging.INFO
+_DEBUG = logging.DEBUG
+#: Outcomes logged per task at DEBUG only, and counted at INFO (see _log_outcome).
+_QUIET = frozenset({"drained", "cancelled", "handed_off"})
+#: Seconds between two ``event=tasks_ended`` summary lines of one bucket.
+SUMMARY_EVERY = 10.0
 
 #: What ``drain`` answers for a task that already ended (or is in its terminal
 #: hook), by its terminal state. HANDED_OFF is absent: from this bucket's view
@@ -122,6 +128,10 @@ class TaskBucket:
         self._closed = False
         self._max = config.max_bucket
         self._counts = dict.fromkeys(STAT_NAMES, 0)
+        # Drained/cancelled/handed-off since the last summary line, and when
+        # the next one may be written (see _log_outcome).
+        self._quiet: dict[str, int] = {}
+        self._summary_at = 0.0
         self._idle: asyncio.Future[None] | None = None  # set by join()
         # Outcome records: task id -> terminal state, in two generations
         # (see the module docstring). None when disabled.
@@ -145,6 +155,14 @@ class TaskBucket:
         self.lateness = Histogram()
         #: Node id in log lines; set by :class:`~gobucket_py.TaskBucketGroup`.
         self.node = "-"
+        # With replicas (cluster layer): awaited before a time-bomb's
+        # on_execute; False means another node took the task over.
+        self._gate: Callable[[Task], Awaitable[bool]] | None = None
+        # With replicas: told of each reschedule, so the backups move too.
+        self._moved: Callable[[Task], None] | None = None
+        #: Live tasks that a backup recovered after their holder died:
+        #: task id -> how late they were (seconds past due) when recovered.
+        self.recovered: dict[str, float] = {}
 
     # -- introspection -------------------------------------------------------
 
@@ -259,14 +277,16 @@ class TaskBucket:
         return self._fill(task_type, task_id, data, run_after, life_span, False)
 
     def fill_validated(self, task_type: TaskType, task_id: str, data: Any, run_after: float,
-                       life_span: float) -> Task:
+                       life_span: float, *, over: bool = False) -> Task:
         """``fill_nowait`` for times already validated as by ``check_times``
         (``0 <= run_after < life_span``, finite), e.g. by the cluster layer
-        for tasks arriving from a peer: they are not checked again."""
-        return self._fill(task_type, task_id, data, run_after, life_span, True)
+        for tasks arriving from a peer: they are not checked again. ``over``
+        admits it even when the bucket is full (a backup taking over a task
+        whose holder died: it was admitted once already)."""
+        return self._fill(task_type, task_id, data, run_after, life_span, True, over)
 
     def _fill(self, task_type: TaskType, task_id: str, data: Any, run_after: float | None,
-              life_span: float | None, checked: bool) -> Task:
+              life_span: float | None, checked: bool, over: bool = False) -> Task:
         loop = self._loop or self._bind()
         if self._closing:
             raise BucketClosedError(f"bucket {self.name!r} is closed")
@@ -276,7 +296,7 @@ class TaskBucket:
         if task_id in tasks:
             self._counts["rejected_duplicate"] += 1
             raise DuplicateTaskError(f"task {task_id!r} is already live in bucket {self.name!r}")
-        if len(tasks) >= self._max:
+        if len(tasks) >= self._max and not over:
             self._counts["rejected_full"] += 1
             raise BucketFullError(
                 f"bucket {self.name!r} is full ({self._max} live tasks)")
@@ -319,6 +339,9 @@ class TaskBucket:
     async def _run(self, task: Task) -> None:
         # Cancelled before this line runs => the body never runs (drain won).
         if task.state is not _PENDING:
+            return
+        if self._gate is not None and task.type is TaskType.TIME_BOMB and not (
+                await self._pass_gate(self._gate, task)):
             return
         task.state = _RUNNING
         self._counts["started"] += 1
@@ -376,6 +399,38 @@ class TaskBucket:
             return
         await self._end(task, "finished", self._on_finish)
 
+    async def _pass_gate(self, gate: Callable[[Task], Awaitable[bool]], task: Task) -> bool:
+        """Await the cluster's word before a replicated time-bomb runs; False
+        if it must not run here (drained or rescued meanwhile, out of time,
+        or taken over elsewhere), in which case it has ended."""
+        try:
+            async with asyncio.timeout_at(task._deadline):
+                go = await gate(task)
+        except TimeoutError:
+            if task.state is not _PENDING:
+                return False
+            task.state = TaskState.EXHAUSTED  # its lifespan ran out before it could start
+            await self._end(task, "exhausted", self._on_exhausted)
+            return False
+        except asyncio.CancelledError:
+            if task.state is not _PENDING:
+                return False  # drain() or rescue() ended it before cancelling us
+            self._stop_now(task, TaskState.CANCELLED, "cancelled")
+            raise
+        if task.state is not _PENDING:
+            return False
+        if not go:  # a backup took it over while this node was cut off: it runs there
+            self._stop_now(task, TaskState.HANDED_OFF, "handed_off")
+            return False
+        return True
+
+    def set_gate(self, gate: Callable[[Task], Awaitable[bool]] | None,
+                 moved: Callable[[Task], None] | None = None) -> None:
+        """Set the cluster layer's gate, and its watcher of reschedules (see
+        :mod:`gobucket_py.cluster.replicas`)."""
+        self._gate = gate
+        self._moved = moved
+
     async def _after_stop(self, task: Task) -> None:
         if task.state is TaskState.RESCUED:
             await self._end_rescued(task)
@@ -413,16 +468,16 @@ class TaskBucket:
     def _report(self, task: Task, outcome: str) -> None:
         """Count the outcome and report it (log, watcher, ``on_outcome``)."""
         self._counts[outcome] += 1
-        if outcome != "finished" and log.isEnabledFor(_INFO):
-            log.info("task %s event=%s node=%s bucket=%s task_id=%s", outcome, outcome,
-                     self.node, self.name, task.id)
+        if outcome != "finished":
+            self._log_outcome(task, outcome)
         if self._watcher is not None:
             self._watcher(task)
         if self.on_outcome is not None:
             try:
                 self.on_outcome(task)
             except Exception:
-                log.exception("on_outcome callback failed")
+                log.exception("on_outcome callback failed event=callback_error node=%s "
+                              "bucket=%s task_id=%s", self.node, self.name, task.id)
 
     async def _call_hook(
         self, hook: Callable[..., Awaitable[None]], task: Task, *args: Any
@@ -465,6 +520,8 @@ class TaskBucket:
         task_id = task.id
         tasks = self._tasks
         del tasks[task_id]
+        if self.recovered:
+            self.recovered.pop(task_id, None)
         records = self._records
         if records is not None:
             records[task_id] = task.state  # an enum singleton: nothing allocated
@@ -564,19 +621,39 @@ class TaskBucket:
         return _DRAIN_ANSWER.get(state, _NOT_FOUND)  # in its terminal hook
 
     def _notify(self, task: Task) -> None:
-        # On every drain: skip building the log call when INFO is off (a
-        # StrEnum formats with %s as its value; .value is a property call).
-        if log.isEnabledFor(_INFO):
-            state = task.state
-            log.info("task %s event=%s node=%s bucket=%s task_id=%s", state, state, self.node,
-                     self.name, task.id)
+        self._log_outcome(task, task.state)
         if self._watcher is not None:
             self._watcher(task)
         if self.on_outcome is not None:
             try:
                 self.on_outcome(task)
             except Exception:
-                log.exception("on_outcome callback failed")
+                log.exception("on_outcome callback failed event=callback_error node=%s "
+                              "bucket=%s task_id=%s", self.node, self.name, task.id)
+
+    def _log_outcome(self, task: Task, outcome: str) -> None:
+        """One line per failed, exhausted or rescued task (INFO); drained,
+        cancelled and handed-off tasks (the bulk: every confirmed backup job)
+        one line each at DEBUG, and counted into one INFO line per bucket at
+        most every ``SUMMARY_EVERY`` seconds (``event=tasks_ended``)."""
+        if outcome in _QUIET:
+            self._quiet[outcome] = self._quiet.get(outcome, 0) + 1
+            if log.isEnabledFor(_DEBUG):
+                log.debug("task %s event=%s node=%s bucket=%s task_id=%s", outcome, outcome,
+                          self.node, self.name, task.id)
+            now = time.monotonic()
+            if now >= self._summary_at:
+                self._summary_at = now + SUMMARY_EVERY
+                self._summarise()
+        elif log.isEnabledFor(_INFO):
+            log.info("task %s event=%s node=%s bucket=%s task_id=%s", outcome, outcome,
+                     self.node, self.name, task.id)
+
+    def _summarise(self) -> None:
+        quiet, self._quiet = self._quiet, {}
+        if quiet:
+            log.info("tasks ended event=tasks_ended node=%s bucket=%s %s", self.node, self.name,
+                     " ".join(f"{k}={v}" for k, v in sorted(quiet.items())))
 
     def add_outcome_watcher(self, watcher: Callable[[Task], None]) -> None:
         """Set the cluster layer's watcher, called like ``on_outcome`` with
@@ -589,6 +666,9 @@ class TaskBucket:
 
         The lifespan moves by the same amount (a watchdog: "push my backup job
         30 s further"). Returns False if the task is not a pending time-bomb.
+        In a replicated bucket the task's backups get the new times too (sent
+        in the background: a crash right after may still run it at the old
+        time).
         """
         task = self._tasks.get(task_id)
         if (task is None or task.state is not _PENDING or task._runner is not None
@@ -602,6 +682,8 @@ class TaskBucket:
         task._deadline = task._run_at + remaining_life
         assert self._wheel is not None
         self._wheel.moved(task, old)
+        if self._moved is not None:
+            self._moved(task)
         return True
 
     def take_pending(self, task_id: str) -> Task | None:
@@ -618,6 +700,16 @@ class TaskBucket:
         elif self._wheel is not None:
             self._wheel.discard(task)
         return task
+
+    def withdraw(self, task_id: str) -> bool:
+        """Take back a pending task as if it had never been accepted (no
+        outcome, no hook): the cluster layer could not back it up. False if
+        it is not pending (it started, or ended, meanwhile)."""
+        task = self.take_pending(task_id)
+        if task is None:
+            return False
+        self._counts["filled"] -= 1
+        return True
 
     def handed_off(self, task: Task) -> None:
         """Record that a task taken by :meth:`take_pending` now lives on a
@@ -704,7 +796,14 @@ class TaskBucket:
             await asyncio.wait(rest)
         if self._wheel is not None:
             self._wheel.close()
+        if self._records_timer is not None:
+            # Records stay readable (ended(), drain) but no longer expire: the
+            # timer would keep a closed bucket, and its records, alive for
+            # outcome_retention after nothing refers to it any more.
+            self._records_timer.cancel()
+            self._records_timer = None
         self._closed = True
+        self._summarise()  # what ended since the last summary line
         if fatal is not None:
             raise fatal
 

@@ -23,12 +23,18 @@ from typing import Any, NoReturn
 
 from . import __version__
 from .bucket import TaskBucket
+from .cluster.discovery import own_address
 from .cluster.group import TaskBucketGroup
+from .cluster.tls import TLSConfig
 from .config import GroupConfig
+from .observe.web import serve_pages
 
 __all__ = ["main"]
 
 log = logging.getLogger("gobucket_py")
+
+#: Secrets published with the demos (docker-compose.yml): a node using one warns.
+DEMO_SECRETS = frozenset({"change-me-demo-secret"})
 
 ENV = "GOBUCKET_"
 
@@ -57,22 +63,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-id", default=_env("NODE_ID"),
                    help="this node's id (default: its advertised address) [GOBUCKET_NODE_ID]")
     p.add_argument("--advertise", default=_env("ADVERTISE"), metavar="HOST:PORT",
-                   help="address peers use to reach this node (default: host:port) "
+                   help="address peers use to reach this node (default: host:port; for a "
+                        "wildcard host such as 0.0.0.0, this host's own IP and port) "
                         "[GOBUCKET_ADVERTISE]")
     p.add_argument("--peers", default=_env("PEERS", ""), metavar="A:PORT,B:PORT",
-                   help="seed peers, comma-separated; this node's own address is ignored "
-                        "[GOBUCKET_PEERS]")
+                   help="seed peers, comma-separated; dns:NAME:PORT stands for every A/AAAA "
+                        "record of NAME (looked up again every rejoin interval); this "
+                        "node's own address is ignored [GOBUCKET_PEERS]")
     p.add_argument("--secret", default=_env("SECRET"),
                    help="shared HMAC secret, or id1=s1,id2=s2 during a key rotation "
                         "[GOBUCKET_SECRET]")
     p.add_argument("--secret-file", default=_env("SECRET_FILE"),
                    help="read the secret from this file instead [GOBUCKET_SECRET_FILE]")
+    p.add_argument("--tls-cert", default=_env("TLS_CERT"), metavar="PEM",
+                   help="this node's certificate chain: peer traffic over HTTPS (with "
+                        "--tls-key) [GOBUCKET_TLS_CERT]")
+    p.add_argument("--tls-key", default=_env("TLS_KEY"), metavar="PEM",
+                   help="the key of --tls-cert [GOBUCKET_TLS_KEY]")
+    p.add_argument("--tls-ca", default=_env("TLS_CA"), metavar="PEM",
+                   help="CA that peers' certificates must come from: mutual TLS "
+                        "[GOBUCKET_TLS_CA]")
     p.add_argument("--insecure", action="store_true",
                    default=(_env("INSECURE", "") or "").lower() in ("1", "true", "yes"),
                    help="allow a non-loopback address without a secret [GOBUCKET_INSECURE]")
     p.add_argument("--stop-grace", type=float, default=float(_env("STOP_GRACE", "5") or 5),
                    help="seconds running tasks get on stop before on_panic "
                         "[GOBUCKET_STOP_GRACE]")
+    p.add_argument("--replicas", type=int, default=int(_env("REPLICAS", "0") or 0),
+                   choices=(0, 1, 2),
+                   help="backups of each pending time-bomb on other nodes, so a node's "
+                        "crash loses none of them (0, 1 or 2; default 0) "
+                        "[GOBUCKET_REPLICAS]")
     p.add_argument("--fast", action="store_true",
                    default=(_env("FAST", "") or "").lower() in ("1", "true", "yes"),
                    help="use GroupConfig.local() timers (tests and single-host demos) "
@@ -113,11 +134,38 @@ async def _build(args: argparse.Namespace, factory: Any) -> TaskBucketGroup:
     secret = args.secret
     base = GroupConfig.local() if args.fast else GroupConfig()
     config = GroupConfig(**{**{f: getattr(base, f) for f in base.__dataclass_fields__},
-                            "stop_grace": args.stop_grace})
+                            "stop_grace": args.stop_grace, "replicas": args.replicas})
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    advertise = args.advertise or await _own_advertise(args.host, args.port, peers)
+    tls = None
+    if args.tls_cert or args.tls_key or args.tls_ca:
+        if not (args.tls_cert and args.tls_key):
+            raise ValueError("tls_cert/tls_key: --tls-cert and --tls-key go together "
+                             "(--tls-ca needs both)")
+        tls = TLSConfig(args.tls_cert, args.tls_key, args.tls_ca)
+    if secret and secret.strip() in DEMO_SECRETS:
+        log.warning("the node runs with the public demo secret: anyone who reaches its "
+                    "port can fill and drain tasks; set GOBUCKET_SECRET event=demo_secret")
     return TaskBucketGroup(made, peers, host=args.host, port=args.port, node_id=args.node_id,
-                           advertise=args.advertise, secret=secret or None,
+                           advertise=advertise, secret=secret or None, tls=tls,
                            insecure=args.insecure, config=config)
+
+
+async def _own_advertise(host: str, port: int, peers: list[str]) -> str | None:
+    """For a wildcard host with nothing to advertise: this host's own IP (a
+    container's, so that every replica of a scaled service advertises its
+    own address and gets its own node id), else None."""
+    if host not in ("0.0.0.0", "::", ""):
+        return None
+    ip = await own_address(peers)
+    if ip is None or (":" in ip and port == 0):
+        log.warning("listening on a wildcard address, and this host's own IP is unknown: "
+                    "peers are told %s:%d; set --advertise (GOBUCKET_ADVERTISE) "
+                    "event=advertise_unknown", host, port)
+        return None
+    address = ip if port == 0 else f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    log.info("advertising this host's own IP event=advertise_detected advertise=%s", address)
+    return address
 
 
 async def run(args: argparse.Namespace, factory: Any) -> int:
@@ -127,10 +175,11 @@ async def run(args: argparse.Namespace, factory: Any) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    serve_pages(group)  # the dashboard, /metrics and /v1/status next to the peer protocol
     await group.start()
     peers = ",".join(group.seeds) or "-"
     print(f"gobucket-node {group.node_id} listening on {group.address} "
-          f"buckets={','.join(group.buckets)} peers={peers}", flush=True)
+          f"buckets={','.join(group.buckets)} peers={peers} event=node_started", flush=True)
     await stop.wait()
     log.info("signal received; stopping event=node_stopping node=%s", group.node_id)
     await group.stop()

@@ -8,19 +8,23 @@ Requests are signed like peer traffic::
         placed = await client.fill("backups", "order-42", {"order": 42},
                                    task_type=TaskType.TIME_BOMB)
         await client.drain("backups", "order-42")
+
+Task data is packed here by the same codec as a node's (give the client the
+nodes' ``serializer=`` if they have one), so a fill's data that cannot travel
+raises ``TypeError`` before anything is sent.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-import msgpack
-
 from . import errors
 from .cluster.auth import Keyring
 from .cluster.items import unpack_info
 from .cluster.protocol import Kind
+from .cluster.tls import TLSConfig
 from .cluster.transport import HttpTransport
+from .codec import Codec, Serializer
 from .task import DrainOutcome, DrainResult, FillResult, TaskInfo, TaskType
 
 __all__ = ["GroupClient"]
@@ -42,11 +46,14 @@ def _raise_error(reply: dict[str, Any], task_id: str) -> None:
 class GroupClient:
     """A signed HTTP client of one node (see the module docstring)."""
 
-    def __init__(self, address: str, *, secret: str | None = None, timeout: float = 5.0) -> None:
+    def __init__(self, address: str, *, secret: str | None = None, timeout: float = 5.0,
+                 tls: TLSConfig | None = None, serializer: Serializer | None = None) -> None:
         self.address = address
         self.timeout = timeout
+        #: Packs task data as the nodes do (``serializer`` must be theirs).
+        self.codec = Codec(serializer)
         keyring = Keyring.parse(secret) if secret else None
-        self._transport = HttpTransport("127.0.0.1", 0, keyring=keyring)
+        self._transport = HttpTransport("127.0.0.1", 0, keyring=keyring, tls=tls)
 
     async def __aenter__(self) -> GroupClient:
         await self._transport.open_client()
@@ -68,9 +75,9 @@ class GroupClient:
                    life_span: float | None = None) -> FillResult:
         """Like ``TaskBucketGroup.fill`` on the node; raises the same errors."""
         try:
-            payload = msgpack.packb(data, use_bin_type=True, datetime=False)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise TypeError(f"task data is not msgpack-serializable: {exc}") from exc
+            payload = self.codec.pack(data)
+        except TypeError as exc:
+            raise TypeError(f"task {task_id!r} was not sent: {exc}") from exc
         reply = await self._call(Kind.SUBMIT, {
             "bucket": bucket, "id": task_id, "type": 0 if task_type is TaskType.IMMEDIATE else 1,
             "data": payload, "run_after": run_after, "life_span": life_span})

@@ -71,10 +71,19 @@ class BucketConfig:
     ``max_outcomes``
         Bound on those records per bucket, so a burst of outcomes cannot
         grow memory without limit: past it the oldest are forgotten early.
+    ``replicas``
+        Backups of each pending time-bomb on other nodes (0, 1 or 2), for
+        this bucket; None follows ``GroupConfig.replicas``. Only used in a
+        :class:`~gobucket_py.TaskBucketGroup`; see the README's "Replicas".
+    ``max_backups``
+        Bound on the backups this node keeps for peers' tasks in this
+        bucket (None: ``max_bucket``). A peer whose backup store is full
+        refuses more, and the primary tries another peer.
 
     >>> BucketConfig(life_span=60, run_after=30)  # doctest: +NORMALIZE_WHITESPACE
     BucketConfig(life_span=60.0, run_after=30.0, max_bucket=1024, hook_timeout=30.0,
-                 outcome_retention=600.0, max_outcomes=1000000)
+                 outcome_retention=600.0, max_outcomes=1000000, replicas=None,
+                 max_backups=None)
     """
 
     life_span: float
@@ -83,6 +92,8 @@ class BucketConfig:
     hook_timeout: float = 30.0
     outcome_retention: float = 600.0
     max_outcomes: int = 1_000_000
+    replicas: int | None = None
+    max_backups: int | None = None
 
     def __post_init__(self) -> None:
         ls, ra = check_times(self.life_span, self.run_after)
@@ -98,6 +109,16 @@ class BucketConfig:
         object.__setattr__(self, "outcome_retention",
                            check_delay("outcome_retention", self.outcome_retention))
         _count("max_outcomes", self.max_outcomes, 0)
+        if self.replicas is not None:
+            _replicas(self.replicas)
+        if self.max_backups is not None:
+            _count("max_backups", self.max_backups, 0)
+
+
+def _replicas(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2:
+        raise ValueError(f"replicas must be 0, 1 or 2, got {value!r}")
+    return value
 
 
 def _positive(name: str, value: object) -> float:
@@ -119,21 +140,27 @@ class GroupConfig:
 
     The defaults are for a LAN (or one host); :meth:`local` is a faster preset
     for tests. Each default says why it is what it is. Detection of a dead
-    node takes at most about ``probe_interval + 2 * probe_timeout +
-    suspicion_timeout`` (2.5 s with the defaults; about 2.6 s for a hung node, whose
-    indirect probes time out too).
+    node takes about ``probe_interval + 2 * probe_timeout + suspicion_timeout``
+    (2.6 s with the defaults up to 10 nodes; BENCHMARKS.md has the measured
+    figures by cluster size).
     """
 
-    #: Every peer is probed this often; capacity rides on each probe and ack,
-    #: so placement data is never older than this (plus one round trip).
-    probe_interval: float = 0.5
+    #: One peer is probed this often (SWIM: the next of a shuffled round), so
+    #: a node sends about 1.7 probes and 1.7 acks per second at any cluster
+    #: size (0.6 s keeps that under 4 messages a second with syncs and
+    #: pushes, and an idle node near 0.3 % of a core; detection stays under
+    #: 3 s at p99 for 10 nodes). Each probe and ack carries the sender's free
+    #: capacity; forward replies carry it too.
+    probe_interval: float = 0.6
     #: A direct or indirect probe that takes longer counts as failed. 0.4 s is
     #: hundreds of loopback/LAN round trips, so only a stalled node misses it.
     probe_timeout: float = 0.4
     #: Peers asked to probe a node that missed a direct probe (SWIM's k);
     #: they tell a dead node from a broken link between two nodes.
     indirect_probes: int = 2
-    #: How long a suspect may refute the suspicion before it is declared dead.
+    #: How long a suspect may refute the suspicion before it is declared
+    #: dead, up to 10 nodes and with no other node confirming it; it grows
+    #: with log10(N), and falls to half as other nodes confirm (Lifeguard).
     suspicion_timeout: float = 1.2
     #: Dead or left peers and unreached seeds are retried this often, so a
     #: restarted node or a healed partition is found again.
@@ -170,11 +197,28 @@ class GroupConfig:
     #: Dead and left peers are dropped from the member table (and from
     #: gossip and rejoin attempts) this long after they died or left.
     prune_after: float = 300.0
+    #: Backups of each pending time-bomb kept on other nodes (0, 1 or 2;
+    #: a bucket may override it). With k backups a task survives the crash
+    #: of k nodes: a backup holder promotes it when its holder is proven
+    #: gone or presumed lost. 0 (the default) keeps today's speed.
+    replicas: int = 0
+    #: With replicas: how long an origin waits, once a holder is proven gone
+    #: or presumed lost, for backups to report that they took over its tasks
+    #: before it reports the rest lost. Covers the spread between nodes'
+    #: detection of the same failure (about one probe round).
+    promote_grace: float = 5.0
+    #: Pack every filled task's data up front, even when it stays here, and
+    #: refuse the fill with TypeError naming the type if it could not travel
+    #: (overflow, handoff, backups). None (the default): whenever the group
+    #: has peers (seeds given, or peers known), so such data fails at the
+    #: first fill -- in tests -- not only under load or on a rolling restart.
+    #: False lets local tasks hold anything; True checks a lone node too.
+    check_payloads: bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("probe_interval", "probe_timeout", "suspicion_timeout", "rejoin_interval",
                      "forward_timeout", "request_timeout", "max_clock_skew",
-                     "settle_timeout", "lost_after", "prune_after"):
+                     "settle_timeout", "lost_after", "prune_after", "promote_grace"):
             object.__setattr__(self, name, _positive(name, getattr(self, name)))
         object.__setattr__(self, "stop_grace", check_delay("stop_grace", self.stop_grace))
         _count("indirect_probes", self.indirect_probes, 0)
@@ -182,6 +226,10 @@ class GroupConfig:
         _count("batch_size", self.batch_size, 1)
         _count("batch_concurrency", self.batch_concurrency, 1)
         _count("max_body", self.max_body, 1024)
+        _replicas(self.replicas)
+        if self.check_payloads is not None and type(self.check_payloads) is not bool:
+            raise ValueError(f"check_payloads must be None, True or False, "
+                             f"got {self.check_payloads!r}")
         if self.prune_after < self.lost_after:
             raise ValueError(
                 f"prune_after ({self.prune_after}) must be >= lost_after ({self.lost_after}): "
@@ -197,6 +245,7 @@ class GroupConfig:
         values: dict[str, object] = {
             "probe_interval": 0.1, "probe_timeout": 0.1, "suspicion_timeout": 0.3,
             "rejoin_interval": 0.3, "forward_timeout": 0.5, "request_timeout": 0.5,
-            "stop_grace": 1.0, "settle_timeout": 1.0, "lost_after": 5.0, "prune_after": 30.0}
+            "stop_grace": 1.0, "settle_timeout": 1.0, "lost_after": 5.0, "prune_after": 30.0,
+            "promote_grace": 1.5}
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

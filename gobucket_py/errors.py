@@ -28,6 +28,7 @@ __all__ = [
     "ClusterFullError",
     "DuplicateTaskError",
     "GobucketError",
+    "NoBackupRoomError",
     "PeerError",
     "PeerUnavailableError",
     "PlacementUnknownError",
@@ -69,6 +70,12 @@ class ClusterFullError(GobucketError):
     def __init__(self, message: str, rejections: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.rejections: dict[str, str] = dict(rejections or {})
+
+
+class NoBackupRoomError(ClusterFullError):
+    """With replicas: the task could not get its backups on other alive
+    nodes (too few peers, or their backup stores are full), so it was not
+    accepted. ``rejections`` maps each peer asked to its reason."""
 
 
 class PeerError(GobucketError):

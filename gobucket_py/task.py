@@ -170,6 +170,13 @@ class Task:
         """Seconds until the task fires (0 once due)."""
         return max(0.0, self._run_at - self._owner.loop_time())
 
+    @property
+    def recovered(self) -> float | None:
+        """With replicas: how late the task was (seconds past due, 0 if not
+        yet due) when a backup took it over after its holder died; None for
+        a task that was never recovered."""
+        return self._owner.recovered.get(self.id) if self._owner.recovered else None
+
     def __repr__(self) -> str:
         return (f"<Task {self.id!r} bucket={self.bucket!r} type={self.type.value} "
                 f"state={self.state.value}>")

@@ -54,6 +54,10 @@ cluster that never lies" (kinds of violation, in :data:`KINDS`):
    raised an exception its contract does not list; ``still_unknown``: after
    every fault healed and time passed, the audit drain still could not get
    a definite answer.
+6. ``crash_lost`` (profile ``one_crash`` with replicas: kill -9 and restart
+   of one node at a time): a task pending on a node when it crashed never
+   ran, although its gate had not told the backups it was starting, no drain
+   of it had been sent, and it still had life when its holder came back.
 
 ``zombie`` is a harness defect: a crashed incarnation ran something.
 Notes (counted, not violations): ``not_found_for_ended`` (NOT_FOUND or None
@@ -119,9 +123,11 @@ __all__ = ["KINDS", "Call", "Census", "Ledger", "Outcome", "Plan", "call_bound",
 
 BUCKET = "jobs"
 FINAL = frozenset({"finished", "failed", "exhausted", "drained", "cancelled", "rescued"})
-ENDS = FINAL | {"handed_off"}
+#: "withdrawn": a fill taken back because its backups could not be placed.
+ENDS = FINAL | {"handed_off", "withdrawn"}
 #: Fill errors that mean "not accepted anywhere".
-REFUSED = frozenset({"ClusterFullError", "DuplicateTaskError", "BucketClosedError"})
+REFUSED = frozenset({"ClusterFullError", "DuplicateTaskError", "BucketClosedError",
+                     "NoBackupRoomError"})
 #: Everything fill may raise by contract.
 FILL_ERRORS = REFUSED | {"PlacementUnknownError"}
 #: Documented "no answer" errors of drain and get.
@@ -153,6 +159,9 @@ KINDS: dict[str, str] = {
     "bad_error": "5 a call raised an exception its contract does not list",
     "still_unknown": "5 after healing, the audit drain still answered unknown",
     "zombie": "harness defect: a crashed incarnation ran on_execute",
+    "crash_lost": "6 a crash loses nothing (replicas, at most one node down at a time): a "
+                  "task pending at the crash never ran, and was not starting, being "
+                  "drained or out of life before its holder came back",
 }
 
 
@@ -230,6 +239,10 @@ class Ledger:
         self.losses: list[Loss] = []
         self.actions: list[Action] = []
         self.post_mortem = 0  # what dying incarnations did (not recorded)
+        #: Each task's deadline (loop time) as last filled or rescheduled.
+        self.deadlines: dict[str, float] = {}
+        #: Judge "a crash loses nothing" (replicas, one node down at a time).
+        self.crash_safe = False
         self.aborted: str | None = None  # why the run was cut short (a livelock)
 
     def stamp(self) -> tuple[int, float]:
@@ -579,9 +592,18 @@ def _check_task(census: Census, task: str, evs: list[Event], calls: list[Call],
         if placed:
             census.counts["accepted"] += 1
             origin = placed[0].via
+            if not finals:  # lost (reported or not): by a crash, while it ran or not
+                census.counts["lost_running" if starts else "lost_pending"] += 1
+                if ledger is not None and ledger.crash_safe and not starts:
+                    _crash_safe(census, task, evs, calls, copies, ledger)
             if not finals and not losses and complete:
                 lost = [cp for cp in copies if cp.by == "crash"]
-                if not lost:
+                if not lost and any(e.what == "handoff_unknown" for e in evs):
+                    # Reported as "may or may not be on <peer>" by a stopping
+                    # node that could not settle the handoff (and whose
+                    # origin, if another node, could not settle it either).
+                    census.notes["handoff_unknown_not_taken"] += 1
+                elif not lost:
                     bad("no_outcome", task, "accepted, no outcome, no loss report, and no node "
                                             "holding it crashed")
                 elif origin in crashed:
@@ -613,6 +635,39 @@ def _check_task(census: Census, task: str, evs: list[Event], calls: list[Call],
         census.counts[f"outcome:{e.what}"] += 1
 
 
+def _crash_safe(census: Census, task: str, evs: list[Event], calls: list[Call],
+                copies: list[Copy], ledger: Ledger) -> None:
+    """With replicas and at most one node down at a time, a task lost by a
+    crash must have been starting there (its gate told the backups), being
+    drained (a drain sent before the crash may have dropped the backups
+    already), or out of life before its holder came back (the backup could
+    not take it over in time)."""
+    crashes = [cp for cp in copies if cp.by == "crash"]
+    if not crashes:
+        return  # not lost by a crash: the other invariants judge it
+    crash = max(crashes, key=lambda cp: cp.closed)
+    seq = int(crash.closed)
+    why = ""
+    if any(e.what == "gate" and e.node == crash.node and e.seq < seq for e in evs):
+        why = "starting"
+    elif any(c.op == "drain" and c.seq0 < seq for c in calls):
+        why = "draining"
+    else:
+        name, back = node_of(crash.node), None
+        for c in ledger.calls:  # the next incarnation's start
+            if c.op == "start" and c.seq0 > seq and node_of(c.via) == name:
+                back = c.t1
+                break
+        if back is not None and ledger.deadlines.get(task, INF) <= back + 0.3:
+            why = "out_of_life"
+    if why:
+        census.notes[f"crash_lost_{why}"] += 1
+    else:
+        census.bad("crash_lost", task, f"pending on {crash.node} when it crashed; not "
+                                       "starting, not being drained, and alive long after "
+                                       "its holder was back")
+
+
 # -- the plan -------------------------------------------------------------------------------------
 
 PROFILES = ("calm", "links", "stalls", "crashes", "mixed")
@@ -624,13 +679,20 @@ MAX_PUSH = 1.0  # longest reschedule
 MAX_FAULT = 3.0  # longest fault
 
 
-def group_config() -> GroupConfig:
+def group_config(replicas: int | None = None) -> GroupConfig:
     """The cluster's tuning: the local preset, with losses presumed after 8 s."""
     # Longer than any fault the nemesis heals: a stall or partition it heals
     # must be "unknown", never presumed lost (presumption is for a node that
     # stays dead, and is tested on its own in test_truth.py).
     # Faults can overlap, so a node may be silent for most of the workload.
-    return GroupConfig.local(lost_after=WORK_FOR + MAX_FAULT + 1.0)
+    return GroupConfig.local(lost_after=WORK_FOR + MAX_FAULT + 1.0,
+                             replicas=REPLICAS if replicas is None else replicas)
+
+
+#: Backups per time-bomb (``NEMESIS_REPLICAS``, default 0).
+REPLICAS = int(os.environ.get("NEMESIS_REPLICAS", "0"))
+#: Run every seed with this profile (``NEMESIS_PROFILE``; default: each seed draws one).
+PROFILE = os.environ.get("NEMESIS_PROFILE") or None
 
 
 HOOK_TIMEOUT = 0.5
@@ -733,17 +795,22 @@ FAULTS_OF = {
     "stalls": ("stall", "stall", "delay"),
     "crashes": ("crash", "crash", "leave"),
     "mixed": ("delay", "drop", "partition", "one_way", "stall", "crash", "leave", "clock"),
+    # Only kill -9 and restart, one node at a time, a second apart: with
+    # replicas, "a crash loses nothing" is judged too (Ledger.crash_safe).
+    "one_crash": ("crash",),
 }
 
 
-def make_plan(seed: int) -> Plan:
+def make_plan(seed: int, profile: str | None = None) -> Plan:
     """Everything a run will do, drawn from ``random.Random(seed)`` up front
-    (so the plan does not depend on how the run interleaves)."""
+    (so the plan does not depend on how the run interleaves). ``profile``
+    overrides the drawn one (the rest of the plan is drawn the same)."""
     rng = random.Random(seed)
     n = rng.randint(3, 5)
     names = [f"n{i + 1}" for i in range(n)]
     caps = [rng.randint(2, 5) for _ in names]
-    profile = rng.choices(PROFILES, PROFILE_WEIGHTS)[0]
+    drawn = rng.choices(PROFILES, PROFILE_WEIGHTS)[0]  # drawn anyway: the rest stays the same
+    profile = profile or drawn
     ops: list[Op] = []
     ids: list[str] = []
     ghosts: list[str] = []
@@ -819,6 +886,9 @@ def make_plan(seed: int) -> Plan:
                                 lasts=lasts))
         elif kind in ("stall", "crash", "leave"):
             busy = {node for start, end, node in down if start <= t + lasts and t <= end}
+            if profile == "one_crash" and any(start - 1.0 <= t + lasts and t <= end + 1.0
+                                              for start, end, _ in down):
+                continue  # one node down at a time, a second apart
             free = [i for i in range(n) if i not in busy]
             if len(busy) >= n - 1 or not free:
                 continue
@@ -910,22 +980,54 @@ class LedgerBucket(TaskBucket):
     def _outcome(self, task: Task) -> None:
         self._note(task.id, task.state.value)
 
+    def _held(self, task: Task) -> None:
+        self.ledger.deadlines[task.id] = task._deadline
+
+    async def reschedule(self, task_id: str, run_after: float) -> bool:
+        moved = await super().reschedule(task_id, run_after)
+        task = self.get(task_id)
+        if moved and task is not None:
+            self._held(task)
+        return moved
+
+    def set_gate(self, gate: Callable[[Task], Awaitable[bool]] | None,
+                 moved: Callable[[Task], None] | None = None) -> None:
+        if gate is None:
+            super().set_gate(None, moved)
+            return
+        inner = gate
+
+        async def noted(task: Task) -> bool:
+            self._note(task.id, "gate")  # starting: from here a crash loses it (at most once)
+            return await inner(task)
+
+        super().set_gate(noted, moved)
+
     def fill_nowait(self, task_type: TaskType, task_id: str, data: Any = None, *,
                     run_after: float | None = None, life_span: float | None = None) -> Task:
         task = super().fill_nowait(task_type, task_id, data, run_after=run_after,
                                    life_span=life_span)
         self._note(task_id, "filled")
+        self._held(task)
         return task
 
     def fill_validated(self, task_type: TaskType, task_id: str, data: Any, run_after: float,
-                       life_span: float) -> Task:
-        task = super().fill_validated(task_type, task_id, data, run_after, life_span)
+                       life_span: float, *, over: bool = False) -> Task:
+        task = super().fill_validated(task_type, task_id, data, run_after, life_span,
+                                      over=over)
         self._note(task_id, "filled")
+        self._held(task)
         return task
 
     def restore(self, task: Task) -> None:
         super().restore(task)
         self._note(task.id, "restored")
+
+    def withdraw(self, task_id: str) -> bool:
+        taken = super().withdraw(task_id)
+        if taken:
+            self._note(task_id, "withdrawn")
+        return taken
 
 
 @contextmanager
@@ -1062,6 +1164,7 @@ class Outcome:
     ledger: Ledger
     census: Census
     leaked: int = 0  # asyncio tasks of stopped groups still alive (cancelled by the harness)
+    replicas: int = 0  # backups per time-bomb in this run
 
     @property
     def failed(self) -> bool:
@@ -1091,11 +1194,12 @@ class Outcome:
         exact = "" if os.environ.get("PYTHONHASHSEED") else (
             " (this run's PYTHONHASHSEED was random: the replay may take another path; "
             "compare the trace)")
-        lines.append(f"  replay: {replay_command(plan.seed)}{exact}")
+        overridden = plan.profile if plan.profile not in PROFILES else None
+        lines.append(f"  replay: {replay_command(plan.seed, self.replicas, overridden)}{exact}")
         return "\n".join(lines)
 
 
-def replay_command(seed: int) -> str:
+def replay_command(seed: int, replicas: int | None = None, profile: str | None = None) -> str:
     """The one command that replays ``seed``, with this process's hash seed.
 
     Set iteration order (string hashing) steers a few interleavings, so an
@@ -1103,20 +1207,25 @@ def replay_command(seed: int) -> str:
     command uses 0, which takes the same path for most seeds (compare the
     ``trace`` digest of the two reports)."""
     hashseed = os.environ.get("PYTHONHASHSEED") or "0"
-    return (f"PYTHONHASHSEED={hashseed} GOBUCKET_SEED={seed} .venv/bin/python -m pytest -q "
-            "tests/test_nemesis.py -k replay")
+    k = REPLICAS if replicas is None else replicas
+    profile = profile or PROFILE
+    env = (f"NEMESIS_REPLICAS={k} " if k else "") + (
+        f"NEMESIS_PROFILE={profile} " if profile else "")
+    return (f"PYTHONHASHSEED={hashseed} {env}GOBUCKET_SEED={seed} .venv/bin/python -m "
+            "pytest -q tests/test_nemesis.py -k replay")
 
 
 class Run:
     """One seeded run (see the module docstring)."""
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, replicas: int | None = None) -> None:
         self.plan = plan
         self.loop = asyncio.get_running_loop()
         self.ledger = Ledger(self.loop.time)
         self.net = MemoryNetwork()
         self.crash_locks: dict[str, asyncio.Lock] = {}
-        self.config = group_config()
+        self.config = group_config(replicas)
+        self.ledger.crash_safe = plan.profile == "one_crash" and self.config.replicas > 0
         self.bound = call_bound(self.config)
         self.names = plan.names
         self.current: dict[str, Incarnation | None] = dict.fromkeys(self.names)
@@ -1144,6 +1253,15 @@ class Run:
                 ledger.loss(inc.tag, peer, task_ids)
 
         group.on_tasks_lost = lost
+        add_event = group.events.add
+
+        def event(kind: str, text: str, **fields: Any) -> None:
+            # The stopping node's report that a handoff could not be settled.
+            if kind == "handoff_unknown" and not inc.dying:
+                ledger.event(inc.tag, str(fields["task_id"]), kind)
+            add_event(kind, text, **fields)
+
+        group.events.add = event  # type: ignore[method-assign]
         inc.group, inc.bucket = group, bucket
 
     async def boot(self, name: str) -> None:
@@ -1432,7 +1550,7 @@ class Run:
         census = check(self.ledger)
         if leaked and self.ledger.aborted is None:
             census.notes["tasks_running_after_stop"] += leaked
-        return Outcome(self.plan, self.ledger, census, leaked)
+        return Outcome(self.plan, self.ledger, census, leaked, self.config.replicas)
 
     async def _body(self) -> None:
         plan = self.plan
@@ -1485,9 +1603,12 @@ class Run:
         return len(left)
 
 
-async def run_seed(seed: int) -> Outcome:
-    """Run one seed on the running loop (use a looptime loop: it takes loop-time seconds)."""
-    return await Run(make_plan(seed)).run()
+async def run_seed(seed: int, replicas: int | None = None, profile: str | None = None
+                   ) -> Outcome:
+    """Run one seed on the running loop (use a looptime loop: it takes loop-time
+    seconds), with ``replicas`` backups per time-bomb (default: ``NEMESIS_REPLICAS``)
+    and ``profile`` (default: ``NEMESIS_PROFILE``, else the seed's own)."""
+    return await Run(make_plan(seed, profile or PROFILE), replicas).run()
 
 
 # -- outside pytest: a census over many seeds ------------------------------------------------------
@@ -1509,6 +1630,7 @@ def main(argv: list[str]) -> int:
     verbose = "--verbose" in argv
     by_kind: dict[str, list[int]] = {}
     notes: Counter[str] = Counter()
+    counts: Counter[str] = Counter()
     profiles: Counter[str] = Counter()
     failed_profiles: Counter[str] = Counter()
     began = time.perf_counter()
@@ -1520,6 +1642,7 @@ def main(argv: list[str]) -> int:
             loop.close()
         profiles[outcome.plan.profile] += 1
         notes.update(outcome.census.notes)
+        counts.update(outcome.census.counts)
         if outcome.failed:
             failed_profiles[outcome.plan.profile] += 1
             for kind in outcome.census.kinds:
@@ -1529,11 +1652,13 @@ def main(argv: list[str]) -> int:
     took = time.perf_counter() - began
     failed = len({s for v in by_kind.values() for s in v})
     print(f"\n{len(seeds)} seeds in {took:.1f} s: {failed} failed; by profile "
-          + ", ".join(f"{p} {failed_profiles[p]}/{profiles[p]}" for p in PROFILES))
+          + ", ".join(f"{p} {failed_profiles[p]}/{profiles[p]}" for p in profiles))
     for kind, seeds_of in sorted(by_kind.items(), key=lambda kv: -len(kv[1])):
         print(f"  {kind:17} {len(seeds_of):4} seeds  [{KINDS[kind]}]  e.g. {seeds_of[:8]}\n"
               f"                    {replay_command(seeds_of[0])}")
     print(f"  notes: {dict(notes)}")
+    print(f"  accepted {counts['accepted']}; lost while pending {counts['lost_pending']}, "
+          f"lost while running {counts['lost_running']} (replicas={REPLICAS})")
     return 1 if failed else 0
 
 

@@ -11,7 +11,10 @@ wall-clock time):
   ran, against the answers its clients got);
 - ``state`` = ``"lost"``, with ``"peer"``: this node, the origin of a forward,
   reported the task lost through ``group.on_tasks_lost`` (its holder crashed or
-  is presumed lost).
+  is presumed lost);
+- ``state`` = ``"backup"``, with ``"peer"``: this node stored a backup of the
+  task for its holder ``peer`` (with replicas; a test hook on a private method,
+  so a test can tell which tasks had a copy left after a crash).
 
 With ``NODE_LEDGER`` set the factory returns the ``TaskBucketGroup`` itself
 (built from the command line exactly as ``gobucket-node`` builds it), so that
@@ -26,9 +29,10 @@ import json
 import os
 import sys
 import time
-from typing import IO
+from typing import IO, Any
 
 from gobucket_py import BucketConfig, Executor, Task, TaskBucket, TaskBucketGroup
+from gobucket_py.cluster.membership import Member
 
 
 class Ledger:
@@ -52,7 +56,10 @@ class LedgerExecutor(Executor):
 
     async def on_execute(self, task: Task) -> None:
         if self.ledger is not None:
-            self.ledger.write(task.id, "started")
+            if task.recovered is None:
+                self.ledger.write(task.id, "started")
+            else:  # taken over from a dead holder by its backup
+                self.ledger.write(task.id, "started", recovered=task.recovered)
         if self.work:
             await asyncio.sleep(self.work)
 
@@ -94,4 +101,15 @@ async def buckets() -> dict[str, TaskBucket] | TaskBucketGroup:
             ledger.write(task_id, "lost", peer=peer_id, bucket=bucket_name)
 
     group.on_tasks_lost = lost
+    backups = group._backups
+    store = backups.store
+
+    def recorded(items: list[Any], primary: Member) -> list[str]:
+        verdicts = store(items, primary)
+        for item, verdict in zip(items, verdicts, strict=True):
+            if verdict == "ok":
+                ledger.write(item[1], "backup", peer=primary.node_id)
+        return verdicts
+
+    backups.store = recorded  # type: ignore[method-assign]
     return group

@@ -85,9 +85,11 @@ async def test_dashboard_shows_nodes_fills_and_a_death(
     before = await page_nodes(browser)
     assert before["n1"]["buckets"]["jobs"]["size"] == 0
 
+    placed: dict[str, int] = {}
     async with GroupClient(n1.addr, secret=SECRET) as client:
         for i in range(250):  # 200 stay on n1, 50 overflow to n2 and n3
-            await client.fill("jobs", f"job-{i}", task_type=TaskType.TIME_BOMB)
+            where = (await client.fill("jobs", f"job-{i}", task_type=TaskType.TIME_BOMB)).node_id
+            placed[where] = placed.get(where, 0) + 1
 
     async def bars_moved() -> dict[str, dict[str, Any]] | None:
         shown = await page_nodes(browser)
@@ -112,6 +114,33 @@ async def test_dashboard_shows_nodes_fills_and_a_death(
         lambda: [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#events li")])
     assert any("overflow" in e for e in events) and any("joined" in e for e in events)
 
+    async def health(node: str) -> dict[str, str]:
+        return await asyncio.to_thread(  # type: ignore[no-any-return]
+            browser.execute_script,
+            f"const h = document.querySelector('[data-node=\"{node}\"] .health');"
+            "return h ? {text: h.textContent, atRisk: h.dataset.atRisk ?? null, "
+            "lost: h.dataset.lost ?? null} : {};")
+
+    # A stall (SIGSTOP): unreachable, its tasks at risk -- not lost -- and how long ago
+    # it was heard; then it comes back.
+    n2.pause()
+    async def n2_at_risk() -> dict[str, str] | None:
+        shown = await health("n2")
+        return shown if shown.get("atRisk") is not None else None
+
+    stalled = await wait_for(n2_at_risk, 10, "n2's tasks to show at risk", interval=0.2)
+    assert stalled["atRisk"] == str(placed["n2"]) and "last heard" in stalled["text"]
+    ARTIFACTS.mkdir(exist_ok=True)
+    assert await asyncio.to_thread(browser.save_screenshot,
+                                   str(ARTIFACTS / "dashboard-stalled.png"))
+    n2.resume()
+
+    async def n2_back() -> bool:
+        shown = await health("n2")
+        return shown.get("atRisk") is None and "last heard" in shown.get("text", "")
+
+    await wait_for(n2_back, 10, "n2 to be reachable again on the page", interval=0.2)
+
     n3.proc.kill()  # type: ignore[union-attr]  # kill -9 of our own subprocess
     await asyncio.to_thread(n3.proc.wait)  # type: ignore[union-attr]
 
@@ -126,10 +155,29 @@ async def test_dashboard_shows_nodes_fills_and_a_death(
         lambda: [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#events li")])
     assert any("n3" in e and "dead" in e for e in events), events
 
+    # Dead (it may only be stalled): n1's tasks on it are at risk, with its last-heard age.
+    shown_risk = await health("n3")
+    assert shown_risk["atRisk"] == str(placed["n3"]), (shown_risk, placed)
+    assert "unreachable" in shown_risk["text"] and "last heard" in shown_risk["text"]
+    assert "last heard" in (await health("n2"))["text"]
     ARTIFACTS.mkdir(exist_ok=True)
+    assert await asyncio.to_thread(browser.save_screenshot, str(ARTIFACTS / "dashboard-dead.png"))
+
+    async def n3_lost() -> dict[str, str] | None:  # past lost_after (5 s with --fast)
+        shown = await health("n3")
+        return shown if shown.get("lost") is not None else None
+
+    shown_lost = await wait_for(n3_lost, 15, "n3's tasks to show as lost", interval=0.2)
+    assert shown_lost["lost"] == str(placed["n3"]) and "gone" in shown_lost["text"]
+
     shot = ARTIFACTS / "dashboard.png"
     assert await asyncio.to_thread(browser.save_screenshot, str(shot))
     assert shot.stat().st_size > 10_000
+    plotted = await asyncio.to_thread(
+        browser.execute_script,
+        "return document.querySelector('[data-node=\"n1\"] svg.history polyline.live')"
+        ".getAttribute('points').split(' ').length")
+    assert plotted >= 10  # five minutes of history, two points a second so far
     # Every resource the page loaded came from the node itself.
     origins = await asyncio.to_thread(
         browser.execute_script,

@@ -14,6 +14,19 @@ again", or the truth), retried once it heals (DRAINED, or how the task
 ended). The nodes' logs (``docker logs -t``: the host's clock, like the
 client's) are the ledger: no task runs twice, none answered DRAINED runs,
 none answered NOT_FOUND runs after the answer, every task has one outcome.
+
+The nodes run with ``GOBUCKET_REPLICAS=1`` (docker-compose.yml passes it on;
+the plain demo keeps 0): every pending time-bomb has a backup on another
+node. The last test kills a holder (``docker kill``: SIGKILL) and restarts
+it: its new boot id proves its tasks gone, its backups take them over, and
+every task it held that had not started runs once on a survivor (or stays
+drained, if it was drained before the kill).
+
+Last, docker-compose.scale.yml on its own project: one ``node`` service
+scaled to 5 (``--scale node=5``) whose replicas find each other through
+``GOBUCKET_PEERS=dns:node:6666``, each advertising its own IP; every node
+must see the 4 others alive, and tasks filled through one of them overflow to
+the others and run.
 """
 
 from __future__ import annotations
@@ -61,13 +74,16 @@ def compose_cmd() -> list[str]:
 
 
 ENV = {**os.environ, "BASE_IMAGE": "gobucket-base:local", "GOBUCKET_SECRET": SECRET,
-       "NODE1_PORT": PORT, "GOBUCKET_TAG": "e2e"}
+       "NODE1_PORT": PORT, "GOBUCKET_TAG": "e2e", "GOBUCKET_REPLICAS": "1",
+       # Per-task drains are DEBUG lines (INFO counts them): the ledger reads them.
+       "GOBUCKET_LOG_LEVEL": "DEBUG"}
 
 
-def compose(*args: str, check: bool = True,
-            timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    cmd = [*compose_cmd(), "-p", PROJECT, *args]
-    result = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True,
+def compose(*args: str, check: bool = True, timeout: float = 300, project: str = PROJECT,
+            file: str | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    cmd = [*compose_cmd(), "-p", project, *(["-f", file] if file else []), *args]
+    result = subprocess.run(cmd, cwd=ROOT, env=env or ENV, capture_output=True, text=True,
                             timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}")
@@ -120,6 +136,14 @@ def on(service: str, *args: str) -> Any:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+async def backups_held() -> dict[str, int]:
+    """Backups each node holds for its peers (bucket ``backups``)."""
+    stats = await asyncio.gather(*(asyncio.to_thread(on, n, "stats")
+                                   for n in ("node1", "node2", "node3")))
+    return {n: s["buckets"]["backups"]["backups"]
+            for n, s in zip(("node1", "node2", "node3"), stats, strict=True)}
+
+
 def wait_for(predicate: Any, timeout: float, step: float = 0.2) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
@@ -168,7 +192,8 @@ def test_compose_demo_end_to_end(cluster: None) -> None:
                                                                    "node3": "alive"}
     with urllib.request.urlopen(f"{base}/metrics", timeout=10) as resp:
         metrics = resp.read().decode()
-    assert 'gobucket_fills_total{bucket="backups",node="node1",result="forwarded"}' in metrics
+    assert ('gobucket_fills_total{bucket_name="backups",node_id="node1",result="forwarded"}'
+            in metrics)
 
     # 3. A time-bomb that lives on node3, drained through node1: never fires.
     before = on("node3", "stats")["buckets"]["backups"]
@@ -210,7 +235,7 @@ DEFINITE = {o.value for o in DrainOutcome}
 # What each outcome of a task looks like in the nodes' logs (examples/cluster/app.py
 # logs every hook; the library logs drains, cancels and handoffs).
 APP_LINE = re.compile(r"backup job (runs|finished|failed|ran out of time|rescued) "
-                      r"node=(\S+) task_id=(\S+)")
+                      r"event=\S+ node=(\S+) task_id=(\S+)")
 LIB_LINE = re.compile(r"event=(drained|cancelled|handed_off) node=(\S+) bucket=backups "
                       r"task_id=(\S+)")
 STATES = {"runs": "started", "ran out of time": "exhausted"}
@@ -230,13 +255,18 @@ def stamp(text: str) -> float:
     return when.timestamp() + float(f"0.{frac or 0}")
 
 
+def log_lines(service: str) -> list[str]:
+    """A node's whole log (every run of its container), each line stamped by the host."""
+    logs = subprocess.run(["docker", "logs", "-t", container(service)],
+                          capture_output=True, text=True, timeout=60)
+    return (logs.stdout + logs.stderr).splitlines()
+
+
 def ledger(prefix: str) -> dict[str, list[tuple[float, str, str]]]:
     """``{task_id: [(time, node, state), ...]}`` for our tasks, from every node's log."""
     out: dict[str, list[tuple[float, str, str]]] = {}
     for service in ("node1", "node2", "node3"):
-        logs = subprocess.run(["docker", "logs", "-t", container(service)],
-                              capture_output=True, text=True, timeout=60)
-        for line in (logs.stdout + logs.stderr).splitlines():
+        for line in log_lines(service):
             if prefix not in line:
                 continue
             found = APP_LINE.search(line) or LIB_LINE.search(line)
@@ -432,15 +462,24 @@ async def test_holder_paused_or_cut_off_drains_never_lie(cluster: None, fault: s
               f"fault: before dead {dict(early)}, once dead {dict(late)}, other nodes' "
               f"tasks {dict(healthy)}; retried after: {dict(retried)}; the rest: {dict(rest)}")
 
-        # 4. Past every firing time, the logs are the ledger.
+        # 4. Past every firing time, the logs are the ledger; every task ended, so no
+        #    backup is left (node3's stale ones go once it is back: it asks their primary).
         await asyncio.sleep(max(0.0, filled + LONG + 3 - time.monotonic()))
         counts, bad = await asyncio.to_thread(check_ledger, prefix, placed, drains)
+        held = await backups_held()
+        for _ in range(20):
+            if not any(held.values()):
+                break
+            await asyncio.sleep(0.5)
+            held = await backups_held()
+    print(f"{fault}: backups left after every task ended {held}")
     print(f"{fault}: census {dict(sorted(counts.items()))}")
     for kind, items in bad.items():
         print(f"  VIOLATION {kind}: {len(items)}")
         for item in items[:5]:
             print(f"    {item}")
     assert not bad, {kind: items[:3] for kind, items in bad.items()}
+    assert not any(held.values()), held
     assert lasted > dead_after and lasted < 30, (lasted, dead_after)
     assert set(early) | set(late) <= {"unknown"} | DEFINITE - {"not_found"}, (early, late)
     assert set(healthy) <= {"drained", "finished", "cancelled"}, healthy
@@ -448,3 +487,290 @@ async def test_holder_paused_or_cut_off_drains_never_lie(cluster: None, fault: s
     assert set(rest) <= DEFINITE - {"not_found", "lost"}, rest
     assert all(drains.answers[t][-1].value == "drained"
                for t in on3 + others if t not in short), "a long time-bomb was not drained"
+
+
+# -- a holder killed (kill -9) and restarted, with replicas=1 -------------------------------------
+
+KILL_PREFIX = "e2e-kill9-"
+KILL_TASKS = 240  # through node1: it holds 100, the rest overflow to node2 and node3
+KILL_DRAINED = 0.3  # the share of them drained through node1 before the kill
+KILL_AT = 8.0  # s after the first fill: the fills and drains are done by then
+# Each task is due this long after the (planned) kill: pending at it; the first ones are
+# due before the backups take over (~2 s: detection and restart), and run at once then.
+KILL_DUE = (1.0, 8.0)
+PENDING = "pending at the kill"
+MUST_END = {PENDING, "drained before the kill", "held by a survivor"}
+PROMOTED = re.compile(r"event=tasks_promoted node=(\S+) peer=(\S+) count=(\d+)")
+REPORTED_LOST = re.compile(r"event=tasks_lost node=(\S+) peer=(\S+) .*count=(\d+)")
+
+
+@dataclass
+class KillRun:
+    """What the client saw of the kill: placements, due times, drain answers."""
+
+    placed: dict[str, str]  # task id -> the node its fill put it on
+    fires: dict[str, float]  # task id -> wall clock it is due (the earliest it may run)
+    drains: Drains
+    victim: str
+    killed: float  # wall clock once `docker kill` returned
+
+
+@dataclass
+class KillCensus:
+    """The ledger of the kill: counts, violations with their evidence, lateness."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    bad: dict[str, list[str]] = field(default_factory=dict)
+    late: list[float] = field(default_factory=list)  # start - due, of pending tasks that ran
+
+
+def counted_since(pattern: re.Pattern[str], peer: str, since: float) -> Counter[str]:
+    """``{node: count}``: the counts of ``pattern``'s lines about ``peer`` logged after
+    ``since`` (groups: node, peer, count)."""
+    out: Counter[str] = Counter()
+    for service in ("node1", "node2", "node3"):
+        for line in log_lines(service):
+            found = pattern.search(line)
+            if found and found.group(2) == peer and stamp(line.split(" ", 1)[0]) > since:
+                out[found.group(1)] += int(found.group(3))
+    return out
+
+
+def all_ended(prefix: str, ids: set[str]) -> bool:
+    """Whether every one of ``ids`` has an outcome in the nodes' logs."""
+    seen = ledger(prefix)
+    return all(any(s in FINAL for _, _, s in seen.get(t, [])) for t in ids)
+
+
+def check_kill(run: KillRun) -> KillCensus:
+    """Sort every task by what it was at the kill, and check its outcome.
+
+    The victim's tasks that had not started by the kill (nor were due: one due
+    may have been starting, which loses it like a running one) must end exactly
+    once, on a survivor; those drained before the kill must never run; every
+    other task ends exactly once where it was placed. Nothing runs twice.
+    """
+    seen = ledger(KILL_PREFIX)
+    census = KillCensus()
+
+    def violation(kind: str, task_id: str) -> None:
+        answers = ", ".join(map(str, run.drains.answers.get(task_id, []))) or "-"
+        census.bad.setdefault(kind, []).append(
+            f"{task_id} on {run.placed.get(task_id)}, due {run.fires.get(task_id, 0.0):.3f} "
+            f"(killed {run.killed:.3f}): answers [{answers}]; log "
+            f"{[(f'{t:.3f}', n, s) for t, n, s in seen.get(task_id, [])]}")
+
+    for task_id in sorted(set(seen) - set(run.placed)):
+        violation("in a log, never accepted", task_id)
+    for task_id, node in sorted(run.placed.items()):
+        entries = seen.get(task_id, [])
+        starts = [(t, n) for t, n, s in entries if s == "started"]
+        finals = [(t, n, s) for t, n, s in entries if s in FINAL]
+        drained = any(a.value == "drained" for a in run.drains.answers.get(task_id, []))
+        if node != run.victim:
+            kind = "held by a survivor"
+        elif drained:
+            kind = "drained before the kill"
+        elif any(t < run.killed for t, _, _ in entries):
+            kind = "started before the kill"  # running at the kill: may be lost (documented)
+        elif run.fires[task_id] <= run.killed:
+            kind = "due by the kill"  # may have been starting: may be lost
+        else:
+            kind = PENDING
+        outcome = f"{finals[0][2]} on {finals[0][1]}" if len(finals) == 1 else (
+            f"{len(finals)} outcomes")
+        census.counts[f"{kind}: {outcome if kind == PENDING else outcome.split()[0]}"] += 1
+        if len(starts) > 1:
+            violation("ran twice", task_id)
+        if drained and starts:
+            violation("DRAINED-then-ran", task_id)
+        if len(finals) > 1:
+            violation("more than one outcome", task_id)
+        elif not finals and kind in MUST_END:
+            violation("lost" if kind == PENDING else "no outcome", task_id)
+        elif kind == PENDING and finals[0][1] == run.victim:
+            violation("ended on the victim after its restart", task_id)
+        if kind == PENDING and starts:
+            census.late.append(starts[0][0] - run.fires[task_id])
+    return census
+
+
+async def test_holder_killed_and_restarted_backups_take_over(cluster: None) -> None:
+    """replicas=1: ``docker kill`` (SIGKILL) a holder of pending time-bombs (node2 or
+    node3: the test talks to node1) and ``docker start`` it again. Its new boot id proves
+    its tasks gone; each one not started by the kill runs once on a survivor, or stays
+    drained if a drain answered DRAINED before the kill. Nothing runs twice."""
+    await asyncio.to_thread(up, "node1", "node2", "node3")
+    rng = random.Random("kill9")
+    async with GroupClient(f"127.0.0.1:{PORT}", secret=SECRET, timeout=10.0) as client:
+        for peer in ("node2", "node3"):
+            await until_state(client, peer, "alive", 60)
+        print(f"\nkill9: backups held before the test {await backups_held()}")
+        # 1. Time-bombs through node1, each due KILL_DUE after the planned kill.
+        t0 = time.time()
+        kill_at = t0 + KILL_AT
+        ids = [f"{KILL_PREFIX}{i:03d}" for i in range(KILL_TASKS)]
+        fires = {t: kill_at + rng.uniform(*KILL_DUE) for t in ids}
+        placed: dict[str, str] = {}
+
+        async def fill(task_id: str) -> None:
+            run_after = fires[task_id] - time.time()
+            result = await client.fill("backups", task_id, {"e2e": "kill9"},
+                                       task_type=TaskType.TIME_BOMB, run_after=run_after,
+                                       life_span=run_after + 60)
+            placed[task_id] = result.node_id
+
+        for i in range(0, len(ids), 20):  # 20 at a time: node1 fills up, then overflows
+            await asyncio.gather(*(fill(t) for t in ids[i:i + 20]))
+        filled = time.time() - t0
+
+        # 2. About 30% drained through node1, wherever they live.
+        drains = Drains(client)
+        drained = await drains.many(rng.sample(ids, round(len(ids) * KILL_DRAINED)))
+        ready = time.time() - t0
+        left = Counter(n for t, n in placed.items() if t not in drains.answers)
+        victim = max(("node2", "node3"), key=lambda n: left[n])
+        print(f"\nkill9: placed {dict(sorted(Counter(placed.values()).items()))} in "
+              f"{filled:.1f} s; drained {dict(drained)} ({ready:.1f} s in); not drained "
+              f"{dict(sorted(left.items()))}; victim {victim}")
+        assert set(drained) == {"drained"}, drained
+        assert left[victim] >= 30, left
+
+        # 3. kill -9 of the victim; once node1 sees it dead, it starts again (new boot id).
+        await asyncio.sleep(max(0.0, kill_at - time.time()))
+        cid = container(victim)
+        await asyncio.to_thread(subprocess.run, ["docker", "kill", cid], check=True,
+                                capture_output=True, timeout=60)
+        killed = time.time()
+        dead_after = await until_state(client, victim, "dead", 15)
+        await asyncio.to_thread(subprocess.run, ["docker", "start", cid], check=True,
+                                capture_output=True, timeout=60)
+        back_after = await until_state(client, victim, "alive", 60)
+
+        # 4. Past every due time, until every task has an outcome (or 30 s more).
+        await asyncio.sleep(max(0.0, max(fires.values()) + 2.0 - time.time()))
+        deadline = time.monotonic() + 30
+        while (not await asyncio.to_thread(all_ended, KILL_PREFIX, set(placed))
+               and time.monotonic() < deadline):
+            await asyncio.sleep(1.0)
+    run = KillRun(placed, fires, drains, victim, killed)
+    census = await asyncio.to_thread(check_kill, run)
+    promoted = await asyncio.to_thread(counted_since, PROMOTED, victim, killed)
+    reported = await asyncio.to_thread(counted_since, REPORTED_LOST, victim, killed)
+
+    counts, bad = census.counts, census.bad
+    print(f"kill9: census {dict(sorted(counts.items()))}")
+    for kind, items in bad.items():
+        print(f"  VIOLATION {kind}: {len(items)}")
+        for item in items[:5]:
+            print(f"    {item}")
+    held = sum(n for k, n in counts.items() if k.startswith(PENDING))
+    ran = Counter(k.rsplit(" ", 1)[1] for k in counts.elements()
+                  if k.startswith(f"{PENDING}: finished on "))
+    at_kill = sum(n for k, n in counts.items()
+                  if k.startswith(("started before the kill", "due by the kill")))
+    print(f"kill9 summary: {victim} killed holding {sum(placed[t] == victim for t in ids)} "
+          f"({sum(n for k, n in counts.items() if k.startswith('drained before'))} drained "
+          f"before the kill, {held} pending, {at_kill} due or running); of the pending: "
+          f"{sum(ran.values())} ran once on a survivor {dict(sorted(ran.items()))}, "
+          f"lost {len(bad.get('lost', []))}, ran twice {len(bad.get('ran twice', []))}, "
+          f"ran after DRAINED {len(bad.get('DRAINED-then-ran', []))}; dead to node1 after "
+          f"{dead_after:.1f} s, back {back_after:.1f} s later; taken over "
+          f"{dict(sorted(promoted.items()))}, reported lost {dict(sorted(reported.items()))}; "
+          f"started up to {max(census.late, default=0.0):.1f} s after due "
+          f"({sum(late > 0.5 for late in census.late)} more than 0.5 s late)")
+    assert not bad, {kind: items[:3] for kind, items in bad.items()}
+    assert held >= 30, counts
+
+
+# -- one service scaled with --scale, peers found through DNS -----------------------------------
+
+SCALE_FILE = "docker-compose.scale.yml"
+SCALE_PROJECT = f"{PROJECT}-scale"
+SCALE = 5
+SCALE_ENV = {**ENV, "GOBUCKET_TAG": "e2e-scale", "GOBUCKET_REPLICAS": "0"}
+
+
+def scaled(*args: str, check: bool = True,
+           timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``compose`` on the scale variant's own project (and image tag)."""
+    return compose(*args, check=check, timeout=timeout, project=SCALE_PROJECT,
+                   file=SCALE_FILE, env=SCALE_ENV)
+
+
+def on_replica(index: int, *args: str) -> Any:
+    """A GroupClient call inside replica ``index`` (1-based) of the scaled service."""
+    result = scaled("exec", "-T", f"--index={index}", "node", "python3", "-c", CLIENT,
+                    SECRET, *args, timeout=60)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def scaled_cluster() -> Iterator[None]:
+    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        pytest.skip("Docker Engine is not reachable")
+    subprocess.run([str(ROOT / "docker" / "build-base-image.sh")], cwd=ROOT, check=True,
+                   timeout=600)
+    try:
+        scaled("up", "--build", "-d", "--scale", f"node={SCALE}", timeout=600)
+        yield
+    finally:
+        scaled("down", "--rmi", "all", "--volumes", "--remove-orphans", check=False)
+        left = subprocess.run(["docker", "ps", "-a", "-q", "--filter",
+                               f"label=com.docker.compose.project={SCALE_PROJECT}"],
+                              capture_output=True, text=True).stdout.strip()
+        assert left == "", f"containers left behind: {left}"
+
+
+def test_scaled_service_discovers_its_peers_by_dns(scaled_cluster: None) -> None:
+    """``--scale node=5`` with ``GOBUCKET_PEERS=dns:node:6666``: every node sees the 4
+    others alive, each under its own container IP; tasks filled through one node
+    overflow to the others and all of them run."""
+    ids = scaled("ps", "-q", "node").stdout.split()
+    assert len(ids) == SCALE, ids
+    ips = {subprocess.run(["docker", "inspect", "-f",
+                           "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", cid],
+                          capture_output=True, text=True, check=True).stdout.strip()
+           for cid in ids}
+    expected = {f"{ip}:6666" for ip in ips}
+    assert len(expected) == SCALE, expected
+
+    # 1. Every node sees the 4 others alive, by their container IPs (their node ids).
+    views: dict[int, dict[str, Any]] = {}
+
+    def meshed() -> bool:
+        for index in range(1, SCALE + 1):
+            views[index] = on_replica(index, "stats")
+        return all(set(v["peers"]) | {v["node"]} == expected
+                   and set(v["peers"].values()) == {"alive"} for v in views.values())
+
+    took = wait_for(meshed, 90, step=1.0)
+    print(f"\nscale: {SCALE} nodes meshed through dns:node:6666 within {took:.1f} s of the "
+          f"first check: {sorted(v['node'] for v in views.values())}")
+    assert {v["node"] for v in views.values()} == expected
+    assert all(len(v["peers"]) == SCALE - 1 for v in views.values())
+    for cid in ids:  # each found its own IP; the name resolved from the start
+        logs = subprocess.run(["docker", "logs", cid], capture_output=True, text=True,
+                              timeout=60)
+        text = logs.stdout + logs.stderr
+        assert "event=advertise_detected" in text and "event=dns_lookup_failed" not in text
+
+    # 2. 300 time-bombs through node 1 (whose bucket holds 100): 200 overflow.
+    tasks = [f"e2e-scale-{i:03d}" for i in range(300)]
+    placed = on_replica(1, "fill", "4", *tasks)
+    first = views[1]["node"]
+    where = Counter(placed)
+    print(f"scale: placed {dict(sorted(where.items()))} through {first}")
+    assert where[first] == 100 and sum(where.values()) == 300
+    assert len(where) >= 3, where  # the overflow spread over at least two peers
+
+    # 3. They all run, each once, where they were placed.
+    def finished() -> dict[str, int]:
+        stats = [on_replica(i, "stats") for i in range(1, SCALE + 1)]
+        return {s["node"]: s["buckets"]["backups"]["finished"] for s in stats}
+
+    wait_for(lambda: sum(finished().values()) >= 300, 60, step=1.0)
+    done = finished()
+    print(f"scale: finished {dict(sorted(done.items()))}")
+    assert sum(done.values()) == 300
+    assert all(done.get(node, 0) == count for node, count in where.items()), (done, where)

@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gobucket_py import BucketConfig, GroupConfig, TaskBucket, TaskBucketGroup
+from gobucket_py import BucketConfig, GroupConfig, TaskBucket, TaskBucketGroup, serve_pages
 from gobucket_py.cluster.auth import Keyring
 from gobucket_py.cluster.protocol import Kind, NodeHeader
 
@@ -219,6 +219,7 @@ async def target() -> AsyncIterator[Target]:
                         name="jobs")
     group = TaskBucketGroup({"jobs": bucket}, [], port=0, secret=SECRET,
                             config=GroupConfig.local(max_body=MAX_BODY))
+    serve_pages(group)  # /v1/status: the health check
     await group.start()
     try:
         async with aiohttp.ClientSession() as http:

@@ -270,7 +270,8 @@ async def test_dead_peer_is_pruned_and_no_longer_probed(mesh: Mesh) -> None:
     assert {src: mesh.calls(src, "n3") for src in after} == after  # no probe, no rejoin
     assert all(e[0] != "n3" for e in n1.m.gossip())
     # Gossip about it as dead or left does not bring it back.
-    n1.m.merge_checked([("n3", dead.boot, "n3", 5, "dead"), ("n3", dead.boot, "n3", 5, "left")])
+    n1.m.merge_checked([("n3", dead.boot, "n3", 5, "dead", "n2"),
+                        ("n3", dead.boot, "n3", 5, "left", "n2")])
     await asyncio.sleep(1)
     assert "n3" not in n1.m.members and mesh.calls("n1", "n3") == after["n1"]
 

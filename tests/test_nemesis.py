@@ -58,6 +58,32 @@ async def test_seed(seed: int, caplog: pytest.LogCaptureFixture) -> None:
         pytest.fail("\n" + outcome.report(), pytrace=False)
 
 
+#: Seeds also run with ``replicas=1`` (``NEMESIS_REPLICA_SEEDS``; ``make chaos``: 2,000).
+REPLICA_SEEDS = int(os.environ.get("NEMESIS_REPLICA_SEEDS", "100"))
+#: Seeds run with ``replicas=1`` and only one-at-a-time kill -9s (``NEMESIS_CRASH_SEEDS``).
+CRASH_SEEDS = int(os.environ.get("NEMESIS_CRASH_SEEDS", "100"))
+
+
+@pytest.mark.parametrize("seed", range(FIRST_SEED, FIRST_SEED + REPLICA_SEEDS))
+async def test_seed_with_replicas(seed: int, caplog: pytest.LogCaptureFixture) -> None:
+    """The same invariants with one backup per time-bomb."""
+    caplog.set_level(logging.ERROR, logger="gobucket_py")
+    outcome = await run_seed(seed, replicas=1)
+    if outcome.failed:
+        pytest.fail("\n" + outcome.report(), pytrace=False)
+
+
+@pytest.mark.parametrize("seed", range(FIRST_SEED, FIRST_SEED + CRASH_SEEDS))
+async def test_seed_one_crash_at_a_time_with_replicas(seed: int,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """replicas=1, kill -9 and restart of one node at a time: the same invariants,
+    and a crash loses nothing that was not starting, being drained or out of life."""
+    caplog.set_level(logging.ERROR, logger="gobucket_py")
+    outcome = await run_seed(seed, replicas=1, profile="one_crash")
+    if outcome.failed:
+        pytest.fail("\n" + outcome.report(), pytrace=False)
+
+
 @pytest.mark.skipif("GOBUCKET_SEED" not in os.environ,
                     reason="set GOBUCKET_SEED=<seed> to replay one seed of test_seed")
 async def test_replay() -> None:
@@ -204,9 +230,34 @@ async def test_checker_catches(kind: str) -> None:
         ledger.crash("n2#0")
         book.did("n2#0", "a", "zombie")
         ledger.loss("n1#0", "n2", ["a"])
+    elif kind == "crash_lost":
+        ledger.crash_safe = True
+        ledger.deadlines["a"] = 100.0  # it had long to live
+        book.fill("a", via="n2#0", to="n2", holder="n2#0")
+        ledger.crash("n2#0")  # its backup never took it over
+        book.ledger.end(book.ledger.begin("start", "n2#1", None), "ok")
     else:
         raise AssertionError(f"no hand-made ledger for {kind}")
     assert book.kinds() == {kind: 1}
+
+
+async def test_checker_excuses_what_a_crash_may_lose_with_replicas() -> None:
+    """Starting (past the gate), being drained, or out of life by the restart."""
+    book = Book()
+    ledger = book.ledger
+    ledger.crash_safe = True
+    for task in "abc":
+        ledger.deadlines[task] = 100.0
+        book.fill(task, via="n2#0", to="n2", holder="n2#0")
+    book.did("n2#0", "a", "gate")
+    ledger.begin("drain", "n1#0", "b")  # sent, never answered: the holder died
+    ledger.deadlines["c"] = book.now + 0.05
+    ledger.crash("n2#0")
+    book.ledger.end(book.ledger.begin("start", "n2#1", None), "ok")
+    census = check(ledger)
+    assert dict(census.kinds) == {}
+    assert {k: v for k, v in census.notes.items() if k.startswith("crash_lost")} == {
+        "crash_lost_starting": 1, "crash_lost_draining": 1, "crash_lost_out_of_life": 1}
 
 
 async def test_checker_catches_an_unreported_loss() -> None:

@@ -357,11 +357,12 @@ async def test_log_lines_are_structured_and_follow_log_level(nodes: Nodes, level
     assert await n1.stop() == 0
     lines = n1.stderr().splitlines()
     assert lines and all("secret-payload" not in line for line in lines)
-    drained = [line for line in lines if "event=drained" in line]
+    drained = [line for line in lines if "event=tasks_ended" in line]  # counted, at INFO
     full = [line for line in lines if "event=cluster_full" in line]
     assert len(full) == 1 and "node=n1 bucket=jobs task_id=two" in full[0]  # WARNING
     if level == "INFO":
-        assert len(drained) == 1 and "node=n1 bucket=jobs task_id=kept" in drained[0]
+        assert len(drained) == 1 and "node=n1 bucket=jobs drained=1" in drained[0]
+        assert not [line for line in lines if "event=drained" in line]  # per task: DEBUG
         assert any("event=node_started node=n1" in line for line in lines)
     else:
         assert not drained and not [line for line in lines if " INFO " in line]

@@ -7,6 +7,8 @@ import asyncio
 import json
 import logging
 import re
+import shutil
+import subprocess
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,6 +16,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import gobucket_py
 from gobucket_py import (
     BucketConfig,
     ClusterFullError,
@@ -25,6 +28,7 @@ from gobucket_py import (
     TaskBucket,
     TaskBucketGroup,
     TaskType,
+    serve_pages,
 )
 from gobucket_py.observe.events import EventFeed
 from gobucket_py.observe.histogram import Histogram
@@ -52,6 +56,7 @@ async def node(node_id: str, peers: list[str], max_bucket: int) -> TaskBucketGro
                                      hook_timeout=0.05), Failing(), name="jobs")
     group = TaskBucketGroup({"jobs": bucket}, peers, port=0, node_id=node_id, secret=SECRET,
                             config=GroupConfig.local())
+    serve_pages(group)  # what the node runner does
     await group.start()
     return group
 
@@ -124,7 +129,7 @@ async def test_metrics_count_fills_outcomes_hooks_lateness_and_peers(
     status, ctype, text = await get(http, a, "/metrics")
     assert status == 200 and ctype.startswith("text/plain")
     m = samples(text)
-    jobs = {"node": "a", "bucket": "jobs"}
+    jobs = {"node_id": "a", "bucket_name": "jobs"}
     assert value(m, "gobucket_fills_total", result="local", **jobs) == 9
     assert value(m, "gobucket_fills_total", result="forwarded", **jobs) == 4
     assert value(m, "gobucket_fills_total", result="rejected", **jobs) == 1
@@ -139,16 +144,23 @@ async def test_metrics_count_fills_outcomes_hooks_lateness_and_peers(
     assert value(m, "gobucket_bucket_capacity", **jobs) == 3
     assert value(m, "gobucket_firing_lateness_seconds_count", **jobs) == 1
     assert value(m, "gobucket_firing_lateness_seconds_bucket", le="+Inf", **jobs) == 1
-    assert value(m, "gobucket_peers", node="a", state="alive") == 1
-    assert value(m, "gobucket_peers", node="a", state="dead") == 0
-    assert value(m, "gobucket_forward_latency_seconds_count", node="a") >= 1
-    assert value(m, "gobucket_probe_rtt_seconds_count", node="a") >= 1
+    assert value(m, "gobucket_peers", node_id="a", state="alive") == 1
+    assert value(m, "gobucket_peers", node_id="a", state="dead") == 0
+    assert value(m, "gobucket_peer_up", node_id="a", peer="b") == 1
+    assert value(m, "gobucket_peer_state", node_id="a", peer="b", state="alive") == 1
+    assert value(m, "gobucket_forward_latency_seconds_count", node_id="a") >= 1
+    assert value(m, "gobucket_probe_rtt_seconds_count", node_id="a") >= 1
+    assert value(m, "gobucket_lookups_total", node_id="a", op="drain", result="drained") == 4
+    assert value(m, "gobucket_firing_lateness_seconds_bucket", le="60.0", **jobs) == 1
+    assert value(m, "gobucket_build_info", version=gobucket_py.__version__) == 1
+    assert value(m, "process_start_time_seconds") > 0  # restarts are visible
+    assert not any(label == "node" for _, labels in m for label, _ in labels)
     # b's own registry: the drain happened there, and nothing of a leaks in.
     mb = samples((await get(http, b, "/metrics"))[2])
-    assert value(mb, "gobucket_task_outcomes_total", node="b", bucket="jobs",
+    assert value(mb, "gobucket_task_outcomes_total", node_id="b", bucket_name="jobs",
                  outcome="drained") == 1
-    assert value(mb, "gobucket_bucket_filled_total", node="b", bucket="jobs") == 4 + 97
-    assert not any(dict(labels).get("node") == "a" for _, labels in mb)
+    assert value(mb, "gobucket_bucket_accepted_total", node_id="b", bucket_name="jobs") == 4 + 97
+    assert not any(dict(labels).get("node_id") == "a" for _, labels in mb)
 
 
 async def test_status_reports_node_buckets_peers_and_events_never_payloads(
@@ -208,8 +220,10 @@ async def test_dashboard_page_is_self_contained(
     a, _ = pair
     status, ctype, page = await get(http, a, "/")
     assert status == 200 and ctype.startswith("text/html")
-    assert "/v1/status?peers=1" in page
-    # Nothing is fetched from elsewhere: no external URL, script or stylesheet.
+    assert "fetch(`v1/status?peers=1" in page  # relative: it works mounted under a path
+    # Nothing is fetched from elsewhere: no external URL, script or stylesheet (the
+    # SVG namespace name of the inline plots is an identifier, never fetched).
+    page = page.replace('"http://www.w3.org/2000/svg"', "SVG_NS")
     assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/|<script[^>]+src=|<link[^>]+href=",
                          page, re.I)
 
@@ -217,18 +231,23 @@ async def test_dashboard_page_is_self_contained(
 async def test_one_structured_log_line_per_event_without_payloads(
         pair: tuple[TaskBucketGroup, TaskBucketGroup], caplog: pytest.LogCaptureFixture) -> None:
     a, _ = pair
-    caplog.set_level(logging.INFO, logger="gobucket_py")
+    caplog.set_level(logging.DEBUG, logger="gobucket_py")
     await a.fill("jobs", "fail-x", PAYLOAD)
     await a.fill("jobs", "keep", PAYLOAD, task_type=BOMB)
     await a.drain("jobs", "keep")
     await wait_for(lambda: a.buckets["jobs"].stats()["failed"] == 1, 5, "fail-x to fail")
     await wait_for(lambda: a.buckets["jobs"].stats()["hook_timeouts"] == 1, 5, "hook timeout")
-    lines = [r.getMessage() for r in caplog.records]
-    for event, task_id in (("failed", "fail-x"), ("hook_timeout", "fail-x"),
-                           ("drained", "keep")):
-        [line] = [ln for ln in lines if f"event={event} " in ln and f"task_id={task_id}" in ln]
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    for level, event, task_id in (("INFO", "failed", "fail-x"),
+                                  ("ERROR", "hook_timeout", "fail-x"),
+                                  ("DEBUG", "drained", "keep")):  # the bulk: DEBUG
+        [line] = [ln for lv, ln in lines
+                  if lv == level and f"event={event} " in ln and f"task_id={task_id}" in ln]
         assert "node=a " in line and "bucket=jobs " in line, line
-    assert all(PAYLOAD not in ln for ln in lines)
+    # ... and counted in one INFO line per bucket (the first at once, then every 10 s).
+    [summary] = [ln for lv, ln in lines if lv == "INFO" and "event=tasks_ended" in ln]
+    assert summary.endswith("node=a bucket=jobs drained=1"), summary
+    assert all(PAYLOAD not in ln for _, ln in lines)
     caplog.clear()
     caplog.set_level(logging.WARNING, logger="gobucket_py")
     await a.drain("jobs", "nothing-here")
@@ -262,3 +281,57 @@ def test_event_feed_is_bounded_and_merges_bursts_of_batches() -> None:
     for i in range(10):
         feed.add("drain", f"t{i} drained", task_id=f"t{i}")
     assert len(feed.since(0)) == 5 and feed.since(feed.seq) == []
+    # A burst of drains is one line that counts them, so the rest stays in view.
+    feed.add("peer_dead", "c: alive -> dead", peer="c")
+    for i in range(42):
+        feed.add_counted("drain", "drained on b", f"d{i}", peer="b")
+    events = feed.since(0)
+    assert [e["kind"] for e in events][-2:] == ["peer_dead", "drain"]
+    assert events[-1]["count"] == 42 and events[-1]["text"] == "42 drained on b"
+    assert events[-1]["task_id"] == "d41"
+
+
+@pytest.mark.looptime
+async def test_metrics_show_tasks_at_risk_per_unreachable_peer_and_handoffs_received() -> None:
+    from gobucket_py import MemoryNetwork
+    from gobucket_py.observe.metrics import registry_for, render
+
+    from .test_cluster import Cluster
+
+    cluster = Cluster(MemoryNetwork())
+    try:
+        n1 = await cluster.add("n1", max_bucket=1)
+        await cluster.add("n2", max_bucket=10)
+        n3 = await cluster.add("n3", max_bucket=10)
+        await cluster.settle()
+        await n1.fill("jobs", "mine", task_type=BOMB)
+        placed = [await n1.fill("jobs", f"t{i}", task_type=BOMB) for i in range(6)]
+        on_n2 = sum(p.node_id == "n2" for p in placed)
+        assert on_n2 and on_n2 < 6
+        stall = cluster.net.stall("n2")
+        await asyncio.sleep(3)  # dead to n1 (maybe only stalled: at risk, not lost)
+        m = samples(render(registry_for(n1.view)).decode())
+        assert value(m, "gobucket_peer_up", node_id="n1", peer="n2") == 0
+        assert value(m, "gobucket_peer_tasks_at_risk", node_id="n1", peer="n2") == on_n2
+        stall.heal()
+        await asyncio.sleep(3)
+        n3_had = len(n3.buckets["jobs"])
+        await n3.stop()  # hands its tasks to n2 (n1 is full)
+        m2 = samples(render(registry_for(cluster.groups["n2"].view)).decode())
+        assert value(m2, "gobucket_handoffs_received_total", node_id="n2", peer="n3") == n3_had
+    finally:
+        await cluster.close()
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None,
+                    reason="promtool comes with Debian's prometheus package (not installed)")
+async def test_promtool_accepts_the_metrics(
+        pair: tuple[TaskBucketGroup, TaskBucketGroup], http: aiohttp.ClientSession) -> None:
+    a, _ = pair
+    await a.fill("jobs", "one", task_type=BOMB)
+    await a.drain("jobs", "one")
+    _, _, text = await get(http, a, "/metrics")
+    checked = await asyncio.to_thread(subprocess.run, ["promtool", "check", "metrics"],
+                                      input=text.encode(), capture_output=True, timeout=60)
+    assert checked.returncode == 0 and not checked.stdout.strip(), (
+        checked.stdout.decode(), checked.stderr.decode())

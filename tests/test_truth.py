@@ -137,6 +137,78 @@ async def test_unsettled_forward_is_placement_unknown_and_drain_is_unknown(
     assert runs(cluster, "job") == 0
 
 
+def hold_fills(group: TaskBucketGroup) -> tuple[list[tuple[str, dict[str, Any]]], list[int]]:
+    """Make ``group``'s next FILL vanish into a buffer (kept, to deliver
+    later with :func:`deliver`) and its SETTLEs fail until the returned
+    switch is emptied."""
+    real = group.transport.call
+    held: list[tuple[str, dict[str, Any]]] = []
+    switch = [1]
+
+    async def call(addr: str, k: Kind, message: dict[str, Any], timeout: float
+                   ) -> dict[str, Any]:
+        if k is Kind.FILL and not held:
+            held.append((addr, message))
+            raise PeerUnavailableError("the FILL is stuck in a buffer")
+        if k is Kind.SETTLE and switch:
+            raise PeerUnavailableError("cannot reach the peer to settle")
+        return await real(addr, k, message, timeout)
+
+    group.transport.call = call  # type: ignore[method-assign]
+    group.deliver = real  # type: ignore[attr-defined]
+    return held, switch
+
+
+async def deliver(group: TaskBucketGroup, held: tuple[str, dict[str, Any]]) -> Any:
+    """Deliver a FILL that :func:`hold_fills` held back."""
+    addr, message = held
+    return await group.deliver(addr, Kind.FILL, message, 1.0)  # type: ignore[attr-defined]
+
+
+async def test_drain_of_an_unsettled_fill_voids_it_so_it_never_runs_later(
+        cluster: Cluster) -> None:
+    n1 = await spread(cluster)
+    held, settle_fails = hold_fills(n1)
+    with pytest.raises(PlacementUnknownError) as caught:
+        await n1.fill("jobs", "job", task_type=BOMB)
+    settle_fails.clear()
+    # The peer has not seen the batch yet: the drain settles it first (void),
+    # so its "not here" is certain.
+    assert (await n1.drain("jobs", "job")).outcome is DrainOutcome.NOT_FOUND
+    late = await deliver(n1, held[0])
+    assert late["results"] == ["void"]  # the batch turns up: refused for good
+    assert "job" not in cluster.bucket(caught.value.node_id)
+    await asyncio.sleep(40)
+    assert runs(cluster, "job") == 0
+
+
+async def test_unsettled_handoff_is_settled_by_the_origin_and_reported_lost(
+        cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=1)
+    n2 = await cluster.add("n2", max_bucket=50)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    placed = await n1.fill("jobs", "job", task_type=BOMB)
+    assert placed.node_id == "n2"
+    await cluster.add("n3", max_bucket=50)
+    await cluster.settle()
+    lost: list[Any] = []
+    n1.on_tasks_lost = lambda *args: lost.append(args)
+    held, _ = hold_fills(n2)  # n2's handoff to n3 cannot be settled
+    await n2.stop()
+    assert [e for e in n2.events.since() if e["kind"] == "handoff_unknown"]
+    del cluster.groups["n2"]
+    await asyncio.sleep(1)  # n1 settles the handoff with n3 on n2's behalf: void
+    assert lost == [("n3", "jobs", ["job"])]
+    assert (await n1.drain("jobs", "job")).outcome is DrainOutcome.LOST
+    addr, message = held[0]  # n2 has exited; its batch turns up late
+    late = await n1.transport.call(addr, Kind.FILL, message, 1.0)
+    assert late["results"] == ["void"]
+    await asyncio.sleep(40)
+    assert runs(cluster, "job") == 0
+    assert n1.lost_counts["jobs"] == 1
+
+
 # -- drain and get: unknown is not NOT_FOUND -------------------------------------------------
 
 
@@ -366,3 +438,27 @@ async def test_get_of_a_live_task_keeps_its_route(cluster: Cluster) -> None:
     cluster.net.down(placed.node_id)
     await asyncio.sleep(CFG.lost_after + 3)
     assert lost == [(placed.node_id, "jobs", ["job"])]
+
+
+async def test_a_left_node_restarted_behind_a_cut_link_is_unknown_not_gone(
+        cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=10)
+    await cluster.add("n2", max_bucket=10)
+    n3 = await cluster.add("n3", max_bucket=10)
+    await cluster.settle()
+    await n1.stop()  # it leaves, exits...
+    del cluster.groups["n1"]
+    # ...and its address refuses: nothing is there, a certain "not here".
+    assert (await n3.drain("jobs", "nothing")).outcome is DrainOutcome.NOT_FOUND
+    # A new incarnation at the same address, whose replies to n3 are cut.
+    cluster.net.partition(["n1"], ["n3"], one_way=True)
+    n1 = await cluster.add("n1", max_bucket=10, seeds=["n2"])
+    await n1.fill("jobs", "job", task_type=BOMB)
+    # n3 still has the old n1 as LEFT; a timeout from its address is no proof.
+    with pytest.raises(PeerUnavailableError):
+        await n3.drain("jobs", "job")
+    cluster.net.heal()
+    await cluster.settle()
+    assert (await n3.drain("jobs", "job")).outcome is DrainOutcome.DRAINED
+    await asyncio.sleep(40)
+    assert runs(cluster, "job") == 0

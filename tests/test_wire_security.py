@@ -42,8 +42,9 @@ from gobucket_py import (
     TaskBucket,
     TaskBucketGroup,
     TaskType,
+    serve_pages,
 )
-from gobucket_py.cluster.auth import Keyring
+from gobucket_py.cluster.auth import AuthError, Keyring
 from gobucket_py.cluster.protocol import Kind, NodeHeader
 from gobucket_py.cluster.transport import HttpTransport
 
@@ -189,6 +190,7 @@ async def make_node() -> AsyncIterator[MakeNode]:
         group = TaskBucketGroup({"jobs": bucket}, list(peers), port=0, host="127.0.0.1",
                                 secret=secret, config=GroupConfig.local(**config))
         groups.append(group)
+        serve_pages(group)  # /v1/status: the health check
         await group.start()
         return Node(group, bucket, recorder)
 
@@ -696,7 +698,8 @@ async def test_probes_do_not_queue_behind_a_burst_of_data_requests(
         await asyncio.sleep(0.2)
         loop = asyncio.get_running_loop()
         start = loop.time()
-        assert await transport.call(server.address, Kind.PING, {"v": 1}, 2.0) == {"v": 1}
+        pong = await transport.call(server.address, Kind.PING, {"v": 1}, 2.0)
+        assert pong == {"v": 1, "udp": True}  # and the server takes probes over UDP
         assert loop.time() - start < 0.5
         assert not any(d.done() for d in drains)
         release.set()
@@ -901,3 +904,153 @@ async def test_random_fill_items_are_all_or_nothing(fuzz: Fuzz, items: list[Any]
     fuzz.filled = bucket.stats()["filled"]
     if fuzz.sent % 25 == 0:
         await fuzz.healthy()
+
+
+# -- the peer port under load: reject before reading, slow bodies, the replay window ----------
+
+
+async def _raw_exchange(port: int, head: bytes, body: bytes = b"", wait: float = 5.0) -> bytes:
+    """Send ``head`` (and ``body``) on a fresh connection; what comes back within ``wait``."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head + body)
+        await writer.drain()
+        async with asyncio.timeout(wait):
+            return await reader.read(4096)
+    finally:
+        writer.close()
+
+
+def _port(node: Node) -> int:
+    return int(node.group.address.rpartition(":")[2])
+
+
+async def test_unsigned_request_is_refused_before_its_body_is_read(node: Node) -> None:
+    """Headers promise 4 MiB and no byte of it is sent: 401 at once, not a wait."""
+    head = (f"POST {FILL} HTTP/1.1\r\nHost: x\r\nContent-Type: application/msgpack\r\n"
+            f"Content-Length: {4 * 1024 * 1024}\r\n\r\n").encode()
+    started = time.monotonic()
+    reply = await _raw_exchange(_port(node), head, wait=3.0)
+    assert reply.startswith(b"HTTP/1.1 401"), reply[:100]
+    assert b"not signed" in reply and time.monotonic() - started < 2.0
+    async with aiohttp.ClientSession() as session:
+        await assert_healthy(session, node)
+
+
+async def test_a_body_that_never_arrives_is_dropped_after_read_timeout(node: Node) -> None:
+    node.group.transport.read_timeout = 0.5  # type: ignore[attr-defined]
+    body = msgpack.packb({"v": 1}, use_bin_type=True)
+    headers = signed(body)
+    head = (f"POST {FILL} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body) + 100}\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode()
+    reply = await _raw_exchange(_port(node), head, body, wait=5.0)  # 100 bytes never come
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:100]
+    async with aiohttp.ClientSession() as session:
+        await assert_healthy(session, node)
+
+
+async def test_a_nonce_is_remembered_for_its_whole_window() -> None:
+    """A captured request replayed after 1,000,000 other signed requests of its
+    window is still refused (the store forgets by timestamp, never by count)."""
+    keyring = Keyring.parse(SECRET)
+    body = b"\x80"
+    captured = keyring.sign("POST", FILL, body)
+    keyring.verify("POST", FILL, captured, body)
+    stamp = int(captured["X-Gobucket-Timestamp"])
+    now = time.time()
+    for i in range(1_000_000):  # what a million signed requests leave behind
+        keyring._remember(f"{i:024x}", stamp, now)
+    with pytest.raises(AuthError, match="replayed"):
+        keyring.verify("POST", FILL, captured, body)
+
+
+async def test_a_full_replay_store_refuses_with_503_and_forgets_nothing(
+        node: Node, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gobucket_py.cluster import auth
+
+    keyring = node.group.keyring
+    assert keyring is not None
+    monkeypatch.setattr(auth, "MAX_NONCES", keyring._count + 1)
+    body = msgpack.packb({"v": 1, "from": ATTACKER, "bucket": "jobs", "id": "x"},
+                         use_bin_type=True)
+    url = f"http://{node.group.address}/v1/get"
+    async with http.post(url, data=body, headers=signed(body, "/v1/get")) as resp:
+        assert resp.status == 200  # the last free slot
+    async with http.post(url, data=body, headers=signed(body, "/v1/get")) as resp:
+        assert resp.status == 503 and "replay store full" in await resp.text()
+    assert keyring.refused_full == 1
+    monkeypatch.setattr(auth, "MAX_NONCES", 2_000_000)
+    async with aiohttp.ClientSession() as session:
+        await assert_healthy(session, node)
+
+
+async def test_too_many_requests_in_flight_get_503_but_probes_pass(
+        node: Node, http: aiohttp.ClientSession) -> None:
+    transport = node.group.transport
+    assert isinstance(transport, HttpTransport)
+    transport.max_inflight = 0  # every data request is one too many
+    body = msgpack.packb({"v": 1, "from": ATTACKER, "bucket": "jobs", "id": "x"},
+                         use_bin_type=True)
+    async with http.post(f"http://{node.group.address}/v1/get", data=body,
+                         headers=signed(body, "/v1/get")) as resp:
+        assert resp.status == 503
+    assert transport.refused_busy == 1
+    ping = msgpack.packb({"v": 1, "from": ATTACKER}, use_bin_type=True)
+    async with http.post(f"http://{node.group.address}/v1/ping", data=ping,
+                         headers=signed(ping, "/v1/ping")) as resp:
+        assert resp.status == 200  # membership is never refused for load
+    transport.max_inflight = 1024
+    async with aiohttp.ClientSession() as session:
+        await assert_healthy(session, node)
+
+
+async def test_a_connection_whose_headers_never_finish_is_closed(node: Node) -> None:
+    """Slowloris: the first request's headers must all arrive within header_timeout."""
+    transport = node.group.transport
+    assert isinstance(transport, HttpTransport)
+    transport.limits.header_timeout = 0.5
+    reader, writer = await asyncio.open_connection("127.0.0.1", _port(node))
+    try:
+        writer.write(b"POST /v1/fill HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # and never more
+        await writer.drain()
+        started = time.monotonic()
+        async with asyncio.timeout(5):
+            assert await reader.read() == b""  # closed by the node
+        assert time.monotonic() - started < 2.0
+    finally:
+        writer.close()
+    assert transport.limits.timed_out == 1
+    async with aiohttp.ClientSession() as session:
+        await assert_healthy(session, node)
+
+
+async def test_connections_beyond_the_cap_are_refused_except_from_members(node: Node) -> None:
+    transport = node.group.transport
+    assert isinstance(transport, HttpTransport)
+    limits = transport.limits
+    held = []
+    try:
+        limits.max_connections = limits.open + 3
+        limits.trusted = lambda host: False
+        for _ in range(3):
+            held.append(await asyncio.open_connection("127.0.0.1", _port(node)))
+        await asyncio.sleep(0.05)
+        reader, writer = await asyncio.open_connection("127.0.0.1", _port(node))
+        async with asyncio.timeout(5):
+            with pytest.raises(ConnectionError):
+                writer.write(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n")
+                await writer.drain()
+                if not await reader.read():
+                    raise ConnectionResetError("closed")
+        writer.close()
+        assert limits.refused == 1
+        limits.trusted = lambda host: host == "127.0.0.1"  # a member's host gets in
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://{node.group.address}/v1/status") as resp:
+                assert resp.status == 200
+    finally:
+        for _, w in held:
+            w.close()
+        limits.max_connections = 4096
+    async with aiohttp.ClientSession() as session:
+        await assert_healthy(session, node)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 from gobucket_py import BucketConfig, Executor, Task, TaskBucket
 
@@ -22,24 +23,29 @@ class LoggingBackup(Executor):
         self.node = node
 
     async def on_execute(self, task: Task) -> None:
-        log.info("backup job runs node=%s task_id=%s", self.node, task.id)
+        log.info("backup job runs event=backup_job_runs node=%s task_id=%s", self.node, task.id)
 
     async def on_finish(self, task: Task) -> None:
-        log.info("backup job finished node=%s task_id=%s", self.node, task.id)
+        log.info("backup job finished event=backup_job_finished node=%s task_id=%s",
+                 self.node, task.id)
 
     async def on_execute_error(self, task: Task, error: BaseException) -> None:
-        log.warning("backup job failed node=%s task_id=%s error=%r", self.node, task.id, error)
+        log.warning("backup job failed event=backup_job_failed node=%s task_id=%s error=%r",
+                    self.node, task.id, error)
 
     async def on_task_exhausted(self, task: Task) -> None:
-        log.warning("backup job ran out of time node=%s task_id=%s", self.node, task.id)
+        log.warning("backup job ran out of time event=backup_job_exhausted node=%s "
+                    "task_id=%s", self.node, task.id)
 
     async def on_panic(self, task: Task) -> None:
-        log.warning("backup job rescued node=%s task_id=%s", self.node, task.id)
+        log.warning("backup job rescued event=backup_job_rescued node=%s task_id=%s",
+                    self.node, task.id)
 
 
 def buckets() -> dict[str, TaskBucket]:
     """The demo node's buckets."""
-    node = os.environ.get("GOBUCKET_NODE_ID", "node")
+    # A scaled service's replicas have no GOBUCKET_NODE_ID: their container names.
+    node = os.environ.get("GOBUCKET_NODE_ID") or socket.gethostname()
     config = BucketConfig(life_span=60, run_after=5, max_bucket=int(os.environ.get("DEMO_MAX",
                                                                                    "100")))
     return {"backups": TaskBucket(config, LoggingBackup(node), name="backups")}

@@ -4,7 +4,8 @@ from .auth import Keyring
 from .group import GroupState, TaskBucketGroup
 from .membership import MemberState, PeerInfo
 from .memory import MemoryNetwork
+from .tls import TLSConfig
 from .transport import HttpTransport, Transport
 
 __all__ = ["GroupState", "HttpTransport", "Keyring", "MemberState", "MemoryNetwork", "PeerInfo",
-           "TaskBucketGroup", "Transport"]
+           "TLSConfig", "TaskBucketGroup", "Transport"]

@@ -15,11 +15,15 @@ seconds, so each is kept between ``keep / 2`` and ``keep`` seconds, at about
 settle -- within ``forward_timeout + settle_timeout`` of sending, while the
 receiver runs -- so they are kept 60 s. Void marks must outlive any copy of
 the batch still travelling (a TCP retransmission, a buffer), so they are
-kept 600 s; there are few of them (one per timed-out batch).
+kept 600 s; there are few of them (one per timed-out batch). So are the
+verdicts on handoff batches (few: one per stop): a handoff that its stopping
+sender could not settle is settled later by the task's origin, on the
+sender's behalf.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Final
 
 __all__ = ["VOID", "BatchLedger"]
@@ -67,7 +71,9 @@ class BatchLedger:
 
     def __init__(self, keep: float = 60.0, keep_void: float = 600.0) -> None:
         self._records = _Generations(keep)
-        self._voids = _Generations(keep_void)
+        self._voids = _Generations(keep_void)  # and the verdicts on handoff batches
+        #: Batches being taken (their tasks wait for backups): their verdicts.
+        self.pending: dict[Key, asyncio.Future[list[str]]] = {}
 
     def __len__(self) -> int:
         return len(self._records) + len(self._voids)
@@ -75,14 +81,17 @@ class BatchLedger:
     def seen(self, key: Key, now: float) -> list[str] | int | None:
         """The verdicts already given for batch ``key`` (a count means all
         ``"ok"``), :data:`VOID` if it was settled void, None if unseen."""
-        if len(self._voids) and self._voids.get(key, now) is not None:
-            return VOID
+        if len(self._voids):
+            found = self._voids.get(key, now)
+            if found is not None:
+                return found
         return self._records.get(key, now)
 
-    def done(self, key: Key, results: list[str], now: float) -> None:
-        """Record the verdicts given for batch ``key``."""
+    def done(self, key: Key, results: list[str], now: float, *, long: bool = False) -> None:
+        """Record the verdicts given for batch ``key`` (``long``: a handoff
+        batch, kept as long as void marks)."""
         ok = results.count("ok") == len(results)
-        self._records.put(key, len(results) if ok else results, now)
+        (self._voids if long else self._records).put(key, len(results) if ok else results, now)
 
     def settle(self, key: Key, now: float) -> list[str] | None:
         """The verdicts given for batch ``key``; None if it never arrived, in

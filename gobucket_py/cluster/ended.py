@@ -48,8 +48,11 @@ class EndedNotices:
         #: bucket -> task id -> origin node id, for tasks accepted by forward.
         self.origins: dict[str, dict[str, str]] = {}
         # origin -> bucket -> ended task ids; origin -> [bucket, id, node, boot]
+        # (+ [sender boot, batch, index] for a handoff that could not be settled)
         self._ended: dict[str, dict[str, list[str]]] = {}
-        self._moved: dict[str, list[list[str]]] = {}
+        self._moved: dict[str, list[list[Any]]] = {}
+        # origin -> [bucket, id, primary]: tasks this node took over as a backup
+        self._promoted: dict[str, list[list[str]]] = {}
         self._timer: asyncio.TimerHandle | None = None
 
     # -- the holder's side --------------------------------------------------------------
@@ -99,12 +102,24 @@ class EndedNotices:
         ids.append(task.id)
         self._arm()
 
-    def moved(self, bucket: str, task_id: str, origin: str | None, node: str) -> None:
-        """A task forwarded here from ``origin`` was handed off to ``node``."""
+    def moved(self, bucket: str, task_id: str, origin: str | None, node: str,
+              slot: tuple[str, int, int] | None = None) -> None:
+        """A task forwarded here from ``origin`` was handed off to ``node``
+        (``slot``: the handoff batch could not be settled; the origin
+        settles it later, and reports the task lost if ``node`` never took it)."""
         member = self.group._members.members.get(node)
         if origin is None or member is None:
             return
-        self._moved.setdefault(origin, []).append([bucket, task_id, node, member.boot])
+        entry: list[Any] = [bucket, task_id, node, member.boot]
+        if slot is not None:
+            entry.extend(slot)
+        self._moved.setdefault(origin, []).append(entry)
+        self._arm()
+
+    def promoted(self, bucket: str, task_id: str, origin: str, primary: str) -> None:
+        """This node took over, as its backup, a task ``origin`` had
+        forwarded to ``primary`` (which died): the origin's route follows."""
+        self._promoted.setdefault(origin, []).append([bucket, task_id, primary])
         self._arm()
 
     def _arm(self) -> None:
@@ -115,16 +130,17 @@ class EndedNotices:
         self._timer = None
         members = self.group._members.members
         waiting = False
-        for origin in set(self._ended) | set(self._moved):
+        for origin in set(self._ended) | set(self._moved) | set(self._promoted):
             member = members.get(origin)
             if member is not None and member.state is MemberState.DEAD and not member.lost:
                 waiting = True  # it may only be stalled or cut off: tell it when it is back
                 continue
             ended = self._ended.pop(origin, {})
             moved = self._moved.pop(origin, [])
+            promoted = self._promoted.pop(origin, [])
             if member is None or member.state not in (MemberState.ALIVE, MemberState.SUSPECT):
                 continue  # gone, leaving or presumed lost: nobody to tell
-            self.group._spawn(self._send(origin, member.addr, ended, moved))
+            self.group._spawn(self._send(origin, member.addr, ended, moved, promoted))
         if waiting and self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(
                 self.group.config.probe_interval, self._flush)
@@ -137,36 +153,49 @@ class EndedNotices:
             self._timer = None
         members = self.group._members.members
         sends = []
-        for origin in set(self._ended) | set(self._moved):
+        for origin in set(self._ended) | set(self._moved) | set(self._promoted):
             ended = self._ended.pop(origin, {})
             moved = self._moved.pop(origin, [])
+            promoted = self._promoted.pop(origin, [])
             member = members.get(origin)
             if member is not None and member.state is not MemberState.LEFT and not member.lost:
-                sends.append(self._send(origin, member.addr, ended, moved, retry=False))
+                sends.append(self._send(origin, member.addr, ended, moved, promoted,
+                                        retry=False))
         await asyncio.gather(*sends)
 
     async def _send(self, origin: str, addr: str, ended: dict[str, list[str]],
-                    moved: list[list[str]], *, retry: bool = True) -> None:
+                    moved: list[list[Any]], promoted: list[list[str]], *,
+                    retry: bool = True) -> None:
         group = self.group
         message = {"v": 1, "from": group._members.header(), "ended": ended, "moved": moved}
+        if promoted:
+            message["promoted"] = promoted
         try:
             await group.transport.call(addr, Kind.ENDED, message, group.config.request_timeout)
         except GobucketError as exc:  # try again with the next batch
-            log.debug("ended notice not delivered node=%s origin=%s error=%s", group.node_id,
-                      origin, exc)
+            log.debug("ended notice not delivered event=ended_not_delivered node=%s origin=%s "
+                      "error=%s", group.node_id, origin, exc)
             if not retry:
                 return
             for bucket, ids in ended.items():
                 self._ended.setdefault(origin, {}).setdefault(bucket, []).extend(ids)
             self._moved.setdefault(origin, []).extend(moved)
+            if promoted:
+                self._promoted.setdefault(origin, []).extend(promoted)
             self._arm()
 
     # -- the origin's side ----------------------------------------------------------------
 
     @staticmethod
-    def check(message: dict[str, Any]) -> tuple[list[tuple[str, list[str]]], list[list[str]]]:
+    def check(message: dict[str, Any]) -> tuple[list[tuple[str, list[str]]], list[list[Any]],
+                                                list[list[str]]]:
         """Validate an ENDED notice (``ProtocolError``, a 400, if malformed)."""
         ended, moved = message.get("ended"), message.get("moved")
+        promoted = message.get("promoted", [])
+        if not isinstance(promoted, list) or not all(
+                isinstance(e, list) and len(e) == 3 and all(isinstance(v, str) for v in e)
+                for e in promoted):
+            raise ProtocolError("ended notice: each promotion is [bucket, id, primary]")
         if not isinstance(ended, dict) or not isinstance(moved, list):
             raise ProtocolError("ended notice needs 'ended' (a map) and 'moved' (a list)")
         checked: list[tuple[str, list[str]]] = []
@@ -176,18 +205,27 @@ class EndedNotices:
                 raise ProtocolError("ended notice: each bucket maps to a list of task ids")
             checked.append((bucket, ids))
         for entry in moved:
-            if (not isinstance(entry, list) or len(entry) != 4
-                    or not all(isinstance(v, str) for v in entry)):
-                raise ProtocolError("ended notice: each move is [bucket, id, node, boot]")
-        return checked, moved
+            if (not isinstance(entry, list) or len(entry) not in (4, 7)
+                    or not all(isinstance(v, str) for v in entry[:5])
+                    or not all(type(v) is int for v in entry[5:])):
+                raise ProtocolError("ended notice: each move is [bucket, id, node, boot] "
+                                    "or [bucket, id, node, boot, sender boot, batch, index]")
+        return checked, moved, promoted
 
-    def apply(self, sender: str, notice: tuple[list[tuple[str, list[str]]], list[list[str]]]
+    def apply(self, sender: str, sender_boot: str,
+              notice: tuple[list[tuple[str, list[str]]], list[list[Any]], list[list[str]]]
               ) -> None:
-        """Drop the routes of tasks ``sender`` says ended; move those it handed off."""
-        checked, moved = notice
-        routes = self.group._routes
+        """Drop the routes of tasks ``sender`` says ended; move those it
+        handed off (and settle those it could not settle) or took over."""
+        checked, moved, promoted = notice
+        group = self.group
+        routes = group._routes
         for bucket, ids in checked:
             for task_id in ids:
                 routes.ended(bucket, task_id, sender)
-        for bucket, task_id, node, boot in moved:
-            routes.move(bucket, task_id, sender, node, boot)
+        for bucket, task_id, node, boot, *rest in moved:
+            slot = (rest[0], rest[1], rest[2]) if rest else None
+            if routes.move(bucket, task_id, sender, node, boot, slot) and slot is not None:
+                group._spawn(group._lookup.resolve(bucket, task_id))
+        for bucket, task_id, primary in promoted:
+            routes.move(bucket, task_id, primary, sender, sender_boot)

@@ -31,7 +31,7 @@ from .membership import Member, Membership
 from .protocol import Kind, field
 from .transport import Transport
 
-__all__ = ["Forwarder", "Unsettled"]
+__all__ = ["BACKUP", "FILL", "HANDOFF", "Forwarder", "Unsettled"]
 
 #: A FILL item (see :mod:`.items`): ``(bucket, task_id, type, packed data,
 #: run_after, life_span)``. A tuple of atoms, which the garbage collector
@@ -39,10 +39,24 @@ __all__ = ["Forwarder", "Unsettled"]
 Item = tuple[Any, ...]
 
 
+#: Where a forwarded item went in the wire protocol: ``(sender boot id,
+#: batch sequence number, index in the batch)``. SETTLE names a batch so.
+BatchSlot = tuple[str, int, int]
+
+
 class Unsettled(PeerUnavailableError):
     """The verdict on a task whose batch may or may not have been taken
-    (see ``Forwarder._settle``): it must not be placed anywhere else."""
+    (see ``Forwarder._settle``): it must not be placed anywhere else.
+    ``slot`` names the item's batch, to settle it later."""
 
+    def __init__(self, message: str, slot: BatchSlot | None = None) -> None:
+        super().__init__(message)
+        self.slot = slot
+
+
+#: What a batch carries (``Forwarder.send_many``'s ``mode``): overflowing
+#: tasks, tasks handed off by a stopping node, or backups of tasks held here.
+FILL, HANDOFF, BACKUP = 0, 1, 2
 
 #: Shortest wait between settle attempts, so a deadline a hair away is not
 #: chased with zero-length timeouts.
@@ -124,7 +138,7 @@ class Forwarder:
         self.transport = transport
         self.membership = membership
         self.config = config
-        self._queues: dict[tuple[str, bool], _Queue] = {}
+        self._queues: dict[tuple[str, int], _Queue] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._seq = itertools.count(1)
         #: Set by :meth:`close`: nothing more is sent.
@@ -139,22 +153,24 @@ class Forwarder:
         (``"ok"``, ``"full"``, ``"duplicate"``, ``"closed"``, ...) or a
         :class:`~gobucket_py.PeerError`."""
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._enqueue(member, handoff, [item], future)
+        self._enqueue(member, HANDOFF if handoff else FILL, [item], future)
         return future
 
-    def send_many(self, member: Member, items: list[Item]
+    def send_many(self, member: Member, items: list[Item], *, mode: int = 0
                   ) -> asyncio.Future[list[str | GobucketError]]:
         """Queue several items (of one bucket) for ``member``; one future gets
-        every verdict or error, in order. Cheaper than ``send`` per item."""
+        every verdict or error, in order. Cheaper than ``send`` per item.
+        ``mode``: :data:`FILL` (overflow) or :data:`BACKUP` (backups of
+        tasks held here, see :mod:`.replicas`)."""
         future: asyncio.Future[list[str | GobucketError]] = (
             asyncio.get_running_loop().create_future())
         if items:
-            self._enqueue(member, False, items, _Group(future, len(items)))
+            self._enqueue(member, mode, items, _Group(future, len(items)))
         else:
             future.set_result([])
         return future
 
-    def _enqueue(self, member: Member, handoff: bool, items: list[Item],
+    def _enqueue(self, member: Member, mode: int, items: list[Item],
                  sink: asyncio.Future[str] | _Group) -> None:
         """Count ``items`` (of one bucket) in flight, queue them, and start
         pumps: one per batch waiting, up to ``batch_concurrency``."""
@@ -162,8 +178,9 @@ class Forwarder:
             _refuse(sink, 0, len(items))
             return
         bucket = items[0][0]
-        member.inflight[bucket] = member.inflight.get(bucket, 0) + len(items)
-        key = (member.node_id, handoff)
+        if mode != BACKUP:
+            member.inflight[bucket] = member.inflight.get(bucket, 0) + len(items)
+        key = (member.node_id, mode)
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = _Queue()
@@ -173,25 +190,27 @@ class Forwarder:
         want = min(config.batch_concurrency, -(-queue.items // config.batch_size))
         while queue.pumps < want:
             queue.pumps += 1
-            task = asyncio.get_running_loop().create_task(self._pump(member, queue, handoff))
+            task = asyncio.get_running_loop().create_task(self._pump(member, queue, mode))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _pump(self, member: Member, queue: _Queue, handoff: bool) -> None:
+    async def _pump(self, member: Member, queue: _Queue, mode: int) -> None:
         try:
             while queue.entries:
                 await asyncio.sleep(0)  # let fills issued in this loop pass join the batch
                 batch = queue.take(self.config.batch_size)
                 if batch:
-                    await self._send_batch(member, batch, handoff)
+                    await self._send_batch(member, batch, mode)
         finally:
             queue.pumps -= 1
 
-    async def _send_batch(self, member: Member, batch: list[Entry], handoff: bool) -> None:
+    async def _send_batch(self, member: Member, batch: list[Entry], mode: int) -> None:
         items = batch[0][0] if len(batch) == 1 else [i for entry in batch for i in entry[0]]
         seq = next(self._seq)
-        message = {"v": 1, "from": self.membership.header(), "handoff": handoff,
+        message = {"v": 1, "from": self.membership.header(), "handoff": mode == HANDOFF,
                    "items": items, "batch": seq}
+        if mode == BACKUP:
+            message["backup"] = True
         error: GobucketError | None = None
         results: list[Any] = []
         loop = asyncio.get_running_loop()
@@ -215,28 +234,36 @@ class Forwarder:
                         error = settled
         except asyncio.CancelledError:  # close(): the batch is in flight, its fate unknown
             self._resolve(member, batch, Unsettled(
-                "the node stopped while the batch was in flight"), [])
+                "the node stopped while the batch was in flight"), [], seq, mode)
             raise
-        if self.on_batch is not None:
-            self.on_batch(member, 0 if error else results.count("ok"), len(items), handoff)
-        self._resolve(member, batch, error, results)
+        if self.on_batch is not None and mode != BACKUP:
+            self.on_batch(member, 0 if error else results.count("ok"), len(items),
+                          mode == HANDOFF)
+        self._resolve(member, batch, error, results, seq, mode)
 
-    @staticmethod
-    def _resolve(member: Member, batch: list[Entry], error: GobucketError | None,
-                 results: list[Any]) -> None:
-        """Give each entry of ``batch`` its verdicts (or ``error``)."""
+    def _resolve(self, member: Member, batch: list[Entry], error: GobucketError | None,
+                 results: list[Any], seq: int, mode: int) -> None:
+        """Give each entry of ``batch`` its verdicts (or ``error``; an
+        unsettled item's error names its place in the batch)."""
         inflight = member.inflight
         position = 0
+        boot = self.membership.boot
         for chunk, sink, offset in batch:
             bucket, count = chunk[0][0], len(chunk)
-            inflight[bucket] = max(0, inflight.get(bucket, 0) - count)
+            if mode != BACKUP:
+                inflight[bucket] = max(0, inflight.get(bucket, 0) - count)
+            errors: list[GobucketError] | None = None
+            if isinstance(error, Unsettled):
+                errors = [Unsettled(str(error), (boot, seq, position + i)) for i in range(count)]
+            elif error is not None:
+                errors = [error] * count
             if isinstance(sink, _Group):
-                sink.settle(offset, [error] * count if error is not None
+                sink.settle(offset, errors if errors is not None
                             else results[position:position + count])
             elif sink.done():
                 pass
-            elif error is not None:
-                sink.set_exception(error)
+            elif errors is not None:
+                sink.set_exception(errors[0])
             else:
                 sink.set_result(results[position])
             position += count
@@ -271,12 +298,32 @@ class Forwarder:
                 if reply.get("void") is True:
                     return PeerUnavailableError(f"{cause} (settled: not taken)",
                                                 maybe_delivered=False)
-                return self._results(member, reply, count)
+                if reply.get("pending") is not True:
+                    return self._results(member, reply, count)
+                last = PeerUnavailableError(f"peer {member.node_id} is still taking the batch")
             except GobucketError as exc:
                 last = exc
             await asyncio.sleep(max(_TICK, min(config.probe_interval, deadline - loop.time())))
         return Unsettled(f"{cause}; then could not ask whether it took the batch within "
                           f"{config.settle_timeout:g}s: {last}")
+
+    async def settle(self, member: Member, slot: BatchSlot, timeout: float) -> bool:
+        """Ask ``member`` once whether it took the item at ``slot`` (a batch
+        sent by this node or, after a handoff, by another): True if it took
+        it; False if not -- a batch not seen yet is void from now on, so it
+        never will. Raises :class:`~gobucket_py.GobucketError` if it cannot say."""
+        boot, seq, index = slot
+        message = {"v": 1, "from": self.membership.header(), "batch": seq, "boot": boot}
+        reply = await self.transport.call(member.addr, Kind.SETTLE, message, timeout)
+        if reply.get("void") is True:
+            return False
+        if reply.get("pending") is True:
+            raise PeerUnavailableError(f"peer {member.node_id} is still taking the batch")
+        results = field(reply, "results", list)
+        if not 0 <= index < len(results):
+            raise ProtocolError(f"peer {member.addr} settled {len(results)} results; "
+                                f"asked for item {index}")
+        return bool(results[index] == "ok")
 
     async def close(self, grace: float = 0.0) -> None:
         """Wait up to ``grace`` seconds for batches in flight to be answered

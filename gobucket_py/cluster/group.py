@@ -23,22 +23,33 @@ This module is the public surface and the wiring. Around it:
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import ipaddress
 import logging
 import random
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from enum import StrEnum
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..bucket import TaskBucket
+from ..codec import Codec, Serializer
 from ..config import GroupConfig
-from ..errors import BucketClosedError, GobucketError, UnknownBucketError
+from ..errors import (
+    BucketClosedError,
+    GobucketError,
+    NoBackupRoomError,
+    PeerUnavailableError,
+    UnknownBucketError,
+)
 from ..observe.events import EventFeed
-from ..task import DrainResult, FillResult, TaskInfo, TaskType
+from ..task import DrainResult, FillResult, Task, TaskInfo, TaskType
+from .addresses import check_peer
 from .auth import Keyring
+from .backups import Backups
 from .batches import BatchLedger
 from .ended import EndedNotices
 from .forward import Forwarder, Item
@@ -47,9 +58,17 @@ from .items import encode_item, task_times
 from .lookup import Lookup
 from .membership import Member, Membership, MemberState, PeerInfo
 from .overflow import Overflow
+from .replicas import Replicas
 from .routes import Routes
 from .serve import PeerServer
+from .tls import TLSConfig
 from .transport import HttpTransport, Transport
+from .view import GroupView
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from .mount import NodeApp
 
 __all__ = ["GroupState", "TaskBucketGroup"]
 
@@ -103,11 +122,23 @@ class TaskBucketGroup:
             print(placed.node_id, placed.forwarded)
             await group.drain("backups", "order-42")   # wherever it lives
 
-    ``peers`` are seed addresses (``host:port``); the rest of the cluster is
-    learned from them, and this node's own address is ignored if listed.
+    ``peers`` are seed addresses (``host:port``, or ``dns:NAME:PORT`` for every
+    A/AAAA record of a DNS name, looked up again every ``rejoin_interval``);
+    the rest of the cluster is learned from them, and this node's own
+    address is ignored if listed.
+    ``port=0`` listens on a free port; ``port_fallback=True`` listens on
+    ``port`` if it is free, else on a free one -- for each worker of a
+    multi-process server (``uvicorn --workers N``) to be its own node, the
+    first one on ``port`` and the seed of the others. With either, give
+    ``advertise`` as a host alone: the real port is appended (the node id
+    defaults to that address, so it is unique per worker).
     Without ``secret`` the node refuses to listen on a non-loopback address
-    unless ``insecure=True``. ``transport`` replaces HTTP (e.g. a
-    :class:`~gobucket_py.MemoryNetwork` transport in tests).
+    unless ``insecure=True``. ``tls`` (a :class:`~gobucket_py.TLSConfig`)
+    makes peer traffic HTTPS, mutual TLS when it names a CA. ``transport`` replaces HTTP (e.g. a
+    :class:`~gobucket_py.MemoryNetwork` transport in tests). ``serializer``
+    (a :class:`~gobucket_py.Serializer`) carries task data types beyond the
+    built-in ones (see :mod:`gobucket_py.codec`) wherever data travels; give
+    every node, and every :class:`~gobucket_py.GroupClient`, the same one.
     """
 
     def __init__(
@@ -117,15 +148,20 @@ class TaskBucketGroup:
         *,
         host: str = "127.0.0.1",
         port: int = 6666,
+        port_fallback: bool = False,
         node_id: str | None = None,
         advertise: str | None = None,
         secret: str | Keyring | None = None,
+        tls: TLSConfig | None = None,
         insecure: bool = False,
         config: GroupConfig | None = None,
         transport: Transport | None = None,
         rng: random.Random | None = None,
+        serializer: Serializer | None = None,
     ) -> None:
         self.config = config or GroupConfig()
+        #: Packs task data wherever it leaves this node and unpacks what comes in.
+        self.codec = Codec(serializer)
         if not isinstance(self.config, GroupConfig):
             raise TypeError("config must be a GroupConfig")
         if not buckets:
@@ -149,17 +185,19 @@ class TaskBucketGroup:
         self.keyring = secret
         if transport is None:
             for peer in peers:
-                _, sep, port_text = peer.rpartition(":")
-                if not sep or not port_text.isdigit():
-                    raise ValueError(f"peers: {peer!r} is not 'host:port'")
+                check_peer(peer)
             if secret is None and not insecure and not _is_loopback(host):
                 raise ValueError(
                     f"host: refusing to listen on {host!r} without a secret, because any "
                     "machine that reaches it could fill and drain tasks; pass secret=... "
                     "(or GOBUCKET_SECRET), or insecure=True on a trusted network")
             transport = HttpTransport(host, port, advertise=advertise, keyring=secret,
-                                      max_body=self.config.max_body)
+                                      max_body=self.config.max_body,
+                                      port_fallback=port_fallback, tls=tls)
         self.transport = transport
+        #: Trusts the network: a node without a secret may listen beyond
+        #: loopback, or be mounted in an app (see :meth:`attach`).
+        self.insecure = insecure
         self.seeds = list(peers)
         self._node_id = node_id
         self.boot_id = secrets.token_hex(8)
@@ -185,12 +223,24 @@ class TaskBucketGroup:
         self._lookup = Lookup(self)
         self._handoff = Handoff(self)
         self._ended = EndedNotices(self)
+        # With replicas: the backups of tasks held here, and those held for peers.
+        self._replicas = Replicas(self)
+        self._backups = Backups(self)
+        # Holders proven gone or presumed lost whose loss report waits for
+        # backups to take their tasks over: node id -> loop time it ends.
+        self._awaiting: dict[str, float] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._stopped: asyncio.Future[None] | None = None
         #: Recent membership changes, overflows and drains (for the dashboard).
         self.events = EventFeed()
         #: Fills per bucket: ``[local, forwarded, rejected]`` (ClusterFullError).
         self.fill_counts: dict[str, list[int]] = {name: [0, 0, 0] for name in self.buckets}
+        #: drain/get calls made here by answer: ``(op, result)`` -> count.
+        self.lookup_counts: Counter[tuple[str, str]] = Counter()
+        #: Tasks reported lost (``on_tasks_lost``), per peer that held them.
+        self.lost_by_peer: Counter[str] = Counter()
+        #: Tasks peers handed to this node as they stopped, per peer.
+        self.handoffs_received: Counter[str] = Counter()
         #: Wall-clock time of ``start()``.
         self.started_at: float | None = None
         self._server = PeerServer(self)
@@ -212,6 +262,12 @@ class TaskBucketGroup:
         """True between ``start()`` and ``stop()``: the node takes new tasks."""
         return self.state is GroupState.RUNNING
 
+    @functools.cached_property
+    def view(self) -> GroupView:
+        """A read-only view of this node's figures (what the dashboard,
+        ``/metrics`` and ``/v1/status`` show; see :mod:`.view`)."""
+        return GroupView(self)
+
     @property
     def peers(self) -> list[PeerInfo]:
         """Every peer this node knows, with state, free capacity and last heard."""
@@ -225,6 +281,13 @@ class TaskBucketGroup:
             return dict.fromkeys(self.buckets, 0)
         return {name: b.free for name, b in self.buckets.items()}
 
+    def _is_member_host(self, host: str) -> bool:
+        """Does a known member advertise an address on ``host``?"""
+        if self._membership is None:
+            return False
+        return any(m.addr.rpartition(":")[0].strip("[]") == host
+                   for m in self._membership.members.values())
+
     def _bucket(self, name: str) -> TaskBucket:
         bucket = self.buckets.get(name)
         if bucket is None:
@@ -237,6 +300,50 @@ class TaskBucketGroup:
             raise BucketClosedError(f"group is {self.state.value}, not running")
         return self._membership
 
+    # -- in the user's own web app -----------------------------------------------
+
+    def attach(self, app: web.Application, path: str = "/gobucket") -> None:
+        """Serve this node on an aiohttp app's own port, under ``path``.
+
+        Adds the peer protocol (signed as on the node's own port), the
+        dashboard, ``/metrics`` and ``/v1/status`` to ``app``, and starts
+        and stops the group with it (``app.cleanup_ctx``). Call before the
+        app runs. The group must be given ``advertise``, the address its
+        peers reach the app at (``host:port``; ``path`` is appended), and a
+        ``secret`` (or ``insecure=True``). Peers list it as
+        ``host:port/gobucket``. Example::
+
+            group = TaskBucketGroup(buckets, ["10.0.0.2:8080/gobucket"],
+                                    advertise="10.0.0.1:8080", secret=secret)
+            app = web.Application()
+            group.attach(app)
+            web.run_app(app, port=8080)
+        """
+        from .mount import attach
+
+        attach(self, app, path)
+
+    def asgi(self, path: str = "/gobucket") -> NodeApp:
+        """An ASGI app serving this node, to mount at ``path`` in FastAPI or
+        Starlette (``app.mount("/gobucket", group.asgi())``): the same routes
+        and rules as :meth:`attach`. Mounted apps get no lifespan events, so
+        start and stop the group in the outer app's lifespan::
+
+            @contextlib.asynccontextmanager
+            async def lifespan(app):
+                async with group:
+                    yield
+
+            app = FastAPI(lifespan=lifespan)
+            app.mount("/gobucket", group.asgi())
+
+        Served as the top-level ASGI app instead, it runs the group's
+        lifespan itself.
+        """
+        from .mount import NodeApp, mount
+
+        return NodeApp(self, mount(self, path))
+
     # -- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
@@ -244,9 +351,6 @@ class TaskBucketGroup:
         if self.state is not GroupState.NEW:
             raise RuntimeError(f"cannot start a group that is {self.state.value}")
         self.state = GroupState.RUNNING
-        if isinstance(self.transport, HttpTransport):
-            from ..observe.web import add_routes  # the dashboard, /metrics and /v1/status
-            add_routes(self.transport.app, self)
         try:
             await self.transport.start(self._server.handle)
         except BaseException:
@@ -262,11 +366,16 @@ class TaskBucketGroup:
         self._routes.hold = self._unresolved
         membership.on_change = self._peer_changed
         self._membership = membership
+        if isinstance(self.transport, HttpTransport):
+            # Known members' hosts get past the connection cap (see cluster/guard.py).
+            self.transport.limits.trusted = self._is_member_host
         self._forwarder = Forwarder(self.transport, membership, self.config)
         self._forwarder.on_batch = self._forwarded_batch
-        for bucket in self.buckets.values():
+        self._replicas.install()
+        for name, bucket in self.buckets.items():
             bucket.node = self.node_id
-            bucket.add_outcome_watcher(self._ended.task_ended)
+            bucket.add_outcome_watcher(self._ended.task_ended if name not in self._replicas.ks
+                                       else self._task_ended)
         self.started_at = time.time()
         await membership.start()
         self.events.add("node_started", f"{self.node_id} started at {self.address}",
@@ -294,7 +403,8 @@ class TaskBucketGroup:
                 self.events.add("node_stopping", f"{self.node_id} is leaving",
                                 node=self.node_id)
                 membership = self._members
-                await membership.announce_leave()
+                mounted = not getattr(self.transport, "listen", True)
+                await membership.announce_leave(mounted=mounted)
                 loop = asyncio.get_running_loop()
                 deadline = loop.time() + self.config.stop_grace
                 handed = await self._handoff.run(deadline)
@@ -308,6 +418,8 @@ class TaskBucketGroup:
 
                 if self._background:
                     await asyncio.wait(list(self._background), timeout=config.request_timeout)
+                if mounted:  # its app stopped listening already: say when it is over
+                    await membership.announce_leave(done=True)
                 await membership.stop()
                 log.info("node stopped event=node_stopped node=%s handed_off=%d",
                          self.node_id, handed)
@@ -328,12 +440,28 @@ class TaskBucketGroup:
         await self.stop()
         return False
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """Run ``coro`` in the background; ``stop`` waits for it, then cancels it."""
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
+
+    def _task_ended(self, task: Task) -> None:
+        self._ended.task_ended(task)
+        self._replicas.task_ended(task)
 
     def _peer_changed(self, member: Member, old: MemberState | None) -> None:
+        if self._replicas.ks or self._backups.records:
+            if member.state is MemberState.DEAD:
+                self._replicas.holder_gone(member.node_id, dead=True)
+            elif member.state is MemberState.LEFT:
+                self._replicas.holder_gone(member.node_id)
+                self._backups.primary_left(member)
+            elif member.state is MemberState.ALIVE and old in (MemberState.SUSPECT,
+                                                               MemberState.DEAD):
+                self._backups.primary_back(member)
+                self._replicas.holder_back(member.node_id)
         new = member.state.value
         text = (f"{member.node_id} joined ({member.addr})" if old is None
                 else f"{member.node_id}: {old.value} -> {new}")
@@ -345,17 +473,28 @@ class TaskBucketGroup:
         self.events.add_or_merge(what, member.node_id, accepted, sent)
 
     def _peer_restarted(self, member: Member, was: MemberState) -> None:
+        self._replicas.holder_gone(member.node_id)  # its backups died with it
         if was is MemberState.LEFT:
             # It left gracefully: its tasks were handed off (drains find them).
             self._routes.forget_node(member.node_id)
             return
+        self._backups.primary_gone(member, restarted=True)
         self._report_lost(member.node_id, member.boot, "restarted", other=True)
 
     def _peer_lost(self, member: Member) -> None:
+        self._backups.primary_gone(member, restarted=False)
         self._report_lost(member.node_id, member.boot, "presumed lost")
 
+    def awaiting_promotion(self, node_id: str) -> bool:
+        """Is a loss report for ``node_id`` waiting for backups to take over?"""
+        until = self._awaiting.get(node_id)
+        return until is not None and asyncio.get_running_loop().time() < until
+
     def _unresolved(self, node_id: str) -> bool:
-        """Is ``node_id`` silent but not yet presumed lost (so routes to it stay)?"""
+        """Is ``node_id`` silent but not yet presumed lost, or gone with its loss
+        report waiting for backups to take over (so routes to it stay)?"""
+        if self._awaiting and self.awaiting_promotion(node_id):
+            return True
         membership = self._membership
         member = None if membership is None else membership.members.get(node_id)
         return member is not None and not member.lost and member.state in (
@@ -370,19 +509,42 @@ class TaskBucketGroup:
                         "reported lost there may still run event=tasks_returned node=%s "
                         "peer=%s count=%d", self.node_id, member.node_id, back)
 
-    def _report_lost(self, node_id: str, boot: str, why: str, *, other: bool = False) -> None:
+    def _report_lost(self, node_id: str, boot: str, why: str, *, other: bool = False,
+                     waited: bool = False) -> None:
         """Report once every task routed to ``node_id`` (in ``boot``; with
-        ``other``, in any earlier boot) as lost."""
+        ``other``, in any earlier boot) as lost. With replicas, first wait
+        ``promote_grace`` for backups to say they took tasks over."""
+        if self._replicas.ks and not waited:
+            loop = asyncio.get_running_loop()
+            grace = self.config.promote_grace
+            self._awaiting[node_id] = loop.time() + grace
+            loop.call_later(grace, lambda: self._report_lost(node_id, boot, why, other=other,
+                                                             waited=True))
+            return
+        if waited and self._awaiting.get(node_id, 0.0) <= asyncio.get_running_loop().time():
+            self._awaiting.pop(node_id, None)
+        if not self.running and self.state is not GroupState.STOPPING:
+            return
         for bucket, task_ids in self._routes.mark_lost(node_id, boot, other=other).items():
-            self.lost_counts[bucket] = self.lost_counts.get(bucket, 0) + len(task_ids)
-            self.events.add("tasks_lost", f"{len(task_ids)} tasks lost on {node_id} ({why})",
-                            bucket=bucket, peer=node_id)
-            log.warning("tasks forwarded to a peer are lost event=tasks_lost node=%s peer=%s "
-                        "reason=%s bucket=%s count=%d", self.node_id, node_id,
-                        why.replace(" ", "_"), bucket, len(task_ids))
-            callback = self.on_tasks_lost
-            if callback is not None:
-                self._spawn(_call_lost(callback, node_id, bucket, task_ids, self.node_id))
+            self._tell_lost(node_id, bucket, task_ids, why)
+
+    def _report_lost_ids(self, node_id: str, bucket: str, task_ids: list[str], why: str) -> None:
+        """Report these tasks routed to ``node_id`` as lost (each once)."""
+        marked = self._routes.mark_lost_ids(bucket, task_ids)
+        if marked:
+            self._tell_lost(node_id, bucket, marked, why)
+
+    def _tell_lost(self, node_id: str, bucket: str, task_ids: list[str], why: str) -> None:
+        self.lost_counts[bucket] = self.lost_counts.get(bucket, 0) + len(task_ids)
+        self.lost_by_peer[node_id] += len(task_ids)
+        self.events.add("tasks_lost", f"{len(task_ids)} tasks lost on {node_id} ({why})",
+                        bucket=bucket, peer=node_id)
+        log.warning("tasks forwarded to a peer are lost event=tasks_lost node=%s peer=%s "
+                    "reason=%s bucket=%s count=%d", self.node_id, node_id,
+                    why.replace(" ", "_"), bucket, len(task_ids))
+        callback = self.on_tasks_lost
+        if callback is not None:
+            self._spawn(_call_lost(callback, node_id, bucket, task_ids, self.node_id))
 
     async def fill(
         self,
@@ -403,21 +565,41 @@ class TaskBucketGroup:
         refused), :class:`PlacementUnknownError` (a peer may or may not
         have taken it: it was placed nowhere else; drain or get it to find
         out), :class:`BucketClosedError` while stopping, and ``TypeError``
-        when an overflowing task's data is not msgpack-serializable. Fills
-        that overflow in the same event-loop pass are placed together, as by
-        :meth:`fill_many`.
+        naming the type when its data could not travel to a peer (always
+        for a task that overflows; for every task when
+        ``config.check_payloads`` applies -- by default, whenever the group
+        has peers). Fills that overflow in the same event-loop pass are
+        placed together, as by :meth:`fill_many`.
         """
         local = self.buckets.get(bucket)
         if local is None or local.closed or self.state is not GroupState.RUNNING:
             local = self._open_bucket(bucket)  # raises why not
         if local.free > 0 or task_id in local:  # no exception on the overflow path
+            if data is not None and self._checks_payloads():
+                try:  # before the fill: a refused fill changes nothing
+                    self.codec.pack(data)
+                except TypeError as exc:
+                    raise self._cannot_travel(bucket, task_id, exc) from exc
             task = local.fill_nowait(task_type, task_id, data, run_after=run_after,
                                      life_span=life_span)
+            if task_type is TaskType.TIME_BOMB and bucket in self._replicas.ks:
+                await self._back_up_one(local, task)
             self.fill_counts[bucket][0] += 1
             return FillResult(bucket, task_id, self.node_id, False, task)
         ra, ls = task_times(local, task_type, run_after, life_span)
-        item = encode_item(bucket, task_id, data, task_type, ra, ls)
+        item = encode_item(bucket, task_id, data, task_type, ra, ls, self.codec)
         return await self._overflow.fill_one(bucket, item)
+
+    def _checks_payloads(self) -> bool:
+        """Must every fill's data be packable (``GroupConfig.check_payloads``)?"""
+        check = self.config.check_payloads
+        if check is None:  # whenever there is a peer the data may travel to
+            return bool(self.seeds) or bool(self._membership and self._membership.members)
+        return check
+
+    def _cannot_travel(self, bucket: str, task_id: str, error: TypeError) -> TypeError:
+        return TypeError(f"task {task_id!r} in bucket {bucket!r} was not accepted: its data "
+                         f"could not travel to a peer: {error}")
 
     async def fill_many(
         self,
@@ -444,6 +626,7 @@ class TaskBucketGroup:
         ra, ls = task_times(local, task_type, run_after, life_span)
         pairs = tasks.items() if isinstance(tasks, Mapping) else tasks
         results: list[FillResult | Exception | None] = []
+        check, codec = self._checks_payloads(), self.codec
 
         def overflow() -> Iterator[tuple[int, Item]]:
             # Lazy, so the first batches are on the wire while later tasks
@@ -451,12 +634,17 @@ class TaskBucketGroup:
             for task_id, data in pairs:
                 try:
                     if local.free > 0 or task_id in local:
+                        if check and data is not None:
+                            try:
+                                codec.pack(data)
+                            except TypeError as exc:
+                                raise self._cannot_travel(bucket, task_id, exc) from exc
                         task = local.fill_nowait(task_type, task_id, data,
                                                  run_after=run_after, life_span=life_span)
                         results.append(FillResult(bucket, task_id, self.node_id, False, task))
                         counts[0] += 1
                         continue
-                    item = encode_item(bucket, task_id, data, task_type, ra, ls)
+                    item = encode_item(bucket, task_id, data, task_type, ra, ls, codec)
                 except (GobucketError, TypeError, ValueError) as exc:
                     results.append(exc)
                     continue
@@ -464,8 +652,43 @@ class TaskBucketGroup:
                 yield len(results) - 1, item
 
         await self._overflow.place_many(bucket, overflow(), results)
+        if task_type is TaskType.TIME_BOMB and bucket in self._replicas.ks:
+            here = [(i, r.task) for i, r in enumerate(results)
+                    if isinstance(r, FillResult) and r.task is not None]
+            refused = await self._back_up(local, [task for _, task in here])
+            for (index, _), error in zip(here, refused, strict=True):
+                if error is not None:
+                    results[index] = error
+                    counts[0] -= 1
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
+
+    async def _back_up_one(self, local: TaskBucket, task: Task) -> None:
+        """Back up one time-bomb filled here (with the others of this loop
+        pass); raises NoBackupRoomError if it could not be (it is taken back)."""
+        replicas = self._replicas
+        if await replicas.protect_one(local.name, task, self.node_id):
+            return
+        if await replicas.withdraw(local, task):
+            raise self._no_backup_room(local, task)
+
+    def _no_backup_room(self, local: TaskBucket, task: Task) -> NoBackupRoomError:
+        k = self._replicas.ks[local.name]
+        return NoBackupRoomError(
+            f"task {task.id!r} in bucket {local.name!r} was not accepted: it needs "
+            f"{k} backup(s) on other alive nodes (replicas={k}) and too few peers had "
+            "room (or its data is not serializable)")
+
+    async def _back_up(self, local: TaskBucket, tasks: list[Task]) -> list[Exception | None]:
+        """Back up time-bombs filled here; None for each that got its
+        backups, else the error (it was taken back, not accepted)."""
+        replicas = self._replicas
+        done = await replicas.protect(local.name, tasks, self.node_id)
+        failed = [task for task, ok in zip(tasks, done, strict=True) if not ok]
+        taken = dict(zip(failed, await asyncio.gather(
+            *(replicas.withdraw(local, task) for task in failed)), strict=True))
+        return [self._no_backup_room(local, task) if taken.get(task) else None
+                for task in tasks]
 
     def _open_bucket(self, name: str) -> TaskBucket:
         if self.state is not GroupState.RUNNING:
@@ -496,7 +719,13 @@ class TaskBucketGroup:
         again. A retried drain is safe: if the first one was applied, the
         retry answers DRAINED.
         """
-        return await self._lookup.drain(bucket, task_id)
+        try:
+            result = await self._lookup.drain(bucket, task_id)
+        except PeerUnavailableError:
+            self.lookup_counts["drain", "unavailable"] += 1
+            raise
+        self.lookup_counts["drain", result.outcome.value] += 1
+        return result
 
     async def get(self, bucket: str, task_id: str) -> TaskInfo | None:
         """Describe a task wherever it lives, or None if no node has it.
@@ -505,4 +734,10 @@ class TaskBucketGroup:
         (``type`` None); one whose holder was lost has state LOST. Raises
         :class:`PeerUnavailableError` when a node that may hold it could
         not say (see :meth:`drain`)."""
-        return await self._lookup.get(bucket, task_id)
+        try:
+            info = await self._lookup.get(bucket, task_id)
+        except PeerUnavailableError:
+            self.lookup_counts["get", "unavailable"] += 1
+            raise
+        self.lookup_counts["get", "none" if info is None else "found"] += 1
+        return info

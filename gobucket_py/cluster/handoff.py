@@ -5,6 +5,12 @@ future for it (the new holder's id, or None if it came back), so a drain or
 get that arrives meanwhile waits for the move instead of answering
 NOT_FOUND. ``moved`` remembers where each task went, so this node keeps
 answering for its handoffs while it still serves.
+
+A task taken out for a handoff always ends up somewhere: on the peer that
+took it, or back in its bucket (to run here, or be rescued with
+``on_panic``). Data travels packed by the group's codec, so ``datetime``,
+``UUID``... move like anything else; a task whose data cannot be packed is
+put back at once and reported (``event=handoff_refused``), never dropped.
 """
 
 from __future__ import annotations
@@ -13,9 +19,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-import msgpack
-
-from ..errors import PlacementUnknownError
+from ..errors import GobucketError, PlacementUnknownError
 from ..task import Task, TaskState, TaskType
 from .forward import Item
 from .items import TYPES
@@ -39,6 +43,8 @@ class Handoff:
         self.moving: dict[tuple[str, str], asyncio.Future[str | None]] = {}
         #: ``(bucket, task_id)`` -> the node that took it.
         self.moved: dict[tuple[str, str], str] = {}
+        #: Moves in ``moved`` that could not be settled: the node may not have it.
+        self.unsure: set[tuple[str, str]] = set()
 
     def holder(self, bucket: str, task_id: str) -> asyncio.Future[str | None] | str | None:
         """Where a task of ours went: a node id, a future of one (in transit), or None."""
@@ -49,19 +55,27 @@ class Handoff:
         """Move every pending task to peers with room, until ``deadline``
         (loop time): what no peer can take yet is put back and offered again
         after a probe interval (peers report room as their tasks end). What
-        is still here at the deadline runs here or is rescued by ``close``."""
+        is still here at the deadline runs here or is rescued by ``close``.
+        A task whose data cannot be packed is never offered: it is reported
+        at once (``event=handoff_refused``) and left here, so it runs here
+        or gets ``on_panic``; it does not hold the stop up."""
         group = self.group
         loop = asyncio.get_running_loop()
         moved = kept = 0
+        refused: set[tuple[str, str]] = set()
         while True:
-            jobs = [self._hand(name, bucket, taken, self._moving(name, taken.id))
+            jobs = [self._hand(name, bucket, taken, self._moving(name, taken.id), deadline,
+                               refused)
                     for name, bucket in group.buckets.items()
                     for task in list(bucket) if task.state is TaskState.PENDING
+                    and (name, task.id) not in refused
                     if (taken := bucket.take_pending(task.id)) is not None]
             if not jobs:
-                return moved
-            done = sum(await asyncio.gather(*jobs))
-            moved, kept = moved + done, len(jobs) - done
+                kept = 0
+                break
+            outcomes = await asyncio.gather(*jobs)
+            moved += outcomes.count(True)
+            kept = outcomes.count(False)
             wait = group.config.probe_interval
             if not kept or loop.time() + wait >= deadline or not any(
                     m.state is MemberState.ALIVE for m in group._members.members.values()):
@@ -71,6 +85,11 @@ class Handoff:
             log.warning("pending tasks could not be handed off; they will run here or be "
                         "rescued event=handoff_incomplete node=%s moved=%d kept=%d",
                         group.node_id, moved, kept)
+        if refused:
+            log.warning("pending tasks were not handed off: their data cannot be packed; they "
+                        "will run here or be rescued (on_panic) event=handoff_incomplete "
+                        "node=%s moved=%d not_serializable=%d", group.node_id, moved,
+                        len(refused))
         return moved
 
     def _moving(self, name: str, task_id: str) -> asyncio.Future[str | None]:
@@ -81,41 +100,92 @@ class Handoff:
         return future
 
     async def _hand(self, name: str, bucket: TaskBucket, task: Task,
-                    future: asyncio.Future[str | None]) -> bool:
+                    future: asyncio.Future[str | None], deadline: float,
+                    refused: set[tuple[str, str]]) -> bool | None:
+        """Offer one task taken from ``bucket`` to the peers: True if one has
+        it now, False if it is back in the bucket (offered again later), None
+        if its data cannot be packed (back in the bucket, reported, not
+        offered again). Whatever happens, the task ends up here or there."""
         group = self.group
         key = (name, task.id)
         target: str | None = None
+        slot: tuple[str, int, int] | None = None
+        payload: bytes | None = None
         try:
             life_span = task.seconds_left
             run_after = task.seconds_to_run if task.type is TaskType.TIME_BOMB else 0.0
             if life_span > run_after:
                 try:
-                    payload = msgpack.packb(task.data, use_bin_type=True, datetime=False)
-                except (TypeError, ValueError, OverflowError) as exc:
-                    log.warning("task data is not serializable; not handed off "
-                                "event=handoff_failed node=%s bucket=%s task_id=%s error=%s",
-                                group.node_id, name, task.id, exc)
+                    payload = group.codec.pack(task.data)
+                except TypeError as exc:
+                    refused.add(key)
+                    group.events.add_counted("handoff_refused", "not handed off: data not "
+                                             "serializable", task.id, bucket=name)
+                    log.warning("task data is not serializable; not handed off, it will run "
+                                "here or be rescued event=handoff_refused node=%s bucket=%s "
+                                "task_id=%s error=%s", group.node_id, name, task.id, exc)
                 else:
                     item: Item = (name, task.id, TYPES.index(task.type), payload, run_after,
                                   life_span)
                     try:
                         member, _ = await group._overflow.place(item, handoff=True)
                     except PlacementUnknownError as exc:
-                        # The peer may hold it: keeping a copy here could run it twice.
-                        log.warning("handoff outcome unknown; the task is left to that peer "
-                                    "event=handoff_unknown node=%s peer=%s bucket=%s "
-                                    "task_id=%s", group.node_id, exc.node_id, name, task.id)
-                        target = exc.node_id
+                        target, slot = await self._unsettled(name, task.id, exc, deadline)
                     else:
                         target = None if member is None else member.node_id
-            if target is None:
-                bucket.restore(task)
-            else:
-                self.moved[key] = target
-                origin = group._ended.origins.get(name, {}).get(task.id)
-                bucket.handed_off(task)
-                group._ended.moved(name, task.id, origin, target)
-            return target is not None
+        except Exception:  # a bug must not lose the task: it stays here
+            log.exception("handoff of a task failed; it stays here event=handoff_error "
+                          "node=%s bucket=%s task_id=%s", group.node_id, name, task.id)
+            target = None
         finally:
-            del self.moving[key]
-            future.set_result(target)
+            try:
+                if target is None:
+                    bucket.restore(task)
+                else:
+                    self.moved[key] = target
+                    if slot is not None:
+                        self.unsure.add(key)
+                    origin = group._ended.origins.get(name, {}).get(task.id)
+                    bucket.handed_off(task)
+                    group._ended.moved(name, task.id, origin, target, slot)
+            finally:
+                del self.moving[key]
+                future.set_result(target)
+        if target is not None:
+            return True
+        return None if key in refused else False
+
+    async def _unsettled(self, bucket: str, task_id: str, error: PlacementUnknownError,
+                         deadline: float) -> tuple[str | None, tuple[str, int, int] | None]:
+        """A handoff whose batch could not be settled: keep asking the peer
+        until ``deadline``. Returns ``(target, None)`` if it took the task,
+        ``(None, None)`` if it did not (the task stays here), and
+        ``(target, slot)`` if it still cannot say: the task is left to it
+        (a copy here could run twice) and reported as unsettled."""
+        group = self.group
+        routes, forwarder = group._routes, group._forwarder
+        pending = routes.unsettled.get((bucket, task_id))
+        member = group._members.members.get(error.node_id)
+        loop = asyncio.get_running_loop()
+        if pending is not None and member is not None and forwarder is not None:
+            slot, boot = pending[0], member.boot
+            while (left := deadline - loop.time()) > 0 and member.boot == boot:
+                try:
+                    took = await forwarder.settle(member, slot,
+                                                  min(group.config.request_timeout, left))
+                except GobucketError:
+                    await asyncio.sleep(min(group.config.probe_interval,
+                                            max(0.0, deadline - loop.time())))
+                    continue
+                if not took:
+                    routes.forget(bucket, task_id)
+                    return None, None
+                routes.unsettled.pop((bucket, task_id), None)
+                return error.node_id, None
+        group.events.add("handoff_unknown", f"{task_id} may or may not be on "
+                         f"{error.node_id}", bucket=bucket, task_id=task_id,
+                         peer=error.node_id)
+        log.warning("handoff outcome unknown; the task is left to that peer "
+                    "event=handoff_unknown node=%s peer=%s bucket=%s task_id=%s",
+                    group.node_id, error.node_id, bucket, task_id)
+        return error.node_id, None if pending is None else pending[0]

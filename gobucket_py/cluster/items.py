@@ -1,37 +1,27 @@
 """The wire forms of a task: FILL items (to forward) and task infos (get).
 
 A FILL item is ``(bucket, task_id, type, packed data, run_after, life_span)``:
-type 0 is immediate and 1 a time-bomb, the data is msgpack packed on its own
-(so a receiver can bound its decoding), and the times are seconds relative
-to receipt, so clock skew between nodes does not matter.
+type 0 is immediate and 1 a time-bomb, the data is packed on its own by the
+group's :class:`~gobucket_py.codec.Codec` (so a receiver can bound its
+decoding, and ``datetime``, ``UUID``... arrive as themselves), and the times
+are seconds relative to receipt, so clock skew between nodes does not matter.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import msgpack
-
 from ..bucket import TaskBucket
+from ..codec import PACKED_NONE, Codec
 from ..config import check_times
 from ..errors import ProtocolError
 from ..task import TaskInfo, TaskState, TaskType
 from .forward import Item
-from .protocol import MAX_ITEMS, MAX_STR
 
-__all__ = ["PACKED_NONE", "TYPES", "decode_item", "encode_item", "pack_info", "task_times",
-           "unpack_info"]
+__all__ = ["PACKED_NONE", "TYPES", "check_item", "decode_item", "encode_item", "pack_info",
+           "task_times", "unpack_info"]
 
 TYPES = (TaskType.IMMEDIATE, TaskType.TIME_BOMB)
-#: ``None`` packed: most tasks carry no data, so neither side packs it each time.
-PACKED_NONE: bytes = msgpack.packb(None)
-
-
-def unpack_data(raw: bytes) -> Any:
-    """Decode one task's data with limits and no ext types."""
-    return msgpack.unpackb(raw, raw=False, strict_map_key=True, max_str_len=MAX_STR,
-                           max_bin_len=len(raw), max_array_len=MAX_ITEMS,
-                           max_map_len=MAX_ITEMS, max_ext_len=0)
 
 
 def task_times(bucket: TaskBucket, task_type: TaskType, run_after: float | None,
@@ -55,22 +45,22 @@ def task_times(bucket: TaskBucket, task_type: TaskType, run_after: float | None,
 
 
 def encode_item(bucket: str, task_id: str, data: Any, task_type: TaskType, run_after: float,
-                life_span: float) -> Item:
+                life_span: float, codec: Codec) -> Item:
     """The wire form of one task to forward; ``TypeError`` if it cannot travel."""
     if type(task_id) is not str or not task_id:
         raise TypeError(f"task_id must be a non-empty str, got {task_id!r}")
     try:
-        payload = PACKED_NONE if data is None else msgpack.packb(
-            data, use_bin_type=True, datetime=False)
-    except (TypeError, ValueError, OverflowError) as exc:
+        payload = PACKED_NONE if data is None else codec.pack(data)
+    except TypeError as exc:
         raise TypeError(f"bucket {bucket!r} is full here and task {task_id!r} cannot be "
-                        f"forwarded: its data is not msgpack-serializable ({exc})") from exc
+                        f"forwarded: {exc}") from exc
     return (bucket, task_id, 0 if task_type is TaskType.IMMEDIATE else 1, payload, run_after,
             life_span)
 
 
-def decode_item(raw: object) -> tuple[str, str, TaskType, Any, float, float]:
-    """Check one received FILL item; ``ProtocolError`` (a 400) if malformed."""
+def check_item(raw: object) -> tuple[str, str, TaskType, bytes, float, float]:
+    """Check one received FILL item, its data still packed; ``ProtocolError``
+    (a 400) if malformed."""
     if not isinstance(raw, list) or len(raw) != 6:
         raise ProtocolError("each fill item must be a 6-item list")
     bucket, task_id, type_code, payload, run_after, life_span = raw
@@ -83,12 +73,19 @@ def decode_item(raw: object) -> tuple[str, str, TaskType, Any, float, float]:
     for name, value in (("run_after", run_after), ("life_span", life_span)):
         if (type(value) is not float and type(value) is not int) or not 0 <= value < 1e12:
             raise ProtocolError(f"fill item {name} must be a number >= 0, got {value!r}")
-    ra, ls = float(run_after), float(life_span)
+    return bucket, task_id, TYPES[type_code], payload, float(run_after), float(life_span)
+
+
+def decode_item(raw: object, codec: Codec) -> tuple[str, str, TaskType, Any, float, float]:
+    """Check one received FILL item and unpack its data with ``codec``;
+    ``ProtocolError`` (a 400) if malformed."""
+    bucket, task_id, task_type, payload, run_after, life_span = check_item(raw)
     try:
-        data = None if payload == PACKED_NONE else unpack_data(payload)
-    except Exception as exc:
-        raise ProtocolError(f"fill item data is malformed: {type(exc).__name__}") from exc
-    return bucket, task_id, TYPES[type_code], data, ra, ls
+        data = None if payload == PACKED_NONE else codec.unpack(payload)
+    except Exception as exc:  # msgpack, the ext types and a serializer raise many types
+        detail = f"{type(exc).__name__}: {exc}"[:200]
+        raise ProtocolError(f"fill item data is malformed: {detail}") from exc
+    return bucket, task_id, task_type, data, run_after, life_span
 
 
 def pack_info(info: TaskInfo) -> list[Any]:

@@ -44,9 +44,21 @@ _OUTCOMES = {o.value: o for o in DrainOutcome}
 #: A peer's answer: ``(outcome, node)`` for a drain, a TaskInfo (or None) for a get.
 Answer = Any
 
+#: Seconds an origin keeps settling a handoff its sender could not settle:
+#: the holder keeps its verdicts on handoff batches for 600 s (see
+#: :mod:`.batches`), so a "not taken" after that could be a forgotten one.
+RESOLVE_FOR = 500.0
+
+#: A holder's answer for a forward that never reached it (settled void).
+_NEVER: Any = object()
+
 
 class Unknown(Exception):
     """A node that could hold the task could not say (internal)."""
+
+
+class Refused(Unknown):
+    """A peer that left refused the connection: nothing listens there now (internal)."""
 
 
 class Lookup:
@@ -54,12 +66,27 @@ class Lookup:
 
     def __init__(self, group: TaskBucketGroup) -> None:
         self.group = group
-        #: ``(node_id, boot)`` of peers that left and then refused a connection.
+        #: ``(node_id, boot)`` of peers that left and then refused a connection
+        #: (or, mounted in an app, said they are done).
         self.exited: set[tuple[str, str]] = set()
+        #: ``(node_id, boot)`` of leaving peers mounted in an app: their app
+        #: stops listening *before* they hand their tasks off, so a refused
+        #: connection proves nothing until they say they are done.
+        self.mounted: set[tuple[str, str]] = set()
 
     def forget_member(self, member: Member) -> None:
         """A peer was pruned from the member table."""
         self.exited.discard((member.node_id, member.boot))
+        self.mounted.discard((member.node_id, member.boot))
+
+    def left(self, member: Member, *, mounted: bool, done: bool) -> None:
+        """A peer's LEAVE: it is mounted in an app (see :attr:`mounted`), or
+        done (handed off, told origins: nothing of it is left to find)."""
+        key = (member.node_id, member.boot)
+        if mounted:
+            self.mounted.add(key)
+        if done:
+            self.exited.add(key)
 
     def _gone(self, member: Member) -> bool:
         """A peer that left and has certainly exited (its address refused a
@@ -74,14 +101,31 @@ class Lookup:
         """Drain a task held here or handed off from here; raises :class:`Unknown`."""
         group = self.group
         local = group._bucket(bucket)
+        if bucket in group._replicas.ks:
+            task = local.get(task_id)
+            if task is not None and task.state is TaskState.PENDING:
+                # Its backups go first: if this node dies before the drain, the
+                # task is lost (and reported), never drained here and run there.
+                took, certain = await group._replicas.release(bucket, task_id)
+                if took is not None:  # a backup took it over: drain it there
+                    return _drain_answer(await self._ask_id(took, Kind.DRAIN, bucket, task_id))
+                if not certain:
+                    raise Unknown(f"a backup holder of {task_id!r} could not be told to drop "
+                                  "it, nor word left with a majority of the cluster: it "
+                                  "could take the task over")
         outcome = local.drain_nowait(task_id)
         if outcome is not DrainOutcome.NOT_FOUND:
             return outcome, group.node_id
         target = await self._moved_to(bucket, task_id)
         if target is None:
-            return local.drain_nowait(task_id), group.node_id  # a failed handoff is back
-        reply = await self._ask_id(target, Kind.DRAIN, bucket, task_id)
-        return _drain_answer(reply)
+            outcome = local.drain_nowait(task_id)  # a failed handoff is back
+            if outcome is DrainOutcome.NOT_FOUND:
+                self._check_backups(bucket, task_id)
+            return outcome, group.node_id
+        answer = _drain_answer(await self._ask_id(target, Kind.DRAIN, bucket, task_id))
+        if answer[0] is DrainOutcome.NOT_FOUND:
+            self._check_settled(bucket, task_id, target)
+        return answer
 
     async def get_here(self, bucket: str, task_id: str) -> TaskInfo | None:
         """Describe a task held here, handed off from here, or ended here."""
@@ -95,8 +139,26 @@ class Lookup:
             return TaskInfo.of(task, group.node_id)
         target = await self._moved_to(bucket, task_id)
         if target is not None:
-            return _get_answer(await self._ask_id(target, Kind.GET, bucket, task_id))
-        return self._ended_info(bucket, task_id)
+            info = _get_answer(await self._ask_id(target, Kind.GET, bucket, task_id))
+            if info is None:
+                self._check_settled(bucket, task_id, target)
+            return info
+        ended = self._ended_info(bucket, task_id)
+        if ended is None:
+            self._check_backups(bucket, task_id)
+        return ended
+
+    def _check_backups(self, bucket: str, task_id: str) -> None:
+        """A backup held here whose primary is not alive may be taken over here."""
+        if self.group._backups.records and self.group._backups.at_risk(bucket, task_id):
+            raise Unknown(f"a backup of {task_id!r} is held here and its holder is not alive: "
+                          "it may be taken over")
+
+    def _check_settled(self, bucket: str, task_id: str, target: str) -> None:
+        """A handoff that could not be settled: its target's "not here" proves nothing."""
+        if (bucket, task_id) in self.group._handoff.unsure:
+            raise Unknown(f"the handoff of {task_id!r} to {target} could not be settled: it "
+                          "may or may not be there")
 
     async def _moved_to(self, bucket: str, task_id: str) -> str | None:
         where = self.group._handoff.holder(bucket, task_id)
@@ -145,8 +207,8 @@ class Lookup:
     def _drained(self, bucket: str, task_id: str, outcome: DrainOutcome, node: str | None
                  ) -> DrainResult:
         if outcome.stopped:
-            self.group.events.add("drain", f"{task_id} {outcome.value} on {node}",
-                                  bucket=bucket, task_id=task_id, peer=node)
+            self.group.events.add_counted("drain", f"{outcome.value} on {node}", task_id,
+                                          bucket=bucket, peer=node, outcome=outcome.value)
         return DrainResult(outcome, task_id, node)
 
     async def _known(self, answer: Any, bucket: str, task_id: str) -> Any:
@@ -168,25 +230,40 @@ class Lookup:
         asked: set[str] = {group.node_id}
         if route is not None:
             node, boot = route[0], route[1]
-            asked.add(node)
             member = members.get(node)
+            if not is_lost(route) and group.awaiting_promotion(node):
+                raise _unavailable(bucket, task_id, [
+                    f"its holder {node} is gone and its backups may be taking it over"])
             if is_lost(route) or (member is not None and member.boot == boot and member.lost):
-                if kind is Kind.DRAIN:
-                    return DrainOutcome.LOST, node
-                return TaskInfo(bucket, task_id, node, None, TaskState.LOST, 0.0, 0.0)
+                return _lost(kind, bucket, task_id, node)
+            pending = routes.unsettled.get((bucket, task_id)) if routes.unsettled else None
             if member is None or member.boot != boot:
                 routes.forget(bucket, task_id)  # it left (and restarted, or was pruned)
             else:
                 try:
                     answer = await self._ask(member, kind, bucket, task_id)
+                    if pending is not None and rank(answer) == 0:
+                        # "Not here" from a holder whose forward was never
+                        # settled: it may not have arrived yet. Settle it
+                        # first (if it has not arrived, it never will).
+                        if await self._took(member, bucket, task_id, pending):
+                            answer = await self._ask(member, kind, bucket, task_id)
+                        elif pending[1]:  # handed off there and never taken: lost
+                            return self._lost_answer(kind, bucket, task_id, node)
+                        else:  # a fill that was never placed there
+                            routes.forget(bucket, task_id)
+                            answer = _NEVER
                 except Unknown as exc:
                     if not self._gone(member):
                         raise _unavailable(bucket, task_id, [str(exc)]) from None
+                    # Asked again below: a new incarnation may be at its address.
                 else:
-                    if kind is Kind.DRAIN or answer is None or answer.state.terminal:
-                        routes.forget(bucket, task_id)  # it ended: a definite answer
-                    if rank(answer) > 0:
-                        return answer
+                    if answer is not _NEVER:
+                        asked.add(node)
+                        if kind is Kind.DRAIN or answer is None or answer.state.terminal:
+                            routes.forget(bucket, task_id)  # it ended: a definite answer
+                        if rank(answer) > 0:
+                            return answer
                 # The holder never had it, or handed it off and has exited: look around.
         if ended_here is not None:
             return ended_here
@@ -205,18 +282,71 @@ class Lookup:
         async def one(member: Member) -> Answer:
             try:
                 return await self._ask(member, kind, bucket, task_id)
+            except Refused:
+                return None  # it left, and nothing listens at its address now
             except Unknown as exc:
-                if not self._gone(member):
-                    unknown.append(str(exc))
+                # Even a peer that left and exited may have a new incarnation
+                # at its address (behind a cut link, not yet heard of here).
+                unknown.append(str(exc))
                 return None
 
         answers = await asyncio.gather(*(one(m) for m in targets))
         best = max(answers, key=rank, default=None)
         if best is not None and rank(best) >= 2:
             return best  # a live task that was stopped, or described
+        if group._backups.records and group._backups.at_risk(bucket, task_id):
+            unknown.append(f"{group.node_id} holds a backup of it and its holder is not alive")
         if unknown:
             raise _unavailable(bucket, task_id, unknown)
         return best if best is not None and rank(best) > 0 else None
+
+    async def _took(self, member: Member, bucket: str, task_id: str,
+                    pending: tuple[tuple[str, int, int], bool]) -> bool:
+        """Settle a forward that may not have reached ``member``: did it take
+        the task? If not, it never will (the batch is void). Raises
+        :class:`Unknown` if it cannot say."""
+        group = self.group
+        forwarder = group._forwarder
+        if member.state is MemberState.DEAD or forwarder is None:
+            raise Unknown(f"{member.node_id} may hold the task (its forward was not settled) "
+                          "and cannot be asked")
+        try:
+            took = await forwarder.settle(member, pending[0], group.config.request_timeout)
+        except GobucketError as exc:
+            raise Unknown(f"{member.node_id} may hold the task (its forward was not "
+                          f"settled): {exc}") from None
+        if group._routes.unsettled.get((bucket, task_id)) == pending:
+            del group._routes.unsettled[(bucket, task_id)]
+        return took
+
+    def _lost_answer(self, kind: Kind, bucket: str, task_id: str, node: str) -> Answer:
+        """A handoff to ``node`` that it never took: report the task lost (once)."""
+        self.group._report_lost_ids(node, bucket, [task_id], "handoff not taken")
+        return _lost(kind, bucket, task_id, node)
+
+    async def resolve(self, bucket: str, task_id: str) -> None:
+        """Settle, in the background, a handoff its sender could not settle:
+        until the holder says whether it took the task (if not, the task is
+        reported lost), the route is gone, or the void marks that make a
+        late "not taken" trustworthy would have expired."""
+        group = self.group
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + RESOLVE_FOR
+        routes = group._routes
+        while loop.time() < give_up:
+            pending = routes.unsettled.get((bucket, task_id))
+            route = routes.get(bucket, task_id)
+            if pending is None or route is None or is_lost(route):
+                return
+            member = group._members.members.get(route[0])
+            if member is None or member.boot != route[1] or not group.running:
+                return  # it restarted (its tasks are reported lost), or was pruned
+            try:
+                if not await self._took(member, bucket, task_id, pending):
+                    self._lost_answer(Kind.DRAIN, bucket, task_id, route[0])
+                return
+            except Unknown:
+                await asyncio.sleep(group.config.probe_interval)
 
     async def _ask_id(self, node_id: str, kind: Kind, bucket: str, task_id: str
                       ) -> dict[str, Any]:
@@ -243,15 +373,33 @@ class Lookup:
         except UnknownBucketError:
             return {}  # it has no such bucket: definitely not there
         except PeerUnavailableError as exc:
-            if member.state is MemberState.LEFT and not exc.maybe_delivered:
+            key = (member.node_id, member.boot)
+            if (member.state is MemberState.LEFT and not exc.maybe_delivered
+                    and (key not in self.mounted or key in self.exited)):
                 # It left and exited: its tasks were handed off.
-                self.exited.add((member.node_id, member.boot))
+                self.exited.add(key)
+                raise Refused(f"{member.node_id}: {exc}") from None
             raise Unknown(f"{member.node_id}: {exc}") from None
         except GobucketError as exc:  # a 401 after a clock step, a 500, "starting"...
             raise Unknown(f"{member.node_id} answered with an error: {exc}") from None
         if reply.get("unknown"):
             raise Unknown(f"{member.node_id} could not find out: {reply['unknown']}")
+        boot = member.boot
+        try:
+            group._members.heard(reply.get("from"))  # a restart is noticed at once
+        except GobucketError as exc:
+            raise Unknown(f"{member.node_id} answered with a bad header: {exc}") from None
+        if member.boot != boot:
+            # A new incarnation answered for the old one: what the old one
+            # held is not its to say (it may be taken over by a backup).
+            raise Unknown(f"{member.node_id} restarted while it was asked")
         return reply
+
+
+def _lost(kind: Kind, bucket: str, task_id: str, node: str) -> Answer:
+    if kind is Kind.DRAIN:
+        return DrainOutcome.LOST, node
+    return TaskInfo(bucket, task_id, node, None, TaskState.LOST, 0.0, 0.0)
 
 
 def _unavailable(bucket: str, task_id: str, why: list[str]) -> PeerUnavailableError:

@@ -1,21 +1,38 @@
 """Who is in the cluster, and who is alive: the peer table and failure detection.
 
-A simpler relative of SWIM, sized for clusters of a few to a few dozen nodes:
+SWIM with Lifeguard, so that a node's cost does not grow with the cluster:
 
-- **Direct probes.** Every ``probe_interval`` each node pings every known peer.
-  The ping and its ack carry the sender's :class:`~.protocol.NodeHeader`
-  (identity, boot id, incarnation, free capacity per bucket) and the member
-  list (peer exchange), so capacity is never staler than one interval and a
-  node that knows one seed learns the rest.
+- **Probes.** Every ``probe_interval`` a node pings *one* peer, the next of
+  a shuffled round over the alive and suspect members (shuffled again when
+  it ends; a newcomer is put at a random place in the current round). Each
+  ping and ack carries the sender's :class:`~.protocol.NodeHeader`
+  (identity, boot id, incarnation, its own free capacity per bucket) and a
+  few piggybacked membership updates -- never the whole member list.
 - **Indirect probes.** A missed ping is retried through up to
   ``indirect_probes`` other peers (``ping-req``), which tells a dead node from
   a broken link. If they fail too, the node becomes *suspect* -- unless the
-  evidence is void (as in Lifeguard): it spoke to us while we probed it, or
-  our own event loop stalled during the indirect round, so the timeouts
-  measured our stall rather than its silence. A busy node is not a dead one.
-- **Suspicion.** A suspect that answers anything within ``suspicion_timeout``
-  is alive again; otherwise it is *dead*. A node that hears it is gossiped as
-  suspect or dead bumps its incarnation to refute it.
+  evidence is void: it spoke to us while we probed it, or our own event loop
+  stalled during the indirect round, so the timeouts measured our stall
+  rather than its silence. A busy node is not a dead one.
+- **Dissemination.** Joins, suspicions, deaths, leaves and refutations go
+  into a bounded queue (:class:`~.gossip.Broadcasts`) and ride on the next
+  probes and acks, each about ``4 * log10(N+1)`` times. Every
+  :func:`~.gossip.sync_interval` (20 s up to 30 nodes, then growing with N)
+  a node swaps whole member lists with one random peer, which repairs what
+  the piggyback missed; a joining node does so with its seeds (then it
+  knows who is out there: :attr:`Membership.joined`).
+- **Suspicion (Lifeguard).** A suspect that answers anything, or refutes
+  with a higher incarnation, is alive again; otherwise it is *dead* after
+  :func:`~.gossip.suspicion_timeout`: ``suspicion_timeout`` up to 10 nodes,
+  growing with ``log10(N)``, and down to half of that as other nodes
+  independently confirm the suspicion (a node that hears of a suspicion
+  probes the suspect itself with a probability that gives about 3 such
+  checks at any N). Suspicion and death news about a peer that spoke to us
+  within the last probe round is ignored (we have newer evidence). A node
+  that hears it is suspected bumps its incarnation to refute it. *Local
+  health*: failed probes and having to refute raise a multiplier (up to
+  ``MAX_HEALTH``) that stretches this node's probe interval and timeouts,
+  so a slow node accuses others less; each successful probe lowers it.
 - **Incarnations.** A new ``boot`` id for a known node id means it restarted:
   its old tasks are gone (``on_restart``).
 - **Leaving.** A stopping node says so (``leaving`` in its header and a LEAVE
@@ -45,12 +62,21 @@ A simpler relative of SWIM, sized for clusters of a few to a few dozen nodes:
   this node under another name (``localhost`` for ``127.0.0.1``, the bind
   address for the advertised one); it is dropped from the join list for good
   (``event=seed_is_self``).
+- **DNS seeds.** A seed ``dns:NAME:PORT`` is every A/AAAA record of
+  ``NAME`` (see :mod:`.discovery`), looked up at start and at every rejoin
+  round; what it finds is joined like a seed, except this node's own
+  address. An address that leaves the name is no longer retried.
+- **Unreached seeds.** A seed that has failed every join attempt for
+  ``SEED_WARN_ROUNDS`` rejoin intervals (10 s with the defaults) is logged
+  once at WARNING (``event=seed_unreachable``, with the last error), and
+  once at INFO when it answers (``event=seed_reached``): a typo'd seed is
+  not silent, and a seed that stays down is not logged every round.
 
 All durations are measured on the event loop's monotonic clock; wall-clock
 time (``Member.last_heard``) is kept for display only, so a clock step never
-hides a dead peer. Until they are pruned, dead peers are still probed every
-``probe_interval`` and left ones retried every ``rejoin_interval`` (either may
-come back); unreached seeds are retried every ``rejoin_interval`` for ever.
+hides a dead peer. Until they are pruned, dead and left peers are retried
+every ``rejoin_interval`` (either may come back); unreached seeds are
+retried every ``rejoin_interval`` for ever.
 """
 
 from __future__ import annotations
@@ -67,12 +93,14 @@ from typing import Any
 from ..config import GroupConfig
 from ..errors import GobucketError, PeerError, ProtocolError
 from ..observe.histogram import Histogram
+from .discovery import Discovery, parse_dns
+from .gossip import SUSPICION_CONFIRMATIONS, Broadcasts, suspicion_timeout, sync_interval
 from .protocol import Kind, NodeHeader, check_gossip
 from .protocol import field as msg_field
 from .transport import Transport
 
-__all__ = ["CLASH_TEXT", "Member", "MemberCallback", "MemberState", "Membership", "PeerInfo",
-           "RestartCallback"]
+__all__ = ["CLASH_TEXT", "SEED_WARN_ROUNDS", "Member", "MemberCallback", "MemberState",
+           "Membership", "PeerInfo", "RestartCallback"]
 
 log = logging.getLogger("gobucket_py")
 
@@ -82,6 +110,19 @@ log = logging.getLogger("gobucket_py")
 CLASH_TEXT = "is already used by the node at"
 #: A node id clash is logged at most once per clashing address this often (s).
 CLASH_LOG_INTERVAL = 10.0
+#: A seed that failed every join attempt for this many ``rejoin_interval`` s
+#: (10 s with the defaults) is logged at WARNING: long enough for the nodes
+#: of a cluster started together to come up, short enough that a typo'd seed
+#: is noticed before the first overflow.
+SEED_WARN_ROUNDS = 5
+#: Lifeguard's local health multiplier goes up to this (probes then wait up
+#: to 1 + MAX_HEALTH times longer).
+MAX_HEALTH = 8
+#: Peers that failure news and refutations are pushed to at once.
+PUSH_FANOUT = 3
+#: Seconds between two whole member-list swaps with a random peer, up to 30
+#: nodes (then growing with N, see :func:`~.gossip.sync_interval`).
+SYNC_INTERVAL = 20.0
 
 
 class MemberState(StrEnum):
@@ -140,6 +181,13 @@ class Member:
     #: Cleared when it speaks again or restarts.
     lost: bool = False
     probing: bool = False
+    #: While SUSPECT: loop time the suspicion began here, and the nodes that
+    #: suspect it (the first one, then independent confirmations).
+    suspected_at: float = 0.0
+    suspectors: set[str] = field(default_factory=set)
+    #: Nodes whose suspicion of it was set aside (it had just spoken to us)
+    #: -> loop time: confirmations if our own probe then fails.
+    doubted_by: dict[str, float] = field(default_factory=dict)
 
     def estimate(self, bucket: str) -> int:
         """Free slots for ``bucket``, minus what we sent since; -1 if it has no such bucket."""
@@ -194,8 +242,16 @@ class Membership:
         #: True once a peer's member list has been merged: until then this
         #: node does not know who could hold a task, so it cannot say "nowhere".
         self.joined = False
-        self.seeds = list(dict.fromkeys(seeds))
+        #: Seed addresses as given; ``dns:`` seeds are in ``discovery``.
+        self.seeds = [s for s in dict.fromkeys(seeds) if parse_dns(s) is None]
+        dns = [d for d in map(parse_dns, seeds) if d is not None]
+        #: The ``dns:`` seeds and what they resolved to (None without any).
+        self.discovery = Discovery(dns, node_id) if dns else None
         self._unreached = set(self.seeds)
+        # Seed address -> loop time of the first failed join attempt of the
+        # current episode, and the seeds already warned about in it.
+        self._seed_failing: dict[str, float] = {}
+        self._seed_warned: set[str] = set()
         self.rng = rng or random.Random()
         self.on_change: ChangeCallback | None = None
         #: See :data:`RestartCallback`: ``on_restart(member, was_state)``.
@@ -226,6 +282,18 @@ class Membership:
         self._started = 0.0  # loop time of start()
         #: Clashing address -> loop time its node id clash was last logged.
         self._clash_logged: dict[str, float] = {}
+        #: Membership updates waiting to ride on probes and acks.
+        self.broadcasts = Broadcasts()
+        # The probe order: members shuffled, one taken per probe_interval.
+        self._ring: list[Member] = []
+        self._ring_pos = 0
+        # Subjects of failure news waiting to be pushed (see _push_soon).
+        self._pushing: set[str] | None = None
+        #: Lifeguard's local health: 0 (healthy) to MAX_HEALTH. Raised when
+        #: our probes fail or we must refute a suspicion of ourselves (both
+        #: hint that this node is the slow one), lowered by each probe that
+        #: succeeds; probe intervals and timeouts are stretched by 1 + it.
+        self.health = 0
 
     # -- messages --------------------------------------------------------------
 
@@ -235,9 +303,53 @@ class Membership:
                           self.leaving, self.capacity()).pack()
 
     def gossip(self) -> list[list[Any]]:
-        """Member entries for peer exchange."""
+        """Every member entry: the full-state sync (a join, and every
+        :func:`~.gossip.sync_interval`), never an ordinary probe."""
         return [[m.node_id, m.boot, m.addr, m.incarnation, m.state.value]
                 for m in self.members.values()]
+
+    def updates(self) -> list[list[Any]]:
+        """The recent membership updates one message carries (piggyback)."""
+        return self.broadcasts.take(len(self.members) + 1)
+
+    def _broadcast(self, member: Member, by: str | None = None) -> None:
+        """Queue ``member``'s current state for dissemination; news of a
+        failure is also pushed at once (see :meth:`_push_soon`)."""
+        self.broadcasts.add([member.node_id, member.boot, member.addr, member.incarnation,
+                             member.state.value, by or self.node_id])
+        if member.state in (MemberState.SUSPECT, MemberState.DEAD):
+            self._push_soon(member.node_id)
+
+    def _broadcast_self(self) -> None:
+        self.broadcasts.add([self.node_id, self.boot, self.transport.address,
+                             self.incarnation, "left" if self.leaving else "alive",
+                             self.node_id])
+        self._push_soon(self.node_id)  # a refutation: before the suspicion runs out
+
+    def _push_soon(self, subject: str) -> None:
+        """Send the queued updates now to ``PUSH_FANOUT`` random alive peers
+        (not ``subject``), instead of waiting for the next probes: failure
+        news and refutations then spread in round trips, not probe
+        intervals. Only on such events, so an idle cluster sends nothing
+        more; the pushes of one loop pass go together."""
+        if self._pushing is not None:
+            self._pushing.add(subject)
+            return
+        self._pushing = {subject}
+        asyncio.get_running_loop().call_soon(self._push)
+
+    def _push(self) -> None:
+        subjects, self._pushing = self._pushing or set(), None
+        peers = [m for m in self.members.values()
+                 if m.state is MemberState.ALIVE and m.node_id not in subjects]
+        for member in self.rng.sample(peers, min(PUSH_FANOUT, len(peers))):
+            self._track(self._push_to(member))
+
+    async def _push_to(self, member: Member) -> None:
+        try:
+            await self.ping(member.addr, self.config.probe_timeout)
+        except GobucketError:
+            pass  # no evidence either way: probes decide who is alive
 
     def _set_state(self, member: Member, state: MemberState) -> None:
         old = member.state
@@ -245,7 +357,11 @@ class Membership:
             return
         member.state = state
         member.state_since = asyncio.get_running_loop().time()
+        if state is not MemberState.SUSPECT:
+            member.suspectors.clear()
         self._arm(member)
+        if state is not MemberState.SUSPECT:  # a suspicion is sent with who suspects
+            self._broadcast(member)
         bad = state in (MemberState.DEAD, MemberState.SUSPECT)
         level = logging.WARNING if bad else logging.INFO
         log.log(level, "peer %s event=peer_%s node=%s peer=%s addr=%s", state.value, state.value,
@@ -261,7 +377,10 @@ class Membership:
         cfg = self.config
         since = member.state_since
         if member.state is MemberState.SUSPECT:  # expire on time, not at the next probe tick
-            delay, then = cfg.suspicion_timeout, self._expire
+            timeout = suspicion_timeout(cfg.suspicion_timeout, len(self.members) + 1,
+                                        len(member.suspectors) - 1)
+            now = asyncio.get_running_loop().time()
+            delay, then = max(0.0, member.suspected_at + timeout - now), self._expire
         elif member.state is MemberState.DEAD:
             delay, then = cfg.lost_after, self._presume_lost
         elif member.state is MemberState.LEFT:
@@ -326,6 +445,8 @@ class Membership:
                                 f"(boot {member.boot})")
         self._unreached.discard(h.addr)
         self._learned.pop(h.addr, None)
+        if self._seed_failing:
+            self._seed_answered(h.addr)
         returned = False
         if member is None:
             member = Member(h.node_id, h.addr, h.boot, h.incarnation,
@@ -333,6 +454,9 @@ class Membership:
             member.state_since = now
             self.members[h.node_id] = member
             self._arm(member)
+            self._broadcast(member)
+            # Probed within this round, not only after the next shuffle.
+            self._ring.insert(self.rng.randint(self._ring_pos, len(self._ring)), member)
             log.info("peer joined event=peer_joined node=%s peer=%s addr=%s", self.node_id,
                      h.node_id, h.addr)
             if self.on_change is not None:
@@ -350,6 +474,7 @@ class Membership:
             if (MemberState.LEFT if h.leaving else MemberState.ALIVE) is was:
                 member.state_since = now  # a new life in the same state: restart its timer
                 self._arm(member)
+            self._broadcast(member)  # its new boot id: others learn it restarted
             if self.on_restart is not None:
                 self.on_restart(member, was)
         elif member.lost:
@@ -368,17 +493,25 @@ class Membership:
                 self.on_returned(member)
         return member
 
-    def merge(self, raw_members: object) -> None:
-        """Peer exchange: learn new members; accept dead/left news; refute suspicion."""
-        self.merge_checked(check_gossip(raw_members))
+    def merge(self, raw_members: object, *, full: bool = True) -> None:
+        """Apply member entries: a whole member list (``full``, a sync) or
+        piggybacked updates; see :meth:`merge_checked`."""
+        self.merge_checked(check_gossip(raw_members), full=full)
 
-    def merge_checked(self, entries: list[tuple[str, str, str, int, str]]) -> None:
-        """:meth:`merge` for entries already validated by ``check_gossip``."""
-        self.joined = True  # a peer's member list: this node knows who is out there
-        for node_id, boot, addr, inc, state in entries:
+    def merge_checked(self, entries: list[tuple[str, str, str, int, str, str]], *,
+                      full: bool = True) -> None:
+        """Apply entries already validated by ``check_gossip``: learn new
+        nodes, take suspicions, deaths and leaves, refute our own suspicion.
+        ``full``: a peer's whole member list, after which this node knows
+        who is out there (:attr:`joined`)."""
+        if full:
+            self.joined = True
+        for node_id, boot, addr, inc, state, by in entries:
             if node_id == self.node_id:
                 if state in ("suspect", "dead") and boot == self.boot and inc >= self.incarnation:
                     self.incarnation = inc + 1  # refute: our next messages carry it
+                    self.health = min(MAX_HEALTH, self.health + 1)
+                    self._broadcast_self()
                 continue
             member = self.members.get(node_id)
             if member is None:
@@ -391,15 +524,83 @@ class Membership:
                 else:
                     self._rumour(node_id, state)
                 continue
-            if boot != member.boot or inc < member.incarnation:
+            if boot != member.boot:
+                if state in ("alive", "suspect"):
+                    self._learn(addr)  # restarted, say others: see for ourselves
                 continue
-            if state in ("dead", "left") and member.state in (MemberState.ALIVE,
-                                                                MemberState.SUSPECT):
-                # Dead news about a node we still hear from directly needs a
-                # newer incarnation; our own probes settle the rest.
-                if (state == "left" or inc > member.incarnation
-                        or member.state is MemberState.SUSPECT):
-                    self._set_state(member, MemberState(state))
+            if inc < member.incarnation:
+                continue
+            current = member.state
+            if (current is MemberState.ALIVE and state in ("suspect", "dead")
+                    and self._spoke_lately(member)):
+                # It spoke to us since that probe failed: a busy node, not a dead
+                # one -- but it may have died since: see for ourselves (and if our
+                # probe fails too, their word counts as confirmations).
+                if by and len(member.doubted_by) < 16:
+                    member.doubted_by[by] = asyncio.get_running_loop().time()
+                self._spawn_probe(member)
+                continue
+            if state == "alive":
+                if inc > member.incarnation:
+                    member.incarnation = inc
+                    if current is MemberState.SUSPECT:
+                        self._set_state(member, MemberState.ALIVE)  # it refuted
+                    elif current is MemberState.DEAD:
+                        self._learn(member.addr)  # back, say others: see for ourselves
+            elif state == "suspect":
+                if current is MemberState.ALIVE:
+                    member.incarnation = inc
+                    self._suspect(member, by)
+                elif current is MemberState.SUSPECT and inc == member.incarnation:
+                    self._confirm(member, by)
+            elif state == "dead":
+                if current is MemberState.SUSPECT or (current is MemberState.ALIVE
+                                                      and inc > member.incarnation):
+                    member.incarnation = inc
+                    self._set_state(member, MemberState.DEAD)
+                elif current is MemberState.ALIVE:
+                    # Dead news about a node we took for alive, same incarnation:
+                    # a suspicion here (it may refute), not a death.
+                    self._suspect(member, by)
+            elif state == "left" and current in (MemberState.ALIVE, MemberState.SUSPECT):
+                self._set_state(member, MemberState.LEFT)
+
+    def _spoke_lately(self, member: Member) -> bool:
+        """Did ``member`` send us a message after any probe whose failure a
+        peer could be reporting now began? (A probe round lasts up to about
+        ``2.25 * probe_timeout``, after up to one ``probe_interval``.)"""
+        if member.heard_at is None:
+            return False
+        return asyncio.get_running_loop().time() - member.heard_at < self._round()
+
+    def _round(self) -> float:
+        """The longest a probe round whose failure a peer reports now can
+        have lasted: up to one ``probe_interval``, then ``2.25 * probe_timeout``."""
+        return self.config.probe_interval + 3 * self.config.probe_timeout
+
+    def _suspect(self, member: Member, by: str) -> None:
+        """``by`` suspects ``member`` (ALIVE here): it becomes SUSPECT, and
+        the suspicion is passed on. Heard from a peer, this node also probes
+        it itself, with a probability that gives about
+        ``SUSPICION_CONFIRMATIONS`` such checks per suspicion at any size:
+        independent confirmations are what shorten the timeout."""
+        now = member.suspected_at = asyncio.get_running_loop().time()
+        member.suspectors = {by, *(n for n, t in member.doubted_by.items()
+                                   if now - t < 2 * self._round())}
+        member.doubted_by.clear()
+        self._set_state(member, MemberState.SUSPECT)
+        self._broadcast(member, by)
+        if by != self.node_id and self.rng.random() < (
+                2 * SUSPICION_CONFIRMATIONS / max(1, len(self.members))):
+            self._spawn_probe(member)
+
+    def _confirm(self, member: Member, by: str) -> None:
+        """Another node suspects ``member`` too: the timeout shrinks (Lifeguard)."""
+        if by in member.suspectors or len(member.suspectors) > SUSPICION_CONFIRMATIONS:
+            return
+        member.suspectors.add(by)
+        self._arm(member)
+        self._broadcast(member, by)
 
     def _learn(self, addr: str) -> None:
         """A node learned second-hand: probe it before trusting it with tasks.
@@ -418,7 +619,7 @@ class Membership:
         if last is not None and now - last < self.config.rejoin_interval:
             return
         self._learned[addr] = now
-        self._track(self._attempt(addr))
+        self._track(self._attempt(addr, sync=False))
 
     def young(self) -> bool:
         """Started less than ``lost_after`` ago (peers may not have found it yet)."""
@@ -458,20 +659,45 @@ class Membership:
 
     # -- probing -------------------------------------------------------------------
 
-    async def ping(self, addr: str, timeout: float) -> Member | None:
-        """One direct probe. Raises PeerError when it fails.
+    def _ping_message(self, sync: bool) -> dict[str, Any]:
+        message: dict[str, Any] = {"v": 1, "from": self.header(), "updates": self.updates()}
+        if sync:  # a join or an anti-entropy round: whole lists both ways
+            message["members"] = self.gossip()
+            message["sync"] = True
+        return message
+
+    async def ping(self, addr: str, timeout: float, *, sync: bool = False) -> Member | None:
+        """One direct probe; with ``sync``, the two nodes swap their whole
+        member lists too. Raises PeerError when it fails.
 
         Returns the record of the node that answered (which may not be the
         one expected at ``addr``), or None if it was ourselves.
         """
         loop = asyncio.get_running_loop()
         started = loop.time()
-        reply = await self.transport.call(
-            addr, Kind.PING, {"v": 1, "from": self.header(), "members": self.gossip()}, timeout)
+        reply = await self.transport.call(addr, Kind.PING, self._ping_message(sync), timeout)
         self.probe_rtt.observe(loop.time() - started)
+        updates = check_gossip(reply.get("updates"))
+        members = check_gossip(reply.get("members")) if "members" in reply else None
         member = self.heard(msg_field(reply, "from", list))
-        self.merge(reply.get("members"))
+        self.merge_checked(updates, full=False)
+        if members is not None:
+            self.merge_checked(members, full=True)
         return member
+
+    def handle_ping(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Answer a PING: our header and updates, and our whole member list
+        if the sender sent its own (``sync``)."""
+        updates = check_gossip(message.get("updates"))
+        # A whole list: a sync (or an older node, which sends it on every ping).
+        members = check_gossip(message.get("members")) if "members" in message else None
+        self.heard(message.get("from"))
+        self.merge_checked(updates, full=False)
+        reply: dict[str, Any] = {"v": 1, "from": self.header(), "updates": self.updates()}
+        if members is not None:
+            self.merge_checked(members, full=True)
+            reply["members"] = self.gossip()
+        return reply
 
     def _refused_as_clash(self, addr: str, exc: GobucketError) -> bool:
         """Log the peer's refusal of our node id (its 400), if that is what ``exc`` is."""
@@ -484,15 +710,20 @@ class Membership:
                         self.node_id, self.transport.address, self.boot, addr, text)
         return True
 
+    def _probe_timeout(self) -> float:
+        """``probe_timeout`` stretched by our local health (Lifeguard)."""
+        return self.config.probe_timeout * (1 + self.health)
+
     async def _probe(self, member: Member) -> None:
-        cfg = self.config
         loop = asyncio.get_running_loop()
         since = began = loop.time()
+        timeout = self._probe_timeout()
         try:
             direct: GobucketError
             try:
-                seen = await self.ping(member.addr, cfg.probe_timeout)
+                seen = await self.ping(member.addr, timeout)
                 if seen is member:
+                    self.health = max(0, self.health - 1)
                     return
                 # Another node answers at its address now: no evidence for it.
                 direct = PeerError(f"{member.addr} is now node "
@@ -503,14 +734,14 @@ class Membership:
             if member.state in (MemberState.DEAD, MemberState.LEFT):
                 return
             started = loop.time()
-            if await self._indirect(member):
+            if await self._indirect(member, timeout):
                 return
-            if member.state is not MemberState.ALIVE:
+            if member.state not in (MemberState.ALIVE, MemberState.SUSPECT):
                 return
             if member.heard_at is not None and member.heard_at >= since:
                 return  # it spoke to us meanwhile: alive, whatever the probes said
             took = loop.time() - started
-            if took > cfg.probe_timeout * 1.5:  # the indirect round allows 1.25x
+            if took > timeout * 1.5:  # the indirect round allows 1.25x
                 log.info("own event loop stalled during a probe; not suspecting the peer "
                          "event=probe_inconclusive node=%s peer=%s took=%.3f", self.node_id,
                          member.node_id, took)
@@ -520,23 +751,30 @@ class Membership:
                         self.node_id, member.node_id, started - began, took,
                         "-" if member.heard_at is None else
                         f"{loop.time() - member.heard_at:.3f}", direct)
-            self._set_state(member, MemberState.SUSPECT)
+            self.health = min(MAX_HEALTH, self.health + 1)
+            if member.state is MemberState.SUSPECT:
+                self._confirm(member, self.node_id)  # a check of a suspicion heard
+            else:
+                self._suspect(member, self.node_id)
         finally:
             member.probing = False
 
-    async def _indirect(self, target: Member) -> bool:
+    async def _indirect(self, target: Member, probe_timeout: float) -> bool:
         helpers = [m for m in self.members.values()
                    if m is not target and m.state is MemberState.ALIVE]
-        helpers = self.rng.sample(helpers, min(len(helpers), self.config.indirect_probes))
+        if len(helpers) > self.config.indirect_probes:
+            helpers = self.rng.sample(helpers, self.config.indirect_probes)
         if not helpers:
             return False
-        message = {"v": 1, "from": self.header(), "target": target.addr}
+        message = {"v": 1, "from": self.header(), "target": target.addr,
+                   "updates": self.updates()}
         # The helper's own probe takes up to probe_timeout; allow for the extra hop.
-        timeout = self.config.probe_timeout * 1.25
+        timeout = probe_timeout * 1.25
 
         async def ask(helper: Member) -> bool:
             try:
                 reply = await self.transport.call(helper.addr, Kind.PING_REQ, message, timeout)
+                self.merge(reply.get("updates"), full=False)
             except GobucketError:
                 return False
             ack = reply.get("ack")
@@ -553,15 +791,16 @@ class Membership:
     async def handle_ping_req(self, message: dict[str, Any]) -> dict[str, Any]:
         """Probe ``target`` for a peer; answer with its header, or no ack."""
         target = msg_field(message, "target", str)
+        self.merge_checked(check_gossip(message.get("updates")), full=False)
         try:
-            reply = await self.transport.call(
-                target, Kind.PING, {"v": 1, "from": self.header(), "members": self.gossip()},
-                self.config.probe_timeout)
+            reply = await self.transport.call(target, Kind.PING, self._ping_message(False),
+                                              self.config.probe_timeout)
             ack = reply.get("from")
             self.heard(ack)
+            self.merge_checked(check_gossip(reply.get("updates")), full=False)
         except GobucketError:
             ack = None
-        return {"v": 1, "from": self.header(), "ack": ack}
+        return {"v": 1, "from": self.header(), "ack": ack, "updates": self.updates()}
 
     def _track(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -574,14 +813,48 @@ class Membership:
         member.probing = True
         self._track(self._probe(member))
 
-    async def _attempt(self, addr: str) -> None:
+    def seed_addresses(self) -> set[str]:
+        """The configured cluster: the seed addresses, and what the ``dns:``
+        seeds resolved to last."""
+        found = set() if self.discovery is None else self.discovery.addresses()
+        return found.union(self.seeds)
+
+    def _seed_failed(self, addr: str, exc: GobucketError) -> None:
+        """Count a failed join attempt of a seed; WARNING once per episode."""
+        if addr not in self.seeds and (self.discovery is None
+                                       or addr not in self.discovery.addresses()):
+            return
+        now = asyncio.get_running_loop().time()
+        first = self._seed_failing.setdefault(addr, now)
+        warn_after = SEED_WARN_ROUNDS * self.config.rejoin_interval
+        if now - first < warn_after or addr in self._seed_warned:
+            return
+        self._seed_warned.add(addr)
+        log.warning("seed not reachable; check its address and port (the peer port, not an "
+                    "app's) event=seed_unreachable node=%s seed=%s failing_for=%.1f "
+                    "alive_peers=%d error=%s", self.node_id, addr, now - first,
+                    len(self.alive()), exc)
+
+    def _seed_answered(self, addr: str) -> None:
+        """A seed's failure episode (if any) is over."""
+        first = self._seed_failing.pop(addr, None)
+        if first is not None and addr in self._seed_warned:
+            self._seed_warned.discard(addr)
+            log.info("seed reached event=seed_reached node=%s seed=%s after=%.1f",
+                     self.node_id, addr, asyncio.get_running_loop().time() - first)
+
+    async def _attempt(self, addr: str, *, sync: bool = True) -> None:
+        """Contact ``addr`` (a seed, or a node we were told of, or a dead or
+        left member that may be back); ``sync``: swap whole member lists."""
         try:
-            member = await self.ping(addr, self.config.probe_timeout)
+            member = await self.ping(addr, self.config.probe_timeout, sync=sync)
         except GobucketError as exc:
             if not self._refused_as_clash(addr, exc):
                 log.debug("join attempt failed node=%s addr=%s error=%s", self.node_id, addr,
                           exc)
+                self._seed_failed(addr, exc)
             return
+        self._seed_answered(addr)
         self._unreached.discard(addr)  # reached, whatever its spelling
         if member is None and addr not in self._aliases:
             # Our own node id and boot answered: this address is ourselves.
@@ -616,7 +889,7 @@ class Membership:
         # Seeds are the configured cluster: keep trying those no known node
         # holds (the pruned one's, under whatever spelling the seed list uses).
         held = {m.addr for m in self.members.values()}
-        self._unreached.update(a for a in self.seeds
+        self._unreached.update(a for a in self.seed_addresses()
                                if a not in held and a not in self._aliases
                                and a != self.transport.address)
         log.info("peer forgotten event=peer_pruned node=%s peer=%s addr=%s state=%s",
@@ -624,26 +897,79 @@ class Membership:
         if self.on_pruned is not None:
             self.on_pruned(member)
 
+    def _next_target(self) -> Member | None:
+        """The next member to probe: a shuffled round over the alive and
+        suspect ones (SWIM), shuffled again when it ends. Dead and left
+        members are retried by the join loop instead."""
+        for _ in range(2):
+            ring = self._ring
+            while self._ring_pos < len(ring):
+                member = ring[self._ring_pos]
+                self._ring_pos += 1
+                if (self.members.get(member.node_id) is member
+                        and member.state in (MemberState.ALIVE, MemberState.SUSPECT)):
+                    return member
+            self._ring = [m for m in self.members.values()
+                          if m.state in (MemberState.ALIVE, MemberState.SUSPECT)]
+            self.rng.shuffle(self._ring)
+            self._ring_pos = 0
+        return None
+
     async def _probe_loop(self) -> None:
         cfg = self.config
         # Jitter so that nodes started together do not probe in lockstep.
         await asyncio.sleep(self.rng.uniform(0, cfg.probe_interval))
         while True:
-            for member in list(self.members.values()):
-                if member.state is not MemberState.LEFT:
-                    self._spawn_probe(member)
-            await asyncio.sleep(cfg.probe_interval)
+            member = self._next_target()
+            if member is not None:
+                self._spawn_probe(member)
+            await asyncio.sleep(cfg.probe_interval * (1 + self.health))
+
+    async def _sync_loop(self) -> None:
+        """Anti-entropy: now and then, swap whole member lists with one
+        random alive peer (what piggybacked updates missed is repaired)."""
+        cfg = self.config
+        while True:
+            wait = sync_interval(SYNC_INTERVAL, len(self.members) + 1)
+            await asyncio.sleep(wait * self.rng.uniform(0.5, 1.5))
+            alive = self.alive()
+            if alive:
+                member = self.rng.choice(alive)
+                try:
+                    await self.ping(member.addr, cfg.request_timeout, sync=True)
+                except GobucketError as exc:
+                    log.debug("member list sync failed node=%s peer=%s error=%s",
+                              self.node_id, member.node_id, exc)
+
+    async def _discover(self) -> None:
+        """Look the ``dns:`` seeds up again: join new addresses, drop gone ones."""
+        assert self.discovery is not None
+        before = self.discovery.addresses()
+        found = await self.discovery.refresh()
+        held = {m.addr for m in self.members.values()}
+        own = self.transport.address
+        self._unreached.update(a for a in found
+                               if a not in held and a not in self._aliases and a != own)
+        for addr in before - found:
+            if addr not in self.seeds:  # left the name (scaled down, rescheduled)
+                self._unreached.discard(addr)
+                self._seed_failing.pop(addr, None)
+                self._seed_warned.discard(addr)
 
     async def _join_once(self) -> None:
+        if self.discovery is not None:
+            await self._discover()
         own = self.transport.address
         self._unreached.discard(own)
         self._unreached -= self._aliases
-        targets = list(self._unreached)
-        targets += [m.addr for m in self.members.values() if m.state is MemberState.LEFT]
+        seeds = list(self._unreached)  # a join: whole member lists both ways
+        back = [m.addr for m in self.members.values()  # may be back: a plain ping
+                if m.state in (MemberState.LEFT, MemberState.DEAD) and m.addr not in seeds]
         now = asyncio.get_running_loop().time()
         self._learned = {a: t for a, t in self._learned.items()
                          if now - t < self.config.rejoin_interval}
-        await asyncio.gather(*(self._attempt(a) for a in dict.fromkeys(targets)))
+        await asyncio.gather(*(self._attempt(a) for a in dict.fromkeys(seeds)),
+                             *(self._attempt(a, sync=False) for a in dict.fromkeys(back)))
 
     async def _join_loop(self) -> None:
         while True:
@@ -655,12 +981,14 @@ class Membership:
         self._started = asyncio.get_running_loop().time()
         await self._join_once()
         loop = asyncio.get_running_loop()
-        self._loops = [loop.create_task(self._probe_loop()), loop.create_task(self._join_loop())]
+        self._loops = [loop.create_task(self._probe_loop()), loop.create_task(self._join_loop()),
+                       loop.create_task(self._sync_loop())]
 
-    async def announce_leave(self) -> None:
-        """Tell every reachable peer that we are leaving (best effort, bounded)."""
+    async def announce_leave(self, **flags: bool) -> None:
+        """Tell every reachable peer that we are leaving (best effort,
+        bounded); ``flags`` go in the message (see ``PeerServer``'s LEAVE)."""
         self.leaving = True
-        message = {"v": 1, "from": self.header()}
+        message = {"v": 1, "from": self.header(), **flags}
         targets = [m for m in self.members.values()
                    if m.state in (MemberState.ALIVE, MemberState.SUSPECT)]
 
@@ -675,7 +1003,8 @@ class Membership:
         await asyncio.gather(*(tell(m) for m in targets))
 
     async def stop(self) -> None:
-        """Cancel the loops, the timers and in-flight probes and wait for them."""
+        """Cancel the loops, the timers, in-flight probes and DNS lookups and wait
+        for them."""
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
@@ -685,6 +1014,8 @@ class Membership:
         if tasks:
             await asyncio.wait(tasks)
         self._loops = []
+        if self.discovery is not None:
+            await self.discovery.close()
 
     def alive(self) -> list[Member]:
         """Peers that may take tasks."""

@@ -20,8 +20,16 @@ loop clock (looptime)::
     net.stall("b")                       # SIGSTOP: b's traffic is held, callers time out
     net.resume("b")                      # SIGCONT: what was held is delivered now
     net.crash("b")                       # kill -9: in-flight work lost, b's address is free
+    lossy = net.loss(0.01)               # each message (request or reply) lost with p=0.01
     cut.heal()                           # undo one fault
-    net.heal()                           # undo every delay, drop, partition and stall
+    net.heal()                           # undo every delay, drop, partition, stall and loss
+
+    net.traffic()                        # {address: (messages sent, bytes sent)}
+    net.reset_traffic()                  # count from zero again
+
+Every fault method is public and says what a caller sees. To test an app,
+:class:`gobucket_py.testing.MemoryCluster` starts N groups on one network and
+wraps these controls, with crash and restart of whole nodes.
 
 How a message travels (each of the request and the reply, in this order):
 
@@ -30,7 +38,8 @@ How a message travels (each of the request and the reply, in this order):
 2. It waits while its sender or its receiver is stalled (:meth:`stall`), and
    goes on when both are resumed.
 3. It is lost if, when it arrives, its link is cut (:meth:`partition`), an end
-   is hung (:meth:`hang`), or it is a reply that :meth:`drop_replies` drops.
+   is hung (:meth:`hang`), it is a reply that :meth:`drop_replies` drops, or
+   a :meth:`loss` fault draws it (each message independently).
 4. A request that arrives at a node that was killed (:meth:`down`,
    :meth:`crash`) fails the call with a reset (``maybe_delivered=True``, as
    for a real connection reset after the request was written).
@@ -47,12 +56,18 @@ Each node's handlers run in a copy of the :mod:`contextvars` context its
 transport was started in, so per-node context (a log field, a test's node
 tag) follows the node's work as it would follow a process. With no fault
 configured a call costs one task and two msgpack round trips, nothing more.
+
+Traffic is counted per sending address (:meth:`~MemoryNetwork.traffic`): a
+request counts for its caller when it is put on the network, a reply for the
+node that answers when its handler has run; bytes are the msgpack-encoded
+body. What a fault later loses was still sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import random
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -69,7 +84,8 @@ Link = tuple[str, str]
 class Fault:
     """One fault injected into a :class:`MemoryNetwork`, as returned by
     :meth:`~MemoryNetwork.delay`, :meth:`~MemoryNetwork.drop_replies`,
-    :meth:`~MemoryNetwork.partition` and :meth:`~MemoryNetwork.stall`.
+    :meth:`~MemoryNetwork.partition`, :meth:`~MemoryNetwork.stall` and
+    :meth:`~MemoryNetwork.loss`.
 
     ``heal()`` undoes just this fault (idempotent); ``active`` says whether it
     still applies. ``str(fault)`` describes it, e.g. ``partition n1 | n2,n3``::
@@ -85,7 +101,7 @@ class Fault:
                  undo: Callable[[], None], subject: str = "") -> None:
         self._net = net
         self._undo = undo
-        #: ``"delay"``, ``"drop_replies"``, ``"partition"`` or ``"stall"``.
+        #: ``"delay"``, ``"drop_replies"``, ``"partition"``, ``"stall"`` or ``"loss"``.
         self.kind = kind
         #: The stalled address (for a stall).
         self.subject = subject
@@ -117,11 +133,16 @@ class MemoryNetwork:
 
     Every fault method is documented with what the caller sees; the module
     docstring says how a message travels. The network is deterministic: with
-    a faked loop clock the same calls and faults give the same run.
+    a faked loop clock the same calls and faults give the same run (a
+    :meth:`loss` fault draws from its own seeded ``random.Random``).
+
+    ``record_calls=False`` leaves :attr:`calls` empty (a long simulation of
+    many nodes would otherwise keep every call it made).
     """
 
-    def __init__(self, *, max_body: int = 4 * 1024 * 1024) -> None:
+    def __init__(self, *, max_body: int = 4 * 1024 * 1024, record_calls: bool = True) -> None:
         self.max_body = max_body
+        self._record_calls = record_calls
         self._handlers: dict[str, Handler] = {}
         self._transports: dict[str, MemoryTransport] = {}
         self._down: set[str] = set()
@@ -130,6 +151,9 @@ class MemoryNetwork:
         self._cut: dict[Link, int] = {}  # partitions cutting each directed link
         self._drops: dict[Link, int] = {}  # drop_replies faults on each (caller, callee)
         self._stalled: dict[str, asyncio.Event] = {}  # set on resume
+        self._losses: list[tuple[float, random.Random]] = []  # loss faults: (rate, rng)
+        # address -> [messages, bytes] it sent; transports keep a reference to their own.
+        self._sent: dict[str, list[int]] = {}
         self._faults: list[Fault] = []
         # True when a message may be anything but delivered at once (the fast path's test).
         self._faulty = False
@@ -171,7 +195,8 @@ class MemoryNetwork:
         fresh ``net.transport(address)``, which gets a new boot id). The
         node's own work (its buckets' timers and running tasks) belongs to
         its group, not to the network: a test abandons that group and stops
-        its tasks (see ``tests/nemesis.py``)::
+        its tasks, as :meth:`gobucket_py.testing.MemoryCluster.crash` does.
+        By hand::
 
             net.crash("n2")
             ...                                   # downtime
@@ -291,9 +316,46 @@ class MemoryNetwork:
         if waiter is not None:
             waiter.set()
 
+    def loss(self, rate: float, rng: random.Random | None = None) -> Fault:
+        """Lose each message -- every request and every reply, on every link
+        -- independently with probability ``rate`` (0 to 1), as a lossy
+        network would. A lost request is never applied and a lost reply
+        comes after the work was done; either way the caller times out
+        (``PeerUnavailableError``, ``maybe_delivered=True``), as across a
+        :meth:`partition`. Loss faults add up (each draws on its own).
+        ``rng`` (default ``random.Random(0)``) makes a run repeatable::
+
+            lossy = net.loss(0.01)        # 1% of messages vanish
+            ...
+            lossy.heal()
+        """
+        if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0.0 <= rate <= 1.0:
+            raise ValueError(f"loss: rate must be a number from 0 to 1, got {rate!r}")
+        entry = (float(rate), rng if rng is not None else random.Random(0))
+        self._losses.append(entry)
+        return self._add(Fault(self, "loss", f"loss {rate:g}",
+                               lambda: self._losses.remove(entry)))
+
+    def traffic(self) -> dict[str, tuple[int, int]]:
+        """What each address sent since it first started (or since
+        :meth:`reset_traffic`): ``{address: (messages, bytes)}``.
+
+        A request counts for its caller once it is on the network (a call
+        refused at once sends nothing), a reply for the node that answers
+        once its handler has run; bytes are the msgpack-encoded body (an
+        error reply counts as a message of 0 bytes). Messages a fault loses
+        afterwards were still sent. Restarts at one address add up."""
+        return {addr: (counts[0], counts[1]) for addr, counts in self._sent.items()}
+
+    def reset_traffic(self) -> None:
+        """Set every address's :meth:`traffic` counters back to zero."""
+        for counts in self._sent.values():
+            counts[0] = counts[1] = 0
+
     def heal(self) -> None:
-        """Undo every :meth:`delay`, :meth:`drop_replies`, :meth:`partition`
-        and :meth:`stall` (not :meth:`down`, :meth:`hang` or :meth:`crash`)."""
+        """Undo every :meth:`delay`, :meth:`drop_replies`, :meth:`partition`,
+        :meth:`stall` and :meth:`loss` (not :meth:`down`, :meth:`hang` or
+        :meth:`crash`)."""
         for fault in list(self._faults):
             fault.heal()
 
@@ -309,14 +371,15 @@ class MemoryNetwork:
 
     def _refresh(self) -> None:
         self._faulty = bool(self._delays or self._cut or self._drops or self._stalled
-                            or self._hung or self._down)
+                            or self._hung or self._down or self._losses)
 
     # -- delivery ---------------------------------------------------------------------
 
     async def _deliver(self, caller: MemoryTransport, addr: str, kind: Kind, body: bytes,
                        timeout: float) -> dict[str, Any]:
         src = caller.address
-        self.calls.append((src, addr, kind))
+        if self._record_calls:
+            self.calls.append((src, addr, kind))
         if src in self._down:  # a killed process sends nothing either
             raise PeerUnavailableError("this node is down", maybe_delivered=False)
         target = self._transports.get(addr)
@@ -328,6 +391,9 @@ class MemoryNetwork:
                                    context=target._context.copy())
         target._carriers[carrier] = reply
         carrier.add_done_callback(target._carried)
+        sent = caller._sent
+        sent[0] += 1
+        sent[1] += len(body)
         try:
             async with asyncio.timeout(timeout):
                 return await reply
@@ -357,6 +423,9 @@ class MemoryNetwork:
             error = _status_error(dst, 404, str(exc))
         except Exception as exc:  # a handler bug: the caller sees it, as in a test it should
             error = exc
+        sent = target._sent
+        sent[0] += 1
+        sent[1] += len(payload)
         if self._faulty and not await self._travel(dst, src, (src, dst)):
             return  # the reply was lost
         if reply.done() or caller._handler is None:
@@ -381,6 +450,9 @@ class MemoryNetwork:
             await waiter.wait()
         if (frm, to) in self._cut or frm in self._hung or to in self._hung:
             return False
+        for rate, rng in self._losses:
+            if rng.random() < rate:
+                return False
         return call is None or call not in self._drops
 
 
@@ -408,6 +480,8 @@ class MemoryTransport(Transport):
         self.address = address
         self._handler: Handler | None = None
         self._context = contextvars.copy_context()
+        # [messages, bytes] sent from this address (the network's counters for it).
+        self._sent: list[int] = network._sent.setdefault(address, [0, 0])
         # Calls being carried to this node (their handlers run here), and their replies.
         self._carriers: dict[asyncio.Task[None], asyncio.Future[dict[str, Any]]] = {}
 

@@ -151,9 +151,17 @@ class Overflow:
                 pool.remove(member)
         sent.extend((member, *share, forwarder.send_many(member, share[1]))
                     for member, share in waiting.items())
-        for member, indexes, items, future in sent:
+
+        async def settle(member: Member, indexes: list[int], items: list[Item],
+                         future: asyncio.Future[list[str | GobucketError]]) -> None:
             retry.extend(self._settle_many(bucket, member, indexes, items, await future,
                                            results))
+
+        # Each batch is settled as its reply comes: a slow peer holds back only its own.
+        if len(sent) == 1:
+            await settle(*sent[0])
+        else:
+            await asyncio.gather(*(settle(*each) for each in sent))
 
         async def again(index: int, item: Item, rejections: dict[str, str]) -> None:
             try:
@@ -199,6 +207,9 @@ class Overflow:
         for life_span, ids in placed.items():
             group._routes.add(bucket, node, member.boot, now, life_span, ids)
             group.fill_counts[bucket][1] += len(ids)
+        for item, outcome in zip(items, outcomes, strict=True):
+            if isinstance(outcome, Unsettled) and outcome.slot is not None:
+                group._routes.unsure(bucket, item[1], outcome.slot, False)
         return retry
 
     async def _cluster_full(self, item: Item, rejections: dict[str, str]) -> ClusterFullError:
@@ -206,15 +217,28 @@ class Overflow:
         group = self.group
         bucket, task_id = item[0], item[1]
         group.fill_counts[bucket][2] += 1
-        group.events.add("cluster_full", f"no node could take {task_id}", bucket=bucket,
-                         task_id=task_id)
+        group.events.add_counted("cluster_full", "refused: no node had room", task_id,
+                                 bucket=bucket)
         log.warning("no node could take the task event=cluster_full node=%s bucket=%s "
                     "task_id=%s rejections=%d", group.node_id, bucket, task_id, len(rejections))
         for peer_id, error in rejections.items():
             await self._report_failure(peer_id, bucket, task_id, error)
-        detail = "; ".join(f"{p}: {e}" for p, e in rejections.items()) or "no peer has room"
+        detail = "; ".join(f"{p}: {e}" for p, e in rejections.items()) or self._no_peer()
         return ClusterFullError(f"no node could take task {task_id!r} in bucket {bucket!r} "
                                 f"(local bucket full; {detail})", rejections)
+
+    def _no_peer(self) -> str:
+        """Why no peer was asked: none known (a typo'd seed?), none alive, or none had room."""
+        group = self.group
+        members = group._members.members
+        if not members:
+            seeds = ", ".join(group.seeds)
+            return ("no peers known: " + (f"no seed has answered ({seeds}); check their "
+                                          "addresses and ports" if seeds
+                                          else "no seeds were given"))
+        if not any(m.state is MemberState.ALIVE for m in members.values()):
+            return f"no peer is alive ({len(members)} known)"
+        return "no peer has room"
 
     async def _report_failure(self, peer_id: str, bucket: str, task_id: str, error: str) -> None:
         group = self.group
@@ -259,9 +283,12 @@ class Overflow:
         PlacementUnknownError when it may have taken it)."""
         bucket, task_id = item[0], item[1]
         if outcome == "ok" or isinstance(outcome, Unsettled):
-            self.group._routes.add(bucket, member.node_id, member.boot,
-                                   asyncio.get_running_loop().time(), item[5], [task_id])
+            routes = self.group._routes
+            routes.add(bucket, member.node_id, member.boot,
+                       asyncio.get_running_loop().time(), item[5], [task_id])
             if isinstance(outcome, Unsettled):
+                if outcome.slot is not None:
+                    routes.unsure(bucket, task_id, outcome.slot, handoff)
                 raise _unknown(member, item, outcome)
             return True
         if outcome == "duplicate" and not handoff:

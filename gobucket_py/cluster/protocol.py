@@ -5,7 +5,9 @@ the protocol version ``"v"``, the sender's :class:`NodeHeader` ``"from"`` and
 the fields of that kind. Replies are msgpack maps with ``"v"`` and ``"from"``
 too. Decoding is bounded (sizes, no ext types) and every field is checked, so
 malformed input becomes a :class:`~gobucket_py.ProtocolError` (HTTP 400),
-never a crash. Nothing but msgpack crosses the wire; never pickle.
+never a crash. A task's data rides inside as bytes, packed on its own by the
+group's :class:`~gobucket_py.Codec` (whose few ext types are its own, see
+:mod:`gobucket_py.codec`). Nothing but msgpack crosses the wire; never pickle.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class Kind(IntEnum):
     STATS = 8      #: per-bucket counters of the receiver
     SETTLE = 9     #: "did you take FILL batch N?"; if not yet, it is void for good
     ENDED = 10     #: "these tasks you forwarded me ended (or moved)"; the origin drops routes
+    BACKUP_NOTE = 11  #: primary <-> backup holder: "it started", "drop it", "I dropped yours"
 
     @property
     def path(self) -> str:
@@ -138,20 +141,24 @@ class NodeHeader:
 
 
 #: Gossip entries: ``[node_id, boot, addr, incarnation, state]``.
-def check_gossip(raw: object) -> list[tuple[str, str, str, int, str]]:
-    """Validate the ``"members"`` list of a ping or ack."""
+def check_gossip(raw: object) -> list[tuple[str, str, str, int, str, str]]:
+    """Validate a ``"members"`` (whole list) or ``"updates"`` (piggyback)
+    list: entries ``[node id, boot, addr, incarnation, state]``, optionally
+    followed by the node id of whoever suspects it (``""`` if absent)."""
     if raw is None:
         return []
     if not isinstance(raw, list):
         raise ProtocolError("field 'members' must be a list")
     out = []
     for entry in raw:
-        if not (isinstance(entry, list) and len(entry) == 5):
-            raise ProtocolError("each member entry must have 5 items")
-        node_id, boot, addr, inc, state = entry
+        if not (isinstance(entry, list) and len(entry) in (5, 6)):
+            raise ProtocolError("each member entry must have 5 or 6 items")
+        node_id, boot, addr, inc, state = entry[:5]
+        by = entry[5] if len(entry) == 6 else ""
         if not (isinstance(node_id, str) and node_id and isinstance(boot, str)
                 and isinstance(addr, str) and addr and isinstance(inc, int)
-                and not isinstance(inc, bool) and isinstance(state, str)):
+                and not isinstance(inc, bool) and isinstance(state, str)
+                and isinstance(by, str)):
             raise ProtocolError("malformed member entry")
-        out.append((node_id, boot, addr, inc, state))
+        out.append((node_id, boot, addr, inc, state, by))
     return out

@@ -44,6 +44,13 @@ class Routes:
         # Ended notices that arrived before their route: (bucket, id) -> node.
         self._early: dict[tuple[str, str], str] = {}
         self._where: dict[str, dict[str, Route]] = {}  # bucket -> task id -> route
+        #: Routes to a holder that may or may not have taken the task (its
+        #: forward could not be settled): ``(bucket, id)`` -> ``(slot,
+        #: handoff)``, the batch slot to settle before trusting a "not here"
+        #: from it, and whether the task was accepted before (a handoff: if
+        #: the holder did not take it, it is lost) or not (a fill that raised
+        #: PlacementUnknownError: then it was never placed).
+        self.unsettled: dict[tuple[str, str], tuple[tuple[str, int, int], bool]] = {}
         # (expiry, seq, bucket, task ids): drained tasks leave stale ids here,
         # counted by _queued and swept when they outnumber the records.
         self._expiry: list[tuple[float, int, str, list[str]]] = []
@@ -70,6 +77,9 @@ class Routes:
             task_ids = [t for t in task_ids if self._early.pop((bucket, t), None) != node_id]
         for task_id in task_ids:
             where[task_id] = route
+        if self.unsettled:
+            for task_id in task_ids:
+                self.unsettled.pop((bucket, task_id), None)
         heapq.heappush(self._expiry, (expiry, next(self._seq), bucket, task_ids))
         self._queued += len(task_ids)
         self.expire(now)
@@ -91,6 +101,8 @@ class Routes:
                         held.append((bucket, task_id))
                     else:
                         del where[task_id]
+                        if self.unsettled:
+                            self.unsettled.pop((bucket, task_id), None)
         for bucket, task_id in held:  # looked at again in a second
             node, boot, _ = self._where[bucket][task_id]
             self._where[bucket][task_id] = (node, boot, now + 1.0)
@@ -102,6 +114,13 @@ class Routes:
         where = self._where.get(bucket)
         if where is not None:
             where.pop(task_id, None)
+        if self.unsettled:
+            self.unsettled.pop((bucket, task_id), None)
+
+    def unsure(self, bucket: str, task_id: str, slot: tuple[str, int, int],
+               handoff: bool) -> None:
+        """The route to ``task_id`` is to a holder that may not have taken it."""
+        self.unsettled[(bucket, task_id)] = (slot, handoff)
 
     def ended(self, bucket: str, task_id: str, node_id: str) -> None:
         """``node_id`` says the task ended there: drop its route. A notice
@@ -117,22 +136,57 @@ class Routes:
                     del early[key]
         elif route[0] == node_id and not is_lost(route):
             del where[task_id]  # type: ignore[union-attr]  # route implies where
+            if self.unsettled:
+                self.unsettled.pop((bucket, task_id), None)
 
-    def move(self, bucket: str, task_id: str, from_node: str, node_id: str, boot: str) -> None:
-        """A task routed to ``from_node`` was handed off to ``node_id`` (in ``boot``)."""
+    def move(self, bucket: str, task_id: str, from_node: str, node_id: str, boot: str,
+             slot: tuple[str, int, int] | None = None) -> bool:
+        """A task routed to ``from_node`` was handed off to ``node_id`` (in
+        ``boot``; ``slot``: the handoff could not be settled). True if the
+        route moved."""
         where = self._where.get(bucket)
         if where is not None:
             route = where.get(task_id)
             if route is not None and route[0] == from_node and not is_lost(route):
                 where[task_id] = (node_id, boot, route[2])
+                if slot is not None:
+                    self.unsettled[(bucket, task_id)] = (slot, True)
+                elif self.unsettled:
+                    self.unsettled.pop((bucket, task_id), None)
+                return True
+        return False
+
+    def mark_lost_ids(self, bucket: str, task_ids: list[str]) -> list[str]:
+        """Mark the routes of ``task_ids`` LOST; return those not marked before."""
+        where = self._where.get(bucket, {})
+        marked = []
+        for task_id in task_ids:
+            route = where.get(task_id)
+            if route is not None and not is_lost(route):
+                where[task_id] = (route[0], _LOST + route[1], route[2])
+                marked.append(task_id)
+            self.unsettled.pop((bucket, task_id), None)
+        return marked
+
+    def held_by(self, nodes: set[str]) -> dict[str, int]:
+        """How many routes point at each of ``nodes`` (tasks placed there
+        and not known to have ended). A pass over every route: for scrapes."""
+        counts = dict.fromkeys(nodes, 0)
+        for where in self._where.values():
+            for node, _, _ in where.values():
+                if node in counts:
+                    counts[node] += 1
+        return counts
 
     def forget_node(self, node_id: str) -> int:
         """Drop every route to ``node_id`` (it left gracefully: its tasks moved)."""
         dropped = 0
-        for where in self._where.values():
+        for bucket, where in self._where.items():
             gone = [task_id for task_id, route in where.items() if route[0] == node_id]
             for task_id in gone:
                 del where[task_id]
+                if self.unsettled:
+                    self.unsettled.pop((bucket, task_id), None)
             dropped += len(gone)
         return dropped
 

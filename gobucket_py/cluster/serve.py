@@ -17,6 +17,8 @@ this one asked could not say.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 from ..config import check_times
@@ -29,16 +31,20 @@ from ..errors import (
     ProtocolError,
     UnknownBucketError,
 )
-from ..task import TaskType
+from ..task import Task, TaskState, TaskType
+from .backups import decode_backup
 from .batches import VOID, expand
 from .items import decode_item, pack_info
 from .lookup import Unknown, drain_reply, get_reply
-from .protocol import Kind, check_gossip, field, number
+from .protocol import Kind, field, number
 
 if TYPE_CHECKING:
     from .group import TaskBucketGroup
+    from .membership import Member
 
 __all__ = ["PeerServer"]
+
+log = logging.getLogger("gobucket_py")
 
 _FILLS = ("local", "forwarded", "rejected")
 
@@ -61,7 +67,8 @@ class PeerServer:
             return {"v": 1, "node": group.node_id, "state": group.state.value,
                     "buckets": {n: {**b.stats(), "capacity": b.config.max_bucket,
                                     "fills": dict(zip(_FILLS, group.fill_counts[n],
-                                                      strict=True))}
+                                                      strict=True)),
+                                    "backups": group._backups.count(n)}
                                 for n, b in group.buckets.items()},
                     "peers": {m.node_id: m.state.value for m in membership.members.values()}}
         if message.get("scope") == "cluster":  # a client: route like a local call
@@ -70,44 +77,66 @@ class PeerServer:
         # must not even make its sender a member.
         sender = message.get("from")
         if kind is Kind.PING:
-            gossip = check_gossip(message.get("members"))
-            membership.heard(sender)
-            membership.merge_checked(gossip)
-            return {"v": 1, "from": membership.header(), "members": membership.gossip()}
+            return membership.handle_ping(message)
         if kind is Kind.PING_REQ:
             field(message, "target", str)
             membership.heard(sender)
             return await membership.handle_ping_req(message)
         if kind is Kind.FILL:
-            checked = [decode_item(raw) for raw in field(message, "items", list)]
+            backup = message.get("backup") is True
+            raw_items = field(message, "items", list)
+            codec = group.codec
+            checked: list[Any] = ([decode_backup(raw) for raw in raw_items] if backup else
+                                  [decode_item(raw, codec) for raw in raw_items])
             seq = message.get("batch")
             if seq is not None and type(seq) is not int:
                 raise ProtocolError("batch must be an int")
             member = membership.heard(sender)  # all or nothing: 400 before any fill
-            results = self._fill(checked, None if member is None or seq is None
-                                 else (member.boot, seq))
-            if member is not None and message.get("handoff") is not True:
-                # Tell the origin when each ends (so a crash here reports only live ones).
-                group._ended.accepted_batch(checked, results, member.node_id)
+            handoff = message.get("handoff") is True
+            key = None if member is None or seq is None else (member.boot, seq)
+            if backup:
+                if member is None:
+                    raise ProtocolError("a node does not back up its own tasks")
+                results = await self._fill(checked, key, handoff, member, backup=True)
+                return {"v": 1, "results": results, "from": membership.header()}
+            results = await self._fill(checked, key, handoff, member)
             # "from" last: the capacity it reports includes this batch.
             return {"v": 1, "results": results, "from": membership.header()}
         if kind is Kind.ENDED:
             notice = group._ended.check(message)
             member = membership.heard(sender)
             if member is not None:
-                group._ended.apply(member.node_id, notice)
+                group._ended.apply(member.node_id, member.boot, notice)
             return {"v": 1, "from": membership.header()}
         if kind is Kind.SETTLE:
             seq = field(message, "batch", int)
+            boot = message.get("boot")  # a batch sent by another node (after a handoff)
+            if boot is not None and not isinstance(boot, str):
+                raise ProtocolError("boot must be a string")
             member = membership.heard(sender)
             if member is None:
                 raise ProtocolError("a node does not settle with itself")
+            batch_key = (boot or member.boot, seq)
+            taking = group._batches.pending.get(batch_key)
+            if taking is not None:  # its tasks wait for their backups: wait for the verdicts
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(taking), group.config.request_timeout)
+                if not taking.done():  # not void: it is being taken; ask again
+                    return {"v": 1, "from": membership.header(), "pending": True}
             now = asyncio.get_running_loop().time()
-            given = group._batches.settle((member.boot, seq), now)
+            given = group._batches.settle(batch_key, now)
             return {"v": 1, "from": membership.header(),
                     **({"void": True} if given is None else {"results": given})}
+        if kind is Kind.BACKUP_NOTE:
+            member = membership.heard(sender)
+            if member is None:
+                raise ProtocolError("a node does not send backup notes to itself")
+            return {**group._replicas.handle(member, message), "from": membership.header()}
         if kind is Kind.LEAVE:
-            membership.heard(sender)
+            member = membership.heard(sender)
+            if member is not None:
+                group._lookup.left(member, mounted=message.get("mounted") is True,
+                                   done=message.get("done") is True)
             return {"v": 1, "from": membership.header()}
         bucket = field(message, "bucket", str)
         task_id = field(message, "id", str)
@@ -130,7 +159,7 @@ class PeerServer:
         group = self.group
         bucket, task_id, task_type, data, _, _ = decode_item(
             [message.get("bucket"), message.get("id"), message.get("type"),
-             message.get("data"), 0, 1])
+             message.get("data"), 0, 1], group.codec)
         times = {k: message.get(k) for k in ("run_after", "life_span")}
         run_after = None if times["run_after"] is None else number(times, "run_after")
         life_span = None if times["life_span"] is None else number(times, "life_span")
@@ -166,21 +195,83 @@ class PeerServer:
         except GobucketError as exc:  # e.g. a possible holder did not answer: say so
             return {"v": 1, "error": type(exc).__name__, "message": str(exc)}
 
-    def _fill(self, items: list[tuple[str, str, TaskType, Any, float, float]],
-              key: tuple[str, int] | None) -> list[str]:
+    async def _fill(self, items: list[Any], key: tuple[str, int] | None, handoff: bool,
+                    sender: Member | None, *, backup: bool = False) -> list[str]:
         """Verdicts for one FILL batch; a batch seen before is not filled again."""
+        group = self.group
         if key is None:
-            return [self._accept(*item) for item in items]
-        ledger = self.group._batches
+            return await self._take(items, sender, backup, handoff)
+        ledger = group._batches
         now = asyncio.get_running_loop().time()
         seen = ledger.seen(key, now)
         if seen == VOID:
             return ["void"] * len(items)  # its sender settled it as not taken
         if seen is not None:
             return expand(seen)
-        results = [self._accept(*item) for item in items]
-        ledger.done(key, results, now)
+        taking = ledger.pending.get(key)
+        if taking is not None:  # the same batch again while it is being taken
+            return list(await asyncio.shield(taking))
+        future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        ledger.pending[key] = future
+        try:
+            results = await self._take(items, sender, backup, handoff)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: the waiters get it
+            raise
+        finally:
+            del ledger.pending[key]
+        ledger.done(key, results, asyncio.get_running_loop().time(), long=handoff)
+        future.set_result(results)
         return results
+
+    async def _take(self, items: list[Any], sender: Member | None, backup: bool,
+                    handoff: bool) -> list[str]:
+        group = self.group
+        if backup:
+            assert sender is not None
+            return group._backups.store(items, sender)
+        results = [self._accept(*item) for item in items]
+        if handoff and sender is not None:
+            group.handoffs_received[sender.node_id] += results.count("ok")
+        if sender is not None and not handoff:
+            # Tell the origin when each ends (so a crash here reports only live
+            # ones) -- from now on: a task may end while others wait for backups.
+            group._ended.accepted_batch(items, results, sender.node_id)
+        if group._replicas.ks:
+            await self._back_up(items, results, sender, handoff)
+        return results
+
+    async def _back_up(self, items: list[Any], results: list[str], sender: Member | None,
+                       handoff: bool) -> None:
+        """Back up the time-bombs this batch brought to replicated buckets;
+        one that cannot get its backups is taken back ("no backup room") --
+        unless it is a handoff: that task was accepted long ago, and its
+        leaving holder would only rescue it, so it stays with fewer."""
+        group = self.group
+        replicas = group._replicas
+        origin = group.node_id if sender is None else sender.node_id
+        wanted: dict[str, list[tuple[int, Task]]] = {}
+        for index, (item, verdict) in enumerate(zip(items, results, strict=True)):
+            if verdict == "ok" and item[2] is TaskType.TIME_BOMB and replicas.ks.get(item[0]):
+                task = group.buckets[item[0]].get(item[1])
+                if task is not None:
+                    wanted.setdefault(item[0], []).append((index, task))
+        for name, pairs in wanted.items():
+            tasks = [task for _, task in pairs]
+            short = 0
+            for (index, task), ok in zip(pairs, await replicas.protect(name, tasks, origin),
+                                         strict=True):
+                if ok:
+                    continue
+                if handoff:
+                    short += task.state is TaskState.PENDING
+                elif await replicas.withdraw(group.buckets[name], task):
+                    results[index] = "no backup room"
+                    group._ended.origins.get(name, {}).pop(task.id, None)
+            if short:
+                log.warning("tasks have fewer backups than configured event=backups_short "
+                            "node=%s bucket=%s count=%d", group.node_id, name, short)
 
     def _accept(self, bucket_name: str, task_id: str, task_type: TaskType, data: Any,
                 run_after: float, life_span: float) -> str:

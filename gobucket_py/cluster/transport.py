@@ -16,20 +16,26 @@ converted here, at the edge, into :class:`~gobucket_py.PeerError` subclasses.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import json
 import logging
+import ssl
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any, NamedTuple
 
 import aiohttp
 from aiohttp import web
 
 from ..errors import PeerError, PeerUnavailableError, ProtocolError, UnknownBucketError
-from .auth import AuthError, Keyring
+from .auth import AuthError, Keyring, ReplayStoreFull
+from .datagrams import Datagrams
+from .guard import Limits, guarded
 from .protocol import PATHS, Kind, decode, encode
+from .tls import TLSConfig
 
-__all__ = ["Handler", "HttpTransport", "Transport"]
+__all__ = ["Handler", "HttpTransport", "Reply", "Transport", "serve_aiohttp"]
 
 log = logging.getLogger("gobucket_py")
 
@@ -42,6 +48,27 @@ CONTENT_TYPE = "application/msgpack"
 PEER_CONNECTIONS = 64
 #: Messages of the membership protocol, which must never queue behind data.
 CONTROL = frozenset({Kind.PING, Kind.PING_REQ, Kind.LEAVE})
+
+
+async def serve_aiohttp(transport: HttpTransport, request: web.Request, path: str) -> Reply:
+    """Read one aiohttp request (within the body cap and time) and answer it."""
+    refused = transport.refuse(path, request.content_length, request.headers)
+    if refused is not None:
+        return refused
+    with transport.admit(path, request.content_length) as admitted:
+        if admitted is not None:
+            return admitted
+        body = bytearray()  # read here, within our cap (an app's client_max_size may be lower)
+        try:
+            async with asyncio.timeout(transport.read_timeout):
+                async for chunk in request.content.iter_chunked(1 << 16):
+                    body += chunk
+                    if len(body) > transport.max_body:
+                        return _error(413, f"body exceeds {transport.max_body} bytes")
+        except TimeoutError:  # a slow sender: answered, and the connection closed
+            reply = _error(408, f"body not received within {transport.read_timeout:g}s")
+            return reply._replace(headers=(("Connection", "close"),))
+        return await transport.respond(path, request.headers, bytes(body))
 
 
 class Transport(ABC):
@@ -67,9 +94,22 @@ class Transport(ABC):
         """Stop serving and release connections. Idempotent."""
 
 
-def _error_body(status: int, text: str) -> web.Response:
-    return web.Response(status=status, body=json.dumps({"error": text}).encode(),
-                        content_type="application/json")
+class Reply(NamedTuple):
+    """What a node answers to one peer request, whatever serves it."""
+
+    status: int
+    body: bytes
+    content_type: str = CONTENT_TYPE
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def _error(status: int, text: str) -> Reply:
+    return Reply(status, json.dumps({"error": text}).encode(), "application/json")
+
+
+def _response(reply: Reply) -> web.Response:
+    return web.Response(status=reply.status, body=reply.body,
+                        headers={"Content-Type": reply.content_type, **dict(reply.headers)})
 
 
 def raise_for_status(addr: str, status: int, text: str) -> None:
@@ -82,12 +122,48 @@ def raise_for_status(addr: str, status: int, text: str) -> None:
 
 
 class HttpTransport(Transport):
-    """aiohttp server and client. ``keyring=None`` disables signing (loopback only)."""
+    """aiohttp server and client. ``keyring=None`` disables signing (loopback only).
+
+    ``port=0`` listens on a free port; ``advertise`` may then be a host
+    alone, and the address peers get is that host with the real port.
+    ``port_fallback=True``: if ``port`` is taken, listen on a free one
+    instead (the workers of a multi-process server: the first takes
+    ``port`` and is the seed of the others). ``listen=False``: no server
+    of its own -- the node is mounted in an app (``TaskBucketGroup.attach``
+    / ``asgi``), whose server passes each request to :meth:`respond`;
+    ``advertise`` is then required, with the mount's path
+    (``host:port/prefix``).
+    """
 
     def __init__(self, host: str, port: int, *, advertise: str | None = None,
-                 keyring: Keyring | None = None, max_body: int = 4 * 1024 * 1024) -> None:
+                 keyring: Keyring | None = None, max_body: int = 4 * 1024 * 1024,
+                 listen: bool = True, port_fallback: bool = False,
+                 read_timeout: float = 10.0, max_inflight: int = 1024,
+                 tls: TLSConfig | None = None) -> None:
         self.host, self.port = host, port
+        #: HTTPS both ways (see :mod:`.tls`); None: plain HTTP.
+        self.tls = tls
+        self._server_ssl = tls.server_context() if tls is not None else None
+        self._client_ssl = tls.client_context() if tls is not None else None
+        self._scheme = "https" if tls is not None else "http"
+        #: Seconds a request's body may take to arrive (then 408, closed).
+        self.read_timeout = read_timeout
+        #: Data requests read or answered at once (beyond: 503, counted in
+        #: ``refused_busy``); membership messages are not counted.
+        self.max_inflight = max_inflight
+        #: Body bytes (as announced, else ``max_body`` each) in flight at once.
+        self.read_budget = 4 * max_body
+        self.refused_busy = 0
+        self._inflight = 0
+        self._reading = 0
+        #: The listening socket's guards: a new connection's first headers must
+        #: arrive within 10 s; at most 4,096 connections, beyond which only
+        #: known members' hosts are let in (the group sets ``trusted``).
+        self.limits = Limits(header_timeout=10.0, max_connections=4096)
+        self._server: asyncio.Server | None = None
         self.advertise = advertise
+        self.listen = listen
+        self.port_fallback = port_fallback
         self.keyring = keyring
         self.max_body = max_body
         self.app = web.Application(client_max_size=max_body)
@@ -98,26 +174,64 @@ class HttpTransport(Transport):
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._handler: Handler | None = None
         self._closed = False
+        #: Probes over UDP on the same port number (see :mod:`.datagrams`);
+        #: None when mounted, with TLS, or when the UDP port is taken.
+        self.datagrams: Datagrams | None = None
+        #: Peer addresses that said they take probes over UDP, and those that
+        #: said so but never answered a datagram (probed over HTTP for good).
+        self.udp_peers: set[str] = set()
+        self.no_udp: set[str] = set()
 
     async def start(self, handler: Handler) -> None:
         if self._runner is not None or self._closed:
             raise RuntimeError("an HttpTransport can be started once")
         self._handler = handler
-        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        if not self.listen:
+            if not self.advertise:
+                raise ValueError("advertise: a node mounted in an app needs the address "
+                                 "peers reach it at, 'host:port/prefix'")
+            self.address = self.advertise
+            await self.open_client()
+            return
+        # lingering_time=0: a request answered before its body was read (401,
+        # 413, 503) has its connection closed, not the rest of its body read.
+        runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
+                               lingering_time=0)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+        assert runner.server is not None
+        factory = guarded(self.limits, runner.server)  # see guard.py
+        loop = asyncio.get_running_loop()
         try:
-            await site.start()
+            try:
+                server = await loop.create_server(factory, self.host, self.port,
+                                                  ssl=self._server_ssl, reuse_address=True)
+            except OSError as exc:
+                if not (self.port_fallback and exc.errno == errno.EADDRINUSE):
+                    raise
+                log.info("port taken; listening on a free one event=port_fallback port=%d",
+                         self.port)
+                server = await loop.create_server(factory, self.host, 0,
+                                                  ssl=self._server_ssl, reuse_address=True)
         except OSError as exc:
             await runner.cleanup()
             raise OSError(exc.errno, f"cannot listen on {self.host}:{self.port}: "
                                      f"{exc.strerror}") from exc
-        self._runner = runner
-        server = getattr(site, "_server", None)
-        sockets = getattr(server, "sockets", None) or []
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
-        self.address = self.advertise or f"{self.host}:{self.port}"
+        self._runner, self._server = runner, server
+        if server.sockets:
+            self.port = server.sockets[0].getsockname()[1]
+        advertise = self.advertise
+        if advertise and ":" not in advertise.partition("/")[0]:
+            host, slash, prefix = advertise.partition("/")
+            advertise = f"{host}:{self.port}{slash}{prefix}"  # a host alone: the real port
+        self.address = advertise or f"{self.host}:{self.port}"
+        if self.tls is None:
+            datagrams = Datagrams(self, handler)
+            try:
+                await datagrams.start(self.host, self.port)
+                self.datagrams = datagrams
+            except OSError as exc:
+                log.warning("UDP port taken; probes go over HTTP event=udp_unavailable "
+                            "port=%d error=%s", self.port, exc)
         await self.open_client()
 
     async def open_client(self) -> None:
@@ -126,44 +240,122 @@ class HttpTransport(Transport):
             self._session = self._new_session(PEER_CONNECTIONS)
             self._control = self._new_session(8)
 
-    @staticmethod
-    def _new_session(per_peer: int) -> aiohttp.ClientSession:
+    def _new_session(self, per_peer: int) -> aiohttp.ClientSession:
+        ssl_context: ssl.SSLContext | bool = (self._client_ssl if self._client_ssl is not None
+                                              else False)
         return aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, limit_per_host=per_peer, ttl_dns_cache=10),
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=per_peer, ttl_dns_cache=10,
+                                           ssl=ssl_context),
             auto_decompress=False, skip_auto_headers=("User-Agent",))
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
-        kind = PATHS.get(request.path)
-        if kind is None or self._handler is None:
-            return _error_body(404, f"no such endpoint {request.path[:100]!r}")
-        length = request.content_length
+        return _response(await serve_aiohttp(self, request, "/v1/" + request.match_info["kind"]))
+
+    def refuse(self, path: str, length: int | None,
+               headers: Mapping[str, str] | None = None) -> Reply | None:
+        """The answer to a request that must not be read (no such endpoint,
+        not serving, a body over the cap, unsigned, stale or under an
+        unknown key); None if its body may be read."""
+        if path not in PATHS or self._handler is None:
+            return _error(404, f"no such endpoint {path[:100]!r}")
         if length is not None and length > self.max_body:
-            return _error_body(413, f"body of {length} bytes exceeds {self.max_body}")
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return _error_body(413, f"body exceeds {self.max_body} bytes")
-        if self.keyring is not None:
+            return _error(413, f"body of {length} bytes exceeds {self.max_body}")
+        if self.keyring is not None and headers is not None:
             try:
-                self.keyring.verify(request.method, request.path, request.headers, body)
+                self.keyring.check_headers(headers)
             except AuthError as exc:
-                return _error_body(401, str(exc))
+                return _error(401, str(exc))
+            except (TypeError, ValueError):
+                return _error(401, "malformed signature headers")
+        return None
+
+    @contextlib.contextmanager
+    def admit(self, path: str, length: int | None) -> Iterator[Reply | None]:
+        """Count a request in flight while it is read and answered, with
+        the body bytes it may bring (``length``, else ``max_body``); a 503
+        when ``max_inflight`` data requests, or ``read_budget`` bytes, are
+        in flight already. A signature can only be checked once the body is
+        in, so this bounds what senders of unverified bodies can make a node
+        hold. Membership messages are never refused: a flood of data
+        requests must not make a healthy node look dead."""
+        if PATHS.get(path) in CONTROL:
+            yield None
+            return
+        size = self.max_body if length is None else min(length, self.max_body)
+        if self._inflight >= self.max_inflight or self._reading + size > self.read_budget:
+            self.refused_busy += 1
+            yield _error(503, "too many requests in flight; try again shortly")
+            return
+        self._inflight += 1
+        self._reading += size
+        try:
+            yield None
+        finally:
+            self._inflight -= 1
+            self._reading -= size
+
+    async def respond(self, path: str, headers: Mapping[str, str], body: bytes) -> Reply:
+        """What this node answers to a peer's ``POST`` of ``body`` to ``path``
+        (relative to the node: ``/v1/<kind>``, whatever prefix it is mounted
+        under). The one implementation behind the built-in server and the
+        app adapters (:mod:`gobucket_py.cluster.mount`)."""
+        refused = self.refuse(path, len(body))
+        if refused is not None:
+            return refused
+        kind = PATHS[path]
+        if self.keyring is not None:
+            try:  # signed over the node-relative path: a mount's prefix is not signed
+                self.keyring.verify("POST", path, headers, body)
+            except ReplayStoreFull as exc:
+                return _error(503, str(exc))
+            except AuthError as exc:
+                return _error(401, str(exc))
             except (TypeError, ValueError):  # hostile header bytes: still just unauthenticated
-                return _error_body(401, "malformed signature headers")
+                return _error(401, "malformed signature headers")
+        assert self._handler is not None
         try:
             message = decode(body, self.max_body)
             reply = await self._handler(kind, message)
+            if kind is Kind.PING and self.datagrams is not None:
+                reply["udp"] = True  # probe us over UDP
+                sender = message.get("from")  # a NodeHeader: [id, boot, addr, ...]
+                if (message.get("udp") is True and isinstance(sender, list)
+                        and len(sender) == 6 and isinstance(sender[2], str)):
+                    if sender[2] not in self.no_udp:
+                        self.udp_peers.add(sender[2])
         except ProtocolError as exc:
-            return _error_body(400, str(exc))
+            return _error(400, str(exc))
         except UnknownBucketError as exc:
-            return _error_body(404, str(exc))
+            return _error(404, str(exc))
         except Exception:
             log.exception("handler failed event=handler_error kind=%s", kind.name)
-            return _error_body(500, "internal error")
-        return web.Response(body=encode(reply), content_type=CONTENT_TYPE)
+            return _error(500, "internal error")
+        return Reply(200, encode(reply))
 
     async def call(self, addr: str, kind: Kind, message: dict[str, Any],
                    timeout: float) -> dict[str, Any]:
+        datagrams = self.datagrams
+        if datagrams is not None and kind in (Kind.PING, Kind.PING_REQ):
+            body = (datagrams.body(message)
+                    if addr in self.udp_peers and "members" not in message else None)
+            if body is not None:
+                try:
+                    return await datagrams.call(addr, kind, body, timeout)
+                except PeerUnavailableError:
+                    if addr in datagrams.verified:
+                        raise
+                    # It never answered over UDP (a firewall?): HTTP from now on.
+                    self.udp_peers.discard(addr)
+                    self.no_udp.add(addr)
+            if kind is Kind.PING:
+                message = {**message, "udp": True}  # it may probe us over UDP
+        reply = await self._call_http(addr, kind, message, timeout)
+        if datagrams is not None and reply.get("udp") is True and addr not in self.no_udp:
+            self.udp_peers.add(addr)
+        return reply
+
+    async def _call_http(self, addr: str, kind: Kind, message: dict[str, Any],
+                         timeout: float) -> dict[str, Any]:
         control = kind in CONTROL
         session = self._control if control else self._session
         if session is None or session.closed:
@@ -205,15 +397,23 @@ class HttpTransport(Transport):
         headers = {"Content-Type": CONTENT_TYPE}
         if self.keyring is not None:  # signed as late as possible: the clock is checked
             headers.update(self.keyring.sign("POST", path, body))
-        async with session.post(f"http://{addr}{path}", data=body, headers=headers) as resp:
+        async with session.post(f"{self._scheme}://{addr}{path}", data=body,
+                                headers=headers) as resp:
             return resp.status, await resp.read()
 
     async def close(self) -> None:
         self._closed = True
+        self._handler = None
+        if self.datagrams is not None:
+            self.datagrams.close()
+            self.datagrams = None
         for session in (self._session, self._control):
             if session is not None:
                 await session.close()
         self._session = self._control = None
+        if self._server is not None:
+            self._server.close()  # no new connections; the runner closes the open ones
+            self._server = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -6,9 +6,10 @@ from bisect import bisect_left
 
 __all__ = ["LATENCY_BOUNDS", "Histogram"]
 
-#: Seconds, from 100 µs to 10 s: firing lateness, forward and probe round trips.
+#: Seconds, from 100 µs to 60 s: firing lateness (a task taken over after a
+#: crash may start many seconds late), forward and probe round trips.
 LATENCY_BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                  0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+                  0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0)
 
 
 class Histogram:
@@ -34,6 +35,21 @@ class Histogram:
     def count(self) -> int:
         """Number of observations."""
         return sum(self.counts)
+
+    def quantile(self, q: float) -> float | None:
+        """The ``q`` quantile (0..1), interpolated within its bucket as
+        Prometheus' ``histogram_quantile`` does; None with no observations.
+        Beyond the last bound it is that bound (a lower bound)."""
+        total = sum(self.counts)
+        if not total:
+            return None
+        rank, seen, lower = q * total, 0, 0.0
+        for bound, count in zip(self.bounds, self.counts, strict=False):
+            if count and seen + count >= rank:
+                return lower + (bound - lower) * (rank - seen) / count
+            seen += count
+            lower = bound
+        return self.bounds[-1]
 
     def cumulative(self) -> list[tuple[str, int]]:
         """``[(le, count of values <= le), ..., ("+Inf", total)]`` as Prometheus wants."""

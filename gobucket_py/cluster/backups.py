@@ -1,0 +1,460 @@
+"""Backups this node keeps of its peers' pending time-bombs, and taking them over.
+
+With ``replicas=k`` a node that accepts a time-bomb (its *primary*) places k
+backups on other nodes (:mod:`.replicas`). A backup is a compact tuple: the
+packed task, its due time and deadline on this node's loop clock (the times
+travel as seconds relative to receipt), and who holds the task: primary node
+id and boot id, the task's origin, and the backup's rank among the k.
+
+A backup is dropped when its primary says the task started or was drained
+(``BACKUP_NOTE``), when its deadline passes, or when the primary leaves
+gracefully (its tasks were handed off and backed up anew by their new
+holders). It is *promoted* -- filled into the local bucket with its original
+due time and deadline, firing at once if already past due -- when the
+primary is proven gone (it restarted: a new boot id) or presumed lost (dead
+for ``lost_after``), and only while this node sees a majority of the nodes
+it knows (not counting those that left) alive: on the minority side of a
+partition nothing is promoted, and the primary there does not start its
+replicated tasks either (see ``Replicas.gate``). With two backups, the rank-1
+holder promotes only if the rank-0 holder is not alive in its view.
+
+A backup may be stale: its primary may have replaced it while this node was
+silent, then started or drained the task. So before it takes a task over, a
+backup holder asks every other alive node (and needs a majority of the
+cluster, not counting the dead primary): a node that holds word from the
+primary that the task started or was drained (a *tombstone*, which the
+primary leaves with a majority whenever a backup holder does not answer),
+holds the task live, took it over already, or holds a backup of it too with
+a lower node id (then that one takes it over) objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BucketClosedError, DuplicateTaskError, GobucketError, ProtocolError
+from ..task import TaskType
+from .items import PACKED_NONE, check_item
+from .membership import Member, MemberState
+from .protocol import Kind
+
+if TYPE_CHECKING:
+    from .group import TaskBucketGroup
+
+__all__ = ["Backups", "decode_backup", "majority"]
+
+log = logging.getLogger("gobucket_py")
+
+#: ``(primary, primary boot, origin, packed data, due, deadline, rank, holders)``;
+#: due and deadline in this node's loop time.
+Backup = tuple[str, str, str, bytes, float, float, int, tuple[str, ...]]
+
+#: Tombstones are kept this long (s), and at most this many.
+TOMB_KEEP = 600.0
+_MAX_TOMBS = 100_000
+
+#: The FILL item of a backup: a task's FILL item, then origin, rank and the
+#: node ids of all its backup holders in rank order.
+BACKUP_FIELDS = 9
+
+
+def decode_backup(raw: object) -> tuple[str, str, bytes, float, float, str, int,
+                                        tuple[str, ...]]:
+    """Check one backup item: ``(bucket, id, packed data, run_after,
+    life_span, origin, rank, holders)``; ``ProtocolError`` if malformed."""
+    if not isinstance(raw, list) or len(raw) != BACKUP_FIELDS:
+        raise ProtocolError(f"each backup item must be a {BACKUP_FIELDS}-item list")
+    bucket, task_id, task_type, _, run_after, life_span = check_item(
+        [*raw[:3], PACKED_NONE, *raw[4:6]])
+    payload, origin, rank, holders = raw[3], raw[6], raw[7], raw[8]
+    if task_type is not TaskType.TIME_BOMB:
+        raise ProtocolError("only time-bombs are backed up")
+    if not isinstance(payload, bytes):
+        raise ProtocolError("backup item data must be msgpack bytes")
+    if not isinstance(origin, str) or type(rank) is not int or not 0 <= rank < 2:
+        raise ProtocolError("backup item origin must be a string and rank 0 or 1")
+    if (not isinstance(holders, list) or not 0 < len(holders) <= 2
+            or not all(isinstance(h, str) for h in holders)):
+        raise ProtocolError("backup item holders must be a list of 1 or 2 node ids")
+    return bucket, task_id, payload, run_after, life_span, origin, rank, tuple(holders)
+
+
+def majority(group: TaskBucketGroup, without: str | None = None) -> bool:
+    """Does this node see a majority of the nodes it knows (itself included,
+    nodes that left gracefully not counted) alive -- not counting
+    ``without``?"""
+    members = group._members.members.values()
+    known = alive = 1
+    for m in members:
+        if m.state is MemberState.LEFT:
+            continue
+        known += 1
+        if m.state is MemberState.ALIVE and m.node_id != without:
+            alive += 1
+    return 2 * alive > known
+
+
+class Backups:
+    """The backups one :class:`~gobucket_py.TaskBucketGroup` holds for its peers."""
+
+    def __init__(self, group: TaskBucketGroup) -> None:
+        self.group = group
+        #: bucket -> (task id, primary node id) -> backup.
+        self.records: dict[str, dict[tuple[str, str], Backup]] = {}
+        #: Tasks promoted here: (bucket, task id, primary node id) -> loop
+        #: time, so a primary that comes back and asks learns it moved.
+        self.promoted: dict[tuple[str, str, str], float] = {}
+        #: Word left by primaries: these tasks started or were drained while
+        #: one of their backup holders was silent -> loop time.
+        self.tombs: dict[tuple[str, str, str], float] = {}
+        # (latest deadline, seq, bucket, keys): expiry, one entry per stored
+        # batch; keys that were dropped or stored again since are skipped.
+        self._expiry: list[tuple[float, int, str, list[tuple[str, str]]]] = []
+        self._seq = itertools.count()
+        # Tasks being confirmed before a takeover: (bucket, task id).
+        self._confirming: set[tuple[str, str]] = set()
+        # Primaries whose backups wait for this node to see a majority.
+        self._waiting: dict[str, str | None] = {}
+        self._retry: asyncio.TimerHandle | None = None
+
+    def __len__(self) -> int:
+        return sum(map(len, self.records.values()))
+
+    def count(self, bucket: str) -> int:
+        """Backups held here for ``bucket``."""
+        return len(self.records.get(bucket, ()))
+
+    # -- what primaries send -----------------------------------------------------------
+
+    def store(self, items: list[Any], primary: Member) -> list[str]:
+        """Keep the backups of one batch; a verdict per item."""
+        group = self.group
+        now = asyncio.get_running_loop().time()
+        self._expire(now)
+        verdicts = []
+        stored: dict[str, list[tuple[str, str]]] = {}
+        latest = now
+        for bucket, task_id, payload, run_after, life_span, origin, rank, holders in items:
+            local = group.buckets.get(bucket)
+            if local is None:
+                verdicts.append("unknown bucket")
+                continue
+            if not group.running:
+                verdicts.append("closed")
+                continue
+            if (bucket, task_id, primary.node_id) in self.tombs:
+                verdicts.append("dropped")  # it started or was drained: a late copy
+                continue
+            where = self.records.get(bucket)
+            if where is None:
+                where = self.records[bucket] = {}
+            key = (task_id, primary.node_id)
+            limit = local.config.max_backups
+            if key not in where and len(where) >= (local.config.max_bucket if limit is None
+                                                   else limit):
+                verdicts.append("backup full")
+                continue
+            deadline = now + life_span
+            where[key] = (primary.node_id, primary.boot, origin, payload, now + run_after,
+                          deadline, rank, holders)
+            stored.setdefault(bucket, []).append(key)
+            latest = max(latest, deadline)
+            verdicts.append("ok")
+        for bucket, keys in stored.items():  # one expiry entry per batch and bucket
+            heapq.heappush(self._expiry, (latest, next(self._seq), bucket, keys))
+        return verdicts
+
+    def note(self, primary: Member, notes: list[Any]) -> list[str]:
+        """A primary's notes: ``[op, bucket, task id]`` with op ``started``
+        or ``drop`` (the backup goes) -- each answered ``ok``, or
+        ``promoted`` if this node already took the task over."""
+        answers = []
+        for entry in notes:
+            if (not isinstance(entry, list) or len(entry) != 3
+                    or entry[0] not in ("started", "drop", "tomb")
+                    or not all(isinstance(v, str) for v in entry)):
+                raise ProtocolError("each backup note is [started|drop|tomb, bucket, task id]")
+            op, bucket, task_id = entry
+            # Word that it started or was drained: kept, so a backup of it
+            # that arrives late (another connection) is refused, and a node
+            # about to take it over learns not to.
+            self._tomb((bucket, task_id, primary.node_id))
+            if op == "tomb":
+                answers.append("ok")
+                continue
+            where = self.records.get(bucket)
+            if where is not None:
+                where.pop((task_id, primary.node_id), None)
+            promoted = (bucket, task_id, primary.node_id) in self.promoted
+            answers.append("promoted" if promoted else "ok")
+        return answers
+
+    # -- membership events ---------------------------------------------------------------
+
+    def primary_left(self, member: Member) -> None:
+        """A primary stopped gracefully: its tasks were handed off (and are
+        backed up anew by their new holders), or ran or were rescued there."""
+        self._drop_where(lambda b: b[0] == member.node_id)
+
+    def primary_back(self, member: Member) -> None:
+        """A primary this node had seen suspect or dead is alive again (same
+        boot id). Drops it sent meanwhile could not reach this node (its word
+        went to others as tombs), so ask it which of its backups here it
+        still needs, and drop the rest: stale backups would hold backup
+        room until their deadline."""
+        if any(b[0] == member.node_id and b[1] == member.boot
+               for where in self.records.values() for b in where.values()):
+            self.group._spawn(self._reconcile(member))
+
+    async def _reconcile(self, member: Member) -> None:
+        group = self.group
+        node, boot = member.node_id, member.boot
+        held = [(bucket, key, b) for bucket, where in self.records.items()
+                for key, b in where.items() if b[0] == node and b[1] == boot]
+        message = {"v": 1, "from": group._members.header(), "notes": [],
+                   "held": [[bucket, key[0]] for bucket, key, _ in held]}
+        try:
+            reply = await group.transport.call(member.addr, Kind.BACKUP_NOTE, message,
+                                               group.config.request_timeout)
+        except GobucketError as exc:
+            log.debug("backups not reconciled node=%s peer=%s error=%s", group.node_id, node,
+                      exc)
+            return  # kept until their deadline, as before; the next return tries again
+        kept = reply.get("kept")
+        if not isinstance(kept, list) or len(kept) != len(held) or member.boot != boot:
+            return
+        dropped = 0
+        for (bucket, key, backup), answer in zip(held, kept, strict=True):
+            where = self.records.get(bucket)
+            # Only the record asked about: one stored again since is newer.
+            if answer == "drop" and where is not None and where.get(key) is backup:
+                del where[key]
+                dropped += 1
+        if dropped:
+            log.info("stale backups dropped after a peer came back event=backups_reconciled "
+                     "node=%s peer=%s dropped=%d kept=%d", group.node_id, node, dropped,
+                     len(held) - dropped)
+
+    def primary_gone(self, member: Member, *, restarted: bool) -> None:
+        """A primary restarted (``restarted``: its backups are those of
+        other boots) or is presumed lost: take its tasks over."""
+        self._waiting[member.node_id] = member.boot if not restarted else None
+        self._promote_waiting()
+
+    def _promote_waiting(self) -> None:
+        self._retry = None
+        group = self.group
+        if not self._waiting or not group.running:
+            return
+        if not majority(group):
+            log.warning("not promoting backups: this node does not see a majority of the "
+                        "cluster alive event=promotion_deferred node=%s primaries=%s",
+                        group.node_id, ",".join(self._waiting))
+            self._retry = asyncio.get_running_loop().call_later(
+                group.config.probe_interval, self._promote_waiting)
+            return
+        members = group._members.members
+        waiting, self._waiting = self._waiting, {}
+        for node, lost_boot in waiting.items():
+            member = members.get(node)
+            if member is None:
+                continue
+            if lost_boot is not None and not member.lost:
+                continue  # it came back after all
+            self._promote(node, lost_boot, member.boot)
+
+    def _promote(self, node: str, lost_boot: str | None, new_boot: str) -> None:
+        """Take over the backups of ``node`` (in ``lost_boot``; None: in any
+        boot but ``new_boot``), once the other nodes confirm (:meth:`_confirm`)."""
+        group = self.group
+        members = group._members.members
+        chosen: list[tuple[str, str, Backup]] = []
+        for bucket, where in self.records.items():
+            mine = [(key, b) for key, b in where.items() if b[0] == node
+                    and (b[1] == lost_boot if lost_boot is not None else b[1] != new_boot)]
+            for key, backup in mine:
+                del where[key]
+                holders = backup[7]
+                if backup[6] == 1 and holders and holders[0] != group.node_id:
+                    first = members.get(holders[0])
+                    if first is not None and first.state is MemberState.ALIVE:
+                        continue  # the rank-0 holder takes it over
+                chosen.append((bucket, key[0], backup))
+        if chosen:
+            # From now on lookups here say "unknown" for them (see at_risk).
+            self._confirming.update((bucket, task_id) for bucket, task_id, _ in chosen)
+            group._spawn(self._confirm(node, chosen))
+
+    def at_risk(self, bucket: str, task_id: str) -> bool:
+        """Is a backup of this task held here for a primary that is not
+        alive (so it may be taken over here)? A lookup then cannot say
+        "not here"."""
+        if (bucket, task_id) in self._confirming:
+            return True
+        where = self.records.get(bucket)
+        if not where:
+            return False
+        for member in self.group._members.members.values():
+            backup = where.get((task_id, member.node_id))
+            if backup is not None and (member.state is not MemberState.ALIVE
+                                       or member.boot != backup[1]):
+                return True
+        return False
+
+    async def _confirm(self, node: str, chosen: list[tuple[str, str, Backup]]) -> None:
+        keys = [(bucket, task_id) for bucket, task_id, _ in chosen]
+        try:
+            await self._confirm_all(node, chosen)
+        finally:
+            self._confirming.difference_update(keys)
+
+    async def _confirm_all(self, node: str, chosen: list[tuple[str, str, Backup]]) -> None:
+        """Ask every other alive node whether ``node`` left word that these
+        tasks started or were drained while a backup holder was silent (a
+        *tombstone*, see ``Replicas``), or whether one of them holds the task
+        live; promote those nobody objects to. Needs an answer from each
+        alive node, and a majority of the cluster counting this one; asked
+        again every probe interval until then."""
+        group = self.group
+        loop = asyncio.get_running_loop()
+        while chosen and group.running:
+            chosen = [c for c in chosen if c[2][5] > loop.time()]  # still within its life
+            if not chosen:
+                return
+            objections = await self._ask_others(node, [(b, t) for b, t, _ in chosen])
+            if objections is not None:
+                self._take_over(node, [c for c, no in zip(chosen, objections, strict=True)
+                                       if no == "ok"])
+                return
+            await asyncio.sleep(group.config.probe_interval)
+
+    async def _ask_others(self, node: str, tasks: list[tuple[str, str]]) -> list[str] | None:
+        group = self.group
+        if not majority(group, without=node):
+            return None
+        others = [m for m in group._members.members.values()
+                  if m.state is MemberState.ALIVE and m.node_id != node]
+        message = {"v": 1, "from": group._members.header(), "notes": [],
+                   "check": [list(t) for t in tasks], "primary": node}
+
+        async def ask(member: Member) -> list[str] | None:
+            try:
+                reply = await group.transport.call(member.addr, Kind.BACKUP_NOTE, message,
+                                                   group.config.request_timeout)
+            except GobucketError:
+                return None
+            answers = reply.get("checked")
+            if not isinstance(answers, list) or len(answers) != len(tasks):
+                return None
+            return [str(a) for a in answers]
+
+        replies = await asyncio.gather(*(ask(m) for m in others))
+        if any(r is None for r in replies):
+            return None
+        verdicts = ["ok"] * len(tasks)
+        for reply in replies:
+            assert reply is not None
+            for i, answer in enumerate(reply):
+                if answer.startswith("backup:") and answer[7:] > group.node_id:
+                    continue  # another backup of it, on a node that defers to this one
+                if answer != "ok":
+                    verdicts[i] = answer
+        return verdicts
+
+    def _take_over(self, node: str, chosen: list[tuple[str, str, Backup]]) -> None:
+        group = self.group
+        now = asyncio.get_running_loop().time()
+        promoted = 0
+        for bucket, task_id, backup in chosen:
+            _, _, origin, payload, due, deadline, _, _ = backup
+            if deadline <= now:
+                continue  # its life span is over: it can no longer run
+            local = group.buckets[bucket]
+            try:
+                data = None if payload == PACKED_NONE else group.codec.unpack(payload)
+            except Exception as exc:  # stored unread; e.g. a type no serializer= here decodes
+                log.warning("backup data cannot be decoded; not promoted "
+                            "event=promotion_failed node=%s bucket=%s task_id=%s error=%s",
+                            group.node_id, bucket, task_id, f"{type(exc).__name__}: {exc}")
+                continue
+            try:
+                task = local.fill_validated(TaskType.TIME_BOMB, task_id, data,
+                                            max(0.0, due - now), deadline - now, over=True)
+            except (DuplicateTaskError, BucketClosedError) as exc:
+                log.warning("backup not promoted event=promotion_failed node=%s bucket=%s "
+                            "task_id=%s error=%s", group.node_id, bucket, task_id, exc)
+                continue
+            local.recovered[task.id] = max(0.0, now - due)
+            self.promoted[(bucket, task.id, node)] = now
+            promoted += 1
+            group._replicas.adopt(bucket, task, origin, node)
+        if promoted:
+            group.events.add("tasks_promoted", f"{promoted} tasks of {node} taken over here",
+                             peer=node)
+            log.warning("took over tasks of a peer that is gone event=tasks_promoted "
+                        "node=%s peer=%s count=%d", group.node_id, node, promoted)
+
+    def check(self, primary: str, tasks: object) -> list[str]:
+        """Answer a backup holder about to take over ``primary``'s tasks:
+        ``tomb`` (it left word that the task started or was drained),
+        ``live`` (a task of that id lives here), ``promoted`` (this node took
+        it over already), or ``ok``."""
+        if not isinstance(tasks, list) or not all(
+                isinstance(t, list) and len(t) == 2 and all(isinstance(v, str) for v in t)
+                for t in tasks):
+            raise ProtocolError("check must be a list of [bucket, task id]")
+        group = self.group
+        answers = []
+        for bucket, task_id in tasks:
+            local = group.buckets.get(bucket)
+            where = self.records.get(bucket)
+            if (bucket, task_id, primary) in self.tombs:
+                answers.append("tomb")
+            elif (bucket, task_id, primary) in self.promoted:
+                answers.append("promoted")
+            elif local is not None and task_id in local:
+                answers.append("live")
+            elif ((where is not None and (task_id, primary) in where)
+                  or (bucket, task_id) in self._confirming):
+                answers.append(f"backup:{group.node_id}")  # two copies: the lower id wins
+            else:
+                answers.append("ok")
+        return answers
+
+    # -- housekeeping ---------------------------------------------------------------------
+
+    def _tomb(self, key: tuple[str, str, str]) -> None:
+        now = asyncio.get_running_loop().time()
+        tombs = self.tombs
+        if len(tombs) >= _MAX_TOMBS:  # the oldest half goes (kept in insertion order)
+            for old in list(tombs)[:_MAX_TOMBS // 2]:
+                del tombs[old]
+        tombs[key] = now
+        while tombs:
+            first = next(iter(tombs))
+            if now - tombs[first] < TOMB_KEEP:
+                break
+            del tombs[first]
+
+    def _drop_where(self, test: Any) -> None:
+        for where in self.records.values():
+            for key in [k for k, b in where.items() if test(b)]:
+                del where[key]
+
+    def _expire(self, now: float) -> None:
+        heap = self._expiry
+        while heap and heap[0][0] < now:
+            _, _, bucket, keys = heapq.heappop(heap)
+            where = self.records.get(bucket)
+            if where is not None:
+                for key in keys:
+                    backup = where.get(key)
+                    if backup is not None and backup[5] < now:
+                        del where[key]
+        if self.promoted and len(self.promoted) > 10_000:
+            horizon = now - 600.0
+            self.promoted = {k: t for k, t in self.promoted.items() if t > horizon}

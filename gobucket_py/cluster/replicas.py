@@ -1,0 +1,621 @@
+"""Replicas, the primary's side: back up each pending time-bomb on k peers.
+
+With ``replicas=k`` (``GroupConfig.replicas``, or a bucket's own
+``BucketConfig.replicas``) a node that accepts a time-bomb -- filled here,
+forwarded here, handed off here, or taken over from a dead peer -- places k
+backups on other alive nodes before the fill is answered: the same two
+choices by free room as overflow, sent in batches through the forwarder
+(``FILL`` with ``backup``), so a batch whose reply is lost is settled, never
+stored twice. A task that cannot get its k backups is not accepted (the fill
+raises :class:`~gobucket_py.NoBackupRoomError`); a taken-over task that
+cannot is kept with fewer (it is already accepted).
+
+Immediate tasks start at once and are not backed up.
+
+What the backups must learn (``BACKUP_NOTE``, batched per holder):
+
+- **started**: before a replicated time-bomb's ``on_execute`` runs, its
+  holders drop their backups and answer (``gate``). So a task is never run
+  by a backup after it started here: if this node dies while it runs, it is
+  reported lost, not run again. The gate waits for each holder that is
+  alive, and -- if this node does not see a majority of the cluster alive
+  -- until it does (it may be on the minority side of a partition, where
+  backups may be taking its tasks over); a holder that answers "promoted"
+  means it took the task over: it does not run here.
+- **drop**: a drained task's backups go before ``drain`` answers DRAINED
+  (each alive holder has answered); for tasks that end otherwise without
+  running (rescued, handed off, out of time) the note is sent and not waited for.
+
+When a holder dies, restarts or leaves, the tasks it backed up are backed up
+again elsewhere (a dead one may come back with its now extra backup: the
+takeover check lets only one copy run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..bucket import TaskBucket
+from ..codec import Codec
+from ..errors import GobucketError, ProtocolError
+from ..task import Task, TaskState
+from .backups import majority
+from .forward import BACKUP, Item, Unsettled
+from .items import PACKED_NONE
+from .membership import Member, MemberState
+from .placement import pick
+from .protocol import Kind
+
+if TYPE_CHECKING:
+    from .group import TaskBucketGroup
+
+__all__ = ["Replicas"]
+
+#: Bound on the records of uncertain drops and taken-over tasks (each ~200 B).
+_MAX_KEPT = 100_000
+
+log = logging.getLogger("gobucket_py")
+
+
+class Replicas:
+    """The backups of the tasks one :class:`~gobucket_py.TaskBucketGroup` holds."""
+
+    def __init__(self, group: TaskBucketGroup) -> None:
+        self.group = group
+        #: (bucket, task id) -> node ids holding its backups (for live
+        #: pending time-bombs of replicated buckets).
+        self.holders: dict[tuple[str, str], list[str]] = {}
+        #: Holders replaced because they went dead, with their boot id: if
+        #: they come back they may have taken the task over (the gate asks).
+        self.former: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        #: Drained (or otherwise ended) tasks whose drop some holder did not
+        #: answer, and those a holder had already taken over (see release()).
+        self.uncertain: dict[tuple[str, str], list[str]] = {}
+        self.taken: dict[tuple[str, str], str] = {}
+        #: Per holder: tasks whose drop (or "started") it missed while it was
+        #: silent -- word went to other nodes as tombs, but its backup stays
+        #: until its deadline unless it is told once it is back.
+        self.missed: dict[str, set[tuple[str, str]]] = {}
+        #: Notes waiting to be sent, per holder: [op, bucket, id] and a future.
+        self._notes: dict[str, list[tuple[list[str], asyncio.Future[str]]]] = {}
+        self._pumps: set[str] = set()
+        # Drops being told, so a retried drain waits for them too.
+        self._dropping: dict[tuple[str, str], asyncio.Future[Any]] = {}
+        # Single fills waiting for this loop pass's placement: (bucket, origin).
+        self._waiting: dict[tuple[str, str], list[tuple[Task, asyncio.Future[bool]]]] = {}
+        # Tasks whose backups are being placed: the gate waits for them.
+        self._placing: dict[tuple[str, str], asyncio.Future[None]] = {}
+        # Reschedules being sent to the backups: True if another came meanwhile.
+        self._moves: dict[tuple[str, str], bool] = {}
+        #: Backups per task, for each bucket that keeps any.
+        self.ks: dict[str, int] = {name: k for name, b in group.buckets.items()
+                                   if (k := self.k(b))}
+
+    def k(self, bucket: TaskBucket) -> int:
+        """Backups per task in ``bucket``."""
+        own = bucket.config.replicas
+        return self.group.config.replicas if own is None else own
+
+    def install(self) -> None:
+        """Gate the replicated buckets' time-bombs (see :meth:`gate`)."""
+        for name in self.ks:
+            self.group.buckets[name].set_gate(self.gate, self.moved)
+
+    # -- placing backups -----------------------------------------------------------------
+
+    def protect_one(self, name: str, task: Task, origin: str) -> asyncio.Future[bool]:
+        """:meth:`protect` for one task; the tasks of one loop pass (and
+        origin) are placed together, as overflowing single fills are."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        key = (name, origin)
+        waiting = self._waiting.get(key)
+        if waiting is None:
+            waiting = self._waiting[key] = []
+            loop.call_soon(self._flush, key)
+        waiting.append((task, future))
+        return future
+
+    def _flush(self, key: tuple[str, str]) -> None:
+        waiting = self._waiting.pop(key, [])
+        if waiting:
+            self.group._spawn(self._protect_waiting(key, waiting))
+
+    async def _protect_waiting(self, key: tuple[str, str],
+                               waiting: list[tuple[Task, asyncio.Future[bool]]]) -> None:
+        try:
+            done = await self.protect(key[0], [task for task, _ in waiting], key[1])
+        except BaseException:
+            done = [False] * len(waiting)  # stop(), or a bug: no caller hangs
+            raise
+        finally:
+            for (_, future), ok in zip(waiting, done, strict=True):
+                if not future.done():
+                    future.set_result(ok)
+
+    async def protect(self, name: str, tasks: list[Task], origin: str) -> list[bool]:
+        """Back each task up on k peers; True for each that got all k. A
+        task that did not keeps the backups it got (the caller withdraws it,
+        see :meth:`withdraw`)."""
+        group = self.group
+        k = self.ks.get(name, 0)
+        if not k or not tasks or group._forwarder is None:
+            return [True] * len(tasks)
+        placing = asyncio.get_running_loop().create_future()
+        keys = [(name, task.id) for task in tasks]
+        registry = self._placing
+        registry.update(dict.fromkeys(keys, placing))
+        try:
+            return await self._protect(name, tasks, origin, k)
+        finally:
+            placing.set_result(None)
+            for key in keys:
+                if registry.get(key) is placing:
+                    del registry[key]
+
+    async def _protect(self, name: str, tasks: list[Task], origin: str, k: int) -> list[bool]:
+        group = self.group
+        forwarder = group._forwarder
+        assert forwarder is not None
+        results = [True] * len(tasks)
+        # Per task, once it has any: nodes that took a backup, nodes that
+        # may have (their batch could not be settled), nodes that refused.
+        have: dict[int, list[str]] = {}
+        maybe: dict[int, list[str]] = {}
+        refused: dict[int, set[str]] = {}
+        codec = group.codec
+        payloads = [PACKED_NONE if task.data is None else _pack(task, codec) for task in tasks]
+        wanted = []
+        for index, payload in enumerate(payloads):
+            if payload is None:
+                results[index] = False
+            else:
+                wanted.append(index)
+        loop = asyncio.get_running_loop()
+        rng = group.rng
+        for _ in range(group.config.max_attempts):
+            wanted = [i for i in wanted if results[i] and tasks[i].state is TaskState.PENDING
+                      and len(have.get(i, ())) < k]
+            if not wanted:
+                break
+            pool = [m for m in group._members.members.values() if m.state is MemberState.ALIVE]
+            room = {m: m.estimate(name) for m in pool}
+            room_of = room.__getitem__
+            sends: dict[Member, tuple[list[int], list[Item]]] = {}
+            now = loop.time()
+            only = pool[0] if len(pool) == 1 else None
+            names_of = {m: [m.node_id] for m in pool}  # one backup: its holders, shared
+            for i in wanted:
+                task = tasks[i]
+                got = have.get(i, [])
+                no = refused.get(i)
+                if k == 1 and not got and no is None and pool:  # the common case: _item inlined
+                    member = only or pick(pool, room_of, rng)
+                    room[member] -= 1
+                    run_after = task._run_at - now
+                    if run_after < 0.0:
+                        run_after = 0.0
+                    life_span = task._deadline - now
+                    if life_span <= run_after:
+                        life_span = run_after + 0.001
+                    share = sends.get(member)
+                    if share is None:
+                        share = sends[member] = ([], [])
+                    share[0].append(i)
+                    share[1].append((name, task.id, 1, payloads[i], run_after, life_span, origin,
+                                     0, names_of[member]))
+                    continue
+                chosen: list[Member] = []
+                for _rank in range(len(got), k):
+                    options = pool if not (got or no or chosen) else [
+                        m for m in pool if m.node_id not in got
+                        and (no is None or m.node_id not in no) and m not in chosen]
+                    if not options:
+                        break
+                    member = pick(options, room_of, rng)
+                    room[member] -= 1
+                    chosen.append(member)
+                if len(got) + len(chosen) < k:
+                    continue  # no node left to try (the end decides, maybe holders count)
+                names = [*got, *(m.node_id for m in chosen)]
+                payload = payloads[i]
+                assert payload is not None  # not wanted otherwise
+                for rank, member in enumerate(chosen, start=len(got)):
+                    share = sends.get(member)
+                    if share is None:
+                        share = sends[member] = ([], [])
+                    share[0].append(i)
+                    share[1].append(_item(task, payload, now, origin, rank, names))
+            if not sends:
+                break
+            futures = [(member, share, forwarder.send_many(member, share[1], mode=BACKUP))
+                       for member, share in sends.items()]
+            for member, (indexes, _), future in futures:
+                node = member.node_id
+                for i, verdict in zip(indexes, await future, strict=True):
+                    if verdict == "ok":
+                        took = have.get(i)
+                        if took is None:
+                            have[i] = [node]
+                        else:
+                            took.append(node)
+                    else:
+                        # Unsettled: it may hold one -- it is told when the task
+                        # starts or is drained, but another is placed (two
+                        # copies of a backup: the takeover check lets one run).
+                        refused.setdefault(i, set()).add(node)
+                        if isinstance(verdict, Unsettled):
+                            maybe.setdefault(i, []).append(node)
+        holders = self.holders
+        for i, task in enumerate(tasks):
+            kept = have.get(i)
+            if i in maybe:
+                kept = [*(kept or ()), *maybe[i]]
+            # A holder whose batch could not be settled counts: it may hold the
+            # backup, which would run the task after a crash here, so refusing
+            # the fill could be a lie (accepted, it has at worst fewer backups).
+            if kept is None or len(kept) < k:
+                results[i] = False
+            if kept:
+                key = (name, task.id)
+                if task.state is TaskState.PENDING:
+                    holders[key] = kept
+                else:  # drained (or ended) while its backups were being placed
+                    self._start_drop(key, kept)
+        return results
+
+    def moved(self, task: Task) -> None:
+        """A bucket's reschedule watcher: the task's backups get its new due
+        time and deadline. Sent again whole (a holder replaces the backup it
+        has, so it is idempotent); one send per task at a time, and a
+        reschedule meanwhile is sent after it, so the last one wins."""
+        key = (task.bucket, task.id)
+        if key in self._moves:
+            self._moves[key] = True
+        elif key in self.holders or key in self._placing:
+            self._moves[key] = True
+            self.group._spawn(self._move(key, task))
+
+    async def _move(self, key: tuple[str, str], task: Task) -> None:
+        group = self.group
+        forwarder = group._forwarder
+        try:
+            placing = self._placing.get(key)
+            if placing is not None:
+                await asyncio.shield(placing)
+            while self._moves.get(key) and task.state is TaskState.PENDING:
+                self._moves[key] = False
+                names = list(self.holders.get(key, ()))
+                payload = _pack(task, group.codec)
+                if not names or forwarder is None or payload is None:
+                    return
+                now = asyncio.get_running_loop().time()
+                origin = group._ended.origins.get(key[0], {}).get(task.id, group.node_id)
+                members = group._members.members
+                sends = []
+                for rank, node in enumerate(names):
+                    member = members.get(node)
+                    if member is not None and member.state is MemberState.ALIVE:
+                        item = _item(task, payload, now, origin, rank, names)
+                        sends.append(forwarder.send_many(member, [item], mode=BACKUP))
+                for verdicts in await asyncio.gather(*sends):
+                    if verdicts[0] != "ok" and task.state is TaskState.PENDING:
+                        log.warning("a backup did not get a reschedule event=backup_not_moved "
+                                    "node=%s bucket=%s task_id=%s error=%s", group.node_id,
+                                    key[0], key[1], verdicts[0])
+        finally:
+            self._moves.pop(key, None)
+
+    async def withdraw(self, bucket: TaskBucket, task: Task) -> bool:
+        """Take back a task whose backups could not all be placed, once every
+        backup it may have got is certainly gone: True if taken back (its
+        fill is refused). False if it stays accepted: it started or ended
+        meanwhile, or a holder that may keep a backup (its batch could not
+        be settled) did not confirm the drop -- refusing it then would be a
+        lie, as that backup would run it if this node crashed (also when
+        the drop takes longer than ``settle_timeout``). The task
+        stays pending here while its backups are dropped, so a drain or its
+        due time meanwhile is served as for any live task."""
+        key = (bucket.name, task.id)
+        self.forget(bucket.name, task.id)
+        dropping = self._dropping.get(key)
+        if dropping is not None:
+            # Bounded, so the fill is answered in time; the drop goes on.
+            done, _ = await asyncio.wait([dropping], timeout=self.group.config.settle_timeout)
+            if not done or key in self.uncertain or key in self.taken:
+                # Kept (its gate tells the silent ones again), and backed up
+                # anew: the drop may have reached the holders it had.
+                if task.state is TaskState.PENDING:
+                    origin = self.group._ended.origins.get(key[0], {}).get(task.id,
+                                                                          self.group.node_id)
+                    self.group._spawn(self._rebackup(key[0], [task], origin))
+                return False
+        return bucket.withdraw(task.id)
+
+    def adopt(self, name: str, task: Task, origin: str, primary: str) -> None:
+        """A task this node took over from ``primary`` as its backup: tell
+        the origin where it is now, and back it up again (best effort)."""
+        group = self.group
+        if origin == group.node_id:
+            group._routes.move(name, task.id, primary, group.node_id, group.boot_id)
+        elif origin != primary:
+            group._ended.accepted(name, task.id, origin)
+            group._ended.promoted(name, task.id, origin, primary)
+        group._spawn(self._rebackup(name, [task], origin))
+
+    async def _rebackup(self, name: str, tasks: list[Task], origin: str) -> None:
+        ok = await self.protect(name, tasks, origin)
+        short = [t.id for t, good in zip(tasks, ok, strict=True) if not good
+                 and t.state is TaskState.PENDING]
+        if short:
+            log.warning("tasks have fewer backups than configured event=backups_short "
+                        "node=%s bucket=%s count=%d", self.group.node_id, name, len(short))
+
+    def holder_gone(self, node: str, *, dead: bool = False) -> None:
+        """A backup holder died (``dead``: it may only be cut off), restarted
+        or left: back its tasks up elsewhere."""
+        group = self.group
+        if not dead:
+            self.missed.pop(node, None)  # restarted or left: it holds none of them now
+        again: dict[str, list[Task]] = {}
+        member = group._members.members.get(node)
+        for key, names in list(self.holders.items()):
+            if node in names:
+                names.remove(node)
+                if dead and member is not None:
+                    self.former.setdefault(key, []).append((node, member.boot))
+                task = group.buckets[key[0]].get(key[1])
+                if task is not None and task.state is TaskState.PENDING:
+                    again.setdefault(key[0], []).append(task)
+        for name, tasks in again.items():
+            origins = group._ended.origins.get(name, {})
+            for task in tasks:
+                group._spawn(self._rebackup(name, [task], origins.get(task.id,
+                                                                      group.node_id)))
+
+    def holder_back(self, node: str) -> None:
+        """A holder this node had seen suspect or dead is alive again: tell it
+        the drops it missed, so those backups do not hold its room until
+        their deadline."""
+        missed = self.missed.pop(node, None)
+        if missed:
+            self.group._spawn(self._tell_missed(node, missed))
+
+    async def _tell_missed(self, node: str, missed: set[tuple[str, str]]) -> None:
+        answers = await asyncio.gather(*(self._note(node, "drop", *key) for key in missed))
+        if answers.count("gone"):  # silent again: kept for its next return
+            self.missed.setdefault(node, set()).update(
+                key for key, answer in zip(missed, answers, strict=True) if answer == "gone")
+
+    # -- telling the backups ------------------------------------------------------------
+
+    async def gate(self, task: Task) -> bool:
+        """Before a replicated time-bomb runs: its backups go (see the module
+        docstring). False if a backup took it over."""
+        group = self.group
+        if not group.running:
+            return True  # stopping: what is still here runs here or is rescued
+        fenced = 0
+        while group.running and not majority(group):  # polled: no membership change feed
+            if not fenced:
+                log.warning("a replicated task is due but this node does not see a majority "
+                            "of the cluster; it waits event=task_fenced node=%s bucket=%s "
+                            "task_id=%s", group.node_id, task.bucket, task.id)
+            fenced += 1
+            await asyncio.sleep(group.config.probe_interval)
+        key = (task.bucket, task.id)
+        placing = self._placing.get(key)
+        if placing is not None:
+            await asyncio.shield(placing)  # its backups are being placed: know where first
+        names = self.holders.pop(key, None) or []
+        names += [n for n in self.uncertain.pop(key, ()) if n not in names]  # drain undone
+        members = group._members.members
+        for node, boot in self.former.pop(key, ()):
+            member = members.get(node)
+            if member is not None and member.boot == boot and node not in names:
+                names.append(node)  # it went dead, and may have taken the task over
+        while names:
+            # Told in a task of its own, which a drain that comes meanwhile
+            # waits for (it cancels this runner, not the telling).
+            await asyncio.shield(self._start_drop(key, names, "started"))
+            if self.taken.pop(key, None) is not None:
+                return False  # a backup took it over (this node was cut off)
+            names = self.uncertain.pop(key, [])
+            if names:  # a silent holder, and no majority to leave word with: wait
+                await asyncio.sleep(group.config.probe_interval)
+        return True
+
+    async def _tomb(self, key: tuple[str, str], told: list[str], have: int) -> bool:
+        """Leave word with every other alive node that the task started or
+        was drained here, for silent holders that may later try to take it
+        over (``told``: the holders asked already, ``have`` of which took
+        the note, which leaves the same word). True if enough nodes have it
+        that, with this one, they are a majority of the cluster: a holder
+        about to take a task over asks every node it sees alive and needs a
+        majority without the primary (``Backups._confirm``), so at least one
+        of them has the word."""
+        group = self.group
+        members = [m for m in group._members.members.values() if m.state is not MemberState.LEFT]
+        others = [m.node_id for m in members
+                  if m.state is MemberState.ALIVE and m.node_id not in told]
+        answers = await asyncio.gather(*(self._note(node, "tomb", *key) for node in others))
+        return 2 * (answers.count("ok") + have + 1) > len(members) + 1
+
+    async def release(self, name: str, task_id: str) -> tuple[str | None, bool]:
+        """Before a pending task is drained here: drop its backups and wait
+        for the holders. Returns the node that had already taken it over (then the drain
+        must follow it there), and whether the answer is certain: every
+        holder dropped its backup, or word was left with another node for
+        those that did not answer (a holder asks every alive node before it
+        takes a task over, see ``Backups._confirm``)."""
+        key = (name, task_id)
+        placing = self._placing.get(key)
+        if placing is not None:  # its backups are being placed: they are dropped after
+            await asyncio.shield(placing)
+        self.forget(name, task_id)
+        dropping = self._dropping.get(key)
+        if dropping is None and key in self.uncertain:  # a retry: ask the silent ones again
+            dropping = self._start_drop(key, self.uncertain.pop(key))
+        if dropping is not None:
+            await asyncio.shield(dropping)
+        took = self.taken.get(key)
+        if took is not None:
+            return took, True
+        return None, key not in self.uncertain
+
+    def forget(self, name: str, task_id: str) -> None:
+        """A task ended here without running: drop its backups (see :meth:`release`)."""
+        key = (name, task_id)
+        names = self.holders.pop(key, None) or []
+        if self.former:
+            members = self.group._members.members
+            for node, boot in self.former.pop(key, ()):
+                member = members.get(node)
+                if member is not None and member.boot == boot and node not in names:
+                    names.append(node)
+        if names:
+            self._start_drop(key, names)
+
+    def _start_drop(self, key: tuple[str, str], names: list[str], op: str = "drop"
+                    ) -> asyncio.Future[None]:
+        dropping = self.group._spawn(self._drop(key, names, op))
+        self._dropping[key] = dropping
+        dropping.add_done_callback(lambda _: self._dropping.pop(key, None))
+        return dropping
+
+    async def _drop(self, key: tuple[str, str], names: list[str], op: str) -> None:
+        """Tell ``names`` that the task started or is to be drained (``op``);
+        record in :attr:`uncertain` the silent ones no word could cover, and
+        in :attr:`taken` a holder that had already taken the task over."""
+        answers = await asyncio.gather(*(self._note(node, op, *key) for node in names))
+        silent = [n for n, a in zip(names, answers, strict=True) if a == "gone"]
+        for node in silent:  # told again once it is back (see holder_back)
+            missed = self.missed.setdefault(node, set())
+            if len(missed) < _MAX_KEPT:
+                missed.add(key)
+        if silent and await self._tomb(key, names, len(names) - len(silent)):
+            silent = []
+        took = [n for n, a in zip(names, answers, strict=True) if a == "promoted"]
+        for table in (self.uncertain, self.taken):
+            if len(table) > _MAX_KEPT:
+                for old in list(table)[:_MAX_KEPT // 2]:
+                    del table[old]
+        if silent:
+            self.uncertain[key] = silent
+        if took:
+            self.taken[key] = took[0]
+
+    def task_ended(self, task: Task) -> None:
+        """A bucket's outcome watcher: the backups of a task that ended
+        without starting (drained, rescued, handed off, out of time) go."""
+        if self.holders:
+            self.forget(task.bucket, task.id)
+
+    async def _note(self, node: str, op: str, bucket: str, task_id: str) -> str:
+        """Tell holder ``node``; its answer (``ok``/``promoted``), or ``gone``
+        once it is not alive (it cannot take the task over then without
+        first learning it was suspected, which makes it drop every backup)."""
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._notes.setdefault(node, []).append(([op, bucket, task_id], future))
+        if node not in self._pumps:
+            self._pumps.add(node)
+            self.group._spawn(self._pump(node))
+        return await future
+
+    async def _pump(self, node: str) -> None:
+        group = self.group
+        try:
+            while self._notes.get(node):
+                await asyncio.sleep(0)  # notes of this loop pass go together
+                batch = self._notes.pop(node, [])
+                member = group._members.members.get(node)
+                while batch:
+                    if member is None or member.state is not MemberState.ALIVE:
+                        _resolve(batch, "gone")
+                        break
+                    message = {"v": 1, "from": group._members.header(),
+                               "notes": [note for note, _ in batch]}
+                    try:
+                        reply = await group.transport.call(member.addr, Kind.BACKUP_NOTE,
+                                                           message,
+                                                           group.config.request_timeout)
+                        answers = reply.get("answers")
+                        if not isinstance(answers, list) or len(answers) != len(batch):
+                            raise GobucketError(f"{node} answered a malformed note reply")
+                    except GobucketError as exc:
+                        log.debug("backup note not delivered node=%s peer=%s error=%s",
+                                  group.node_id, node, exc)
+                        await asyncio.sleep(group.config.probe_interval)
+                        member = group._members.members.get(node)
+                        continue
+                    for (_, future), answer in zip(batch, answers, strict=True):
+                        if not future.done():
+                            future.set_result(str(answer))
+                    break
+        finally:
+            self._pumps.discard(node)
+            rest = self._notes.pop(node, [])
+            _resolve(rest, "gone")
+
+    def handle(self, sender: Member, message: dict[str, Any]) -> dict[str, Any]:
+        """A BACKUP_NOTE: notes from a primary, or a takeover check."""
+        group = self.group
+        if "check" in message:
+            primary = message.get("primary")
+            if not isinstance(primary, str):
+                raise ProtocolError("check needs the primary's node id")
+            return {"v": 1, "checked": group._backups.check(primary, message["check"])}
+        if "held" in message:
+            return {"v": 1, "kept": self.needed(sender.node_id, message["held"])}
+        notes = message.get("notes")
+        if not isinstance(notes, list):
+            notes = []
+        return {"v": 1, "answers": group._backups.note(sender, notes)}
+
+    def needed(self, holder: str, held: object) -> list[str]:
+        """Which of the backups ``holder`` keeps for this node it still needs
+        (``keep``: its backups are being placed, or the task is pending here
+        and ``holder`` is one of its holders, or was until it went dead --
+        the gate still tells it), and which may go (``drop``)."""
+        if not isinstance(held, list) or not all(
+                isinstance(t, list) and len(t) == 2 and all(isinstance(v, str) for v in t)
+                for t in held):
+            raise ProtocolError("held must be a list of [bucket, task id]")
+        buckets = self.group.buckets
+        answers = []
+        for bucket, task_id in held:
+            key = (bucket, task_id)
+            local = buckets.get(bucket)
+            task = None if local is None else local.get(task_id)
+            live = task is not None and task.state is TaskState.PENDING
+            answers.append("keep" if key in self._placing or (live and (
+                holder in self.holders.get(key, ())
+                or any(node == holder for node, _ in self.former.get(key, ())))) else "drop")
+        return answers
+
+
+def _pack(task: Task, codec: Codec) -> bytes | None:
+    """A task's data as it travels in a backup; None if the codec cannot carry it."""
+    try:
+        return codec.pack(task.data)
+    except TypeError as exc:
+        log.warning("task data is not serializable; not backed up event=backup_refused "
+                    "bucket=%s task_id=%s error=%s", task.bucket, task.id, exc)
+        return None
+
+
+def _item(task: Task, payload: bytes, now: float, origin: str, rank: int,
+          names: list[str]) -> Item:
+    """The BACKUP item of ``task`` for its rank-``rank`` holder (times from ``now``)."""
+    run_after = max(0.0, task._run_at - now)
+    life_span = max(task._deadline - now, run_after + 0.001)
+    return (task.bucket, task.id, 1, payload, run_after, life_span, origin, rank, names)
+
+
+def _resolve(batch: list[tuple[list[str], asyncio.Future[str]]], answer: str) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_result(answer)
+

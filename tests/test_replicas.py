@@ -1,0 +1,392 @@
+"""Replicas: a crashed node's pending time-bombs still run, once.
+
+In-memory cluster, faked loop clock. ``replicas=1`` unless a test says
+otherwise; a crash is ``MemoryNetwork.crash`` plus abandoning the group (its
+timers and runners are cancelled, as the process would be gone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from gobucket_py import (
+    BucketConfig,
+    DrainOutcome,
+    GroupConfig,
+    MemoryNetwork,
+    NoBackupRoomError,
+    PeerUnavailableError,
+    TaskBucket,
+    TaskBucketGroup,
+    TaskState,
+    TaskType,
+)
+
+from .conftest import Recorder
+from .test_cluster import Cluster
+
+pytestmark = pytest.mark.looptime
+
+BOMB = TaskType.TIME_BOMB
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[Cluster]:
+    c = Cluster(MemoryNetwork())
+    yield c
+    await c.close()
+
+
+async def three(cluster: Cluster, **cfg: Any) -> list[TaskBucketGroup]:
+    groups = [await cluster.add(f"n{i}", max_bucket=50, replicas=cfg.pop("replicas", 1),
+                                **cfg) for i in (1, 2, 3)]
+    await cluster.settle()
+    return groups
+
+
+async def forwarding(cluster: Cluster) -> TaskBucketGroup:
+    """n1 with one slot, taken: its fills go to n2 or n3 (n1 is their origin)."""
+    n1 = await cluster.add("n1", max_bucket=1, replicas=1)
+    await cluster.add("n2", max_bucket=50, replicas=1)
+    await cluster.add("n3", max_bucket=50, replicas=1)
+    await cluster.settle()
+    await n1.fill("jobs", "local", task_type=BOMB, run_after=30, life_span=60)
+    return n1
+
+
+async def crash(cluster: Cluster, name: str) -> None:
+    """kill -9: the address refuses, the node's timers and runners are gone."""
+    cluster.net.crash(name)
+    group = cluster.groups.pop(name)
+    cluster.recorders[f"{name} (crashed {id(group)})"] = cluster.recorders.pop(name)
+    await group._members.stop()
+    for bucket in group.buckets.values():
+        for task in list(bucket):
+            if task._runner is not None:
+                task._runner.cancel()
+        if bucket._wheel is not None:
+            bucket._wheel.close()
+
+
+def runs(cluster: Cluster, task_id: str) -> int:
+    return cluster.fired().count(task_id)
+
+
+def backups_of(cluster: Cluster, task_id: str) -> list[str]:
+    return [name for name, g in cluster.groups.items()
+            if any(key[0] == task_id for key in g._backups.records.get("jobs", {}))]
+
+
+async def test_a_time_bomb_is_backed_up_on_another_node(cluster: Cluster) -> None:
+    n1, _, _ = await three(cluster)
+    placed = await n1.fill("jobs", "job", task_type=BOMB, run_after=10, life_span=20)
+    assert placed.node_id == "n1"
+    assert len(backups_of(cluster, "job")) == 1
+    assert backups_of(cluster, "job")[0] != "n1"
+    await asyncio.sleep(11)
+    assert runs(cluster, "job") == 1
+    assert backups_of(cluster, "job") == []  # dropped when it started
+
+
+async def test_drain_drops_the_backup_before_answering(cluster: Cluster) -> None:
+    n1, _, _ = await three(cluster)
+    await n1.fill("jobs", "job", task_type=BOMB, run_after=10, life_span=20)
+    assert (await n1.drain("jobs", "job")).outcome is DrainOutcome.DRAINED
+    assert backups_of(cluster, "job") == []
+    await crash(cluster, "n1")  # nothing may bring a drained task back
+    await asyncio.sleep(30)
+    assert runs(cluster, "job") == 0
+
+
+async def test_crash_before_due_the_backup_runs_it_once_at_its_due_time(
+        cluster: Cluster) -> None:
+    n1, n2, n3 = await three(cluster)
+    lost: list[Any] = []
+    for g in (n2, n3):
+        g.on_tasks_lost = lambda *args: lost.append(args)
+    # Filled through n2, placed on n1 (n2 and n3 are full for the moment).
+    placed = await n1.fill("jobs", "job", task_type=BOMB, run_after=10, life_span=20)
+    holder = backups_of(cluster, "job")[0]
+    await asyncio.sleep(2)
+    await crash(cluster, "n1")
+    await cluster.add("n1", max_bucket=50, replicas=1)  # back at once: a new boot id
+    await asyncio.sleep(2)
+    task = cluster.bucket(holder).get("job")
+    assert task is not None and task.state is TaskState.PENDING
+    assert task.recovered == 0.0  # taken over before it was due
+    assert 5 < task.seconds_to_run < 7  # its original due time
+    await asyncio.sleep(10)
+    assert runs(cluster, "job") == 1
+    assert placed.node_id == "n1" and lost == []
+
+
+async def test_reschedule_moves_the_backup_too(cluster: Cluster) -> None:
+    n1, _, _ = await three(cluster)
+    await n1.fill("jobs", "job", task_type=BOMB, run_after=10, life_span=15)
+    holder = backups_of(cluster, "job")[0]
+    assert await n1.buckets["jobs"].reschedule("job", 30)  # a watchdog pushed it back
+    await asyncio.sleep(1)
+    due, deadline = (cluster.groups[holder]._backups.records["jobs"][("job", "n1")][4:6])
+    now = asyncio.get_running_loop().time()
+    assert 28 < due - now < 30 and 33 < deadline - now < 35
+    await crash(cluster, "n1")
+    await cluster.add("n1", max_bucket=50, replicas=1)  # a new boot id: taken over
+    await asyncio.sleep(15)  # past the original due time: it must not run yet
+    assert runs(cluster, "job") == 0
+    task = cluster.bucket(holder).get("job")
+    assert task is not None and 13 < task.seconds_to_run < 15
+    await asyncio.sleep(15)
+    assert runs(cluster, "job") == 1
+
+
+async def test_crash_past_due_it_fires_at_once_and_says_how_late(cluster: Cluster) -> None:
+    n1, _, _ = await three(cluster, lost_after=3)
+    await n1.fill("jobs", "job", task_type=BOMB, run_after=1, life_span=30)
+    holder = backups_of(cluster, "job")[0]
+    n1.buckets["jobs"].set_gate(_never)  # n1 hangs before it can start it...
+    await asyncio.sleep(0.5)
+    await crash(cluster, "n1")  # ...and dies; nobody restarts it
+    await asyncio.sleep(8)  # dead (~0.5 s) + lost_after (3 s) + promotion
+    assert runs(cluster, "job") == 1
+    late = next(t for h, t, _ in cluster.recorders[holder].calls if h == "execute" and t)
+    assert late == "job"
+
+
+async def _never(task: Any) -> bool:
+    await asyncio.Event().wait()
+    return False
+
+
+async def test_forwarded_task_is_backed_up_and_its_route_follows_the_promotion(
+        cluster: Cluster) -> None:
+    n1 = await forwarding(cluster)
+    lost: list[Any] = []
+    n1.on_tasks_lost = lambda *args: lost.append(args)
+    placed = await n1.fill("jobs", "job", task_type=BOMB, run_after=10, life_span=20)
+    holder = placed.node_id
+    backup = backups_of(cluster, "job")
+    assert backup and holder not in backup
+    await crash(cluster, holder)
+    await cluster.add(holder, max_bucket=50, replicas=1)
+    await asyncio.sleep(3)
+    info = await n1.get("jobs", "job")
+    assert info is not None and info.node_id == backup[0] and info.state is TaskState.PENDING
+    assert lost == []
+    assert (await n1.drain("jobs", "job")).outcome is DrainOutcome.DRAINED
+    await asyncio.sleep(20)
+    assert runs(cluster, "job") == 0
+
+
+async def test_a_task_that_started_is_reported_lost_not_run_again(cluster: Cluster) -> None:
+    n1 = await forwarding(cluster)
+    lost: list[Any] = []
+    n1.on_tasks_lost = lambda *args: lost.append(args)
+    placed = await n1.fill("jobs", "slow", task_type=BOMB, run_after=1, life_span=30)
+    cluster.recorders[placed.node_id].work["slow"] = 20.0
+    await asyncio.sleep(2)  # it runs on its holder
+    assert runs(cluster, "slow") == 1
+    await crash(cluster, placed.node_id)
+    await cluster.add(placed.node_id, max_bucket=50, replicas=1)
+    await asyncio.sleep(5)
+    assert runs(cluster, "slow") == 1  # not run again by a backup
+    assert lost == [(placed.node_id, "jobs", ["slow"])]
+
+
+async def test_without_peers_a_replicated_fill_is_refused_and_not_kept(
+        cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=5, replicas=1, seeds=[])
+    with pytest.raises(NoBackupRoomError):
+        await n1.fill("jobs", "job", task_type=BOMB)
+    assert "job" not in n1.buckets["jobs"]
+    await n1.fill("jobs", "now")  # immediate tasks start at once: not backed up
+    await asyncio.sleep(1)
+    assert runs(cluster, "now") == 1
+
+
+async def test_a_minority_primary_waits_and_the_majority_takes_over_once(
+        cluster: Cluster) -> None:
+    n1, _, _ = await three(cluster, lost_after=3)
+    await n1.fill("jobs", "job", task_type=BOMB, run_after=2, life_span=60)
+    holder = backups_of(cluster, "job")[0]
+    cut = cluster.net.partition(["n1"], ["n2", "n3"])
+    await asyncio.sleep(10)  # n1 alone: it may not start it; n2+n3 take it over
+    assert runs(cluster, "job") == 1
+    assert [t for h, t, _ in cluster.recorders[holder].calls if h == "execute"] == ["job"]
+    cut.heal()
+    await asyncio.sleep(5)
+    assert runs(cluster, "job") == 1  # n1 learns it moved and does not run it
+    assert "job" not in n1.buckets["jobs"]
+
+
+async def test_drain_while_its_holder_is_gone_is_unknown_until_backups_answer(
+        cluster: Cluster) -> None:
+    n1 = await forwarding(cluster)
+    placed = await n1.fill("jobs", "job", task_type=BOMB, run_after=20, life_span=40)
+    await crash(cluster, placed.node_id)
+    await cluster.add(placed.node_id, max_bucket=50, replicas=1)
+    answers = []
+    for _ in range(30):
+        try:
+            answers.append((await n1.drain("jobs", "job")).outcome)
+            break
+        except PeerUnavailableError:
+            answers.append(None)
+            await asyncio.sleep(0.2)
+    assert answers[-1] is DrainOutcome.DRAINED
+    assert DrainOutcome.NOT_FOUND not in answers
+    await asyncio.sleep(30)
+    assert runs(cluster, "job") == 0
+
+
+async def test_two_nodes_die_at_once_exactly_the_tasks_with_no_copy_left_are_lost(
+        cluster: Cluster) -> None:
+    """Five nodes, replicas=1; n4 and n5 crash together. The three survivors are a
+    majority: every task with a copy on a survivor runs once; exactly those whose
+    holder and backup both died are reported lost, once each, by their origins."""
+    for name in ("n1", "n2", "n3"):  # small: most of their fills overflow to n4 and n5
+        await cluster.add(name, max_bucket=10, replicas=1, lost_after=3)
+    for name in ("n4", "n5"):
+        await cluster.add(name, max_bucket=100, replicas=1, lost_after=3)
+    await cluster.settle()
+    lost: list[str] = []
+    placed: dict[str, str] = {}
+    for origin in ("n1", "n2", "n3"):
+        group = cluster.groups[origin]
+        group.on_tasks_lost = lambda _peer, _bucket, ids: lost.extend(ids)
+        for i in range(40):
+            task_id = f"{origin}-{i}"
+            placed[task_id] = (await group.fill("jobs", task_id, task_type=BOMB, run_after=20,
+                                                life_span=60)).node_id
+    dead = {"n4", "n5"}
+    copies = {t: {holder, *backups_of(cluster, t)} for t, holder in placed.items()}
+    assert all(len(c) == 2 for c in copies.values())  # one holder, one backup each
+    gone = {t for t, c in copies.items() if c <= dead}
+    saved = {t for t, holder in placed.items() if holder in dead and t not in gone}
+    assert gone and saved, (len(gone), len(saved))
+    await crash(cluster, "n4")
+    await crash(cluster, "n5")
+    await asyncio.sleep(40)  # past lost_after, promote_grace and every due time
+    fired = cluster.fired()
+    assert sorted(lost) == sorted(gone)  # each reported once, nothing else
+    assert {t for t in placed if fired.count(t) == 1} == set(placed) - gone
+    assert not any(fired.count(t) > 1 for t in placed)
+
+
+async def test_drain_after_a_backup_holder_died_is_certain_at_once(cluster: Cluster) -> None:
+    """The task is backed up again on the third node; its dead former holder
+    cannot answer the drop, but the new holder took the word (a majority with the
+    primary): DRAINED on the first try, and it never runs."""
+    n1, _, _ = await three(cluster)
+    placed = [f"t{i}" for i in range(10)]
+    for task_id in placed:
+        await n1.fill("jobs", task_id, task_type=BOMB, run_after=20, life_span=40)
+    on3 = [t for t in placed if backups_of(cluster, t) == ["n3"]]
+    assert on3
+    stall = cluster.net.stall("n3")
+    await asyncio.sleep(5)  # dead to both others, backed up again on n2
+    assert backups_of(cluster, on3[0]) == ["n2", "n3"]
+    assert (await n1.drain("jobs", on3[0])).outcome is DrainOutcome.DRAINED
+    stall.heal()
+    await asyncio.sleep(30)
+    assert runs(cluster, on3[0]) == 0
+
+
+@pytest.mark.parametrize("side", ["both", "holder asks", "primary tells"])
+async def test_a_holder_back_from_a_stall_drops_the_backups_no_longer_needed(
+        cluster: Cluster, side: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Drops sent while a backup holder was silent reach others as tombs, not the
+    holder: once it is back, the backups no longer needed go at once, not at their
+    deadline (they would hold backup room: the cause of a refused fill in the docker
+    kill test). Either side repairs it alone: the holder, if it saw the primary
+    silent, asks it which backups it still needs; the primary, once it sees the
+    holder again, tells it the drops it missed (a paused holder saw nothing).
+    Backups of tasks still pending stay, and none of it runs anything."""
+    from gobucket_py.cluster.backups import Backups
+    from gobucket_py.cluster.replicas import Replicas
+    if side == "primary tells":
+        monkeypatch.setattr(Backups, "primary_back", lambda self, member: None)
+    elif side == "holder asks":
+        monkeypatch.setattr(Replicas, "holder_back", lambda self, node: None)
+    n1, _, _ = await three(cluster)
+    placed = [f"t{i}" for i in range(12)]
+    for task_id in placed:
+        await n1.fill("jobs", task_id, task_type=BOMB, run_after=20, life_span=600)
+    on3 = [t for t in placed if backups_of(cluster, t) == ["n3"]]
+    assert len(on3) >= 2, on3
+    stall = cluster.net.stall("n3")
+    await asyncio.sleep(5)  # dead to both others; n1 backs its tasks up again on n2
+    drained, pending = on3[0], on3[1:]
+    assert (await n1.drain("jobs", drained)).outcome is DrainOutcome.DRAINED
+    n3 = cluster.groups["n3"]
+    assert (drained, "n1") in n3._backups.records["jobs"]  # it could not be told
+    stall.heal()
+    await asyncio.sleep(3)  # alive again to n3: it asks n1
+    assert (drained, "n1") not in n3._backups.records["jobs"]
+    assert all((t, "n1") in n3._backups.records["jobs"] for t in pending)
+    await asyncio.sleep(30)
+    fired = cluster.fired()
+    assert drained not in fired
+    assert all(fired.count(t) == 1 for t in pending)
+    assert all(backups_of(cluster, t) == [] for t in placed)
+
+
+async def test_a_handoff_with_no_room_for_backups_is_kept_with_fewer(
+        cluster: Cluster) -> None:
+    """n3 is dead and n2 leaves: n1 cannot back up what n2 hands it, and keeps
+    it anyway (rather than n2 rescuing it). Alone with a dead peer, n1 has no
+    majority: the task waits for n3 to come back, then runs."""
+    _, n2, _ = await three(cluster)
+    await n2.fill("jobs", "job", task_type=BOMB, run_after=20, life_span=60)
+    await crash(cluster, "n3")
+    await asyncio.sleep(5)  # n3 dead to both
+    await n2.stop()
+    task = cluster.bucket("n1").get("job")
+    assert task is not None and task.state is TaskState.PENDING
+    await asyncio.sleep(20)
+    assert runs(cluster, "job") == 0  # fenced: n1 alone may be the minority side
+    await cluster.add("n3", max_bucket=50, replicas=1)
+    await asyncio.sleep(5)
+    assert runs(cluster, "job") == 1
+    assert [h for h, t, _ in cluster.recorders["n2"].calls if t == "job"] == []
+
+
+async def test_a_refused_fill_leaves_no_backup_that_could_run_it_after_a_crash(
+        cluster: Cluster) -> None:
+    """n1's backup batch reaches n2 late (after the forward timeout and the
+    settling: a "maybe" holder) and n3 keeps no backups. n2 may hold the backup,
+    which would run the task after a crash of n1, so the fill must not be
+    refused: it is accepted, and after n1 crashes at once it runs once on n2.
+    (Refusing it was the bug: a refused task then ran.) Probes tolerate the
+    delay, so nobody is suspected."""
+    net = cluster.net
+    groups = {}
+    slow_link = {"replicas": 1, "probe_interval": 1.0, "probe_timeout": 1.9,
+                 "forward_timeout": 0.5, "settle_timeout": 1.0}
+    for name, max_backups in (("n1", None), ("n2", None), ("n3", 0)):
+        bucket = TaskBucket(BucketConfig(life_span=60, run_after=30, max_bucket=50,
+                                         max_backups=max_backups),
+                            cluster.recorders.setdefault(name, Recorder()), name="jobs")
+        group = TaskBucketGroup({"jobs": bucket}, ["n1"], node_id=name,
+                                transport=net.transport(name),
+                                config=GroupConfig.local(**slow_link), rng=random.Random(name))
+        await group.start()
+        cluster.groups[name] = groups[name] = group
+    await cluster.settle(3)
+    slow = net.delay("n1", "n2", 1.0)
+    try:
+        placed = await groups["n1"].fill("jobs", "job", task_type=BOMB, run_after=10,
+                                         life_span=30)
+    except NoBackupRoomError:
+        placed = None
+    await crash(cluster, "n1")  # at once: nothing n1 meant to send later gets out
+    slow.heal()
+    assert placed is not None and placed.node_id == "n1"
+    assert backups_of(cluster, "job") == ["n2"]
+    await cluster.add("n1", max_bucket=50, **slow_link)  # a new boot id: n2 takes over
+    await asyncio.sleep(20)
+    assert runs(cluster, "job") == 1
