@@ -10,7 +10,9 @@ SWIM with Lifeguard, so that a node's cost does not grow with the cluster:
   few piggybacked membership updates -- never the whole member list.
 - **Indirect probes.** A missed ping is retried through up to
   ``indirect_probes`` other peers (``ping-req``), which tells a dead node from
-  a broken link. If they fail too, the node becomes *suspect* -- unless the
+  a broken link; a ping lost as a UDP datagram is also retried over HTTP at
+  the same time (a lost or queued datagram is not a dead peer, and a
+  two-node cluster has no helpers). If they fail too, the node becomes *suspect* -- unless the
   evidence is void: it spoke to us while we probed it, or our own event loop
   stalled during the indirect round, so the timeouts measured our stall
   rather than its silence. A busy node is not a dead one.
@@ -666,16 +668,19 @@ class Membership:
             message["sync"] = True
         return message
 
-    async def ping(self, addr: str, timeout: float, *, sync: bool = False) -> Member | None:
+    async def ping(self, addr: str, timeout: float, *, sync: bool = False,
+                   stream: bool = False) -> Member | None:
         """One direct probe; with ``sync``, the two nodes swap their whole
-        member lists too. Raises PeerError when it fails.
+        member lists too; with ``stream``, never as a datagram. Raises
+        PeerError when it fails.
 
         Returns the record of the node that answered (which may not be the
         one expected at ``addr``), or None if it was ourselves.
         """
         loop = asyncio.get_running_loop()
         started = loop.time()
-        reply = await self.transport.call(addr, Kind.PING, self._ping_message(sync), timeout)
+        call = self.transport.call_stream if stream else self.transport.call
+        reply = await call(addr, Kind.PING, self._ping_message(sync), timeout)
         self.probe_rtt.observe(loop.time() - started)
         updates = check_gossip(reply.get("updates"))
         members = check_gossip(reply.get("members")) if "members" in reply else None
@@ -734,7 +739,10 @@ class Membership:
             if member.state in (MemberState.DEAD, MemberState.LEFT):
                 return
             started = loop.time()
-            if await self._indirect(member, timeout):
+            second = [self._indirect(member, timeout)]
+            if self.transport.by_datagram(member.addr):
+                second.append(self._stream_probe(member, timeout))
+            if any(await asyncio.gather(*second)):
                 return
             if member.state not in (MemberState.ALIVE, MemberState.SUSPECT):
                 return
@@ -758,6 +766,18 @@ class Membership:
                 self._suspect(member, self.node_id)
         finally:
             member.probing = False
+
+    async def _stream_probe(self, target: Member, timeout: float) -> bool:
+        """Probe ``target`` again over HTTP, alongside the indirect round.
+
+        A datagram may be lost, or wait in a busy peer's socket buffer; a
+        stream probe tells that from a dead peer even with no helpers (a
+        two-node cluster), as memberlist's TCP fallback does.
+        """
+        try:
+            return await self.ping(target.addr, timeout, stream=True) is target
+        except GobucketError:
+            return False
 
     async def _indirect(self, target: Member, probe_timeout: float) -> bool:
         helpers = [m for m in self.members.values()

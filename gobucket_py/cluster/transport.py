@@ -93,6 +93,15 @@ class Transport(ABC):
     async def close(self) -> None:
         """Stop serving and release connections. Idempotent."""
 
+    def by_datagram(self, addr: str) -> bool:
+        """Whether a probe of ``addr`` goes as a datagram, which may be lost."""
+        return False
+
+    async def call_stream(self, addr: str, kind: Kind, message: dict[str, Any],
+                          timeout: float) -> dict[str, Any]:
+        """``call``, never as a datagram: the fallback probe after a lost one."""
+        return await self.call(addr, kind, message, timeout)
+
 
 class Reply(NamedTuple):
     """What a node answers to one peer request, whatever serves it."""
@@ -353,6 +362,13 @@ class HttpTransport(Transport):
         if datagrams is not None and reply.get("udp") is True and addr not in self.no_udp:
             self.udp_peers.add(addr)
         return reply
+
+    def by_datagram(self, addr: str) -> bool:
+        return self.datagrams is not None and addr in self.udp_peers
+
+    async def call_stream(self, addr: str, kind: Kind, message: dict[str, Any],
+                          timeout: float) -> dict[str, Any]:
+        return await self._call_http(addr, kind, message, timeout)
 
     async def _call_http(self, addr: str, kind: Kind, message: dict[str, Any],
                          timeout: float) -> dict[str, Any]:
