@@ -570,6 +570,9 @@ async def test_bad_arguments(cluster: Cluster) -> None:
         TaskBucketGroup({"a": bucket}, ["no-port"])
     with pytest.raises(ValueError, match="port"):
         TaskBucketGroup({"a": bucket}, [], port=70000)
+    for node_id in ("", "has space", "new\nline", "x" * 257):
+        with pytest.raises(ValueError, match="node_id"):
+            TaskBucketGroup({"a": bucket}, [], node_id=node_id)
     with pytest.raises(ValueError, match="secret"):
         TaskBucketGroup({"a": bucket}, [], host="0.0.0.0")
     TaskBucketGroup({"a": bucket}, [], host="0.0.0.0", insecure=True)  # allowed when asked

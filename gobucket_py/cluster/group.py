@@ -58,6 +58,7 @@ from .items import encode_item, task_times
 from .lookup import Lookup
 from .membership import Member, Membership, MemberState, PeerInfo
 from .overflow import Overflow
+from .protocol import MAX_NAME, is_name
 from .replicas import Replicas
 from .routes import Routes
 from .serve import PeerServer
@@ -178,8 +179,9 @@ class TaskBucketGroup:
             raise ValueError("peers must be a list of 'host:port' strings")
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"port must be an int in 0..65535, got {port!r}")
-        if node_id is not None and (not isinstance(node_id, str) or not node_id):
-            raise ValueError(f"node_id must be a non-empty string, got {node_id!r}")
+        if node_id is not None and not is_name(node_id):
+            raise ValueError(f"node_id must be a non-empty string of at most {MAX_NAME} "
+                             f"printable characters without spaces, got {node_id!r}")
         if isinstance(secret, str):
             secret = Keyring.parse(secret, max_skew=self.config.max_clock_skew)
         self.keyring = secret

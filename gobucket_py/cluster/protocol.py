@@ -105,6 +105,18 @@ def number(message: dict[str, Any], name: str) -> float:
     return float(value)
 
 
+#: The longest node id, boot id or address a peer may send.
+MAX_NAME = 256
+
+
+def is_name(value: object) -> bool:
+    """A node id, boot id or address as it may appear on the wire: a
+    non-empty string of at most ``MAX_NAME`` printable characters, no
+    whitespace (it goes into ``key=value`` log lines as it is)."""
+    return (isinstance(value, str) and 0 < len(value) <= MAX_NAME and value.isprintable()
+            and not any(c.isspace() for c in value))
+
+
 @dataclass(slots=True)
 class NodeHeader:
     """Who sent a message: identity, incarnation, state and free capacity.
@@ -129,10 +141,9 @@ class NodeHeader:
         if not isinstance(raw, list) or len(raw) != 6:
             raise ProtocolError("field 'from' must be a 6-item node header")
         node_id, boot, addr, inc, leaving, free = raw
-        if not (isinstance(node_id, str) and node_id and isinstance(boot, str)
-                and isinstance(addr, str) and addr and isinstance(inc, int)
-                and not isinstance(inc, bool) and inc >= 0 and isinstance(leaving, bool)
-                and isinstance(free, dict)):
+        if not (is_name(node_id) and (boot == "" or is_name(boot)) and is_name(addr)
+                and isinstance(inc, int) and not isinstance(inc, bool) and inc >= 0
+                and isinstance(leaving, bool) and isinstance(free, dict)):
             raise ProtocolError("malformed node header in field 'from'")
         for key, value in free.items():
             if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, int):
@@ -155,10 +166,9 @@ def check_gossip(raw: object) -> list[tuple[str, str, str, int, str, str]]:
             raise ProtocolError("each member entry must have 5 or 6 items")
         node_id, boot, addr, inc, state = entry[:5]
         by = entry[5] if len(entry) == 6 else ""
-        if not (isinstance(node_id, str) and node_id and isinstance(boot, str)
-                and isinstance(addr, str) and addr and isinstance(inc, int)
-                and not isinstance(inc, bool) and isinstance(state, str)
-                and isinstance(by, str)):
+        if not (is_name(node_id) and (boot == "" or is_name(boot)) and is_name(addr)
+                and isinstance(inc, int) and not isinstance(inc, bool)
+                and isinstance(state, str) and (by == "" or is_name(by))):
             raise ProtocolError("malformed member entry")
         out.append((node_id, boot, addr, inc, state, by))
     return out
