@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-ca", default=_env("TLS_CA"), metavar="PEM",
                    help="CA that peers' certificates must come from: mutual TLS "
                         "[GOBUCKET_TLS_CA]")
+    p.add_argument("--pages-token", default=_env("PAGES_TOKEN"), metavar="TOKEN",
+                   help="/metrics and /v1/status answer only 'Authorization: Bearer TOKEN' "
+                        "(16+ characters); open the dashboard as /#token=TOKEN "
+                        "[GOBUCKET_PAGES_TOKEN]")
     p.add_argument("--insecure", action="store_true",
                    default=(_env("INSECURE", "") or "").lower() in ("1", "true", "yes"),
                    help="allow a non-loopback address without a secret [GOBUCKET_INSECURE]")
@@ -175,7 +179,8 @@ async def run(args: argparse.Namespace, factory: Any) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    serve_pages(group)  # the dashboard, /metrics and /v1/status next to the peer protocol
+    # the dashboard, /metrics and /v1/status next to the peer protocol
+    serve_pages(group, args.pages_token or None)
     await group.start()
     peers = ",".join(group.seeds) or "-"
     print(f"gobucket-node {group.node_id} listening on {group.address} "

@@ -304,7 +304,8 @@ class TaskBucketGroup:
 
     # -- in the user's own web app -----------------------------------------------
 
-    def attach(self, app: web.Application, path: str = "/gobucket") -> None:
+    def attach(self, app: web.Application, path: str = "/gobucket", *,
+               pages_token: str | None = None) -> None:
         """Serve this node on an aiohttp app's own port, under ``path``.
 
         Adds the peer protocol (signed as on the node's own port), the
@@ -313,7 +314,9 @@ class TaskBucketGroup:
         app runs. The group must be given ``advertise``, the address its
         peers reach the app at (``host:port``; ``path`` is appended), and a
         ``secret`` (or ``insecure=True``). Peers list it as
-        ``host:port/gobucket``. Example::
+        ``host:port/gobucket``. With ``pages_token``, ``/metrics`` and
+        ``/v1/status`` need it as a bearer token (see
+        :func:`~gobucket_py.serve_pages`). Example::
 
             group = TaskBucketGroup(buckets, ["10.0.0.2:8080/gobucket"],
                                     advertise="10.0.0.1:8080", secret=secret)
@@ -323,9 +326,9 @@ class TaskBucketGroup:
         """
         from .mount import attach
 
-        attach(self, app, path)
+        attach(self, app, path, pages_token)
 
-    def asgi(self, path: str = "/gobucket") -> NodeApp:
+    def asgi(self, path: str = "/gobucket", *, pages_token: str | None = None) -> NodeApp:
         """An ASGI app serving this node, to mount at ``path`` in FastAPI or
         Starlette (``app.mount("/gobucket", group.asgi())``): the same routes
         and rules as :meth:`attach`. Mounted apps get no lifespan events, so
@@ -340,11 +343,11 @@ class TaskBucketGroup:
             app.mount("/gobucket", group.asgi())
 
         Served as the top-level ASGI app instead, it runs the group's
-        lifespan itself.
+        lifespan itself. ``pages_token`` is as for :meth:`attach`.
         """
         from .mount import NodeApp, mount
 
-        return NodeApp(self, mount(self, path))
+        return NodeApp(self, mount(self, path), pages_token)
 
     # -- lifecycle ---------------------------------------------------------------
 

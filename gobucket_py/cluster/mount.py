@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 from multidict import CIMultiDict
 
-from ..observe.web import Pages, add_routes
+from ..observe.web import Pages, add_routes, check_token
 from .transport import HttpTransport, Reply, _error, _response, serve_aiohttp
 
 if TYPE_CHECKING:
@@ -70,8 +70,10 @@ def mount(group: TaskBucketGroup, path: str) -> HttpTransport:
     return transport
 
 
-def attach(group: TaskBucketGroup, app: web.Application, path: str) -> None:
+def attach(group: TaskBucketGroup, app: web.Application, path: str,
+           pages_token: str | None = None) -> None:
     """See :meth:`TaskBucketGroup.attach`."""
+    check_token(pages_token)
     transport = mount(group, path)
     prefix = _prefix(path)
 
@@ -80,7 +82,7 @@ def attach(group: TaskBucketGroup, app: web.Application, path: str) -> None:
                                              "/v1/" + request.match_info["kind"]))
 
     app.router.add_post(prefix + "/v1/{kind}", peer)
-    add_routes(app, group.view, prefix)
+    add_routes(app, group.view, prefix, pages_token)
 
     async def lifecycle(_: web.Application) -> AsyncIterator[None]:
         await group.start()
@@ -100,10 +102,12 @@ class NodeApp:
     start and stop the group in the outer app's lifespan.
     """
 
-    def __init__(self, group: TaskBucketGroup, transport: HttpTransport) -> None:
+    def __init__(self, group: TaskBucketGroup, transport: HttpTransport,
+                 pages_token: str | None = None) -> None:
         self.group = group
         self.transport = transport
         self._pages: Pages | None = None
+        self._pages_token = check_token(pages_token)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -119,9 +123,12 @@ class NodeApp:
         method = scope["method"]
         if method in ("GET", "HEAD"):
             if self._pages is None:
-                self._pages = Pages(self.group.view)
+                self._pages = Pages(self.group.view, self._pages_token)
             query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
-            reply = self._pages.get(path, query) or _error(404, f"no such page {path[:100]!r}")
+            authorization = next((v.decode("latin-1") for k, v in scope["headers"]
+                                  if k.lower() == b"authorization"), None)
+            reply = (self._pages.get(path, query, authorization)
+                     or _error(404, f"no such page {path[:100]!r}"))
         elif method == "POST":
             reply = await self._post(scope, receive, path)
         else:
