@@ -66,7 +66,8 @@ class BackupJob(Executor):
     def record(self, task: Task, event: str) -> None:
         line = json.dumps({"event": event, "order": task.id, "node": self.node,
                            "t": time.time()})
-        logging.getLogger("orders").info("backup job %s", line)
+        logging.getLogger("orders").info("backup job %s event=backup_job_%s node=%s order=%s",
+                                         event, event, self.node, task.id)
         if self.ledger:  # one O_APPEND write per line: instances may share the file
             fd = os.open(self.ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:

@@ -178,6 +178,21 @@ async def test_dashboard_shows_nodes_fills_and_a_death(
         "return document.querySelector('[data-node=\"n1\"] svg.history polyline.live')"
         ".getAttribute('points').split(' ').length")
     assert plotted >= 10  # five minutes of history, two points a second so far
+    # One line per series, as many points as the live line; n1 filled 250 tasks and
+    # forwarded 50 of them, so both rates rose above zero (y < 100) at some point.
+    series = await asyncio.to_thread(
+        browser.execute_script,
+        "const n = document.querySelector('[data-node=\"n1\"]');"
+        "return Object.fromEntries([...n.querySelectorAll('svg.history polyline')].map(l =>"
+        "  [l.getAttribute('class'), {ys: l.getAttribute('points').split(' ')"
+        "     .map(p => Number(p.split(',')[1])),"
+        "   legend: n.querySelector(`.legend [data-series=\"${l.getAttribute('class')}\"]`)"
+        "     ?.textContent ?? null}]));")
+    assert sorted(series) == ["drains", "fills", "fires", "forwards", "live"], series
+    assert {len(s["ys"]) for s in series.values()} == {plotted}
+    for key, label in (("fills", "fills/s"), ("forwards", "forwards/s")):
+        assert min(series[key]["ys"]) < 100, (key, series[key])
+        assert series[key]["legend"].startswith(f"{label} (max "), series[key]
     # Every resource the page loaded came from the node itself.
     origins = await asyncio.to_thread(
         browser.execute_script,

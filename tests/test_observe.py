@@ -335,3 +335,63 @@ async def test_promtool_accepts_the_metrics(
                                       input=text.encode(), capture_output=True, timeout=60)
     assert checked.returncode == 0 and not checked.stdout.strip(), (
         checked.stdout.decode(), checked.stderr.decode())
+
+
+@pytest.mark.looptime
+async def test_metrics_count_lost_tasks_and_unavailable_drains() -> None:
+    from gobucket_py import DrainOutcome, MemoryNetwork, PeerUnavailableError
+    from gobucket_py.observe.metrics import registry_for, render
+
+    from .test_cluster import Cluster
+
+    cluster = Cluster(MemoryNetwork())
+    try:
+        n1 = await cluster.add("n1", max_bucket=1)
+        n2 = await cluster.add("n2", max_bucket=10)
+        await cluster.settle()
+        await n1.fill("jobs", "mine", task_type=BOMB)
+        placed = [await n1.fill("jobs", f"t{i}", task_type=BOMB) for i in range(3)]
+        assert all(p.node_id == "n2" for p in placed)
+        lost: list[tuple[str, str, list[str]]] = []
+        n1.on_tasks_lost = lambda *args: lost.append(args)
+        cluster.net.hang("n2")  # the holder does not answer: the drain cannot be settled
+        with pytest.raises(PeerUnavailableError):
+            await n1.drain("jobs", "t0")
+        cluster.net.up("n2")
+        await cluster.settle(3)
+        cluster.net.down("n2")  # crash: its tasks are gone ...
+        await n2.stop()
+        cluster.net.up("n2")
+        await cluster.add("n2")  # ... which its new incarnation (new boot id) shows
+        await cluster.settle()
+        assert [(p, b, sorted(ids)) for p, b, ids in lost] == [("n2", "jobs", ["t0", "t1", "t2"])]
+        assert (await n1.drain("jobs", "t0")).outcome is DrainOutcome.LOST
+        m = samples(render(registry_for(n1.view)).decode())  # what /metrics serves
+        jobs = {"node_id": "n1", "bucket_name": "jobs"}
+        assert value(m, "gobucket_tasks_lost_total", **jobs) == 3
+        assert value(m, "gobucket_lookups_total", node_id="n1", op="drain",
+                     result="unavailable") == 1
+        assert value(m, "gobucket_lookups_total", node_id="n1", op="drain", result="lost") == 1
+        # Nothing lost from the new incarnation's point of view.
+        m2 = samples(render(registry_for(cluster.groups["n2"].view)).decode())
+        assert value(m2, "gobucket_tasks_lost_total", node_id="n2", bucket_name="jobs") == 0
+    finally:
+        await cluster.close()
+
+
+def test_readme_lists_every_log_event() -> None:
+    """Every ``event=`` the library logs is a row of the README's event table."""
+    from pathlib import Path
+
+    from gobucket_py import MemberState
+
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    start = readme.index("Every `event=` the library writes:")
+    table = readme[start:readme.index("\n\n", readme.index("| event |", start))]
+    listed = set(re.findall(r"`([a-z0-9_]+)`", table))
+    written = {name for path in (root / "gobucket_py").rglob("*.py")
+               for name in re.findall(r"event=([a-z0-9_]+)\b(?!%)", path.read_text())}
+    written |= {f"peer_{state.value}" for state in MemberState}  # "event=peer_%s"
+    assert len(written) > 40  # the scan found them
+    assert not written - listed, f"not in README's event table: {sorted(written - listed)}"

@@ -221,8 +221,8 @@ class Backups:
             reply = await group.transport.call(member.addr, Kind.BACKUP_NOTE, message,
                                                group.config.request_timeout)
         except GobucketError as exc:
-            log.debug("backups not reconciled node=%s peer=%s error=%s", group.node_id, node,
-                      exc)
+            log.debug("backups not reconciled event=backups_not_reconciled node=%s peer=%s "
+                      "error=%s", group.node_id, node, exc)
             return  # kept until their deadline, as before; the next return tries again
         kept = reply.get("kept")
         if not isinstance(kept, list) or len(kept) != len(held) or member.boot != boot:

@@ -160,8 +160,8 @@ class Discovery:
 
     def _failed(self, seed: DnsSeed, exc: BaseException) -> None:
         if seed in self._failing:
-            log.debug("dns lookup failed again node=%s name=%s error=%s", self.node_id, seed,
-                      _error_text(exc))
+            log.debug("dns lookup failed again event=dns_lookup_still_failing node=%s name=%s "
+                      "error=%s", self.node_id, seed, _error_text(exc))
             return
         self._failing.add(seed)
         kept = self.found.get(seed)

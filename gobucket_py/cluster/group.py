@@ -88,7 +88,9 @@ async def _call_lost(callback: TasksLost, peer_id: str, bucket: str, task_ids: l
         if inspect.isawaitable(result):
             await result
     except Exception:
-        log.exception("on_tasks_lost raised node=%s", node_id)
+        log.exception("on_tasks_lost raised event=callback_error node=%s "
+                      "callback=on_tasks_lost peer=%s bucket=%s tasks=%d", node_id, peer_id,
+                      bucket, len(task_ids))
 
 
 class GroupState(StrEnum):

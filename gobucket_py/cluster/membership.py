@@ -870,8 +870,8 @@ class Membership:
             member = await self.ping(addr, self.config.probe_timeout, sync=sync)
         except GobucketError as exc:
             if not self._refused_as_clash(addr, exc):
-                log.debug("join attempt failed node=%s addr=%s error=%s", self.node_id, addr,
-                          exc)
+                log.debug("join attempt failed event=join_attempt_failed node=%s addr=%s "
+                          "error=%s", self.node_id, addr, exc)
                 self._seed_failed(addr, exc)
             return
         self._seed_answered(addr)
@@ -958,8 +958,8 @@ class Membership:
                 try:
                     await self.ping(member.addr, cfg.request_timeout, sync=True)
                 except GobucketError as exc:
-                    log.debug("member list sync failed node=%s peer=%s error=%s",
-                              self.node_id, member.node_id, exc)
+                    log.debug("member list sync failed event=sync_failed node=%s peer=%s "
+                              "error=%s", self.node_id, member.node_id, exc)
 
     async def _discover(self) -> None:
         """Look the ``dns:`` seeds up again: join new addresses, drop gone ones."""
@@ -1017,8 +1017,8 @@ class Membership:
                 await self.transport.call(member.addr, Kind.LEAVE, message,
                                           self.config.request_timeout)
             except GobucketError as exc:
-                log.debug("leave not delivered node=%s peer=%s error=%s", self.node_id,
-                          member.node_id, exc)
+                log.debug("leave not delivered event=leave_not_delivered node=%s peer=%s "
+                          "error=%s", self.node_id, member.node_id, exc)
 
         await asyncio.gather(*(tell(m) for m in targets))
 

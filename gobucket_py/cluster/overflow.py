@@ -98,8 +98,8 @@ class Overflow:
                     future.set_exception(self._interrupted(item))
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            log.exception("placing overflowing fills failed node=%s bucket=%s",
-                          self.group.node_id, bucket)
+            log.exception("placing overflowing fills failed event=overflow_error node=%s "
+                          "bucket=%s", self.group.node_id, bucket)
 
     def _interrupted(self, item: Item) -> GobucketError:
         return PlacementUnknownError(
@@ -250,7 +250,9 @@ class Overflow:
             if inspect.isawaitable(result):
                 await result
         except Exception:
-            log.exception("on_peer_schedule_failed raised node=%s", group.node_id)
+            log.exception("on_peer_schedule_failed raised event=callback_error node=%s "
+                          "callback=on_peer_schedule_failed peer=%s bucket=%s task_id=%s",
+                          group.node_id, peer_id, bucket, task_id)
 
     async def place(self, item: Item, *, handoff: bool = False,
                     rejections: dict[str, str] | None = None

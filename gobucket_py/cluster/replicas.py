@@ -545,8 +545,8 @@ class Replicas:
                         if not isinstance(answers, list) or len(answers) != len(batch):
                             raise GobucketError(f"{node} answered a malformed note reply")
                     except GobucketError as exc:
-                        log.debug("backup note not delivered node=%s peer=%s error=%s",
-                                  group.node_id, node, exc)
+                        log.debug("backup note not delivered event=backup_note_not_delivered "
+                                  "node=%s peer=%s error=%s", group.node_id, node, exc)
                         await asyncio.sleep(group.config.probe_interval)
                         member = group._members.members.get(node)
                         continue
