@@ -198,3 +198,34 @@ async def test_dashboard_shows_nodes_fills_and_a_death(
         browser.execute_script,
         "return performance.getEntriesByType('resource').map(e => new URL(e.name).host)")
     assert set(origins) <= {n1.addr}, origins
+
+
+async def test_dashboard_behind_a_pages_token(nodes: Nodes, browser: webdriver.Chrome) -> None:
+    """A node started with a pages token: the page opened as ``/#token=...``
+    shows the cluster; opened without it, it says why it shows nothing."""
+    token = "dashboard-token-0123456789"
+    env = {"GOBUCKET_PAGES_TOKEN": token}
+    n1 = nodes.add("n1", env=env)
+    n2 = nodes.add("n2", [n1], env=env)
+    await nodes.start(n1, n2)
+
+    await asyncio.to_thread(browser.get, f"http://{n1.addr}/")
+    async def refused() -> str | None:
+        text: str = await asyncio.to_thread(
+            browser.execute_script,
+            "const e = document.getElementById('error'); return e.hidden ? '' : e.textContent")
+        return text or None
+
+    message = await wait_for(refused, 10, "the page to say the token is missing", interval=0.2)
+    assert "401" in message and "#token=" in message
+    assert await page_nodes(browser) == {}
+
+    await asyncio.to_thread(browser.get, f"http://{n1.addr}/#token={token}")
+    await asyncio.to_thread(browser.refresh)  # a fragment change alone does not reload
+
+    async def two_alive() -> bool:
+        shown = await page_nodes(browser)
+        return sorted(shown) == ["n1", "n2"] and all(
+            n["state"] == "alive" for n in shown.values())
+
+    await wait_for(two_alive, 15, "two alive nodes on the page with the token", interval=0.2)
