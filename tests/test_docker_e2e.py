@@ -37,6 +37,7 @@ import os
 import random
 import re
 import shutil
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -55,6 +56,7 @@ from gobucket_py import (
     GroupClient,
     PeerUnavailableError,
     TaskType,
+    TLSConfig,
 )
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
@@ -774,3 +776,80 @@ def test_scaled_service_discovers_its_peers_by_dns(scaled_cluster: None) -> None
     print(f"scale: finished {dict(sorted(done.items()))}")
     assert sum(done.values()) == 300
     assert all(done.get(node, 0) == count for node, count in where.items()), (done, where)
+
+
+# -- the TLS profile ----------------------------------------------------------------
+
+TLS_PROJECT = "gobucket-e2e-tls"
+TLS_PORT = os.environ.get("E2E_TLS_NODE1_PORT", "16667")
+
+
+def test_compose_demo_over_mutual_tls(tmp_path: Path) -> None:
+    """docker-compose.tls.yml on top of the demo, with docker/make-tls-certs.sh's
+    certificates: the nodes mesh and the demo runs over mutual TLS (lost 0), and
+    node1's published port speaks only HTTPS, only to holders of a certificate
+    from the demo CA."""
+    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        pytest.skip("Docker Engine is not reachable")
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command (make test installs it)")
+    certs = tmp_path / "tls"
+    made = subprocess.run([str(ROOT / "docker" / "make-tls-certs.sh"), str(certs)],
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    subprocess.run([str(ROOT / "docker" / "build-base-image.sh")], cwd=ROOT, check=True,
+                   timeout=600)
+    env = {**ENV, "GOBUCKET_TAG": "e2e-tls", "GOBUCKET_REPLICAS": "0",
+           "GOBUCKET_LOG_LEVEL": "INFO", "NODE1_PORT": TLS_PORT,
+           "GOBUCKET_TLS_DIR": str(certs)}
+    files = ["-f", "docker-compose.yml", "-f", "docker-compose.tls.yml"]
+
+    def tls(*args: str, check: bool = True,
+            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return compose(*files, *args, check=check, timeout=timeout, project=TLS_PROJECT,
+                       env=env)
+
+    try:
+        tls("up", "--build", "-d", "node1", "node2", "node3", timeout=600)
+        demo = tls("run", "--rm", "demo", timeout=180)
+        print(demo.stdout)
+        summary = next(line for line in demo.stdout.splitlines() if line.startswith("filled="))
+        fields = dict(part.split("=") for part in summary.split())
+        assert fields["lost"] == "0" and "DEMO OK" in demo.stdout
+        placed = {line.split()[0]: int(line.split()[1]) for line in demo.stdout.splitlines()
+                  if line.startswith("node") and line.split()[1].isdigit()}
+        assert placed.get("node2", 0) > 0 and placed.get("node3", 0) > 0  # peers over TLS
+
+        # From the host: plain HTTP gets no answer, HTTPS without a client
+        # certificate is refused, and a client with the demo's certificate is served.
+        addr = f"127.0.0.1:{TLS_PORT}"
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://{addr}/v1/status", timeout=10).read()
+        no_cert = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"https://{addr}/v1/status", timeout=10,
+                                   context=no_cert).read()
+        client_tls = TLSConfig(str(certs / "demo.pem"), str(certs / "demo.key"),
+                               str(certs / "ca.pem"))
+        with urllib.request.urlopen(f"https://{addr}/v1/status", timeout=10,
+                                    context=client_tls.client_context()) as resp:
+            status = json.loads(resp.read())
+        assert status["node"] == "node1"
+        assert {p["node_id"]: p["state"] for p in status["peers"]} == {"node2": "alive",
+                                                                       "node3": "alive"}
+
+        async def fill_and_drain() -> tuple[str, str]:
+            async with GroupClient(addr, secret=SECRET, tls=client_tls) as client:
+                placed = await client.fill("backups", "e2e-tls-1", task_type=TaskType.TIME_BOMB,
+                                           run_after=30, life_span=60)
+                drained = await client.drain("backups", "e2e-tls-1")
+                return placed.node_id, drained.outcome.value
+
+        node, outcome = asyncio.run(fill_and_drain())
+        assert node == "node1" and outcome == "drained"
+    finally:
+        tls("down", "--rmi", "all", "--volumes", "--remove-orphans", check=False)
+        left = subprocess.run(["docker", "ps", "-a", "-q", "--filter",
+                               f"label=com.docker.compose.project={TLS_PROJECT}"],
+                              capture_output=True, text=True).stdout.strip()
+        assert left == "", f"containers left behind: {left}"

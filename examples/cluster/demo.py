@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from gobucket_py import DrainOutcome, GroupClient, TaskType
+from gobucket_py import DrainOutcome, GroupClient, TaskType, TLSConfig
 
 BUCKET = "backups"
 OUTCOMES = ("finished", "failed", "exhausted", "rescued", "drained", "cancelled", "handed_off")
@@ -37,7 +37,10 @@ async def totals(clients: dict[str, GroupClient]) -> dict[str, Counter[str]]:
 async def run(args: argparse.Namespace) -> int:
     rng = random.Random(args.seed)
     addrs = [args.node1, *[a for a in args.others.split(",") if a]]
-    clients = {a: GroupClient(a, secret=args.secret) for a in addrs}
+    tls = None
+    if args.tls_cert or args.tls_key:
+        tls = TLSConfig(args.tls_cert, args.tls_key, args.tls_ca)
+    clients = {a: GroupClient(a, secret=args.secret, tls=tls) for a in addrs}
     for client in clients.values():
         await client.__aenter__()
     try:
@@ -133,6 +136,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--others", default="", help="other nodes, comma-separated; drains are "
                                                 "also sent through them")
     p.add_argument("--secret", default=None, help="the cluster's shared secret")
+    p.add_argument("--tls-cert", default=None, metavar="PEM",
+                   help="client certificate: talk HTTPS to nodes that use TLS (with --tls-key)")
+    p.add_argument("--tls-key", default=None, metavar="PEM", help="the key of --tls-cert")
+    p.add_argument("--tls-ca", default=None, metavar="PEM",
+                   help="CA the nodes' certificates come from")
     p.add_argument("--jobs", type=int, default=300, help="backup jobs to fill")
     p.add_argument("--delay", type=float, default=5.0, help="seconds before a job fires")
     p.add_argument("--drain-ratio", type=float, default=0.7,
