@@ -390,3 +390,27 @@ async def test_a_refused_fill_leaves_no_backup_that_could_run_it_after_a_crash(
     await cluster.add("n1", max_bucket=50, **slow_link)  # a new boot id: n2 takes over
     await asyncio.sleep(20)
     assert runs(cluster, "job") == 1
+
+
+async def test_a_backup_holder_that_stops_gracefully_has_its_backups_placed_again(
+        cluster: Cluster) -> None:
+    """The backup holder of n1's task leaves (SIGTERM): n1 backs the task up
+    on another node at once, so a crash of n1 right after still loses nothing:
+    the new backup runs it, once, at its due time."""
+    n1 = await cluster.add("n1", max_bucket=50, replicas=1)
+    for name in ("n2", "n3", "n4"):
+        await cluster.add(name, max_bucket=50, replicas=1)
+    await cluster.settle()
+    lost: list[Any] = []
+    n1.on_tasks_lost = lambda *args: lost.append(args)
+    await n1.fill("jobs", "job", task_type=BOMB, run_after=10, life_span=30)
+    [first] = backups_of(cluster, "job")
+    await cluster.groups[first].stop()  # graceful: it says it leaves
+    await asyncio.sleep(1)
+    again = [n for n in backups_of(cluster, "job") if n != first]  # first is stopped
+    assert len(again) == 1 and again[0] != "n1", again
+    await crash(cluster, "n1")
+    await cluster.add("n1", max_bucket=50, replicas=1)  # back at once: a new boot id
+    await asyncio.sleep(15)
+    assert runs(cluster, "job") == 1
+    assert [t for h, t, _ in cluster.recorders[again[0]].calls if h == "execute"] == ["job"]
