@@ -15,7 +15,15 @@ This module is the public surface and the wiring. Around it:
 - :mod:`.routes`, :mod:`.ended`: where each forwarded task went, and the
   holders' notices of what ended there;
 - :mod:`.lookup`: drain and get, with three-valued answers;
-- :mod:`.handoff`: moving pending tasks on a graceful stop;
+- :mod:`.fills`: the local-first half of fill, payload checks, and the
+  backups a time-bomb filled here needs (with :mod:`.replicas`,
+  :mod:`.backups`);
+- :mod:`.reactions`, :mod:`.losses`: what the group does when a peer
+  changes, restarts or is presumed lost, and reporting the tasks lost there;
+- :mod:`.lifecycle`, :mod:`.handoff`: the group's states, starting (the
+  membership and forwarding callbacks are wired there), the ordered
+  graceful stop, and moving pending tasks to peers as it goes;
+- :mod:`.arguments`: checks of the constructor's arguments;
 - :mod:`.serve`, :mod:`.items`, :mod:`.transport`: what this node answers,
   a task on the wire, HTTP.
 """
@@ -24,41 +32,34 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
-import ipaddress
-import logging
 import random
 import secrets
-import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from enum import StrEnum
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..bucket import TaskBucket
 from ..codec import Codec, Serializer
 from ..config import GroupConfig
-from ..errors import (
-    BucketClosedError,
-    GobucketError,
-    NoBackupRoomError,
-    PeerUnavailableError,
-    UnknownBucketError,
-)
+from ..errors import BucketClosedError, PeerUnavailableError, UnknownBucketError
 from ..observe.events import EventFeed
-from ..task import DrainResult, FillResult, Task, TaskInfo, TaskType
-from .addresses import check_peer
+from ..task import DrainResult, FillResult, TaskInfo, TaskType
+from . import lifecycle
+from .arguments import check_arguments, check_listen
 from .auth import Keyring
 from .backups import Backups
 from .batches import BatchLedger
 from .ended import EndedNotices
-from .forward import Forwarder, Item
+from .fills import Fills, cannot_travel
+from .forward import Forwarder
 from .handoff import Handoff
 from .items import encode_item, task_times
+from .lifecycle import GroupState
 from .lookup import Lookup
-from .membership import Member, Membership, MemberState, PeerInfo
+from .losses import Losses, TasksLost
+from .membership import Membership, PeerInfo
 from .overflow import Overflow
-from .protocol import MAX_NAME, is_name
+from .reactions import PeerReactions
 from .replicas import Replicas
 from .routes import Routes
 from .serve import PeerServer
@@ -73,42 +74,8 @@ if TYPE_CHECKING:
 
 __all__ = ["GroupState", "TaskBucketGroup"]
 
-log = logging.getLogger("gobucket_py")
-
 #: ``on_peer_schedule_failed(peer_id, bucket, task_id, error)``; may be async.
 ScheduleFailed = Callable[[str, str, str, str], Any]
-#: ``on_tasks_lost(peer_id, bucket, task_ids)``; may be async.
-TasksLost = Callable[[str, str, list[str]], Any]
-
-
-async def _call_lost(callback: TasksLost, peer_id: str, bucket: str, task_ids: list[str],
-                     node_id: str) -> None:
-    try:
-        result = callback(peer_id, bucket, task_ids)
-        if inspect.isawaitable(result):
-            await result
-    except Exception:
-        log.exception("on_tasks_lost raised event=callback_error node=%s "
-                      "callback=on_tasks_lost peer=%s bucket=%s tasks=%d", node_id, peer_id,
-                      bucket, len(task_ids))
-
-
-class GroupState(StrEnum):
-    """Lifecycle of a group; a stopped group cannot be started again."""
-
-    NEW = "new"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class TaskBucketGroup:
@@ -165,36 +132,12 @@ class TaskBucketGroup:
         self.config = config or GroupConfig()
         #: Packs task data wherever it leaves this node and unpacks what comes in.
         self.codec = Codec(serializer)
-        if not isinstance(self.config, GroupConfig):
-            raise TypeError("config must be a GroupConfig")
-        if not buckets:
-            raise ValueError("buckets must name at least one TaskBucket")
-        for name, bucket in buckets.items():
-            if not isinstance(bucket, TaskBucket):
-                raise ValueError(f"buckets[{name!r}] must be a TaskBucket, "
-                                 f"got {type(bucket).__name__}")
-            if bucket.name != name:
-                raise ValueError(f"buckets[{name!r}] is named {bucket.name!r}; create it with "
-                                 f"TaskBucket(..., name={name!r})")
-        self.buckets: dict[str, TaskBucket] = dict(buckets)
-        if isinstance(peers, str) or not all(isinstance(p, str) and p for p in peers):
-            raise ValueError("peers must be a list of 'host:port' strings")
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-            raise ValueError(f"port must be an int in 0..65535, got {port!r}")
-        if node_id is not None and not is_name(node_id):
-            raise ValueError(f"node_id must be a non-empty string of at most {MAX_NAME} "
-                             f"printable characters without spaces, got {node_id!r}")
+        self.buckets = check_arguments(self.config, buckets, peers, port, node_id)
         if isinstance(secret, str):
             secret = Keyring.parse(secret, max_skew=self.config.max_clock_skew)
         self.keyring = secret
         if transport is None:
-            for peer in peers:
-                check_peer(peer)
-            if secret is None and not insecure and not _is_loopback(host):
-                raise ValueError(
-                    f"host: refusing to listen on {host!r} without a secret, because any "
-                    "machine that reaches it could fill and drain tasks; pass secret=... "
-                    "(or GOBUCKET_SECRET), or insecure=True on a trusted network")
+            check_listen(peers, host, secret, insecure)
             transport = HttpTransport(host, port, advertise=advertise, keyring=secret,
                                       max_body=self.config.max_body,
                                       port_fallback=port_fallback, tls=tls)
@@ -230,9 +173,10 @@ class TaskBucketGroup:
         # With replicas: the backups of tasks held here, and those held for peers.
         self._replicas = Replicas(self)
         self._backups = Backups(self)
-        # Holders proven gone or presumed lost whose loss report waits for
-        # backups to take their tasks over: node id -> loop time it ends.
-        self._awaiting: dict[str, float] = {}
+        # Local fills; reporting tasks lost on a gone holder; what membership says.
+        self._fills = Fills(self)
+        self._losses = Losses(self)
+        self._reactions = PeerReactions(self)
         self._background: set[asyncio.Task[Any]] = set()
         self._stopped: asyncio.Future[None] | None = None
         #: Recent membership changes, overflows and drains (for the dashboard).
@@ -284,13 +228,6 @@ class TaskBucketGroup:
         if self.state is not GroupState.RUNNING:
             return dict.fromkeys(self.buckets, 0)
         return {name: b.free for name, b in self.buckets.items()}
-
-    def _is_member_host(self, host: str) -> bool:
-        """Does a known member advertise an address on ``host``?"""
-        if self._membership is None:
-            return False
-        return any(m.addr.rpartition(":")[0].strip("[]") == host
-                   for m in self._membership.members.values())
 
     def _bucket(self, name: str) -> TaskBucket:
         bucket = self.buckets.get(name)
@@ -355,40 +292,7 @@ class TaskBucketGroup:
 
     async def start(self) -> None:
         """Listen, contact the seeds, and start probing. Start once."""
-        if self.state is not GroupState.NEW:
-            raise RuntimeError(f"cannot start a group that is {self.state.value}")
-        self.state = GroupState.RUNNING
-        try:
-            await self.transport.start(self._server.handle)
-        except BaseException:
-            self.state = GroupState.STOPPED
-            raise
-        membership = Membership(node_id=self.node_id, boot=self.boot_id,
-                                transport=self.transport, config=self.config,
-                                capacity=self.capacity, seeds=self.seeds, rng=self.rng)
-        membership.on_restart = self._peer_restarted
-        membership.on_lost = self._peer_lost
-        membership.on_returned = self._peer_returned
-        membership.on_pruned = self._lookup.forget_member
-        self._routes.hold = self._unresolved
-        membership.on_change = self._peer_changed
-        self._membership = membership
-        if isinstance(self.transport, HttpTransport):
-            # Known members' hosts get past the connection cap (see cluster/guard.py).
-            self.transport.limits.trusted = self._is_member_host
-        self._forwarder = Forwarder(self.transport, membership, self.config)
-        self._forwarder.on_batch = self._forwarded_batch
-        self._replicas.install()
-        for name, bucket in self.buckets.items():
-            bucket.node = self.node_id
-            bucket.add_outcome_watcher(self._ended.task_ended if name not in self._replicas.ks
-                                       else self._task_ended)
-        self.started_at = time.time()
-        await membership.start()
-        self.events.add("node_started", f"{self.node_id} started at {self.address}",
-                        node=self.node_id)
-        log.info("node started event=node_started node=%s addr=%s boot=%s seeds=%s",
-                 self.node_id, self.address, self.boot_id, ",".join(self.seeds) or "-")
+        await lifecycle.start(self)
 
     async def stop(self) -> None:
         """Leave gracefully. Idempotent.
@@ -400,44 +304,7 @@ class TaskBucketGroup:
         Fills already placing a task on a peer get their answer first (at
         most ``forward_timeout + settle_timeout`` more).
         """
-        if self._stopped is not None:
-            await asyncio.shield(self._stopped)
-            return
-        self._stopped = asyncio.get_running_loop().create_future()
-        try:
-            if self.state is GroupState.RUNNING:
-                self.state = GroupState.STOPPING
-                self.events.add("node_stopping", f"{self.node_id} is leaving",
-                                node=self.node_id)
-                membership = self._members
-                mounted = not getattr(self.transport, "listen", True)
-                await membership.announce_leave(mounted=mounted)
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + self.config.stop_grace
-                handed = await self._handoff.run(deadline)
-                grace = max(0.0, deadline - loop.time())
-                await asyncio.gather(*(b.close(grace) for b in self.buckets.values()))
-                await self._ended.flush()  # tell origins what ended here, before going
-                assert self._forwarder is not None
-                config = self.config
-                # Let forwards in flight get their verdicts, so no caller is stranded.
-                await self._forwarder.close(config.forward_timeout + config.settle_timeout)
-
-                if self._background:
-                    await asyncio.wait(list(self._background), timeout=config.request_timeout)
-                if mounted:  # its app stopped listening already: say when it is over
-                    await membership.announce_leave(done=True)
-                await membership.stop()
-                log.info("node stopped event=node_stopped node=%s handed_off=%d",
-                         self.node_id, handed)
-            for task in list(self._background):
-                task.cancel()
-            if self._background:
-                await asyncio.wait(list(self._background))
-            await self.transport.close()
-        finally:
-            self.state = GroupState.STOPPED
-            self._stopped.set_result(None)
+        await lifecycle.stop(self)
 
     async def __aenter__(self) -> TaskBucketGroup:
         await self.start()
@@ -454,104 +321,17 @@ class TaskBucketGroup:
         task.add_done_callback(self._background.discard)
         return task
 
-    def _task_ended(self, task: Task) -> None:
-        self._ended.task_ended(task)
-        self._replicas.task_ended(task)
-
-    def _peer_changed(self, member: Member, old: MemberState | None) -> None:
-        if self._replicas.ks or self._backups.records:
-            if member.state is MemberState.DEAD:
-                self._replicas.holder_gone(member.node_id, dead=True)
-            elif member.state is MemberState.LEFT:
-                self._replicas.holder_gone(member.node_id)
-                self._backups.primary_left(member)
-            elif member.state is MemberState.ALIVE and old in (MemberState.SUSPECT,
-                                                               MemberState.DEAD):
-                self._backups.primary_back(member)
-                self._replicas.holder_back(member.node_id)
-        new = member.state.value
-        text = (f"{member.node_id} joined ({member.addr})" if old is None
-                else f"{member.node_id}: {old.value} -> {new}")
-        self.events.add("peer_joined" if old is None else f"peer_{new}", text,
-                        peer=member.node_id)
-
-    def _forwarded_batch(self, member: Member, accepted: int, sent: int, handoff: bool) -> None:
-        what = "handoff" if handoff else "overflow"
-        self.events.add_or_merge(what, member.node_id, accepted, sent)
-
-    def _peer_restarted(self, member: Member, was: MemberState) -> None:
-        self._replicas.holder_gone(member.node_id)  # its backups died with it
-        if was is MemberState.LEFT:
-            # It left gracefully: its tasks were handed off (drains find them).
-            self._routes.forget_node(member.node_id)
-            return
-        self._backups.primary_gone(member, restarted=True)
-        self._report_lost(member.node_id, member.boot, "restarted", other=True)
-
-    def _peer_lost(self, member: Member) -> None:
-        self._backups.primary_gone(member, restarted=False)
-        self._report_lost(member.node_id, member.boot, "presumed lost")
+    # -- lost tasks (see losses.py) ----------------------------------------------
 
     def awaiting_promotion(self, node_id: str) -> bool:
         """Is a loss report for ``node_id`` waiting for backups to take over?"""
-        until = self._awaiting.get(node_id)
-        return until is not None and asyncio.get_running_loop().time() < until
-
-    def _unresolved(self, node_id: str) -> bool:
-        """Is ``node_id`` silent but not yet presumed lost, or gone with its loss
-        report waiting for backups to take over (so routes to it stay)?"""
-        if self._awaiting and self.awaiting_promotion(node_id):
-            return True
-        membership = self._membership
-        member = None if membership is None else membership.members.get(node_id)
-        return member is not None and not member.lost and member.state in (
-            MemberState.SUSPECT, MemberState.DEAD)
-
-    def _peer_returned(self, member: Member) -> None:
-        back = self._routes.unmark_lost(member.node_id, member.boot)
-        if back:
-            self.events.add("tasks_returned", f"{back} tasks presumed lost on "
-                            f"{member.node_id} are live again", peer=member.node_id)
-            log.warning("a peer presumed lost came back with the same boot id; the tasks "
-                        "reported lost there may still run event=tasks_returned node=%s "
-                        "peer=%s count=%d", self.node_id, member.node_id, back)
-
-    def _report_lost(self, node_id: str, boot: str, why: str, *, other: bool = False,
-                     waited: bool = False) -> None:
-        """Report once every task routed to ``node_id`` (in ``boot``; with
-        ``other``, in any earlier boot) as lost. With replicas, first wait
-        ``promote_grace`` for backups to say they took tasks over."""
-        if self._replicas.ks and not waited:
-            loop = asyncio.get_running_loop()
-            grace = self.config.promote_grace
-            self._awaiting[node_id] = loop.time() + grace
-            loop.call_later(grace, lambda: self._report_lost(node_id, boot, why, other=other,
-                                                             waited=True))
-            return
-        if waited and self._awaiting.get(node_id, 0.0) <= asyncio.get_running_loop().time():
-            self._awaiting.pop(node_id, None)
-        if not self.running and self.state is not GroupState.STOPPING:
-            return
-        for bucket, task_ids in self._routes.mark_lost(node_id, boot, other=other).items():
-            self._tell_lost(node_id, bucket, task_ids, why)
+        return self._losses.awaiting_promotion(node_id)
 
     def _report_lost_ids(self, node_id: str, bucket: str, task_ids: list[str], why: str) -> None:
         """Report these tasks routed to ``node_id`` as lost (each once)."""
-        marked = self._routes.mark_lost_ids(bucket, task_ids)
-        if marked:
-            self._tell_lost(node_id, bucket, marked, why)
+        self._losses.report_ids(node_id, bucket, task_ids, why)
 
-    def _tell_lost(self, node_id: str, bucket: str, task_ids: list[str], why: str) -> None:
-        self.lost_counts[bucket] = self.lost_counts.get(bucket, 0) + len(task_ids)
-        self.lost_by_peer[node_id] += len(task_ids)
-        self.events.add("tasks_lost", f"{len(task_ids)} tasks lost on {node_id} ({why})",
-                        bucket=bucket, peer=node_id)
-        log.warning("tasks forwarded to a peer are lost event=tasks_lost node=%s peer=%s "
-                    "reason=%s bucket=%s count=%d", self.node_id, node_id,
-                    why.replace(" ", "_"), bucket, len(task_ids))
-        callback = self.on_tasks_lost
-        if callback is not None:
-            self._spawn(_call_lost(callback, node_id, bucket, task_ids, self.node_id))
+    # -- fill --------------------------------------------------------------------
 
     async def fill(
         self,
@@ -582,31 +362,20 @@ class TaskBucketGroup:
         if local is None or local.closed or self.state is not GroupState.RUNNING:
             local = self._open_bucket(bucket)  # raises why not
         if local.free > 0 or task_id in local:  # no exception on the overflow path
-            if data is not None and self._checks_payloads():
+            if data is not None and self._fills.checks_payloads():
                 try:  # before the fill: a refused fill changes nothing
                     self.codec.pack(data)
                 except TypeError as exc:
-                    raise self._cannot_travel(bucket, task_id, exc) from exc
+                    raise cannot_travel(bucket, task_id, exc) from exc
             task = local.fill_nowait(task_type, task_id, data, run_after=run_after,
                                      life_span=life_span)
             if task_type is TaskType.TIME_BOMB and bucket in self._replicas.ks:
-                await self._back_up_one(local, task)
+                await self._fills.back_up_one(local, task)
             self.fill_counts[bucket][0] += 1
             return FillResult(bucket, task_id, self.node_id, False, task)
         ra, ls = task_times(local, task_type, run_after, life_span)
         item = encode_item(bucket, task_id, data, task_type, ra, ls, self.codec)
         return await self._overflow.fill_one(bucket, item)
-
-    def _checks_payloads(self) -> bool:
-        """Must every fill's data be packable (``GroupConfig.check_payloads``)?"""
-        check = self.config.check_payloads
-        if check is None:  # whenever there is a peer the data may travel to
-            return bool(self.seeds) or bool(self._membership and self._membership.members)
-        return check
-
-    def _cannot_travel(self, bucket: str, task_id: str, error: TypeError) -> TypeError:
-        return TypeError(f"task {task_id!r} in bucket {bucket!r} was not accepted: its data "
-                         f"could not travel to a peer: {error}")
 
     async def fill_many(
         self,
@@ -628,74 +397,7 @@ class TaskBucketGroup:
         stop the rest). Raises only for what concerns every task: an unknown
         or closed bucket, or bad ``task_type``/``run_after``/``life_span``.
         """
-        local = self._open_bucket(bucket)
-        counts = self.fill_counts[bucket]
-        ra, ls = task_times(local, task_type, run_after, life_span)
-        pairs = tasks.items() if isinstance(tasks, Mapping) else tasks
-        results: list[FillResult | Exception | None] = []
-        check, codec = self._checks_payloads(), self.codec
-
-        def overflow() -> Iterator[tuple[int, Item]]:
-            # Lazy, so the first batches are on the wire while later tasks
-            # are still being read (and local room is checked as it is then).
-            for task_id, data in pairs:
-                try:
-                    if local.free > 0 or task_id in local:
-                        if check and data is not None:
-                            try:
-                                codec.pack(data)
-                            except TypeError as exc:
-                                raise self._cannot_travel(bucket, task_id, exc) from exc
-                        task = local.fill_nowait(task_type, task_id, data,
-                                                 run_after=run_after, life_span=life_span)
-                        results.append(FillResult(bucket, task_id, self.node_id, False, task))
-                        counts[0] += 1
-                        continue
-                    item = encode_item(bucket, task_id, data, task_type, ra, ls, codec)
-                except (GobucketError, TypeError, ValueError) as exc:
-                    results.append(exc)
-                    continue
-                results.append(None)
-                yield len(results) - 1, item
-
-        await self._overflow.place_many(bucket, overflow(), results)
-        if task_type is TaskType.TIME_BOMB and bucket in self._replicas.ks:
-            here = [(i, r.task) for i, r in enumerate(results)
-                    if isinstance(r, FillResult) and r.task is not None]
-            refused = await self._back_up(local, [task for _, task in here])
-            for (index, _), error in zip(here, refused, strict=True):
-                if error is not None:
-                    results[index] = error
-                    counts[0] -= 1
-        assert all(r is not None for r in results)
-        return results  # type: ignore[return-value]
-
-    async def _back_up_one(self, local: TaskBucket, task: Task) -> None:
-        """Back up one time-bomb filled here (with the others of this loop
-        pass); raises NoBackupRoomError if it could not be (it is taken back)."""
-        replicas = self._replicas
-        if await replicas.protect_one(local.name, task, self.node_id):
-            return
-        if await replicas.withdraw(local, task):
-            raise self._no_backup_room(local, task)
-
-    def _no_backup_room(self, local: TaskBucket, task: Task) -> NoBackupRoomError:
-        k = self._replicas.ks[local.name]
-        return NoBackupRoomError(
-            f"task {task.id!r} in bucket {local.name!r} was not accepted: it needs "
-            f"{k} backup(s) on other alive nodes (replicas={k}) and too few peers had "
-            "room (or its data is not serializable)")
-
-    async def _back_up(self, local: TaskBucket, tasks: list[Task]) -> list[Exception | None]:
-        """Back up time-bombs filled here; None for each that got its
-        backups, else the error (it was taken back, not accepted)."""
-        replicas = self._replicas
-        done = await replicas.protect(local.name, tasks, self.node_id)
-        failed = [task for task, ok in zip(tasks, done, strict=True) if not ok]
-        taken = dict(zip(failed, await asyncio.gather(
-            *(replicas.withdraw(local, task) for task in failed)), strict=True))
-        return [self._no_backup_room(local, task) if taken.get(task) else None
-                for task in tasks]
+        return await self._fills.many(bucket, tasks, task_type, run_after, life_span)
 
     def _open_bucket(self, name: str) -> TaskBucket:
         if self.state is not GroupState.RUNNING:

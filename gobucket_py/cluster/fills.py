@@ -1,0 +1,124 @@
+"""Fills: the local-first half of ``fill`` and ``fill_many``.
+
+A task goes into the local bucket while it has room; the rest overflows to
+peers (:mod:`.overflow`). Before a task is accepted here its data is
+checked to be packable when it may have to travel (``check_payloads``), so
+a refused fill changes nothing. With replicas, a time-bomb filled here is
+accepted only once it has its backups on other nodes (:mod:`.replicas`);
+if it cannot get them it is taken back and the caller gets
+:class:`~gobucket_py.NoBackupRoomError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..errors import GobucketError, NoBackupRoomError
+from ..task import FillResult, Task, TaskType
+from .forward import Item
+from .items import encode_item, task_times
+
+if TYPE_CHECKING:
+    from ..bucket import TaskBucket
+    from .group import TaskBucketGroup
+
+__all__ = ["Fills", "cannot_travel"]
+
+
+def cannot_travel(bucket: str, task_id: str, error: TypeError) -> TypeError:
+    """The error for a task whose data could not be packed for a peer."""
+    return TypeError(f"task {task_id!r} in bucket {bucket!r} was not accepted: its data "
+                     f"could not travel to a peer: {error}")
+
+
+class Fills:
+    """The local fills of one :class:`~gobucket_py.TaskBucketGroup`."""
+
+    def __init__(self, group: TaskBucketGroup) -> None:
+        self.group = group
+
+    def checks_payloads(self) -> bool:
+        """Must every fill's data be packable (``GroupConfig.check_payloads``)?"""
+        group = self.group
+        check = group.config.check_payloads
+        if check is None:  # whenever there is a peer the data may travel to
+            return bool(group.seeds) or bool(group._membership and group._membership.members)
+        return check
+
+    async def many(self, bucket: str, tasks: Mapping[str, Any] | Iterable[tuple[str, Any]],
+                   task_type: TaskType, run_after: float | None,
+                   life_span: float | None) -> list[FillResult | Exception]:
+        """The body of :meth:`~gobucket_py.TaskBucketGroup.fill_many`."""
+        group = self.group
+        local = group._open_bucket(bucket)
+        counts = group.fill_counts[bucket]
+        ra, ls = task_times(local, task_type, run_after, life_span)
+        pairs = tasks.items() if isinstance(tasks, Mapping) else tasks
+        results: list[FillResult | Exception | None] = []
+        check, codec, node_id = self.checks_payloads(), group.codec, group.node_id
+
+        def overflow() -> Iterator[tuple[int, Item]]:
+            # Lazy, so the first batches are on the wire while later tasks
+            # are still being read (and local room is checked as it is then).
+            for task_id, data in pairs:
+                try:
+                    if local.free > 0 or task_id in local:
+                        if check and data is not None:
+                            try:
+                                codec.pack(data)
+                            except TypeError as exc:
+                                raise cannot_travel(bucket, task_id, exc) from exc
+                        task = local.fill_nowait(task_type, task_id, data,
+                                                 run_after=run_after, life_span=life_span)
+                        results.append(FillResult(bucket, task_id, node_id, False, task))
+                        counts[0] += 1
+                        continue
+                    item = encode_item(bucket, task_id, data, task_type, ra, ls, codec)
+                except (GobucketError, TypeError, ValueError) as exc:
+                    results.append(exc)
+                    continue
+                results.append(None)
+                yield len(results) - 1, item
+
+        await group._overflow.place_many(bucket, overflow(), results)
+        if task_type is TaskType.TIME_BOMB and bucket in group._replicas.ks:
+            here = [(i, r.task) for i, r in enumerate(results)
+                    if isinstance(r, FillResult) and r.task is not None]
+            refused = await self.back_up(local, [task for _, task in here])
+            for (index, _), error in zip(here, refused, strict=True):
+                if error is not None:
+                    results[index] = error
+                    counts[0] -= 1
+        assert all(r is not None for r in results)
+        return results  # type: ignore[return-value]
+
+    async def back_up_one(self, local: TaskBucket, task: Task) -> None:
+        """Back up one time-bomb filled here (with the others of this loop
+        pass); raises NoBackupRoomError if it could not be (it is taken back)."""
+        group = self.group
+        replicas = group._replicas
+        if await replicas.protect_one(local.name, task, group.node_id):
+            return
+        if await replicas.withdraw(local, task):
+            raise self._no_backup_room(local, task)
+
+    async def back_up(self, local: TaskBucket, tasks: list[Task]) -> list[Exception | None]:
+        """Back up time-bombs filled here; None for each that got its
+        backups, else the error (it was taken back, not accepted)."""
+        group = self.group
+        replicas = group._replicas
+        done = await replicas.protect(local.name, tasks, group.node_id)
+        failed = [task for task, ok in zip(tasks, done, strict=True) if not ok]
+        taken = dict(zip(failed, await asyncio.gather(
+            *(replicas.withdraw(local, task) for task in failed)), strict=True))
+        return [self._no_backup_room(local, task) if taken.get(task) else None
+                for task in tasks]
+
+    def _no_backup_room(self, local: TaskBucket, task: Task) -> NoBackupRoomError:
+        k = self.group._replicas.ks[local.name]
+        return NoBackupRoomError(
+            f"task {task.id!r} in bucket {local.name!r} was not accepted: it needs "
+            f"{k} backup(s) on other alive nodes (replicas={k}) and too few peers had "
+            "room (or its data is not serializable)")
