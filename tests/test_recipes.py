@@ -12,19 +12,27 @@ and judged by the ledger its backup jobs write (one JSON line per event,
   every unconfirmed job runs exactly once, no confirmed one at all;
 - ``uvicorn --workers 2`` (node-port mode, ``port_fallback``): orders over
   one keep-alive connection (one worker) overflow to the other worker, and
-  confirms on fresh connections drain jobs held by either.
+  confirms on fresh connections drain jobs held by either;
+- the README's gunicorn recipe (``workers.py``, extracted from README.md and
+  run as printed, with the command its docstring gives, ``-w 2`` and a free
+  port): the same checks through gunicorn's aiohttp worker, then SIGTERM
+  stops the master and both workers cleanly.
 
 Every process runs in its own session and is terminated at teardown by its
-pid (uvicorn's workers through its process group), even when a test fails.
+pid (the servers' workers through its process group), even when a test fails.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
+import re
+import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -85,6 +93,10 @@ class App:
         if sig in (signal.SIGSTOP, signal.SIGCONT):
             self.paused = sig is signal.SIGSTOP
 
+    def pids(self, pattern: str) -> list[int]:
+        """The pids that ``pattern`` (one group: the pid) finds in the log, in order."""
+        return [int(pid) for pid in re.findall(pattern, self.log())]
+
     async def wait_exit(self, timeout: float) -> int:
         proc = self.proc
         assert proc is not None
@@ -105,7 +117,7 @@ class App:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=5)
-        if self.group_alive():  # uvicorn's workers, should its supervisor have died first
+        if self.group_alive():  # the workers, should their supervisor have died first
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
 
@@ -198,6 +210,16 @@ def uvicorn(port: int, *args: str) -> list[str]:
     say when a shutdown completed; no access log)."""
     return [sys.executable, "-m", "uvicorn", "examples.fastapi_app:app", "--host", "127.0.0.1",
             "--port", str(port), "--no-access-log", *args]
+
+
+def reachable(address: str) -> bool:
+    """Does anything accept a TCP connection on ``host:port``?"""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 async def stopped_cleanly(app: App, timeout: float = 20.0) -> None:
@@ -310,11 +332,15 @@ async def test_three_instances_confirm_anywhere_and_hand_off(apps: Apps, start: 
 # -- uvicorn --workers 2: each worker its own node (node ports, port_fallback) -------
 
 
-async def test_uvicorn_two_workers_overflow_and_confirm_across_workers(apps: Apps) -> None:
-    port, node_port = free_port(), free_port()
-    env = apps.base_env(GOBUCKET_NODE_PORT=str(node_port), ORDERS_MAX_JOBS="4",
-                        ORDERS_CONFIRM_WITHIN="3")
-    app = apps.add("workers", uvicorn(port, "--workers", "2"), env, port)
+async def overflow_and_confirm_across_workers(
+        app: App, node_port: int, fired: Any, confirm_within: float) -> dict[str, str]:
+    """Two workers, each its own node (the first on ``node_port``, advertised
+    as ``127.0.0.1:PORT``, holding 4 jobs): orders over one keep-alive
+    connection overflow from one worker to the other, confirms on fresh
+    connections drain jobs held by either, across workers, and every
+    unconfirmed job runs exactly once (``fired()``: the orders whose backup
+    job ran, one entry per run), none of the confirmed ones. Returns where
+    each order's job was held."""
     async with aiohttp.ClientSession() as http:
         first = f"http://127.0.0.1:{node_port}/v1/status"
         await meshed(http, [app], [first], 1)
@@ -328,9 +354,10 @@ async def test_uvicorn_two_workers_overflow_and_confirm_across_workers(apps: App
     answering = set()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as one:
         for i in range(7):
-            status, body, _ = await post(one, f"{app.url}/orders/w-{i}")
+            order = f"w-{i}"
+            status, body, _ = await post(one, f"{app.url}/orders/{order}")
             assert status == 201, body
-            held[body["order"]] = body["held_by"]
+            held[order] = body["held_by"]
             answering.add(body["node"])
     assert len(answering) == 1 and sorted(Counter(held.values()).values()) == [3, 4], held
     # Confirms on fresh connections, so either worker may answer: two jobs of each.
@@ -355,10 +382,132 @@ async def test_uvicorn_two_workers_overflow_and_confirm_across_workers(apps: App
             answers.append(body)
     assert any(b["node"] != b["held_by"] for b in answers), answers  # across workers
     expected = set(held) - set(to_confirm)
-    await wait_for(lambda: apps.done("finished") >= expected, 15,
+    await wait_for(lambda: set(fired()) >= expected, confirm_within + 15,
                    "the three unconfirmed jobs to run", 0.1)
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # a confirmed job that ran anyway would show by now
+    assert Counter(fired()) == Counter(expected)
+    return held
+
+
+async def test_uvicorn_two_workers_overflow_and_confirm_across_workers(apps: Apps) -> None:
+    port, node_port = free_port(), free_port()
+    env = apps.base_env(GOBUCKET_NODE_PORT=str(node_port), ORDERS_MAX_JOBS="4",
+                        ORDERS_CONFIRM_WITHIN="3")
+    app = apps.add("workers", uvicorn(port, "--workers", "2"), env, port)
+
+    def fired() -> list[str]:
+        return [e["order"] for e in apps.events() if e["event"] == "finished"]
+
+    held = await overflow_and_confirm_across_workers(app, node_port, fired, 3.0)
     events = apps.events()
-    assert Counter(e["order"] for e in events if e["event"] == "started") == Counter(expected)
+    assert Counter(e["order"] for e in events if e["event"] == "started") == Counter(fired())
     assert all(e["node"] == held[e["order"]] for e in events), events
     await stopped_cleanly(app)
+
+
+# -- the README's gunicorn recipe: gunicorn -w 2 -k aiohttp.GunicornWebWorker ------------
+
+#: The README's gunicorn recipe: a ```python block whose docstring is
+#: ``"""workers.py -- gunicorn ...command..."""``.
+GUNICORN_RECIPE = re.compile(
+    r'^```python\n(?P<code>"""workers\.py -- (?P<command>gunicorn [^"\n]+)""".*?)^```$',
+    re.M | re.S)
+#: Seconds before an unconfirmed order's backup job runs, in the gunicorn test.
+CONFIRM = 5.0
+#: What the recipe's backup job prints when it runs.
+RAN = re.compile(r"^(\S+) was not confirmed in time: running its backup job$", re.M)
+
+
+def listening_pid(pids: list[int], port: int) -> int:
+    """Which of ``pids`` listens on TCP ``port`` (read from /proc: Linux)."""
+    sockets = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as rows:
+            for row in list(rows)[1:]:
+                fields = row.split()  # local address (hex ip:port), ..., state, ..., inode
+                if fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
+                    sockets.add(f"socket:[{fields[9]}]")
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") in sockets:
+                        return pid
+    raise AssertionError(f"none of {pids} listens on port {port}")
+
+
+def gunicorn_recipe(directory: Path, port: int, workers: int) -> list[str]:
+    """Write the README's recipe to ``directory/workers.py`` as printed; return its
+    command (``python -m gunicorn``, from ``directory``) with ``-w workers`` and
+    ``-b 127.0.0.1:port`` instead of the README's."""
+    found = GUNICORN_RECIPE.search((ROOT / "README.md").read_text())
+    assert found, "README.md has no gunicorn recipe (a workers.py block)"
+    (directory / "workers.py").write_text(found["code"])
+    command = shlex.split(found["command"])
+    assert command[:2] == ["gunicorn", "workers:make_app"], command
+    assert "aiohttp.GunicornWebWorker" in command, command  # the aiohttp worker (-k)
+    options = {"-w": str(workers), "-b": f"127.0.0.1:{port}"}
+    assert set(options) <= set(command), command
+    argv = [options.get(before, arg)
+            for before, arg in zip(["", *command[:-1]], command, strict=True)]
+    return [sys.executable, "-m", *argv, "--chdir", str(directory)]
+
+
+async def test_gunicorn_recipe_two_workers(apps: Apps) -> None:
+    """The README's recipe under ``gunicorn -w 2 -k aiohttp.GunicornWebWorker``:
+    each worker its own node (overflow and confirms across workers), a worker
+    stopped alone hands its jobs to the other, SIGTERM stops the whole server."""
+    if importlib.util.find_spec("gunicorn") is None:
+        pytest.fail("gunicorn is not installed (a test extra): run make install")
+    port, node_port = free_port(), free_port()
+    env = apps.base_env(GOBUCKET_NODE_PORT=str(node_port), ORDERS_MAX_JOBS="4",
+                        ORDERS_CONFIRM_WITHIN=str(CONFIRM),
+                        # gunicorn's control socket (gunicorn >= 25): here, not in ~/.gunicorn
+                        XDG_RUNTIME_DIR=str(apps.logdir))
+    app = apps.add("gunicorn", gunicorn_recipe(apps.logdir, port, 2), env, port)
+
+    def fired() -> list[str]:
+        return RAN.findall(app.log())
+
+    held = await overflow_and_confirm_across_workers(app, node_port, fired, CONFIRM)
+    ran = Counter(fired())
+    workers = app.pids(r"Booting worker with pid: (\d+)")
+    assert len(workers) == 2, app.log()[-3000:]
+    # One worker stopped alone (as gunicorn recycles workers: --max-requests,
+    # TTOU): the jobs it holds are handed to the other one and run there, once,
+    # and gunicorn boots a new worker in its place.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as one:
+        placed = [await post(one, f"{app.url}/orders/r-{i}") for i in range(2)]
+    holder = placed[0][1]["node"]
+    assert all((status, body["node"], body["held_by"]) == (201, holder, holder)
+               for status, body, _ in placed), placed
+    recycled = listening_pid(workers, int(holder.rpartition(":")[2]))
+    os.kill(recycled, signal.SIGTERM)  # a worker of the server started above
+    await wait_for(lambda: recycled in app.pids(r"Worker exiting \(pid: (\d+)\)"), 20,
+                   "the stopped worker to exit", 0.1)
+    await wait_for(lambda: len(set(fired()) & {"r-0", "r-1"}) == 2, CONFIRM + 15,
+                   "the handed-off jobs to run on the other worker", 0.1)
+    await asyncio.sleep(0.3)
+    assert Counter(fired()) == ran + Counter(["r-0", "r-1"])
+    log = app.log()  # they ran after it had exited: on the other worker, not rescued
+    exited = log.index(f"Worker exiting (pid: {recycled})")
+    assert all(log.index(f"r-{i} was not confirmed") > exited for i in range(2)), log[-3000:]
+    workers = await wait_for(lambda: (p := app.pids(r"Booting worker with pid: (\d+)"))[2:]
+                             and p, 20, "gunicorn to boot a new worker", 0.1)
+    survivor = next(n for n in held.values() if n != holder)
+    async with aiohttp.ClientSession() as http:  # the new worker's node joins the survivor
+        await meshed(http, [app], [f"http://{survivor}/v1/status"], 1)
+        async with http.get(f"http://{survivor}/v1/status") as resp:
+            [newcomer] = [p["address"] for p in (await resp.json())["peers"]
+                          if p["state"] == "alive"]
+        assert (await meshed(http, [app], [f"http://{newcomer}/v1/status"], 1)) == [newcomer]
+    # SIGTERM: the master stops both workers, each stopping its node in cleanup_ctx.
+    await stopped_cleanly(app)
+    log = app.log()
+    assert sorted(app.pids(r"Worker exiting \(pid: (\d+)\)")) == sorted(workers), log[-3000:]
+    assert "Shutting down: Master" in log, log[-3000:]
+    for trouble in ("[ERROR]", "[CRITICAL]", "WORKER TIMEOUT", "SIGKILL", "handoff_incomplete"):
+        assert trouble not in log, log[-3000:]
+    # the app's port and every node port, the new worker's too
+    for address in {f"127.0.0.1:{port}", *held.values(), newcomer}:
+        assert not reachable(address), f"{address} still answers"
