@@ -40,6 +40,11 @@ class TimerWheel:
 
     #: Stale entries tolerated before a compaction (besides ``> live``).
     COMPACT_MIN = 4096
+    #: Tasks started per timer callback. A burst of 20,000 due at once is
+    #: started in slices, each slice's first steps running before the next
+    #: slice is started: the first task starts within a slice's time of its
+    #: due time, not after the whole burst's tasks are created.
+    SLICE = 256
 
     def __init__(
         self,
@@ -127,28 +132,48 @@ class TimerWheel:
         current = self._tick(now + _EARLY)  # a slot due by float rounding is due
         slots, ticks, fire = self._slots, self._ticks, self._fire
         carry: list[Task] = []
-        while ticks and ticks[0] <= current:
+        budget = self.SLICE
+        sliced = False
+        while ticks and ticks[0] <= current and budget:
             tick = heapq.heappop(ticks)
             entries = slots.pop(tick)
             self._entries -= len(entries)
-            for task in entries:
+            for i, task in enumerate(entries):
+                if not budget:  # a burst: the rest fires in the next loop turn
+                    self._put_back(tick, entries[i:])
+                    sliced = True
+                    break
                 if not self._valid(task, tick):
                     continue
                 if task._run_at <= now + _EARLY:
                     self._live -= 1
+                    budget -= 1
                     fire(task)  # sets task._runner, so a duplicate entry is skipped
                 else:
                     carry.append(task)  # later within the current tick
+        # (checked before the carry goes back: those are not due yet)
+        sliced = sliced or bool(not budget and ticks and ticks[0] <= current)
         if carry:
-            slots[current] = carry
-            heapq.heappush(ticks, current)
-            self._entries += len(carry)
-        if ticks:
+            self._put_back(current, carry)
+        if sliced:
+            # Let the tasks started so far take their first step before the
+            # next slice is started (call_at(now): after the ready queue).
+            self._arm(now)
+        elif ticks:
             # Arm at the exact earliest time of the first slot: no early wake-up
             # and no lateness beyond the loop's own. Stale entries (rescheduled
             # tasks) may carry other times, hence the clamp to the slot's start.
             first = ticks[0]
             self._arm(max(first * self._res, min(t._run_at for t in slots[first])))
+
+    def _put_back(self, tick: int, entries: list[Task]) -> None:
+        slot = self._slots.get(tick)
+        if slot is None:
+            self._slots[tick] = entries
+            heapq.heappush(self._ticks, tick)
+        else:
+            slot.extend(entries)
+        self._entries += len(entries)
 
     def _compact(self) -> None:
         seen: set[int] = set()

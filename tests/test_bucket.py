@@ -18,6 +18,7 @@ from gobucket_py import (
     TaskState,
     TaskType,
 )
+from gobucket_py.timers import TimerWheel
 
 from .conftest import Recorder
 
@@ -683,3 +684,25 @@ async def test_outside_cancel_of_rescue_or_close_propagates(method: str) -> None
     assert caller.cancelled()  # the cancel was not swallowed as a hook error
     await settle(b)
     assert len(b) == 0 and b.stats()["rescued"] == 8 and b.stats()["hook_errors"] == 0
+
+
+async def test_a_burst_due_at_once_starts_in_slices() -> None:
+    """2,000 time-bombs due at the same instant: the first on_execute runs
+    once one slice of runners exists, not after all 2,000 were created; every
+    task runs once, in fill order."""
+    started: list[str] = []
+    runners_at_first: list[int] = []
+
+    async def run(task: Task) -> None:
+        if not started:
+            runners_at_first.append(sum(t._runner is not None for t in b))
+        started.append(task.id)
+
+    b = TaskBucket(BucketConfig(life_span=60, run_after=5, max_bucket=5000), run)
+    for i in range(2000):
+        await b.fill(BOMB, f"t{i:04d}")  # same loop time: all due at once
+    await asyncio.sleep(6)
+    await b.join()
+    assert started == [f"t{i:04d}" for i in range(2000)]
+    slice_ = TimerWheel.SLICE
+    assert runners_at_first == [slice_], runners_at_first
