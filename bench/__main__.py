@@ -8,7 +8,8 @@ import inspect
 
 from .common import write_report
 
-GROUPS = ["local", "cluster", "compare", "versus", "replicas", "tls", "scale", "swim"]
+GROUPS = ["local", "cluster", "compare", "versus", "replicas", "tls", "scale", "swim",
+          "flood", "burst", "balance"]
 
 
 def main() -> None:

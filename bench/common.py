@@ -102,5 +102,11 @@ def write_report(groups: list[str]) -> None:
             f"| {r['target']} | {'yes' if r['met'] else '**no**'} | {r['baseline']} "
             f"| {r['ratio']} | {r['how']} | {r['note']} |"
         )
+    # Groups with more to say than table rows keep a section of their own,
+    # bench/results/<group>.md, written by their run: appended in group order.
+    for g in groups:
+        section = RESULTS / f"{g}.md"
+        if section.exists():
+            lines += ["", section.read_text().rstrip("\n")]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {ROOT / 'BENCHMARKS.md'}", file=sys.stderr)

@@ -126,3 +126,20 @@ async def test_a_small_swarm_detects_a_crash_and_learns_a_joiner() -> None:
         assert swarm.alive_views() == (8, 8)  # the joiner sees everyone too
     finally:
         await swarm.close()
+
+
+@pytest.mark.parametrize("pattern", ["uniform", "hot"])
+def test_filling_a_small_cluster_to_the_brim_never_overfills_a_bucket(pattern: str) -> None:
+    # bench/balance.py at N=10: the cluster is filled to 100% through random
+    # (or mostly hot) nodes, then 1% more. No bucket ever holds more than
+    # max_bucket, every task is where its FillResult says, and the fills past
+    # 100% are all refused. (Not asserted: no ClusterFullError while the
+    # cluster has room -- issue 17's target is not met yet; see BENCHMARKS.md.)
+    from bench.balance import run
+
+    r = run(n=10, pattern=pattern, seed=0, cap=100, batch=50, hot=2, log=lambda _: None)
+    assert "error" not in r, r.get("error")
+    assert r["over_capacity"] == 0 and r["over_capacity_events"] == []
+    assert r["filled"] == 1.0 and r["tally_ok"]
+    assert r["overfill"] == {"asked": 10, "refused": 10, "accepted": 0}
+    assert r["other_errors"] == {}

@@ -16,9 +16,11 @@ timestamp leaves the skew window (a replay of it is then refused as stale),
 never earlier. The store holds at most ``MAX_NONCES``; when it is full a new
 request is refused with :class:`ReplayStoreFull` (HTTP 503, counted in
 ``Keyring.refused_full``) rather than forgetting a nonce early. Memory bound:
-about 106 bytes per nonce (measured, 24-hex-digit nonces), so the 2,000,000
-nonces of 33,000 signed requests per second sustained over a 60 s window
-(``max_skew`` 30 s each way) take about 210 MB; a node's peers send far
+about 106 bytes per nonce when they share a timestamp second, and about
+136 bytes at the full rate (one set per second, each sized for its own
+count; measured by ``python -m bench flood``), so the 2,000,000 nonces of
+33,000 signed requests per second sustained over a 60 s window
+(``max_skew`` 30 s each way) take about 272 MB; a node's peers send far
 fewer (their messages are batched), and a forger without the key gets no
 further than the signature check, so it cannot fill the store.
 A wall-clock step backwards by more than the window can make a forgotten
