@@ -6,6 +6,12 @@ reader threads, nothing to fill up). Waiting is always asynchronous (poll with
 a deadline, ``asyncio.sleep`` between looks) so that an in-process observer
 group on the test's event loop keeps answering probes meanwhile. Only
 processes started here are ever signalled, by their own Popen object.
+
+With a :class:`~tests.pki.PKI` (``Nodes(logdir, pki)`` or
+:meth:`Nodes.use_tls`) every node serves and dials mutual TLS, with its own
+certificate (``GOBUCKET_TLS_CERT/KEY/CA``); the test's own clients and
+observer groups take theirs from :meth:`Nodes.tls_for`. Without one (the
+default), plain HTTP.
 """
 
 from __future__ import annotations
@@ -21,6 +27,10 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from gobucket_py import TLSConfig
+
+from .pki import PKI
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-123"
@@ -68,7 +78,7 @@ class Node:
 
     def __init__(self, node_id: str, port: int, logdir: Path, peers: list[str],
                  env: dict[str, str], advertise: str | None = None,
-                 log_level: str = "INFO") -> None:
+                 log_level: str = "INFO", tls: TLSConfig | None = None) -> None:
         self.node_id = node_id
         self.log_level = log_level
         self.port = port
@@ -77,6 +87,7 @@ class Node:
         self.logdir = logdir
         self.peers = peers
         self.env = env
+        self.tls = tls  # its certificate: serves and dials HTTPS (mutual TLS) with it
         self.proc: subprocess.Popen[bytes] | None = None
         self.runs = 0
         self.paused = False
@@ -102,8 +113,13 @@ class Node:
             args += ["--peers", ",".join(self.peers)]
         if self.advertise:
             args += ["--advertise", self.advertise]
+        tls_env: dict[str, str] = {}
+        if self.tls is not None:
+            tls_env = {"GOBUCKET_TLS_CERT": self.tls.cert, "GOBUCKET_TLS_KEY": self.tls.key}
+            if self.tls.ca is not None:
+                tls_env["GOBUCKET_TLS_CA"] = self.tls.ca
         env = clean_env(NODE_LEDGER=str(self.ledger), GOBUCKET_NODE_ID=self.node_id,
-                        **self.env)
+                        **{**tls_env, **self.env})
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             self.proc = subprocess.Popen(node_argv(*args), cwd=ROOT, env=env,
                                          stdin=subprocess.DEVNULL, stdout=out, stderr=err)
@@ -197,11 +213,32 @@ class Node:
 
 
 class Nodes:
-    """The subprocess nodes of one test."""
+    """The subprocess nodes of one test (over mutual TLS with a ``pki``)."""
 
-    def __init__(self, logdir: Path) -> None:
+    def __init__(self, logdir: Path, pki: PKI | None = None) -> None:
         self.logdir = logdir
+        self.pki = pki
         self.nodes: dict[str, Node] = {}
+
+    def use_tls(self, pki: PKI) -> None:
+        """Mutual TLS for every node added from now on (so: before any)."""
+        assert not self.nodes, "use_tls before adding nodes"
+        self.pki = pki
+
+    @property
+    def scheme(self) -> str:
+        """``https`` over TLS, else ``http`` (for raw HTTP calls to a node)."""
+        return "http" if self.pki is None else "https"
+
+    def tls_for(self, name: str) -> TLSConfig | None:
+        """The certificate of ``name`` (a node, the test's observer group...),
+        or None without TLS: ``TaskBucketGroup(..., tls=nodes.tls_for("obs"))``."""
+        return None if self.pki is None else self.pki[name]
+
+    @property
+    def client_tls(self) -> TLSConfig | None:
+        """The test's client certificate: ``GroupClient(addr, ..., tls=nodes.client_tls)``."""
+        return self.tls_for("client")
 
     def __getitem__(self, node_id: str) -> Node:
         return self.nodes[node_id]
@@ -213,7 +250,8 @@ class Nodes:
         default on a free port."""
         addrs = [p.addr if isinstance(p, Node) else p for p in peers]
         node = Node(node_id, port or free_port(), self.logdir, addrs,
-                    {k: str(v) for k, v in (env or {}).items()}, advertise, log_level)
+                    {k: str(v) for k, v in (env or {}).items()}, advertise, log_level,
+                    self.tls_for(node_id))
         self.nodes[node_id] = node
         return node
 
@@ -247,6 +285,7 @@ class Proxy:
     by its peers only through it. ``blackhole = True`` is a one-way partition:
     bytes sent *to* the node (on new and on pooled keep-alive connections) are
     read and dropped, never delivered, while the node can still reach out.
+    It relays bytes, so TLS passes through it unchanged.
     """
 
     def __init__(self, target_port: int) -> None:

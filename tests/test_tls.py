@@ -1,16 +1,15 @@
 """Peer traffic over TLS and mutual TLS, on real servers on loopback.
 
-Certificates are made here with the ``openssl`` command: a cluster CA, one
-certificate per node (subjectAltName IP 127.0.0.1, the address peers dial),
-and a rogue CA whose certificate must be refused.
+Certificates are made with the ``openssl`` command (tests/pki.py): a cluster
+CA, one certificate per node (subjectAltName IP 127.0.0.1, the address peers
+dial), and a rogue CA whose certificate must be refused. The real-process
+cluster tests of test_nodes.py run over mutual TLS too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
 import ssl
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -30,33 +29,13 @@ from gobucket_py import (
 )
 
 from .conftest import Recorder
+from .pki import HAVE_OPENSSL, make_ca, make_cert
 from .procs import SECRET, Nodes, free_port, wait_for
 
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None,
+pytestmark = pytest.mark.skipif(not HAVE_OPENSSL,
                                 reason="needs the openssl command (make test installs it)")
 
 BOMB = TaskType.TIME_BOMB
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def make_ca(dir: Path, name: str) -> Path:
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-             "-keyout", f"{name}.key", "-out", f"{name}.pem", "-subj", f"/CN={name}", cwd=dir)
-    return dir / f"{name}.pem"
-
-
-def make_cert(dir: Path, ca: str, name: str) -> TLSConfig:
-    """A certificate for ``name`` (valid for 127.0.0.1), signed by ``ca``."""
-    (dir / f"{name}.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
-             "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=dir)
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-             "-CAcreateserial", "-days", "2", "-out", f"{name}.pem", "-extfile", f"{name}.ext",
-             cwd=dir)
-    return TLSConfig(str(dir / f"{name}.pem"), str(dir / f"{name}.key"), str(dir / f"{ca}.pem"))
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,10 @@ class Limits:
         #: Is this remote host a known member? (It may exceed max_connections.)
         self.trusted = trusted
         self.open = 0
+        #: The open connections' guards (so a closing server can end them),
+        #: and an event set whenever none is open.
+        self.guards: set[Guard] = set()
+        self.none_open = asyncio.Event()
         #: Connections refused for the cap, and closed for slow headers.
         self.refused = 0
         self.timed_out = 0
@@ -58,6 +62,8 @@ class Guard(asyncio.Protocol):
                 transport.abort()
                 return
         limits.open += 1
+        limits.guards.add(self)
+        limits.none_open.clear()
         self._counted = True
         self._timer = asyncio.get_running_loop().call_later(limits.header_timeout,
                                                             self._too_slow)
@@ -88,7 +94,15 @@ class Guard(asyncio.Protocol):
         if self._counted:
             self._counted = False
             self.limits.open -= 1
+            self.limits.guards.discard(self)
+            if not self.limits.guards:
+                self.limits.none_open.set()
             self.inner.connection_lost(exc)
+
+    def abort(self) -> None:
+        """Drop the connection at once (a closing server's last resort)."""
+        if self._transport is not None:
+            self._transport.abort()
 
     def pause_writing(self) -> None:
         self.inner.pause_writing()

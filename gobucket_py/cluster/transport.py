@@ -433,3 +433,17 @@ class HttpTransport(Transport):
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        await self._connections_closed()
+
+    async def _connections_closed(self, wait: float = 1.0) -> None:
+        """Let the connections the runner closed finish closing (a TLS close
+        is an exchange with the peer: ``cleanup`` returns before it ends),
+        then abort what is left, so no socket outlives ``close``."""
+        limits = self.limits
+        if limits.guards:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(limits.none_open.wait(), wait)
+        for guard in list(limits.guards):
+            guard.abort()
+        if limits.guards:
+            await asyncio.sleep(0)  # connection_lost runs in the next loop turn
