@@ -462,3 +462,45 @@ async def test_a_left_node_restarted_behind_a_cut_link_is_unknown_not_gone(
     assert (await n3.drain("jobs", "job")).outcome is DrainOutcome.DRAINED
     await asyncio.sleep(40)
     assert runs(cluster, "job") == 0
+
+
+async def test_void_from_a_restarted_holder_does_not_settle_the_old_batch() -> None:
+    """A FILL batch whose reply is lost when its holder is killed, settled
+    with the holder's *new* incarnation (restarted at the same address
+    before this node heard of it): the new one never saw the batch and
+    answers void, yet the old one may have taken (and run) it. That is not
+    "not taken": the tasks must not be placed anywhere else (the kill -9
+    chaos test with replicas saw them run twice, or refused as duplicates
+    of their own promoted backups)."""
+    from gobucket_py.cluster.forward import Forwarder, Unsettled
+    from gobucket_py.cluster.membership import Member
+    from gobucket_py.config import GroupConfig
+
+    class Net:
+        def __init__(self) -> None:
+            self.kinds: list[Kind] = []
+
+        async def call(self, addr: str, kind: Kind, message: dict[str, Any],
+                       timeout: float) -> dict[str, Any]:
+            self.kinds.append(kind)
+            if kind is Kind.FILL:  # applied by the old incarnation, which then died
+                raise PeerUnavailableError("peer n2 failed on FILL: ServerDisconnectedError")
+            assert kind is Kind.SETTLE  # answered by the new one: it never saw the batch
+            return {"v": 1, "void": True, "from": ["n2", "newboot", "n2", 0, False, {}]}
+
+    class Members:
+        boot = "n1boot"
+
+        def header(self) -> list[Any]:
+            return ["n1", "n1boot", "n1", 0, False, {}]
+
+        def heard(self, raw: object) -> None:
+            return None
+
+    net = Net()
+    forwarder = Forwarder(net, Members(), GroupConfig.local())  # type: ignore[arg-type]
+    member = Member("n2", "n2", "oldboot")  # not yet heard of the restart
+    item = ("jobs", "job", 1, b"", 1.0, 5.0)
+    with pytest.raises(Unsettled):
+        await forwarder.send(member, item)
+    assert net.kinds[:2] == [Kind.FILL, Kind.SETTLE]

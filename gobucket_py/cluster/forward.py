@@ -70,6 +70,15 @@ def _ambiguous(error: GobucketError) -> bool:
     return isinstance(error, PeerError) and (error.status or 0) >= 500
 
 
+def _restarted(reply: dict[str, Any], boot: str) -> bool:
+    """Was ``reply`` given by another incarnation than ``boot`` (the peer
+    restarted at the same address, and this node has not heard of it yet)?
+    Such a node never saw a batch sent to its predecessor: its "void" says
+    nothing about what the predecessor took (and may have run)."""
+    header = reply.get("from")
+    return isinstance(header, list) and len(header) > 1 and header[1] != boot
+
+
 def _refuse(sink: asyncio.Future[str] | _Group, offset: int, count: int) -> None:
     """Verdicts for items that were never sent (the node is stopping)."""
     error: GobucketError = PeerUnavailableError("this node is stopping",
@@ -295,6 +304,9 @@ class Forwarder:
             try:
                 reply = await self.transport.call(member.addr, Kind.SETTLE, message,
                                                   min(config.request_timeout, left))
+                if _restarted(reply, boot):  # answered by its new incarnation
+                    return Unsettled(f"{cause}; then peer {member.node_id} restarted before "
+                                     "it could say whether it took (and ran) the batch")
                 if reply.get("void") is True:
                     return PeerUnavailableError(f"{cause} (settled: not taken)",
                                                 maybe_delivered=False)
@@ -313,8 +325,12 @@ class Forwarder:
         it; False if not -- a batch not seen yet is void from now on, so it
         never will. Raises :class:`~gobucket_py.GobucketError` if it cannot say."""
         boot, seq, index = slot
+        holder = member.boot  # the incarnation the caller means (a batch sent to it)
         message = {"v": 1, "from": self.membership.header(), "batch": seq, "boot": boot}
         reply = await self.transport.call(member.addr, Kind.SETTLE, message, timeout)
+        if _restarted(reply, holder):
+            raise PeerUnavailableError(f"peer {member.node_id} restarted: its new incarnation "
+                                       "cannot say what the old one took")
         if reply.get("void") is True:
             return False
         if reply.get("pending") is True:
