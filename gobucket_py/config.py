@@ -170,7 +170,11 @@ class GroupConfig:
     forward_timeout: float = 1.0
     #: Timeout of drain/get/leave calls to peers.
     request_timeout: float = 1.0
-    #: Peers tried after the local bucket is full (one hop each).
+    #: After the local bucket is full, peers believed to have room are tried
+    #: in turn (one hop each, each at most once); this many may fail
+    #: otherwise than by answering "full" (time out, error) before the fill
+    #: gives up. "Full" answers do not count: they refresh a stale figure,
+    #: so ClusterFullError means every peer believed to have room said no.
     max_attempts: int = 3
     #: Forwards to one peer are coalesced into batches of at most this many.
     batch_size: int = 256

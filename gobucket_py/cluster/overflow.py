@@ -3,8 +3,9 @@
 Two choices by free room (:mod:`.placement`), sent in batches
 (:mod:`.forward`). Single fills that overflow in the same event-loop pass are
 placed together, like one ``fill_many``. A peer that refuses a task is
-recorded and the next one tried, up to ``max_attempts``; when none takes it
-the caller gets :class:`~gobucket_py.ClusterFullError`. A forward whose fate
+recorded and the next one believed to have room tried (``max_attempts``
+bounds the peers that fail otherwise than by answering "full"); when none
+takes it the caller gets :class:`~gobucket_py.ClusterFullError`. A forward whose fate
 could not be settled gives :class:`~gobucket_py.PlacementUnknownError`, and
 the task is placed nowhere else (it may be on that peer; the route to it is
 kept, so ``drain`` asks there).
@@ -257,15 +258,24 @@ class Overflow:
     async def place(self, item: Item, *, handoff: bool = False,
                     rejections: dict[str, str] | None = None
                     ) -> tuple[Member | None, dict[str, str]]:
-        """Try up to ``max_attempts`` peers (not those in ``rejections``);
+        """Try peers believed to have room (not those in ``rejections``),
+        each at most once, until one takes the task, none is left, or
+        ``max_attempts`` of them failed otherwise than by answering "full";
         return the one that accepted, and who refused. Raises
-        PlacementUnknownError when a peer may or may not have taken it."""
+        PlacementUnknownError when a peer may or may not have taken it.
+
+        A "full" answer does not count against ``max_attempts``: it is cheap
+        (one batched round trip), it refreshes that peer's free-room figure,
+        and it says nothing of the others, whose figures may be as stale. So
+        near a full cluster a fill goes on until every peer believed to have
+        room was asked, and ClusterFullError means the cluster is full."""
         group = self.group
         bucket = item[0]
         members, forwarder, rng = group._members.members, group._forwarder, group.rng
         assert forwarder is not None
         rejections = {} if rejections is None else rejections
-        for _ in range(group.config.max_attempts - len(rejections)):
+        failed = sum(reason != "full" for reason in rejections.values())
+        while failed < group.config.max_attempts:
             pool = candidates(members.values(), bucket, rejections)
             if not pool:
                 break
@@ -276,6 +286,8 @@ class Overflow:
                 outcome = exc
             if self._settle(member, item, outcome, rejections, handoff):
                 return member, rejections
+            if rejections[member.node_id] != "full":
+                failed += 1
         return None, rejections
 
     def _settle(self, member: Member, item: Item, outcome: str | GobucketError,
