@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo demo-local e2e bench chaos lint typecheck pytest clean install browser
+.PHONY: test demo demo-local e2e bench chaos lint typecheck pytest clean install browser promtool
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { \
@@ -26,13 +26,27 @@ browser:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver openssl \
 	    >/dev/null; }
 
+# promtool (Debian's prometheus package) checks /metrics in the tests. Only the one
+# binary is taken out of the package, into the venv: no service is installed or started.
+# If it cannot be fetched, that test is skipped and says so.
+promtool: $(STAMP)
+	@command -v promtool >/dev/null || test -x $(VENV)/bin/promtool || { \
+	  echo "fetching promtool from Debian's prometheus package (for the /metrics test)"; \
+	  tmp=$$(mktemp -d) && (cd $$tmp && apt-get download -qq prometheus >/dev/null 2>&1 \
+	    && dpkg-deb --fsys-tarfile prometheus_*.deb | tar -xO ./usr/bin/promtool \
+	       > $(CURDIR)/$(VENV)/bin/promtool.part \
+	    && mv $(CURDIR)/$(VENV)/bin/promtool.part $(CURDIR)/$(VENV)/bin/promtool \
+	    && chmod +x $(CURDIR)/$(VENV)/bin/promtool) \
+	  || { rm -f $(CURDIR)/$(VENV)/bin/promtool.part; \
+	       echo "promtool not available: its test will be skipped"; }; rm -rf $$tmp; }
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check gobucket_py tests bench examples
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy --strict gobucket_py
 
-pytest: $(STAMP) browser
+pytest: $(STAMP) browser promtool
 	PYTHONHASHSEED=0 $(PY) -m pytest -q
 
 test: lint typecheck pytest

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -323,7 +325,12 @@ async def test_metrics_show_tasks_at_risk_per_unreachable_peer_and_handoffs_rece
         await cluster.close()
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None,
+# `make test` takes promtool out of Debian's prometheus package into the venv.
+PROMTOOL = shutil.which("promtool") or shutil.which(
+    "promtool", path=os.path.dirname(sys.executable))
+
+
+@pytest.mark.skipif(PROMTOOL is None,
                     reason="promtool comes with Debian's prometheus package (not installed)")
 async def test_promtool_accepts_the_metrics(
         pair: tuple[TaskBucketGroup, TaskBucketGroup], http: aiohttp.ClientSession) -> None:
@@ -331,7 +338,7 @@ async def test_promtool_accepts_the_metrics(
     await a.fill("jobs", "one", task_type=BOMB)
     await a.drain("jobs", "one")
     _, _, text = await get(http, a, "/metrics")
-    checked = await asyncio.to_thread(subprocess.run, ["promtool", "check", "metrics"],
+    checked = await asyncio.to_thread(subprocess.run, [PROMTOOL, "check", "metrics"],
                                       input=text.encode(), capture_output=True, timeout=60)
     assert checked.returncode == 0 and not checked.stdout.strip(), (
         checked.stdout.decode(), checked.stderr.decode())
