@@ -370,9 +370,14 @@ async def simulate(n: int = 50, *, pattern: str = "uniform", seed: int = 0, cap:
 
 def run(**kw: Any) -> dict[str, Any]:
     """:func:`simulate` on a fresh :class:`~bench.swim.VirtualClockLoop`, quietly."""
-    logging.getLogger("gobucket_py").setLevel(logging.CRITICAL)
-    with asyncio.Runner(loop_factory=VirtualClockLoop) as runner:
-        return runner.run(simulate(**kw))
+    logger = logging.getLogger("gobucket_py")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with asyncio.Runner(loop_factory=VirtualClockLoop) as runner:
+            return runner.run(simulate(**kw))
+    finally:
+        logger.setLevel(level)  # (tests call this: leave logging as it was)
 
 
 # --------------------------------------------------------------------------- report

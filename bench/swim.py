@@ -627,13 +627,18 @@ def run_size(n: int, **kw: Any) -> dict[str, Any]:
     """:func:`simulate` on a fresh :class:`VirtualClockLoop`, quietly; a run
     over its budget is returned with ``skipped`` saying why (its nodes are
     left to the loop's shutdown)."""
-    logging.getLogger("gobucket_py").setLevel(logging.CRITICAL)
+    logger = logging.getLogger("gobucket_py")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
     result: dict[str, Any] = {"n": n}
-    with asyncio.Runner(loop_factory=VirtualClockLoop) as runner:
-        try:
-            runner.run(simulate(n, result=result, **kw))
-        except OverBudget as exc:
-            result["skipped"] = str(exc)
+    try:
+        with asyncio.Runner(loop_factory=VirtualClockLoop) as runner:
+            try:
+                runner.run(simulate(n, result=result, **kw))
+            except OverBudget as exc:
+                result["skipped"] = str(exc)
+    finally:
+        logger.setLevel(level)
     return result
 
 
