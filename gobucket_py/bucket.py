@@ -308,7 +308,7 @@ class TaskBucket:
                 raise ValueError("run_after applies to TaskType.TIME_BOMB tasks only")
             if life_span is not None:
                 ls = life_span if checked else check_times(life_span, 0.0)[0]
-            task = Task(self, task_id, data, task_type, now, now + ls)
+            task = Task(self, task_id, data, task_type, now, now, ls)
             tasks[task_id] = task
             self._counts["filled"] += 1
             task._runner = loop.create_task(self._run(task))
@@ -321,7 +321,7 @@ class TaskBucket:
         elif run_after is not None or life_span is not None:
             ls, ra = check_times(ls if life_span is None else life_span,
                                  ra if run_after is None else run_after)
-        task = Task(self, task_id, data, task_type, now + ra, now + ls)
+        task = Task(self, task_id, data, task_type, now, now + ra, ls)
         tasks[task_id] = task
         self._counts["filled"] += 1
         assert self._wheel is not None
@@ -679,7 +679,7 @@ class TaskBucket:
         remaining_life = task._deadline - task._run_at
         old = task._run_at
         task._run_at = now + delay
-        task._deadline = task._run_at + remaining_life
+        task._life = task._run_at + remaining_life - task._filled
         assert self._wheel is not None
         self._wheel.moved(task, old)
         if self._moved is not None:

@@ -112,15 +112,18 @@ class DrainResult:
 class Task:
     """One task in a bucket. Created by ``TaskBucket.fill``; read-only for users.
 
-    Times: ``filled_at`` is wall-clock (``time.time()``) at fill. ``run_at``
-    and ``deadline`` are wall-clock estimates derived from the event loop's
-    monotonic clock, so they stay right when the wall clock jumps;
-    ``seconds_left`` is the time until the deadline.
+    Times: ``filled_at``, ``run_at`` and ``deadline`` are wall-clock
+    (``time.time()`` scale) estimates derived from the event loop's
+    monotonic clock, on which the task's times are kept, so they stay right
+    when the wall clock jumps; ``seconds_left`` is the time until the
+    deadline.
     """
 
-    # A million pending tasks must fit in ~300 bytes each: slots, no dict, and
-    # the bucket name/loop reached through the owning bucket.
-    __slots__ = ("_deadline", "_owner", "_run_at", "_runner", "data", "filled_at", "id", "state",
+    # A million pending tasks must fit in ~200 bytes each: slots, no dict, the
+    # bucket name/loop reached through the owning bucket, and the lifespan a
+    # reference to the bucket's own (shared) figure unless the fill set one:
+    # two floats per task (fill and due times), not four.
+    __slots__ = ("_filled", "_life", "_owner", "_run_at", "_runner", "data", "id", "state",
                  "type")
 
     def __init__(
@@ -129,18 +132,29 @@ class Task:
         task_id: str,
         data: Any,
         task_type: TaskType,
+        filled: float,
         run_at: float,
-        deadline: float,
+        life: float,
     ) -> None:
         self.id = task_id
         self.data = data
         self.type = task_type
         self.state = TaskState.PENDING
-        self.filled_at = time.time()
         self._owner = owner
+        self._filled = filled  # loop time
         self._run_at = run_at  # loop time
-        self._deadline = deadline  # loop time
+        self._life = life  # seconds from fill to the deadline
         self._runner: asyncio.Task[None] | None = None
+
+    @property
+    def _deadline(self) -> float:
+        """The deadline, in loop time."""
+        return self._filled + self._life
+
+    @property
+    def filled_at(self) -> float:
+        """Wall-clock time (``time.time()`` scale) of the fill."""
+        return self._wall(self._filled)
 
     @property
     def bucket(self) -> str:
