@@ -43,6 +43,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         "the last commit before the never-lies work)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--parts", default="throughput,drain")
+    parser.add_argument("--issue", default="#12",
+                        help="the issue whose target this comparison checks (default #12; "
+                             "#17 compares with 598ef51, the last commit before the "
+                             "replicas..scale-out work)")
     return parser.parse_args(argv)
 
 
@@ -73,13 +77,17 @@ def main(_: object = None) -> None:
         met = ratio >= 0.9 if higher else ratio <= 1.1
         print(f"{name}: head {head:.4g} base {was:.4g} ratio {ratio:.3f} "
               f"{'within 10%' if met else 'NOT within 10%'}")
-        rows.append(Row("#12", f"{name}: this tree vs {args.base}", ratio, "x",
+        rows.append(Row(args.issue, f"{name}: this tree vs {args.base}", ratio, "x",
                         ">= 0.9x" if higher else "<= 1.1x", met, baseline=f"{was:.4g}",
                         ratio=f"{ratio:.2f}x",
                         note=f"medians of {len(values)} alternating runs: {head:.4g} now, "
                              f"{was:.4g} at {args.base}"))
     RESULTS.mkdir(exist_ok=True)
-    save("versus", rows)
+    # Comparisons with other baselines (other issues' targets) are kept.
+    earlier = RESULTS / "versus.json"
+    kept = [Row(**r) for r in json.loads(earlier.read_text())] if earlier.exists() else []
+    kept = [r for r in kept if not r.name.endswith(f" vs {args.base}")]
+    save("versus", kept + rows)
 
 
 if __name__ == "__main__":
