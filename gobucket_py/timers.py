@@ -176,12 +176,20 @@ class TimerWheel:
         self._entries += len(entries)
 
     def _compact(self) -> None:
+        if not self._live:  # everything went (a mass drain): nothing to keep
+            self._slots.clear()
+            self._ticks.clear()
+            self._entries = 0
+            return
         seen: set[int] = set()
         slots: dict[int, list[Task]] = {}
+        res = self._res
+        floor = math.floor
         for tick, entries in self._slots.items():
             keep = []
-            for task in entries:
-                if self._valid(task, tick) and id(task) not in seen:
+            for task in entries:  # (_valid, inlined: this runs over every entry)
+                if (task.state is _PENDING and task._runner is None
+                        and floor(task._run_at / res) == tick and id(task) not in seen):
                     seen.add(id(task))
                     keep.append(task)
             if keep:
