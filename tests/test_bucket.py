@@ -706,3 +706,37 @@ async def test_a_burst_due_at_once_starts_in_slices() -> None:
     assert started == [f"t{i:04d}" for i in range(2000)]
     slice_ = TimerWheel.SLICE
     assert runners_at_first == [slice_], runners_at_first
+
+
+@pytest.mark.parametrize("watched", [False, True])
+async def test_drain_many_nowait_answers_as_drain_nowait_would(watched: bool) -> None:
+    """Pending time-bombs, a running immediate task, one that finished, one
+    already drained, an unknown id and a duplicate in one batch: the same
+    outcomes, counters, records and hooks as one drain_nowait each; the
+    drained never run, and join() returns once the bucket is empty."""
+    rec = Recorder(work={"busy": 100})
+    b = make(rec, life_span=60, run_after=10, max_bucket=100)
+    outcomes: list[TaskState] = []
+    if watched:  # a user's on_outcome: every task takes the general path
+        b.on_outcome = lambda t: outcomes.append(t.state)
+    for i in range(5):
+        await b.fill(BOMB, f"p{i}")
+    await b.fill(IMM, "done")
+    await b.fill(IMM, "busy")
+    await b.fill(BOMB, "earlier")
+    await asyncio.sleep(1)  # "done" finished, "busy" runs
+    assert b.drain_nowait("earlier") is DrainOutcome.DRAINED
+    ids = ["p0", "busy", "done", "earlier", "nope", "p1", "p1", "p2", "p3", "p4"]
+    got = b.drain_many_nowait(ids)
+    D = DrainOutcome
+    assert got == [D.DRAINED, D.CANCELLED, D.FINISHED, D.DRAINED, D.NOT_FOUND, D.DRAINED,
+                   D.DRAINED, D.DRAINED, D.DRAINED, D.DRAINED]
+    stats = b.stats()
+    assert (stats["drained"], stats["cancelled"], stats["live"], stats["pending"]) == (6, 1, 0, 0)
+    assert all(b.ended(f"p{i}") is TaskState.DRAINED for i in range(5))
+    async with asyncio.timeout(1):
+        await b.join()  # the last one emptied the bucket
+    await asyncio.sleep(20)
+    assert [t for h, t, _ in rec.calls if h == "execute"] == ["done", "busy"]
+    if watched:
+        assert outcomes.count(TaskState.DRAINED) == 6 and TaskState.CANCELLED in outcomes
