@@ -44,7 +44,7 @@ protocol's timers and timeouts.
 For each size N, once every node sees N-1 peers alive:
 
 - **idle cost**: messages and bytes each node sends per simulated second over
-  an idle window (``--idle``, 30 s), median and max over nodes (bytes are the
+  an idle window (``--idle``, 120 s), median and max over nodes (bytes are the
   msgpack bodies; what a real transport adds is not counted), plus the
   full-state sync's amortized bytes after a warm start;
 - **false suspicions**: with ``net.loss(0.01)`` (each message lost with
@@ -454,7 +454,7 @@ def progress(text: str) -> None:
     print(f"    {text}", file=sys.stderr, flush=True)
 
 
-async def simulate(n: int, *, idle: float = 30.0, loss_rate: float = 0.01,
+async def simulate(n: int, *, idle: float = 120.0, loss_rate: float = 0.01,
                    loss_window: float = 60.0, limit: float = 120.0, seed: int = 0,
                    budget: float = 600.0, config: GroupConfig | None = None,
                    log: Callable[[str], None] = progress, warm: bool = False,
@@ -854,7 +854,7 @@ def parser() -> argparse.ArgumentParser:
                    default=list(DEFAULT_SIZES), help="node counts, comma-separated "
                    f"(default {','.join(map(str, DEFAULT_SIZES))})")
     p.add_argument("--json", type=Path, help="write the results there")
-    p.add_argument("--idle", type=float, default=30.0, help="idle window, simulated s")
+    p.add_argument("--idle", type=float, default=120.0, help="idle window, simulated s")
     p.add_argument("--loss", type=float, default=0.01, help="message loss rate")
     p.add_argument("--loss-window", type=float, default=60.0, help="simulated s under loss")
     p.add_argument("--seed", type=int, default=0)
