@@ -172,16 +172,20 @@ def cluster() -> Iterator[None]:
         assert left == "", f"containers left behind: {left}"
 
 
-def test_compose_demo_end_to_end(cluster: None) -> None:
-    # 1-2. The demo through node1 reaches node2 and node3 and loses nothing.
-    demo = compose("run", "--rm", "demo", timeout=120)
-    print(demo.stdout)
-    summary = next(line for line in demo.stdout.splitlines() if line.startswith("filled="))
+def demo_reached_every_node(stdout: str) -> None:
+    """The demo's summary: nothing lost, DEMO OK, tasks placed on node2 and node3."""
+    print(stdout)
+    summary = next(line for line in stdout.splitlines() if line.startswith("filled="))
     fields = dict(part.split("=") for part in summary.split())
-    assert fields["lost"] == "0" and "DEMO OK" in demo.stdout
-    placed = {line.split()[0]: int(line.split()[1]) for line in demo.stdout.splitlines()
+    assert fields["lost"] == "0" and "DEMO OK" in stdout
+    placed = {line.split()[0]: int(line.split()[1]) for line in stdout.splitlines()
               if line.startswith("node") and line.split()[1].isdigit()}
     assert placed.get("node2", 0) > 0 and placed.get("node3", 0) > 0
+
+
+def test_compose_demo_end_to_end(cluster: None) -> None:
+    # 1-2. The demo through node1 reaches node2 and node3 and loses nothing.
+    demo_reached_every_node(compose("run", "--rm", "demo", timeout=120).stdout)
 
     # The dashboard, status and metrics on node1's published port, unchanged.
     base = f"http://127.0.0.1:{PORT}"
@@ -811,14 +815,7 @@ def test_compose_demo_over_mutual_tls(tmp_path: Path) -> None:
 
     try:
         tls("up", "--build", "-d", "node1", "node2", "node3", timeout=600)
-        demo = tls("run", "--rm", "demo", timeout=180)
-        print(demo.stdout)
-        summary = next(line for line in demo.stdout.splitlines() if line.startswith("filled="))
-        fields = dict(part.split("=") for part in summary.split())
-        assert fields["lost"] == "0" and "DEMO OK" in demo.stdout
-        placed = {line.split()[0]: int(line.split()[1]) for line in demo.stdout.splitlines()
-                  if line.startswith("node") and line.split()[1].isdigit()}
-        assert placed.get("node2", 0) > 0 and placed.get("node3", 0) > 0  # peers over TLS
+        demo_reached_every_node(tls("run", "--rm", "demo", timeout=180).stdout)  # over TLS
 
         # From the host: plain HTTP gets no answer, HTTPS without a client
         # certificate is refused, and a client with the demo's certificate is served.
