@@ -155,21 +155,36 @@ def wait_for(predicate: Any, timeout: float, step: float = 0.2) -> float:
     raise AssertionError(f"condition not met within {timeout}s")
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[None]:
+def needs_docker() -> None:
+    """Skip without a reachable Docker Engine."""
     if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
         pytest.skip("Docker Engine is not reachable")
+
+
+def build_base_image() -> None:
+    """The local Debian base image and the host's wheelhouse (no registry)."""
     subprocess.run([str(ROOT / "docker" / "build-base-image.sh")], cwd=ROOT, check=True,
                    timeout=600)
+
+
+def torn_down(down: Any, project: str) -> None:
+    """``down`` (a compose runner of ``project``) removes everything; nothing is left."""
+    down("down", "--rmi", "all", "--volumes", "--remove-orphans", check=False)
+    left = subprocess.run(["docker", "ps", "-a", "-q", "--filter",
+                           f"label=com.docker.compose.project={project}"],
+                          capture_output=True, text=True).stdout.strip()
+    assert left == "", f"containers left behind: {left}"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[None]:
+    needs_docker()
+    build_base_image()
     try:
         up("node1", "node2", "node3", build=True, timeout=600)
         yield
     finally:
-        compose("down", "--rmi", "all", "--volumes", "--remove-orphans", check=False)
-        left = subprocess.run(["docker", "ps", "-a", "-q", "--filter",
-                               f"label=com.docker.compose.project={PROJECT}"],
-                              capture_output=True, text=True).stdout.strip()
-        assert left == "", f"containers left behind: {left}"
+        torn_down(compose, PROJECT)
 
 
 def demo_reached_every_node(stdout: str) -> None:
@@ -713,19 +728,13 @@ def on_replica(index: int, *args: str) -> Any:
 
 @pytest.fixture
 def scaled_cluster() -> Iterator[None]:
-    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
-        pytest.skip("Docker Engine is not reachable")
-    subprocess.run([str(ROOT / "docker" / "build-base-image.sh")], cwd=ROOT, check=True,
-                   timeout=600)
+    needs_docker()
+    build_base_image()
     try:
         scaled("up", "--build", "-d", "--scale", f"node={SCALE}", timeout=600)
         yield
     finally:
-        scaled("down", "--rmi", "all", "--volumes", "--remove-orphans", check=False)
-        left = subprocess.run(["docker", "ps", "-a", "-q", "--filter",
-                               f"label=com.docker.compose.project={SCALE_PROJECT}"],
-                              capture_output=True, text=True).stdout.strip()
-        assert left == "", f"containers left behind: {left}"
+        torn_down(scaled, SCALE_PROJECT)
 
 
 def test_scaled_service_discovers_its_peers_by_dns(scaled_cluster: None) -> None:
@@ -793,16 +802,14 @@ def test_compose_demo_over_mutual_tls(tmp_path: Path) -> None:
     certificates: the nodes mesh and the demo runs over mutual TLS (lost 0), and
     node1's published port speaks only HTTPS, only to holders of a certificate
     from the demo CA."""
-    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
-        pytest.skip("Docker Engine is not reachable")
+    needs_docker()
     if shutil.which("openssl") is None:
         pytest.skip("needs the openssl command (make test installs it)")
     certs = tmp_path / "tls"
     made = subprocess.run([str(ROOT / "docker" / "make-tls-certs.sh"), str(certs)],
                           capture_output=True, text=True, timeout=120)
     assert made.returncode == 0, made.stderr
-    subprocess.run([str(ROOT / "docker" / "build-base-image.sh")], cwd=ROOT, check=True,
-                   timeout=600)
+    build_base_image()
     env = {**ENV, "GOBUCKET_TAG": "e2e-tls", "GOBUCKET_REPLICAS": "0",
            "GOBUCKET_LOG_LEVEL": "INFO", "NODE1_PORT": TLS_PORT,
            "GOBUCKET_TLS_DIR": str(certs)}
@@ -845,8 +852,4 @@ def test_compose_demo_over_mutual_tls(tmp_path: Path) -> None:
         node, outcome = asyncio.run(fill_and_drain())
         assert node == "node1" and outcome == "drained"
     finally:
-        tls("down", "--rmi", "all", "--volumes", "--remove-orphans", check=False)
-        left = subprocess.run(["docker", "ps", "-a", "-q", "--filter",
-                               f"label=com.docker.compose.project={TLS_PROJECT}"],
-                              capture_output=True, text=True).stdout.strip()
-        assert left == "", f"containers left behind: {left}"
+        torn_down(tls, TLS_PROJECT)
