@@ -11,10 +11,13 @@ to ``replicas=0`` in the same run:
   drops its backup first). Target: <= 2 ms.
 - memory per backup: bytes allocated (tracemalloc) per backup record held,
   100,000 records without payload. Target: <= 300 B plus payload.
-- recovery: three ``gobucket-node --fast --replicas 1`` subprocesses; one
-  holding 2,000 pending time-bombs (filled through it) is killed with SIGKILL
-  and restarted at once; the time from the kill until the survivors hold all
-  of them again. Target: p99 <= 3 s (5 kills; median and max reported).
+- recovery: three ``gobucket-node --replicas 1`` subprocesses; one holding
+  2,000 pending time-bombs (filled through it) is killed with SIGKILL; the
+  time from the kill until the survivors hold all of them again. Target:
+  p99 <= 3 s (5 kills; median and max reported). Three ways: restarted at
+  once (``--fast`` timers: the new boot id proves it gone), and left dead,
+  with the ``--fast`` timers and with the default ones (the backups take
+  over once the survivors declare it dead).
 """
 
 from __future__ import annotations
@@ -139,9 +142,10 @@ async def live(nodes: list[Node]) -> int:
     return total
 
 
-async def recovery(logdir: Path) -> list[float]:
-    """Seconds from SIGKILL of a holder (restarted at once) until the others hold its tasks."""
-    nodes = [replica_node(f"r{i}", logdir, fast=True, max_bucket=HELD * 3) for i in range(3)]
+async def recovery(logdir: Path, *, restart: bool, fast: bool) -> list[float]:
+    """Seconds from SIGKILL of a holder (``restart``: restarted at once, else
+    left dead) until the others hold its tasks."""
+    nodes = [replica_node(f"r{i}", logdir, fast=fast, max_bucket=HELD * 3) for i in range(3)]
     for i, node in enumerate(nodes):
         node.peers = [n.addr for n in nodes[:i]] or []
     nodes[0].peers = [nodes[1].addr, nodes[2].addr]
@@ -163,7 +167,8 @@ async def recovery(logdir: Path) -> list[float]:
             t0 = time.monotonic()
             victim.proc.kill()
             await asyncio.to_thread(victim.proc.wait)
-            await victim.start()
+            if restart:
+                await victim.start()
 
             while await live(others) < before + HELD:
                 if time.monotonic() - t0 > 60:
@@ -171,8 +176,12 @@ async def recovery(logdir: Path) -> list[float]:
                                        f"{await live(others) - before}/{HELD} after 60 s")
                 await asyncio.sleep(0.02)
             out.append(time.monotonic() - t0)
-            print(f"    kill {kill} of {victim.node_id}: all {HELD} pending again on the "
+            print(f"    kill {kill} of {victim.node_id} ({'restarted' if restart else 'dead'}, "
+                  f"{'fast' if fast else 'default'} timers): all {HELD} pending again on the "
                   f"survivors after {out[-1]:.2f} s", flush=True)
+            if not restart:  # back for the next round, seen alive by the others
+                await victim.start()
+                await asyncio.sleep(3.0 if fast else 6.0)
             for node in others:  # clean the promoted tasks away for the next round
                 async with GroupClient(node.addr) as client:
                     for i in range(HELD):
@@ -207,13 +216,16 @@ async def run() -> list[Row]:
     per = await backup_bytes()
     rows.append(Row("#13", "memory per backup held (no payload)", per, "B", "<= 300 B",
                     per <= 300, note=f"tracemalloc over {RECORDS:,} records; ids excluded"))
-    times = await recovery(logdir)
-    worst = max(times)
-    rows.append(Row("#13", f"kill -9 of a holder of {HELD:,} pending time-bombs (restarted "
-                           "at once) until the survivors hold them all, 3 nodes --fast",
-                    median(times), "s", "p99 <= 3 s", worst <= 3.0,
-                    note=f"{KILLS} kills: {', '.join(f'{t:.2f}' for t in times)} s; max "
-                         f"{worst:.2f} s"))
+    for restart, fast, how in ((True, True, "restarted at once, --fast timers"),
+                               (False, True, "left dead, --fast timers"),
+                               (False, False, "left dead, default timers")):
+        times = await recovery(logdir, restart=restart, fast=fast)
+        worst = max(times)
+        rows.append(Row("#13", f"kill -9 of a holder of {HELD:,} pending time-bombs ({how}) "
+                               "until the survivors hold them all, 3 nodes",
+                        median(times), "s", "p99 <= 3 s", worst <= 3.0,
+                        note=f"{KILLS} kills: {', '.join(f'{t:.2f}' for t in times)} s; max "
+                             f"{worst:.2f} s"))
     return rows
 
 

@@ -403,16 +403,14 @@ class TaskBucket:
     async def _pass_gate(self, gate: Callable[[Task], Awaitable[bool]], task: Task) -> bool:
         """Await the cluster's word before a replicated time-bomb runs; False
         if it must not run here (drained or rescued meanwhile, out of time,
-        or taken over elsewhere), in which case it has ended."""
+        or taken over elsewhere), in which case it has ended.
+
+        The word is awaited even past the task's deadline: until the backups
+        answer, a backup may have taken the task over and run it, so
+        EXHAUSTED here could be a second outcome. Only a gate that let it go
+        makes a task that ran out of time EXHAUSTED."""
         try:
-            async with asyncio.timeout_at(task._deadline):
-                go = await gate(task)
-        except TimeoutError:
-            if task.state is not _PENDING:
-                return False
-            task.state = TaskState.EXHAUSTED  # its lifespan ran out before it could start
-            await self._end(task, "exhausted", self._on_exhausted)
-            return False
+            go = await gate(task)
         except asyncio.CancelledError:
             if task.state is not _PENDING:
                 return False  # drain() or rescue() ended it before cancelling us
@@ -422,6 +420,12 @@ class TaskBucket:
             return False
         if not go:  # a backup took it over while this node was cut off: it runs there
             self._stop_now(task, TaskState.HANDED_OFF, "handed_off")
+            return False
+        loop = self._loop
+        assert loop is not None
+        if loop.time() >= task._deadline:  # its lifespan ran out before it could start
+            task.state = TaskState.EXHAUSTED
+            await self._end(task, "exhausted", self._on_exhausted)
             return False
         return True
 

@@ -414,3 +414,86 @@ async def test_a_backup_holder_that_stops_gracefully_has_its_backups_placed_agai
     await asyncio.sleep(15)
     assert runs(cluster, "job") == 1
     assert [t for h, t, _ in cluster.recorders[again[0]].calls if h == "execute"] == ["job"]
+
+
+async def test_a_holder_that_stays_dead_is_taken_over_once_it_is_declared_dead(
+        cluster: Cluster) -> None:
+    """Promotion waits for the death to be declared, not for ``lost_after``."""
+    n1, _, _ = await three(cluster, lost_after=30)
+    await n1.fill("jobs", "job", task_type=BOMB, run_after=60, life_span=120)
+    holder = backups_of(cluster, "job")[0]
+    await crash(cluster, "n1")  # and it never comes back
+    await asyncio.sleep(3)  # the local preset declares it dead in about 0.5 s
+    task = cluster.bucket(holder).get("job")
+    assert task is not None and task.state is TaskState.PENDING
+    assert 55 < task.seconds_to_run < 58  # its original due time
+    await asyncio.sleep(60)
+    assert runs(cluster, "job") == 1
+
+
+async def test_a_primary_cut_off_past_its_deadline_reports_no_second_outcome(
+        cluster: Cluster) -> None:
+    """Its gate cannot finish before the task's deadline (its holder took
+    the task over meanwhile): it waits for the word instead of calling the
+    task EXHAUSTED, and ends it as handed off when the holder answers."""
+    n1, _, _ = await three(cluster)
+    ended: list[tuple[str, str]] = []
+    for name, group in cluster.groups.items():
+        def watch(task: Any, node: str = name) -> None:
+            ended.append((node, task.state.value))
+        group.buckets["jobs"].on_outcome = watch
+    await n1.fill("jobs", "job", task_type=BOMB, run_after=1, life_span=3)
+    cut = cluster.net.partition(["n1"], ["n2", "n3"])
+    await asyncio.sleep(6)  # past the deadline on both sides
+    assert runs(cluster, "job") == 1  # the holder ran it
+    assert "job" in n1.buckets["jobs"]  # n1 still waits for word
+    cut.heal()
+    await asyncio.sleep(3)
+    assert runs(cluster, "job") == 1
+    assert [state for _, state in ended if state != "handed_off"] == ["finished"]
+    assert "job" not in n1.buckets["jobs"]
+
+
+async def test_a_node_that_agreed_to_a_takeover_refuses_the_primarys_word(
+        cluster: Cluster) -> None:
+    """Whichever comes first on a third node wins: a takeover check it said
+    yes to, or the primary's word that the task started."""
+    n1, n2, n3 = await three(cluster)
+    await n1.fill("jobs", "job", task_type=BOMB, run_after=30, life_span=60)
+    holder = backups_of(cluster, "job")[0]
+    third = ({"n2", "n3"} - {holder}).pop()
+    backups = cluster.groups[third]._backups
+    assert backups.check(holder, "n1", None, [["jobs", "job"]]) == ["ok"]
+    sender = cluster.groups[third]._members.members["n1"]
+    assert backups.note(sender, [["tomb", "jobs", "job"]]) == ["claimed"]
+    # A second holder with a higher id is told to yield; the tomb is not kept.
+    assert backups.check("n9", "n1", None, [["jobs", "job"]]) == ["claimed"]
+    assert ("jobs", "job", "n1") not in backups.tombs
+    # Once the holder says it took the task over, the primary learns where.
+    backups.took_over(cluster.groups[third]._members.members[holder], "n1",
+                      [["jobs", "job"]], [])
+    answer = backups.note(sender, [["started", "jobs", "job"]])[0]
+    assert answer.startswith(f"promoted:{holder} ")
+
+
+async def test_a_takeover_check_is_refused_while_the_primary_is_seen_alive(
+        cluster: Cluster) -> None:
+    n1, n2, n3 = await three(cluster)
+    boot = n1.boot_id
+    assert n3._backups.check("n2", "n1", boot, [["jobs", "x"]]) == ["alive"]
+    assert n3._backups.check("n2", "n1", "another-boot", [["jobs", "x"]]) == ["ok"]
+
+
+async def test_a_primary_that_stops_cut_off_leaves_its_tasks_to_the_backups(
+        cluster: Cluster) -> None:
+    """On the minority side it cannot learn whether a backup took a task
+    over: it neither runs nor rescues it (no second outcome)."""
+    n1, _, _ = await three(cluster)
+    await n1.fill("jobs", "job", task_type=BOMB, run_after=2, life_span=60)
+    cluster.net.partition(["n1"], ["n2", "n3"])
+    await asyncio.sleep(1.5)
+    await n1.stop()
+    assert cluster.recorders["n1"].hooks("job") == []  # neither run nor rescued
+    assert [e["task_id"] for e in n1.events.since() if e["kind"] == "handoff_unknown"] == ["job"]
+    await asyncio.sleep(5)
+    assert runs(cluster, "job") == 1  # the majority side took it over

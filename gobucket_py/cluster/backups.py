@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import BucketClosedError, DuplicateTaskError, GobucketError, ProtocolError
 from ..task import TaskType
 from .items import PACKED_NONE, check_item
+from .lifecycle import GroupState
 from .membership import Member, MemberState
 from .protocol import Kind
 
@@ -111,6 +112,14 @@ class Backups:
         #: Word left by primaries: these tasks started or were drained while
         #: one of their backup holders was silent -> loop time.
         self.tombs: dict[tuple[str, str, str], float] = {}
+        #: Takeovers this node agreed to: (bucket, task id, primary) -> the
+        #: backup holder that asked (see :meth:`check`). Whichever comes
+        #: first here, a tomb or a claim, wins: a primary's later tomb is
+        #: answered ``claimed`` and a holder's later check ``tomb``.
+        self.claims: dict[tuple[str, str, str], str] = {}
+        #: Claims whose holder then took the task over (it said so): its
+        #: node id and boot id, as ``"<node> <boot>"``.
+        self.moved: dict[tuple[str, str, str], str] = {}
         # (latest deadline, seq, bucket, keys): expiry, one entry per stored
         # batch; keys that were dropped or stored again since are skipped.
         self._expiry: list[tuple[float, int, str, list[tuple[str, str]]]] = []
@@ -179,18 +188,24 @@ class Backups:
                     or not all(isinstance(v, str) for v in entry)):
                 raise ProtocolError("each backup note is [started|drop|tomb, bucket, task id]")
             op, bucket, task_id = entry
-            # Word that it started or was drained: kept, so a backup of it
-            # that arrives late (another connection) is refused, and a node
-            # about to take it over learns not to.
-            self._tomb((bucket, task_id, primary.node_id))
-            if op == "tomb":
-                answers.append("ok")
-                continue
+            key = (bucket, task_id, primary.node_id)
             where = self.records.get(bucket)
             if where is not None:
                 where.pop((task_id, primary.node_id), None)
-            promoted = (bucket, task_id, primary.node_id) in self.promoted
-            answers.append("promoted" if promoted else "ok")
+            if key in self.promoted:
+                answers.append(f"promoted:{self.group.node_id} {self.group.boot_id}")
+                continue
+            if key in self.moved:  # another backup holder took it over: it runs there
+                answers.append(f"promoted:{self.moved[key]}")
+                continue
+            if key in self.claims:  # a backup holder may be taking it over: no word here
+                answers.append("claimed")
+                continue
+            # Word that it started or was drained: kept, so a backup of it
+            # that arrives late (another connection) is refused, and a node
+            # about to take it over learns not to.
+            self._tomb(key)
+            answers.append("ok")
         return answers
 
     # -- membership events ---------------------------------------------------------------
@@ -263,7 +278,8 @@ class Backups:
             member = members.get(node)
             if member is None:
                 continue
-            if lost_boot is not None and not member.lost:
+            if lost_boot is not None and (member.state is not MemberState.DEAD
+                                          or member.boot != lost_boot):
                 continue  # it came back after all
             self._promote(node, lost_boot, member.boot)
 
@@ -287,7 +303,7 @@ class Backups:
         if chosen:
             # From now on lookups here say "unknown" for them (see at_risk).
             self._confirming.update((bucket, task_id) for bucket, task_id, _ in chosen)
-            group._spawn(self._confirm(node, chosen))
+            group._spawn(self._confirm(node, lost_boot, chosen))
 
     def at_risk(self, bucket: str, task_id: str) -> bool:
         """Is a backup of this task held here for a primary that is not
@@ -305,41 +321,111 @@ class Backups:
                 return True
         return False
 
-    async def _confirm(self, node: str, chosen: list[tuple[str, str, Backup]]) -> None:
+    async def _confirm(self, node: str, lost_boot: str | None,
+                       chosen: list[tuple[str, str, Backup]]) -> None:
         keys = [(bucket, task_id) for bucket, task_id, _ in chosen]
         try:
-            await self._confirm_all(node, chosen)
+            await self._confirm_all(node, lost_boot, chosen)
         finally:
             self._confirming.difference_update(keys)
 
-    async def _confirm_all(self, node: str, chosen: list[tuple[str, str, Backup]]) -> None:
+    async def _confirm_all(self, node: str, lost_boot: str | None,
+                           chosen: list[tuple[str, str, Backup]]) -> None:
         """Ask every other alive node whether ``node`` left word that these
         tasks started or were drained while a backup holder was silent (a
         *tombstone*, see ``Replicas``), or whether one of them holds the task
         live; promote those nobody objects to. Needs an answer from each
         alive node, and a majority of the cluster counting this one; asked
-        again every probe interval until then."""
+        again every probe interval until then. Whatever ends it, the nodes
+        asked learn which tasks were taken over and which were not (so they
+        stop refusing the primary's word about those, see ``check``)."""
         group = self.group
         loop = asyncio.get_running_loop()
-        while chosen and group.running:
-            chosen = [c for c in chosen if c[2][5] > loop.time()]  # still within its life
-            if not chosen:
-                return
-            objections = await self._ask_others(node, [(b, t) for b, t, _ in chosen])
-            if objections is not None:
-                self._take_over(node, [c for c, no in zip(chosen, objections, strict=True)
-                                       if no == "ok"])
-                return
-            await asyncio.sleep(group.config.probe_interval)
+        keys = [[b, t] for b, t, _ in chosen]
+        asked: dict[str, Member] = {}  # every node asked: each may hold claims
+        took: list[list[str]] = []
+        try:
+            while chosen and group.running:
+                chosen = [c for c in chosen if c[2][5] > loop.time()]  # still within its life
+                if not chosen:
+                    return
+                member = group._members.members.get(node)
+                if (lost_boot is not None and member is not None and member.boot == lost_boot
+                        and member.state is MemberState.ALIVE):
+                    self._keep(chosen)  # it was only cut off or stalled: it keeps its tasks
+                    return
+                others = [m for m in group._members.members.values()
+                          if m.state is MemberState.ALIVE and m.node_id != node]
+                asked.update((m.node_id, m) for m in others)
+                objections = await self._ask_others(node, lost_boot, others,
+                                                    [(b, t) for b, t, _ in chosen])
+                if objections is not None:
+                    took = self._take_over(node, [c for c, no in zip(chosen, objections,
+                                                                     strict=True) if no == "ok"])
+                    return
+                await asyncio.sleep(group.config.probe_interval)
+        finally:
+            if asked:
+                taken = {(b, t) for b, t in took}
+                released = [key for key in keys if (key[0], key[1]) not in taken]
+                group._spawn(self._announce(list(asked.values()), node, took, released))
 
-    async def _ask_others(self, node: str, tasks: list[tuple[str, str]]) -> list[str] | None:
+    def _keep(self, chosen: list[tuple[str, str, Backup]]) -> None:
+        """Put back the backups of a takeover called off (their primary is
+        alive after all); one stored again meanwhile is newer."""
+        for bucket, task_id, backup in chosen:
+            where = self.records.setdefault(bucket, {})
+            where.setdefault((task_id, backup[0]), backup)
+
+    async def _announce(self, others: list[Member], node: str, took: list[list[str]],
+                        released: list[list[str]]) -> None:
+        """Tell the nodes that agreed to a takeover whether it happened, so
+        they answer the old primary "promoted here" (it then leaves the
+        task to this node) or take its word again, instead of "claimed".
+        Retried while they are alive."""
+        group = self.group
+        message = {"v": 1, "from": group._members.header(), "notes": [],
+                   "promoted": took, "released": released, "primary": node}
+
+        async def tell(member: Member) -> None:
+            # Also while this node stops: a takeover it made must be known.
+            while member.state is MemberState.ALIVE and group.state is not GroupState.STOPPED:
+                try:
+                    await group.transport.call(member.addr, Kind.BACKUP_NOTE, message,
+                                               group.config.request_timeout)
+                    return
+                except GobucketError:
+                    await asyncio.sleep(group.config.probe_interval)
+
+        await asyncio.gather(*(tell(m) for m in others))
+
+    def took_over(self, asker: Member, primary: str, took: object, released: object) -> None:
+        """``asker`` took over (``took``) or let go (``released``) these
+        tasks of ``primary`` that this node agreed to (see :meth:`_announce`)."""
+        for tasks in (took, released):
+            if not isinstance(tasks, list) or not all(
+                    isinstance(t, list) and len(t) == 2 and all(isinstance(v, str) for v in t)
+                    for t in tasks):
+                raise ProtocolError("promoted and released must be lists of [bucket, task id]")
+        assert isinstance(took, list) and isinstance(released, list)
+        moved, claims = self.moved, self.claims
+        if len(moved) >= _MAX_TOMBS:
+            for old in list(moved)[:_MAX_TOMBS // 2]:
+                del moved[old]
+        for bucket, task_id in took:
+            moved[(bucket, task_id, primary)] = f"{asker.node_id} {asker.boot}"
+        for bucket, task_id in released:
+            key = (bucket, task_id, primary)
+            if claims.get(key) == asker.node_id:
+                del claims[key]
+
+    async def _ask_others(self, node: str, lost_boot: str | None, others: list[Member],
+                          tasks: list[tuple[str, str]]) -> list[str] | None:
         group = self.group
         if not majority(group, without=node):
             return None
-        others = [m for m in group._members.members.values()
-                  if m.state is MemberState.ALIVE and m.node_id != node]
         message = {"v": 1, "from": group._members.header(), "notes": [],
-                   "check": [list(t) for t in tasks], "primary": node}
+                   "check": [list(t) for t in tasks], "primary": node, "boot": lost_boot}
 
         async def ask(member: Member) -> list[str] | None:
             try:
@@ -365,14 +451,17 @@ class Backups:
                     verdicts[i] = answer
         return verdicts
 
-    def _take_over(self, node: str, chosen: list[tuple[str, str, Backup]]) -> None:
+    def _take_over(self, node: str, chosen: list[tuple[str, str, Backup]]) -> list[list[str]]:
+        """Fill ``chosen`` into the local buckets; the [bucket, id] of each taken."""
         group = self.group
         now = asyncio.get_running_loop().time()
-        promoted = 0
+        took: list[list[str]] = []
         for bucket, task_id, backup in chosen:
             _, _, origin, payload, due, deadline, _, _ = backup
             if deadline <= now:
                 continue  # its life span is over: it can no longer run
+            if (bucket, task_id, node) in self.tombs:
+                continue  # its primary told this node meanwhile that it started or was drained
             local = group.buckets[bucket]
             try:
                 data = None if payload == PACKED_NONE else group.codec.unpack(payload)
@@ -390,38 +479,59 @@ class Backups:
                 continue
             local.recovered[task.id] = max(0.0, now - due)
             self.promoted[(bucket, task.id, node)] = now
-            promoted += 1
+            took.append([bucket, task.id])
             group._replicas.adopt(bucket, task, origin, node)
+        promoted = len(took)
         if promoted:
             group.events.add("tasks_promoted", f"{promoted} tasks of {node} taken over here",
                              peer=node)
             log.warning("took over tasks of a peer that is gone event=tasks_promoted "
                         "node=%s peer=%s count=%d", group.node_id, node, promoted)
+        return took
 
-    def check(self, primary: str, tasks: object) -> list[str]:
-        """Answer a backup holder about to take over ``primary``'s tasks:
-        ``tomb`` (it left word that the task started or was drained),
-        ``live`` (a task of that id lives here), ``promoted`` (this node took
-        it over already), or ``ok``."""
+    def check(self, asker: str, primary: str, boot: object, tasks: object) -> list[str]:
+        """Answer backup holder ``asker``, about to take over ``primary``'s
+        tasks: ``alive`` (this node sees ``primary`` alive in boot ``boot``),
+        ``tomb`` (it left word that the task started or was drained), ``live``
+        (a task of that id lives here), ``promoted`` (this node took it over
+        already), ``backup:<id>`` (this node holds a backup of it too: the
+        lower id takes it over), ``claimed`` (another holder with a lower id
+        asked first), or ``ok`` -- which this node remembers as a claim:
+        a tomb the primary sends later is refused (see :meth:`note`)."""
         if not isinstance(tasks, list) or not all(
                 isinstance(t, list) and len(t) == 2 and all(isinstance(v, str) for v in t)
                 for t in tasks):
             raise ProtocolError("check must be a list of [bucket, task id]")
+        if boot is not None and not isinstance(boot, str):
+            raise ProtocolError("check boot must be a string or nil")
         group = self.group
+        seen = group._members.members.get(primary)
+        if (boot is not None and seen is not None and seen.boot == boot
+                and seen.state is MemberState.ALIVE):
+            return ["alive"] * len(tasks)
         answers = []
+        claims = self.claims
         for bucket, task_id in tasks:
+            key = (bucket, task_id, primary)
             local = group.buckets.get(bucket)
             where = self.records.get(bucket)
-            if (bucket, task_id, primary) in self.tombs:
+            claimer = claims.get(key)
+            if key in self.tombs:
                 answers.append("tomb")
-            elif (bucket, task_id, primary) in self.promoted:
+            elif key in self.promoted:
                 answers.append("promoted")
             elif local is not None and task_id in local:
                 answers.append("live")
             elif ((where is not None and (task_id, primary) in where)
                   or (bucket, task_id) in self._confirming):
                 answers.append(f"backup:{group.node_id}")  # two copies: the lower id wins
+            elif claimer is not None and claimer < asker:
+                answers.append("claimed")
             else:
+                if claimer is None and len(claims) >= _MAX_TOMBS:
+                    for old in list(claims)[:_MAX_TOMBS // 2]:
+                        del claims[old]
+                claims[key] = asker
                 answers.append("ok")
         return answers
 

@@ -103,14 +103,17 @@ class EndedNotices:
         self._arm()
 
     def moved(self, bucket: str, task_id: str, origin: str | None, node: str,
-              slot: tuple[str, int, int] | None = None) -> None:
+              slot: tuple[str, int, int] | None = None, boot: str | None = None) -> None:
         """A task forwarded here from ``origin`` was handed off to ``node``
         (``slot``: the handoff batch could not be settled; the origin
-        settles it later, and reports the task lost if ``node`` never took it)."""
-        member = self.group._members.members.get(node)
-        if origin is None or member is None:
+        settles it later, and reports the task lost if ``node`` never took
+        it), or taken over by it as a backup (in ``boot``)."""
+        if boot is None:
+            member = self.group._members.members.get(node)
+            boot = None if member is None else member.boot
+        if origin is None or boot is None:
             return
-        entry: list[Any] = [bucket, task_id, node, member.boot]
+        entry: list[Any] = [bucket, task_id, node, boot]
         if slot is not None:
             entry.extend(slot)
         self._moved.setdefault(origin, []).append(entry)
@@ -225,7 +228,11 @@ class EndedNotices:
                 routes.ended(bucket, task_id, sender)
         for bucket, task_id, node, boot, *rest in moved:
             slot = (rest[0], rest[1], rest[2]) if rest else None
-            if routes.move(bucket, task_id, sender, node, boot, slot) and slot is not None:
-                group._spawn(group._lookup.resolve(bucket, task_id))
+            if routes.move(bucket, task_id, sender, node, boot, slot):
+                if slot is not None:
+                    group._spawn(group._lookup.resolve(bucket, task_id))
+                else:
+                    group._losses.gone_already(node, boot)
         for bucket, task_id, primary in promoted:
             routes.move(bucket, task_id, primary, sender, sender_boot)
+

@@ -114,7 +114,17 @@ class Handoff:
         try:
             life_span = task.seconds_left
             run_after = task.seconds_to_run if task.type is TaskType.TIME_BOMB else 0.0
-            if life_span > run_after:
+            took: str | None = None
+            certain = True
+            if name in group._replicas.ks and task.type is TaskType.TIME_BOMB:
+                # A backup holder may have taken it over already (it saw this
+                # node dead): then it is there, and must not move elsewhere.
+                took, certain = await group._replicas.release(name, task.id)
+            if took is not None:
+                target = took
+            elif not certain:
+                pass  # stays here, offered again; if still unsure at close, left to them
+            elif life_span > run_after:
                 try:
                     payload = group.codec.pack(task.data)
                 except TypeError as exc:

@@ -120,6 +120,7 @@ async def _leave(group: TaskBucketGroup) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + group.config.stop_grace
     handed = await group._handoff.run(deadline)
+    group._replicas.cut_off()
     grace = max(0.0, deadline - loop.time())
     await asyncio.gather(*(b.close(grace) for b in group.buckets.values()))
     await group._ended.flush()  # tell origins what ended here, before going

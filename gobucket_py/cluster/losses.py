@@ -102,6 +102,19 @@ class Losses:
         for bucket, task_ids in group._routes.mark_lost(node_id, boot, other=other).items():
             self._tell(node_id, bucket, task_ids, why)
 
+    def gone_already(self, node_id: str, boot: str) -> None:
+        """A route was just added or moved to ``node_id`` in ``boot``: if that
+        incarnation is known gone, its routes were reported before this one
+        came, so report again (each task is reported once)."""
+        group = self.group
+        if node_id == group.node_id:
+            return  # handed back to this node
+        member = group._members.members.get(node_id)
+        if member is None or member.boot != boot:
+            self.report(node_id, boot, "restarted")
+        elif member.lost:
+            self.report(node_id, boot, "presumed lost")
+
     def report_ids(self, node_id: str, bucket: str, task_ids: list[str], why: str) -> None:
         """Report these tasks routed to ``node_id`` as lost (each once)."""
         marked = self.group._routes.mark_lost_ids(bucket, task_ids)

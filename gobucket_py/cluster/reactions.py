@@ -41,6 +41,7 @@ class PeerReactions:
         if replicas.ks or backups.records:
             if member.state is MemberState.DEAD:
                 replicas.holder_gone(member.node_id, dead=True)
+                backups.primary_gone(member, restarted=False)
             elif member.state is MemberState.LEFT:
                 replicas.holder_gone(member.node_id)
                 backups.primary_left(member)
@@ -67,9 +68,7 @@ class PeerReactions:
 
     def lost(self, member: Member) -> None:
         """``on_lost``: a peer stayed dead past ``lost_after``."""
-        group = self.group
-        group._backups.primary_gone(member, restarted=False)
-        group._losses.report(member.node_id, member.boot, "presumed lost")
+        self.group._losses.report(member.node_id, member.boot, "presumed lost")
 
     def forwarded(self, member: Member, accepted: int, sent: int, handoff: bool) -> None:
         """``on_batch``: ``member`` took ``accepted`` of ``sent`` tasks."""

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from ..bucket import TaskBucket
 from ..codec import Codec
 from ..errors import GobucketError, ProtocolError
-from ..task import Task, TaskState
+from ..task import Task, TaskState, TaskType
 from .backups import majority
 from .forward import BACKUP, Item, Unsettled
 from .items import PACKED_NONE
@@ -73,7 +73,7 @@ class Replicas:
         #: Drained (or otherwise ended) tasks whose drop some holder did not
         #: answer, and those a holder had already taken over (see release()).
         self.uncertain: dict[tuple[str, str], list[str]] = {}
-        self.taken: dict[tuple[str, str], str] = {}
+        self.taken: dict[tuple[str, str], tuple[str, str]] = {}
         #: Per holder: tasks whose drop (or "started") it missed while it was
         #: silent -- word went to other nodes as tombs, but its backup stays
         #: until its deadline unless it is told once it is back.
@@ -175,10 +175,14 @@ class Replicas:
                 wanted.append(index)
         loop = asyncio.get_running_loop()
         rng = group.rng
-        for _ in range(group.config.max_attempts):
+        cfg = group.config
+        # A fill answers within its bound: no new round once the time of the
+        # rounds left is spent (a batch may wait behind others, and settle).
+        last = loop.time() + cfg.forward_timeout * (cfg.max_attempts - 1)
+        for _ in range(cfg.max_attempts):
             wanted = [i for i in wanted if results[i] and tasks[i].state is TaskState.PENDING
                       and len(have.get(i, ())) < k]
-            if not wanted:
+            if not wanted or loop.time() > last:
                 break
             pool = [m for m in group._members.members.values() if m.state is MemberState.ALIVE]
             room = {m: m.estimate(name) for m in pool}
@@ -338,8 +342,12 @@ class Replicas:
         """A task this node took over from ``primary`` as its backup: tell
         the origin where it is now, and back it up again (best effort)."""
         group = self.group
-        if origin == group.node_id:
-            group._routes.move(name, task.id, primary, group.node_id, group.boot_id)
+        route = group._routes.get(name, task.id)
+        if origin == group.node_id or (route is not None and route[0] == primary):
+            # It is here now: no route (a late "moved" finds none). The second
+            # case: this node is its origin, but the backup names the node
+            # that handed it off to ``primary``.
+            group._routes.forget(name, task.id)
         elif origin != primary:
             group._ended.accepted(name, task.id, origin)
             group._ended.promoted(name, task.id, origin, primary)
@@ -359,6 +367,13 @@ class Replicas:
         group = self.group
         if not dead:
             self.missed.pop(node, None)  # restarted or left: it holds none of them now
+            # It cannot answer for what it did before (it may have taken a
+            # task over): asked as one that is gone, so only word left with
+            # a majority (or a node that saw the takeover) settles them.
+            gone = f"{node} (gone)"  # no node id holds a space
+            for names in self.uncertain.values():
+                if node in names:
+                    names[names.index(node)] = gone
         again: dict[str, list[Task]] = {}
         member = group._members.members.get(node)
         for key, names in list(self.holders.items()):
@@ -395,10 +410,10 @@ class Replicas:
         """Before a replicated time-bomb runs: its backups go (see the module
         docstring). False if a backup took it over."""
         group = self.group
-        if not group.running:
-            return True  # stopping: what is still here runs here or is rescued
         fenced = 0
-        while group.running and not majority(group):  # polled: no membership change feed
+        while not majority(group):  # polled: no membership change feed
+            if not group.running:
+                return self._left_to_backups(task)
             if not fenced:
                 log.warning("a replicated task is due but this node does not see a majority "
                             "of the cluster; it waits event=task_fenced node=%s bucket=%s "
@@ -409,39 +424,72 @@ class Replicas:
         placing = self._placing.get(key)
         if placing is not None:
             await asyncio.shield(placing)  # its backups are being placed: know where first
+        dropping = self._dropping.get(key)
+        if dropping is not None:
+            # A drain is dropping its backups: it decides first (it was
+            # waiting before this gate, so it resumes first), and a holder
+            # may answer that it took the task over.
+            await asyncio.shield(dropping)
+        if self.taken.pop(key, None) is not None:
+            return False  # a drain's drop found that a backup took it over
         names = self.holders.pop(key, None) or []
-        names += [n for n in self.uncertain.pop(key, ()) if n not in names]  # drain undone
-        members = group._members.members
-        for node, boot in self.former.pop(key, ()):
-            member = members.get(node)
-            if member is not None and member.boot == boot and node not in names:
-                names.append(node)  # it went dead, and may have taken the task over
+        names += [n for n in self.uncertain.get(key, ()) if n not in names]  # drain undone
+        names += self._former(key, names)
         while names:
             # Told in a task of its own, which a drain that comes meanwhile
-            # waits for (it cancels this runner, not the telling).
-            await asyncio.shield(self._start_drop(key, names, "started"))
+            # waits for (it cancels this runner, not the telling); one in
+            # flight already (a drain's retry) tells them the same.
+            dropping = self._dropping.get(key) or self._start_drop(key, names, "started")
+            await asyncio.shield(dropping)
             if self.taken.pop(key, None) is not None:
                 return False  # a backup took it over (this node was cut off)
-            names = self.uncertain.pop(key, [])
+            # Holders still silent stay in uncertain until they answer, so
+            # a drain meanwhile knows it cannot be sure.
+            names = list(self.uncertain.get(key, ()))
             if names:  # a silent holder, and no majority to leave word with: wait
+                if not group.running:
+                    return self._left_to_backups(task)
                 await asyncio.sleep(group.config.probe_interval)
         return True
 
-    async def _tomb(self, key: tuple[str, str], told: list[str], have: int) -> bool:
+    def _left_to_backups(self, task: Task) -> bool:
+        """A stopping node that cannot learn whether a backup took a due task
+        over (it does not see a majority, or a holder is silent) does not run
+        it: a backup may have. It is left to them, and said so."""
+        group = self.group
+        group.events.add("handoff_unknown", f"{task.id} is left to its backup holders",
+                         bucket=task.bucket, task_id=task.id, peer="backups")
+        log.warning("a replicated task is due while this node stops and cannot learn "
+                    "whether a backup took it over; left to the backups "
+                    "event=handoff_unknown node=%s peer=backups bucket=%s task_id=%s",
+                    group.node_id, task.bucket, task.id)
+        return False
+
+    async def _tomb(self, key: tuple[str, str], told: list[str], settled: list[str]
+                    ) -> tuple[bool, tuple[str, str] | None]:
         """Leave word with every other alive node that the task started or
         was drained here, for silent holders that may later try to take it
-        over (``told``: the holders asked already, ``have`` of which took
-        the note, which leaves the same word). True if enough nodes have it
-        that, with this one, they are a majority of the cluster: a holder
-        about to take a task over asks every node it sees alive and needs a
-        majority without the primary (``Backups._confirm``), so at least one
-        of them has the word."""
+        over (``told``: the holders asked already, ``settled`` those of
+        them that took the note, which leaves the same word). True if
+        enough nodes have it that, with this one, they are a majority of
+        the cluster: a holder about to take a task over asks every node it
+        sees alive and needs a majority without the primary
+        (``Backups._confirm``), and each of those remembers that it agreed,
+        so at least one of them has the word or refuses it (``claimed``).
+
+        For the two majorities to meet, nodes that left (until they are
+        forgotten, ``prune_after``) count in the cluster's size: what they
+        agreed to left with them. (A node that restarted forgot it too; see
+        the README's known limits.) Also returns the holder that took the
+        task over, if a node says one did."""
         group = self.group
-        members = [m for m in group._members.members.values() if m.state is not MemberState.LEFT]
-        others = [m.node_id for m in members
+        members = group._members.members
+        others = [m.node_id for m in members.values()
                   if m.state is MemberState.ALIVE and m.node_id not in told]
         answers = await asyncio.gather(*(self._note(node, "tomb", *key) for node in others))
-        return 2 * (answers.count("ok") + have + 1) > len(members) + 1
+        moved_to = next((_promoter(a) for a in answers if a.startswith("promoted:")), None)
+        votes = 1 + len(settled) + answers.count("ok")
+        return 2 * votes > len(members) + 1, moved_to
 
     async def release(self, name: str, task_id: str) -> tuple[str | None, bool]:
         """Before a pending task is drained here: drop its backups and wait
@@ -458,31 +506,71 @@ class Replicas:
         dropping = self._dropping.get(key)
         if dropping is None and key in self.uncertain:  # a retry: ask the silent ones again
             dropping = self._start_drop(key, self.uncertain.pop(key))
-        if dropping is not None:
-            await asyncio.shield(dropping)
+        if dropping is not None:  # bounded: a holder that never answers makes it "unknown"
+            done, _ = await asyncio.wait([dropping], timeout=2 * self.group.config.request_timeout)
+            if not done:
+                return None, False
         took = self.taken.get(key)
         if took is not None:
-            return took, True
+            return took[0], True
         return None, key not in self.uncertain
+
+    def cut_off(self) -> int:
+        """On stop, after the handoff: the replicated time-bombs still here
+        that a backup may be taking over (this node does not see a majority
+        of the cluster, or a holder of the task is silent) are neither run
+        nor rescued here: each is left to its backup holders
+        (``event=handoff_unknown``). How many."""
+        group = self.group
+        if not self.ks:
+            return 0
+        alone = not majority(group)
+        left = 0
+        for name in self.ks:
+            bucket = group.buckets[name]
+            for task in list(bucket):
+                if (task.type is TaskType.TIME_BOMB
+                        and (alone or (name, task.id) in self.uncertain)
+                        and bucket.take_pending(task.id) is not None):
+                    self._left_to_backups(task)
+                    bucket.handed_off(task)
+                    left += 1
+        return left
 
     def forget(self, name: str, task_id: str) -> None:
         """A task ended here without running: drop its backups (see :meth:`release`)."""
         key = (name, task_id)
         names = self.holders.pop(key, None) or []
         if self.former:
-            members = self.group._members.members
-            for node, boot in self.former.pop(key, ()):
-                member = members.get(node)
-                if member is not None and member.boot == boot and node not in names:
-                    names.append(node)
+            names += self._former(key, names)
         if names:
             self._start_drop(key, names)
+
+    def _former(self, key: tuple[str, str], names: list[str]) -> list[str]:
+        """The holders of ``key`` replaced when they went dead: each may have
+        taken the task over. One that restarted (or left) since cannot say
+        what its earlier incarnation did: it is asked as one that is gone."""
+        members = self.group._members.members
+        more = []
+        for node, boot in self.former.pop(key, ()):
+            member = members.get(node)
+            same = (member is not None and member.boot == boot
+                    and member.state is not MemberState.LEFT)
+            name = node if same else f"{node} (gone)"  # no node id holds a space
+            if name not in names and name not in more:
+                more.append(name)
+        return more
 
     def _start_drop(self, key: tuple[str, str], names: list[str], op: str = "drop"
                     ) -> asyncio.Future[None]:
         dropping = self.group._spawn(self._drop(key, names, op))
         self._dropping[key] = dropping
-        dropping.add_done_callback(lambda _: self._dropping.pop(key, None))
+
+        def done(_: object) -> None:
+            if self._dropping.get(key) is dropping:
+                del self._dropping[key]
+
+        dropping.add_done_callback(done)
         return dropping
 
     async def _drop(self, key: tuple[str, str], names: list[str], op: str) -> None:
@@ -492,20 +580,54 @@ class Replicas:
         answers = await asyncio.gather(*(self._note(node, op, *key) for node in names))
         silent = [n for n, a in zip(names, answers, strict=True) if a == "gone"]
         for node in silent:  # told again once it is back (see holder_back)
+            if " " in node:
+                continue  # gone for good (see holder_gone)
             missed = self.missed.setdefault(node, set())
             if len(missed) < _MAX_KEPT:
                 missed.add(key)
-        if silent and await self._tomb(key, names, len(names) - len(silent)):
-            silent = []
-        took = [n for n, a in zip(names, answers, strict=True) if a == "promoted"]
+        # A holder that answers "claimed" holds no backup of it any more, but
+        # agreed to another holder's takeover: no word is left there.
+        silent += [n for n, a in zip(names, answers, strict=True) if a == "claimed"]
+        took = [_promoter(a) for a in answers if a.startswith("promoted:")]
+        if silent and not took:
+            settled = [n for n, a in zip(names, answers, strict=True) if a == "ok"]
+            enough, moved_to = await self._tomb(key, names, settled)
+            if moved_to is not None:
+                took.append(moved_to)
+            if enough or took:
+                silent = []
+        elif took:
+            silent = []  # its fate is known: it runs there
         for table in (self.uncertain, self.taken):
             if len(table) > _MAX_KEPT:
                 for old in list(table)[:_MAX_KEPT // 2]:
                     del table[old]
+        # The holders asked now are settled or silent; others still silent
+        # from an earlier round stay so.
+        silent += [n for n in self.uncertain.get(key, ()) if n not in names]
         if silent:
             self.uncertain[key] = silent
+        else:
+            self.uncertain.pop(key, None)
         if took:
             self.taken[key] = took[0]
+            self._follow(key, *took[0])
+
+    def _follow(self, key: tuple[str, str], node: str, boot: str) -> None:
+        """A backup holder (``node`` in ``boot``) took this task over: the
+        route of its origin follows, so drains find it there, and its loss
+        is reported if that incarnation is gone already."""
+        group = self.group
+        bucket, task_id = key
+        origin = group._ended.origins.get(bucket, {}).get(task_id)
+        if origin is not None:  # forwarded here: tell its origin
+            group._ended.moved(bucket, task_id, origin, node, boot=boot)
+            return
+        local = group.buckets[bucket].get(task_id)
+        life = 600.0 if local is None else max(0.0, local.seconds_left)
+        now = asyncio.get_running_loop().time()
+        group._routes.add(bucket, node, boot, now, life, [task_id])
+        group._losses.gone_already(node, boot)
 
     def task_ended(self, task: Task) -> None:
         """A bucket's outcome watcher: the backups of a task that ended
@@ -531,11 +653,15 @@ class Replicas:
                 await asyncio.sleep(0)  # notes of this loop pass go together
                 batch = self._notes.pop(node, [])
                 member = group._members.members.get(node)
+                # The incarnation asked: a new one knows nothing of what the
+                # old one did (it may have taken the task over), so it is gone.
+                boot = None if member is None else member.boot
                 while batch:
-                    if member is None or member.state is not MemberState.ALIVE:
+                    if (member is None or member.state is not MemberState.ALIVE
+                            or member.boot != boot):
                         _resolve(batch, "gone")
                         break
-                    message = {"v": 1, "from": group._members.header(),
+                    message = {"v": 1, "from": group._members.header(), "to": boot,
                                "notes": [note for note, _ in batch]}
                     try:
                         reply = await group.transport.call(member.addr, Kind.BACKUP_NOTE,
@@ -566,12 +692,24 @@ class Replicas:
             primary = message.get("primary")
             if not isinstance(primary, str):
                 raise ProtocolError("check needs the primary's node id")
-            return {"v": 1, "checked": group._backups.check(primary, message["check"])}
+            return {"v": 1, "checked": group._backups.check(sender.node_id, primary,
+                                                              message.get("boot"),
+                                                              message["check"])}
+        if "promoted" in message:
+            primary = message.get("primary")
+            if not isinstance(primary, str):
+                raise ProtocolError("promoted needs the primary's node id")
+            group._backups.took_over(sender, primary, message["promoted"],
+                                     message.get("released", []))
+            return {"v": 1}
         if "held" in message:
             return {"v": 1, "kept": self.needed(sender.node_id, message["held"])}
         notes = message.get("notes")
         if not isinstance(notes, list):
             notes = []
+        to = message.get("to")
+        if to is not None and to != group.boot_id:  # meant for an earlier incarnation
+            return {"v": 1, "answers": ["gone"] * len(notes)}
         return {"v": 1, "answers": group._backups.note(sender, notes)}
 
     def needed(self, holder: str, held: object) -> list[str]:
@@ -612,6 +750,12 @@ def _item(task: Task, payload: bytes, now: float, origin: str, rank: int,
     run_after = max(0.0, task._run_at - now)
     life_span = max(task._deadline - now, run_after + 0.001)
     return (task.bucket, task.id, 1, payload, run_after, life_span, origin, rank, names)
+
+
+def _promoter(answer: str) -> tuple[str, str]:
+    """The node and boot id in a ``promoted:<node> <boot>`` answer."""
+    node, _, boot = answer[9:].partition(" ")
+    return node, boot
 
 
 def _resolve(batch: list[tuple[list[str], asyncio.Future[str]]], answer: str) -> None:
