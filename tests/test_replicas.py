@@ -458,7 +458,7 @@ async def test_a_node_that_agreed_to_a_takeover_refuses_the_primarys_word(
         cluster: Cluster) -> None:
     """Whichever comes first on a third node wins: a takeover check it said
     yes to, or the primary's word that the task started."""
-    n1, n2, n3 = await three(cluster)
+    n1, _, _ = await three(cluster)
     await n1.fill("jobs", "job", task_type=BOMB, run_after=30, life_span=60)
     holder = backups_of(cluster, "job")[0]
     third = ({"n2", "n3"} - {holder}).pop()
@@ -478,7 +478,7 @@ async def test_a_node_that_agreed_to_a_takeover_refuses_the_primarys_word(
 
 async def test_a_takeover_check_is_refused_while_the_primary_is_seen_alive(
         cluster: Cluster) -> None:
-    n1, n2, n3 = await three(cluster)
+    n1, _, n3 = await three(cluster)
     boot = n1.boot_id
     assert n3._backups.check("n2", "n1", boot, [["jobs", "x"]]) == ["alive"]
     assert n3._backups.check("n2", "n1", "another-boot", [["jobs", "x"]]) == ["ok"]

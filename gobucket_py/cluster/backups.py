@@ -187,7 +187,7 @@ class Backups:
                     or entry[0] not in ("started", "drop", "tomb")
                     or not all(isinstance(v, str) for v in entry)):
                 raise ProtocolError("each backup note is [started|drop|tomb, bucket, task id]")
-            op, bucket, task_id = entry
+            _, bucket, task_id = entry
             key = (bucket, task_id, primary.node_id)
             where = self.records.get(bucket)
             if where is not None:
