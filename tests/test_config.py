@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from gobucket_py import BucketConfig
+from gobucket_py import BucketConfig, GroupConfig
 
 
 def test_defaults_and_coercion() -> None:
@@ -35,3 +35,24 @@ def test_defaults_and_coercion() -> None:
 def test_invalid_config_names_the_field(kwargs: dict[str, object], field: str) -> None:
     with pytest.raises(ValueError, match=field):
         BucketConfig(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"promote_after": -1}, "promote_after"),
+        ({"promote_after": float("nan")}, "promote_after"),
+        ({"promote_after": 31.0}, "promote_after"),  # above lost_after (30 s)
+        ({"lost_after": 0}, "lost_after"),
+        ({"replicas": 3}, "replicas"),
+        ({"lost_after": 60.0, "prune_after": 30.0}, "prune_after"),
+    ],
+)
+def test_invalid_group_config_names_the_field(kwargs: dict[str, object], field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        GroupConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_promote_after_defaults_to_at_once_and_may_wait() -> None:
+    assert GroupConfig().promote_after == 0.0
+    assert GroupConfig(promote_after=10.0).promote_after == 10.0

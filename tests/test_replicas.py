@@ -151,7 +151,7 @@ async def test_crash_past_due_it_fires_at_once_and_says_how_late(cluster: Cluste
     n1.buckets["jobs"].set_gate(_never)  # n1 hangs before it can start it...
     await asyncio.sleep(0.5)
     await crash(cluster, "n1")  # ...and dies; nobody restarts it
-    await asyncio.sleep(8)  # dead (~0.5 s) + lost_after (3 s) + promotion
+    await asyncio.sleep(8)  # dead (~0.5 s), then taken over and fired at once
     assert runs(cluster, "job") == 1
     late = next(t for h, t, _ in cluster.recorders[holder].calls if h == "execute" and t)
     assert late == "job"
@@ -497,3 +497,15 @@ async def test_a_primary_that_stops_cut_off_leaves_its_tasks_to_the_backups(
     assert [e["task_id"] for e in n1.events.since() if e["kind"] == "handoff_unknown"] == ["job"]
     await asyncio.sleep(5)
     assert runs(cluster, "job") == 1  # the majority side took it over
+
+
+async def test_promote_after_delays_the_takeover_of_a_dead_holder(cluster: Cluster) -> None:
+    n1, _, _ = await three(cluster, lost_after=30, promote_after=6)
+    await n1.fill("jobs", "job", task_type=BOMB, run_after=60, life_span=120)
+    holder = backups_of(cluster, "job")[0]
+    await crash(cluster, "n1")
+    await asyncio.sleep(4)  # dead, but not yet for promote_after
+    assert "job" not in cluster.bucket(holder)
+    await asyncio.sleep(4)
+    task = cluster.bucket(holder).get("job")
+    assert task is not None and task.state is TaskState.PENDING

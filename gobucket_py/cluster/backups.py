@@ -11,21 +11,34 @@ A backup is dropped when its primary says the task started or was drained
 gracefully (its tasks were handed off and backed up anew by their new
 holders). It is *promoted* -- filled into the local bucket with its original
 due time and deadline, firing at once if already past due -- when the
-primary is proven gone (it restarted: a new boot id) or presumed lost (dead
-for ``lost_after``), and only while this node sees a majority of the nodes
-it knows (not counting those that left) alive: on the minority side of a
-partition nothing is promoted, and the primary there does not start its
-replicated tasks either (see ``Replicas.gate``). With two backups, the rank-1
-holder promotes only if the rank-0 holder is not alive in its view.
+primary is proven gone (it restarted: a new boot id) or declared dead (after
+``promote_after``, 0 s by default), and only while this node sees a
+majority of the nodes it knows (not counting those that left) alive: on the
+minority side of a partition nothing is promoted, and the primary there
+does not start its replicated tasks either (see ``Replicas.gate``). With
+two backups, the rank-1 holder promotes only if the rank-0 holder is not
+alive in its view.
 
-A backup may be stale: its primary may have replaced it while this node was
-silent, then started or drained the task. So before it takes a task over, a
-backup holder asks every other alive node (and needs a majority of the
-cluster, not counting the dead primary): a node that holds word from the
-primary that the task started or was drained (a *tombstone*, which the
-primary leaves with a majority whenever a backup holder does not answer),
-holds the task live, took it over already, or holds a backup of it too with
-a lower node id (then that one takes it over) objects.
+A primary declared dead may only be stalled or cut off, and a backup may be
+stale (its primary replaced it while this node was silent, then started or
+drained the task). So before it takes a task over, a backup holder asks
+every other alive node, and needs all of them to answer and, with itself, a
+majority of the cluster (nodes that left gracefully not counted: they passed
+what they knew on as they left, see :meth:`bequeath`). A node objects if it sees the primary alive in the same boot,
+holds word from the primary that the task started or was drained (a
+*tombstone*, which the primary leaves with a majority whenever a backup
+holder does not answer), holds the task live, took it over already, or
+holds a backup of it too with a lower node id (then that one takes it
+over). A node that does not object remembers it agreed (a *claim*): a
+tombstone the primary sends later is refused there ("claimed"), so the
+primary's majority and the holder's cannot both win. Once it has decided,
+the holder tells them whether it took each task over, and they answer the
+primary "promoted:<node> <boot>" from then on.
+
+What a node agreed to is kept in memory: one that restarts forgets it. If most of the nodes that agreed to a takeover restart before
+the old primary, cut off meanwhile, asks them, and the holder that took the
+task over cannot be reached, the old primary may run the task too (README,
+known limits).
 """
 
 from __future__ import annotations
@@ -57,6 +70,8 @@ Backup = tuple[str, str, str, bytes, float, float, int, tuple[str, ...]]
 #: Tombstones are kept this long (s), and at most this many.
 TOMB_KEEP = 600.0
 _MAX_TOMBS = 100_000
+#: At most this many records of each kind are passed on by a leaving node.
+_BEQUEST = 20_000
 
 #: The FILL item of a backup: a task's FILL item, then origin, rank and the
 #: node ids of all its backup holders in rank order.
@@ -155,8 +170,11 @@ class Backups:
             if not group.running:
                 verdicts.append("closed")
                 continue
-            if (bucket, task_id, primary.node_id) in self.tombs:
-                verdicts.append("dropped")  # it started or was drained: a late copy
+            key3 = (bucket, task_id, primary.node_id)
+            if key3 in self.tombs or key3 in self.promoted or key3 in self.moved:
+                # It started or was drained (a late copy), or was taken over
+                # (a primary back from a stall re-sending it, say on a reschedule).
+                verdicts.append("dropped")
                 continue
             where = self.records.get(bucket)
             if where is None:
@@ -256,9 +274,21 @@ class Backups:
 
     def primary_gone(self, member: Member, *, restarted: bool) -> None:
         """A primary restarted (``restarted``: its backups are those of
-        other boots) or is presumed lost: take its tasks over."""
-        self._waiting[member.node_id] = member.boot if not restarted else None
-        self._promote_waiting()
+        other boots) or was declared dead: take its tasks over (a dead one
+        after ``promote_after``, if it is still dead then)."""
+        delay = self.group.config.promote_after
+        if restarted or not delay:
+            self._waiting[member.node_id] = None if restarted else member.boot
+            self._promote_waiting()
+        else:
+            asyncio.get_running_loop().call_later(delay, self._still_dead, member.node_id,
+                                                  member.boot)
+
+    def _still_dead(self, node: str, boot: str) -> None:
+        member = self.group._members.members.get(node)
+        if member is not None and member.boot == boot and member.state is MemberState.DEAD:
+            self._waiting[node] = boot
+            self._promote_waiting()
 
     def _promote_waiting(self) -> None:
         self._retry = None
@@ -534,6 +564,52 @@ class Backups:
                 claims[key] = asker
                 answers.append("ok")
         return answers
+
+    # -- leaving -------------------------------------------------------------------------
+
+    async def bequeath(self) -> None:
+        """On a graceful stop: pass the word this node holds (tombstones,
+        claims, takeovers it was told of) on to every alive peer, so a
+        majority that counts only the nodes still there still holds it.
+        Best effort, bounded by ``request_timeout``; the most recent
+        ``_BEQUEST`` records of each kind."""
+        group = self.group
+        tombs = [list(k) for k in list(self.tombs)[-_BEQUEST:]]
+        claims = [[*k, v] for k, v in list(self.claims.items())[-_BEQUEST:]]
+        moved = [[*k, v] for k, v in list(self.moved.items())[-_BEQUEST:]]
+        if not (tombs or claims or moved):
+            return
+        message = {"v": 1, "from": group._members.header(), "notes": [],
+                   "inherit": {"tombs": tombs, "claims": claims, "moved": moved}}
+        peers = [m for m in group._members.members.values() if m.state is MemberState.ALIVE]
+
+        async def send(member: Member) -> None:
+            try:
+                await group.transport.call(member.addr, Kind.BACKUP_NOTE, message,
+                                           group.config.request_timeout)
+            except GobucketError as exc:
+                log.debug("word not passed on event=bequest_not_delivered node=%s peer=%s "
+                          "error=%s", group.node_id, member.node_id, exc)
+
+        await asyncio.gather(*(send(m) for m in peers))
+
+    def inherit(self, bequest: object) -> None:
+        """Keep the word a leaving peer passed on (see :meth:`bequeath`)."""
+        if not isinstance(bequest, dict):
+            raise ProtocolError("inherit must be a map")
+        rows = [bequest.get(kind, []) for kind in ("tombs", "claims", "moved")]
+        for kind, (size, table) in zip(rows, ((3, None), (4, self.claims), (4, self.moved)),
+                                       strict=True):
+            if not isinstance(kind, list) or not all(
+                    isinstance(r, list) and len(r) == size and all(isinstance(v, str) for v in r)
+                    for r in kind):
+                raise ProtocolError("inherit rows must be lists of strings")
+            for row in kind:
+                key = (row[0], row[1], row[2])
+                if table is None:
+                    self._tomb(key)
+                elif key not in table and len(table) < _MAX_TOMBS:
+                    table[key] = row[3]
 
     # -- housekeeping ---------------------------------------------------------------------
 

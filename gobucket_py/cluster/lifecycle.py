@@ -121,6 +121,7 @@ async def _leave(group: TaskBucketGroup) -> None:
     deadline = loop.time() + group.config.stop_grace
     handed = await group._handoff.run(deadline)
     group._replicas.cut_off()
+    await group._backups.bequeath()
     grace = max(0.0, deadline - loop.time())
     await asyncio.gather(*(b.close(grace) for b in group.buckets.values()))
     await group._ended.flush()  # tell origins what ended here, before going

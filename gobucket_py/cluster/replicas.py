@@ -21,7 +21,10 @@ What the backups must learn (``BACKUP_NOTE``, batched per holder):
   alive, and -- if this node does not see a majority of the cluster alive
   -- until it does (it may be on the minority side of a partition, where
   backups may be taking its tasks over); a holder that answers "promoted"
-  means it took the task over: it does not run here.
+  means it took the task over: it does not run here. The gate waits for
+  that word even past the task's deadline (EXHAUSTED here while a backup
+  ran it would be two outcomes), and a stopping node that cannot get it
+  leaves the task to its backups (``event=handoff_unknown``).
 - **drop**: a drained task's backups go before ``drain`` answers DRAINED
   (each alive holder has answered); for tasks that end otherwise without
   running (rescued, handed off, out of time) the note is sent and not waited for.
@@ -379,8 +382,11 @@ class Replicas:
         for key, names in list(self.holders.items()):
             if node in names:
                 names.remove(node)
-                if dead and member is not None:
-                    self.former.setdefault(key, []).append((node, member.boot))
+                if member is not None:
+                    # It may have taken the task over before it restarted or
+                    # left (it forgot that then): the gate asks the others.
+                    self.former.setdefault(key, []).append(
+                        (node, member.boot if dead else ""))
                 task = group.buckets[key[0]].get(key[1])
                 if task is not None and task.state is TaskState.PENDING:
                     again.setdefault(key[0], []).append(task)
@@ -477,19 +483,22 @@ class Replicas:
         (``Backups._confirm``), and each of those remembers that it agreed,
         so at least one of them has the word or refuses it (``claimed``).
 
-        For the two majorities to meet, nodes that left (until they are
-        forgotten, ``prune_after``) count in the cluster's size: what they
-        agreed to left with them. (A node that restarted forgot it too; see
-        the README's known limits.) Also returns the holder that took the
-        task over, if a node says one did."""
+        Nodes that left gracefully do not count in the cluster's size (they
+        passed what they knew on, ``Backups.bequeath``); a node that
+        restarted forgot it (README, known limits). Also returns the holder
+        that took the task over, if a node says one did."""
         group = self.group
         members = group._members.members
-        others = [m.node_id for m in members.values()
-                  if m.state is MemberState.ALIVE and m.node_id not in told]
+        # A holder back in a new boot cannot vouch for what its old one did.
+        others = [m.node_id for m in members.values() if m.state is MemberState.ALIVE
+                  and m.node_id not in told and f"{m.node_id} (gone)" not in told]
         answers = await asyncio.gather(*(self._note(node, "tomb", *key) for node in others))
         moved_to = next((_promoter(a) for a in answers if a.startswith("promoted:")), None)
-        votes = 1 + len(settled) + answers.count("ok")
-        return 2 * votes > len(members) + 1, moved_to
+        # Every set of other nodes that is a majority of the cluster (what a
+        # takeover needs) must hold one that has the word.
+        size = 1 + sum(1 for m in members.values() if m.state is not MemberState.LEFT)
+        without = size - 1 - len(settled) - answers.count("ok")
+        return 2 * without <= size, moved_to
 
     async def release(self, name: str, task_id: str) -> tuple[str | None, bool]:
         """Before a pending task is drained here: drop its backups and wait
@@ -701,6 +710,9 @@ class Replicas:
                 raise ProtocolError("promoted needs the primary's node id")
             group._backups.took_over(sender, primary, message["promoted"],
                                      message.get("released", []))
+            return {"v": 1}
+        if "inherit" in message:
+            group._backups.inherit(message["inherit"])
             return {"v": 1}
         if "held" in message:
             return {"v": 1, "kept": self.needed(sender.node_id, message["held"])}
