@@ -69,8 +69,9 @@ bench: $(STAMP)
 
 # The ledger chaos test at full size (make test runs it with 10,000 tasks), with its
 # replicas variants (kill -9 of one node, and of two at once: 100,000 tasks each, here
-# only), then the seeded in-memory nemesis with 2,000 seeds, with and without replicas,
-# and 1,000 one-crash-at-a-time seeds with replicas (make test runs 100 of each); a
+# only), then the seeded in-memory nemesis with 2,000 seeds, with and without replicas
+# (backups taking over at presumed loss, and at death: promote_after=0), and 1,000
+# one-crash-at-a-time seeds with replicas (make test runs 100 of each); a
 # failing seed prints the one command that replays it (fixed hash seed: exact replays).
 chaos: $(STAMP)
 	status=0; \

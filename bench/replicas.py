@@ -14,10 +14,11 @@ to ``replicas=0`` in the same run:
 - recovery: three ``gobucket-node --replicas 1`` subprocesses; one holding
   2,000 pending time-bombs (filled through it) is killed with SIGKILL; the
   time from the kill until the survivors hold all of them again. Target:
-  p99 <= 3 s (5 kills; median and max reported). Three ways: restarted at
-  once (``--fast`` timers: the new boot id proves it gone), and left dead,
-  with the ``--fast`` timers and with the default ones (the backups take
-  over once the survivors declare it dead).
+  p99 <= 3 s (median and max reported). Three ways: restarted at once
+  (``--fast`` timers: the new boot id proves it gone; 5 kills), left dead
+  with ``--promote-after 0`` and the default timers (the backups take over
+  once the survivors declare it dead; 5 kills), and left dead with the
+  default ``promote_after`` (``lost_after``, 30 s; 3 kills).
 """
 
 from __future__ import annotations
@@ -142,10 +143,14 @@ async def live(nodes: list[Node]) -> int:
     return total
 
 
-async def recovery(logdir: Path, *, restart: bool, fast: bool) -> list[float]:
+async def recovery(logdir: Path, *, restart: bool, fast: bool, kills: int,
+                   promote_after: float | None = None) -> list[float]:
     """Seconds from SIGKILL of a holder (``restart``: restarted at once, else
     left dead) until the others hold its tasks."""
     nodes = [replica_node(f"r{i}", logdir, fast=fast, max_bucket=HELD * 3) for i in range(3)]
+    if promote_after is not None:
+        for node in nodes:
+            node.extra = [*node.extra, "--promote-after", str(promote_after)]
     for i, node in enumerate(nodes):
         node.peers = [n.addr for n in nodes[:i]] or []
     nodes[0].peers = [nodes[1].addr, nodes[2].addr]
@@ -155,7 +160,7 @@ async def recovery(logdir: Path, *, restart: bool, fast: bool) -> list[float]:
             await node.start()
         await asyncio.sleep(2.0)
         rng = random.Random(13)
-        for kill in range(KILLS):
+        for kill in range(kills):
             victim = nodes[kill % 3]
             others = [n for n in nodes if n is not victim]
             async with GroupClient(victim.addr) as client:
@@ -171,9 +176,9 @@ async def recovery(logdir: Path, *, restart: bool, fast: bool) -> list[float]:
                 await victim.start()
 
             while await live(others) < before + HELD:
-                if time.monotonic() - t0 > 60:
+                if time.monotonic() - t0 > 90:
                     raise RuntimeError(f"kill {kill}: the survivors hold "
-                                       f"{await live(others) - before}/{HELD} after 60 s")
+                                       f"{await live(others) - before}/{HELD} after 90 s")
                 await asyncio.sleep(0.02)
             out.append(time.monotonic() - t0)
             print(f"    kill {kill} of {victim.node_id} ({'restarted' if restart else 'dead'}, "
@@ -216,15 +221,17 @@ async def run() -> list[Row]:
     per = await backup_bytes()
     rows.append(Row("#13", "memory per backup held (no payload)", per, "B", "<= 300 B",
                     per <= 300, note=f"tracemalloc over {RECORDS:,} records; ids excluded"))
-    for restart, fast, how in ((True, True, "restarted at once, --fast timers"),
-                               (False, True, "left dead, --fast timers"),
-                               (False, False, "left dead, default timers")):
-        times = await recovery(logdir, restart=restart, fast=fast)
+    for restart, fast, promote, kills, how in (
+            (True, True, None, KILLS, "restarted at once, --fast timers"),
+            (False, False, 0.0, KILLS, "left dead, --promote-after 0, default timers"),
+            (False, False, None, 3, "left dead, default promote_after (lost_after, 30 s)")):
+        times = await recovery(logdir, restart=restart, fast=fast, kills=kills,
+                               promote_after=promote)
         worst = max(times)
         rows.append(Row("#13", f"kill -9 of a holder of {HELD:,} pending time-bombs ({how}) "
                                "until the survivors hold them all, 3 nodes",
                         median(times), "s", "p99 <= 3 s", worst <= 3.0,
-                        note=f"{KILLS} kills: {', '.join(f'{t:.2f}' for t in times)} s; max "
+                        note=f"{kills} kills: {', '.join(f'{t:.2f}' for t in times)} s; max "
                              f"{worst:.2f} s"))
     return rows
 

@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="backups of each pending time-bomb on other nodes, so a node's "
                         "crash loses none of them (0, 1 or 2; default 0) "
                         "[GOBUCKET_REPLICAS]")
+    p.add_argument("--promote-after", type=float, default=_env("PROMOTE_AFTER") or None,
+                   help="with replicas: seconds after a node is declared dead that its "
+                        "backups take its tasks over (0: at once; default: when it is "
+                        "presumed lost, lost_after) [GOBUCKET_PROMOTE_AFTER]")
     p.add_argument("--fast", action="store_true",
                    default=(_env("FAST", "") or "").lower() in ("1", "true", "yes"),
                    help="use GroupConfig.local() timers (tests and single-host demos) "
@@ -138,7 +142,8 @@ async def _build(args: argparse.Namespace, factory: Any) -> TaskBucketGroup:
     secret = args.secret
     base = GroupConfig.local() if args.fast else GroupConfig()
     config = GroupConfig(**{**{f: getattr(base, f) for f in base.__dataclass_fields__},
-                            "stop_grace": args.stop_grace, "replicas": args.replicas})
+                            "stop_grace": args.stop_grace, "replicas": args.replicas,
+                            "promote_after": args.promote_after})
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     advertise = args.advertise or await _own_advertise(args.host, args.port, peers)
     tls = None

@@ -207,13 +207,14 @@ class GroupConfig:
     #: gone or presumed lost. 0 (the default) keeps today's speed.
     replicas: int = 0
     #: With replicas: how long after a holder is declared dead (same boot id)
-    #: its backups take its tasks over. 0 (the default): at once, so a node
-    #: that stays dead has its pending tasks pending again elsewhere within
-    #: the detection time (about 1.5-2.5 s with the default timers). Safe
-    #: for a holder wrongly declared dead (stalled, cut off) by the start
-    #: gate and the takeover check (README, "Replicas"); a longer delay
-    #: moves fewer tasks after short stalls. At most ``lost_after``.
-    promote_after: float = 0.0
+    #: its backups take its tasks over. None (the default): ``lost_after``,
+    #: when it is presumed lost. 0 takes over at once, so a node that stays
+    #: dead has its pending tasks pending again elsewhere within the
+    #: detection time (about 2 s with the default timers); a holder wrongly
+    #: declared dead (stalled, cut off) then has its tasks moved, and the
+    #: start gate and takeover check keep each running once -- except in
+    #: the rare cases the README's known limits name. At most ``lost_after``.
+    promote_after: float | None = None
     #: With replicas: how long an origin waits, once a holder is proven gone
     #: or presumed lost, for backups to report that they took over its tasks
     #: before it reports the rest lost. Covers the spread between nodes'
@@ -233,8 +234,9 @@ class GroupConfig:
                      "settle_timeout", "lost_after", "prune_after", "promote_grace"):
             object.__setattr__(self, name, _positive(name, getattr(self, name)))
         object.__setattr__(self, "stop_grace", check_delay("stop_grace", self.stop_grace))
-        object.__setattr__(self, "promote_after",
-                           check_delay("promote_after", self.promote_after))
+        if self.promote_after is not None:
+            object.__setattr__(self, "promote_after",
+                               check_delay("promote_after", self.promote_after))
         _count("indirect_probes", self.indirect_probes, 0)
         _count("max_attempts", self.max_attempts, 1)
         _count("batch_size", self.batch_size, 1)
@@ -248,7 +250,7 @@ class GroupConfig:
             raise ValueError(
                 f"prune_after ({self.prune_after}) must be >= lost_after ({self.lost_after}): "
                 "a dead peer's tasks are reported lost before it is forgotten")
-        if self.promote_after > self.lost_after:
+        if self.promote_after is not None and self.promote_after > self.lost_after:
             raise ValueError(
                 f"promote_after ({self.promote_after}) must be <= lost_after "
                 f"({self.lost_after}): backups take tasks over before they are reported lost")

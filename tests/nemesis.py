@@ -679,18 +679,27 @@ MAX_PUSH = 1.0  # longest reschedule
 MAX_FAULT = 3.0  # longest fault
 
 
-def group_config(replicas: int | None = None) -> GroupConfig:
-    """The cluster's tuning: the local preset, with losses presumed after 8 s."""
+def group_config(replicas: int | None = None, promote_after: float | None = None
+                 ) -> GroupConfig:
+    """The cluster's tuning: the local preset, with losses presumed after 8 s
+    (and backups taking over then, unless ``promote_after`` says sooner;
+    default: ``NEMESIS_PROMOTE_AFTER``)."""
     # Longer than any fault the nemesis heals: a stall or partition it heals
     # must be "unknown", never presumed lost (presumption is for a node that
     # stays dead, and is tested on its own in test_truth.py).
     # Faults can overlap, so a node may be silent for most of the workload.
     return GroupConfig.local(lost_after=WORK_FOR + MAX_FAULT + 1.0,
-                             replicas=REPLICAS if replicas is None else replicas)
+                             replicas=REPLICAS if replicas is None else replicas,
+                             promote_after=PROMOTE_AFTER if promote_after is None
+                             else promote_after)
 
 
 #: Backups per time-bomb (``NEMESIS_REPLICAS``, default 0).
 REPLICAS = int(os.environ.get("NEMESIS_REPLICAS", "0"))
+#: Backups take a dead holder's tasks over after this long (``NEMESIS_PROMOTE_AFTER``;
+#: default: when it is presumed lost).
+PROMOTE_AFTER = float(os.environ["NEMESIS_PROMOTE_AFTER"]) if os.environ.get(
+    "NEMESIS_PROMOTE_AFTER") else None
 #: Run every seed with this profile (``NEMESIS_PROFILE``; default: each seed draws one).
 PROFILE = os.environ.get("NEMESIS_PROFILE") or None
 
@@ -1165,6 +1174,7 @@ class Outcome:
     census: Census
     leaked: int = 0  # asyncio tasks of stopped groups still alive (cancelled by the harness)
     replicas: int = 0  # backups per time-bomb in this run
+    promote_after: float | None = None  # its GroupConfig.promote_after
 
     @property
     def failed(self) -> bool:
@@ -1195,11 +1205,13 @@ class Outcome:
             " (this run's PYTHONHASHSEED was random: the replay may take another path; "
             "compare the trace)")
         overridden = plan.profile if plan.profile not in PROFILES else None
-        lines.append(f"  replay: {replay_command(plan.seed, self.replicas, overridden)}{exact}")
+        command = replay_command(plan.seed, self.replicas, overridden, self.promote_after)
+        lines.append(f"  replay: {command}{exact}")
         return "\n".join(lines)
 
 
-def replay_command(seed: int, replicas: int | None = None, profile: str | None = None) -> str:
+def replay_command(seed: int, replicas: int | None = None, profile: str | None = None,
+                   promote_after: float | None = None) -> str:
     """The one command that replays ``seed``, with this process's hash seed.
 
     Set iteration order (string hashing) steers a few interleavings, so an
@@ -1209,8 +1221,10 @@ def replay_command(seed: int, replicas: int | None = None, profile: str | None =
     hashseed = os.environ.get("PYTHONHASHSEED") or "0"
     k = REPLICAS if replicas is None else replicas
     profile = profile or PROFILE
+    promote = PROMOTE_AFTER if promote_after is None else promote_after
     env = (f"NEMESIS_REPLICAS={k} " if k else "") + (
-        f"NEMESIS_PROFILE={profile} " if profile else "")
+        f"NEMESIS_PROFILE={profile} " if profile else "") + (
+        f"NEMESIS_PROMOTE_AFTER={promote:g} " if promote is not None else "")
     return (f"PYTHONHASHSEED={hashseed} {env}GOBUCKET_SEED={seed} .venv/bin/python -m "
             "pytest -q tests/test_nemesis.py -k replay")
 
@@ -1218,13 +1232,14 @@ def replay_command(seed: int, replicas: int | None = None, profile: str | None =
 class Run:
     """One seeded run (see the module docstring)."""
 
-    def __init__(self, plan: Plan, replicas: int | None = None) -> None:
+    def __init__(self, plan: Plan, replicas: int | None = None,
+                 promote_after: float | None = None) -> None:
         self.plan = plan
         self.loop = asyncio.get_running_loop()
         self.ledger = Ledger(self.loop.time)
         self.net = MemoryNetwork()
         self.crash_locks: dict[str, asyncio.Lock] = {}
-        self.config = group_config(replicas)
+        self.config = group_config(replicas, promote_after)
         self.ledger.crash_safe = plan.profile == "one_crash" and self.config.replicas > 0
         self.bound = call_bound(self.config)
         self.names = plan.names
@@ -1550,7 +1565,8 @@ class Run:
         census = check(self.ledger)
         if leaked and self.ledger.aborted is None:
             census.notes["tasks_running_after_stop"] += leaked
-        return Outcome(self.plan, self.ledger, census, leaked, self.config.replicas)
+        return Outcome(self.plan, self.ledger, census, leaked, self.config.replicas,
+                       self.config.promote_after)
 
     async def _body(self) -> None:
         plan = self.plan
@@ -1603,12 +1619,13 @@ class Run:
         return len(left)
 
 
-async def run_seed(seed: int, replicas: int | None = None, profile: str | None = None
-                   ) -> Outcome:
+async def run_seed(seed: int, replicas: int | None = None, profile: str | None = None,
+                   promote_after: float | None = None) -> Outcome:
     """Run one seed on the running loop (use a looptime loop: it takes loop-time
-    seconds), with ``replicas`` backups per time-bomb (default: ``NEMESIS_REPLICAS``)
-    and ``profile`` (default: ``NEMESIS_PROFILE``, else the seed's own)."""
-    return await Run(make_plan(seed, profile or PROFILE), replicas).run()
+    seconds), with ``replicas`` backups per time-bomb (default: ``NEMESIS_REPLICAS``),
+    ``profile`` (default: ``NEMESIS_PROFILE``, else the seed's own) and
+    ``promote_after`` (default: ``NEMESIS_PROMOTE_AFTER``, else ``lost_after``)."""
+    return await Run(make_plan(seed, profile or PROFILE), replicas, promote_after).run()
 
 
 # -- outside pytest: a census over many seeds ------------------------------------------------------

@@ -53,6 +53,7 @@ def test_invalid_group_config_names_the_field(kwargs: dict[str, object], field: 
         GroupConfig(**kwargs)  # type: ignore[arg-type]
 
 
-def test_promote_after_defaults_to_at_once_and_may_wait() -> None:
-    assert GroupConfig().promote_after == 0.0
+def test_promote_after_defaults_to_lost_after_and_may_be_sooner() -> None:
+    assert GroupConfig().promote_after is None
+    assert GroupConfig(promote_after=0).promote_after == 0.0
     assert GroupConfig(promote_after=10.0).promote_after == 10.0

@@ -73,6 +73,19 @@ async def test_seed_with_replicas(seed: int, caplog: pytest.LogCaptureFixture) -
         pytest.fail("\n" + outcome.report(), pytrace=False)
 
 
+@pytest.mark.parametrize("seed", range(FIRST_SEED, FIRST_SEED + REPLICA_SEEDS))
+async def test_seed_with_replicas_taking_over_at_death(
+        seed: int, caplog: pytest.LogCaptureFixture) -> None:
+    """One backup per time-bomb, taken over as soon as its holder is
+    declared dead (``promote_after=0``): stalls and partitions now make
+    backups take over live holders' tasks, which the start gate and the
+    takeover check must keep to one run."""
+    caplog.set_level(logging.ERROR, logger="gobucket_py")
+    outcome = await run_seed(seed, replicas=1, promote_after=0.0)
+    if outcome.failed:
+        pytest.fail("\n" + outcome.report(), pytrace=False)
+
+
 @pytest.mark.parametrize("seed", range(FIRST_SEED, FIRST_SEED + CRASH_SEEDS))
 async def test_seed_one_crash_at_a_time_with_replicas(seed: int,
                                                       caplog: pytest.LogCaptureFixture) -> None:

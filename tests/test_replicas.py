@@ -418,8 +418,8 @@ async def test_a_backup_holder_that_stops_gracefully_has_its_backups_placed_agai
 
 async def test_a_holder_that_stays_dead_is_taken_over_once_it_is_declared_dead(
         cluster: Cluster) -> None:
-    """Promotion waits for the death to be declared, not for ``lost_after``."""
-    n1, _, _ = await three(cluster, lost_after=30)
+    """With ``promote_after=0``: once the death is declared, not after ``lost_after``."""
+    n1, _, _ = await three(cluster, lost_after=30, promote_after=0)
     await n1.fill("jobs", "job", task_type=BOMB, run_after=60, life_span=120)
     holder = backups_of(cluster, "job")[0]
     await crash(cluster, "n1")  # and it never comes back
@@ -436,7 +436,7 @@ async def test_a_primary_cut_off_past_its_deadline_reports_no_second_outcome(
     """Its gate cannot finish before the task's deadline (its holder took
     the task over meanwhile): it waits for the word instead of calling the
     task EXHAUSTED, and ends it as handed off when the holder answers."""
-    n1, _, _ = await three(cluster)
+    n1, _, _ = await three(cluster, promote_after=0)
     ended: list[tuple[str, str]] = []
     for name, group in cluster.groups.items():
         def watch(task: Any, node: str = name) -> None:
@@ -488,7 +488,7 @@ async def test_a_primary_that_stops_cut_off_leaves_its_tasks_to_the_backups(
         cluster: Cluster) -> None:
     """On the minority side it cannot learn whether a backup took a task
     over: it neither runs nor rescues it (no second outcome)."""
-    n1, _, _ = await three(cluster)
+    n1, _, _ = await three(cluster, promote_after=0)
     await n1.fill("jobs", "job", task_type=BOMB, run_after=2, life_span=60)
     cluster.net.partition(["n1"], ["n2", "n3"])
     await asyncio.sleep(1.5)

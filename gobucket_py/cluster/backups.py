@@ -10,35 +10,35 @@ A backup is dropped when its primary says the task started or was drained
 (``BACKUP_NOTE``), when its deadline passes, or when the primary leaves
 gracefully (its tasks were handed off and backed up anew by their new
 holders). It is *promoted* -- filled into the local bucket with its original
-due time and deadline, firing at once if already past due -- when the
-primary is proven gone (it restarted: a new boot id) or declared dead (after
-``promote_after``, 0 s by default), and only while this node sees a
-majority of the nodes it knows (not counting those that left) alive: on the
-minority side of a partition nothing is promoted, and the primary there
-does not start its replicated tasks either (see ``Replicas.gate``). With
-two backups, the rank-1 holder promotes only if the rank-0 holder is not
+due time and deadline, firing at once if already past due -- when the primary
+is proven gone (it restarted: a new boot id) or dead for ``promote_after``
+(default: ``lost_after``, when it is presumed lost), and only while this node
+sees a majority of the nodes it knows (not counting those that left) alive:
+on the minority side of a partition nothing is promoted, and the primary
+there does not start its replicated tasks either (see ``Replicas.gate``).
+With two backups, the rank-1 holder promotes only if the rank-0 holder is not
 alive in its view.
 
 A primary declared dead may only be stalled or cut off, and a backup may be
 stale (its primary replaced it while this node was silent, then started or
-drained the task). So before it takes a task over, a backup holder asks
-every other alive node, and needs all of them to answer and, with itself, a
-majority of the cluster (nodes that left gracefully not counted: they passed
-what they knew on as they left, see :meth:`bequeath`). A node objects if it sees the primary alive in the same boot,
-holds word from the primary that the task started or was drained (a
-*tombstone*, which the primary leaves with a majority whenever a backup
-holder does not answer), holds the task live, took it over already, or
-holds a backup of it too with a lower node id (then that one takes it
-over). A node that does not object remembers it agreed (a *claim*): a
-tombstone the primary sends later is refused there ("claimed"), so the
-primary's majority and the holder's cannot both win. Once it has decided,
-the holder tells them whether it took each task over, and they answer the
-primary "promoted:<node> <boot>" from then on.
+drained the task). So before it takes a task over, a backup holder asks every
+other alive node, and needs all of them to answer and, with itself, a
+majority of the cluster (nodes that left gracefully not counted: they pass
+what they know on as they leave, see :meth:`bequeath`). A node objects if it
+sees the primary alive in the same boot, holds word from the primary that the
+task started or was drained (a *tombstone*, which the primary leaves with a
+majority whenever a backup holder does not answer), holds the task live, took
+it over already, or holds a backup of it too with a lower node id (then that
+one takes it over). A node that does not object remembers it agreed (a
+*claim*): a tombstone the primary sends later is refused there ("claimed"),
+so the primary's majority and the holder's cannot both win. Once it has
+decided, the holder tells them whether it took each task over, and they
+answer the primary "promoted:<node> <boot>" from then on.
 
-What a node agreed to is kept in memory: one that restarts forgets it. If most of the nodes that agreed to a takeover restart before
-the old primary, cut off meanwhile, asks them, and the holder that took the
-task over cannot be reached, the old primary may run the task too (README,
-known limits).
+What a node agreed to is kept in memory: one that restarts forgets it. If
+most of the nodes that agreed to a takeover restart before the old primary,
+cut off meanwhile, asks them, and the holder that took the task over cannot
+be reached, the old primary may run the task too (README, known limits).
 """
 
 from __future__ import annotations
@@ -276,7 +276,8 @@ class Backups:
         """A primary restarted (``restarted``: its backups are those of
         other boots) or was declared dead: take its tasks over (a dead one
         after ``promote_after``, if it is still dead then)."""
-        delay = self.group.config.promote_after
+        cfg = self.group.config
+        delay = cfg.lost_after if cfg.promote_after is None else cfg.promote_after
         if restarted or not delay:
             self._waiting[member.node_id] = None if restarted else member.boot
             self._promote_waiting()
@@ -576,7 +577,9 @@ class Backups:
         group = self.group
         tombs = [list(k) for k in list(self.tombs)[-_BEQUEST:]]
         claims = [[*k, v] for k, v in list(self.claims.items())[-_BEQUEST:]]
-        moved = [[*k, v] for k, v in list(self.moved.items())[-_BEQUEST:]]
+        mine = f"{group.node_id} {group.boot_id}"  # what it took over itself
+        moved = [[*k, v] for k, v in [*list(self.moved.items())[-_BEQUEST:],
+                                      *((k, mine) for k in list(self.promoted)[-_BEQUEST:])]]
         if not (tombs or claims or moved):
             return
         message = {"v": 1, "from": group._members.header(), "notes": [],

@@ -57,6 +57,7 @@ retried every ``rejoin_interval`` for ever.
 from __future__ import annotations
 
 import asyncio
+import math
 import logging
 import random
 import time
@@ -106,6 +107,8 @@ class Membership:
         self.config = config
         self.capacity = capacity
         self.incarnation = 0
+        #: Loop time this node last refuted a suspicion (or death) of itself.
+        self.refuted_at = -math.inf
         self.leaving = False
         self.members: dict[str, Member] = {}
         #: True once a peer's member list has been merged: until then this
@@ -373,6 +376,7 @@ class Membership:
             if node_id == self.node_id:
                 if state in ("suspect", "dead") and boot == self.boot and inc >= self.incarnation:
                     self.incarnation = inc + 1  # refute: our next messages carry it
+                    self.refuted_at = asyncio.get_running_loop().time()
                     self._prober.penalize()
                     self._broadcast_self()
                 continue

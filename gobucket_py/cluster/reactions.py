@@ -43,7 +43,7 @@ class PeerReactions:
                 replicas.holder_gone(member.node_id, dead=True)
                 backups.primary_gone(member, restarted=False)
             elif member.state is MemberState.LEFT:
-                replicas.holder_gone(member.node_id)
+                replicas.holder_gone(member.node_id, left=True)
                 backups.primary_left(member)
             elif member.state is MemberState.ALIVE and old in (MemberState.SUSPECT,
                                                                MemberState.DEAD):

@@ -364,27 +364,31 @@ class Replicas:
             log.warning("tasks have fewer backups than configured event=backups_short "
                         "node=%s bucket=%s count=%d", self.group.node_id, name, len(short))
 
-    def holder_gone(self, node: str, *, dead: bool = False) -> None:
+    def holder_gone(self, node: str, *, dead: bool = False, left: bool = False) -> None:
         """A backup holder died (``dead``: it may only be cut off), restarted
-        or left: back its tasks up elsewhere."""
+        or ``left``: back its tasks up elsewhere. One that restarted cannot
+        answer for what it did before (it may have taken a task over): it is
+        asked as one that is gone, so only word left with a majority (or a
+        node that saw the takeover) settles its tasks. One that left passed
+        what it knew on (``Backups.bequeath``), this node included."""
         group = self.group
         if not dead:
             self.missed.pop(node, None)  # restarted or left: it holds none of them now
-            # It cannot answer for what it did before (it may have taken a
-            # task over): asked as one that is gone, so only word left with
-            # a majority (or a node that saw the takeover) settles them.
             gone = f"{node} (gone)"  # no node id holds a space
             for names in self.uncertain.values():
                 if node in names:
-                    names[names.index(node)] = gone
+                    if left:
+                        names.remove(node)
+                    else:
+                        names[names.index(node)] = gone
         again: dict[str, list[Task]] = {}
         member = group._members.members.get(node)
         for key, names in list(self.holders.items()):
             if node in names:
                 names.remove(node)
-                if member is not None:
-                    # It may have taken the task over before it restarted or
-                    # left (it forgot that then): the gate asks the others.
+                if member is not None and not left:
+                    # It may have taken the task over before it died or
+                    # restarted: the gate asks it (or, gone, the others).
                     self.former.setdefault(key, []).append(
                         (node, member.boot if dead else ""))
                 task = group.buckets[key[0]].get(key[1])
@@ -483,10 +487,12 @@ class Replicas:
         (``Backups._confirm``), and each of those remembers that it agreed,
         so at least one of them has the word or refuses it (``claimed``).
 
-        Nodes that left gracefully do not count in the cluster's size (they
-        passed what they knew on, ``Backups.bequeath``); a node that
-        restarted forgot it (README, known limits). Also returns the holder
-        that took the task over, if a node says one did."""
+        Nodes that left gracefully count in the cluster's size here until
+        they are forgotten (``prune_after``): they pass what they know on
+        as they leave (``Backups.bequeath``), but a peer cut off then does
+        not get it. A node that restarted forgot it (README, known limits).
+        Also returns the holder that took the task over, if a node says one
+        did."""
         group = self.group
         members = group._members.members
         # A holder back in a new boot cannot vouch for what its old one did.
@@ -496,7 +502,9 @@ class Replicas:
         moved_to = next((_promoter(a) for a in answers if a.startswith("promoted:")), None)
         # Every set of other nodes that is a majority of the cluster (what a
         # takeover needs) must hold one that has the word.
-        size = 1 + sum(1 for m in members.values() if m.state is not MemberState.LEFT)
+        # Nodes that left count in the size here (not in a takeover's):
+        # what they agreed to may not have been passed on.
+        size = len(members) + 1
         without = size - 1 - len(settled) - answers.count("ok")
         return 2 * without <= size, moved_to
 
@@ -598,11 +606,19 @@ class Replicas:
         # agreed to another holder's takeover: no word is left there.
         silent += [n for n, a in zip(names, answers, strict=True) if a == "claimed"]
         took = [_promoter(a) for a in answers if a.startswith("promoted:")]
+        passed_on = self.group._backups.moved.get((*key, self.group.node_id))
+        if passed_on is not None:  # a holder that left had taken it over
+            took.append(_promoter(f"promoted:{passed_on}"))
         if silent and not took:
             settled = [n for n, a in zip(names, answers, strict=True) if a == "ok"]
             enough, moved_to = await self._tomb(key, names, settled)
             if moved_to is not None:
                 took.append(moved_to)
+            elif not enough and all(" " in n for n in silent) and self._never_doubted(key):
+                # Only holders that restarted since are silent: one could
+                # have taken it over only after a majority held this node
+                # dead, and this node, since, heard no such word about itself.
+                enough = True
             if enough or took:
                 silent = []
         elif took:
@@ -621,6 +637,12 @@ class Replicas:
         if took:
             self.taken[key] = took[0]
             self._follow(key, *took[0])
+
+    def _never_doubted(self, key: tuple[str, str]) -> bool:
+        """Has this node not had to refute a suspicion of itself since the
+        task ``key`` came here?"""
+        task = self.group.buckets[key[0]].get(key[1])
+        return task is not None and self.group._members.refuted_at < task._filled
 
     def _follow(self, key: tuple[str, str], node: str, boot: str) -> None:
         """A backup holder (``node`` in ``boot``) took this task over: the
