@@ -57,8 +57,8 @@ retried every ``rejoin_interval`` for ever.
 from __future__ import annotations
 
 import asyncio
-import math
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Coroutine
