@@ -374,7 +374,7 @@ class Replicas:
         group = self.group
         if not dead:
             self.missed.pop(node, None)  # restarted or left: it holds none of them now
-            gone = f"{node} (gone)"  # no node id holds a space
+            gone = _gone(node)
             for names in self.uncertain.values():
                 if node in names:
                     if left:
@@ -497,7 +497,7 @@ class Replicas:
         members = group._members.members
         # A holder back in a new boot cannot vouch for what its old one did.
         others = [m.node_id for m in members.values() if m.state is MemberState.ALIVE
-                  and m.node_id not in told and f"{m.node_id} (gone)" not in told]
+                  and m.node_id not in told and _gone(m.node_id) not in told]
         answers = await asyncio.gather(*(self._note(node, "tomb", *key) for node in others))
         moved_to = next((_promoter(a) for a in answers if a.startswith("promoted:")), None)
         # Every set of other nodes that is a majority of the cluster (what a
@@ -573,7 +573,7 @@ class Replicas:
             member = members.get(node)
             same = (member is not None and member.boot == boot
                     and member.state is not MemberState.LEFT)
-            name = node if same else f"{node} (gone)"  # no node id holds a space
+            name = node if same else _gone(node)
             if name not in names and name not in more:
                 more.append(name)
         return more
@@ -597,7 +597,7 @@ class Replicas:
         answers = await asyncio.gather(*(self._note(node, op, *key) for node in names))
         silent = [n for n, a in zip(names, answers, strict=True) if a == "gone"]
         for node in silent:  # told again once it is back (see holder_back)
-            if " " in node:
+            if _is_gone(node):
                 continue  # gone for good (see holder_gone)
             missed = self.missed.setdefault(node, set())
             if len(missed) < _MAX_KEPT:
@@ -614,7 +614,7 @@ class Replicas:
             enough, moved_to = await self._tomb(key, names, settled)
             if moved_to is not None:
                 took.append(moved_to)
-            elif not enough and all(" " in n for n in silent) and self._never_doubted(key):
+            elif not enough and all(map(_is_gone, silent)) and self._never_doubted(key):
                 # Only holders that restarted since are silent: one could
                 # have taken it over only after a majority held this node
                 # dead, and this node, since, heard no such word about itself.
@@ -784,6 +784,16 @@ def _item(task: Task, payload: bytes, now: float, origin: str, rank: int,
     run_after = max(0.0, task._run_at - now)
     life_span = max(task._deadline - now, run_after + 0.001)
     return (task.bucket, task.id, 1, payload, run_after, life_span, origin, rank, names)
+
+
+def _gone(node: str) -> str:
+    """How a holder that restarted is named among the holders of a task:
+    asked, it answers "gone" (no node id holds a space)."""
+    return f"{node} (gone)"
+
+
+def _is_gone(name: str) -> bool:
+    return name.endswith(" (gone)")
 
 
 def _promoter(answer: str) -> tuple[str, str]:
