@@ -509,3 +509,20 @@ async def test_promote_after_delays_the_takeover_of_a_dead_holder(cluster: Clust
     await asyncio.sleep(4)
     task = cluster.bucket(holder).get("job")
     assert task is not None and task.state is TaskState.PENDING
+
+
+async def test_a_task_left_to_the_backups_on_stop_keeps_them(cluster: Cluster) -> None:
+    """Not yet due when its cut-off holder stops: its backups are not told to
+    drop it, and take it over once the holder has been dead long enough."""
+    n1, _, _ = await three(cluster, promote_after=3)
+    await n1.fill("jobs", "job", task_type=BOMB, run_after=20, life_span=60)
+    holder = backups_of(cluster, "job")[0]
+    cluster.net.partition(["n1"], ["n2", "n3"])
+    await asyncio.sleep(1)
+    await n1.stop()
+    assert [e["task_id"] for e in n1.events.since() if e["kind"] == "handoff_unknown"] == ["job"]
+    await asyncio.sleep(5)  # dead, then promote_after
+    task = cluster.bucket(holder).get("job")
+    assert task is not None and task.state is TaskState.PENDING
+    await asyncio.sleep(20)
+    assert runs(cluster, "job") == 1

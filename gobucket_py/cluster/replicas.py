@@ -546,10 +546,13 @@ class Replicas:
         for name in self.ks:
             bucket = group.buckets[name]
             for task in list(bucket):
-                if (task.type is TaskType.TIME_BOMB
-                        and (alone or (name, task.id) in self.uncertain)
+                key = (name, task.id)
+                if (task.type is TaskType.TIME_BOMB and (alone or key in self.uncertain)
                         and bucket.take_pending(task.id) is not None):
                     self._left_to_backups(task)
+                    # Its backups stay: no drop is sent (task_ended would).
+                    self.holders.pop(key, None)
+                    self.former.pop(key, None)
                     bucket.handed_off(task)
                     left += 1
         return left
