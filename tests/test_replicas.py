@@ -526,3 +526,80 @@ async def test_a_task_left_to_the_backups_on_stop_keeps_them(cluster: Cluster) -
     assert task is not None and task.state is TaskState.PENDING
     await asyncio.sleep(20)
     assert runs(cluster, "job") == 1
+
+
+async def test_fill_many_backs_up_slice_by_slice_and_refuses_only_what_found_no_room(
+        cluster: Cluster) -> None:
+    """3,000 time-bombs in one fill_many (several slices, each backed up while
+    the next is filled); n2 keeps at most 2,500 backups, so exactly 500 are
+    refused -- taken back here, with no backup left anywhere -- and every
+    accepted one has its backup on n2."""
+    net = cluster.net
+    for name, max_backups in (("n1", None), ("n2", 2_500)):
+        bucket = TaskBucket(BucketConfig(life_span=600, run_after=300, max_bucket=3_000,
+                                         max_backups=max_backups),
+                            cluster.recorders.setdefault(name, Recorder()), name="jobs")
+        group = TaskBucketGroup({"jobs": bucket}, ["n1"], node_id=name,
+                                transport=net.transport(name),
+                                config=GroupConfig.local(replicas=1), rng=random.Random(name))
+        await group.start()
+        cluster.groups[name] = group
+    await cluster.settle()
+    n1, n2 = cluster.groups["n1"], cluster.groups["n2"]
+    ids = [f"t{i}" for i in range(3_000)]
+    results = await n1.fill_many("jobs", [(i, {"n": i}) for i in ids], task_type=BOMB)
+    accepted = [r.task_id for r in results if not isinstance(r, Exception)]
+    refused = [i for i, r in zip(ids, results, strict=True) if isinstance(r, NoBackupRoomError)]
+    assert len(accepted) == 2_500 and len(refused) == 500
+    assert accepted + refused == ids  # the first 2,500 in order got the room
+    held = n2._backups.records["jobs"]
+    assert sorted(task_id for task_id, _ in held) == sorted(accepted)
+    assert all(n1._replicas.holders[("jobs", i)] == ("n2",) for i in accepted)
+    assert not any(i in n1.buckets["jobs"] or ("jobs", i) in n1._replicas.holders
+                   for i in refused)
+    assert n1.fill_counts["jobs"][0] == 2_500
+    assert n2._backups.records["jobs"][("t7", "n1")][3] is not None  # the payload travelled
+    assert (await n1.drain("jobs", "t7")).outcome is DrainOutcome.DRAINED
+    assert ("t7", "n1") not in held
+
+
+GOOD_BACKUP: list[Any] = ["jobs", "t", 1, b"\xc0", 10.0, 20.0, "n1", 0, ["n2"]]
+
+
+@pytest.mark.parametrize("index, value, message", [
+    (0, 7, "bucket and id must be strings"),
+    (1, "", "bucket and id must be strings"),
+    (2, 0, "only time-bombs are backed up"),
+    (2, True, "type must be 0 or 1"),
+    (3, "text", "data must be msgpack bytes"),
+    (4, -1.0, "run_after must be a number >= 0"),
+    (5, float("nan"), "life_span must be a number >= 0"),
+    (6, None, "origin must be a string"),
+    (7, 2, "rank 0 or 1"),
+    (7, False, "rank 0 or 1"),
+    (8, [], "holders must be a list of 1 or 2"),
+    (8, ["a", "b", "c"], "holders must be a list of 1 or 2"),
+    (8, ["a", 3], "holders must be a list of 1 or 2"),
+    (8, "n2", "holders must be a list of 1 or 2"),
+])
+def test_a_malformed_backup_item_is_refused_with_its_fault(index: int, value: Any,
+                                                           message: str) -> None:
+    from gobucket_py.cluster.backups import decode_backup
+    from gobucket_py.errors import ProtocolError
+
+    item = list(GOOD_BACKUP)
+    item[index] = value
+    with pytest.raises(ProtocolError, match=message):
+        decode_backup(item)
+    with pytest.raises(ProtocolError, match="9-item list"):
+        decode_backup(GOOD_BACKUP[:8])
+
+
+def test_a_well_formed_backup_item_is_read_the_same_on_either_path() -> None:
+    from gobucket_py.cluster.backups import decode_backup
+
+    fast = decode_backup(list(GOOD_BACKUP))
+    assert fast == ("jobs", "t", b"\xc0", 10.0, 20.0, "n1", 0, ("n2",))
+    slow = decode_backup([*GOOD_BACKUP[:4], 10, 20, "n1", 1, ["n2", "n3"]])  # ints: checked
+    assert slow == ("jobs", "t", b"\xc0", 10.0, 20.0, "n1", 1, ("n2", "n3"))
+    assert type(slow[3]) is float

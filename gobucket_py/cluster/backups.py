@@ -82,6 +82,24 @@ def decode_backup(raw: object) -> tuple[str, str, bytes, float, float, str, int,
                                         tuple[str, ...]]:
     """Check one backup item: ``(bucket, id, packed data, run_after,
     life_span, origin, rank, holders)``; ``ProtocolError`` if malformed."""
+    if type(raw) is list and len(raw) == BACKUP_FIELDS:  # the well-formed case, inline
+        bucket, task_id, task_type, payload, run_after, life_span, origin, rank, holders = raw
+        if (type(bucket) is str and type(task_id) is str and task_id and task_type == 1
+                and type(task_type) is int and type(payload) is bytes
+                and type(run_after) is float and 0.0 <= run_after < 1e12
+                and type(life_span) is float and 0.0 <= life_span < 1e12
+                and type(origin) is str and (rank == 0 or rank == 1) and type(rank) is int
+                and type(holders) is list and (
+                    (len(holders) == 1 and type(holders[0]) is str)
+                    or (len(holders) == 2 and type(holders[0]) is str
+                        and type(holders[1]) is str))):
+            return bucket, task_id, payload, run_after, life_span, origin, rank, tuple(holders)
+    return _decode_backup(raw)
+
+
+def _decode_backup(raw: object) -> tuple[str, str, bytes, float, float, str, int,
+                                         tuple[str, ...]]:
+    """:func:`decode_backup` item by item, each fault with its message."""
     if not isinstance(raw, list) or len(raw) != BACKUP_FIELDS:
         raise ProtocolError(f"each backup item must be a {BACKUP_FIELDS}-item list")
     bucket, task_id, task_type, _, run_after, life_span = check_item(
@@ -159,40 +177,48 @@ class Backups:
         group = self.group
         now = asyncio.get_running_loop().time()
         self._expire(now)
+        if not group.running:
+            return ["closed"] * len(items)
         verdicts = []
         stored: dict[str, list[tuple[str, str]]] = {}
         latest = now
+        node, boot = primary.node_id, primary.boot
+        # Late copies: it started or was drained, or was taken over (say a
+        # primary back from a stall re-sending it on a reschedule).
+        ended = (self.tombs, self.promoted, self.moved) if (
+            self.tombs or self.promoted or self.moved) else ()
+        records, buckets = self.records, group.buckets
+        last_bucket = None
+        where: dict[tuple[str, str], Backup] = {}
+        keys: list[tuple[str, str]] = []
+        limit = 0
         for bucket, task_id, payload, run_after, life_span, origin, rank, holders in items:
-            local = group.buckets.get(bucket)
-            if local is None:
-                verdicts.append("unknown bucket")
-                continue
-            if not group.running:
-                verdicts.append("closed")
-                continue
-            key3 = (bucket, task_id, primary.node_id)
-            if key3 in self.tombs or key3 in self.promoted or key3 in self.moved:
-                # It started or was drained (a late copy), or was taken over
-                # (a primary back from a stall re-sending it, say on a reschedule).
+            if bucket != last_bucket:
+                local = buckets.get(bucket)
+                if local is None:
+                    verdicts.append("unknown bucket")
+                    continue
+                last_bucket = bucket
+                where = records.get(bucket) or records.setdefault(bucket, {})
+                keys = stored.setdefault(bucket, [])
+                most = local.config.max_backups
+                limit = local.config.max_bucket if most is None else most
+            if ended and any((bucket, task_id, node) in kind for kind in ended):
                 verdicts.append("dropped")
                 continue
-            where = self.records.get(bucket)
-            if where is None:
-                where = self.records[bucket] = {}
-            key = (task_id, primary.node_id)
-            limit = local.config.max_backups
-            if key not in where and len(where) >= (local.config.max_bucket if limit is None
-                                                   else limit):
+            key = (task_id, node)
+            if len(where) >= limit and key not in where:
                 verdicts.append("backup full")
                 continue
             deadline = now + life_span
-            where[key] = (primary.node_id, primary.boot, origin, payload, now + run_after,
-                          deadline, rank, holders)
-            stored.setdefault(bucket, []).append(key)
-            latest = max(latest, deadline)
+            where[key] = (node, boot, origin, payload, now + run_after, deadline, rank, holders)
+            keys.append(key)
+            if deadline > latest:
+                latest = deadline
             verdicts.append("ok")
         for bucket, keys in stored.items():  # one expiry entry per batch and bucket
-            heapq.heappush(self._expiry, (latest, next(self._seq), bucket, keys))
+            if keys:
+                heapq.heappush(self._expiry, (latest, next(self._seq), bucket, keys))
         return verdicts
 
     def note(self, primary: Member, notes: list[Any]) -> list[str]:

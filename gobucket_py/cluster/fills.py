@@ -12,6 +12,7 @@ if it cannot get them it is taken back and the caller gets
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,10 @@ if TYPE_CHECKING:
     from .group import TaskBucketGroup
 
 __all__ = ["Fills", "cannot_travel"]
+
+#: Tasks per slice of a replicated ``fill_many``: filled here, then their
+#: backups sent while the next slice is filled.
+_SLICE = 1024
 
 
 def cannot_travel(bucket: str, task_id: str, error: TypeError) -> TypeError:
@@ -59,7 +64,7 @@ class Fills:
         results: list[FillResult | Exception | None] = []
         check, codec, node_id = self.checks_payloads(), group.codec, group.node_id
 
-        def overflow() -> Iterator[tuple[int, Item]]:
+        def overflow(pairs: Iterable[tuple[str, Any]]) -> Iterator[tuple[int, Item]]:
             # Lazy, so the first batches are on the wire while later tasks
             # are still being read (and local room is checked as it is then).
             for task_id, data in pairs:
@@ -82,17 +87,47 @@ class Fills:
                 results.append(None)
                 yield len(results) - 1, item
 
-        await group._overflow.place_many(bucket, overflow(), results)
-        if task_type is TaskType.TIME_BOMB and bucket in group._replicas.ks:
-            here = [(i, r.task) for i, r in enumerate(results)
-                    if isinstance(r, FillResult) and r.task is not None]
-            refused = await self.back_up(local, [task for _, task in here])
-            for (index, _), error in zip(here, refused, strict=True):
-                if error is not None:
-                    results[index] = error
-                    counts[0] -= 1
+        if task_type is not TaskType.TIME_BOMB or bucket not in group._replicas.ks:
+            await group._overflow.place_many(bucket, overflow(pairs), results)
+            assert all(r is not None for r in results)
+            return results  # type: ignore[return-value]
+        # Replicated: a slice at a time, each slice's backups on the wire
+        # while the next slice is filled (the peers store as this node fills).
+        backing: list[asyncio.Task[None]] = []
+        source = iter(pairs)
+        try:
+            while True:
+                start = len(results)
+                part = list(itertools.islice(source, _SLICE))
+                if not part:
+                    break
+                await group._overflow.place_many(bucket, overflow(part), results)
+                backing.append(asyncio.create_task(self._back_up_slice(local, results, start)))
+                await asyncio.sleep(0)  # the slice's backups go out
+            await asyncio.gather(*backing)
+        finally:
+            for pending in backing:  # cancelled: no slice is left unsettled
+                if not pending.done():
+                    pending.cancel()
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
+
+    async def _back_up_slice(self, local: TaskBucket, results: list[FillResult | Exception | None],
+                             start: int) -> None:
+        """Back up the tasks filled here from ``results[start]`` on (one
+        slice of a ``fill_many``); a task that cannot be is refused there."""
+        # Two lists, not (index, task) pairs: fewer objects for the GC to track.
+        indexes = [i for i, r in enumerate(results[start:], start)
+                   if isinstance(r, FillResult) and r.task is not None]
+        tasks = [results[i].task for i in indexes]  # type: ignore[union-attr]
+        refused = await self.back_up(local, tasks)  # type: ignore[arg-type]
+        if refused.count(None) == len(refused):
+            return
+        counts = self.group.fill_counts[local.name]
+        for index, error in zip(indexes, refused, strict=True):
+            if error is not None:
+                results[index] = error
+                counts[0] -= 1
 
     async def back_up_one(self, local: TaskBucket, task: Task) -> None:
         """Back up one time-bomb filled here (with the others of this loop
@@ -110,6 +145,8 @@ class Fills:
         group = self.group
         replicas = group._replicas
         done = await replicas.protect(local.name, tasks, group.node_id)
+        if all(done):
+            return [None] * len(tasks)
         failed = [task for task, ok in zip(tasks, done, strict=True) if not ok]
         taken = dict(zip(failed, await asyncio.gather(
             *(replicas.withdraw(local, task) for task in failed)), strict=True))

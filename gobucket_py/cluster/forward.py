@@ -63,6 +63,16 @@ FILL, HANDOFF, BACKUP = 0, 1, 2
 _TICK = 0.001
 
 
+#: Backup batches carry this many times ``batch_size`` items: backups are
+#: small and sent in bulk (a fill_many), and each request costs both sides.
+BACKUP_BATCH_FACTOR = 4
+
+
+def _limit(config: GroupConfig, mode: int) -> int:
+    """Items per batch in ``mode``."""
+    return config.batch_size * BACKUP_BATCH_FACTOR if mode == BACKUP else config.batch_size
+
+
 def _ambiguous(error: GobucketError) -> bool:
     """Could the failed request have been applied?"""
     if isinstance(error, PeerUnavailableError):
@@ -196,7 +206,7 @@ class Forwarder:
         queue.entries.append((items, sink, 0))
         queue.items += len(items)
         config = self.config
-        want = min(config.batch_concurrency, -(-queue.items // config.batch_size))
+        want = min(config.batch_concurrency, -(-queue.items // _limit(config, mode)))
         while queue.pumps < want:
             queue.pumps += 1
             task = asyncio.get_running_loop().create_task(self._pump(member, queue, mode))
@@ -207,7 +217,7 @@ class Forwarder:
         try:
             while queue.entries:
                 await asyncio.sleep(0)  # let fills issued in this loop pass join the batch
-                batch = queue.take(self.config.batch_size)
+                batch = queue.take(_limit(self.config, mode))
                 if batch:
                     await self._send_batch(member, batch, mode)
         finally:

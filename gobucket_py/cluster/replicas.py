@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 from typing import TYPE_CHECKING, Any
 
 from ..bucket import TaskBucket
@@ -56,6 +57,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Replicas"]
 
+_PENDING = TaskState.PENDING
+_state = operator.attrgetter("state")
+
 #: Bound on the records of uncertain drops and taken-over tasks (each ~200 B).
 _MAX_KEPT = 100_000
 
@@ -69,7 +73,7 @@ class Replicas:
         self.group = group
         #: (bucket, task id) -> node ids holding its backups (for live
         #: pending time-bombs of replicated buckets).
-        self.holders: dict[tuple[str, str], list[str]] = {}
+        self.holders: dict[tuple[str, str], tuple[str, ...]] = {}
         #: Holders replaced because they went dead, with their boot id: if
         #: they come back they may have taken the task over (the gate asks).
         self.former: dict[tuple[str, str], list[tuple[str, str]]] = {}
@@ -151,21 +155,24 @@ class Replicas:
         registry = self._placing
         registry.update(dict.fromkeys(keys, placing))
         try:
-            return await self._protect(name, tasks, origin, k)
+            return await self._protect(name, tasks, keys, origin, k)
         finally:
             placing.set_result(None)
             for key in keys:
                 if registry.get(key) is placing:
                     del registry[key]
 
-    async def _protect(self, name: str, tasks: list[Task], origin: str, k: int) -> list[bool]:
+    async def _protect(self, name: str, tasks: list[Task], keys: list[tuple[str, str]],
+                       origin: str, k: int) -> list[bool]:
         group = self.group
         forwarder = group._forwarder
         assert forwarder is not None
-        results = [True] * len(tasks)
-        # Per task, once it has any: nodes that took a backup, nodes that
-        # may have (their batch could not be settled), nodes that refused.
-        have: dict[int, list[str]] = {}
+        count = len(tasks)
+        results = [True] * count
+        # Per task: nodes that took a backup (shared tuples: one per node for
+        # the common one-backup case), nodes that may have (their batch could
+        # not be settled), nodes that refused.
+        have: list[tuple[str, ...]] = [()] * count
         maybe: dict[int, list[str]] = {}
         refused: dict[int, set[str]] = {}
         codec = group.codec
@@ -182,9 +189,10 @@ class Replicas:
         # A fill answers within its bound: no new round once the time of the
         # rounds left is spent (a batch may wait behind others, and settle).
         last = loop.time() + cfg.forward_timeout * (cfg.max_attempts - 1)
-        for _ in range(cfg.max_attempts):
-            wanted = [i for i in wanted if results[i] and tasks[i].state is TaskState.PENDING
-                      and len(have.get(i, ())) < k]
+        for attempt in range(cfg.max_attempts):
+            if attempt or not _all_pending(tasks):
+                wanted = [i for i in wanted if results[i] and tasks[i].state is _PENDING
+                          and len(have[i]) < k]
             if not wanted or loop.time() > last:
                 break
             pool = [m for m in group._members.members.values() if m.state is MemberState.ALIVE]
@@ -193,12 +201,29 @@ class Replicas:
             sends: dict[Member, tuple[list[int], list[Item]]] = {}
             now = loop.time()
             only = pool[0] if len(pool) == 1 else None
-            names_of = {m: [m.node_id] for m in pool}  # one backup: its holders, shared
-            for i in wanted:
+            names_of = {m: (m.node_id,) for m in pool}  # one backup: its holders, shared
+            if k == 1 and only is not None and not attempt:
+                # The common case -- one peer, each task fresh -- as a tight loop.
+                holder = names_of[only]
+                items: list[Item] = []
+                append = items.append
+                for i in wanted:
+                    task = tasks[i]
+                    run_after = task._run_at - now
+                    if run_after < 0.0:
+                        run_after = 0.0
+                    life_span = task._filled + task._life - now
+                    if life_span <= run_after:
+                        life_span = run_after + 0.001
+                    append((name, task.id, 1, payloads[i], run_after, life_span, origin, 0,
+                            holder))
+                room[only] -= len(items)
+                sends[only] = (wanted, items)
+            for i in () if sends else wanted:
                 task = tasks[i]
-                got = have.get(i, [])
-                no = refused.get(i)
-                if k == 1 and not got and no is None and pool:  # the common case: _item inlined
+                got = have[i]
+                if k == 1 and not got and pool and (not refused or i not in refused):
+                    # The common case, _item inlined.
                     member = only or pick(pool, room_of, rng)
                     room[member] -= 1
                     run_after = task._run_at - now
@@ -214,6 +239,7 @@ class Replicas:
                     share[1].append((name, task.id, 1, payloads[i], run_after, life_span, origin,
                                      0, names_of[member]))
                     continue
+                no = refused.get(i)
                 chosen: list[Member] = []
                 for _rank in range(len(got), k):
                     options = pool if not (got or no or chosen) else [
@@ -226,7 +252,7 @@ class Replicas:
                     chosen.append(member)
                 if len(got) + len(chosen) < k:
                     continue  # no node left to try (the end decides, maybe holders count)
-                names = [*got, *(m.node_id for m in chosen)]
+                names = (*got, *(m.node_id for m in chosen))
                 payload = payloads[i]
                 assert payload is not None  # not wanted otherwise
                 for rank, member in enumerate(chosen, start=len(got)):
@@ -241,13 +267,11 @@ class Replicas:
                        for member, share in sends.items()]
             for member, (indexes, _), future in futures:
                 node = member.node_id
+                one = (node,)
                 for i, verdict in zip(indexes, await future, strict=True):
                     if verdict == "ok":
-                        took = have.get(i)
-                        if took is None:
-                            have[i] = [node]
-                        else:
-                            took.append(node)
+                        got = have[i]
+                        have[i] = (*got, node) if got else one
                     else:
                         # Unsettled: it may hold one -- it is told when the task
                         # starts or is drained, but another is placed (two
@@ -256,21 +280,23 @@ class Replicas:
                         if isinstance(verdict, Unsettled):
                             maybe.setdefault(i, []).append(node)
         holders = self.holders
+        if k == 1 and not maybe and () not in have and _all_pending(tasks):
+            holders.update(zip(keys, have, strict=True))  # the common case: each got its one backup
+            return results
         for i, task in enumerate(tasks):
-            kept = have.get(i)
+            kept = have[i]
             if i in maybe:
-                kept = [*(kept or ()), *maybe[i]]
+                kept = (*kept, *maybe[i])
             # A holder whose batch could not be settled counts: it may hold the
             # backup, which would run the task after a crash here, so refusing
             # the fill could be a lie (accepted, it has at worst fewer backups).
-            if kept is None or len(kept) < k:
+            if len(kept) < k:
                 results[i] = False
             if kept:
-                key = (name, task.id)
-                if task.state is TaskState.PENDING:
-                    holders[key] = kept
+                if task.state is _PENDING:
+                    holders[keys[i]] = kept
                 else:  # drained (or ended) while its backups were being placed
-                    self._start_drop(key, kept)
+                    self._start_drop(keys[i], list(kept))
         return results
 
     def moved(self, task: Task) -> None:
@@ -294,7 +320,7 @@ class Replicas:
                 await asyncio.shield(placing)
             while self._moves.get(key) and task.state is TaskState.PENDING:
                 self._moves[key] = False
-                names = list(self.holders.get(key, ()))
+                names = self.holders.get(key, ())
                 payload = _pack(task, group.codec)
                 if not names or forwarder is None or payload is None:
                     return
@@ -383,9 +409,9 @@ class Replicas:
                         names[names.index(node)] = gone
         again: dict[str, list[Task]] = {}
         member = group._members.members.get(node)
-        for key, names in list(self.holders.items()):
-            if node in names:
-                names.remove(node)
+        for key, held in list(self.holders.items()):
+            if node in held:
+                self.holders[key] = tuple(n for n in held if n != node)
                 if member is not None and not left:
                     # It may have taken the task over before it died or
                     # restarted: the gate asks it (or, gone, the others).
@@ -442,7 +468,7 @@ class Replicas:
             await asyncio.shield(dropping)
         if self.taken.pop(key, None) is not None:
             return False  # a drain's drop found that a backup took it over
-        names = self.holders.pop(key, None) or []
+        names = list(self.holders.pop(key, ()))
         names += [n for n in self.uncertain.get(key, ()) if n not in names]  # drain undone
         names += self._former(key, names)
         while names:
@@ -560,7 +586,7 @@ class Replicas:
     def forget(self, name: str, task_id: str) -> None:
         """A task ended here without running: drop its backups (see :meth:`release`)."""
         key = (name, task_id)
-        names = self.holders.pop(key, None) or []
+        names = list(self.holders.pop(key, ()))
         if self.former:
             names += self._former(key, names)
         if names:
@@ -782,11 +808,16 @@ def _pack(task: Task, codec: Codec) -> bytes | None:
 
 
 def _item(task: Task, payload: bytes, now: float, origin: str, rank: int,
-          names: list[str]) -> Item:
+          names: tuple[str, ...]) -> Item:
     """The BACKUP item of ``task`` for its rank-``rank`` holder (times from ``now``)."""
     run_after = max(0.0, task._run_at - now)
     life_span = max(task._deadline - now, run_after + 0.001)
     return (task.bucket, task.id, 1, payload, run_after, life_span, origin, rank, names)
+
+
+def _all_pending(tasks: list[Task]) -> bool:
+    """Are all ``tasks`` still pending (a C-speed pass)?"""
+    return set(map(_state, tasks)) == {_PENDING}
 
 
 def _gone(node: str) -> str:
