@@ -3,16 +3,15 @@
 With ``replicas=k`` (``GroupConfig.replicas``, or a bucket's own
 ``BucketConfig.replicas``) a node that accepts a time-bomb -- filled here,
 forwarded here, handed off here, or taken over from a dead peer -- places k
-backups on other alive nodes before the fill is answered: the same two
-choices by free room as overflow, sent in batches through the forwarder
-(``FILL`` with ``backup``), so a batch whose reply is lost is settled, never
-stored twice. A task that cannot get its k backups is not accepted (the fill
+backups on other alive nodes before the fill is answered (where they go:
+:mod:`.placing`). A task that cannot get its k backups is not accepted (the fill
 raises :class:`~gobucket_py.NoBackupRoomError`); a taken-over task that
 cannot is kept with fewer (it is already accepted).
 
 Immediate tasks start at once and are not backed up.
 
-What the backups must learn (``BACKUP_NOTE``, batched per holder):
+What the backups must learn (``BACKUP_NOTE``, batched per holder by
+:mod:`.notes`):
 
 - **started**: before a replicated time-bomb's ``on_execute`` runs, its
   holders drop their backups and answer (``gate``). So a task is never run
@@ -38,27 +37,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import operator
 from typing import TYPE_CHECKING, Any
 
 from ..bucket import TaskBucket
-from ..codec import Codec
-from ..errors import GobucketError, ProtocolError
+from ..errors import ProtocolError
 from ..task import Task, TaskState, TaskType
 from .backups import majority
-from .forward import BACKUP, Item, Unsettled
-from .items import PACKED_NONE
+from .forward import BACKUP
 from .membership import Member, MemberState
-from .placement import pick
-from .protocol import Kind
+from .notes import Notes
+from .placing import all_pending, backup_item, pack_data, place_backups
 
 if TYPE_CHECKING:
     from .group import TaskBucketGroup
 
 __all__ = ["Replicas"]
-
-_PENDING = TaskState.PENDING
-_state = operator.attrgetter("state")
 
 #: Bound on the records of uncertain drops and taken-over tasks (each ~200 B).
 _MAX_KEPT = 100_000
@@ -85,9 +78,8 @@ class Replicas:
         #: silent -- word went to other nodes as tombs, but its backup stays
         #: until its deadline unless it is told once it is back.
         self.missed: dict[str, set[tuple[str, str]]] = {}
-        #: Notes waiting to be sent, per holder: [op, bucket, id] and a future.
-        self._notes: dict[str, list[tuple[list[str], asyncio.Future[str]]]] = {}
-        self._pumps: set[str] = set()
+        #: What the holders are told, batched per holder.
+        self.notes = Notes(group)
         # Drops being told, so a retried drain waits for them too.
         self._dropping: dict[tuple[str, str], asyncio.Future[Any]] = {}
         # Single fills waiting for this loop pass's placement: (bucket, origin).
@@ -164,139 +156,19 @@ class Replicas:
 
     async def _protect(self, name: str, tasks: list[Task], keys: list[tuple[str, str]],
                        origin: str, k: int) -> list[bool]:
-        group = self.group
-        forwarder = group._forwarder
-        assert forwarder is not None
-        count = len(tasks)
-        results = [True] * count
-        # Per task: nodes that took a backup (shared tuples: one per node for
-        # the common one-backup case), nodes that may have (their batch could
-        # not be settled), nodes that refused.
-        have: list[tuple[str, ...]] = [()] * count
-        maybe: dict[int, list[str]] = {}
-        refused: dict[int, set[str]] = {}
-        codec = group.codec
-        payloads = [PACKED_NONE if task.data is None else _pack(task, codec) for task in tasks]
-        wanted = []
-        for index, payload in enumerate(payloads):
-            if payload is None:
-                results[index] = False
-            else:
-                wanted.append(index)
-        loop = asyncio.get_running_loop()
-        rng = group.rng
-        cfg = group.config
-        # A fill answers within its bound: no new round once the time of the
-        # rounds left is spent (a batch may wait behind others, and settle).
-        last = loop.time() + cfg.forward_timeout * (cfg.max_attempts - 1)
-        for attempt in range(cfg.max_attempts):
-            if attempt or not _all_pending(tasks):
-                wanted = [i for i in wanted if results[i] and tasks[i].state is _PENDING
-                          and len(have[i]) < k]
-            if not wanted or loop.time() > last:
-                break
-            pool = [m for m in group._members.members.values() if m.state is MemberState.ALIVE]
-            room = {m: m.estimate(name) for m in pool}
-            room_of = room.__getitem__
-            sends: dict[Member, tuple[list[int], list[Item]]] = {}
-            now = loop.time()
-            only = pool[0] if len(pool) == 1 else None
-            names_of = {m: (m.node_id,) for m in pool}  # one backup: its holders, shared
-            if k == 1 and only is not None and not attempt:
-                # The common case -- one peer, each task fresh -- as a tight loop.
-                holder = names_of[only]
-                items: list[Item] = []
-                append = items.append
-                for i in wanted:
-                    task = tasks[i]
-                    run_after = task._run_at - now
-                    if run_after < 0.0:
-                        run_after = 0.0
-                    life_span = task._filled + task._life - now
-                    if life_span <= run_after:
-                        life_span = run_after + 0.001
-                    append((name, task.id, 1, payloads[i], run_after, life_span, origin, 0,
-                            holder))
-                room[only] -= len(items)
-                sends[only] = (wanted, items)
-            for i in () if sends else wanted:
-                task = tasks[i]
-                got = have[i]
-                if k == 1 and not got and pool and (not refused or i not in refused):
-                    # The common case, _item inlined.
-                    member = only or pick(pool, room_of, rng)
-                    room[member] -= 1
-                    run_after = task._run_at - now
-                    if run_after < 0.0:
-                        run_after = 0.0
-                    life_span = task._deadline - now
-                    if life_span <= run_after:
-                        life_span = run_after + 0.001
-                    share = sends.get(member)
-                    if share is None:
-                        share = sends[member] = ([], [])
-                    share[0].append(i)
-                    share[1].append((name, task.id, 1, payloads[i], run_after, life_span, origin,
-                                     0, names_of[member]))
-                    continue
-                no = refused.get(i)
-                chosen: list[Member] = []
-                for _rank in range(len(got), k):
-                    options = pool if not (got or no or chosen) else [
-                        m for m in pool if m.node_id not in got
-                        and (no is None or m.node_id not in no) and m not in chosen]
-                    if not options:
-                        break
-                    member = pick(options, room_of, rng)
-                    room[member] -= 1
-                    chosen.append(member)
-                if len(got) + len(chosen) < k:
-                    continue  # no node left to try (the end decides, maybe holders count)
-                names = (*got, *(m.node_id for m in chosen))
-                payload = payloads[i]
-                assert payload is not None  # not wanted otherwise
-                for rank, member in enumerate(chosen, start=len(got)):
-                    share = sends.get(member)
-                    if share is None:
-                        share = sends[member] = ([], [])
-                    share[0].append(i)
-                    share[1].append(_item(task, payload, now, origin, rank, names))
-            if not sends:
-                break
-            futures = [(member, share, forwarder.send_many(member, share[1], mode=BACKUP))
-                       for member, share in sends.items()]
-            for member, (indexes, _), future in futures:
-                node = member.node_id
-                one = (node,)
-                for i, verdict in zip(indexes, await future, strict=True):
-                    if verdict == "ok":
-                        got = have[i]
-                        have[i] = (*got, node) if got else one
-                    else:
-                        # Unsettled: it may hold one -- it is told when the task
-                        # starts or is drained, but another is placed (two
-                        # copies of a backup: the takeover check lets one run).
-                        refused.setdefault(i, set()).add(node)
-                        if isinstance(verdict, Unsettled):
-                            maybe.setdefault(i, []).append(node)
+        placed = await place_backups(self.group, name, tasks, origin, k)
         holders = self.holders
-        if k == 1 and not maybe and () not in have and _all_pending(tasks):
-            holders.update(zip(keys, have, strict=True))  # the common case: each got its one backup
-            return results
-        for i, task in enumerate(tasks):
-            kept = have[i]
-            if i in maybe:
-                kept = (*kept, *maybe[i])
-            # A holder whose batch could not be settled counts: it may hold the
-            # backup, which would run the task after a crash here, so refusing
-            # the fill could be a lie (accepted, it has at worst fewer backups).
-            if len(kept) < k:
-                results[i] = False
+        if k == 1 and () not in placed and all_pending(tasks):
+            holders.update(zip(keys, placed, strict=True))  # the common case: one backup each
+            return [True] * len(tasks)
+        results = []
+        for key, task, kept in zip(keys, tasks, placed, strict=True):
+            results.append(len(kept) >= k)
             if kept:
-                if task.state is _PENDING:
-                    holders[keys[i]] = kept
+                if task.state is TaskState.PENDING:
+                    holders[key] = kept
                 else:  # drained (or ended) while its backups were being placed
-                    self._start_drop(keys[i], list(kept))
+                    self._start_drop(key, list(kept))
         return results
 
     def moved(self, task: Task) -> None:
@@ -321,7 +193,7 @@ class Replicas:
             while self._moves.get(key) and task.state is TaskState.PENDING:
                 self._moves[key] = False
                 names = self.holders.get(key, ())
-                payload = _pack(task, group.codec)
+                payload = pack_data(task, group.codec)
                 if not names or forwarder is None or payload is None:
                     return
                 now = asyncio.get_running_loop().time()
@@ -331,7 +203,7 @@ class Replicas:
                 for rank, node in enumerate(names):
                     member = members.get(node)
                     if member is not None and member.state is MemberState.ALIVE:
-                        item = _item(task, payload, now, origin, rank, names)
+                        item = backup_item(task, payload, now, origin, rank, names)
                         sends.append(forwarder.send_many(member, [item], mode=BACKUP))
                 for verdicts in await asyncio.gather(*sends):
                     if verdicts[0] != "ok" and task.state is TaskState.PENDING:
@@ -435,7 +307,7 @@ class Replicas:
             self.group._spawn(self._tell_missed(node, missed))
 
     async def _tell_missed(self, node: str, missed: set[tuple[str, str]]) -> None:
-        answers = await asyncio.gather(*(self._note(node, "drop", *key) for key in missed))
+        answers = await asyncio.gather(*(self.notes.tell(node, "drop", *key) for key in missed))
         if answers.count("gone"):  # silent again: kept for its next return
             self.missed.setdefault(node, set()).update(
                 key for key, answer in zip(missed, answers, strict=True) if answer == "gone")
@@ -524,7 +396,7 @@ class Replicas:
         # A holder back in a new boot cannot vouch for what its old one did.
         others = [m.node_id for m in members.values() if m.state is MemberState.ALIVE
                   and m.node_id not in told and _gone(m.node_id) not in told]
-        answers = await asyncio.gather(*(self._note(node, "tomb", *key) for node in others))
+        answers = await asyncio.gather(*(self.notes.tell(node, "tomb", *key) for node in others))
         moved_to = next((_promoter(a) for a in answers if a.startswith("promoted:")), None)
         # Every set of other nodes that is a majority of the cluster (what a
         # takeover needs) must hold one that has the word.
@@ -623,7 +495,7 @@ class Replicas:
         """Tell ``names`` that the task started or is to be drained (``op``);
         record in :attr:`uncertain` the silent ones no word could cover, and
         in :attr:`taken` a holder that had already taken the task over."""
-        answers = await asyncio.gather(*(self._note(node, op, *key) for node in names))
+        answers = await asyncio.gather(*(self.notes.tell(node, op, *key) for node in names))
         silent = [n for n, a in zip(names, answers, strict=True) if a == "gone"]
         for node in silent:  # told again once it is back (see holder_back)
             if _is_gone(node):
@@ -695,56 +567,6 @@ class Replicas:
         if self.holders:
             self.forget(task.bucket, task.id)
 
-    async def _note(self, node: str, op: str, bucket: str, task_id: str) -> str:
-        """Tell holder ``node``; its answer (``ok``/``promoted``), or ``gone``
-        once it is not alive (it cannot take the task over then without
-        first learning it was suspected, which makes it drop every backup)."""
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._notes.setdefault(node, []).append(([op, bucket, task_id], future))
-        if node not in self._pumps:
-            self._pumps.add(node)
-            self.group._spawn(self._pump(node))
-        return await future
-
-    async def _pump(self, node: str) -> None:
-        group = self.group
-        try:
-            while self._notes.get(node):
-                await asyncio.sleep(0)  # notes of this loop pass go together
-                batch = self._notes.pop(node, [])
-                member = group._members.members.get(node)
-                # The incarnation asked: a new one knows nothing of what the
-                # old one did (it may have taken the task over), so it is gone.
-                boot = None if member is None else member.boot
-                while batch:
-                    if (member is None or member.state is not MemberState.ALIVE
-                            or member.boot != boot):
-                        _resolve(batch, "gone")
-                        break
-                    message = {"v": 1, "from": group._members.header(), "to": boot,
-                               "notes": [note for note, _ in batch]}
-                    try:
-                        reply = await group.transport.call(member.addr, Kind.BACKUP_NOTE,
-                                                           message,
-                                                           group.config.request_timeout)
-                        answers = reply.get("answers")
-                        if not isinstance(answers, list) or len(answers) != len(batch):
-                            raise GobucketError(f"{node} answered a malformed note reply")
-                    except GobucketError as exc:
-                        log.debug("backup note not delivered event=backup_note_not_delivered "
-                                  "node=%s peer=%s error=%s", group.node_id, node, exc)
-                        await asyncio.sleep(group.config.probe_interval)
-                        member = group._members.members.get(node)
-                        continue
-                    for (_, future), answer in zip(batch, answers, strict=True):
-                        if not future.done():
-                            future.set_result(str(answer))
-                    break
-        finally:
-            self._pumps.discard(node)
-            rest = self._notes.pop(node, [])
-            _resolve(rest, "gone")
-
     def handle(self, sender: Member, message: dict[str, Any]) -> dict[str, Any]:
         """A BACKUP_NOTE: notes from a primary, or a takeover check."""
         group = self.group
@@ -797,29 +619,6 @@ class Replicas:
         return answers
 
 
-def _pack(task: Task, codec: Codec) -> bytes | None:
-    """A task's data as it travels in a backup; None if the codec cannot carry it."""
-    try:
-        return codec.pack(task.data)
-    except TypeError as exc:
-        log.warning("task data is not serializable; not backed up event=backup_refused "
-                    "bucket=%s task_id=%s error=%s", task.bucket, task.id, exc)
-        return None
-
-
-def _item(task: Task, payload: bytes, now: float, origin: str, rank: int,
-          names: tuple[str, ...]) -> Item:
-    """The BACKUP item of ``task`` for its rank-``rank`` holder (times from ``now``)."""
-    run_after = max(0.0, task._run_at - now)
-    life_span = max(task._deadline - now, run_after + 0.001)
-    return (task.bucket, task.id, 1, payload, run_after, life_span, origin, rank, names)
-
-
-def _all_pending(tasks: list[Task]) -> bool:
-    """Are all ``tasks`` still pending (a C-speed pass)?"""
-    return set(map(_state, tasks)) == {_PENDING}
-
-
 def _gone(node: str) -> str:
     """How a holder that restarted is named among the holders of a task:
     asked, it answers "gone" (no node id holds a space)."""
@@ -834,10 +633,3 @@ def _promoter(answer: str) -> tuple[str, str]:
     """The node and boot id in a ``promoted:<node> <boot>`` answer."""
     node, _, boot = answer[9:].partition(" ")
     return node, boot
-
-
-def _resolve(batch: list[tuple[list[str], asyncio.Future[str]]], answer: str) -> None:
-    for _, future in batch:
-        if not future.done():
-            future.set_result(answer)
-

@@ -1,0 +1,97 @@
+"""Notes: what a primary tells the holders of its tasks' backups.
+
+A note is ``[op, bucket, task id]`` -- ``started`` or ``drop`` (the backup
+goes; see :mod:`.replicas`), or ``tomb`` (word left with another node for a
+silent holder). The notes of one loop pass for one holder go in one
+``BACKUP_NOTE`` request, addressed to the holder's incarnation (``to``): a
+restarted holder answers ``gone``, as it knows nothing of what its
+predecessor did. A holder that does not answer is asked again each
+``probe_interval`` while it is alive; once it is not, its notes are
+answered ``gone``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from ..errors import GobucketError
+from .membership import MemberState
+from .protocol import Kind
+
+if TYPE_CHECKING:
+    from .group import TaskBucketGroup
+
+__all__ = ["Notes"]
+
+log = logging.getLogger("gobucket_py")
+
+#: A queued note and the future of its answer.
+Queued = tuple[list[str], "asyncio.Future[str]"]
+
+
+class Notes:
+    """The notes one :class:`~gobucket_py.TaskBucketGroup` sends, batched per holder."""
+
+    def __init__(self, group: TaskBucketGroup) -> None:
+        self.group = group
+        self._queued: dict[str, list[Queued]] = {}
+        self._pumps: set[str] = set()
+
+    async def tell(self, node: str, op: str, bucket: str, task_id: str) -> str:
+        """Tell holder ``node``; its answer (``ok``/``promoted``), or ``gone``
+        once it is not alive (it cannot take the task over then without
+        first learning it was suspected, which makes it drop every backup)."""
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._queued.setdefault(node, []).append(([op, bucket, task_id], future))
+        if node not in self._pumps:
+            self._pumps.add(node)
+            self.group._spawn(self._pump(node))
+        return await future
+
+    async def _pump(self, node: str) -> None:
+        group = self.group
+        try:
+            while self._queued.get(node):
+                await asyncio.sleep(0)  # notes of this loop pass go together
+                batch = self._queued.pop(node, [])
+                member = group._members.members.get(node)
+                # The incarnation asked: a new one knows nothing of what the
+                # old one did (it may have taken the task over), so it is gone.
+                boot = None if member is None else member.boot
+                while batch:
+                    if (member is None or member.state is not MemberState.ALIVE
+                            or member.boot != boot):
+                        _resolve(batch, "gone")
+                        break
+                    message = {"v": 1, "from": group._members.header(), "to": boot,
+                               "notes": [note for note, _ in batch]}
+                    try:
+                        reply = await group.transport.call(member.addr, Kind.BACKUP_NOTE,
+                                                           message,
+                                                           group.config.request_timeout)
+                        answers = reply.get("answers")
+                        if not isinstance(answers, list) or len(answers) != len(batch):
+                            raise GobucketError(f"{node} answered a malformed note reply")
+                    except GobucketError as exc:
+                        log.debug("backup note not delivered event=backup_note_not_delivered "
+                                  "node=%s peer=%s error=%s", group.node_id, node, exc)
+                        await asyncio.sleep(group.config.probe_interval)
+                        member = group._members.members.get(node)
+                        continue
+                    for (_, future), answer in zip(batch, answers, strict=True):
+                        if not future.done():
+                            future.set_result(str(answer))
+                    break
+        finally:
+            self._pumps.discard(node)
+            rest = self._queued.pop(node, [])
+            _resolve(rest, "gone")
+
+
+def _resolve(batch: list[Queued], answer: str) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_result(answer)
+
