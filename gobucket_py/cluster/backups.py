@@ -47,6 +47,7 @@ import asyncio
 import heapq
 import itertools
 import logging
+from sys import intern
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BucketClosedError, DuplicateTaskError, GobucketError, ProtocolError
@@ -59,7 +60,7 @@ from .protocol import Kind
 if TYPE_CHECKING:
     from .group import TaskBucketGroup
 
-__all__ = ["Backups", "decode_backup", "majority"]
+__all__ = ["Backups", "check_backup", "majority"]
 
 log = logging.getLogger("gobucket_py")
 
@@ -73,15 +74,18 @@ _MAX_TOMBS = 100_000
 #: At most this many records of each kind are passed on by a leaving node.
 _BEQUEST = 20_000
 
+#: Holder names cached for sharing (bounded: any peer may send any name).
+_MAX_NAMES = 1024
+
 #: The FILL item of a backup: a task's FILL item, then origin, rank and the
 #: node ids of all its backup holders in rank order.
 BACKUP_FIELDS = 9
 
 
-def decode_backup(raw: object) -> tuple[str, str, bytes, float, float, str, int,
-                                        tuple[str, ...]]:
-    """Check one backup item: ``(bucket, id, packed data, run_after,
-    life_span, origin, rank, holders)``; ``ProtocolError`` if malformed."""
+def check_backup(raw: object) -> list[Any]:
+    """Check one backup item, ``[bucket, id, 1, packed data, run_after,
+    life_span, origin, rank, holders]`` (a FILL item, then origin, rank and
+    holders): the item, numbers as floats; ``ProtocolError`` if malformed."""
     if type(raw) is list and len(raw) == BACKUP_FIELDS:  # the well-formed case, inline
         bucket, task_id, task_type, payload, run_after, life_span, origin, rank, holders = raw
         if (type(bucket) is str and type(task_id) is str and task_id and task_type == 1
@@ -93,13 +97,12 @@ def decode_backup(raw: object) -> tuple[str, str, bytes, float, float, str, int,
                     (len(holders) == 1 and type(holders[0]) is str)
                     or (len(holders) == 2 and type(holders[0]) is str
                         and type(holders[1]) is str))):
-            return bucket, task_id, payload, run_after, life_span, origin, rank, tuple(holders)
-    return _decode_backup(raw)
+            return raw
+    return _check_backup(raw)
 
 
-def _decode_backup(raw: object) -> tuple[str, str, bytes, float, float, str, int,
-                                         tuple[str, ...]]:
-    """:func:`decode_backup` item by item, each fault with its message."""
+def _check_backup(raw: object) -> list[Any]:
+    """:func:`check_backup` field by field, each fault with its message."""
     if not isinstance(raw, list) or len(raw) != BACKUP_FIELDS:
         raise ProtocolError(f"each backup item must be a {BACKUP_FIELDS}-item list")
     bucket, task_id, task_type, _, run_after, life_span = check_item(
@@ -114,7 +117,8 @@ def _decode_backup(raw: object) -> tuple[str, str, bytes, float, float, str, int
     if (not isinstance(holders, list) or not 0 < len(holders) <= 2
             or not all(isinstance(h, str) for h in holders)):
         raise ProtocolError("backup item holders must be a list of 1 or 2 node ids")
-    return bucket, task_id, payload, run_after, life_span, origin, rank, tuple(holders)
+    return [str(bucket), str(task_id), 1, payload, run_after, life_span, str(origin), rank,
+            [str(h) for h in holders]]
 
 
 def majority(group: TaskBucketGroup, without: str | None = None) -> bool:
@@ -162,6 +166,8 @@ class Backups:
         # Primaries whose backups wait for this node to see a majority.
         self._waiting: dict[str, str | None] = {}
         self._retry: asyncio.TimerHandle | None = None
+        # Holder node id -> the one-holder tuple records share.
+        self._singles: dict[str, tuple[str, ...]] = {}
 
     def __len__(self) -> int:
         return sum(map(len, self.records.values()))
@@ -173,7 +179,8 @@ class Backups:
     # -- what primaries send -----------------------------------------------------------
 
     def store(self, items: list[Any], primary: Member) -> list[str]:
-        """Keep the backups of one batch; a verdict per item."""
+        """Keep the backups of one batch (items checked by :func:`check_backup`);
+        a verdict per item."""
         group = self.group
         now = asyncio.get_running_loop().time()
         self._expire(now)
@@ -192,7 +199,10 @@ class Backups:
         where: dict[tuple[str, str], Backup] = {}
         keys: list[tuple[str, str]] = []
         limit = 0
-        for bucket, task_id, payload, run_after, life_span, origin, rank, holders in items:
+        singles = self._singles
+        if len(singles) > _MAX_NAMES:
+            singles.clear()
+        for bucket, task_id, _, payload, run_after, life_span, origin, rank, holders in items:
             if bucket != last_bucket:
                 local = buckets.get(bucket)
                 if local is None:
@@ -211,7 +221,17 @@ class Backups:
                 verdicts.append("backup full")
                 continue
             deadline = now + life_span
-            where[key] = (node, boot, origin, payload, now + run_after, deadline, rank, holders)
+            # Names shared across records, not a copy per backup (decoded
+            # strings are new objects): about 100 bytes less per backup.
+            names: tuple[str, ...] | None
+            if len(holders) == 1:
+                names = singles.get(holders[0])
+                if names is None:
+                    names = singles[holders[0]] = (intern(holders[0]),)
+            else:
+                names = tuple(map(intern, holders))
+            where[key] = (node, boot, intern(origin), payload, now + run_after, deadline, rank,
+                          names)
             keys.append(key)
             if deadline > latest:
                 latest = deadline

@@ -32,7 +32,7 @@ from ..errors import (
     UnknownBucketError,
 )
 from ..task import Task, TaskState, TaskType
-from .backups import decode_backup
+from .backups import check_backup
 from .batches import VOID, expand
 from .items import decode_item, pack_info
 from .lookup import Unknown, drain_reply, get_reply
@@ -86,7 +86,7 @@ class PeerServer:
             backup = message.get("backup") is True
             raw_items = field(message, "items", list)
             codec = group.codec
-            checked: list[Any] = ([decode_backup(raw) for raw in raw_items] if backup else
+            checked: list[Any] = ([check_backup(raw) for raw in raw_items] if backup else
                                   [decode_item(raw, codec) for raw in raw_items])
             seq = message.get("batch")
             if seq is not None and type(seq) is not int:
