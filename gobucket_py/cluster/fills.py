@@ -64,9 +64,11 @@ class Fills:
         results: list[FillResult | Exception | None] = []
         check, codec, node_id = self.checks_payloads(), group.codec, group.node_id
 
-        def overflow(pairs: Iterable[tuple[str, Any]]) -> Iterator[tuple[int, Item]]:
+        def overflow(pairs: Iterable[tuple[str, Any]], here: list[int] | None = None,
+                     filled: list[Task] | None = None) -> Iterator[tuple[int, Item]]:
             # Lazy, so the first batches are on the wire while later tasks
             # are still being read (and local room is checked as it is then).
+            # ``here``/``filled``: the index and task of each one filled here.
             for task_id, data in pairs:
                 try:
                     if local.free > 0 or task_id in local:
@@ -77,6 +79,9 @@ class Fills:
                                 raise cannot_travel(bucket, task_id, exc) from exc
                         task = local.fill_nowait(task_type, task_id, data,
                                                  run_after=run_after, life_span=life_span)
+                        if here is not None and filled is not None:
+                            here.append(len(results))
+                            filled.append(task)
                         results.append(FillResult(bucket, task_id, node_id, False, task))
                         counts[0] += 1
                         continue
@@ -97,12 +102,14 @@ class Fills:
         source = iter(pairs)
         try:
             while True:
-                start = len(results)
                 part = list(itertools.islice(source, _SLICE))
                 if not part:
                     break
-                await group._overflow.place_many(bucket, overflow(part), results)
-                backing.append(asyncio.create_task(self._back_up_slice(local, results, start)))
+                here: list[int] = []
+                filled: list[Task] = []
+                await group._overflow.place_many(bucket, overflow(part, here, filled), results)
+                backing.append(asyncio.create_task(
+                    self._back_up_slice(local, results, here, filled)))
                 await asyncio.sleep(0)  # the slice's backups go out
             await asyncio.gather(*backing)
         finally:
@@ -113,14 +120,11 @@ class Fills:
         return results  # type: ignore[return-value]
 
     async def _back_up_slice(self, local: TaskBucket, results: list[FillResult | Exception | None],
-                             start: int) -> None:
-        """Back up the tasks filled here from ``results[start]`` on (one
-        slice of a ``fill_many``); a task that cannot be is refused there."""
-        # Two lists, not (index, task) pairs: fewer objects for the GC to track.
-        indexes = [i for i, r in enumerate(results[start:], start)
-                   if isinstance(r, FillResult) and r.task is not None]
-        tasks = [results[i].task for i in indexes]  # type: ignore[union-attr]
-        refused = await self.back_up(local, tasks)  # type: ignore[arg-type]
+                             indexes: list[int], tasks: list[Task]) -> None:
+        """Back up ``tasks``, filled here for ``results[indexes]`` (one slice of
+        a ``fill_many``; two lists, not pairs: fewer objects for the GC to
+        track); a task that cannot be is refused there."""
+        refused = await self.back_up(local, tasks)
         if refused.count(None) == len(refused):
             return
         counts = self.group.fill_counts[local.name]

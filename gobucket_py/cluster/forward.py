@@ -290,7 +290,7 @@ class Forwarder:
     @staticmethod
     def _results(member: Member, reply: dict[str, Any], count: int) -> list[str]:
         results = field(reply, "results", list)
-        if len(results) != count or not all(type(r) is str for r in results):
+        if len(results) != count or not set(map(type, results)) <= {str}:
             raise ProtocolError(f"peer {member.addr} answered {len(results)} results "
                                 f"for {count} items")
         return results

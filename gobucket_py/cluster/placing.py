@@ -52,7 +52,8 @@ async def place_backups(group: TaskBucketGroup, name: str, tasks: list[Task], or
     refused: dict[int, set[str]] = {}
     codec = group.codec
     payloads = [PACKED_NONE if task.data is None else pack_data(task, codec) for task in tasks]
-    wanted = [i for i, payload in enumerate(payloads) if payload is not None]
+    wanted = (list(range(count)) if None not in payloads else
+              [i for i, payload in enumerate(payloads) if payload is not None])
     loop = asyncio.get_running_loop()
     rng = group.rng
     cfg = group.config
