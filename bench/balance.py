@@ -40,8 +40,12 @@ cluster is full is one raised while it had room. After the cluster is full,
   before), per task placed and per task placed on a peer; and FILL and
   SETTLE requests per task placed on a peer.
 
-Each pattern runs with ``--seeds`` (3) seeds; the rows give the median and
-the worst run.
+Each pattern runs with ``--seeds`` (3) seeds, once per ``--placements``
+value of :attr:`~gobucket_py.GroupConfig.placement` (``local``, the default
+local-first rule, and ``balanced``, where a fill that fits here still goes
+to a peer with more room: the all-nodes spread under uniform entry comes
+from where the fills arrive, which only ``balanced`` evens out); the rows
+give the median and the worst run.
 """
 
 from __future__ import annotations
@@ -390,7 +394,7 @@ def _med(xs: list[float]) -> float:
 def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Per pattern: median and worst of each figure over the seeds."""
     out: dict[str, Any] = {}
-    for pattern in PATTERNS:
+    for pattern in dict.fromkeys(r["pattern"] for r in results):  # labels, in run order
         runs = [r for r in results if r["pattern"] == pattern and "error" not in r]
         if not runs:
             continue
@@ -434,9 +438,11 @@ def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _what(pattern: str, args: argparse.Namespace) -> str:
-    return ("uniform: every fill enters at a random node" if pattern == "uniform" else
-            f"hot: {args.hot_share:.0%} of fills enter at one of {args.hot} hot nodes, "
-            "the rest at a random node")
+    how = ("uniform: every fill enters at a random node" if pattern.startswith("uniform") else
+           f"hot: {args.hot_share:.0%} of fills enter at one of {args.hot} hot nodes, "
+           "the rest at a random node")
+    return how + (' (GroupConfig(placement="balanced"))' if pattern.endswith("balanced")
+                  else "")
 
 
 def _setup(args: argparse.Namespace) -> str:
@@ -483,7 +489,7 @@ def rows(results: list[dict[str, Any]], args: argparse.Namespace) -> list[Row]:
                    f"{s['other_errors']}"))
         for mark in MARKS:
             k = f"{mark:.0%}"
-            for which in ["spread_all"] + (["spread_cold"] if pattern == "hot" else []):
+            for which in ["spread_all"] + (["spread_cold"] if pattern.startswith("hot") else []):
                 v = s[f"{which}@{k}"]
                 whom = "all nodes" if which == "spread_all" else f"the {n - args.hot} non-hot nodes"
                 out.append(Row(
@@ -556,7 +562,7 @@ def section(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
                                     f" (first at {first:.2%} full, up to "
                                     f"{s['room_at_errors_max']} slots free)"),
             "0", full["worst"] == 0))
-        for which in ["spread_all"] + (["spread_cold"] if pattern == "hot" else []):
+        for which in ["spread_all"] + (["spread_cold"] if pattern.startswith("hot") else []):
             whom = "all nodes" if which == "spread_all" else "non-hot nodes"
             for mark in MARKS:
                 k = f"{mark:.0%}"
@@ -591,20 +597,30 @@ def parser() -> argparse.ArgumentParser:
                    default=[0, 1, 2])
     p.add_argument("--patterns", type=lambda s: [x for x in s.split(",") if x],
                    default=list(PATTERNS))
+    p.add_argument("--placements", type=lambda s: [x for x in s.split(",") if x],
+                   default=["local", "balanced"],
+                   help="GroupConfig.placement values to run (default: local,balanced)")
     p.add_argument("--json", type=Path, help="write every run's figures there")
     p.add_argument("--markdown", type=Path, help="write the BENCHMARKS.md section there")
     return p
 
 
 def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
-    config = GroupConfig(max_attempts=args.max_attempts) if args.max_attempts else None
     results = []
-    for pattern in args.patterns:
-        for seed in args.seeds:
-            print(f"  {pattern}, seed {seed}: running", flush=True)
-            results.append(run(n=args.nodes, pattern=pattern, seed=seed, cap=args.cap,
-                               batch=args.batch, gap=args.gap, hot=args.hot,
-                               hot_share=args.hot_share, config=config))
+    for placement in args.placements:
+        extra: dict[str, Any] = {"max_attempts": args.max_attempts} if args.max_attempts else {}
+        if placement != "local":
+            extra["placement"] = placement
+        config = GroupConfig(**extra) if extra else None
+        for pattern in args.patterns:
+            for seed in args.seeds:
+                label = pattern if placement == "local" else f"{pattern}, {placement}"
+                print(f"  {label}, seed {seed}: running", flush=True)
+                result = run(n=args.nodes, pattern=pattern, seed=seed, cap=args.cap,
+                             batch=args.batch, gap=args.gap, hot=args.hot,
+                             hot_share=args.hot_share, config=config)
+                result["pattern"] = label
+                results.append(result)
     return results
 
 

@@ -102,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with replicas: seconds after a node is declared dead that its "
                         "backups take its tasks over (0: at once; default: when it is "
                         "presumed lost, lost_after) [GOBUCKET_PROMOTE_AFTER]")
+    p.add_argument("--placement", default=_env("PLACEMENT", "local"),
+                   choices=("local", "balanced"),
+                   help="where fills go while this node has room: 'local' (here; only the "
+                        "overflow goes to peers) or 'balanced' (here only while this node "
+                        "has as much free room as a peer drawn by two random choices) "
+                        "[GOBUCKET_PLACEMENT]")
     p.add_argument("--fast", action="store_true",
                    default=(_env("FAST", "") or "").lower() in ("1", "true", "yes"),
                    help="use GroupConfig.local() timers (tests and single-host demos) "
@@ -143,7 +149,8 @@ async def _build(args: argparse.Namespace, factory: Any) -> TaskBucketGroup:
     base = GroupConfig.local() if args.fast else GroupConfig()
     config = GroupConfig(**{**{f: getattr(base, f) for f in base.__dataclass_fields__},
                             "stop_grace": args.stop_grace, "replicas": args.replicas,
-                            "promote_after": args.promote_after})
+                            "promote_after": args.promote_after,
+                            "placement": args.placement})
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     advertise = args.advertise or await _own_advertise(args.host, args.port, peers)
     tls = None

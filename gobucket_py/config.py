@@ -115,6 +115,10 @@ class BucketConfig:
             _count("max_backups", self.max_backups, 0)
 
 
+#: The values of ``GroupConfig.placement``.
+PLACEMENTS = ("local", "balanced")
+
+
 def _replicas(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2:
         raise ValueError(f"replicas must be 0, 1 or 2, got {value!r}")
@@ -220,6 +224,14 @@ class GroupConfig:
     #: before it reports the rest lost. Covers the spread between nodes'
     #: detection of the same failure (about one probe round).
     promote_grace: float = 5.0
+    #: Where a fill goes while the node it is filled at has room. "local"
+    #: (the default, GoBucket's rule): here, and only the overflow goes to
+    #: peers. "balanced": here only while this node has at least as much
+    #: free room as the better of two peers drawn at random, give or take 1%
+    #: of the bucket's size; else on that peer -- so nodes fill evenly
+    #: whichever of them the fills arrive at (at the cost of a round trip
+    #: for the tasks that move). If no peer takes it, it stays here.
+    placement: str = "local"
     #: Pack every filled task's data up front, even when it stays here, and
     #: refuse the fill with TypeError naming the type if it could not travel
     #: (overflow, handoff, backups). None (the default): whenever the group
@@ -243,6 +255,9 @@ class GroupConfig:
         _count("batch_concurrency", self.batch_concurrency, 1)
         _count("max_body", self.max_body, 1024)
         _replicas(self.replicas)
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {', '.join(map(repr, PLACEMENTS))}, "
+                             f"got {self.placement!r}")
         if self.check_payloads is not None and type(self.check_payloads) is not bool:
             raise ValueError(f"check_payloads must be None, True or False, "
                              f"got {self.check_payloads!r}")

@@ -45,6 +45,8 @@ def test_invalid_config_names_the_field(kwargs: dict[str, object], field: str) -
         ({"promote_after": 31.0}, "promote_after"),  # above lost_after (30 s)
         ({"lost_after": 0}, "lost_after"),
         ({"replicas": 3}, "replicas"),
+        ({"placement": "spread"}, "placement"),
+        ({"placement": None}, "placement"),
         ({"lost_after": 60.0, "prune_after": 30.0}, "prune_after"),
     ],
 )

@@ -20,6 +20,8 @@ from ..errors import GobucketError, NoBackupRoomError
 from ..task import FillResult, Task, TaskType
 from .forward import Item
 from .items import encode_item, task_times
+from .overflow import slack
+from .placement import candidates
 
 if TYPE_CHECKING:
     from ..bucket import TaskBucket
@@ -65,13 +67,17 @@ class Fills:
         check, codec, node_id = self.checks_payloads(), group.codec, group.node_id
 
         def overflow(pairs: Iterable[tuple[str, Any]], here: list[int] | None = None,
-                     filled: list[Task] | None = None) -> Iterator[tuple[int, Item]]:
+                     filled: list[Task] | None = None, keep: int | None = None
+                     ) -> Iterator[tuple[int, Item]]:
             # Lazy, so the first batches are on the wire while later tasks
             # are still being read (and local room is checked as it is then).
-            # ``here``/``filled``: the index and task of each one filled here.
+            # ``here``/``filled``: the index and task of each one filled here;
+            # ``keep``: how many may stay here (placement="balanced").
             for task_id, data in pairs:
                 try:
-                    if local.free > 0 or task_id in local:
+                    if (local.free > 0 and (keep is None or keep > 0)) or task_id in local:
+                        if keep is not None:
+                            keep -= 1
                         if check and data is not None:
                             try:
                                 codec.pack(data)
@@ -92,7 +98,42 @@ class Fills:
                 results.append(None)
                 yield len(results) - 1, item
 
-        if task_type is not TaskType.TIME_BOMB or bucket not in group._replicas.ks:
+        replicated = task_type is TaskType.TIME_BOMB and bucket in group._replicas.ks
+        if group._balanced:
+            # This node keeps the share that leaves it as much free room as the
+            # cluster's average (give or take the slack); the rest is spread
+            # over peers by two choices; what no peer takes stays here if it can.
+            listed = list(pairs)
+            pool = candidates(group._members.members.values(), bucket)
+            total = local.free + sum(max(0, m.estimate(bucket)) for m in pool)
+            even = (total - len(listed)) / (len(pool) + 1)
+            keep = max(0, min(len(listed), int(local.free - even) + slack(local)))
+            here: list[int] = []
+            filled: list[Task] = []
+            spill: list[int] = []
+            await group._overflow.place_many(bucket, overflow(listed, here, filled, keep),
+                                             results, spill)
+            for index in spill:
+                task_id, data = listed[index]
+                try:
+                    if local.free <= 0:
+                        item = encode_item(bucket, task_id, data, task_type, ra, ls, codec)
+                        results[index] = await group._overflow._cluster_full(item, {})
+                        continue
+                    task = local.fill_nowait(task_type, task_id, data, run_after=run_after,
+                                             life_span=life_span)
+                except (GobucketError, TypeError, ValueError) as exc:
+                    results[index] = exc
+                    continue
+                results[index] = FillResult(bucket, task_id, node_id, False, task)
+                counts[0] += 1
+                here.append(index)
+                filled.append(task)
+            if replicated and filled:
+                await self._back_up_slice(local, results, here, filled)
+            assert all(r is not None for r in results)
+            return results  # type: ignore[return-value]
+        if not replicated:
             await group._overflow.place_many(bucket, overflow(pairs), results)
             assert all(r is not None for r in results)
             return results  # type: ignore[return-value]
@@ -105,11 +146,11 @@ class Fills:
                 part = list(itertools.islice(source, _SLICE))
                 if not part:
                     break
-                here: list[int] = []
-                filled: list[Task] = []
-                await group._overflow.place_many(bucket, overflow(part, here, filled), results)
+                at: list[int] = []
+                tasks_here: list[Task] = []
+                await group._overflow.place_many(bucket, overflow(part, at, tasks_here), results)
                 backing.append(asyncio.create_task(
-                    self._back_up_slice(local, results, here, filled)))
+                    self._back_up_slice(local, results, at, tasks_here)))
                 await asyncio.sleep(0)  # the slice's backups go out
             await asyncio.gather(*backing)
         finally:
@@ -132,6 +173,19 @@ class Fills:
             if error is not None:
                 results[index] = error
                 counts[0] -= 1
+
+    async def elsewhere(self, local: TaskBucket, task_id: str, data: Any, task_type: TaskType,
+                        run_after: float | None, life_span: float | None) -> FillResult | None:
+        """``placement="balanced"``: place a task that fits here on a peer
+        with more room, if one takes it; None to keep it here."""
+        group = self.group
+        ra, ls = task_times(local, task_type, run_after, life_span)
+        try:
+            item = encode_item(local.name, task_id, data, task_type, ra, ls, group.codec)
+        except TypeError:
+            return None  # it cannot travel: here (checked as the local fill checks it)
+        member = await group._overflow.offer(item)
+        return None if member is None else FillResult(local.name, task_id, member.node_id, True)
 
     async def back_up_one(self, local: TaskBucket, task: Task) -> None:
         """Back up one time-bomb filled here (with the others of this loop

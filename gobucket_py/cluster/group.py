@@ -175,6 +175,8 @@ class TaskBucketGroup:
         self._backups = Backups(self)
         # Local fills; reporting tasks lost on a gone holder; what membership says.
         self._fills = Fills(self)
+        #: placement="balanced": fills that fit here may go to a peer with more room.
+        self._balanced = self.config.placement == "balanced"
         self._losses = Losses(self)
         self._reactions = PeerReactions(self)
         self._background: set[asyncio.Task[Any]] = set()
@@ -361,6 +363,10 @@ class TaskBucketGroup:
         local = self.buckets.get(bucket)
         if local is None or local.closed or self.state is not GroupState.RUNNING:
             local = self._open_bucket(bucket)  # raises why not
+        if (self._balanced and local.free > 0 and task_id not in local
+                and (placed := await self._fills.elsewhere(local, task_id, data, task_type,
+                                                           run_after, life_span)) is not None):
+            return placed
         if local.free > 0 or task_id in local:  # no exception on the overflow path
             if data is not None and self._fills.checks_payloads():
                 try:  # before the fill: a refused fill changes nothing
