@@ -105,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--placement", default=_env("PLACEMENT", "local"),
                    choices=("local", "balanced"),
                    help="where fills go while this node has room: 'local' (here; only the "
-                        "overflow goes to peers) or 'balanced' (here only while this node "
-                        "has as much free room as a peer drawn by two random choices) "
+                        "overflow goes to peers) or 'balanced' (to a peer when a random "
+                        "peer has over 1%% of the bucket more free room than this node) "
                         "[GOBUCKET_PLACEMENT]")
     p.add_argument("--fast", action="store_true",
                    default=(_env("FAST", "") or "").lower() in ("1", "true", "yes"),

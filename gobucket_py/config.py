@@ -226,11 +226,11 @@ class GroupConfig:
     promote_grace: float = 5.0
     #: Where a fill goes while the node it is filled at has room. "local"
     #: (the default, GoBucket's rule): here, and only the overflow goes to
-    #: peers. "balanced": here only while this node has at least as much
-    #: free room as the better of two peers drawn at random, give or take 1%
-    #: of the bucket's size; else on that peer -- so nodes fill evenly
-    #: whichever of them the fills arrive at (at the cost of a round trip
-    #: for the tasks that move). If no peer takes it, it stays here.
+    #: peers. "balanced": here unless a peer drawn at random has more free
+    #: room than this node by over 1% of the bucket's size; then on the
+    #: better of two peers drawn at random -- so nodes fill evenly whichever
+    #: of them the fills arrive at (at the cost of a round trip for the
+    #: tasks that move). If no peer takes it, it stays here.
     placement: str = "local"
     #: Pack every filled task's data up front, even when it stays here, and
     #: refuse the fill with TypeError naming the type if it could not travel

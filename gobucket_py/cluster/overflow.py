@@ -269,8 +269,9 @@ class Overflow:
                           group.node_id, peer_id, bucket, task_id)
 
     async def offer(self, item: Item) -> Member | None:
-        """``placement="balanced"``: one try at the better of two peers, if it
-        has more room than this node (by ``slack`` slots); the peer that took
+        """``placement="balanced"``: if a peer drawn at random has more room
+        than this node (by ``slack`` slots), one try at the better of two
+        peers drawn at random (if it has more room than this node). The peer that took
         it, or None to keep it here. Raises DuplicateTaskError, or
         PlacementUnknownError when the peer may or may not have taken it."""
         group = self.group
@@ -279,8 +280,11 @@ class Overflow:
         pool = candidates(group._members.members.values(), bucket)
         if not pool or group._forwarder is None:
             return None
-        member = pick(pool, lambda m: m.estimate(bucket), group.rng)
-        if member.estimate(bucket) <= local.free + slack(local):
+        rng = group.rng
+        if rng.choice(pool).estimate(bucket) <= local.free + slack(local):
+            return None  # as much room here as a peer drawn at random: it stays
+        member = pick(pool, lambda m: m.estimate(bucket), rng)  # where: two choices
+        if member.estimate(bucket) <= local.free:
             return None
         try:
             outcome: str | GobucketError = await group._forwarder.send(member, item)
