@@ -9,7 +9,7 @@ import inspect
 from .common import write_report
 
 GROUPS = ["local", "cluster", "compare", "versus", "replicas", "tls", "scale", "swim",
-          "flood", "burst", "balance"]
+          "flood", "burst", "balance", "uvloop"]
 
 
 def main() -> None:

@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "overflow goes to peers) or 'balanced' (to a peer when a random "
                         "peer has over 1%% of the bucket more free room than this node) "
                         "[GOBUCKET_PLACEMENT]")
+    p.add_argument("--loop", default=_env("LOOP", "asyncio"), choices=("asyncio", "uvloop"),
+                   help="event loop: asyncio's own, or uvloop (pip install "
+                        "'gobucket_py[uvloop]') [GOBUCKET_LOOP]")
     p.add_argument("--fast", action="store_true",
                    default=(_env("FAST", "") or "").lower() in ("1", "true", "yes"),
                    help="use GroupConfig.local() timers (tests and single-host demos) "
@@ -196,7 +199,8 @@ async def run(args: argparse.Namespace, factory: Any) -> int:
     await group.start()
     peers = ",".join(group.seeds) or "-"
     print(f"gobucket-node {group.node_id} listening on {group.address} "
-          f"buckets={','.join(group.buckets)} peers={peers} event=node_started", flush=True)
+          f"buckets={','.join(group.buckets)} peers={peers} loop={args.loop} "
+          "event=node_started", flush=True)
     await stop.wait()
     log.info("signal received; stopping event=node_stopping node=%s", group.node_id)
     await group.stop()
@@ -219,9 +223,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.secret = fh.read().strip()
         except OSError as exc:
             parser.error(f"--secret-file: {exc}")
+    loop_factory = None
+    if args.loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            parser.error("--loop uvloop needs uvloop: pip install 'gobucket_py[uvloop]'")
+        loop_factory = uvloop.new_event_loop
     try:
         factory = load_app(args.app)
-        return asyncio.run(run(args, factory))
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(run(args, factory))
     except (ValueError, TypeError, OSError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -476,6 +476,35 @@ async def test_sigterm_hands_pending_tasks_to_peers_with_their_remaining_time(
         assert not set(node.ledger_states()) & set(ids)
 
 
+async def test_nodes_on_uvloop_fill_drain_and_hand_off(nodes: Nodes, observe: Observe) -> None:
+    """``--loop uvloop`` (GOBUCKET_LOOP): the same node on uvloop's event loop
+    -- probes, forwards, drains and the graceful handoff -- beside one on
+    asyncio's own loop."""
+    times = {"NODE_RUN_AFTER": 30, "NODE_LIFE": 60, "NODE_MAX": 100}
+    n2 = nodes.add("n2", env={**times, "GOBUCKET_LOOP": "uvloop"})
+    await nodes.start(n2)
+    obs = await observe(n2)
+    await until_state(obs, "n2", ALIVE)
+    n1 = nodes.add("n1", [n2], env=times)
+    await nodes.start(n1)
+    await mesh(obs, n1, n2)
+    assert "loop=uvloop" in n2.stdout() and "loop=asyncio" in n1.stdout()
+    ids = [f"uv-{i}" for i in range(20)]
+    for task_id in ids:
+        placed = await obs.fill("jobs", task_id, {"id": task_id}, task_type=BOMB)
+        assert placed.forwarded and placed.node_id in {"n1", "n2"}
+    on_n2 = [t for t, info in (await get_all(obs, ids)).items()
+             if info is not None and info.node_id == "n2"]
+    assert on_n2, "no task reached the uvloop node"
+    drained = on_n2[0]
+    assert (await obs.drain("jobs", drained)).outcome is DrainOutcome.DRAINED
+    assert await n2.stop(timeout=10.0) == 0
+    found = await get_all(obs, ids)
+    assert found[drained] is None
+    assert all(found[t] is not None and found[t].node_id == "n1"  # type: ignore[union-attr]
+               for t in ids if t != drained)
+
+
 # -- 6. restart ---------------------------------------------------------------------------------
 
 

@@ -1,0 +1,39 @@
+"""Issue 18, target 7: the local figures again on uvloop's event loop.
+
+``python -m bench uvloop`` (needs ``pip install 'gobucket_py[uvloop]'``): the
+measurements of ``bench local`` (schedule, drain, drains per second, lateness
+at 10,000/s, memory per pending task) and ``bench burst`` (a burst of time-bombs
+due at once), each run with uvloop's loop (``--loop uvloop`` for a node), and
+each next to its own baseline measured on the same loop. The rows carry
+``[uvloop]``; the asyncio figures are the ``local`` and ``burst`` groups'
+rows. The 800,000-pending lateness run is left out (it takes minutes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+from . import burst, local
+from .common import Row, save
+
+
+def measure() -> list[Row]:
+    """The local and burst rows on uvloop's loop."""
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    try:
+        rows = (local.throughput() + local.drain() + local.drain_rate() + local.lateness()
+                + local.memory() + burst.measure(burst.N, 7))
+    finally:
+        asyncio.set_event_loop_policy(None)
+    return [dataclasses.replace(row, name=f"{row.name} [uvloop]") for row in rows]
+
+
+def main() -> None:
+    save("uvloop", measure())
+
+
+if __name__ == "__main__":
+    main()
