@@ -57,7 +57,7 @@ class TimerWheel:
         self._res = resolution
         self._slots: dict[int, list[Task]] = {}
         self._ticks: list[int] = []  # heap of the keys of _slots
-        self._handle: asyncio.TimerHandle | None = None
+        self._handle: asyncio.Handle | None = None
         self._handle_when = math.inf
         self._entries = 0  # list entries, stale ones included
         self._live = 0  # tasks scheduled and not yet fired or discarded
@@ -157,8 +157,11 @@ class TimerWheel:
             self._put_back(current, carry)
         if sliced:
             # Let the tasks started so far take their first step before the
-            # next slice is started (call_at(now): after the ready queue).
-            self._arm(now)
+            # next slice is started: call_soon runs it after them (their steps
+            # were queued first), on asyncio's loop and on uvloop alike --
+            # uvloop may run a timer due "now" within the same turn.
+            self._handle_when = now
+            self._handle = self._loop.call_soon(self._on_timer)
         elif ticks:
             # Arm at the exact earliest time of the first slot: no early wake-up
             # and no lateness beyond the loop's own. Stale entries (rescheduled
