@@ -154,7 +154,9 @@ class Fills:
                 await asyncio.sleep(0)  # the slice's backups go out
             await asyncio.gather(*backing)
         finally:
-            for pending in backing:  # cancelled: no slice is left unsettled
+            # Cancelled (or failed): the slices still being backed up stop with
+            # it, as one unsliced backup would have.
+            for pending in backing:
                 if not pending.done():
                     pending.cancel()
         assert all(r is not None for r in results)
