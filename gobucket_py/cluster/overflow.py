@@ -271,8 +271,8 @@ class Overflow:
     async def offer(self, item: Item) -> Member | None:
         """``placement="balanced"``: if a peer drawn at random has more room
         than this node (by ``slack`` slots), one try at the better of two
-        peers drawn at random (if it has more room than this node). The peer that took
-        it, or None to keep it here. Raises DuplicateTaskError, or
+        peers drawn at random (if it has more room than this node). The peer
+        that took it, or None to keep it here. Raises DuplicateTaskError, or
         PlacementUnknownError when the peer may or may not have taken it."""
         group = self.group
         bucket = item[0]
