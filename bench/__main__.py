@@ -9,7 +9,7 @@ import inspect
 from .common import write_report
 
 GROUPS = ["local", "cluster", "compare", "versus", "replicas", "tls", "scale", "swim",
-          "flood", "burst", "balance", "uvloop"]
+          "flood", "burst", "balance", "uvloop", "peers"]
 
 
 def main() -> None:
