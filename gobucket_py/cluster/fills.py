@@ -181,13 +181,17 @@ class Fills:
         """``placement="balanced"``: place a task that fits here on a peer
         with more room, if one takes it; None to keep it here."""
         group = self.group
+        member = group._overflow.roomier(local)  # decided before any packing
+        if member is None:
+            return None
         ra, ls = task_times(local, task_type, run_after, life_span)
         try:
             item = encode_item(local.name, task_id, data, task_type, ra, ls, group.codec)
         except TypeError:
             return None  # it cannot travel: here (checked as the local fill checks it)
-        member = await group._overflow.offer(item)
-        return None if member is None else FillResult(local.name, task_id, member.node_id, True)
+        if not await group._overflow.offer(member, item):
+            return None
+        return FillResult(local.name, task_id, member.node_id, True)
 
     async def back_up_one(self, local: TaskBucket, task: Task) -> None:
         """Back up one time-bomb filled here (with the others of this loop

@@ -268,15 +268,13 @@ class Overflow:
                           "callback=on_peer_schedule_failed peer=%s bucket=%s task_id=%s",
                           group.node_id, peer_id, bucket, task_id)
 
-    async def offer(self, item: Item) -> Member | None:
-        """``placement="balanced"``: if a peer drawn at random has more room
-        than this node (by ``slack`` slots), one try at the better of two
-        peers drawn at random (if it has more room than this node). The peer
-        that took it, or None to keep it here. Raises DuplicateTaskError, or
-        PlacementUnknownError when the peer may or may not have taken it."""
+    def roomier(self, local: TaskBucket) -> Member | None:
+        """``placement="balanced"``: the peer a task that fits here should go
+        to, or None to keep it here. Only if a peer drawn at random has more
+        room than this node (by ``slack`` slots): then the better of two
+        peers drawn at random, if it has more room than this node."""
         group = self.group
-        bucket = item[0]
-        local = group.buckets[bucket]
+        bucket = local.name
         pool = candidates(group._members.members.values(), bucket)
         if not pool or group._forwarder is None:
             return None
@@ -284,16 +282,22 @@ class Overflow:
         if rng.choice(pool).estimate(bucket) <= local.free + slack(local):
             return None  # as much room here as a peer drawn at random: it stays
         member = pick(pool, lambda m: m.estimate(bucket), rng)  # where: two choices
-        if member.estimate(bucket) <= local.free:
-            return None
+        return member if member.estimate(bucket) > local.free else None
+
+    async def offer(self, member: Member, item: Item) -> bool:
+        """One try at ``member`` (see :meth:`roomier`): True if it took the
+        task. Raises DuplicateTaskError, or PlacementUnknownError when it
+        may or may not have taken it."""
+        group = self.group
+        assert group._forwarder is not None
         try:
             outcome: str | GobucketError = await group._forwarder.send(member, item)
         except GobucketError as exc:
             outcome = exc
         if self._settle(member, item, outcome, {}):
-            group.fill_counts[bucket][1] += 1
-            return member
-        return None
+            group.fill_counts[item[0]][1] += 1
+            return True
+        return False
 
     async def place(self, item: Item, *, handoff: bool = False,
                     rejections: dict[str, str] | None = None
