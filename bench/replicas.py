@@ -119,14 +119,15 @@ async def backup_bytes() -> float:
                             transport=net.transport("holder"), config=GroupConfig(replicas=1))
     await group.start()
     try:
-        from gobucket_py.cluster.backups import check_backup
+        from gobucket_py.cluster.columns import pack_columns, read_columns
         from gobucket_py.cluster.items import PACKED_NONE
         from gobucket_py.cluster.protocol import decode, encode
 
         primary = Member("primary", "primary", "0123456789abcdef")
-        bodies = [encode({"v": 1, "items": [
-            ["jobs", f"task-{i:08d}", 1, PACKED_NONE, 300.0, 600.0, "primary", 0, ["holder"]]
-            for i in range(start, min(start + 1_024, RECORDS))]})
+        holder = ("holder",)
+        bodies = [encode({"v": 1, "cols": pack_columns([
+            ("jobs", f"task-{i:08d}", 1, PACKED_NONE, 300.0, 600.0, "primary", 0, holder)
+            for i in range(start, min(start + 1_024, RECORDS))])})
             for start in range(0, RECORDS, 1_024)]
         gc.collect()
         tracemalloc.start()
@@ -134,10 +135,10 @@ async def backup_bytes() -> float:
         ids = 0
         stored = 0
         for body in bodies:
-            items = [check_backup(raw) for raw in decode(body, 1 << 24)["items"]]
-            ids += sum(sys.getsizeof(item[1]) for item in items)
-            stored += group._backups.store(items, primary).count("ok")
-            del items
+            batch = read_columns(decode(body, 1 << 24)["cols"])
+            ids += sum(map(sys.getsizeof, batch.columns[1]))
+            stored += group._backups.store(batch, primary).count("ok")
+            del batch
         gc.collect()
         after = tracemalloc.get_traced_memory()[0]
         tracemalloc.stop()

@@ -563,43 +563,77 @@ async def test_fill_many_backs_up_slice_by_slice_and_refuses_only_what_found_no_
     assert ("t7", "n1") not in held
 
 
-GOOD_BACKUP: list[Any] = ["jobs", "t", 1, b"\xc0", 10.0, 20.0, "n1", 0, ["n2"]]
+GOOD_BACKUP: list[Any] = ["jobs", "t", b"\xc0", 10.0, 20.0, "n1", 0, ["n2"]]
+
+
+def _columns(item: list[Any], size: int = 2) -> list[Any]:
+    """``cols`` of ``size`` backups that are all ``item`` but for their ids."""
+    return [[f"t{i}" for i in range(size)] if index == 1 else [value] * size
+            for index, value in enumerate(item)]
 
 
 @pytest.mark.parametrize("index, value, message", [
     (0, 7, "bucket and id must be strings"),
     (1, "", "bucket and id must be strings"),
-    (2, 0, "only time-bombs are backed up"),
-    (2, True, "type must be 0 or 1"),
-    (3, "text", "data must be msgpack bytes"),
-    (4, -1.0, "run_after must be a number >= 0"),
-    (5, float("nan"), "life_span must be a number >= 0"),
-    (6, None, "origin must be a string"),
-    (7, 2, "rank 0 or 1"),
-    (7, False, "rank 0 or 1"),
-    (8, [], "holders must be a list of 1 or 2"),
-    (8, ["a", "b", "c"], "holders must be a list of 1 or 2"),
-    (8, ["a", 3], "holders must be a list of 1 or 2"),
-    (8, "n2", "holders must be a list of 1 or 2"),
+    (2, "text", "data must be msgpack bytes"),
+    (3, -1.0, "run_after must be a number >= 0"),
+    (3, True, "run_after must be a number >= 0"),
+    (4, float("nan"), "life_span must be a number >= 0"),
+    (4, float("inf"), "life_span must be a number >= 0"),
+    (5, None, "origin must be a string"),
+    (6, 2, "rank 0 or 1"),
+    (6, False, "rank 0 or 1"),
+    (7, [], "holders must be a list of 1 or 2"),
+    (7, ["a", "b", "c"], "holders must be a list of 1 or 2"),
+    (7, ["a", 3], "holders must be a list of 1 or 2"),
+    (7, "n2", "holders must be a list of 1 or 2"),
 ])
-def test_a_malformed_backup_item_is_refused_with_its_fault(index: int, value: Any,
-                                                           message: str) -> None:
-    from gobucket_py.cluster.backups import check_backup
+def test_a_malformed_backup_batch_is_refused_with_its_fault(index: int, value: Any,
+                                                            message: str) -> None:
+    from gobucket_py.cluster.columns import read_columns
     from gobucket_py.errors import ProtocolError
 
     item = list(GOOD_BACKUP)
     item[index] = value
+    if index != 1:  # (ids differ)
+        with pytest.raises(ProtocolError, match=message):
+            read_columns(_columns(item))  # the fault in every backup of the batch
+    mixed = _columns(GOOD_BACKUP, 3)
+    mixed[index][1] = value  # in one backup only, among good ones
     with pytest.raises(ProtocolError, match=message):
-        check_backup(item)
-    with pytest.raises(ProtocolError, match="9-item list"):
-        check_backup(GOOD_BACKUP[:8])
+        read_columns(mixed)
 
 
-def test_a_well_formed_backup_item_is_read_the_same_on_either_path() -> None:
-    from gobucket_py.cluster.backups import check_backup
+@pytest.mark.parametrize("cols, message", [
+    ("cols", "8 lists"),
+    (_columns(GOOD_BACKUP)[:7], "8 lists"),
+    ([[], [], [], [], [], [], [], []], "at least one task"),
+    ([*_columns(GOOD_BACKUP, 3)[:3], [1.0, 2.0], *_columns(GOOD_BACKUP, 3)[4:]],
+     "run_after holds 2 values for 3 tasks"),
+    ([["jobs"], ["t"], *_columns(GOOD_BACKUP)[2:]], "data holds 2 values for 1 tasks"),
+])
+def test_a_misshapen_backup_batch_is_refused(cols: Any, message: str) -> None:
+    from gobucket_py.cluster.columns import read_columns
+    from gobucket_py.errors import ProtocolError
 
-    item = list(GOOD_BACKUP)
-    assert check_backup(item) is item  # the common case: checked in place, not copied
-    slow = check_backup([*GOOD_BACKUP[:4], 10, 20, "n1", 1, ["n2", "n3"]])  # ints: the long way
-    assert slow == ["jobs", "t", 1, b"\xc0", 10.0, 20.0, "n1", 1, ["n2", "n3"]]
-    assert type(slow[4]) is float and type(slow[5]) is float
+    with pytest.raises(ProtocolError, match=message):
+        read_columns(cols)
+
+
+def test_backup_columns_travel_shared_values_once_and_read_back_the_same() -> None:
+    from gobucket_py.cluster.columns import pack_columns, read_columns
+    from gobucket_py.cluster.protocol import decode, encode
+
+    holders = ("n2",)
+    items = [("jobs", f"t{i}", 1, b"\xc0" if i else b"\x01", 10.0 + i, 20.0, "n1", 0, holders)
+             for i in range(3)]
+    cols = pack_columns(items)
+    assert cols[0] == ("jobs",) and cols[5] == ("n1",) and cols[7] == (holders,)
+    assert len(cols[2]) == 3  # the data differ: per task
+    batch = read_columns(decode(encode({"v": 1, "cols": cols}), 1 << 20)["cols"])
+    assert len(batch) == 3
+    assert list(batch) == [(b, i, p, r, s, o, k, list(h)) for b, i, _, p, r, s, o, k, h in items]
+    ints = _columns([*GOOD_BACKUP[:3], 10, 20, "n1", 1, ["n2", "n3"]])  # ints: made floats
+    rows = list(read_columns(ints))
+    assert rows[0] == ("jobs", "t0", b"\xc0", 10.0, 20.0, "n1", 1, ["n2", "n3"])
+    assert type(rows[0][3]) is float and type(rows[1][4]) is float

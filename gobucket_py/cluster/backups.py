@@ -52,15 +52,16 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BucketClosedError, DuplicateTaskError, GobucketError, ProtocolError
 from ..task import TaskType
-from .items import PACKED_NONE, check_item
+from .items import PACKED_NONE
 from .lifecycle import GroupState
 from .membership import Member, MemberState
 from .protocol import Kind
 
 if TYPE_CHECKING:
+    from .columns import BackupBatch
     from .group import TaskBucketGroup
 
-__all__ = ["Backups", "check_backup", "majority"]
+__all__ = ["Backups", "majority"]
 
 log = logging.getLogger("gobucket_py")
 
@@ -76,50 +77,6 @@ _BEQUEST = 20_000
 
 #: Holder names cached for sharing (bounded: any peer may send any name).
 _MAX_NAMES = 1024
-
-#: The FILL item of a backup: a task's FILL item, then origin, rank and the
-#: node ids of all its backup holders in rank order.
-BACKUP_FIELDS = 9
-
-
-def check_backup(raw: object) -> list[Any]:
-    """Check one backup item, ``[bucket, id, 1, packed data, run_after,
-    life_span, origin, rank, holders]`` (a FILL item, then origin, rank and
-    holders): the item, numbers as floats; ``ProtocolError`` if malformed."""
-    if type(raw) is list and len(raw) == BACKUP_FIELDS:  # the well-formed case, inline
-        bucket, task_id, task_type, payload, run_after, life_span, origin, rank, holders = raw
-        if (type(bucket) is str and type(task_id) is str and task_id and task_type == 1
-                and type(task_type) is int and type(payload) is bytes
-                and type(run_after) is float and 0.0 <= run_after < 1e12
-                and type(life_span) is float and 0.0 <= life_span < 1e12
-                and type(origin) is str and (rank == 0 or rank == 1) and type(rank) is int
-                and type(holders) is list and (
-                    (len(holders) == 1 and type(holders[0]) is str)
-                    or (len(holders) == 2 and type(holders[0]) is str
-                        and type(holders[1]) is str))):
-            return raw
-    return _check_backup(raw)
-
-
-def _check_backup(raw: object) -> list[Any]:
-    """:func:`check_backup` field by field, each fault with its message."""
-    if not isinstance(raw, list) or len(raw) != BACKUP_FIELDS:
-        raise ProtocolError(f"each backup item must be a {BACKUP_FIELDS}-item list")
-    bucket, task_id, task_type, _, run_after, life_span = check_item(
-        [*raw[:3], PACKED_NONE, *raw[4:6]])
-    payload, origin, rank, holders = raw[3], raw[6], raw[7], raw[8]
-    if task_type is not TaskType.TIME_BOMB:
-        raise ProtocolError("only time-bombs are backed up")
-    if not isinstance(payload, bytes):
-        raise ProtocolError("backup item data must be msgpack bytes")
-    if not isinstance(origin, str) or type(rank) is not int or not 0 <= rank < 2:
-        raise ProtocolError("backup item origin must be a string and rank 0 or 1")
-    if (not isinstance(holders, list) or not 0 < len(holders) <= 2
-            or not all(isinstance(h, str) for h in holders)):
-        raise ProtocolError("backup item holders must be a list of 1 or 2 node ids")
-    return [str(bucket), str(task_id), 1, payload, run_after, life_span, str(origin), rank,
-            [str(h) for h in holders]]
-
 
 def majority(group: TaskBucketGroup, without: str | None = None) -> bool:
     """Does this node see a majority of the nodes it knows (itself included,
@@ -178,9 +135,9 @@ class Backups:
 
     # -- what primaries send -----------------------------------------------------------
 
-    def store(self, items: list[Any], primary: Member) -> list[str]:
-        """Keep the backups of one batch (items checked by :func:`check_backup`);
-        a verdict per item."""
+    def store(self, items: BackupBatch, primary: Member) -> list[str]:
+        """Keep the backups of one batch (checked by
+        :func:`~.columns.read_columns`); a verdict per backup."""
         group = self.group
         now = asyncio.get_running_loop().time()
         self._expire(now)
@@ -202,7 +159,7 @@ class Backups:
         singles = self._singles
         if len(singles) > _MAX_NAMES:
             singles.clear()
-        for bucket, task_id, _, payload, run_after, life_span, origin, rank, holders in items:
+        for bucket, task_id, payload, run_after, life_span, origin, rank, holders in items:
             if bucket != last_bucket:
                 local = buckets.get(bucket)
                 if local is None:

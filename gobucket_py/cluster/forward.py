@@ -27,6 +27,7 @@ from typing import Any
 from ..config import GroupConfig
 from ..errors import GobucketError, PeerError, PeerUnavailableError, ProtocolError
 from ..observe.histogram import Histogram
+from .columns import pack_columns
 from .membership import Member, Membership
 from .protocol import Kind, field
 from .transport import Transport
@@ -226,10 +227,13 @@ class Forwarder:
     async def _send_batch(self, member: Member, batch: list[Entry], mode: int) -> None:
         items = batch[0][0] if len(batch) == 1 else [i for entry in batch for i in entry[0]]
         seq = next(self._seq)
-        message = {"v": 1, "from": self.membership.header(), "handoff": mode == HANDOFF,
-                   "items": items, "batch": seq}
-        if mode == BACKUP:
+        message: dict[str, Any] = {"v": 1, "from": self.membership.header(),
+                                   "handoff": mode == HANDOFF, "batch": seq}
+        if mode == BACKUP:  # column by column (see .columns)
             message["backup"] = True
+            message["cols"] = pack_columns(items)
+        else:
+            message["items"] = items
         error: GobucketError | None = None
         results: list[Any] = []
         loop = asyncio.get_running_loop()

@@ -32,8 +32,8 @@ from ..errors import (
     UnknownBucketError,
 )
 from ..task import Task, TaskState, TaskType
-from .backups import check_backup
 from .batches import VOID, expand
+from .columns import BackupBatch, read_columns
 from .items import decode_item, pack_info
 from .lookup import Unknown, drain_reply, get_reply
 from .protocol import Kind, field, number
@@ -84,10 +84,10 @@ class PeerServer:
             return await membership.handle_ping_req(message)
         if kind is Kind.FILL:
             backup = message.get("backup") is True
-            raw_items = field(message, "items", list)
             codec = group.codec
-            checked: list[Any] = ([check_backup(raw) for raw in raw_items] if backup else
-                                  [decode_item(raw, codec) for raw in raw_items])
+            checked: list[Any] | BackupBatch = (
+                read_columns(field(message, "cols", list)) if backup else
+                [decode_item(raw, codec) for raw in field(message, "items", list)])
             seq = message.get("batch")
             if seq is not None and type(seq) is not int:
                 raise ProtocolError("batch must be an int")
@@ -195,8 +195,9 @@ class PeerServer:
         except GobucketError as exc:  # e.g. a possible holder did not answer: say so
             return {"v": 1, "error": type(exc).__name__, "message": str(exc)}
 
-    async def _fill(self, items: list[Any], key: tuple[str, int] | None, handoff: bool,
-                    sender: Member | None, *, backup: bool = False) -> list[str]:
+    async def _fill(self, items: list[Any] | BackupBatch, key: tuple[str, int] | None,
+                    handoff: bool, sender: Member | None, *, backup: bool = False
+                    ) -> list[str]:
         """Verdicts for one FILL batch; a batch seen before is not filled again."""
         group = self.group
         if key is None:
@@ -225,11 +226,11 @@ class PeerServer:
         future.set_result(results)
         return results
 
-    async def _take(self, items: list[Any], sender: Member | None, backup: bool,
+    async def _take(self, items: list[Any] | BackupBatch, sender: Member | None, backup: bool,
                     handoff: bool) -> list[str]:
         group = self.group
-        if backup:
-            assert sender is not None
+        if isinstance(items, BackupBatch):
+            assert sender is not None and backup
             return group._backups.store(items, sender)
         results = [self._accept(*item) for item in items]
         if handoff and sender is not None:

@@ -1,0 +1,111 @@
+"""Backup batches on the wire, column by column.
+
+A batch of backups (``FILL`` with ``backup``) travels as ``cols``: eight
+lists, one per field -- bucket, task id, packed data, run_after, life_span,
+origin, rank, holders -- instead of a list per task. A column whose value is
+the same for every task (the bucket, the origin, the rank, the holders and,
+without payloads, the data, in the common case) travels once, as a
+one-value list. Both sides do a few C-speed passes per column instead of
+Python work per task, the receiver decodes no list per task, and the body is
+about a third smaller.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from operator import itemgetter
+from typing import Any
+
+from ..errors import ProtocolError
+
+__all__ = ["BackupBatch", "pack_columns", "read_columns"]
+
+#: The columns, in order (a backup's FILL item without its type, which is
+#: always a time-bomb, then origin, rank and the node ids of all its backup
+#: holders in rank order).
+COLUMNS = ("bucket", "id", "data", "run_after", "life_span", "origin", "rank", "holders")
+#: Columns that may travel as one value for the whole batch.
+_SHARED = frozenset({0, 2, 5, 6, 7})
+#: Each column's field of a 9-field backup item (the type, 2, is dropped).
+_FIELDS = tuple(map(itemgetter, (0, 1, 3, 4, 5, 6, 7, 8)))
+
+
+def pack_columns(items: list[tuple[Any, ...]]) -> list[Any]:
+    """The ``cols`` of a batch of backup items ``(bucket, id, 1, packed data,
+    run_after, life_span, origin, rank, holders)``. (A pass per column, not
+    ``zip(*items)``: that makes an iterator -- a GC-tracked object -- per item.)"""
+    size = len(items)
+    out: list[Any] = []
+    for index, field in enumerate(_FIELDS):
+        column = list(map(field, items))
+        first = column[0]
+        out.append((first,) if index in _SHARED and column.count(first) == size else column)
+    return out
+
+
+class BackupBatch:
+    """A checked ``cols`` batch: iterates its backups as 8-field rows."""
+
+    __slots__ = ("columns", "size")
+
+    def __init__(self, columns: list[list[Any]], size: int) -> None:
+        self.columns = columns
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        size = self.size
+        return zip(*(column if len(column) == size else itertools.repeat(column[0], size)
+                     for column in self.columns), strict=True)
+
+
+def _all(kind: type, column: list[Any]) -> bool:
+    return set(map(type, column)) <= {kind}
+
+
+def _numbers(name: str, column: list[Any]) -> None:
+    """Check a time column in place: floats (ints made floats), 0 <= x < 1e12."""
+    kinds = set(map(type, column))
+    if not kinds <= {float, int}:
+        bad = next(v for v in column if type(v) is not float and type(v) is not int)
+        raise ProtocolError(f"backup item {name} must be a number >= 0, got {bad!r}")
+    if int in kinds:
+        try:
+            column[:] = map(float, column)
+        except OverflowError:
+            raise ProtocolError(f"backup item {name} must be a number >= 0 and < 1e12") from None
+    total = sum(column)
+    if total != total or min(column) < 0.0 or max(column) >= 1e12:  # NaN makes the sum NaN
+        bad = next(v for v in column if not 0.0 <= v < 1e12)
+        raise ProtocolError(f"backup item {name} must be a number >= 0, got {bad!r}")
+
+
+def read_columns(raw: object) -> BackupBatch:
+    """Check a received ``cols``; ``ProtocolError`` (a 400) naming the
+    fault if it is malformed."""
+    if type(raw) is not list or len(raw) != len(COLUMNS) or not _all(list, raw):
+        raise ProtocolError(f"backup cols must be a list of {len(COLUMNS)} lists "
+                            f"({', '.join(COLUMNS)})")
+    size = len(raw[1])
+    if not size:
+        raise ProtocolError("a backup batch must hold at least one task")
+    for index, column in enumerate(raw):
+        if len(column) != size and not (index in _SHARED and len(column) == 1):
+            raise ProtocolError(f"backup column {COLUMNS[index]} holds {len(column)} values "
+                                f"for {size} tasks")
+    buckets, ids, payloads, run_afters, life_spans, origins, ranks, holders = raw
+    if not _all(str, buckets) or not _all(str, ids) or "" in ids:
+        raise ProtocolError("backup item bucket and id must be strings")
+    if not _all(bytes, payloads):
+        raise ProtocolError("backup item data must be msgpack bytes")
+    _numbers("run_after", run_afters)
+    _numbers("life_span", life_spans)
+    if not _all(str, origins) or not _all(int, ranks) or not set(ranks) <= {0, 1}:
+        raise ProtocolError("backup item origin must be a string and rank 0 or 1")
+    for names in holders:
+        if type(names) is not list or not 0 < len(names) <= 2 or not _all(str, names):
+            raise ProtocolError("backup item holders must be a list of 1 or 2 node ids")
+    return BackupBatch(raw, size)
