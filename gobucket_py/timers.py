@@ -93,6 +93,12 @@ class TimerWheel:
         if self._entries - self._live > max(self.COMPACT_MIN, self._live):
             self._compact()
 
+    def discard_many(self, count: int) -> None:
+        """:meth:`discard` for ``count`` tasks at once (one compaction check)."""
+        self._live -= count
+        if self._entries - self._live > max(self.COMPACT_MIN, self._live):
+            self._compact()
+
     def close(self) -> None:
         """Cancel the loop timer and forget every entry."""
         if self._handle is not None:

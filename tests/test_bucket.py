@@ -708,6 +708,37 @@ async def test_a_burst_due_at_once_starts_in_slices() -> None:
     assert runners_at_first == [slice_], runners_at_first
 
 
+async def test_a_mass_drain_keeps_the_wheel_true_for_the_rest() -> None:
+    """drain_many_nowait tells the wheel of its stale entries in one go (one
+    compaction at the end, with an id on the general path among them): the
+    drained never run, every other task fires once at its time, and a join()
+    already waiting returns when the last one goes."""
+    rec = Recorder()
+    n = 3 * TimerWheel.COMPACT_MIN
+    b = make(rec, life_span=60, run_after=10, max_bucket=n + 10)
+    for i in range(n):
+        await b.fill(BOMB, f"t{i}", run_after=5 + i % 7)
+    gone = [f"t{i}" for i in range(n) if i % 4]  # three in four
+    mixed = gone[:len(gone) // 2] + ["nope"] + gone[len(gone) // 2:]  # a general-path id
+    got = b.drain_many_nowait(mixed)
+    assert got.count(DrainOutcome.DRAINED) == len(gone) and got.count(DrainOutcome.NOT_FOUND) == 1
+    assert b._wheel is not None and b._wheel._live == n - len(gone)
+    assert b._wheel._entries == n - len(gone)  # compacted
+    await asyncio.sleep(12)
+    ran = [t for h, t, _ in rec.calls if h == "execute"]
+    assert sorted(ran) == sorted(f"t{i}" for i in range(0, n, 4))  # each once
+    assert b.stats()["drained"] == len(gone)
+    for i in range(n):  # refill and drain all while join() waits
+        if f"t{i}" not in b:
+            await b.fill(BOMB, f"u{i}", run_after=30)
+    waiting = asyncio.ensure_future(b.join())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    b.drain_many_nowait([f"u{i}" for i in range(n)])
+    async with asyncio.timeout(1):
+        await waiting
+
+
 @pytest.mark.parametrize("watched", [False, True])
 async def test_drain_many_nowait_answers_as_drain_nowait_would(watched: bool) -> None:
     """Pending time-bombs, a running immediate task, one that finished, one
