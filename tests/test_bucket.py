@@ -719,7 +719,7 @@ async def test_a_mass_drain_keeps_the_wheel_true_for_the_rest() -> None:
     for i in range(n):
         await b.fill(BOMB, f"t{i}", run_after=5 + i % 7)
     gone = [f"t{i}" for i in range(n) if i % 4]  # three in four
-    mixed = gone[:len(gone) // 2] + ["nope"] + gone[len(gone) // 2:]  # a general-path id
+    mixed = [*gone[:len(gone) // 2], "nope", *gone[len(gone) // 2:]]  # a general-path id
     got = b.drain_many_nowait(mixed)
     assert got.count(DrainOutcome.DRAINED) == len(gone) and got.count(DrainOutcome.NOT_FOUND) == 1
     assert b._wheel is not None and b._wheel._live == n - len(gone)
