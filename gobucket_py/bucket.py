@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Literal
 
 from .config import BucketConfig, check_delay, check_times
+from .deadlines import Deadlines
 from .errors import BucketClosedError, BucketFullError, DuplicateTaskError
 from .executor import Executor, Handler, as_executor, overrides
 from .observe.histogram import Histogram
@@ -125,6 +126,7 @@ class TaskBucket:
         self._tasks: dict[str, Task] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wheel: TimerWheel | None = None
+        self._deadlines: Deadlines | None = None  # of running tasks
         self._closing = False
         self._closed = False
         self._max = config.max_bucket
@@ -243,6 +245,7 @@ class TaskBucket:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._wheel = TimerWheel(loop, self._fire)
+        self._deadlines = Deadlines(loop)
         return loop
 
     async def fill(
@@ -346,14 +349,20 @@ class TaskBucket:
             return
         task.state = _RUNNING
         self._counts["started"] += 1
-        timeout = asyncio.timeout_at(task._deadline)
+        deadlines = self._deadlines
+        assert deadlines is not None
+        deadlines.start(task)
         try:
-            async with timeout:
-                await self._execute(task)
+            await self._execute(task)
         except asyncio.CancelledError as exc:
+            expired = deadlines.stop(task)
             current = asyncio.current_task()
             assert current is not None
             if task.state is _RUNNING:
+                if expired and current.cancelling() == 0:  # its lifespan ran out
+                    task.state = TaskState.EXHAUSTED
+                    await self._end(task, "exhausted", self._on_exhausted)
+                    return
                 if current.cancelling() == 0:
                     # Nobody cancelled this runner: on_execute let out the
                     # CancelledError of something it awaited (a future another
@@ -370,6 +379,7 @@ class TaskBucket:
             await self._after_stop(task)
             return
         except BaseException as exc:
+            expired = deadlines.stop(task)
             if task.state is TaskState.RESCUED:  # it raised on its way out
                 await self._end_rescued(task)
                 if isinstance(exc, _FATAL):
@@ -381,13 +391,14 @@ class TaskBucket:
                 # KeyboardInterrupt/SystemExit: end the task (no hook), then let it out.
                 self._stop_now(task, TaskState.FAILED, "failed")
                 raise
-            elif timeout.expired():
+            elif expired:  # it raised once cancelled for its deadline
                 task.state = TaskState.EXHAUSTED
                 await self._end(task, "exhausted", self._on_exhausted)
             else:
                 task.state = TaskState.FAILED
                 await self._end(task, "failed", self._on_error, exc)
             return
+        deadlines.stop(task)  # (a deadline's cancel it swallowed is taken back)
         if task.state is not _RUNNING:
             await self._after_stop(task)  # on_execute swallowed a drain/rescue cancel
             return

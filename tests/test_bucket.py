@@ -84,6 +84,72 @@ async def test_lifespan_exhaustion_cancels_execute_then_exhausted_hook() -> None
     assert task.state is TaskState.EXHAUSTED and b.stats()["exhausted"] == 1
 
 
+class _Edges(Recorder):
+    """on_execute variants at the edge of the lifespan deadline."""
+
+    async def on_execute(self, task: Task) -> None:
+        self._rec("execute", task)
+        if task.id == "instant":
+            return  # ends in its first step: no deadline timer is ever armed
+        if task.id == "own-timeout":  # its own TimeoutError, before the deadline
+            async with asyncio.timeout(1):
+                await asyncio.sleep(5)
+        try:
+            await asyncio.sleep(100)
+        except asyncio.CancelledError:
+            if task.id == "swallows":
+                return  # it keeps the deadline's cancel for itself and returns
+            if task.id == "raises":
+                raise ValueError("cleanup failed") from None
+            if task.id == "cleans-up":
+                await asyncio.sleep(1)  # a slow cleanup, cancelled from outside
+            raise
+
+
+@pytest.mark.parametrize("task_id, hooks, state", [
+    ("instant", ["execute", "finish"], TaskState.FINISHED),
+    ("own-timeout", ["execute", "error"], TaskState.FAILED),
+    ("swallows", ["execute", "finish"], TaskState.FINISHED),
+    ("raises", ["execute", "exhausted"], TaskState.EXHAUSTED),
+    ("cancelled", ["execute", "exhausted"], TaskState.EXHAUSTED),
+])
+async def test_the_lifespan_deadline_at_its_edges(task_id: str, hooks: list[str],
+                                                   state: TaskState) -> None:
+    """As asyncio.timeout would: a task ending in its first step is never
+    bounded (no timer), its own TimeoutError is a failure, a deadline cancel
+    it swallows leaves it FINISHED, one it turns into another error leaves
+    it EXHAUSTED; the runner's cancel count is left balanced."""
+    rec = _Edges()
+    b = make(rec, life_span=6, run_after=1)
+    task = await b.fill(BOMB, task_id)
+    await asyncio.sleep(1.5)
+    assert b._deadlines is not None
+    assert len(b._deadlines) == (0 if task_id == "instant" else 1)
+    runner = task._runner
+    await settle(b)
+    assert rec.hooks(task_id) == hooks and task.state is state
+    assert len(b._deadlines) == 0
+    assert runner is not None and runner.done() and not runner.cancelled()
+    assert runner.cancelling() == 0
+
+
+async def test_a_deadline_and_a_cancel_from_outside_end_it_cancelled() -> None:
+    """The runner cancelled from outside while on_execute cleans up after its
+    deadline's cancel: the outside cancel is not swallowed (the task ends
+    CANCELLED, no hook, the runner cancelled)."""
+    rec = _Edges()
+    b = make(rec, life_span=6, run_after=1)
+    task = await b.fill(BOMB, "cleans-up")
+    await asyncio.sleep(6.5)  # past the deadline, in the cleanup
+    runner = task._runner
+    assert runner is not None and task.state is TaskState.RUNNING
+    runner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await runner
+    assert task.state is TaskState.CANCELLED and b.stats()["cancelled"] == 1
+    assert rec.hooks("cleans-up") == ["execute"] and len(b) == 0
+
+
 async def test_slot_is_held_until_terminal_hook_returns() -> None:
     rec = Recorder(hook_sleep=3)
     b = make(rec, max_bucket=1)
