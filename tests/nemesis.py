@@ -598,7 +598,13 @@ def _check_task(census: Census, task: str, evs: list[Event], calls: list[Call],
                     _crash_safe(census, task, evs, calls, copies, ledger)
             if not finals and not losses and complete:
                 lost = [cp for cp in copies if cp.by == "crash"]
-                if not lost and any(e.what == "handoff_unknown" for e in evs):
+                # Its last copy was left to a peer (or its backups) by a node
+                # that stopped: a copy that crashed before it had moved on
+                # (taken over from a backup), so that crash did not lose it.
+                last = max(copies, key=lambda cp: cp.opened, default=None)
+                left_last = last is not None and last.by == "handed_off" and any(
+                    e.what == "handoff_unknown" and e.node == last.node for e in evs)
+                if (not lost or left_last) and any(e.what == "handoff_unknown" for e in evs):
                     # Reported as "may or may not be on <peer>" by a stopping
                     # node that could not settle the handoff (and whose
                     # origin, if another node, could not settle it either).

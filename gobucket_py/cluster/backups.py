@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from .columns import BackupBatch
     from .group import TaskBucketGroup
 
-__all__ = ["Backups", "majority"]
+__all__ = ["Backups", "majority", "unknown"]
 
 log = logging.getLogger("gobucket_py")
 
@@ -78,12 +78,30 @@ _BEQUEST = 20_000
 #: Holder names cached for sharing (bounded: any peer may send any name).
 _MAX_NAMES = 1024
 
+
+def unknown(group: TaskBucketGroup) -> int:
+    """Nodes this node has not reached yet that may be in the cluster (seeds
+    not reached since it started, nodes peers name: ``Membership.unreached``):
+    a node that restarted into a partition does not know them, but they
+    count in the cluster's size."""
+    ms = group._members
+    strangers = ms.unreached()
+    if not strangers:
+        return 0
+    known = {ms.transport.address, group.node_id}
+    for m in ms.members.values():
+        known.add(m.addr)
+        known.add(m.node_id)
+    return sum(1 for s in set(strangers) if s not in known)
+
+
 def majority(group: TaskBucketGroup, without: str | None = None) -> bool:
     """Does this node see a majority of the nodes it knows (itself included,
-    nodes that left gracefully not counted) alive -- not counting
-    ``without``?"""
+    nodes that left gracefully not counted, nodes not reached yet counted:
+    see :func:`unknown`) alive -- not counting ``without``?"""
     members = group._members.members.values()
-    known = alive = 1
+    known = 1 + unknown(group)
+    alive = 1
     for m in members:
         if m.state is MemberState.LEFT:
             continue
@@ -111,6 +129,10 @@ class Backups:
         #: first here, a tomb or a claim, wins: a primary's later tomb is
         #: answered ``claimed`` and a holder's later check ``tomb``.
         self.claims: dict[tuple[str, str, str], str] = {}
+        #: The boot id of the holder that asked, per claim (not for claims
+        #: passed on by a leaving node): if it restarts, its old incarnation
+        #: can no longer say whether it took the task over.
+        self.claim_boots: dict[tuple[str, str, str], str] = {}
         #: Claims whose holder then took the task over (it said so): its
         #: node id and boot id, as ``"<node> <boot>"``.
         self.moved: dict[tuple[str, str, str], str] = {}
@@ -220,7 +242,15 @@ class Backups:
                 answers.append(f"promoted:{self.moved[key]}")
                 continue
             if key in self.claims:  # a backup holder may be taking it over: no word here
-                answers.append("claimed")
+                claimer, boot = self.claims[key], self.claim_boots.get(key)
+                member = self.group._members.members.get(claimer)
+                if boot is not None and member is not None and member.boot != boot:
+                    # It restarted before it said whether it took the task
+                    # over (it may have, and run it): taken as if it had,
+                    # so the primary does not run it (it is reported lost).
+                    answers.append(f"promoted:{claimer} {boot}")
+                else:
+                    answers.append("claimed")
                 continue
             # Word that it started or was drained: kept, so a backup of it
             # that arrives late (another connection) is refused, and a node
@@ -421,15 +451,25 @@ class Backups:
         message = {"v": 1, "from": group._members.header(), "notes": [],
                    "promoted": took, "released": released, "primary": node}
 
+        members = group._members.members
+
         async def tell(member: Member) -> None:
             # Also while this node stops: a takeover it made must be known.
-            while member.state is MemberState.ALIVE and group.state is not GroupState.STOPPED:
-                try:
-                    await group.transport.call(member.addr, Kind.BACKUP_NOTE, message,
-                                               group.config.request_timeout)
-                    return
-                except GobucketError:
-                    await asyncio.sleep(group.config.probe_interval)
+            # A node that is not alive now (stalled, cut off) still holds the
+            # claim: it is told once it is back, unless it restarted (its
+            # claims went with it) or left. A claim never released would
+            # refuse the primary's word for good.
+            boot = member.boot
+            while (group.state is not GroupState.STOPPED and members.get(member.node_id)
+                   is member and member.boot == boot and member.state is not MemberState.LEFT):
+                if member.state is MemberState.ALIVE:
+                    try:
+                        await group.transport.call(member.addr, Kind.BACKUP_NOTE, message,
+                                                   group.config.request_timeout)
+                        return
+                    except GobucketError:
+                        pass
+                await asyncio.sleep(group.config.probe_interval)
 
         await asyncio.gather(*(tell(m) for m in others))
 
@@ -452,6 +492,7 @@ class Backups:
             key = (bucket, task_id, primary)
             if claims.get(key) == asker.node_id:
                 del claims[key]
+                self.claim_boots.pop(key, None)
 
     async def _ask_others(self, node: str, lost_boot: str | None, others: list[Member],
                           tasks: list[tuple[str, str]]) -> list[str] | None:
@@ -523,7 +564,8 @@ class Backups:
                         "node=%s peer=%s count=%d", group.node_id, node, promoted)
         return took
 
-    def check(self, asker: str, primary: str, boot: object, tasks: object) -> list[str]:
+    def check(self, asker: str, primary: str, boot: object, tasks: object,
+              asker_boot: str | None = None) -> list[str]:
         """Answer backup holder ``asker``, about to take over ``primary``'s
         tasks: ``alive`` (this node sees ``primary`` alive in boot ``boot``),
         ``tomb`` (it left word that the task started or was drained), ``live``
@@ -565,7 +607,12 @@ class Backups:
                 if claimer is None and len(claims) >= _MAX_TOMBS:
                     for old in list(claims)[:_MAX_TOMBS // 2]:
                         del claims[old]
+                        self.claim_boots.pop(old, None)
                 claims[key] = asker
+                if asker_boot is None:
+                    self.claim_boots.pop(key, None)
+                else:
+                    self.claim_boots[key] = asker_boot
                 answers.append("ok")
         return answers
 
@@ -616,6 +663,8 @@ class Backups:
                     self._tomb(key)
                 elif key not in table and len(table) < _MAX_TOMBS:
                     table[key] = row[3]
+                    if table is self.claims:
+                        self.claim_boots.pop(key, None)
 
     # -- housekeeping ---------------------------------------------------------------------
 

@@ -27,8 +27,8 @@ __all__ = ["Notes"]
 
 log = logging.getLogger("gobucket_py")
 
-#: A queued note and the future of its answer.
-Queued = tuple[list[str], "asyncio.Future[str]"]
+#: A queued note, the future of its answer, and the incarnation it is for (None: any).
+Queued = tuple[list[str], "asyncio.Future[str]", str | None]
 
 
 class Notes:
@@ -39,12 +39,15 @@ class Notes:
         self._queued: dict[str, list[Queued]] = {}
         self._pumps: set[str] = set()
 
-    async def tell(self, node: str, op: str, bucket: str, task_id: str) -> str:
+    async def tell(self, node: str, op: str, bucket: str, task_id: str,
+                   boot: str | None = None) -> str:
         """Tell holder ``node``; its answer (``ok``/``promoted``), or ``gone``
         once it is not alive (it cannot take the task over then without
-        first learning it was suspected, which makes it drop every backup)."""
+        first learning it was suspected, which makes it drop every backup).
+        With ``boot``, the note is for that incarnation only: another one
+        answers ``gone`` without being asked."""
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._queued.setdefault(node, []).append(([op, bucket, task_id], future))
+        self._queued.setdefault(node, []).append(([op, bucket, task_id], future, boot))
         if node not in self._pumps:
             self._pumps.add(node)
             self.group._spawn(self._pump(node))
@@ -55,18 +58,20 @@ class Notes:
         try:
             while self._queued.get(node):
                 await asyncio.sleep(0)  # notes of this loop pass go together
-                batch = self._queued.pop(node, [])
+                queued = self._queued.pop(node, [])
                 member = group._members.members.get(node)
                 # The incarnation asked: a new one knows nothing of what the
                 # old one did (it may have taken the task over), so it is gone.
                 boot = None if member is None else member.boot
+                _resolve([q for q in queued if q[2] is not None and q[2] != boot], "gone")
+                batch = [q for q in queued if q[2] is None or q[2] == boot]
                 while batch:
                     if (member is None or member.state is not MemberState.ALIVE
                             or member.boot != boot):
                         _resolve(batch, "gone")
                         break
                     message = {"v": 1, "from": group._members.header(), "to": boot,
-                               "notes": [note for note, _ in batch]}
+                               "notes": [note for note, _, _ in batch]}
                     try:
                         reply = await group.transport.call(member.addr, Kind.BACKUP_NOTE,
                                                            message,
@@ -80,7 +85,7 @@ class Notes:
                         await asyncio.sleep(group.config.probe_interval)
                         member = group._members.members.get(node)
                         continue
-                    for (_, future), answer in zip(batch, answers, strict=True):
+                    for (_, future, _), answer in zip(batch, answers, strict=True):
                         if not future.done():
                             future.set_result(str(answer))
                     break
@@ -91,7 +96,7 @@ class Notes:
 
 
 def _resolve(batch: list[Queued], answer: str) -> None:
-    for _, future in batch:
+    for _, future, _ in batch:
         if not future.done():
             future.set_result(answer)
 

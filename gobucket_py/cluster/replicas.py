@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from ..bucket import TaskBucket
 from ..errors import ProtocolError
 from ..task import Task, TaskState, TaskType
-from .backups import majority
+from .backups import majority, unknown
 from .forward import BACKUP
 from .membership import Member, MemberState
 from .notes import Notes
@@ -268,25 +268,24 @@ class Replicas:
         answer for what it did before (it may have taken a task over): it is
         asked as one that is gone, so only word left with a majority (or a
         node that saw the takeover) settles its tasks. One that left passed
-        what it knew on (``Backups.bequeath``), this node included."""
+        what it knew on (``Backups.bequeath``) to the peers it could reach,
+        its own takeovers included: it is asked as gone too, so the gate or
+        drain asks those peers (they answer "promoted") before it decides."""
         group = self.group
         if not dead:
             self.missed.pop(node, None)  # restarted or left: it holds none of them now
             gone = _gone(node)
             for names in self.uncertain.values():
                 if node in names:
-                    if left:
-                        names.remove(node)
-                    else:
-                        names[names.index(node)] = gone
+                    names[names.index(node)] = gone
         again: dict[str, list[Task]] = {}
         member = group._members.members.get(node)
         for key, held in list(self.holders.items()):
             if node in held:
                 self.holders[key] = tuple(n for n in held if n != node)
-                if member is not None and not left:
-                    # It may have taken the task over before it died or
-                    # restarted: the gate asks it (or, gone, the others).
+                if member is not None:
+                    # It may have taken the task over before it died,
+                    # restarted or left: the gate asks it (or, gone, the others).
                     self.former.setdefault(key, []).append(
                         (node, member.boot if dead else ""))
                 task = group.buckets[key[0]].get(key[1])
@@ -307,10 +306,20 @@ class Replicas:
             self.group._spawn(self._tell_missed(node, missed))
 
     async def _tell_missed(self, node: str, missed: set[tuple[str, str]]) -> None:
-        answers = await asyncio.gather(*(self.notes.tell(node, "drop", *key) for key in missed))
+        keys = list(missed)
+        answers = await asyncio.gather(*(self.notes.tell(node, "drop", *key) for key in keys))
         if answers.count("gone"):  # silent again: kept for its next return
             self.missed.setdefault(node, set()).update(
-                key for key, answer in zip(missed, answers, strict=True) if answer == "gone")
+                key for key, answer in zip(keys, answers, strict=True) if answer == "gone")
+        for key, answer in zip(keys, answers, strict=True):
+            # It took the task over while this node could not reach it: a
+            # gate or drain still deciding must learn it (as from _drop).
+            if answer.startswith("promoted:") and key not in self.taken and (
+                    key in self.uncertain or key in self._dropping
+                    or self.group.buckets[key[0]].get(key[1]) is not None):
+                took = _promoter(answer)
+                self.taken[key] = took
+                self._follow(key, *took)
 
     # -- telling the backups ------------------------------------------------------------
 
@@ -374,7 +383,7 @@ class Replicas:
         return False
 
     async def _tomb(self, key: tuple[str, str], told: list[str], settled: list[str]
-                    ) -> tuple[bool, tuple[str, str] | None]:
+                    ) -> tuple[bool, tuple[str, str] | None, set[str]]:
         """Leave word with every other alive node that the task started or
         was drained here, for silent holders that may later try to take it
         over (``told``: the holders asked already, ``settled`` those of
@@ -390,7 +399,7 @@ class Replicas:
         as they leave (``Backups.bequeath``), but a peer cut off then does
         not get it. A node that restarted forgot it (README, known limits).
         Also returns the holder that took the task over, if a node says one
-        did."""
+        did, and the nodes that have the word now."""
         group = self.group
         members = group._members.members
         # A holder back in a new boot cannot vouch for what its old one did.
@@ -398,13 +407,15 @@ class Replicas:
                   and m.node_id not in told and _gone(m.node_id) not in told]
         answers = await asyncio.gather(*(self.notes.tell(node, "tomb", *key) for node in others))
         moved_to = next((_promoter(a) for a in answers if a.startswith("promoted:")), None)
+        heard = {*settled, *(n for n, a in zip(others, answers, strict=True) if a == "ok")}
         # Every set of other nodes that is a majority of the cluster (what a
         # takeover needs) must hold one that has the word.
         # Nodes that left count in the size here (not in a takeover's):
         # what they agreed to may not have been passed on.
-        size = len(members) + 1
+        # So do nodes it has not reached yet (it may have just restarted).
+        size = len(members) + 1 + unknown(group)
         without = size - 1 - len(settled) - answers.count("ok")
-        return 2 * without <= size, moved_to
+        return 2 * without <= size, moved_to, heard
 
     async def release(self, name: str, task_id: str) -> tuple[str | None, bool]:
         """Before a pending task is drained here: drop its backups and wait
@@ -427,6 +438,12 @@ class Replicas:
                 return None, False
         took = self.taken.get(key)
         if took is not None:
+            member = self.group._members.members.get(took[0])
+            if member is None or member.boot != took[1]:
+                # Taken by an incarnation that is gone (lost with it, and
+                # reported): not to be drained or handed off here; its gate
+                # ends the copy here.
+                return None, False
             return took[0], True
         return None, key not in self.uncertain
 
@@ -445,7 +462,11 @@ class Replicas:
             bucket = group.buckets[name]
             for task in list(bucket):
                 key = (name, task.id)
-                if (task.type is TaskType.TIME_BOMB and (alone or key in self.uncertain)
+                # A drop still in flight (a handoff's release timed out on a
+                # silent holder) cannot say either: that holder may have it.
+                if (task.type is TaskType.TIME_BOMB
+                        and (alone or key in self.uncertain or key in self._dropping
+                             or key in self.taken)
                         and bucket.take_pending(task.id) is not None):
                     self._left_to_backups(task)
                     # Its backups stay: no drop is sent (task_ended would).
@@ -495,7 +516,12 @@ class Replicas:
         """Tell ``names`` that the task started or is to be drained (``op``);
         record in :attr:`uncertain` the silent ones no word could cover, and
         in :attr:`taken` a holder that had already taken the task over."""
-        answers = await asyncio.gather(*(self.notes.tell(node, op, *key) for node in names))
+        members = self.group._members.members
+        # Each holder as the incarnation it is now: one that restarts while
+        # this is told is gone (its new one must not answer for the old).
+        boots = {n: m.boot for n in names if (m := members.get(n)) is not None}
+        answers = await asyncio.gather(*(self.notes.tell(node, op, *key, boots.get(node))
+                                         for node in names))
         silent = [n for n, a in zip(names, answers, strict=True) if a == "gone"]
         for node in silent:  # told again once it is back (see holder_back)
             if _is_gone(node):
@@ -512,13 +538,18 @@ class Replicas:
             took.append(_promoter(f"promoted:{passed_on}"))
         if silent and not took:
             settled = [n for n, a in zip(names, answers, strict=True) if a == "ok"]
-            enough, moved_to = await self._tomb(key, names, settled)
+            enough, moved_to, heard = await self._tomb(key, names, settled)
             if moved_to is not None:
                 took.append(moved_to)
-            elif not enough and all(map(_is_gone, silent)) and self._never_doubted(key):
-                # Only holders that restarted since are silent: one could
-                # have taken it over only after a majority held this node
-                # dead, and this node, since, heard no such word about itself.
+            elif (not enough and all(map(_is_gone, silent)) and self._never_doubted(key)
+                  and self._all_heard(silent, heard)):
+                # Only holders that restarted (or left) since are silent, and
+                # every other node took the word: a takeover needed a
+                # majority that held this node dead, which could only be
+                # those holders, and this node, since, heard no such word
+                # about itself. (Not when some other node did not answer:
+                # the nodes that held it dead may be the ones it cannot
+                # reach, and then it never hears of it.)
                 enough = True
             if enough or took:
                 silent = []
@@ -528,9 +559,14 @@ class Replicas:
             if len(table) > _MAX_KEPT:
                 for old in list(table)[:_MAX_KEPT // 2]:
                     del table[old]
+        # A silent holder that restarted meanwhile is gone (holder_gone
+        # renamed it in uncertain already, which this must not undo).
+        silent = [_gone(n) if n in boots and (
+            (m := members.get(n)) is None or m.boot != boots[n]) else n for n in silent]
         # The holders asked now are settled or silent; others still silent
         # from an earlier round stay so.
-        silent += [n for n in self.uncertain.get(key, ()) if n not in names]
+        silent += [n for n in self.uncertain.get(key, ())
+                   if n not in names and n not in silent]
         if silent:
             self.uncertain[key] = silent
         else:
@@ -538,6 +574,15 @@ class Replicas:
         if took:
             self.taken[key] = took[0]
             self._follow(key, *took[0])
+
+    def _all_heard(self, silent: list[str], heard: set[str]) -> bool:
+        """Has every node of the cluster but the silent (gone) holders taken
+        this node's word (``heard``), none of them unreached?"""
+        if unknown(self.group):
+            return False
+        return all(m.node_id in heard or _gone(m.node_id) in silent
+                   for m in self.group._members.members.values()
+                   if m.state is not MemberState.LEFT)
 
     def _never_doubted(self, key: tuple[str, str]) -> bool:
         """Has this node not had to refute a suspicion of itself since the
@@ -576,7 +621,7 @@ class Replicas:
                 raise ProtocolError("check needs the primary's node id")
             return {"v": 1, "checked": group._backups.check(sender.node_id, primary,
                                                               message.get("boot"),
-                                                              message["check"])}
+                                                              message["check"], sender.boot)}
         if "promoted" in message:
             primary = message.get("primary")
             if not isinstance(primary, str):
