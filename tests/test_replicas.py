@@ -637,3 +637,26 @@ def test_backup_columns_travel_shared_values_once_and_read_back_the_same() -> No
     rows = list(read_columns(ints))
     assert rows[0] == ("jobs", "t0", b"\xc0", 10.0, 20.0, "n1", 1, ["n2", "n3"])
     assert type(rows[0][3]) is float and type(rows[1][4]) is float
+
+
+def test_a_column_built_batch_is_the_same_items_sliced_joined_and_packed() -> None:
+    """The primary's column-built batch (the common case) reads, slices and
+    packs as the equivalent list of item tuples does: the forwarder cuts it
+    into batches and may join a remainder with another entry's items."""
+    from gobucket_py.cluster.columns import Columns, pack_columns, read_columns
+    from gobucket_py.cluster.protocol import decode, encode
+
+    holders = ("n2",)
+    cols = Columns("jobs", "n1", holders, [f"t{i}" for i in range(5)], [b"\xc0"] * 5,
+                   [float(i) for i in range(5)], [10.0 + i for i in range(5)])
+    items = [("jobs", f"t{i}", 1, b"\xc0", float(i), 10.0 + i, "n1", 0, holders)
+             for i in range(5)]
+    assert len(cols) == 5 and list(cols) == items and cols[3] == items[3]
+    assert list(cols[1:3]) == items[1:3] and isinstance(cols[1:3], Columns)
+    assert pack_columns(cols) == pack_columns(items)
+    assert pack_columns(cols[:2])[2] == (b"\xc0",)  # shared data travels once
+    other = Columns("jobs", "n1", holders, ["u"], [b"\x01"], [0.0], [1.0])
+    joined = [*cols[3:], *other]  # what the forwarder sends for two entries
+    body = encode({"v": 1, "cols": pack_columns(joined)})
+    rows = list(read_columns(decode(body, 1 << 20)["cols"]))
+    assert [r[1] for r in rows] == ["t3", "t4", "u"] and rows[2][2] == b"\x01"

@@ -13,13 +13,13 @@ about a third smaller.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from operator import itemgetter
-from typing import Any
+from typing import Any, overload
 
 from ..errors import ProtocolError
 
-__all__ = ["BackupBatch", "pack_columns", "read_columns"]
+__all__ = ["BackupBatch", "Columns", "pack_columns", "read_columns"]
 
 #: The columns, in order (a backup's FILL item without its type, which is
 #: always a time-bomb, then origin, rank and the node ids of all its backup
@@ -31,10 +31,47 @@ _SHARED = frozenset({0, 2, 5, 6, 7})
 _FIELDS = tuple(map(itemgetter, (0, 1, 3, 4, 5, 6, 7, 8)))
 
 
-def pack_columns(items: list[tuple[Any, ...]]) -> list[Any]:
+class Columns(Sequence[tuple[Any, ...]]):
+    """Backup items of one bucket, origin and holders, rank 0, held column by
+    column as the primary builds them (no tuple per item): a sequence of
+    items to the forwarder, which slices it into batches, and packed as is."""
+
+    __slots__ = ("bucket", "holders", "ids", "life_spans", "origin", "payloads", "run_afters")
+
+    def __init__(self, bucket: str, origin: str, holders: tuple[str, ...], ids: list[str],
+                 payloads: list[bytes], run_afters: list[float], life_spans: list[float]
+                 ) -> None:
+        self.bucket, self.origin, self.holders = bucket, origin, holders
+        self.ids, self.payloads = ids, payloads
+        self.run_afters, self.life_spans = run_afters, life_spans
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[Any, ...]: ...
+    @overload
+    def __getitem__(self, index: slice) -> Columns: ...
+
+    def __getitem__(self, index: int | slice) -> tuple[Any, ...] | Columns:
+        if isinstance(index, slice):
+            return Columns(self.bucket, self.origin, self.holders, self.ids[index],
+                           self.payloads[index], self.run_afters[index],
+                           self.life_spans[index])
+        return (self.bucket, self.ids[index], 1, self.payloads[index], self.run_afters[index],
+                self.life_spans[index], self.origin, 0, self.holders)
+
+
+def pack_columns(items: Sequence[tuple[Any, ...]]) -> list[Any]:
     """The ``cols`` of a batch of backup items ``(bucket, id, 1, packed data,
     run_after, life_span, origin, rank, holders)``. (A pass per column, not
     ``zip(*items)``: that makes an iterator -- a GC-tracked object -- per item.)"""
+    if isinstance(items, Columns):
+        payloads = items.payloads
+        first = payloads[0]
+        return [(items.bucket,), items.ids,
+                (first,) if payloads.count(first) == len(payloads) else payloads,
+                items.run_afters, items.life_spans, (items.origin,), (0,), (items.holders,)]
     size = len(items)
     out: list[Any] = []
     for index, field in enumerate(_FIELDS):

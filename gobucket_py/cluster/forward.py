@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..config import GroupConfig
@@ -121,7 +121,7 @@ class _Group:
 #: Items queued for one peer, and where their verdicts go: a future for one
 #: item (``send``), or a group and the items' offset in it (``send_many``).
 #: A pump splits an entry that does not fit in its batch.
-Entry = tuple[list[Item], "asyncio.Future[str] | _Group", int]
+Entry = tuple[Sequence[Item], "asyncio.Future[str] | _Group", int]
 
 
 class _Queue:
@@ -176,7 +176,7 @@ class Forwarder:
         self._enqueue(member, HANDOFF if handoff else FILL, [item], future)
         return future
 
-    def send_many(self, member: Member, items: list[Item], *, mode: int = 0
+    def send_many(self, member: Member, items: Sequence[Item], *, mode: int = 0
                   ) -> asyncio.Future[list[str | GobucketError]]:
         """Queue several items (of one bucket) for ``member``; one future gets
         every verdict or error, in order. Cheaper than ``send`` per item.
@@ -190,7 +190,7 @@ class Forwarder:
             future.set_result([])
         return future
 
-    def _enqueue(self, member: Member, mode: int, items: list[Item],
+    def _enqueue(self, member: Member, mode: int, items: Sequence[Item],
                  sink: asyncio.Future[str] | _Group) -> None:
         """Count ``items`` (of one bucket) in flight, queue them, and start
         pumps: one per batch waiting, up to ``batch_concurrency``."""

@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import operator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ..codec import Codec
 from ..task import Task, TaskState
+from .columns import Columns
 from .forward import BACKUP, Item, Unsettled
 from .items import PACKED_NONE
 from .membership import Member, MemberState
@@ -69,29 +70,32 @@ async def place_backups(group: TaskBucketGroup, name: str, tasks: list[Task], or
         pool = [m for m in group._members.members.values() if m.state is MemberState.ALIVE]
         room = {m: m.estimate(name) for m in pool}
         room_of = room.__getitem__
-        sends: dict[Member, tuple[list[int], list[Item]]] = {}
+        sends: dict[Member, tuple[list[int], list[Item]]] = {}  # per peer: indexes, items
+        fast: Columns | None = None  # the common case's one batch, column by column
         now = loop.time()
         only = pool[0] if len(pool) == 1 else None
         names_of = {m: (m.node_id,) for m in pool}  # one backup: its holders, shared
         if k == 1 and only is not None and not attempt:
             # The common case -- one peer, each task fresh -- as a tight loop
-            # (backup_item inlined: a call per task is a tenth of this path).
-            holder = names_of[only]
-            items: list[Item] = []
-            append = items.append
+            # that builds the batch column by column (no tuple per task).
+            ids: list[str] = []
+            runs: list[float] = []
+            lives: list[float] = []
             for i in wanted:
                 task = tasks[i]
+                ids.append(task.id)
                 run_after = task._run_at - now
                 if run_after < 0.0:
                     run_after = 0.0
+                runs.append(run_after)
                 life_span = task._filled + task._life - now
-                if life_span <= run_after:
-                    life_span = run_after + 0.001
-                append((name, task.id, 1, payloads[i], run_after, life_span, origin, 0,
-                        holder))
-            room[only] -= len(items)
-            sends[only] = (wanted, items)
-        for i in () if sends else wanted:
+                lives.append(run_after + 0.001 if life_span <= run_after else life_span)
+            # (wanted holds no task whose data could not be packed)
+            fast = Columns(name, origin, names_of[only], ids,
+                           cast("list[bytes]", payloads if len(wanted) == count
+                                else [payloads[i] for i in wanted]), runs, lives)
+            room[only] -= len(ids)
+        for i in () if fast else wanted:
             task = tasks[i]
             got = have[i]
             if k == 1 and not got and pool and (not refused or i not in refused):
@@ -126,11 +130,14 @@ async def place_backups(group: TaskBucketGroup, name: str, tasks: list[Task], or
                     share = sends[member] = ([], [])
                 share[0].append(i)
                 share[1].append(backup_item(task, payload, now, origin, rank, names))
-        if not sends:
+        if fast is not None and only is not None:
+            futures = [(only, wanted, forwarder.send_many(only, fast, mode=BACKUP))]
+        elif sends:
+            futures = [(member, share[0], forwarder.send_many(member, share[1], mode=BACKUP))
+                       for member, share in sends.items()]
+        else:
             break
-        futures = [(member, share, forwarder.send_many(member, share[1], mode=BACKUP))
-                   for member, share in sends.items()]
-        for member, (indexes, _), future in futures:
+        for member, indexes, future in futures:
             node = member.node_id
             one = (node,)
             for i, verdict in zip(indexes, await future, strict=True):

@@ -44,6 +44,7 @@ from ..errors import ProtocolError
 from ..task import Task, TaskState, TaskType
 from .backups import majority, unknown
 from .forward import BACKUP
+from .keyed import ByBucket
 from .membership import Member, MemberState
 from .notes import Notes
 from .placing import all_pending, backup_item, pack_data, place_backups
@@ -66,7 +67,7 @@ class Replicas:
         self.group = group
         #: (bucket, task id) -> node ids holding its backups (for live
         #: pending time-bombs of replicated buckets).
-        self.holders: dict[tuple[str, str], tuple[str, ...]] = {}
+        self.holders: ByBucket[tuple[str, ...]] = ByBucket()
         #: Holders replaced because they went dead, with their boot id: if
         #: they come back they may have taken the task over (the gate asks).
         self.former: dict[tuple[str, str], list[tuple[str, str]]] = {}
@@ -85,7 +86,7 @@ class Replicas:
         # Single fills waiting for this loop pass's placement: (bucket, origin).
         self._waiting: dict[tuple[str, str], list[tuple[Task, asyncio.Future[bool]]]] = {}
         # Tasks whose backups are being placed: the gate waits for them.
-        self._placing: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._placing: ByBucket[asyncio.Future[None]] = ByBucket()
         # Reschedules being sent to the backups: True if another came meanwhile.
         self._moves: dict[tuple[str, str], bool] = {}
         #: Backups per task, for each bucket that keeps any.
@@ -143,32 +144,32 @@ class Replicas:
         if not k or not tasks or group._forwarder is None:
             return [True] * len(tasks)
         placing = asyncio.get_running_loop().create_future()
-        keys = [(name, task.id) for task in tasks]
-        registry = self._placing
-        registry.update(dict.fromkeys(keys, placing))
+        ids = [task.id for task in tasks]
+        registry = self._placing.bucket(name)
+        registry.update(dict.fromkeys(ids, placing))
         try:
-            return await self._protect(name, tasks, keys, origin, k)
+            return await self._protect(name, tasks, ids, origin, k)
         finally:
             placing.set_result(None)
-            for key in keys:
-                if registry.get(key) is placing:
-                    del registry[key]
+            for task_id in ids:
+                if registry.get(task_id) is placing:
+                    del registry[task_id]
 
-    async def _protect(self, name: str, tasks: list[Task], keys: list[tuple[str, str]],
-                       origin: str, k: int) -> list[bool]:
+    async def _protect(self, name: str, tasks: list[Task], ids: list[str], origin: str,
+                       k: int) -> list[bool]:
         placed = await place_backups(self.group, name, tasks, origin, k)
-        holders = self.holders
+        holders = self.holders.bucket(name)
         if k == 1 and () not in placed and all_pending(tasks):
-            holders.update(zip(keys, placed, strict=True))  # the common case: one backup each
+            holders.update(zip(ids, placed, strict=True))  # the common case: one backup each
             return [True] * len(tasks)
         results = []
-        for key, task, kept in zip(keys, tasks, placed, strict=True):
+        for task_id, task, kept in zip(ids, tasks, placed, strict=True):
             results.append(len(kept) >= k)
             if kept:
                 if task.state is TaskState.PENDING:
-                    holders[key] = kept
+                    holders[task_id] = kept
                 else:  # drained (or ended) while its backups were being placed
-                    self._start_drop(key, list(kept))
+                    self._start_drop((name, task_id), list(kept))
         return results
 
     def moved(self, task: Task) -> None:
