@@ -19,7 +19,6 @@ V = TypeVar("V")
 D = TypeVar("D")
 
 Key = tuple[str, str]
-_MISSING = object()
 
 
 class ByBucket(Generic[V]):
@@ -37,9 +36,6 @@ class ByBucket(Generic[V]):
             by = self._by[name] = {}
         return by
 
-    def __len__(self) -> int:
-        return sum(map(len, self._by.values()))
-
     def __bool__(self) -> bool:
         return any(self._by.values())
 
@@ -53,9 +49,6 @@ class ByBucket(Generic[V]):
     def __setitem__(self, key: Key, value: V) -> None:
         self.bucket(key[0])[key[1]] = value
 
-    def __delitem__(self, key: Key) -> None:
-        del self._by[key[0]][key[1]]
-
     @overload
     def get(self, key: Key) -> V | None: ...
     @overload
@@ -66,19 +59,10 @@ class ByBucket(Generic[V]):
         by = self._by.get(key[0])
         return default if by is None else by.get(key[1], default)
 
-    @overload
-    def pop(self, key: Key) -> V: ...
-    @overload
-    def pop(self, key: Key, default: D) -> V | D: ...
-
-    def pop(self, key: Key, default: object = _MISSING) -> object:
-        """Remove and return the value at ``key`` (or ``default``)."""
+    def pop(self, key: Key, default: D) -> V | D:
+        """Remove and return the value at ``key``, or ``default``."""
         by = self._by.get(key[0])
-        if by is None or key[1] not in by:
-            if default is _MISSING:
-                raise KeyError(key)
-            return default
-        return by.pop(key[1])
+        return default if by is None else by.pop(key[1], default)
 
     def items(self) -> Iterator[tuple[Key, V]]:
         """Every ``((bucket, task id), value)``."""
