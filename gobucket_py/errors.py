@@ -92,11 +92,16 @@ class PeerUnavailableError(PeerError):
 
     ``maybe_delivered`` is False when the request certainly never reached the
     peer (connection refused), True when it may have been processed.
+    ``refused`` is True only when the peer's host answered that nothing
+    listens at its address (connection refused): a stronger sign of a dead
+    process than a timeout, which a broken link gives too.
     """
 
-    def __init__(self, message: str, *, maybe_delivered: bool = True) -> None:
+    def __init__(self, message: str, *, maybe_delivered: bool = True,
+                 refused: bool = False) -> None:
         super().__init__(message)
         self.maybe_delivered = maybe_delivered
+        self.refused = refused
 
 
 class PlacementUnknownError(PeerError):

@@ -124,3 +124,65 @@ async def test_a_verified_peer_that_stops_answering_fails_the_probe(pair: Pair) 
     b.datagrams.udp.close()  # a hung node: its UDP answers nothing
     with pytest.raises(PeerUnavailableError, match="UDP"):
         await a.call(b.address, Kind.PING, {"v": 1}, 0.3)
+
+
+async def test_a_closed_port_is_refused_and_a_silent_one_is_not() -> None:
+    # A killed process: its host refuses the connection. `refused` says so,
+    # and only then (a timeout is what a broken link gives as well).
+    spare = socket.socket()
+    spare.bind(("127.0.0.1", 0))
+    closed = f"127.0.0.1:{spare.getsockname()[1]}"
+    spare.close()
+    t = HttpTransport("127.0.0.1", 0, keyring=Keyring.parse(SECRET))
+    await t.start(Pair().handler("t"))
+    listening = socket.socket()  # accepts nothing, answers nothing
+    listening.bind(("127.0.0.1", 0))
+    listening.listen(8)
+    try:
+        with pytest.raises(PeerUnavailableError) as refused:
+            await t.call_stream(closed, Kind.PING, {"v": 1}, 1.0)
+        assert refused.value.refused and not refused.value.maybe_delivered
+        silent = f"127.0.0.1:{listening.getsockname()[1]}"
+        with pytest.raises(PeerUnavailableError) as timed_out:
+            await t.call_stream(silent, Kind.PING, {"v": 1}, 0.2)
+        assert not timed_out.value.refused
+    finally:
+        listening.close()
+        await t.close()
+
+
+class _Membership:
+    """What Prober._second_round uses of a Membership: helpers that take
+    ``helpers_take`` seconds to answer "no ack", and a stream probe that
+    fails with ``error``."""
+
+    def __init__(self, error: PeerUnavailableError, helpers_take: float) -> None:
+        self.error = error
+        self.helpers_take = helpers_take
+        self.transport = type("T", (), {"by_datagram": staticmethod(lambda addr: True)})()
+
+    async def _indirect(self, member: Any, timeout: float) -> bool:
+        await asyncio.sleep(self.helpers_take)
+        return False
+
+    async def ping(self, addr: str, timeout: float, *, stream: bool = False) -> Any:
+        raise self.error
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize("refused", [True, False])
+async def test_a_refused_stream_probe_ends_the_second_round_without_the_helpers(
+        refused: bool) -> None:
+    from gobucket_py.cluster.probing import Prober
+
+    error = (PeerUnavailableError("refused", maybe_delivered=False, refused=True) if refused
+             else PeerUnavailableError("did not answer within 0.4s"))
+    ms = _Membership(error, helpers_take=0.5)
+    prober = Prober(ms)  # type: ignore[arg-type]
+    member = type("M", (), {"addr": "10.0.0.9:7946"})()
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    assert await prober._second_round(member, 0.4) is False  # type: ignore[arg-type]
+    # Refused: nothing listens there, the helpers are not waited for. A
+    # timeout may be a broken link: the helpers decide.
+    assert loop.time() - began == (0.0 if refused else 0.5)

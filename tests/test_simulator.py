@@ -146,3 +146,52 @@ def test_filling_a_small_cluster_to_the_brim_never_overfills_a_bucket(pattern: s
     assert r["filled"] == 1.0 and r["tally_ok"]
     assert r["overfill"] == {"asked": 10, "refused": 10, "accepted": 0}
     assert r["other_errors"] == {}
+
+
+class _Timed(list):  # type: ignore[type-arg]
+    """``MemoryNetwork.calls`` that also notes the loop time of each call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.at: list[float] = []
+
+    def append(self, call: Any) -> None:
+        super().append(call)
+        self.at.append(asyncio.get_running_loop().time())
+
+
+async def test_the_shared_probe_schedule_probes_every_member_about_once_a_tick() -> None:
+    # A node that dies is probed within about one probe_interval: the nodes
+    # rotate through one shared order, so each tick probes every member once,
+    # instead of each node walking its own shuffled round (where a member can
+    # go unprobed for several intervals when the random rounds cluster).
+    swarm = Swarm(seed=3)
+    names = [f"n{i}" for i in range(10)]
+    interval = swarm.config.probe_interval
+    try:
+        for i, name in enumerate(names):
+            await swarm.add(name, [] if i == 0 else [names[0]])
+        for _ in range(60):
+            if swarm.alive_views() == (10, 10):
+                break
+            await asyncio.sleep(0.5)
+        assert swarm.alive_views() == (10, 10)
+        await asyncio.sleep(10)  # past the join's own probes and syncs
+        timed = swarm.net.calls = _Timed()
+        swarm.net._record_calls = True
+        start = asyncio.get_running_loop().time()
+        await asyncio.sleep(60)
+        pings: dict[str, list[float]] = {name: [] for name in names}
+        for (_src, dst, kind), at in zip(timed, timed.at, strict=True):
+            if kind is Kind.PING:
+                pings[dst].append(at)
+        ticks = 60 / interval
+        for name, times in pings.items():
+            # One probe per tick each (and a few full-state syncs, which
+            # are pings too), give or take the window's edges.
+            assert ticks - 2 <= len(times) <= ticks * 1.1, (name, len(times))
+            gaps = [b - a for a, b in zip([start, *times], times, strict=False)]
+            # Two nodes' phases within their ticks differ by under one interval.
+            assert max(gaps) < 2 * interval + 0.05, (name, max(gaps))
+    finally:
+        await swarm.close()

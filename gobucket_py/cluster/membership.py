@@ -268,6 +268,7 @@ class Membership:
             return
         member.state = state
         member.state_since = asyncio.get_running_loop().time()
+        self._prober.changed()
         if state is not MemberState.SUSPECT:
             member.suspectors.clear()
         self._suspicions.arm(member)

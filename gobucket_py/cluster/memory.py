@@ -384,7 +384,8 @@ class MemoryNetwork:
             raise PeerUnavailableError("this node is down", maybe_delivered=False)
         target = self._transports.get(addr)
         if target is None or addr in self._down:
-            raise PeerUnavailableError(f"cannot connect to peer {addr}", maybe_delivered=False)
+            raise PeerUnavailableError(f"cannot connect to peer {addr}", maybe_delivered=False,
+                                       refused=True)
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[dict[str, Any]] = loop.create_future()
         carrier = loop.create_task(self._carry(caller, target, kind, body, reply),
@@ -492,6 +493,11 @@ class MemoryTransport(Transport):
         self._context = contextvars.copy_context()
         self.network._handlers[self.address] = handler
         self.network._transports[self.address] = self
+
+    def shared_clock(self) -> float:
+        """The nodes of one in-memory network share an event loop: its clock
+        (virtual in simulations, where wall time does not advance with it)."""
+        return asyncio.get_running_loop().time()
 
     async def call(self, addr: str, kind: Kind, message: dict[str, Any],
                    timeout: float) -> dict[str, Any]:

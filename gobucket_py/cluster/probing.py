@@ -1,11 +1,20 @@
 """SWIM probing for :mod:`.membership`: whom a node probes, when, and how.
 
-- **Probes.** Every ``probe_interval`` a node pings *one* peer, the next of
-  a shuffled round over the alive and suspect members (shuffled again when
-  it ends; a newcomer is put at a random place in the current round). Each
-  ping and ack carries the sender's :class:`~.protocol.NodeHeader`
-  (identity, boot id, incarnation, its own free capacity per bucket) and a
-  few piggybacked membership updates -- never the whole member list.
+- **Probes.** Every ``probe_interval`` a node pings *one* peer. The nodes
+  share a schedule: the alive and suspect members and the node itself, in
+  node id order, and a tick counted on a clock they all read alike (wall
+  time; an in-memory network's shared loop clock). At tick ``t`` the node at
+  place ``i`` of ``n`` probes the one at ``i + 1 + t mod (n - 1)``: a
+  rotation, so while the nodes agree on the members every one of them is
+  probed by exactly one node per tick, and each node still probes every
+  other in turn, every ``n - 1`` ticks, as SWIM's round does. A node that
+  died is probed within about one ``probe_interval`` -- with independent
+  shuffled rounds the first probe of it comes after the earliest of N
+  random waits, over 2 s at p99 for 10 nodes. Where the nodes' views differ
+  (a join in flight) the rotation just overlaps for a moment. Each ping and
+  ack carries the sender's :class:`~.protocol.NodeHeader` (identity, boot
+  id, incarnation, its own free capacity per bucket) and a few piggybacked
+  membership updates -- never the whole member list.
 - **Indirect probes.** A missed ping is retried through up to
   ``indirect_probes`` other peers (``ping-req``), which tells a dead node from
   a broken link; a ping lost as a UDP datagram is also retried over HTTP at
@@ -25,9 +34,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import TYPE_CHECKING, Any
 
-from ..errors import GobucketError, PeerError
+from ..errors import GobucketError, PeerError, PeerUnavailableError
 from .member import Member, MemberState
 from .protocol import Kind, check_gossip
 from .protocol import field as msg_field
@@ -51,9 +61,11 @@ class Prober:
 
     def __init__(self, membership: Membership) -> None:
         self.membership = membership
-        # The probe order: members shuffled, one taken per probe_interval.
-        self._ring: list[Member] = []
-        self._ring_pos = 0
+        # The shared schedule's order: node ids (ours too), sorted; rebuilt
+        # when a member joins or changes state (None: to rebuild).
+        self._order: list[str] | None = None
+        self._place = 0  # our own place in _order
+        self._tick = -1  # the last tick probed: each probe takes a later one
         #: Lifeguard's local health: 0 (healthy) to MAX_HEALTH. Raised when
         #: our probes fail or we must refute a suspicion of ourselves (both
         #: hint that this node is the slow one), lowered by each probe that
@@ -65,26 +77,44 @@ class Prober:
         self.health = min(MAX_HEALTH, self.health + 1)
 
     def add(self, member: Member) -> None:
-        """A newcomer: probed within this round, not only after the next shuffle."""
-        self._ring.insert(self.membership.rng.randint(self._ring_pos, len(self._ring)), member)
+        """A newcomer: it takes its place in the schedule from the next tick."""
+        self._order = None
+
+    def changed(self) -> None:
+        """A member changed state: the schedule is rebuilt at the next tick."""
+        self._order = None
+
+    def _eligible(self, node_id: str) -> Member | None:
+        member = self.membership.members.get(node_id)
+        if member is not None and member.state in (MemberState.ALIVE, MemberState.SUSPECT):
+            return member
+        return None
 
     def next_target(self) -> Member | None:
-        """The next member to probe: a shuffled round over the alive and
-        suspect ones (SWIM), shuffled again when it ends. Dead and left
-        members are retried by the join loop instead."""
-        members = self.membership.members
+        """The member to probe now: the one ``1 + tick mod (n - 1)`` places
+        after us in the shared schedule (see the module docstring). Dead and
+        left members are not in it: the join loop retries them."""
+        ms = self.membership
         for _ in range(2):
-            ring = self._ring
-            while self._ring_pos < len(ring):
-                member = ring[self._ring_pos]
-                self._ring_pos += 1
-                if (members.get(member.node_id) is member
-                        and member.state in (MemberState.ALIVE, MemberState.SUSPECT)):
-                    return member
-            self._ring = [m for m in members.values()
-                          if m.state in (MemberState.ALIVE, MemberState.SUSPECT)]
-            self.membership.rng.shuffle(self._ring)
-            self._ring_pos = 0
+            order = self._order
+            if order is None:
+                ids = [m.node_id for m in ms.members.values()
+                       if m.state in (MemberState.ALIVE, MemberState.SUSPECT)]
+                ids.append(ms.node_id)
+                ids.sort()
+                order = self._order = ids
+                self._place = ids.index(ms.node_id)
+            n = len(order)
+            if n < 2:
+                return None
+            tick = math.floor(ms.transport.shared_clock() / ms.config.probe_interval)
+            # Never the same tick twice (a stretched or drifting loop): each
+            # probe moves on, so every member is still probed every n - 1.
+            self._tick = tick = max(tick, self._tick + 1)
+            member = self._eligible(order[(self._place + 1 + tick % (n - 1)) % n])
+            if member is not None:
+                return member
+            self._order = None  # (stale: it left or died since) rebuild once
         return None
 
     async def loop(self) -> None:
@@ -132,11 +162,7 @@ class Prober:
             if member.state in (MemberState.DEAD, MemberState.LEFT):
                 return
             started = loop.time()
-            # Through the membership: tests replace its _indirect.
-            second = [ms._indirect(member, timeout)]
-            if ms.transport.by_datagram(member.addr):
-                second.append(self.stream_probe(member, timeout))
-            if any(await asyncio.gather(*second)):
+            if await self._second_round(member, timeout):
                 return
             if member.state not in (MemberState.ALIVE, MemberState.SUSPECT):
                 return
@@ -161,15 +187,52 @@ class Prober:
         finally:
             member.probing = False
 
-    async def stream_probe(self, target: Member, timeout: float) -> bool:
+    async def _second_round(self, member: Member, timeout: float) -> bool:
+        """After a missed direct probe: the indirect round and, for a probe
+        sent as a datagram, a stream probe at the same time. True if either
+        reached ``member``.
+
+        A stream probe whose connection is *refused* ends the round at once:
+        the target's own host answered that nothing listens on its port (a
+        killed process), which helpers cannot contradict -- and waiting for
+        them costs another ``probe_timeout``. A broken link or a stalled
+        node times out instead, and is still judged by the helpers.
+        """
+        ms = self.membership
+        # Through the membership: tests replace its _indirect.
+        indirect: asyncio.Future[bool | None] = asyncio.ensure_future(
+            ms._indirect(member, timeout))
+        if not ms.transport.by_datagram(member.addr):
+            return bool(await indirect)
+        stream = asyncio.ensure_future(self.stream_probe(member, timeout))
+        try:
+            waiting: set[asyncio.Future[bool | None]] = {indirect, stream}
+            while waiting:
+                done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                for job in done:
+                    reached = job.result()
+                    if reached:
+                        return True
+                    if reached is None:  # refused: no need for the helpers
+                        return False
+            return False
+        finally:
+            for job in (indirect, stream):
+                job.cancel()
+
+    async def stream_probe(self, target: Member, timeout: float) -> bool | None:
         """Probe ``target`` again over HTTP, alongside the indirect round.
 
         A datagram may be lost, or wait in a busy peer's socket buffer; a
         stream probe tells that from a dead peer even with no helpers (a
-        two-node cluster), as memberlist's TCP fallback does.
+        two-node cluster), as memberlist's TCP fallback does. True if it
+        answered, None if its connection was refused (nothing listens at its
+        address), False if it failed otherwise (timed out, reset).
         """
         try:
             return await self.membership.ping(target.addr, timeout, stream=True) is target
+        except PeerUnavailableError as exc:
+            return None if exc.refused else False
         except GobucketError:
             return False
 

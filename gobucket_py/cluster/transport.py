@@ -21,6 +21,7 @@ import errno
 import json
 import logging
 import ssl
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, NamedTuple
@@ -96,6 +97,12 @@ class Transport(ABC):
     def by_datagram(self, addr: str) -> bool:
         """Whether a probe of ``addr`` goes as a datagram, which may be lost."""
         return False
+
+    def shared_clock(self) -> float:
+        """Seconds on a clock that every node of this network reads alike,
+        for the shared probe schedule (:mod:`.probing`): wall-clock time.
+        Only the schedule's tick comes from it; no timeout does."""
+        return time.time()
 
     async def call_stream(self, addr: str, kind: Kind, message: dict[str, Any],
                           timeout: float) -> dict[str, Any]:
@@ -393,8 +400,9 @@ class HttpTransport(Transport):
             raise PeerUnavailableError(f"cannot call peer address {addr[:100]!r}: {exc}",
                                        maybe_delivered=False) from exc
         except aiohttp.ClientConnectorError as exc:
-            raise PeerUnavailableError(f"cannot connect to peer {addr}: {exc.os_error}",
-                                       maybe_delivered=False) from exc
+            raise PeerUnavailableError(
+                f"cannot connect to peer {addr}: {exc.os_error}", maybe_delivered=False,
+                refused=getattr(exc.os_error, "errno", None) == errno.ECONNREFUSED) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise PeerUnavailableError(f"peer {addr} failed on {kind.name}: "
                                        f"{type(exc).__name__}: {exc}") from exc
