@@ -191,7 +191,8 @@ async def test_the_shared_probe_schedule_probes_every_member_about_once_a_tick()
             # are pings too), give or take the window's edges.
             assert ticks - 2 <= len(times) <= ticks * 1.1, (name, len(times))
             gaps = [b - a for a, b in zip([start, *times], times, strict=False)]
-            # Two nodes' phases within their ticks differ by under one interval.
-            assert max(gaps) < 2 * interval + 0.05, (name, max(gaps))
+            # Ticks start together everywhere; probes leave within a tenth
+            # of an interval of the tick's start.
+            assert max(gaps) <= 1.1 * interval + 1e-6, (name, max(gaps))
     finally:
         await swarm.close()

@@ -117,16 +117,26 @@ class Prober:
             self._order = None  # (stale: it left or died since) rebuild once
         return None
 
+    #: Probes leave within this fraction of ``probe_interval`` after a tick
+    #: of the shared clock starts (spread, not all in one millisecond).
+    JITTER = 0.1
+
     async def loop(self) -> None:
-        """Probe the next target every ``probe_interval`` (stretched by local health)."""
-        cfg = self.membership.config
-        # Jitter so that nodes started together do not probe in lockstep.
-        await asyncio.sleep(self.membership.rng.uniform(0, cfg.probe_interval))
+        """Probe the scheduled target at each tick of the shared clock (every
+        ``probe_interval``; one tick in ``1 + health`` when local health is
+        poor). Ticks start together on every node, so a member is probed
+        one ``probe_interval`` after the last probe of it, give or take the
+        jitter -- not anywhere up to two intervals later, as when each node
+        kept its own phase."""
+        ms = self.membership
+        interval = ms.config.probe_interval
         while True:
+            late = ms.transport.shared_clock() % interval  # into the current tick
+            await asyncio.sleep(interval * (1 + self.health) - late
+                                + ms.rng.uniform(0, self.JITTER * interval))
             member = self.next_target()
             if member is not None:
                 self.spawn(member)
-            await asyncio.sleep(cfg.probe_interval * (1 + self.health))
 
     def spawn(self, member: Member) -> None:
         """Probe ``member`` in the background, unless a probe of it is running."""
