@@ -37,7 +37,7 @@ from .errors import BucketClosedError, BucketFullError, DuplicateTaskError
 from .executor import Executor, Handler, as_executor, overrides
 from .observe.histogram import Histogram
 from .task import DrainOutcome, DrainResult, Task, TaskState, TaskType
-from .timers import TimerWheel
+from .timers import Cold, TimerWheel
 
 __all__ = ["TaskBucket"]
 
@@ -56,6 +56,12 @@ _DEBUG = logging.DEBUG
 _QUIET = frozenset({"drained", "cancelled", "handed_off"})
 #: Seconds between two ``event=tasks_ended`` summary lines of one bucket.
 SUMMARY_EVERY = 10.0
+#: Pending time-bombs that nobody else refers to are made cold (see
+#: ``TaskBucket._freeze``) one to two COOL_EVERY seconds after their fill,
+#: if due more than COOL_HORIZON later, in steps of about COOL_STEP tasks.
+COOL_EVERY = 1.0
+COOL_HORIZON = 2.0
+COOL_STEP = 1000
 
 #: What ``drain`` answers for a task that already ended (or is in its terminal
 #: hook), by its terminal state. HANDED_OFF is absent: from this bucket's view
@@ -123,7 +129,11 @@ class TaskBucket:
         self._on_error = ex.on_execute_error if overrides(ex, "on_execute_error") else None
         self._on_exhausted = ex.on_task_exhausted if overrides(ex, "on_task_exhausted") else None
         self._on_panic = ex.on_panic if overrides(ex, "on_panic") else None
-        self._tasks: dict[str, Task] = {}
+        # Live tasks by id. A pending time-bomb that nobody but the bucket
+        # refers to becomes a Cold tuple after a while (see _freeze).
+        self._tasks: dict[str, Task | Cold] = {}
+        self._cool_timer: asyncio.Handle | None = None
+        self._cold_data: dict[str, Any] = {}  # the data of cold tasks that have some
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wheel: TimerWheel | None = None
         self._deadlines: Deadlines | None = None  # of running tasks
@@ -177,7 +187,7 @@ class TaskBucket:
         return task_id in self._tasks
 
     def __iter__(self) -> Iterator[Task]:
-        return iter(list(self._tasks.values()))
+        return iter([self._task(task_id) for task_id in list(self._tasks)])
 
     def __repr__(self) -> str:
         return f"<TaskBucket {self.name!r} {len(self)}/{self._max}>"
@@ -194,7 +204,51 @@ class TaskBucket:
 
     def get(self, task_id: str) -> Task | None:
         """The live task with that id, or None."""
+        value = self._tasks.get(task_id)
+        return value if value is None or isinstance(value, Task) else self._thaw(task_id, value)
+
+    def _task(self, task_id: str) -> Task:
+        """The live task ``task_id`` (which must be live), thawed if cold."""
+        value = self._tasks[task_id]
+        return value if isinstance(value, Task) else self._thaw(task_id, value)
+
+    # -- cold pending tasks ----------------------------------------------------
+    #
+    # A full pass of Python's garbage collector visits every tracked object,
+    # and a Task is one: with a million pending it takes ~200 ms, during which
+    # nothing fires. A pending time-bomb that nobody but the bucket refers to
+    # (the caller dropped what fill returned) is therefore kept as an exact
+    # tuple, which the collector stops tracking, from COOL_EVERY seconds
+    # after its fill until it is due (or someone asks for it: get, iteration,
+    # drain, reschedule, handoff, rescue). Its Task is made again then; as
+    # nobody held the old one, nobody can tell.
+
+    def _freeze(self, task: Task) -> None:
+        """Keep ``task`` (pending, referred to by nobody else) as a Cold tuple."""
+        self._tasks[task.id] = (task._filled, task._run_at, task._life)
+        if task.data is not None:
+            self._cold_data[task.id] = task.data
+
+    def _thaw(self, task_id: str, cold: Cold) -> Task:
+        """The Task of a cold entry again (live from now on, as before)."""
+        filled, run_at, life = cold
+        task = Task(self, task_id, self._cold_data.pop(task_id, None), TaskType.TIME_BOMB,
+                    filled, run_at, life)
+        self._tasks[task_id] = task
+        return task
+
+    def _lookup(self, task_id: str) -> Task | Cold | None:
         return self._tasks.get(task_id)
+
+    def _cool(self) -> None:
+        self._cool_timer = None
+        wheel, loop = self._wheel, self._loop
+        if wheel is None or loop is None or self._closing:
+            return
+        if wheel.cool(self._freeze, loop.time() + COOL_HORIZON, COOL_STEP):
+            self._cool_timer = loop.call_soon(self._cool)  # the sweep goes on
+        elif wheel.warming():
+            self._cool_timer = loop.call_later(COOL_EVERY, self._cool)
 
     def ended(self, task_id: str) -> TaskState | None:
         """How the task with that id ended here, if it did recently.
@@ -244,7 +298,7 @@ class TaskBucket:
     def _bind(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()
         self._loop = loop
-        self._wheel = TimerWheel(loop, self._fire)
+        self._wheel = TimerWheel(loop, self._fire, lookup=self._lookup, thaw=self._thaw)
         self._deadlines = Deadlines(loop)
         return loop
 
@@ -330,6 +384,8 @@ class TaskBucket:
         self._counts["filled"] += 1
         assert self._wheel is not None
         self._wheel.add(task)
+        if self._cool_timer is None:
+            self._cool_timer = loop.call_later(COOL_EVERY, self._cool)
         return task
 
     def _fire(self, task: Task) -> None:
@@ -611,7 +667,7 @@ class TaskBucket:
 
     def drain_nowait(self, task_id: str) -> DrainOutcome:
         """``drain`` without the coroutine; returns the outcome only."""
-        task = self._tasks.get(task_id)
+        task = self.get(task_id)
         if task is None:
             state = self._record(task_id)
             return _NOT_FOUND if state is None else _DRAIN_ANSWER.get(state, _NOT_FOUND)
@@ -655,12 +711,20 @@ class TaskBucket:
         try:
             for task_id in task_ids:
                 task = tasks.get(task_id)
-                if (not inline or task is None or task.state is not _PENDING
-                        or task._runner is not None):
-                    # (none of these touches the wheel, so its count may lag)
+                if not inline:
                     append(self.drain_nowait(task_id))  # the general path
                     continue
-                task.state = _DRAINED
+                if isinstance(task, Task):
+                    if task.state is not _PENDING or task._runner is not None:
+                        # (none of these touches the wheel, so its count may lag)
+                        append(self.drain_nowait(task_id))
+                        continue
+                    task.state = _DRAINED
+                elif task is None:
+                    append(self.drain_nowait(task_id))
+                    continue
+                elif self._cold_data:  # (else cold: pending, not started, no Task to mark)
+                    self._cold_data.pop(task_id, None)
                 del tasks[task_id]
                 if records is not None:
                     records[task_id] = _DRAINED
@@ -736,7 +800,7 @@ class TaskBucket:
         in the background: a crash right after may still run it at the old
         time).
         """
-        task = self._tasks.get(task_id)
+        task = self.get(task_id)
         if (task is None or task.state is not _PENDING or task._runner is not None
                 or task.type is not TaskType.TIME_BOMB):
             return False
@@ -756,7 +820,7 @@ class TaskBucket:
         """Remove a pending task without running it and return it, for a
         handoff to another node. Its state becomes HANDED_OFF; call
         :meth:`handed_off` once a peer has it, or :meth:`restore` if none took it."""
-        task = self._tasks.get(task_id)
+        task = self.get(task_id)
         if task is None or task.state is not _PENDING:
             return None
         task.state = TaskState.HANDED_OFF
@@ -816,7 +880,7 @@ class TaskBucket:
         (the slots are freed all the same)."""
         direct: list[Task] = []
         runners: list[asyncio.Task[None]] = []
-        for task in list(self._tasks.values()):
+        for task in self:  # (cold ones thawed: each gets its on_panic)
             if task.state is _PENDING:
                 task.state = TaskState.RESCUED
                 if task._runner is not None:
@@ -849,7 +913,11 @@ class TaskBucket:
             return
         self._closing = True
         # Started or about to start (immediate, or fired): give them the grace.
-        running = [t._runner for t in self._tasks.values() if t._runner is not None]
+        if self._cool_timer is not None:
+            self._cool_timer.cancel()
+            self._cool_timer = None
+        running = [t._runner for t in self._tasks.values()
+                   if isinstance(t, Task) and t._runner is not None]
         if running and grace > 0:
             await asyncio.wait(running, timeout=grace)
         fatal: BaseException | None = None
@@ -857,7 +925,8 @@ class TaskBucket:
             await self.rescue()
         except _FATAL as exc:
             fatal = exc
-        rest = [t._runner for t in self._tasks.values() if t._runner is not None]
+        rest = [t._runner for t in self._tasks.values()
+                if isinstance(t, Task) and t._runner is not None]
         if rest:  # tasks in their terminal hook, bounded by hook_timeout
             await asyncio.wait(rest)
         if self._wheel is not None:

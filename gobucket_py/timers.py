@@ -9,6 +9,13 @@ costs one list slot (8 bytes) here.
 Removal is lazy: a drained, rescued or rescheduled task leaves a stale entry
 that is skipped when its slot comes due, and the wheel is compacted when stale
 entries outnumber live ones, so churn cannot grow memory without bound.
+
+Cold entries: a slot may hold a task's *id* instead of its :class:`Task` --
+a pending time-bomb that nobody but the bucket referred to, which the bucket
+keeps as a plain tuple until it is due (see ``TaskBucket._freeze``), so that
+a million pending tasks are not a million objects for every full pass of
+Python's garbage collector. :meth:`cool` makes them; the wheel turns an id
+back into a task (``thaw``) when its slot comes due.
 """
 
 from __future__ import annotations
@@ -16,11 +23,20 @@ from __future__ import annotations
 import asyncio
 import heapq
 import math
+import sys
 from collections.abc import Callable
 
 from .task import Task, TaskState
 
-__all__ = ["TimerWheel"]
+__all__ = ["Cold", "TimerWheel"]
+
+#: A cold pending time-bomb, as the bucket holds it: an exact tuple of
+#: floats, ``(filled, run_at, life)`` in loop time as in :class:`Task`, which
+#: the garbage collector stops tracking (its data, if any, is kept beside it:
+#: a tuple holding a dict stays tracked even when the dict is not).
+Cold = tuple[float, float, float]
+_RUN_AT = 1  # index of run_at in a Cold
+_getrefcount = sys.getrefcount
 
 _PENDING = TaskState.PENDING
 #: A task due within this much of now fires now: re-arming a timer for a
@@ -35,8 +51,8 @@ class TimerWheel:
     Not thread-safe: use from the loop's thread only. ``fire`` must not block.
     """
 
-    __slots__ = ("_entries", "_fire", "_handle", "_handle_when", "_live", "_loop", "_res",
-                 "_slots", "_ticks")
+    __slots__ = ("_aging", "_entries", "_fire", "_handle", "_handle_when", "_live", "_lookup",
+                 "_loop", "_res", "_slots", "_sweeping", "_thaw", "_ticks", "_warm")
 
     #: Stale entries tolerated before a compaction (besides ``> live``).
     COMPACT_MIN = 4096
@@ -51,11 +67,23 @@ class TimerWheel:
         loop: asyncio.AbstractEventLoop,
         fire: Callable[[Task], None],
         resolution: float = 0.001,
+        *,
+        lookup: Callable[[str], Task | Cold | None] | None = None,
+        thaw: Callable[[str, Cold], Task] | None = None,
     ) -> None:
         self._loop = loop
         self._fire = fire
         self._res = resolution
-        self._slots: dict[int, list[Task]] = {}
+        # For cold entries (ids): the bucket's live task or cold tuple by id,
+        # and the task a cold tuple becomes again.
+        self._lookup = lookup
+        self._thaw = thaw
+        # Ticks given a Task entry: this cooling period, the last one, and
+        # the one before, being swept now (see cool()).
+        self._warm: set[int] = set()
+        self._aging: set[int] = set()
+        self._sweeping: set[int] = set()
+        self._slots: dict[int, list[Task | str]] = {}
         self._ticks: list[int] = []  # heap of the keys of _slots
         self._handle: asyncio.Handle | None = None
         self._handle_when = math.inf
@@ -107,6 +135,9 @@ class TimerWheel:
         self._handle_when = math.inf
         self._slots.clear()
         self._ticks.clear()
+        self._warm.clear()
+        self._aging.clear()
+        self._sweeping.clear()
         self._entries = self._live = 0
 
     def _insert(self, task: Task) -> None:
@@ -117,6 +148,7 @@ class TimerWheel:
             heapq.heappush(self._ticks, tick)
         else:
             slot.append(task)
+        self._warm.add(tick)
         self._entries += 1
         if task._run_at < self._handle_when:
             self._arm(task._run_at)
@@ -131,25 +163,78 @@ class TimerWheel:
         return (task.state is _PENDING and task._runner is None
                 and self._tick(task._run_at) == tick)
 
+    def _warmed(self, task_id: str, tick: int) -> Task | None:
+        """The task a cold entry at ``tick`` stands for, thawed; None if the
+        entry is stale (drained since, or a newer task with that id)."""
+        assert self._lookup is not None and self._thaw is not None
+        value = self._lookup(task_id)
+        if type(value) is tuple:
+            if self._tick(value[_RUN_AT]) != tick:
+                return None
+            return self._thaw(task_id, value)
+        return value if isinstance(value, Task) else None  # (thawed meanwhile by a get)
+
+    def warming(self) -> bool:
+        """Whether Task entries wait for :meth:`cool`."""
+        return bool(self._warm or self._aging or self._sweeping)
+
+    def cool(self, freeze: Callable[[Task], None], after: float, budget: int) -> bool:
+        """One step of the sweep that makes cold entries: Task entries whose
+        task nobody but the bucket refers to, due after loop time ``after``,
+        become the task's id, and ``freeze(task)`` makes the bucket hold the
+        task as a :data:`Cold` tuple. A task someone else holds (the caller
+        of ``fill`` kept it, a coroutine has it) stays as it is, so every
+        Task object anyone has stays the live one.
+
+        Call it once per cooling period, and again at once while it returns
+        True (a step looks at about ``budget`` entries, so a sweep never
+        holds the loop for long). A sweep covers the slots given entries two
+        periods ago, so a task is at least a period old when it is looked
+        at: its filler has had the time to drop it or keep it."""
+        if not self._sweeping:
+            self._sweeping, self._aging, self._warm = self._aging, self._warm, set()
+        sweeping = self._sweeping
+        horizon = self._tick(after)
+        slots = self._slots
+        res = self._res
+        floor = math.floor
+        refs = _getrefcount
+        while sweeping and budget > 0:
+            tick = sweeping.pop()
+            slot = slots.get(tick)
+            if tick <= horizon or slot is None:
+                continue  # due soon (or fired): not worth it
+            budget -= len(slot)
+            for i in range(len(slot)):  # (not enumerate: its tuple holds a reference)
+                entry = slot[i]
+                # References to a task nobody else holds: this slot, the
+                # bucket's dict, `entry` and getrefcount's argument.
+                if (type(entry) is Task and entry.state is _PENDING and entry._runner is None
+                        and refs(entry) <= 4 and floor(entry._run_at / res) == tick):
+                    freeze(entry)
+                    slot[i] = entry.id
+        return bool(sweeping)
+
     def _on_timer(self) -> None:
         self._handle = None
         self._handle_when = math.inf
         now = self._loop.time()
         current = self._tick(now + _EARLY)  # a slot due by float rounding is due
         slots, ticks, fire = self._slots, self._ticks, self._fire
-        carry: list[Task] = []
+        carry: list[Task | str] = []
         budget = self.SLICE
         sliced = False
         while ticks and ticks[0] <= current and budget:
             tick = heapq.heappop(ticks)
             entries = slots.pop(tick)
             self._entries -= len(entries)
-            for i, task in enumerate(entries):
+            for i, entry in enumerate(entries):
                 if not budget:  # a burst: the rest fires in the next loop turn
                     self._put_back(tick, entries[i:])
                     sliced = True
                     break
-                if not self._valid(task, tick):
+                task = self._warmed(entry, tick) if isinstance(entry, str) else entry
+                if task is None or not self._valid(task, tick):
                     continue
                 if task._run_at <= now + _EARLY:
                     self._live -= 1
@@ -173,9 +258,14 @@ class TimerWheel:
             # and no lateness beyond the loop's own. Stale entries (rescheduled
             # tasks) may carry other times, hence the clamp to the slot's start.
             first = ticks[0]
-            self._arm(max(first * self._res, min(t._run_at for t in slots[first])))
+            entries = slots[first]
+            if any(type(e) is str for e in entries):  # cold ones: their slot's start
+                self._arm(first * self._res)
+            else:
+                self._arm(max(first * self._res,
+                              min(t._run_at for t in entries)))  # type: ignore[union-attr]
 
-    def _put_back(self, tick: int, entries: list[Task]) -> None:
+    def _put_back(self, tick: int, entries: list[Task | str]) -> None:
         slot = self._slots.get(tick)
         if slot is None:
             self._slots[tick] = entries
@@ -190,13 +280,28 @@ class TimerWheel:
             self._ticks.clear()
             self._entries = 0
             return
-        seen: set[int] = set()
-        slots: dict[int, list[Task]] = {}
+        seen: set[int | str] = set()  # id() of each task kept, or the id of a cold one
+        slots: dict[int, list[Task | str]] = {}
         res = self._res
         floor = math.floor
+        lookup = self._lookup
         for tick, entries in self._slots.items():
-            keep = []
-            for task in entries:  # (_valid, inlined: this runs over every entry)
+            keep: list[Task | str] = []
+            for entry in entries:
+                if isinstance(entry, str):
+                    assert lookup is not None
+                    value = lookup(entry)
+                    if type(value) is tuple:
+                        if floor(value[_RUN_AT] / res) == tick and entry not in seen:
+                            seen.add(entry)
+                            keep.append(entry)
+                        continue
+                    if not isinstance(value, Task):
+                        continue
+                    task = value  # thawed by a get: kept as the task
+                else:
+                    task = entry
+                # (_valid, inlined: this runs over every entry)
                 if (task.state is _PENDING and task._runner is None
                         and floor(task._run_at / res) == tick and id(task) not in seen):
                     seen.add(id(task))
@@ -206,4 +311,6 @@ class TimerWheel:
         self._slots = slots
         self._ticks = list(slots)
         heapq.heapify(self._ticks)
+        for ticks in (self._warm, self._aging, self._sweeping):
+            ticks &= slots.keys()
         self._entries = self._live = len(seen)

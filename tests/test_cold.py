@@ -1,0 +1,197 @@
+"""Cold pending time-bombs (TaskBucket._freeze): a pending time-bomb that
+nobody but the bucket refers to is kept as a tuple the garbage collector does
+not track, and made a Task again when it is due or asked for. Nothing a user
+can see changes: every check here is one a held Task would pass too. Time is
+faked with looptime."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+
+import pytest
+
+from gobucket_py import BucketConfig, DrainOutcome, Task, TaskBucket, TaskState, TaskType
+from gobucket_py.bucket import COOL_EVERY
+
+from .conftest import Recorder
+
+pytestmark = pytest.mark.looptime
+
+BOMB, IMM = TaskType.TIME_BOMB, TaskType.IMMEDIATE
+
+
+class Seen(Recorder):
+    """Also keeps what on_execute and on_panic were given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.given: list[tuple[str, object, float, float]] = []
+
+    async def on_execute(self, task: Task) -> None:
+        self.given.append((task.id, task.data, task._run_at, task.seconds_left))
+        await super().on_execute(task)
+
+
+def make(rec: Recorder, **cfg: float) -> TaskBucket:
+    params: dict[str, float] = {"life_span": 100, "run_after": 50, "max_bucket": 1000}
+    params.update(cfg)
+    return TaskBucket(BucketConfig(**params), rec, name="b")  # type: ignore[arg-type]
+
+
+def cold(bucket: TaskBucket) -> set[str]:
+    return {i for i, v in bucket._tasks.items() if type(v) is tuple}
+
+
+async def cooled(bucket: TaskBucket) -> None:
+    """Past the sweep of what was filled until now (one to two periods)."""
+    await asyncio.sleep(WAIT)
+
+
+WAIT = 2 * COOL_EVERY + 0.01
+
+
+async def test_an_unheld_pending_time_bomb_goes_cold_and_runs_as_it_would_have() -> None:
+    rec = Seen()
+    b = make(rec)
+    t0 = asyncio.get_running_loop().time()
+    b.fill_nowait(BOMB, "a", {"order": 42}, run_after=30, life_span=40)
+    b.fill_nowait(BOMB, "b")
+    await cooled(b)
+    assert cold(b) == {"a", "b"}
+    gc.collect()
+    assert not gc.is_tracked(b._tasks["a"])  # no longer an object for every GC pass
+    assert len(b) == 2 and "a" in b and b.free == 998
+    assert b.stats()["pending"] == 2
+    async with asyncio.timeout(1000):
+        await b.join()
+    assert rec.hooks("a") == ["execute", "finish"] and rec.hooks("b") == ["execute", "finish"]
+    task_id, data, run_at, left = rec.given[0]
+    assert (task_id, data, run_at) == ("a", {"order": 42}, t0 + 30)
+    assert left == pytest.approx(10)  # the lifespan counts from the fill, as before
+    assert rec.at("execute", "a") == t0 + 30 and rec.at("execute", "b") == t0 + 50
+    assert b.stats()["finished"] == 2 and len(b) == 0
+
+
+async def test_a_task_someone_holds_stays_the_live_object() -> None:
+    rec = Recorder()
+    b = make(rec)
+    held = b.fill_nowait(BOMB, "held")
+    b.fill_nowait(BOMB, "dropped")
+    await cooled(b)
+    assert cold(b) == {"dropped"}
+    assert b._tasks["held"] is held
+    assert b.drain_nowait("held") is DrainOutcome.DRAINED
+    assert held.state is TaskState.DRAINED  # the object the caller kept says so
+
+
+async def test_asking_for_a_cold_task_gives_one_live_task_from_then_on() -> None:
+    rec = Recorder()
+    b = make(rec)
+    b.fill_nowait(BOMB, "a", "payload")
+    await cooled(b)
+    got = b.get("a")
+    assert got is not None and got.state is TaskState.PENDING and got.data == "payload"
+    assert b.get("a") is got and [t.id for t in b] == ["a"] and next(iter(b)) is got
+    await cooled(b)
+    assert cold(b) == set()  # it has a holder now: never frozen again under it
+    async with asyncio.timeout(1000):
+        await b.join()
+    assert got.state is TaskState.FINISHED and rec.hooks("a") == ["execute", "finish"]
+
+
+async def test_drains_of_cold_tasks_stop_them_for_good() -> None:
+    rec = Recorder()
+    b = make(rec)
+    for i in range(6):
+        b.fill_nowait(BOMB, f"t{i}")
+    await cooled(b)
+    assert len(cold(b)) == 6
+    assert b.drain_nowait("t0") is DrainOutcome.DRAINED
+    assert b.drain_many_nowait(["t1", "t2", "nope", "t1"]) == [
+        DrainOutcome.DRAINED, DrainOutcome.DRAINED, DrainOutcome.NOT_FOUND,
+        DrainOutcome.DRAINED]  # a retried drain answers as the first did
+    assert (await b.drain("t3")).outcome is DrainOutcome.DRAINED
+    # Refilled under a drained id: a new task, at its own time.
+    b.fill_nowait(BOMB, "t0", run_after=70, life_span=90)
+    async with asyncio.timeout(1000):
+        await b.join()
+    assert rec.hooks("t1") == rec.hooks("t2") == rec.hooks("t3") == []
+    assert rec.hooks("t0") == ["execute", "finish"] and rec.hooks("t4") == ["execute", "finish"]
+    stats = b.stats()
+    assert stats["drained"] == 4 and stats["finished"] == 3 and stats["pending"] == 0
+    assert b.ended("t1") is TaskState.DRAINED
+
+
+async def test_watched_drains_of_cold_tasks_tell_the_watchers() -> None:
+    rec = Recorder()
+    b = make(rec)
+    told: list[tuple[str, TaskState]] = []
+    b.on_outcome = lambda task: told.append((task.id, task.state))
+    b.fill_nowait(BOMB, "a")
+    b.fill_nowait(BOMB, "b")
+    await cooled(b)
+    assert cold(b) == {"a", "b"}
+    assert b.drain_many_nowait(["a", "b"]) == [DrainOutcome.DRAINED] * 2
+    assert told == [("a", TaskState.DRAINED), ("b", TaskState.DRAINED)]
+
+
+async def test_reschedule_take_pending_and_restore_of_cold_tasks() -> None:
+    rec = Recorder()
+    b = make(rec)
+    t0 = asyncio.get_running_loop().time()
+    b.fill_nowait(BOMB, "moved")
+    b.fill_nowait(BOMB, "taken")
+    await cooled(b)
+    assert cold(b) == {"moved", "taken"}
+    assert await b.reschedule("moved", 80)  # from now (t0 + ~1): lifespan moves too
+    taken = b.take_pending("taken")
+    assert taken is not None and taken.state is TaskState.HANDED_OFF and "taken" not in b
+    b.restore(taken)
+    async with asyncio.timeout(1000):
+        await b.join()
+    assert rec.at("execute", "moved") == pytest.approx(t0 + WAIT + 80)
+    assert rec.at("execute", "taken") == t0 + 50
+    assert rec.hooks("moved") == rec.hooks("taken") == ["execute", "finish"]
+
+
+async def test_rescue_and_close_hand_cold_tasks_to_on_panic() -> None:
+    rec = Recorder()
+    b = make(rec)
+    for i in range(3):
+        b.fill_nowait(BOMB, f"p{i}")
+    await cooled(b)
+    assert len(cold(b)) == 3
+    assert await b.rescue() == 3
+    assert [rec.hooks(f"p{i}") for i in range(3)] == [["panic"]] * 3
+    assert len(b) == 0 and b.stats()["pending"] == 0
+    b.fill_nowait(BOMB, "late")
+    await cooled(b)
+    await b.close()
+    assert rec.hooks("late") == ["panic"]
+    await asyncio.sleep(100)
+    assert rec.hooks("late") == ["panic"]  # and it never fires after
+
+
+async def test_tasks_due_soon_stay_warm_and_a_burst_of_cold_ones_fires_in_slices() -> None:
+    rec = Recorder()
+    b = make(rec, max_bucket=5000)
+    b.fill_nowait(BOMB, "soon", run_after=1.5, life_span=10)
+    for i in range(2000):
+        b.fill_nowait(BOMB, f"burst{i}")  # all due at the same instant
+    await cooled(b)
+    assert "soon" not in cold(b) and len(cold(b)) == 2000
+    async with asyncio.timeout(1000):
+        await b.join()
+    assert all(rec.hooks(f"burst{i}") == ["execute", "finish"] for i in range(2000))
+    assert b.stats()["finished"] == 2001
+
+
+async def test_immediate_tasks_and_hooks_in_flight_are_never_frozen() -> None:
+    rec = Recorder(work={"imm": 500})
+    b = make(rec)
+    b.fill_nowait(IMM, "imm")
+    await asyncio.sleep(0)
+    await cooled(b)
+    assert cold(b) == set()  # running, and not a time-bomb
+    assert b.drain_nowait("imm") is DrainOutcome.CANCELLED
