@@ -223,11 +223,16 @@ class TaskBucket:
     # drain, reschedule, handoff, rescue). Its Task is made again then; as
     # nobody held the old one, nobody can tell.
 
-    def _freeze(self, task: Task) -> None:
-        """Keep ``task`` (pending, referred to by nobody else) as a Cold tuple."""
-        self._tasks[task.id] = (task._filled, task._run_at, task._life)
+    def _freeze(self, task: Task) -> bool:
+        """Keep ``task`` (pending, referred to by nobody else) as a Cold
+        tuple; False (nothing changed) if it is not this bucket's live task."""
+        tasks = self._tasks
+        if tasks.get(task.id) is not task:
+            return False
+        tasks[task.id] = (task._filled, task._run_at, task._life)
         if task.data is not None:
             self._cold_data[task.id] = task.data
+        return True
 
     def _thaw(self, task_id: str, cold: Cold) -> Task:
         """The Task of a cold entry again (live from now on, as before)."""

@@ -178,11 +178,11 @@ class TimerWheel:
         """Whether Task entries wait for :meth:`cool`."""
         return bool(self._warm or self._aging or self._sweeping)
 
-    def cool(self, freeze: Callable[[Task], None], after: float, budget: int) -> bool:
+    def cool(self, freeze: Callable[[Task], bool], after: float, budget: int) -> bool:
         """One step of the sweep that makes cold entries: Task entries whose
         task nobody but the bucket refers to, due after loop time ``after``,
-        become the task's id, and ``freeze(task)`` makes the bucket hold the
-        task as a :data:`Cold` tuple. A task someone else holds (the caller
+        become the task's id, as ``freeze(task)`` makes the bucket hold the
+        task as a :data:`Cold` tuple (if it returns True). A task someone else holds (the caller
         of ``fill`` kept it, a coroutine has it) stays as it is, so every
         Task object anyone has stays the live one.
 
@@ -210,8 +210,8 @@ class TimerWheel:
                 # References to a task nobody else holds: this slot, the
                 # bucket's dict, `entry` and getrefcount's argument.
                 if (type(entry) is Task and entry.state is _PENDING and entry._runner is None
-                        and refs(entry) <= 4 and floor(entry._run_at / res) == tick):
-                    freeze(entry)
+                        and refs(entry) <= 4 and floor(entry._run_at / res) == tick
+                        and freeze(entry)):
                     slot[i] = entry.id
         return bool(sweeping)
 
