@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Literal
@@ -37,7 +38,7 @@ from .errors import BucketClosedError, BucketFullError, DuplicateTaskError
 from .executor import Executor, Handler, as_executor, overrides
 from .observe.histogram import Histogram
 from .task import DrainOutcome, DrainResult, Task, TaskState, TaskType
-from .timers import Cold, TimerWheel
+from .timers import TimerWheel
 
 __all__ = ["TaskBucket"]
 
@@ -51,14 +52,17 @@ _CANCELLED = TaskState.CANCELLED
 _NOT_FOUND = DrainOutcome.NOT_FOUND
 _DRAINED_ANSWER = DrainOutcome.DRAINED
 _INFO = logging.INFO
+_pack = struct.Struct("3d").pack  # a cold task's loop times: filled, run_at, life
+_unpack = struct.Struct("3d").unpack
 _DEBUG = logging.DEBUG
 #: Outcomes logged per task at DEBUG only, and counted at INFO (see _log_outcome).
 _QUIET = frozenset({"drained", "cancelled", "handed_off"})
 #: Seconds between two ``event=tasks_ended`` summary lines of one bucket.
 SUMMARY_EVERY = 10.0
 #: Pending time-bombs that nobody else refers to are made cold (see
-#: ``TaskBucket._freeze``) one to two COOL_EVERY seconds after their fill,
-#: if due more than COOL_HORIZON later, in steps of about COOL_STEP tasks.
+#: ``TaskBucket._freeze``) at the end of the loop pass of their fill, if due
+#: more than COOL_HORIZON later; those someone held then, by a sweep one to
+#: two COOL_EVERY seconds later, in steps of about COOL_STEP tasks.
 COOL_EVERY = 1.0
 COOL_HORIZON = 2.0
 COOL_STEP = 1000
@@ -129,11 +133,13 @@ class TaskBucket:
         self._on_error = ex.on_execute_error if overrides(ex, "on_execute_error") else None
         self._on_exhausted = ex.on_task_exhausted if overrides(ex, "on_task_exhausted") else None
         self._on_panic = ex.on_panic if overrides(ex, "on_panic") else None
-        # Live tasks by id. A pending time-bomb that nobody but the bucket
-        # refers to becomes a Cold tuple after a while (see _freeze).
-        self._tasks: dict[str, Task | Cold] = {}
-        self._cool_timer: asyncio.Handle | None = None
+        # Live tasks by id: as Tasks, or cold (see _freeze): a pending
+        # time-bomb nobody but the bucket refers to, packed into bytes.
+        self._tasks: dict[str, Task] = {}
+        self._cold: dict[str, bytes] = {}
         self._cold_data: dict[str, Any] = {}  # the data of cold tasks that have some
+        self._cool_timer: asyncio.Handle | None = None
+        self._young_soon = False  # _cool_young is queued for this loop pass
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wheel: TimerWheel | None = None
         self._deadlines: Deadlines | None = None  # of running tasks
@@ -181,13 +187,15 @@ class TaskBucket:
 
     def __len__(self) -> int:
         """Live tasks: pending, running, or in their terminal hook."""
-        return len(self._tasks)
+        return len(self._tasks) + len(self._cold)
 
     def __contains__(self, task_id: object) -> bool:
-        return task_id in self._tasks
+        return task_id in self._tasks or task_id in self._cold
 
     def __iter__(self) -> Iterator[Task]:
-        return iter([self._task(task_id) for task_id in list(self._tasks)])
+        for task_id in list(self._cold):
+            self._thaw(task_id)
+        return iter(list(self._tasks.values()))
 
     def __repr__(self) -> str:
         return f"<TaskBucket {self.name!r} {len(self)}/{self._max}>"
@@ -195,7 +203,7 @@ class TaskBucket:
     @property
     def free(self) -> int:
         """Free slots: ``max_bucket - len(bucket)``; 0 once closing."""
-        return 0 if self._closing else self._max - len(self._tasks)
+        return 0 if self._closing else self._max - len(self._tasks) - len(self._cold)
 
     @property
     def closed(self) -> bool:
@@ -204,46 +212,64 @@ class TaskBucket:
 
     def get(self, task_id: str) -> Task | None:
         """The live task with that id, or None."""
-        value = self._tasks.get(task_id)
-        return value if value is None or isinstance(value, Task) else self._thaw(task_id, value)
-
-    def _task(self, task_id: str) -> Task:
-        """The live task ``task_id`` (which must be live), thawed if cold."""
-        value = self._tasks[task_id]
-        return value if isinstance(value, Task) else self._thaw(task_id, value)
+        task = self._tasks.get(task_id)
+        if task is None and task_id in self._cold:
+            return self._thaw(task_id)
+        return task
 
     # -- cold pending tasks ----------------------------------------------------
     #
     # A full pass of Python's garbage collector visits every tracked object,
-    # and a Task is one: with a million pending it takes ~200 ms, during which
-    # nothing fires. A pending time-bomb that nobody but the bucket refers to
-    # (the caller dropped what fill returned) is therefore kept as an exact
-    # tuple, which the collector stops tracking, from COOL_EVERY seconds
-    # after its fill until it is due (or someone asks for it: get, iteration,
-    # drain, reschedule, handoff, rescue). Its Task is made again then; as
-    # nobody held the old one, nobody can tell.
+    # and a Task is one: with 800,000 pending it took ~180 ms, during which
+    # nothing fired. A pending time-bomb that nobody but the bucket refers to
+    # (the caller dropped what fill returned) is therefore kept as 24 bytes
+    # (its three loop times) in a dict of bytes, which the collector stops
+    # tracking as a whole, and its id in a wheel slot that becomes a tuple of
+    # ids (untracked too): from the end of its fill's loop pass (or a sweep
+    # a second or two later, if its filler held it then) until it is due,
+    # or until someone asks for it (get, iteration, drain, reschedule,
+    # handoff, rescue). Made cold at once, it never reaches the collector's
+    # oldest generation, whose growth is what triggers a full pass. Its Task
+    # is made again then; as nobody held the old one, nobody can tell.
 
     def _freeze(self, task: Task) -> bool:
-        """Keep ``task`` (pending, referred to by nobody else) as a Cold
-        tuple; False (nothing changed) if it is not this bucket's live task."""
+        """Keep ``task`` (pending, referred to by nobody else) cold; False
+        (nothing changed) if it is not this bucket's live task."""
         tasks = self._tasks
-        if tasks.get(task.id) is not task:
+        task_id = task.id
+        if tasks.get(task_id) is not task:
             return False
-        tasks[task.id] = (task._filled, task._run_at, task._life)
+        del tasks[task_id]
+        self._cold[task_id] = _pack(task._filled, task._run_at, task._life)
         if task.data is not None:
-            self._cold_data[task.id] = task.data
+            self._cold_data[task_id] = task.data
         return True
 
-    def _thaw(self, task_id: str, cold: Cold) -> Task:
-        """The Task of a cold entry again (live from now on, as before)."""
-        filled, run_at, life = cold
+    def _thaw(self, task_id: str) -> Task:
+        """The Task of a cold task again (live from now on, as before)."""
+        filled, run_at, life = _unpack(self._cold.pop(task_id))
         task = Task(self, task_id, self._cold_data.pop(task_id, None), TaskType.TIME_BOMB,
                     filled, run_at, life)
         self._tasks[task_id] = task
         return task
 
-    def _lookup(self, task_id: str) -> Task | Cold | None:
-        return self._tasks.get(task_id)
+    def _peek(self, task_id: str) -> Task | float | None:
+        """For the wheel: the live Task, or the run_at of a cold task, or None."""
+        task = self._tasks.get(task_id)
+        if task is not None:
+            return task
+        packed = self._cold.get(task_id)
+        return None if packed is None else _unpack(packed)[1]
+
+    def _cool_young(self) -> None:
+        self._young_soon = False
+        wheel, loop = self._wheel, self._loop
+        if wheel is None or loop is None or self._closing:
+            return
+        if wheel.cool_young(self._freeze, loop.time() + COOL_HORIZON, COOL_STEP):
+            self._young_soon_after(loop)  # more: in the next pass
+        elif self._cool_timer is None and wheel.warming():
+            self._cool_timer = loop.call_later(COOL_EVERY, self._cool)
 
     def _cool(self) -> None:
         self._cool_timer = None
@@ -267,7 +293,7 @@ class TaskBucket:
         :meth:`get`), when none ended here within the retention, or when
         records are disabled (``outcome_retention=0`` or ``max_outcomes=0``).
         """
-        if task_id in self._tasks:
+        if task_id in self._tasks or task_id in self._cold:
             return None
         return self._record(task_id)
 
@@ -284,7 +310,7 @@ class TaskBucket:
         and ``outcome_records`` (records of ended tasks held for
         :meth:`ended` and ``drain``)."""
         out = dict(self._counts)
-        out["live"] = len(self._tasks)
+        out["live"] = len(self)
         out["pending"] = len(self._wheel) if self._wheel is not None else 0
         records = self._records
         out["outcome_records"] = (0 if records is None
@@ -303,7 +329,7 @@ class TaskBucket:
     def _bind(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()
         self._loop = loop
-        self._wheel = TimerWheel(loop, self._fire, lookup=self._lookup, thaw=self._thaw)
+        self._wheel = TimerWheel(loop, self._fire, peek=self._peek, thaw=self._thaw)
         self._deadlines = Deadlines(loop)
         return loop
 
@@ -356,10 +382,11 @@ class TaskBucket:
         if type(task_id) is not str or not task_id:
             raise TypeError(f"task_id must be a non-empty str, got {task_id!r}")
         tasks = self._tasks
-        if task_id in tasks:
+        cold = self._cold
+        if task_id in tasks or task_id in cold:
             self._counts["rejected_duplicate"] += 1
             raise DuplicateTaskError(f"task {task_id!r} is already live in bucket {self.name!r}")
-        if len(tasks) >= self._max and not over:
+        if len(tasks) + len(cold) >= self._max and not over:
             self._counts["rejected_full"] += 1
             raise BucketFullError(
                 f"bucket {self.name!r} is full ({self._max} live tasks)")
@@ -389,9 +416,15 @@ class TaskBucket:
         self._counts["filled"] += 1
         assert self._wheel is not None
         self._wheel.add(task)
-        if self._cool_timer is None:
-            self._cool_timer = loop.call_later(COOL_EVERY, self._cool)
+        self._young_soon_after(loop)
         return task
+
+    def _young_soon_after(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A Task entry went into the wheel: try to make it cold at the end
+        of this loop pass."""
+        if not self._young_soon:
+            self._young_soon = True
+            loop.call_soon(self._cool_young)
 
     def _fire(self, task: Task) -> None:
         loop = self._loop
@@ -604,7 +637,7 @@ class TaskBucket:
             records[task_id] = task.state  # an enum singleton: nothing allocated
             if len(records) >= self._records_trigger:
                 self._records_due()
-        if not tasks and self._idle is not None:
+        if not tasks and not self._cold and self._idle is not None:
             if not self._idle.done():
                 self._idle.set_result(None)
             self._idle = None
@@ -640,7 +673,7 @@ class TaskBucket:
     async def join(self) -> None:
         """Wait until the bucket holds no live task (every task has reached
         its outcome and its terminal hook has returned)."""
-        if not self._tasks:
+        if not self._tasks and not self._cold:
             return
         if self._idle is None:
             self._idle = asyncio.get_running_loop().create_future()
@@ -705,6 +738,7 @@ class TaskBucket:
         out: list[DrainOutcome] = []
         append = out.append
         tasks = self._tasks
+        cold = self._cold
         wheel = self._wheel
         records = self._records
         # The inlined path below is for pending time-bombs with nobody
@@ -716,21 +750,21 @@ class TaskBucket:
         try:
             for task_id in task_ids:
                 task = tasks.get(task_id)
-                if not inline:
-                    append(self.drain_nowait(task_id))  # the general path
-                    continue
-                if isinstance(task, Task):
-                    if task.state is not _PENDING or task._runner is not None:
+                if task is not None:
+                    if (not inline or task.state is not _PENDING
+                            or task._runner is not None):
                         # (none of these touches the wheel, so its count may lag)
-                        append(self.drain_nowait(task_id))
+                        append(self.drain_nowait(task_id))  # the general path
                         continue
                     task.state = _DRAINED
-                elif task is None:
+                    del tasks[task_id]
+                elif inline and task_id in cold:  # pending, not started, no Task to mark
+                    del cold[task_id]
+                    if self._cold_data:
+                        self._cold_data.pop(task_id, None)
+                else:
                     append(self.drain_nowait(task_id))
                     continue
-                elif self._cold_data:  # (else cold: pending, not started, no Task to mark)
-                    self._cold_data.pop(task_id, None)
-                del tasks[task_id]
                 if records is not None:
                     records[task_id] = _DRAINED
                     if len(records) >= self._records_trigger:
@@ -746,7 +780,7 @@ class TaskBucket:
             if drained:
                 self._counts["drained"] += drained
                 self._count_quiet("drained", drained)
-                if not tasks and self._idle is not None:
+                if not tasks and not cold and self._idle is not None:
                     if not self._idle.done():
                         self._idle.set_result(None)
                     self._idle = None
@@ -817,6 +851,8 @@ class TaskBucket:
         task._life = task._run_at + remaining_life - task._filled
         assert self._wheel is not None
         self._wheel.moved(task, old)
+        assert self._loop is not None
+        self._young_soon_after(self._loop)
         if self._moved is not None:
             self._moved(task)
         return True
@@ -857,7 +893,7 @@ class TaskBucket:
         with its original times. It runs here, or is rescued on close."""
         if task._owner is not self or task.state is not TaskState.HANDED_OFF:
             raise ValueError(f"task {task.id!r} was not taken from bucket {self.name!r}")
-        if task.id in self._tasks:
+        if task.id in self:
             raise DuplicateTaskError(f"task {task.id!r} is already live in bucket {self.name!r}")
         loop = self._loop or self._bind()
         task.state = _PENDING
@@ -868,6 +904,7 @@ class TaskBucket:
         else:
             assert self._wheel is not None
             self._wheel.add(task)
+            self._young_soon_after(loop)
 
     # -- rescue / close --------------------------------------------------------
 
@@ -921,8 +958,7 @@ class TaskBucket:
         if self._cool_timer is not None:
             self._cool_timer.cancel()
             self._cool_timer = None
-        running = [t._runner for t in self._tasks.values()
-                   if isinstance(t, Task) and t._runner is not None]
+        running = [t._runner for t in self._tasks.values() if t._runner is not None]
         if running and grace > 0:
             await asyncio.wait(running, timeout=grace)
         fatal: BaseException | None = None
@@ -930,8 +966,7 @@ class TaskBucket:
             await self.rescue()
         except _FATAL as exc:
             fatal = exc
-        rest = [t._runner for t in self._tasks.values()
-                if isinstance(t, Task) and t._runner is not None]
+        rest = [t._runner for t in self._tasks.values() if t._runner is not None]
         if rest:  # tasks in their terminal hook, bounded by hook_timeout
             await asyncio.wait(rest)
         if self._wheel is not None:

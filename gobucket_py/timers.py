@@ -12,9 +12,10 @@ entries outnumber live ones, so churn cannot grow memory without bound.
 
 Cold entries: a slot may hold a task's *id* instead of its :class:`Task` --
 a pending time-bomb that nobody but the bucket referred to, which the bucket
-keeps as a plain tuple until it is due (see ``TaskBucket._freeze``), so that
-a million pending tasks are not a million objects for every full pass of
-Python's garbage collector. :meth:`cool` makes them; the wheel turns an id
+keeps packed until it is due (see ``TaskBucket._freeze``), so that a million
+pending tasks are not a million objects for every full pass of Python's
+garbage collector. :meth:`cool` makes them, and turns a slot of ids only
+into a tuple (the collector stops tracking those); the wheel turns an id
 back into a task (``thaw``) when its slot comes due.
 """
 
@@ -24,19 +25,17 @@ import asyncio
 import heapq
 import math
 import sys
+from array import array
 from collections.abc import Callable
 
 from .task import Task, TaskState
 
-__all__ = ["Cold", "TimerWheel"]
+__all__ = ["TimerWheel"]
 
-#: A cold pending time-bomb, as the bucket holds it: an exact tuple of
-#: floats, ``(filled, run_at, life)`` in loop time as in :class:`Task`, which
-#: the garbage collector stops tracking (its data, if any, is kept beside it:
-#: a tuple holding a dict stays tracked even when the dict is not).
-Cold = tuple[float, float, float]
-_RUN_AT = 1  # index of run_at in a Cold
 _getrefcount = sys.getrefcount
+#: A slot: the entries due in one tick, Tasks or the ids of cold tasks; a
+#: tuple once it holds ids only (see cool()).
+Slot = list[Task | str] | tuple[str, ...]
 
 _PENDING = TaskState.PENDING
 #: A task due within this much of now fires now: re-arming a timer for a
@@ -51,8 +50,9 @@ class TimerWheel:
     Not thread-safe: use from the loop's thread only. ``fire`` must not block.
     """
 
-    __slots__ = ("_aging", "_entries", "_fire", "_handle", "_handle_when", "_live", "_lookup",
-                 "_loop", "_res", "_slots", "_sweeping", "_thaw", "_ticks", "_warm")
+    __slots__ = ("_aging", "_entries", "_fire", "_handle", "_handle_when", "_live", "_loop",
+                 "_peek", "_res", "_slots", "_sweeping", "_thaw", "_ticks", "_warm", "_young",
+                 "_young_at")
 
     #: Stale entries tolerated before a compaction (besides ``> live``).
     COMPACT_MIN = 4096
@@ -68,22 +68,25 @@ class TimerWheel:
         fire: Callable[[Task], None],
         resolution: float = 0.001,
         *,
-        lookup: Callable[[str], Task | Cold | None] | None = None,
-        thaw: Callable[[str, Cold], Task] | None = None,
+        peek: Callable[[str], Task | float | None] | None = None,
+        thaw: Callable[[str], Task] | None = None,
     ) -> None:
         self._loop = loop
         self._fire = fire
         self._res = resolution
-        # For cold entries (ids): the bucket's live task or cold tuple by id,
-        # and the task a cold tuple becomes again.
-        self._lookup = lookup
+        # For cold entries (ids): the bucket's live Task by id, or the run_at
+        # of its cold task, or None; and the Task a cold task becomes again.
+        self._peek = peek
         self._thaw = thaw
-        # Ticks given a Task entry: this cooling period, the last one, and
-        # the one before, being swept now (see cool()).
+        # Task entries added since the last cool_young(): tick, index pairs.
+        self._young = array("q")
+        self._young_at = 0  # the next pair cool_young() looks at
+        # Ticks with a Task entry cool_young() could not freeze: this cooling
+        # period, the last one, and the one before, being swept now (cool()).
         self._warm: set[int] = set()
         self._aging: set[int] = set()
         self._sweeping: set[int] = set()
-        self._slots: dict[int, list[Task | str]] = {}
+        self._slots: dict[int, Slot] = {}
         self._ticks: list[int] = []  # heap of the keys of _slots
         self._handle: asyncio.Handle | None = None
         self._handle_when = math.inf
@@ -135,6 +138,8 @@ class TimerWheel:
         self._handle_when = math.inf
         self._slots.clear()
         self._ticks.clear()
+        del self._young[:]
+        self._young_at = 0
         self._warm.clear()
         self._aging.clear()
         self._sweeping.clear()
@@ -144,11 +149,15 @@ class TimerWheel:
         tick = self._tick(task._run_at)
         slot = self._slots.get(tick)
         if slot is None:
-            self._slots[tick] = [task]
+            self._slots[tick] = slot = [task]
             heapq.heappush(self._ticks, tick)
-        else:
+        elif type(slot) is list:
             slot.append(task)
-        self._warm.add(tick)
+        else:
+            self._slots[tick] = slot = [*slot, task]
+        young = self._young
+        young.append(tick)
+        young.append(len(slot) - 1)
         self._entries += 1
         if task._run_at < self._handle_when:
             self._arm(task._run_at)
@@ -166,17 +175,63 @@ class TimerWheel:
     def _warmed(self, task_id: str, tick: int) -> Task | None:
         """The task a cold entry at ``tick`` stands for, thawed; None if the
         entry is stale (drained since, or a newer task with that id)."""
-        assert self._lookup is not None and self._thaw is not None
-        value = self._lookup(task_id)
-        if type(value) is tuple:
-            if self._tick(value[_RUN_AT]) != tick:
-                return None
-            return self._thaw(task_id, value)
+        assert self._peek is not None and self._thaw is not None
+        value = self._peek(task_id)
+        if type(value) is float:
+            return self._thaw(task_id) if self._tick(value) == tick else None
         return value if isinstance(value, Task) else None  # (thawed meanwhile by a get)
 
     def warming(self) -> bool:
         """Whether Task entries wait for :meth:`cool`."""
         return bool(self._warm or self._aging or self._sweeping)
+
+    def cool_young(self, freeze: Callable[[Task], bool], after: float, budget: int) -> bool:
+        """Try to make cold the Task entries added since the last call (call
+        it at the end of each loop pass in which tasks were added: most
+        fillers drop the Task at once), about ``budget`` of them a call:
+        True while some are left (call again at once). What cannot be
+        frozen yet -- someone holds it -- waits for :meth:`cool`; what is
+        due by loop time ``after`` stays."""
+        young = self._young
+        start = self._young_at
+        end = min(len(young), start + 2 * budget)
+        if start >= end:
+            return False
+        horizon = self._tick(after)
+        slots = self._slots
+        res = self._res
+        floor = math.floor
+        refs = _getrefcount
+        warm = self._warm
+        cooled: set[int] = set()
+        for k in range(start, end, 2):
+            tick = young[k]
+            slot = slots.get(tick)
+            if tick <= horizon or type(slot) is not list:
+                continue
+            i = young[k + 1]
+            if i >= len(slot):
+                continue
+            entry = slot[i]
+            if isinstance(entry, str):
+                continue
+            # As in cool(): this slot, the bucket's dict, `entry`, the argument.
+            if (entry.state is _PENDING and entry._runner is None and refs(entry) <= 4
+                    and floor(entry._run_at / res) == tick and freeze(entry)):
+                slot[i] = entry.id
+                cooled.add(tick)
+            else:
+                warm.add(tick)
+        if end < len(young):
+            self._young_at = end
+        else:
+            del young[:]
+            self._young_at = 0
+        for tick in cooled - warm:
+            slot = slots[tick]
+            if type(slot) is list and all(type(entry) is str for entry in slot):
+                slots[tick] = tuple(slot)  # type: ignore[arg-type]  # (ids only)
+        return end < len(young)
 
     def cool(self, freeze: Callable[[Task], bool], after: float, budget: int) -> bool:
         """One step of the sweep that makes cold entries: Task entries whose
@@ -202,17 +257,24 @@ class TimerWheel:
         while sweeping and budget > 0:
             tick = sweeping.pop()
             slot = slots.get(tick)
-            if tick <= horizon or slot is None:
-                continue  # due soon (or fired): not worth it
+            if tick <= horizon or type(slot) is not list:
+                continue  # due soon, fired, or cold already
             budget -= len(slot)
+            warm = False
             for i in range(len(slot)):  # (not enumerate: its tuple holds a reference)
                 entry = slot[i]
+                if isinstance(entry, str):
+                    continue
                 # References to a task nobody else holds: this slot, the
                 # bucket's dict, `entry` and getrefcount's argument.
-                if (type(entry) is Task and entry.state is _PENDING and entry._runner is None
+                if (entry.state is _PENDING and entry._runner is None
                         and refs(entry) <= 4 and floor(entry._run_at / res) == tick
                         and freeze(entry)):
                     slot[i] = entry.id
+                else:
+                    warm = True
+            if not warm:
+                slots[tick] = tuple(slot)  # type: ignore[arg-type]  # (ids only)
         return bool(sweeping)
 
     def _on_timer(self) -> None:
@@ -265,13 +327,13 @@ class TimerWheel:
                 self._arm(max(first * self._res,
                               min(t._run_at for t in entries)))  # type: ignore[union-attr]
 
-    def _put_back(self, tick: int, entries: list[Task | str]) -> None:
+    def _put_back(self, tick: int, entries: Slot) -> None:
         slot = self._slots.get(tick)
         if slot is None:
             self._slots[tick] = entries
             heapq.heappush(self._ticks, tick)
         else:
-            slot.extend(entries)
+            self._slots[tick] = [*slot, *entries]
         self._entries += len(entries)
 
     def _compact(self) -> None:
@@ -281,18 +343,18 @@ class TimerWheel:
             self._entries = 0
             return
         seen: set[int | str] = set()  # id() of each task kept, or the id of a cold one
-        slots: dict[int, list[Task | str]] = {}
+        slots: dict[int, Slot] = {}
         res = self._res
         floor = math.floor
-        lookup = self._lookup
+        peek = self._peek
         for tick, entries in self._slots.items():
             keep: list[Task | str] = []
             for entry in entries:
                 if isinstance(entry, str):
-                    assert lookup is not None
-                    value = lookup(entry)
-                    if type(value) is tuple:
-                        if floor(value[_RUN_AT] / res) == tick and entry not in seen:
+                    assert peek is not None
+                    value = peek(entry)
+                    if type(value) is float:
+                        if floor(value / res) == tick and entry not in seen:
                             seen.add(entry)
                             keep.append(entry)
                         continue
