@@ -201,3 +201,32 @@ async def test_immediate_tasks_and_hooks_in_flight_are_never_frozen() -> None:
     await cooled(b)
     assert cold(b) == set()  # running, and not a time-bomb
     assert b.drain_nowait("imm") is DrainOutcome.CANCELLED
+
+
+async def test_a_dropped_task_is_cold_by_the_end_of_its_fill_pass_a_held_one_later() -> None:
+    rec = Recorder()
+    b = make(rec)
+    b.fill_nowait(BOMB, "dropped")
+    held = b.fill_nowait(BOMB, "held")
+    await asyncio.sleep(0)  # the end of the fill's loop pass
+    assert cold(b) == {"dropped"}
+    del held  # dropped later: the sweep a period or two on takes it
+    await cooled(b)
+    assert cold(b) == {"dropped", "held"}
+
+
+async def test_the_young_sweep_takes_a_big_fill_in_steps() -> None:
+    from gobucket_py.bucket import COOL_STEP
+
+    rec = Recorder()
+    b = make(rec, max_bucket=10 * COOL_STEP)
+    for i in range(5 * COOL_STEP):
+        b.fill_nowait(BOMB, f"t{i}")
+    await asyncio.sleep(0)
+    assert len(cold(b)) == COOL_STEP  # one step per loop pass: the loop is never held long
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert len(cold(b)) == 5 * COOL_STEP and len(b) == 5 * COOL_STEP
+    async with asyncio.timeout(1000):
+        await b.join()
+    assert b.stats()["finished"] == 5 * COOL_STEP

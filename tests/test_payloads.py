@@ -294,7 +294,7 @@ async def test_handoff_moves_tasks_with_rich_data(mesh: Mesh) -> None:
     await n1.stop()  # graceful: every pending task moves
     assert mesh.ran["n1"].panicked == []
     assert {t.id for t in mesh.bucket("n2")} == {"job0", "job1", "job2"}
-    await asyncio.sleep(10)
+    await asyncio.sleep(10.1)  # past their due time (filled at 1 s, due at 11 s)
     for i in range(3):
         assert same(mesh.ran["n2"].data[f"job{i}"], {**RICH, "i": i})
 
