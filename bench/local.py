@@ -180,7 +180,9 @@ def _lateness_runs(pending: int, rate: float, measure_s: float, tasks: bool = Fa
                     lat.append(now - task._run_at)
                 if now < stop_at:
                     n += 1
-                    bucket.fill_nowait(BOMB, f"r{n}", run_after=spread)
+                    # Due spread after its own due time (not after now), so the
+                # population stays spread evenly: 20,000 due each second.
+                bucket.fill_nowait(BOMB, f"r{n}", run_after=task._run_at + spread - now)
 
         bucket = TaskBucket(BucketConfig(life_span=3600, max_bucket=pending * 2), Refill())
         t0 = loop.time()
@@ -212,7 +214,7 @@ def _lateness_runs(pending: int, rate: float, measure_s: float, tasks: bool = Fa
                 running.add(task)
                 task.add_done_callback(running.discard)
             if now < stop_at:
-                loop.call_at(now + spread, fire, now + spread)
+                loop.call_at(when + spread, fire, when + spread)  # (as ours)
 
         t0 = loop.time()
         for i in range(pending):

@@ -40,7 +40,9 @@ def make(rec: Recorder, **cfg: float) -> TaskBucket:
 
 
 def cold(bucket: TaskBucket) -> set[str]:
-    return set(bucket._cold)
+    found = {task_id for shard in bucket._cold for task_id in shard}
+    assert len(found) == bucket._cold_n
+    return found
 
 
 async def cooled(bucket: TaskBucket) -> None:
@@ -63,7 +65,8 @@ async def test_an_unheld_pending_time_bomb_goes_cold_and_runs_as_it_would_have()
     # No longer an object for every GC pass: bytes in a dict of bytes, an id
     # in a tuple of ids, neither tracked (the data is the caller's object, as
     # it was: a dict of plain values is not tracked either).
-    assert not gc.is_tracked(b._cold) and not gc.is_tracked(b._cold_data["a"])
+    assert not any(gc.is_tracked(shard) for shard in b._cold)
+    assert not gc.is_tracked(b._cold_data["a"])
     assert b._wheel is not None
     assert all(type(s) is tuple and not gc.is_tracked(s) for s in b._wheel._slots.values())
     assert "a" not in b._tasks
