@@ -55,6 +55,10 @@ _INFO = logging.INFO
 #: Cold tasks are kept in this many dicts, by the hash of their id.
 COLD_SHARDS = 256
 _SHARD = COLD_SHARDS - 1
+def _shards() -> list[dict[str, Any]]:
+    return [{} for _ in range(COLD_SHARDS)]
+
+
 _pack = struct.Struct("3d").pack  # a cold task's loop times: filled, run_at, life
 _unpack = struct.Struct("3d").unpack
 _DEBUG = logging.DEBUG
@@ -163,8 +167,13 @@ class TaskBucket:
         # (see the module docstring). None when disabled.
         half = (config.max_outcomes + 1) // 2
         on = config.outcome_retention > 0 and half > 0
-        self._records: dict[str, TaskState] | None = {} if on else None
-        self._records_old: dict[str, TaskState] = {}
+        # Each generation is COLD_SHARDS dicts by hash of the id, for the
+        # reason the cold tasks are: no rebuild or free of half a million
+        # entries at once (see _rotate_records, _free_records).
+        self._records: list[dict[str, TaskState]] | None = _shards() if on else None
+        self._records_old: list[dict[str, TaskState]] = _shards()
+        self._records_n = self._records_old_n = 0  # records in each generation
+        self._records_dying: list[dict[str, TaskState]] = []  # forgotten, freed a bit a pass
         self._records_half = half  # rotate early when current holds this many
         self._records_timer: asyncio.TimerHandle | None = None  # armed while records exist
         # _records_due() runs when current holds this many: 1 while the timer
@@ -313,8 +322,9 @@ class TaskBucket:
         records = self._records
         if records is None:
             return None
-        state = records.get(task_id)
-        return state if state is not None else self._records_old.get(task_id)
+        h = hash(task_id) & _SHARD
+        state = records[h].get(task_id)
+        return state if state is not None else self._records_old[h].get(task_id)
 
     def stats(self) -> dict[str, int]:
         """Counters since creation: fills, rejections, one per terminal
@@ -326,7 +336,7 @@ class TaskBucket:
         out["pending"] = len(self._wheel) if self._wheel is not None else 0
         records = self._records
         out["outcome_records"] = (0 if records is None
-                                  else len(records) + len(self._records_old))
+                                  else self._records_n + self._records_old_n)
         return out
 
     def loop_time(self) -> float:
@@ -645,8 +655,11 @@ class TaskBucket:
             self.recovered.pop(task_id, None)
         records = self._records
         if records is not None:
-            records[task_id] = task.state  # an enum singleton: nothing allocated
-            if len(records) >= self._records_trigger:
+            shard = records[hash(task_id) & _SHARD]
+            had = len(shard)
+            shard[task_id] = task.state  # an enum singleton: nothing allocated
+            self._records_n += len(shard) - had
+            if self._records_n >= self._records_trigger:
                 self._records_due()
         if not tasks and not self._cold_n and self._idle is not None:
             if not self._idle.done():
@@ -655,9 +668,8 @@ class TaskBucket:
 
     def _records_due(self) -> None:
         """Arm the rotation timer, or rotate early when the current generation is full."""
-        records = self._records
-        assert records is not None and self._loop is not None
-        if len(records) >= self._records_half:
+        assert self._records is not None and self._loop is not None
+        if self._records_n >= self._records_half:
             self._rotate_records()
         elif self._records_timer is None:
             self._records_timer = self._loop.call_later(self.config.outcome_retention / 2,
@@ -672,14 +684,26 @@ class TaskBucket:
             self._records_timer = None
         old = self._records
         assert old is not None and self._loop is not None
-        self._records_old = old
-        self._records = {}
-        if old:
+        if not self._records_dying and self._records_old_n:
+            self._loop.call_soon(self._free_records)
+        if self._records_old_n:
+            self._records_dying.extend(self._records_old)
+        self._records_old, self._records_old_n = old, self._records_n
+        self._records, self._records_n = _shards(), 0
+        if self._records_old_n:
             self._records_timer = self._loop.call_later(self.config.outcome_retention / 2,
                                                         self._rotate_records)
             self._records_trigger = self._records_half
         else:
             self._records_trigger = 1  # no records left: the next one arms the timer
+
+    def _free_records(self) -> None:
+        """Free forgotten records a few shards a loop pass (half a million at
+        once held the loop for ~10 ms)."""
+        dying = self._records_dying
+        del dying[-8:]
+        if dying and self._loop is not None:
+            self._loop.call_soon(self._free_records)
 
     async def join(self) -> None:
         """Wait until the bucket holds no live task (every task has reached
@@ -779,8 +803,11 @@ class TaskBucket:
                     append(self.drain_nowait(task_id))
                     continue
                 if records is not None:
-                    records[task_id] = _DRAINED
-                    if len(records) >= self._records_trigger:
+                    kept = records[hash(task_id) & _SHARD]
+                    had = len(kept)
+                    kept[task_id] = _DRAINED
+                    self._records_n += len(kept) - had
+                    if self._records_n >= self._records_trigger:
                         self._records_due()
                         records = self._records  # rotated: a new generation
                 drained += 1
