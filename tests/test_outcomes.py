@@ -117,6 +117,24 @@ async def test_max_outcomes_bounds_the_records_and_keeps_the_newest() -> None:
     assert b.ended("t0") is None
 
 
+async def test_a_forgotten_generation_is_freed_a_little_at_a_time() -> None:
+    # Half a million records freed at once held the loop ~10 ms: a rotation
+    # hands the old generation to a free that takes a few shards a pass.
+    b = make(Recorder(), max_outcomes=4000, max_bucket=5000)
+    for i in range(5000):  # two rotations: the second forgets the first
+        b.fill_nowait(BOMB, f"t{i}")
+    assert b.drain_many_nowait([f"t{i}" for i in range(5000)]) == [D.DRAINED] * 5000
+    assert b.stats()["outcome_records"] <= 4000
+    dying = len(b._records_dying)
+    assert dying > 8  # not freed in the rotation itself
+    await asyncio.sleep(0)
+    assert 0 < len(b._records_dying) < dying
+    for _ in range(dying):
+        await asyncio.sleep(0)
+    assert b._records_dying == []
+    assert b.ended("t4999") is TaskState.DRAINED and b.ended("t0") is None
+
+
 @pytest.mark.parametrize("cfg", [{"outcome_retention": 0}, {"max_outcomes": 0}])
 async def test_records_can_be_disabled(cfg: dict[str, float]) -> None:
     b = make(Recorder(), **cfg)
