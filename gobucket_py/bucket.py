@@ -437,7 +437,9 @@ class TaskBucket:
         self._counts["filled"] += 1
         assert self._wheel is not None
         self._wheel.add(task)
-        self._young_soon_after(loop)
+        if not self._young_soon:  # (_young_soon_after, inlined: every fill passes here)
+            self._young_soon = True
+            loop.call_soon(self._cool_young)
         return task
 
     def _young_soon_after(self, loop: asyncio.AbstractEventLoop) -> None:
