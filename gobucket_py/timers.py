@@ -155,9 +155,10 @@ class TimerWheel:
             slot.append(task)
         else:
             self._slots[tick] = slot = [*slot, task]
-        young = self._young
-        young.append(tick)
-        young.append(len(slot) - 1)
+        if self._thaw is not None:  # (a wheel without cold entries keeps no young list)
+            young = self._young
+            young.append(tick)
+            young.append(len(slot) - 1)
         self._entries += 1
         if task._run_at < self._handle_when:
             self._arm(task._run_at)
