@@ -52,15 +52,6 @@ _CANCELLED = TaskState.CANCELLED
 _NOT_FOUND = DrainOutcome.NOT_FOUND
 _DRAINED_ANSWER = DrainOutcome.DRAINED
 _INFO = logging.INFO
-#: Cold tasks are kept in this many dicts, by the hash of their id.
-COLD_SHARDS = 256
-_SHARD = COLD_SHARDS - 1
-def _shards() -> list[dict[str, Any]]:
-    return [{} for _ in range(COLD_SHARDS)]
-
-
-_pack = struct.Struct("3d").pack  # a cold task's loop times: filled, run_at, life
-_unpack = struct.Struct("3d").unpack
 _DEBUG = logging.DEBUG
 #: Outcomes logged per task at DEBUG only, and counted at INFO (see _log_outcome).
 _QUIET = frozenset({"drained", "cancelled", "handed_off"})
@@ -73,6 +64,17 @@ SUMMARY_EVERY = 10.0
 COOL_EVERY = 1.0
 COOL_HORIZON = 2.0
 COOL_STEP = 1000
+#: Cold tasks and outcome records are kept in this many dicts, by the hash of
+#: their id (see TaskBucket.__init__).
+COLD_SHARDS = 256
+_SHARD = COLD_SHARDS - 1
+_pack = struct.Struct("3d").pack  # a cold task's loop times: filled, run_at, life
+_unpack = struct.Struct("3d").unpack
+
+
+def _shards() -> list[dict[str, Any]]:
+    """An empty set of COLD_SHARDS dicts."""
+    return [{} for _ in range(COLD_SHARDS)]
 
 #: What ``drain`` answers for a task that already ended (or is in its terminal
 #: hook), by its terminal state. HANDED_OFF is absent: from this bucket's view
@@ -140,13 +142,12 @@ class TaskBucket:
         self._on_error = ex.on_execute_error if overrides(ex, "on_execute_error") else None
         self._on_exhausted = ex.on_task_exhausted if overrides(ex, "on_task_exhausted") else None
         self._on_panic = ex.on_panic if overrides(ex, "on_panic") else None
-        # Live tasks by id: as Tasks, or cold (see _freeze): a pending
-        # time-bomb nobody but the bucket refers to, packed into bytes.
+        # Live tasks by id, as Tasks; and the cold ones (see _freeze), packed
+        # into bytes, in COLD_SHARDS dicts by hash of the id: a dict that keeps
+        # its size under churn is rebuilt whole now and then, which at 800,000
+        # entries held the loop for ~40 ms; a shard's rebuild is 1/256 of that.
         self._tasks: dict[str, Task] = {}
-        # (In COLD_SHARDS dicts by hash of the id: a dict that keeps its size
-        # under churn is rebuilt whole now and then, which at 800,000 entries
-        # held the loop for ~40 ms; a shard's rebuild is 1/256 of that.)
-        self._cold: list[dict[str, bytes]] = [{} for _ in range(COLD_SHARDS)]
+        self._cold: list[dict[str, bytes]] = _shards()
         self._cold_n = 0  # cold tasks in all shards
         self._cold_data: dict[str, Any] = {}  # the data of cold tasks that have some
         self._cool_timer: asyncio.Handle | None = None

@@ -37,11 +37,29 @@ _getrefcount = sys.getrefcount
 #: tuple once it holds ids only (see cool()).
 Slot = list[Task | str] | tuple[str, ...]
 
+
 _PENDING = TaskState.PENDING
 #: A task due within this much of now fires now: re-arming a timer for a
 #: microsecond's difference is pointless (and a clock that cannot step by
 #: less, like a test's fake one, would spin on it).
 _EARLY = 1e-6
+
+
+def _freeze_at(slot: list[Task | str], i: int, tick: int, res: float,
+               freeze: Callable[[Task], bool]) -> bool | None:
+    """Make ``slot[i]`` cold if it is a Task due at ``tick`` that nobody but
+    the bucket refers to: True if it went cold, None if it is cold already,
+    False if it stays a Task (someone holds it, or it is stale)."""
+    entry = slot[i]
+    if isinstance(entry, str):
+        return None
+    # References to a task nobody else holds: this slot, the bucket's dict,
+    # `entry` and getrefcount's argument.
+    if (entry.state is _PENDING and entry._runner is None and _getrefcount(entry) <= 4
+            and math.floor(entry._run_at / res) == tick and freeze(entry)):
+        slot[i] = entry.id
+        return True
+    return False
 
 
 class TimerWheel:
@@ -201,8 +219,6 @@ class TimerWheel:
         horizon = self._tick(after)
         slots = self._slots
         res = self._res
-        floor = math.floor
-        refs = _getrefcount
         warm = self._warm
         cooled: set[int] = set()
         for k in range(start, end, 2):
@@ -213,15 +229,10 @@ class TimerWheel:
             i = young[k + 1]
             if i >= len(slot):
                 continue
-            entry = slot[i]
-            if isinstance(entry, str):
-                continue
-            # As in cool(): this slot, the bucket's dict, `entry`, the argument.
-            if (entry.state is _PENDING and entry._runner is None and refs(entry) <= 4
-                    and floor(entry._run_at / res) == tick and freeze(entry)):
-                slot[i] = entry.id
+            done = _freeze_at(slot, i, tick, res, freeze)
+            if done:
                 cooled.add(tick)
-            else:
+            elif done is not None:
                 warm.add(tick)
         if end < len(young):
             self._young_at = end
@@ -238,9 +249,9 @@ class TimerWheel:
         """One step of the sweep that makes cold entries: Task entries whose
         task nobody but the bucket refers to, due after loop time ``after``,
         become the task's id, as ``freeze(task)`` makes the bucket hold the
-        task as a :data:`Cold` tuple (if it returns True). A task someone else holds (the caller
-        of ``fill`` kept it, a coroutine has it) stays as it is, so every
-        Task object anyone has stays the live one.
+        task packed (if it returns True). A task someone else holds (the
+        caller of ``fill`` kept it, a coroutine has it) stays as it is, so
+        every Task object anyone has stays the live one.
 
         Call it once per cooling period, and again at once while it returns
         True (a step looks at about ``budget`` entries, so a sweep never
@@ -253,8 +264,6 @@ class TimerWheel:
         horizon = self._tick(after)
         slots = self._slots
         res = self._res
-        floor = math.floor
-        refs = _getrefcount
         while sweeping and budget > 0:
             tick = sweeping.pop()
             slot = slots.get(tick)
@@ -262,17 +271,8 @@ class TimerWheel:
                 continue  # due soon, fired, or cold already
             budget -= len(slot)
             warm = False
-            for i in range(len(slot)):  # (not enumerate: its tuple holds a reference)
-                entry = slot[i]
-                if isinstance(entry, str):
-                    continue
-                # References to a task nobody else holds: this slot, the
-                # bucket's dict, `entry` and getrefcount's argument.
-                if (entry.state is _PENDING and entry._runner is None
-                        and refs(entry) <= 4 and floor(entry._run_at / res) == tick
-                        and freeze(entry)):
-                    slot[i] = entry.id
-                else:
+            for i in range(len(slot)):
+                if _freeze_at(slot, i, tick, res, freeze) is False:
                     warm = True
             if not warm:
                 slots[tick] = tuple(slot)  # type: ignore[arg-type]  # (ids only)
@@ -333,6 +333,8 @@ class TimerWheel:
         if slot is None:
             self._slots[tick] = entries
             heapq.heappush(self._ticks, tick)
+        elif type(slot) is list:
+            slot.extend(entries)
         else:
             self._slots[tick] = [*slot, *entries]
         self._entries += len(entries)

@@ -323,7 +323,7 @@ class Membership:
             self.members[h.node_id] = member
             self._suspicions.arm(member)
             self._broadcast(member)
-            self._prober.add(member)
+            self._prober.changed()  # a newcomer: in the schedule from the next tick
             log.info("peer joined event=peer_joined node=%s peer=%s addr=%s", self.node_id,
                      h.node_id, h.addr)
             if self.on_change is not None:

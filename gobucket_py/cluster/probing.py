@@ -49,6 +49,10 @@ __all__ = ["MAX_HEALTH", "Prober"]
 
 log = logging.getLogger("gobucket_py")
 
+#: The members in the probe schedule (dead and left ones are retried by the
+#: join loop instead).
+_PROBED = (MemberState.ALIVE, MemberState.SUSPECT)
+
 #: Lifeguard's local health multiplier goes up to this (probes then wait up
 #: to 1 + MAX_HEALTH times longer).
 MAX_HEALTH = 8
@@ -76,19 +80,10 @@ class Prober:
         """Evidence that this node is the slow one: raise local health."""
         self.health = min(MAX_HEALTH, self.health + 1)
 
-    def add(self, member: Member) -> None:
-        """A newcomer: it takes its place in the schedule from the next tick."""
-        self._order = None
-
     def changed(self) -> None:
-        """A member changed state: the schedule is rebuilt at the next tick."""
+        """A member joined or changed state: the schedule is rebuilt at the
+        next tick."""
         self._order = None
-
-    def _eligible(self, node_id: str) -> Member | None:
-        member = self.membership.members.get(node_id)
-        if member is not None and member.state in (MemberState.ALIVE, MemberState.SUSPECT):
-            return member
-        return None
 
     def next_target(self) -> Member | None:
         """The member to probe now: the one ``1 + tick mod (n - 1)`` places
@@ -98,8 +93,7 @@ class Prober:
         for _ in range(2):
             order = self._order
             if order is None:
-                ids = [m.node_id for m in ms.members.values()
-                       if m.state in (MemberState.ALIVE, MemberState.SUSPECT)]
+                ids = [m.node_id for m in ms.members.values() if m.state in _PROBED]
                 ids.append(ms.node_id)
                 ids.sort()
                 order = self._order = ids
@@ -111,8 +105,8 @@ class Prober:
             # Never the same tick twice (a stretched or drifting loop): each
             # probe moves on, so every member is still probed every n - 1.
             self._tick = tick = max(tick, self._tick + 1)
-            member = self._eligible(order[(self._place + 1 + tick % (n - 1)) % n])
-            if member is not None:
+            member = ms.members.get(order[(self._place + 1 + tick % (n - 1)) % n])
+            if member is not None and member.state in _PROBED:
                 return member
             self._order = None  # (stale: it left or died since) rebuild once
         return None
