@@ -17,6 +17,7 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Iterable
+from itertools import islice
 from typing import TYPE_CHECKING, Protocol
 
 from ..errors import (
@@ -63,6 +64,24 @@ class _Waiting:
             future.set_exception(result)
         else:
             future.set_result(result)
+
+    def placed(self, indexes: list[int], bucket: str, node_id: str, ids: list[str]) -> None:
+        """``self[i] = FillResult(...)`` for each task a peer took, in one loop."""
+        futures = self.futures
+        for index, task_id in zip(indexes, ids, strict=True):
+            future = futures[index]
+            if not future.done():
+                future.set_result(FillResult(bucket, task_id, node_id, True))
+
+
+def _placed(results: Results, indexes: list[int], bucket: str, node_id: str,
+            ids: list[str]) -> None:
+    """Store the results of tasks ``node_id`` took (all of a batch, usually)."""
+    if type(results) is _Waiting:
+        results.placed(indexes, bucket, node_id, ids)
+    else:
+        for index, task_id in zip(indexes, ids, strict=True):
+            results[index] = FillResult(bucket, task_id, node_id, True)
 
 
 def slack(local: TaskBucket) -> int:
@@ -141,6 +160,7 @@ class Overflow:
         sent: list[tuple[Member, list[int], list[Item],
                          asyncio.Future[list[str | GobucketError]]]] = []
         retry: list[tuple[int, Item, dict[str, str]]] = []
+        overflow = iter(overflow)
         for index, item in overflow:
             if not pool:
                 retry.append((index, item, {}))
@@ -152,6 +172,12 @@ class Overflow:
             share[0].append(index)
             share[1].append(item)
             room[member] -= 1
+            if len(pool) == 1 and (more := min(size - len(share[1]), room[member])) > 0:
+                # One candidate: the rest of its batch is taken at once.
+                taken = list(islice(overflow, more))
+                share[0].extend([i for i, _ in taken])
+                share[1].extend([x for _, x in taken])
+                room[member] -= len(taken)
             if len(share[1]) >= size:
                 del waiting[member]
                 sent.append((member, *share, forwarder.send_many(member, share[1])))
@@ -198,14 +224,23 @@ class Overflow:
         it took (remembering where, by life span) or what cannot be retried;
         return what to try elsewhere."""
         node = member.node_id
-        placed: dict[float, list[str]] = {}
+        group = self.group
+        if outcomes.count("ok") == len(items):  # the common case: the peer took them all
+            ids = [item[1] for item in items]
+            _placed(results, indexes, bucket, node, ids)
+            life_span = items[0][5]
+            placed: dict[float, list[str]] = {life_span: ids}
+            if not all(item[5] == life_span for item in items):
+                placed = {}
+                for item in items:
+                    placed.setdefault(item[5], []).append(item[1])
+            self._remember(bucket, member, placed)
+            return []
+        placed = {}
         retry = []
         for index, item, outcome in zip(indexes, items, outcomes, strict=True):
             if outcome == "ok" or isinstance(outcome, Unsettled):
-                ids = placed.get(item[5])
-                if ids is None:
-                    ids = placed[item[5]] = []
-                ids.append(item[1])
+                placed.setdefault(item[5], []).append(item[1])
                 results[index] = (_unknown(member, item, outcome)
                                   if isinstance(outcome, Unsettled)
                                   else FillResult(bucket, item[1], node, True))
@@ -216,15 +251,19 @@ class Overflow:
                 retry.append((index, item, rejections))
             except DuplicateTaskError as exc:
                 results[index] = exc
-        group = self.group
-        now = asyncio.get_running_loop().time()
-        for life_span, ids in placed.items():
-            group._routes.add(bucket, node, member.boot, now, life_span, ids)
-            group.fill_counts[bucket][1] += len(ids)
+        self._remember(bucket, member, placed)
         for item, outcome in zip(items, outcomes, strict=True):
             if isinstance(outcome, Unsettled) and outcome.slot is not None:
                 group._routes.unsure(bucket, item[1], outcome.slot, False)
         return retry
+
+    def _remember(self, bucket: str, member: Member, placed: dict[float, list[str]]) -> None:
+        """Route each placed id (by life span) to ``member``, and count them."""
+        group = self.group
+        now = asyncio.get_running_loop().time()
+        for life_span, ids in placed.items():
+            group._routes.add(bucket, member.node_id, member.boot, now, life_span, ids)
+            group.fill_counts[bucket][1] += len(ids)
 
     async def _cluster_full(self, item: Item, rejections: dict[str, str]) -> ClusterFullError:
         """Report each refusal to ``on_peer_schedule_failed``; the error to raise."""
