@@ -26,7 +26,7 @@ import heapq
 import math
 import sys
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from .task import Task, TaskState
 
@@ -39,6 +39,12 @@ Slot = list[Task | str] | tuple[str, ...]
 
 
 _PENDING = TaskState.PENDING
+#: Slots are kept in this many dicts, by tick: one dict of every pending tick
+#: (~700,000 for 800,000 tasks spread over an hour) is rebuilt whole when its
+#: churn fills it, stalling the loop for tens of milliseconds; a shard's
+#: rebuild is a few hundredths of a millisecond.
+SLOT_SHARDS = 256
+_MASK = SLOT_SHARDS - 1
 #: A task due within this much of now fires now: re-arming a timer for a
 #: microsecond's difference is pointless (and a clock that cannot step by
 #: less, like a test's fake one, would spin on it).
@@ -104,8 +110,9 @@ class TimerWheel:
         self._warm: set[int] = set()
         self._aging: set[int] = set()
         self._sweeping: set[int] = set()
-        self._slots: dict[int, Slot] = {}
-        self._ticks: list[int] = []  # heap of the keys of _slots
+        # The slot of each tick in use, in the shard ``tick & _MASK``.
+        self._slots: list[dict[int, Slot]] = [{} for _ in range(SLOT_SHARDS)]
+        self._ticks: list[int] = []  # heap of the ticks in _slots
         self._handle: asyncio.Handle | None = None
         self._handle_when = math.inf
         self._entries = 0  # list entries, stale ones included
@@ -114,6 +121,11 @@ class TimerWheel:
     def __len__(self) -> int:
         """Number of tasks waiting to fire."""
         return self._live
+
+    def slots(self) -> Iterator[tuple[int, Slot]]:
+        """Every ``(tick, slot)`` in use, in no order."""
+        for shard in self._slots:
+            yield from shard.items()
 
     def _tick(self, when: float) -> int:
         return math.floor(when / self._res)
@@ -154,7 +166,8 @@ class TimerWheel:
             self._handle.cancel()
         self._handle = None
         self._handle_when = math.inf
-        self._slots.clear()
+        for shard in self._slots:
+            shard.clear()
         self._ticks.clear()
         del self._young[:]
         self._young_at = 0
@@ -165,14 +178,15 @@ class TimerWheel:
 
     def _insert(self, task: Task) -> None:
         tick = self._tick(task._run_at)
-        slot = self._slots.get(tick)
+        shard = self._slots[tick & _MASK]
+        slot = shard.get(tick)
         if slot is None:
-            self._slots[tick] = slot = [task]
+            shard[tick] = slot = [task]
             heapq.heappush(self._ticks, tick)
         elif type(slot) is list:
             slot.append(task)
         else:
-            self._slots[tick] = slot = [*slot, task]
+            shard[tick] = slot = [*slot, task]
         if self._thaw is not None:  # (a wheel without cold entries keeps no young list)
             young = self._young
             young.append(tick)
@@ -223,7 +237,7 @@ class TimerWheel:
         cooled: set[int] = set()
         for k in range(start, end, 2):
             tick = young[k]
-            slot = slots.get(tick)
+            slot = slots[tick & _MASK].get(tick)
             if tick <= horizon or type(slot) is not list:
                 continue
             i = young[k + 1]
@@ -240,9 +254,10 @@ class TimerWheel:
             del young[:]
             self._young_at = 0
         for tick in cooled - warm:
-            slot = slots[tick]
+            shard = slots[tick & _MASK]
+            slot = shard[tick]
             if type(slot) is list and all(type(entry) is str for entry in slot):
-                slots[tick] = tuple(slot)  # type: ignore[arg-type]  # (ids only)
+                shard[tick] = tuple(slot)  # type: ignore[arg-type]  # (ids only)
         return end < len(young)
 
     def cool(self, freeze: Callable[[Task], bool], after: float, budget: int) -> bool:
@@ -266,7 +281,7 @@ class TimerWheel:
         res = self._res
         while sweeping and budget > 0:
             tick = sweeping.pop()
-            slot = slots.get(tick)
+            slot = slots[tick & _MASK].get(tick)
             if tick <= horizon or type(slot) is not list:
                 continue  # due soon, fired, or cold already
             budget -= len(slot)
@@ -275,7 +290,7 @@ class TimerWheel:
                 if _freeze_at(slot, i, tick, res, freeze) is False:
                     warm = True
             if not warm:
-                slots[tick] = tuple(slot)  # type: ignore[arg-type]  # (ids only)
+                slots[tick & _MASK][tick] = tuple(slot)  # type: ignore[arg-type]  # (ids only)
         return bool(sweeping)
 
     def _on_timer(self) -> None:
@@ -289,7 +304,7 @@ class TimerWheel:
         sliced = False
         while ticks and ticks[0] <= current and budget:
             tick = heapq.heappop(ticks)
-            entries = slots.pop(tick)
+            entries = slots[tick & _MASK].pop(tick)
             self._entries -= len(entries)
             for i, entry in enumerate(entries):
                 if not budget:  # a burst: the rest fires in the next loop turn
@@ -321,7 +336,7 @@ class TimerWheel:
             # and no lateness beyond the loop's own. Stale entries (rescheduled
             # tasks) may carry other times, hence the clamp to the slot's start.
             first = ticks[0]
-            entries = slots[first]
+            entries = slots[first & _MASK][first]
             if any(type(e) is str for e in entries):  # cold ones: their slot's start
                 self._arm(first * self._res)
             else:
@@ -329,28 +344,31 @@ class TimerWheel:
                               min(t._run_at for t in entries)))  # type: ignore[union-attr]
 
     def _put_back(self, tick: int, entries: Slot) -> None:
-        slot = self._slots.get(tick)
+        shard = self._slots[tick & _MASK]
+        slot = shard.get(tick)
         if slot is None:
-            self._slots[tick] = entries
+            shard[tick] = entries
             heapq.heappush(self._ticks, tick)
         elif type(slot) is list:
             slot.extend(entries)
         else:
-            self._slots[tick] = [*slot, *entries]
+            shard[tick] = [*slot, *entries]
         self._entries += len(entries)
 
     def _compact(self) -> None:
         if not self._live:  # everything went (a mass drain): nothing to keep
-            self._slots.clear()
+            for shard in self._slots:
+                shard.clear()
             self._ticks.clear()
             self._entries = 0
             return
         seen: set[int | str] = set()  # id() of each task kept, or the id of a cold one
-        slots: dict[int, Slot] = {}
+        slots: list[dict[int, Slot]] = [{} for _ in range(SLOT_SHARDS)]
+        kept: list[int] = []  # the ticks kept
         res = self._res
         floor = math.floor
         peek = self._peek
-        for tick, entries in self._slots.items():
+        for tick, entries in self.slots():
             keep: list[Task | str] = []
             for entry in entries:
                 if isinstance(entry, str):
@@ -372,10 +390,11 @@ class TimerWheel:
                     seen.add(id(task))
                     keep.append(task)
             if keep:
-                slots[tick] = keep
+                slots[tick & _MASK][tick] = keep
+                kept.append(tick)
         self._slots = slots
-        self._ticks = list(slots)
-        heapq.heapify(self._ticks)
         for ticks in (self._warm, self._aging, self._sweeping):
-            ticks &= slots.keys()
+            ticks.intersection_update(kept)
+        heapq.heapify(kept)
+        self._ticks = kept
         self._entries = self._live = len(seen)

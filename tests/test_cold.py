@@ -68,7 +68,7 @@ async def test_an_unheld_pending_time_bomb_goes_cold_and_runs_as_it_would_have()
     assert not any(gc.is_tracked(shard) for shard in b._cold)
     assert not gc.is_tracked(b._cold_data["a"])
     assert b._wheel is not None
-    assert all(type(s) is tuple and not gc.is_tracked(s) for s in b._wheel._slots.values())
+    assert all(type(s) is tuple and not gc.is_tracked(s) for _, s in b._wheel.slots())
     assert "a" not in b._tasks
     assert len(b) == 2 and "a" in b and b.free == 998
     assert b.stats()["pending"] == 2
