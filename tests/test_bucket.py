@@ -13,6 +13,7 @@ from gobucket_py import (
     BucketFullError,
     DrainOutcome,
     DuplicateTaskError,
+    Executor,
     Task,
     TaskBucket,
     TaskState,
@@ -837,3 +838,52 @@ async def test_drain_many_nowait_answers_as_drain_nowait_would(watched: bool) ->
     assert [t for h, t, _ in rec.calls if h == "execute"] == ["done", "busy"]
     if watched:
         assert outcomes.count(TaskState.DRAINED) == 6 and TaskState.CANCELLED in outcomes
+
+
+async def test_a_burst_of_immediates_gets_runners_in_slices_in_fill_order() -> None:
+    """2,000 immediate fills in one loop pass: the first SLICE get runners at
+    fill, the rest wait (no asyncio task yet) and get theirs SLICE a pass;
+    every task runs once, in fill order. A waiting one that is drained never
+    runs; one rescued gets on_panic only."""
+    started: list[str] = []
+    panicked: list[str] = []
+
+    class Run(Executor):
+        async def on_execute(self, task: Task) -> None:
+            started.append(task.id)
+
+        async def on_panic(self, task: Task) -> None:
+            panicked.append(task.id)
+
+    b = TaskBucket(BucketConfig(life_span=60, max_bucket=5000), Run())
+    tasks = [b.fill_nowait(IMM, f"t{i:04d}") for i in range(2000)]
+    slice_ = TimerWheel.SLICE
+    assert sum(t._runner is not None for t in tasks) == slice_
+    assert all(t._runner is None for t in tasks[slice_:])
+    assert b.drain_nowait("t1000") is DrainOutcome.DRAINED
+    assert b.drain_many_nowait(["t1001"]) == [DrainOutcome.DRAINED]
+    await asyncio.sleep(0)  # one pass: the next slice got its runners
+    assert sum(t._runner is not None for t in tasks) == 2 * slice_
+    await b.join()
+    expected = [f"t{i:04d}" for i in range(2000) if i not in (1000, 1001)]
+    assert started == expected and panicked == []
+    assert b.stats()["finished"] == 1998 and b.stats()["drained"] == 2 and len(b) == 0
+
+    waiting = [b.fill_nowait(IMM, f"w{i}") for i in range(slice_ + 10)]
+    assert await b.rescue() == slice_ + 10
+    assert sorted(panicked) == sorted(t.id for t in waiting)
+    await asyncio.sleep(1)
+    assert not any(s.startswith("w") for s in started)  # rescued: never run
+    assert all(t.state is TaskState.RESCUED for t in waiting)
+
+
+async def test_close_gives_immediates_still_waiting_for_a_runner_the_grace() -> None:
+    """Immediates accepted in a burst and not started when close() begins
+    are started by it and run within the grace, like the others."""
+    rec = Recorder()
+    b = make(rec, max_bucket=1000)
+    for i in range(600):
+        b.fill_nowait(IMM, f"c{i}")
+    await b.close(grace=5)
+    assert all(rec.hooks(f"c{i}") == ["execute", "finish"] for i in range(600))
+    assert b.stats()["rescued"] == 0 and len(b) == 0
