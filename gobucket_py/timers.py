@@ -15,8 +15,8 @@ a pending time-bomb that nobody but the bucket referred to, which the bucket
 keeps packed until it is due (see ``TaskBucket._freeze``), so that a million
 pending tasks are not a million objects for every full pass of Python's
 garbage collector. :meth:`cool` makes them, and turns a slot of ids only
-into a tuple (the collector stops tracking those); the wheel turns an id
-back into a task (``thaw``) when its slot comes due.
+into one str of them (which the collector does not track); the wheel turns
+an id back into a task (``thaw``) when its slot comes due.
 """
 
 from __future__ import annotations
@@ -33,9 +33,30 @@ from .task import Task, TaskState
 __all__ = ["TimerWheel"]
 
 _getrefcount = sys.getrefcount
-#: A slot: the entries due in one tick, Tasks or the ids of cold tasks; a
-#: tuple once it holds ids only (see cool()).
-Slot = list[Task | str] | tuple[str, ...]
+#: A slot: the entries due in one tick, Tasks or the ids of cold tasks; once
+#: it holds ids only (see cool()), one str of them joined by _SEP (or, if an
+#: id holds _SEP, a tuple).
+Slot = list[Task | str] | tuple[str, ...] | str
+
+#: Joins the ids of a cold slot. A str is no object the garbage collector
+#: tracks. A tuple of ids is, until a collection untracks it, and making one
+#: from a slot's list (freed) leaves the collector's allocation count as it
+#: was: tens of thousands piled up in the youngest generation between two
+#: collections, and the one that untracked them held the loop for 5 ms.
+_SEP = "\x00"
+
+
+def _packed(ids: list[Task | str]) -> str | tuple[str, ...]:
+    """A slot of ids only, as one str (a tuple if an id holds the separator)."""
+    joined = _SEP.join(ids)  # type: ignore[arg-type]  # (ids only)
+    if joined.count(_SEP) == len(ids) - 1:
+        return joined
+    return tuple(ids)  # type: ignore[arg-type]
+
+
+def _entries(slot: Slot) -> list[Task | str] | tuple[str, ...]:
+    """A slot's entries (a packed one's ids)."""
+    return slot.split(_SEP) if type(slot) is str else slot  # type: ignore[return-value]
 
 
 _PENDING = TaskState.PENDING
@@ -186,7 +207,7 @@ class TimerWheel:
         elif type(slot) is list:
             slot.append(task)
         else:
-            shard[tick] = slot = [*slot, task]
+            shard[tick] = slot = [*_entries(slot), task]
         if self._thaw is not None:  # (a wheel without cold entries keeps no young list)
             young = self._young
             young.append(tick)
@@ -257,7 +278,7 @@ class TimerWheel:
             shard = slots[tick & _MASK]
             slot = shard[tick]
             if type(slot) is list and all(type(entry) is str for entry in slot):
-                shard[tick] = tuple(slot)  # type: ignore[arg-type]  # (ids only)
+                shard[tick] = _packed(slot)
         return end < len(young)
 
     def cool(self, freeze: Callable[[Task], bool], after: float, budget: int) -> bool:
@@ -290,7 +311,7 @@ class TimerWheel:
                 if _freeze_at(slot, i, tick, res, freeze) is False:
                     warm = True
             if not warm:
-                slots[tick & _MASK][tick] = tuple(slot)  # type: ignore[arg-type]  # (ids only)
+                slots[tick & _MASK][tick] = _packed(slot)
         return bool(sweeping)
 
     def _on_timer(self) -> None:
@@ -304,7 +325,7 @@ class TimerWheel:
         sliced = False
         while ticks and ticks[0] <= current and budget:
             tick = heapq.heappop(ticks)
-            entries = slots[tick & _MASK].pop(tick)
+            entries = _entries(slots[tick & _MASK].pop(tick))
             self._entries -= len(entries)
             for i, entry in enumerate(entries):
                 if not budget:  # a burst: the rest fires in the next loop turn
@@ -336,12 +357,12 @@ class TimerWheel:
             # and no lateness beyond the loop's own. Stale entries (rescheduled
             # tasks) may carry other times, hence the clamp to the slot's start.
             first = ticks[0]
-            entries = slots[first & _MASK][first]
-            if any(type(e) is str for e in entries):  # cold ones: their slot's start
-                self._arm(first * self._res)
+            slot = slots[first & _MASK][first]
+            if type(slot) is not list or any(type(e) is str for e in slot):
+                self._arm(first * self._res)  # cold ones: their slot's start
             else:
                 self._arm(max(first * self._res,
-                              min(t._run_at for t in entries)))  # type: ignore[union-attr]
+                              min(t._run_at for t in slot)))  # type: ignore[union-attr]
 
     def _put_back(self, tick: int, entries: Slot) -> None:
         shard = self._slots[tick & _MASK]
@@ -352,7 +373,7 @@ class TimerWheel:
         elif type(slot) is list:
             slot.extend(entries)
         else:
-            shard[tick] = [*slot, *entries]
+            shard[tick] = [*_entries(slot), *entries]
         self._entries += len(entries)
 
     def _compact(self) -> None:
@@ -368,9 +389,9 @@ class TimerWheel:
         res = self._res
         floor = math.floor
         peek = self._peek
-        for tick, entries in self.slots():
+        for tick, slot in self.slots():
             keep: list[Task | str] = []
-            for entry in entries:
+            for entry in _entries(slot):
                 if isinstance(entry, str):
                     assert peek is not None
                     value = peek(entry)

@@ -1,8 +1,8 @@
 """Cold pending time-bombs (TaskBucket._freeze): a pending time-bomb that
-nobody but the bucket refers to is kept as a tuple the garbage collector does
-not track, and made a Task again when it is due or asked for. Nothing a user
-can see changes: every check here is one a held Task would pass too. Time is
-faked with looptime."""
+nobody but the bucket refers to is kept as bytes and its id in a str of ids,
+neither of which the garbage collector tracks, and made a Task again when it
+is due or asked for. Nothing a user can see changes: every check here is one
+a held Task would pass too. Time is faked with looptime."""
 
 from __future__ import annotations
 
@@ -63,12 +63,12 @@ async def test_an_unheld_pending_time_bomb_goes_cold_and_runs_as_it_would_have()
     assert cold(b) == {"a", "b"}
     gc.collect()
     # No longer an object for every GC pass: bytes in a dict of bytes, an id
-    # in a tuple of ids, neither tracked (the data is the caller's object, as
+    # in a str of ids, neither tracked (the data is the caller's object, as
     # it was: a dict of plain values is not tracked either).
     assert not any(gc.is_tracked(shard) for shard in b._cold)
     assert not gc.is_tracked(b._cold_data["a"])
     assert b._wheel is not None
-    assert all(type(s) is tuple and not gc.is_tracked(s) for _, s in b._wheel.slots())
+    assert all(type(s) is str and not gc.is_tracked(s) for _, s in b._wheel.slots())
     assert "a" not in b._tasks
     assert len(b) == 2 and "a" in b and b.free == 998
     assert b.stats()["pending"] == 2
@@ -233,3 +233,30 @@ async def test_the_young_sweep_takes_a_big_fill_in_steps() -> None:
     async with asyncio.timeout(1000):
         await b.join()
     assert b.stats()["finished"] == 5 * COOL_STEP
+
+
+async def test_cold_slots_are_strs_of_ids_and_ids_holding_the_separator_still_fire() -> None:
+    """A slot of cold ids is one str (untracked, and making it allocates no
+    tracked object); a slot whose ids hold the separator stays a tuple. Both
+    fire every task once, with its data, and take new entries."""
+    rec = Seen()
+    b = make(rec)
+    odd = ["x\x00y", "\x00", "z\x00"]
+    for task_id in ["p", "q", *odd]:
+        b.fill_nowait(BOMB, task_id, task_id)  # same loop time: one slot
+    b.fill_nowait(BOMB, "r", "r", run_after=60)
+    b.fill_nowait(BOMB, "s", "s", run_after=60)
+    await cooled(b)
+    assert cold(b) == {"p", "q", "r", "s", *odd}
+    assert b._wheel is not None
+    kinds = sorted(type(slot).__name__ for _, slot in b._wheel.slots())
+    assert kinds == ["str", "tuple"], kinds
+    assert not any(gc.is_tracked(slot) for _, slot in b._wheel.slots() if type(slot) is str)
+    b.fill_nowait(BOMB, "t", "t", run_after=60 - WAIT)  # joins the cold "r", "s" slot
+    assert sorted(type(slot).__name__ for _, slot in b._wheel.slots()) == ["list", "tuple"]
+    async with asyncio.timeout(1000):
+        await b.join()
+    ran = sorted(task_id for task_id, *_ in rec.given)
+    assert ran == sorted(["p", "q", "r", "s", "t", *odd])
+    assert all(data == task_id for task_id, data, *_ in rec.given)
+    assert all(rec.hooks(t) == ["execute", "finish"] for t in ran)
