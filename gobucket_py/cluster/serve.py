@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = ["PeerServer"]
 
 log = logging.getLogger("gobucket_py")
+_IMMEDIATE = TaskType.IMMEDIATE
 
 _FILLS = ("local", "forwarded", "rejected")
 
@@ -232,7 +233,7 @@ class PeerServer:
         if isinstance(items, BackupBatch):
             assert sender is not None and backup
             return group._backups.store(items, sender)
-        results = [self._accept(*item) for item in items]
+        results = self._accept(items)
         if handoff and sender is not None:
             group.handoffs_received[sender.node_id] += results.count("ok")
         if sender is not None and not handoff:
@@ -274,31 +275,40 @@ class PeerServer:
                 log.warning("tasks have fewer backups than configured event=backups_short "
                             "node=%s bucket=%s count=%d", group.node_id, name, short)
 
-    def _accept(self, bucket_name: str, task_id: str, task_type: TaskType, data: Any,
-                run_after: float, life_span: float) -> str:
-        """One forwarded task: the verdict for its sender."""
+    def _accept(self, items: list[Any]) -> list[str]:
+        """The forwarded tasks of one batch: a verdict for each, for its sender."""
         group = self.group
-        bucket = group.buckets.get(bucket_name)
-        if bucket is None:
-            return "unknown bucket"
-        if not group.running:
-            return "closed"
-        # decode_item made both finite numbers >= 0; the rest of check_times:
-        if task_type is TaskType.IMMEDIATE:
-            run_after = 0.0
-        if not 0 < life_span or run_after >= life_span:
+        buckets = group.buckets
+        running = group.running  # (nothing below awaits: it cannot change)
+        verdicts: list[str] = []
+        verdict = verdicts.append
+        for bucket_name, task_id, task_type, data, run_after, life_span in items:
+            bucket = buckets.get(bucket_name)
+            if bucket is None:
+                verdict("unknown bucket")
+                continue
+            if not running:
+                verdict("closed")
+                continue
+            # decode_item made both finite numbers >= 0; the rest of check_times:
+            if task_type is _IMMEDIATE:
+                run_after = 0.0
+            if not 0 < life_span or run_after >= life_span:
+                try:
+                    check_times(life_span, run_after)
+                except ValueError as exc:
+                    verdict(f"invalid: {exc}")
+                    continue
             try:
-                check_times(life_span, run_after)
-            except ValueError as exc:
-                return f"invalid: {exc}"
-        try:
-            bucket.fill_validated(task_type, task_id, data, run_after, life_span)
-        except BucketFullError:
-            return "full"
-        except DuplicateTaskError:
-            return "duplicate"
-        except BucketClosedError:
-            return "closed"
-        except (TypeError, ValueError) as exc:
-            return f"invalid: {exc}"
-        return "ok"
+                bucket.fill_validated(task_type, task_id, data, run_after, life_span)
+            except BucketFullError:
+                verdict("full")
+            except DuplicateTaskError:
+                verdict("duplicate")
+            except BucketClosedError:
+                verdict("closed")
+            except (TypeError, ValueError) as exc:
+                verdict(f"invalid: {exc}")
+            else:
+                verdict("ok")
+        return verdicts
