@@ -420,9 +420,10 @@ async def suspension_rate(n: int, width: int, batch: int = 256) -> float:
 
 
 async def overflow_rate(logdir: Path, n: int, pattern: str, width: int, batch_size: int,
-                        batch_concurrency: int, tag: str) -> Run:
-    """A fresh receiver subprocess and a fresh sender whose one slot is taken."""
-    recv = Node("recv", logdir, fast=True, max_bucket=2_000_000)
+                        batch_concurrency: int, tag: str, loop: str = "asyncio") -> Run:
+    """A fresh receiver subprocess (on event loop ``loop``) and a fresh
+    sender (on the running loop) whose one slot is taken."""
+    recv = Node("recv", logdir, fast=True, max_bucket=2_000_000, extra=["--loop", loop])
     try:
         await recv.start()
         config = GroupConfig(batch_size=batch_size, batch_concurrency=batch_concurrency)
@@ -445,19 +446,21 @@ async def overflow_rate(logdir: Path, n: int, pattern: str, width: int, batch_si
 
 
 async def throughput(logdir: Path, n: int = 100_000, sweep_n: int = 50_000,
-                     repeats: int = 5) -> list[Row]:
+                     repeats: int = 5, loop: str = "asyncio") -> list[Row]:
+    """The overflow rows; ``loop``: the receiver's event loop (the sender's
+    is the running one). The sweep runs on asyncio only."""
     # Sweep batch settings and concurrency once with a shorter run, for
     # information; the reported figures use the library's defaults (what a
     # user gets), in fresh runs.
     sweep: list[tuple[float, tuple[int, int, int]]] = []
-    for bs, bc, width in SWEEP:
+    for bs, bc, width in SWEEP if loop == "asyncio" else []:
         run = await overflow_rate(logdir, sweep_n, "chunks", width, bs, bc, f"s{bs}-{bc}-{width}")
         ok = run.forwarded == run.n
         print(f"    sweep batch_size={bs} batch_concurrency={bc} concurrent={width}: "
               f"{run.rate:,.0f}/s{'' if ok else f' ERRORS {dict(run.errors)}'}", flush=True)
         if ok:
             sweep.append((run.rate, (bs, bc, width)))
-    if not sweep:
+    if not sweep and loop == "asyncio":
         raise RuntimeError("every sweep run had failed fills")
     defaults = GroupConfig()
     bs, bc, width = defaults.batch_size, defaults.batch_concurrency, 5_000
@@ -474,7 +477,7 @@ async def throughput(logdir: Path, n: int = 100_000, sweep_n: int = 50_000,
             if pattern == "workers":
                 alone.append(await suspension_rate(n, width))
             over.append(await overflow_rate(logdir, n, pattern, width, bs, bc,
-                                            f"o{pattern}{rep}"))
+                                            f"o{pattern}{rep}", loop))
             print(f"    {pattern} rep {rep}: local {loc[-1]:,.0f}/s, overflow "
                   f"{over[-1].rate:,.0f}/s ({over[-1].forwarded:,}/{n:,} forwarded, sender "
                   f"CPU {over[-1].cpu:.0%})"
@@ -492,7 +495,7 @@ async def throughput(logdir: Path, n: int = 100_000, sweep_n: int = 50_000,
                 f"forwarded: {'yes' if all_fwd else f'NO ({dict(errors)})'}; sender saw "
                 f"{sus} suspicion(s) of the receiver; runs "
                 f"{', '.join(f'{r.rate / 1e3:.1f}k' for r in over)}/s")
-        if pattern == "chunks":
+        if pattern == "chunks" and sweep:
             note += (f"; best of sweep (batch_size/batch_concurrency/concurrent: "
                      f"tasks/s, {sweep_n:,} tasks each): {sweep_note}")
         rows.append(Row(
@@ -509,12 +512,14 @@ async def throughput(logdir: Path, n: int = 100_000, sweep_n: int = 50_000,
                   "task is the local fill plus decoding and checking it"))
         if alone:
             us_s, us_l, us_o = 1e6 / median(alone), 1e6 / ml, 1e6 / mo
+            rest = 1.25 * us_l - us_s
             why += (f"; per task: a local fill {us_l:.2f} us, an overflowing one "
                     f"{us_o:.2f} us, of which {us_s:.2f} us is the one suspension it cannot "
                     f"avoid (it waits for the peer's answer: workers awaiting futures "
                     f"resolved 256 a loop pass, nothing else, same run); 0.8x local "
-                    f"would leave {1.25 * us_l - us_s:.2f} us for the rest (encode, place, "
-                    f"send, settle), less than the local fill itself")
+                    f"would leave {rest:.2f} us for the rest (encode, place, send, "
+                    f"settle), {'less' if rest < us_l else 'more'} than the local fill "
+                    f"itself")
         rows.append(Row(
             "#18", f"overflow throughput, 2 nodes on loopback ({n:,} time-bombs, {pattern}), "
             "against local", mo, "tasks/s", ">= 100,000/s and >= 0.8x local fill",

@@ -4,9 +4,11 @@
 measurements of ``bench local`` (schedule, drain, drains per second, lateness
 at 10,000/s, memory per pending task) and ``bench burst`` (a burst of time-bombs
 due at once), each run with uvloop's loop (``--loop uvloop`` for a node), and
-each next to its own baseline measured on the same loop. The rows carry
-``[uvloop]``; the asyncio figures are the ``local`` and ``burst`` groups'
-rows. The 800,000-pending lateness run is left out (it takes minutes).
+each next to its own baseline measured on the same loop, and the 2-node
+overflow throughput of ``bench cluster`` (sender and receiver on uvloop; 3
+rounds, no sweep). The rows carry ``[uvloop]``; the asyncio figures are the
+``local``, ``burst`` and ``cluster`` groups' rows. The 800,000-pending
+lateness run is left out (it takes minutes).
 
 uvloop's ``loop.time()`` has a resolution of 1 ms and is read once per loop
 turn, so the lateness and burst figures on uvloop are whole milliseconds (a
@@ -17,19 +19,25 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import shutil
+import tempfile
+from pathlib import Path
 
-from . import burst, local
+from . import burst, cluster, local
 from .common import Row, save
 
 
 def measure() -> list[Row]:
-    """The local and burst rows on uvloop's loop."""
+    """The local, burst and overflow rows on uvloop's loop."""
     import uvloop
 
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     try:
         rows = (local.throughput() + local.drain() + local.drain_rate() + local.lateness()
                 + local.memory() + burst.measure(burst.N, 7))
+        logdir = Path(tempfile.mkdtemp(prefix="gobucket-bench-uvloop-"))
+        rows += asyncio.run(cluster.throughput(logdir, repeats=3, loop="uvloop"))
+        shutil.rmtree(logdir, ignore_errors=True)
     finally:
         asyncio.set_event_loop_policy(None)
     return [dataclasses.replace(row, name=f"{row.name} [uvloop]") for row in rows]
