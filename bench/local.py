@@ -118,8 +118,8 @@ def lateness_at_scale(pending: int = 800_000, rate: float = 20_000.0,
         longest = f", longest {max(times) * 1e3:.1f} ms" if times else ""
         return f"{len(times)} full GC passes in the window{longest}"
 
-    note = (f"one run; ours: {passes('ours')} (a pending time-bomb nobody holds is a tuple "
-            f"the GC does not track); bare: {passes('bare')}")
+    note = (f"one run; ours: {passes('ours')} (a pending time-bomb nobody holds is bytes, "
+            f"and an id in a str of ids: nothing the GC tracks); bare: {passes('bare')}")
     return [
         Row("#18", f"firing lateness p99 {label}", p99, "ms", "<= 2 ms", p99 <= 2.0,
             baseline=f"bare call_at + create_task p99 {b99:.3f} ms",

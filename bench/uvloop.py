@@ -4,11 +4,11 @@
 measurements of ``bench local`` (schedule, drain, drains per second, lateness
 at 10,000/s, memory per pending task) and ``bench burst`` (a burst of time-bombs
 due at once), each run with uvloop's loop (``--loop uvloop`` for a node), and
-each next to its own baseline measured on the same loop, and the 2-node
+each next to its own baseline measured on the same loop; the 800,000-pending
+lateness run (in a fresh interpreter, as in ``bench local``); and the 2-node
 overflow throughput of ``bench cluster`` (sender and receiver on uvloop; 3
 rounds, no sweep). The rows carry ``[uvloop]``; the asyncio figures are the
-``local``, ``burst`` and ``cluster`` groups' rows. The 800,000-pending
-lateness run is left out (it takes minutes).
+``local``, ``burst`` and ``cluster`` groups' rows.
 
 uvloop's ``loop.time()`` has a resolution of 1 ms and is read once per loop
 turn, so the lateness and burst figures on uvloop are whole milliseconds (a
@@ -27,6 +27,14 @@ from . import burst, cluster, local
 from .common import Row, save
 
 
+def lateness_at_scale() -> list[Row]:
+    """``local.lateness_at_scale`` on uvloop (run it in a fresh interpreter)."""
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return local.lateness_at_scale()
+
+
 def measure() -> list[Row]:
     """The local, burst and overflow rows on uvloop's loop."""
     import uvloop
@@ -35,6 +43,7 @@ def measure() -> list[Row]:
     try:
         rows = (local.throughput() + local.drain() + local.drain_rate() + local.lateness()
                 + local.memory() + burst.measure(burst.N, 7))
+        rows += local.fresh(lateness_at_scale)
         logdir = Path(tempfile.mkdtemp(prefix="gobucket-bench-uvloop-"))
         rows += asyncio.run(cluster.throughput(logdir, repeats=3, loop="uvloop"))
         shutil.rmtree(logdir, ignore_errors=True)
