@@ -1039,7 +1039,8 @@ class TaskBucket:
         ready, self._ready = self._ready, deque()
         for task in ready:  # accepted immediates start now: they get the grace too
             if task.state is _PENDING and task._runner is None:
-                task._runner = asyncio.get_running_loop().create_task(self._run(task))
+                assert self._loop is not None  # (it filled them)
+                task._runner = self._loop.create_task(self._run(task))
         running = [t._runner for t in self._tasks.values() if t._runner is not None]
         if running and grace > 0:
             await asyncio.wait(running, timeout=grace)
