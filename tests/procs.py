@@ -331,7 +331,9 @@ class Proxy:
         if self._server is not None:
             self._server.close()
         for writer in list(self._writers):
-            writer.close()
+            # Aborted, not closed: a close waits to flush what is buffered,
+            # and an end that stopped reading would hold the teardown forever.
+            writer.transport.abort()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
