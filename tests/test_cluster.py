@@ -483,6 +483,32 @@ async def test_fill_many_batches_its_overflow(cluster: Cluster) -> None:
     assert requests <= 8, f"600 forwards took {requests} requests"
 
 
+async def test_batches_stay_under_the_body_limit_with_big_payloads() -> None:
+    """A batch is cut by bytes as well as by count: 300 tasks of 2 KB of data
+    each (600 KB) to a peer that refuses bodies over 64 KB all land there --
+    no ClusterFullError while it has room (a 256-task batch used to be one
+    body, refused whole with a 413). A task bigger than the cut goes alone."""
+    limit = 64 * 1024
+    cluster = Cluster(MemoryNetwork(max_body=limit))
+    try:
+        n1 = await cluster.add("n1", max_bucket=1, max_body=limit)
+        await cluster.add("n2", max_bucket=1000, max_body=limit)
+        await cluster.settle()
+        await fill_local(n1, 1)
+        before = sum(1 for _, _, k in cluster.net.calls if k is Kind.FILL)
+        results = await n1.fill_many("jobs", [(f"b{i}", "x" * 2048) for i in range(300)],
+                                     task_type=BOMB)
+        errors = [r for r in results if isinstance(r, Exception)]
+        assert not errors, errors[:3]
+        assert all(isinstance(r, FillResult) and r.node_id == "n2" for r in results)
+        requests = sum(1 for _, _, k in cluster.net.calls if k is Kind.FILL) - before
+        assert requests >= 300 * 2048 // (limit // 2), requests  # cut at half the limit
+        big = await n1.fill("jobs", "big", "y" * (limit // 2), task_type=BOMB)
+        assert big.node_id == "n2"
+    finally:
+        await cluster.close()
+
+
 async def test_batches_split_and_mix_many_and_single_fills(cluster: Cluster) -> None:
     """fill_many's shares and single fills share a peer's queue; batches of
     batch_size cut through them, and every verdict reaches its own caller."""

@@ -59,16 +59,34 @@ async def test_queue_splits_an_entry_across_batches_and_keeps_offsets() -> None:
     many: asyncio.Future[list[str | Exception]] = loop.create_future()
     group = _Group(many, 5)  # type: ignore[arg-type]
     single: asyncio.Future[str] = loop.create_future()
-    items = [("jobs", f"m{i}") for i in range(5)]
-    queue.entries.extend([(list(items), group, 0), ([("jobs", "s")], single, 0)])
+    items = [("jobs", f"m{i}", 1, b"\xc0", 30.0, 60.0) for i in range(5)]
+    alone = ("jobs", "s", 1, b"\xc0", 30.0, 60.0)
+    queue.entries.extend([(list(items), group, 0), ([alone], single, 0)])
     queue.items = 6
-    first = queue.take(3)
+    first = queue.take(3, 1 << 20)
     assert [(len(chunk), offset) for chunk, _, offset in first] == [(3, 0)]
-    second = queue.take(3)  # the rest of the group, then the single item
+    second = queue.take(3, 1 << 20)  # the rest of the group, then the single item
     assert [(chunk, sink, offset) for chunk, sink, offset in second] == [
-        (items[3:], group, 3), ([("jobs", "s")], single, 0)]
+        (items[3:], group, 3), ([alone], single, 0)]
     assert queue.items == 0 and not queue.entries
     group.settle(3, ["ok", "full"])
     assert not many.done()
     group.settle(0, ["ok", "ok", "duplicate"])
     assert many.result() == ["ok", "ok", "duplicate", "ok", "full"]
+
+
+async def test_queue_cuts_a_batch_by_bytes_and_sends_an_oversized_item_alone() -> None:
+    """A batch weighs at most its byte budget (data, id and a little per
+    item); the first item always goes, however big, so nothing is stuck."""
+    loop = asyncio.get_running_loop()
+    queue = _Queue()
+    many: asyncio.Future[list[str | Exception]] = loop.create_future()
+    group = _Group(many, 6)  # type: ignore[arg-type]
+    items = [("jobs", f"k{i}", 1, b"x" * 1000, 30.0, 60.0) for i in range(5)]
+    items.insert(2, ("jobs", "huge", 1, b"x" * 10_000, 30.0, 60.0))
+    queue.entries.append((list(items), group, 0))
+    queue.items = 6
+    taken = [queue.take(100, 2500) for _ in range(5)]
+    assert [[(len(chunk), offset) for chunk, _, offset in batch] for batch in taken] == [
+        [(2, 0)], [(1, 2)], [(2, 3)], [(1, 5)], []]
+    assert queue.items == 0 and not queue.entries

@@ -27,7 +27,7 @@ from typing import Any
 from ..config import GroupConfig
 from ..errors import GobucketError, PeerError, PeerUnavailableError, ProtocolError
 from ..observe.histogram import Histogram
-from .columns import pack_columns
+from .columns import Columns, pack_columns
 from .membership import Member, Membership
 from .protocol import Kind, field
 from .transport import Transport
@@ -134,21 +134,56 @@ class _Queue:
         self.items = 0
         self.pumps = 0
 
-    def take(self, limit: int) -> list[Entry]:
-        """Up to ``limit`` items from the front, as entries."""
+    def take(self, limit: int, budget: int) -> list[Entry]:
+        """Up to ``limit`` items from the front, as entries, weighing at most
+        ``budget`` bytes (see :func:`_weight`; the first item always goes)."""
         batch: list[Entry] = []
         entries = self.entries
         while entries and limit:
             items, sink, offset = entries[0]
-            if len(items) <= limit:
+            count = min(len(items), limit)
+            weight = _weight(items, count)
+            if weight > budget:  # big payloads: cut where the budget ends
+                count, weight = _fitting(items, count, budget)
+                if not count:
+                    if batch:
+                        break
+                    count, weight = 1, 0  # alone, however big
+                limit = count  # this batch is full
+            budget -= weight
+            if count == len(items):
                 batch.append(entries.popleft())
-                limit -= len(items)
             else:
-                batch.append((items[:limit], sink, offset))
-                entries[0] = (items[limit:], sink, offset + limit)
-                limit = 0
+                batch.append((items[:count], sink, offset))
+                entries[0] = (items[count:], sink, offset + count)
+            limit -= count
         self.items -= sum(len(entry[0]) for entry in batch)
         return batch
+
+
+#: Bytes counted per item besides its data and id (type, times, framing).
+_ITEM_BYTES = 40
+
+
+def _weight(items: Sequence[Item], count: int) -> int:
+    """About how many bytes the first ``count`` items take on the wire."""
+    if isinstance(items, Columns):
+        data, ids = items.payloads[:count], items.ids[:count]
+    else:
+        head = items[:count]
+        data, ids = [item[3] for item in head], [item[1] for item in head]
+    return sum(map(len, data)) + sum(map(len, ids)) + _ITEM_BYTES * count
+
+
+def _fitting(items: Sequence[Item], count: int, budget: int) -> tuple[int, int]:
+    """How many of the first ``count`` items fit in ``budget`` bytes, and their weight."""
+    used = 0
+    for taken in range(count):
+        weight = _weight(items[taken:taken + 1], 1)
+        if used + weight > budget:
+            return taken, used
+        used += weight
+    return count, used
 
 
 class Forwarder:
@@ -218,7 +253,7 @@ class Forwarder:
         try:
             while queue.entries:
                 await asyncio.sleep(0)  # let fills issued in this loop pass join the batch
-                batch = queue.take(_limit(self.config, mode))
+                batch = queue.take(_limit(self.config, mode), self.config.max_body // 2)
                 if batch:
                     await self._send_batch(member, batch, mode)
         finally:
