@@ -139,24 +139,25 @@ class _Queue:
         ``budget`` bytes (see :func:`_weight`; the first item always goes)."""
         batch: list[Entry] = []
         entries = self.entries
-        while entries and limit:
+        full = False
+        while entries and limit and not full:
             items, sink, offset = entries[0]
             count = min(len(items), limit)
             weight = _weight(items, count)
-            if weight > budget:  # big payloads: cut where the budget ends
+            if weight > budget:  # big payloads: the batch ends where the budget does
+                full = True
                 count, weight = _fitting(items, count, budget)
                 if not count:
                     if batch:
                         break
-                    count, weight = 1, 0  # alone, however big
-                limit = count  # this batch is full
+                    count = 1  # alone, however big
             budget -= weight
+            limit -= count
             if count == len(items):
                 batch.append(entries.popleft())
             else:
                 batch.append((items[:count], sink, offset))
                 entries[0] = (items[count:], sink, offset + count)
-            limit -= count
         self.items -= sum(len(entry[0]) for entry in batch)
         return batch
 
@@ -165,21 +166,26 @@ class _Queue:
 _ITEM_BYTES = 40
 
 
+def _data_and_ids(items: Sequence[Item], count: int) -> tuple[list[bytes], list[str]]:
+    """The packed data and the ids of the first ``count`` items."""
+    if isinstance(items, Columns):
+        return items.payloads[:count], items.ids[:count]
+    head = items[:count]
+    return [item[3] for item in head], [item[1] for item in head]
+
+
 def _weight(items: Sequence[Item], count: int) -> int:
     """About how many bytes the first ``count`` items take on the wire."""
-    if isinstance(items, Columns):
-        data, ids = items.payloads[:count], items.ids[:count]
-    else:
-        head = items[:count]
-        data, ids = [item[3] for item in head], [item[1] for item in head]
+    data, ids = _data_and_ids(items, count)
     return sum(map(len, data)) + sum(map(len, ids)) + _ITEM_BYTES * count
 
 
 def _fitting(items: Sequence[Item], count: int, budget: int) -> tuple[int, int]:
     """How many of the first ``count`` items fit in ``budget`` bytes, and their weight."""
     used = 0
-    for taken in range(count):
-        weight = _weight(items[taken:taken + 1], 1)
+    data_column, ids = _data_and_ids(items, count)
+    for taken, (data, task_id) in enumerate(zip(data_column, ids, strict=True)):
+        weight = len(data) + len(task_id) + _ITEM_BYTES
         if used + weight > budget:
             return taken, used
         used += weight
