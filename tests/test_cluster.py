@@ -34,7 +34,9 @@ from gobucket_py import (
     TaskType,
     UnknownBucketError,
 )
+from gobucket_py.cluster.memory import MemoryTransport
 from gobucket_py.cluster.protocol import Kind
+from gobucket_py.errors import ProtocolError
 
 from .conftest import Recorder
 
@@ -507,6 +509,97 @@ async def test_batches_stay_under_the_body_limit_with_big_payloads() -> None:
         assert big.node_id == "n2"
     finally:
         await cluster.close()
+
+
+async def test_fill_batches_travel_as_columns_and_an_older_peer_gets_items(
+        cluster: Cluster) -> None:
+    """FILL batches travel column by column. A peer of an earlier version
+    refuses ``cols`` with a 400, having taken nothing: it gets the same
+    batch as ``items`` at once, and every later batch so. Each task lands
+    once, with its data and times."""
+    n1 = await cluster.add("n1", max_bucket=1)
+    n2 = await cluster.add("n2", max_bucket=1000)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    transport = n2.transport
+    assert isinstance(transport, MemoryTransport)
+    newer = transport._handler
+    assert newer is not None
+    forms: list[str] = []
+    older = False
+
+    async def handler(kind: Kind, message: dict[str, Any]) -> dict[str, Any]:
+        assert newer is not None
+        if kind is Kind.FILL:
+            forms.append("cols" if "cols" in message else "items")
+            if older and "cols" in message:
+                raise ProtocolError("field 'items' must be list, got NoneType")
+        return await newer(kind, message)
+
+    transport._handler = handler
+    first = await n1.fill_many("jobs", [(f"a{i}", {"i": i}) for i in range(300)],
+                               task_type=BOMB, run_after=5, life_span=9)
+    assert forms and set(forms) == {"cols"}
+    forms.clear()
+    older = True
+    later = await n1.fill_many("jobs", [(f"b{i}", i) for i in range(300)], task_type=BOMB)
+    single = await n1.fill("jobs", "single", "s", task_type=BOMB)
+    switch = forms.index("items")  # each batch in flight by then was refused, then resent
+    assert forms[:switch] == ["cols"] * switch and set(forms[switch:]) == {"items"}, forms
+    assert switch <= n1.config.batch_concurrency and forms[-1] == "items"
+    assert all(isinstance(r, FillResult) and r.node_id == "n2" for r in [*first, *later])
+    assert single.node_id == "n2"
+    n2_bucket = cluster.bucket("n2")
+    assert {t.id: t.data for t in n2_bucket} == {
+        **{f"a{i}": {"i": i} for i in range(300)}, **{f"b{i}": i for i in range(300)},
+        "single": "s"}
+    task = n2_bucket.get("a7")
+    assert task is not None and task.seconds_to_run == pytest.approx(5, abs=0.05)
+
+
+async def test_a_big_batch_is_taken_a_slice_at_a_time(cluster: Cluster) -> None:
+    """A receiver takes a batch of 1,000 in slices of 256, the loop running
+    between them (its own timers are not held for the whole batch)."""
+    n1 = await cluster.add("n1", max_bucket=1, batch_size=1000)
+    n2 = await cluster.add("n2", max_bucket=2000)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    loop = asyncio.get_running_loop()
+    server = n2._server
+    accept = server._accept
+    parts: list[int] = []
+    passes: list[int] = []
+
+    def spy(items: Any) -> list[str]:
+        parts.append(len(items))
+        loop.call_soon(passes.append, len(parts))  # runs once the loop gets a pass
+        return accept(items)
+
+    server._accept = spy  # type: ignore[method-assign]
+    results = await n1.fill_many("jobs", [(f"t{i}", None) for i in range(1000)],
+                                 task_type=BOMB)
+    assert all(isinstance(r, FillResult) and r.node_id == "n2" for r in results)
+    assert parts == [256, 256, 256, 232]
+    assert passes == [1, 2, 3, 4]  # one loop pass after each slice, before the next
+    assert len(cluster.bucket("n2")) == 1000
+
+
+async def test_a_batch_stopped_half_taken_is_settled_as_half_taken(cluster: Cluster) -> None:
+    """A batch whose taking is cancelled between slices (its node stopping)
+    is recorded as taken that far, never as void: its sender's settle then
+    hears "ok" for each task that is here and "closed" for each that is not."""
+    n2 = await cluster.add("n2", max_bucket=2000)
+    rows = [("jobs", f"c{i}", BOMB, None, 5.0, 10.0) for i in range(600)]
+    key = ("sender-boot", 7)
+    taking = asyncio.create_task(n2._server._fill(rows, key, False, None))
+    await asyncio.sleep(0)  # the first slice is taken, then it yields
+    assert len(cluster.bucket("n2")) == 256
+    taking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await taking
+    now = asyncio.get_running_loop().time()
+    assert n2._batches.settle(key, now) == ["ok"] * 256 + ["closed"] * 344
+    assert sorted(t.id for t in cluster.bucket("n2")) == sorted(f"c{i}" for i in range(256))
 
 
 async def test_batches_split_and_mix_many_and_single_fills(cluster: Cluster) -> None:

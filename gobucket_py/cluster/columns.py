@@ -1,25 +1,128 @@
-"""Backup batches on the wire, column by column.
+"""FILL batches on the wire, column by column.
 
-A batch of backups (``FILL`` with ``backup``) travels as ``cols``: eight
-lists, one per field -- bucket, task id, packed data, run_after, life_span,
-origin, rank, holders -- instead of a list per task. A column whose value is
-the same for every task (the bucket, the origin, the rank, the holders and,
-without payloads, the data, in the common case) travels once, as a
+A batch travels as ``cols``: one list per field instead of a list per task.
+A column whose value is the same for every task (the bucket, the type, the
+times, the data when there is none, in the common case) travels once, as a
 one-value list. Both sides do a few C-speed passes per column instead of
 Python work per task, the receiver decodes no list per task, and the body is
 about a third smaller.
+
+- Overflow and handoff batches (``FILL``): six columns -- bucket, task id,
+  type, packed data, run_after, life_span (:func:`pack_fill`,
+  :func:`read_fill`). A receiver takes the older form, ``items`` (a list
+  per task), as well; a sender falls back to it for a peer that refuses
+  ``cols`` (see :mod:`.forward`).
+- Backup batches (``FILL`` with ``backup``): eight columns -- bucket, task
+  id, packed data, run_after, life_span, origin, rank, holders
+  (:func:`pack_columns`, :func:`read_columns`).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any, overload
 
+from ..codec import PACKED_NONE
 from ..errors import ProtocolError
+from ..task import TaskType
 
-__all__ = ["BackupBatch", "Columns", "pack_columns", "read_columns"]
+__all__ = ["BackupBatch", "Columns", "FillBatch", "pack_columns", "pack_fill", "read_columns",
+           "read_fill"]
+
+#: A FILL batch's columns, in order: the fields of a FILL item (see :mod:`.items`).
+FILL_COLUMNS = ("bucket", "id", "type", "data", "run_after", "life_span")
+#: FILL columns that may travel as one value for the whole batch (not the ids).
+_FILL_SHARED = frozenset({0, 2, 3, 4, 5})
+_FILL_FIELDS = tuple(map(itemgetter, range(len(FILL_COLUMNS))))
+#: The task type of each wire code.
+_TYPES = (TaskType.IMMEDIATE, TaskType.TIME_BOMB)
+
+
+def pack_fill(items: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
+    """The ``cols`` of a FILL batch of items ``(bucket, id, type code, packed
+    data, run_after, life_span)``: a pass per column."""
+    size = len(items)
+    out: list[list[Any]] = []
+    for index, field in enumerate(_FILL_FIELDS):
+        column = list(map(field, items))
+        first = column[0]
+        out.append([first] if index in _FILL_SHARED and column.count(first) == size else column)
+    return out
+
+
+class FillBatch:
+    """A checked FILL ``cols`` batch, its data unpacked: ``columns`` are
+    bucket, id, type (a :class:`~gobucket_py.TaskType`), data, run_after,
+    life_span, each either one value per task or one for all (``shared``).
+    Iterates its tasks as 6-field rows, as :func:`~.items.decode_item` gives."""
+
+    __slots__ = ("columns", "size")
+
+    def __init__(self, columns: list[list[Any]], size: int) -> None:
+        self.columns = columns
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, part: slice) -> FillBatch:
+        """The tasks in ``part`` (a slice with no step), as a batch."""
+        size = self.size
+        start, stop, _ = part.indices(size)
+        return FillBatch([column if len(column) != size else column[start:stop]
+                          for column in self.columns], max(0, stop - start))
+
+    def shared(self, index: int) -> bool:
+        """Does column ``index`` hold one value for every task?"""
+        return len(self.columns[index]) == 1 and self.size > 1
+
+    def column(self, index: int) -> Sequence[Any]:
+        """Column ``index`` with one value per task."""
+        column = self.columns[index]
+        return column if len(column) == self.size else [column[0]] * self.size
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        size = self.size
+        return zip(*(column if len(column) == size else itertools.repeat(column[0], size)
+                     for column in self.columns), strict=True)
+
+
+def read_fill(raw: object, unpack: Callable[[bytes], Any]) -> FillBatch:
+    """Check a received FILL ``cols`` and unpack its data with ``unpack``;
+    ``ProtocolError`` (a 400) naming the fault if it is malformed."""
+    if type(raw) is not list or len(raw) != len(FILL_COLUMNS) or not _all(list, raw):
+        raise ProtocolError(f"fill cols must be a list of {len(FILL_COLUMNS)} lists "
+                            f"({', '.join(FILL_COLUMNS)})")
+    size = len(raw[1])
+    if not size:
+        raise ProtocolError("a fill batch must hold at least one task")
+    for index, column in enumerate(raw):
+        if len(column) != size and not (index in _FILL_SHARED and len(column) == 1):
+            raise ProtocolError(f"fill column {FILL_COLUMNS[index]} holds {len(column)} values "
+                                f"for {size} tasks")
+    buckets, ids, codes, payloads, run_afters, life_spans = raw
+    if not _all(str, buckets) or not _all(str, ids) or "" in ids:
+        raise ProtocolError("fill item bucket and id must be strings")
+    if not _all(int, codes) or not set(codes) <= {0, 1}:
+        raise ProtocolError("fill item type must be 0 or 1")
+    codes[:] = [_TYPES[code] for code in codes]
+    if not _all(bytes, payloads):
+        raise ProtocolError("fill item data must be msgpack bytes")
+    if len(payloads) == 1 and payloads[0] == PACKED_NONE:
+        payloads[0] = None  # (immutable: one for all; any other data is unpacked per task)
+    else:
+        if len(payloads) != size:
+            payloads[:] = payloads * size
+        try:
+            payloads[:] = [None if p == PACKED_NONE else unpack(p) for p in payloads]
+        except Exception as exc:  # msgpack, the ext types and a serializer raise many types
+            detail = f"{type(exc).__name__}: {exc}"[:200]
+            raise ProtocolError(f"fill item data is malformed: {detail}") from exc
+    _numbers("run_after", run_afters, "fill")
+    _numbers("life_span", life_spans, "fill")
+    return FillBatch(raw, size)
 
 #: The columns, in order (a backup's FILL item without its type, which is
 #: always a time-bomb, then origin, rank and the node ids of all its backup
@@ -103,21 +206,22 @@ def _all(kind: type, column: list[Any]) -> bool:
     return set(map(type, column)) <= {kind}
 
 
-def _numbers(name: str, column: list[Any]) -> None:
+def _numbers(name: str, column: list[Any], what: str = "backup") -> None:
     """Check a time column in place: floats (ints made floats), 0 <= x < 1e12."""
     kinds = set(map(type, column))
     if not kinds <= {float, int}:
         bad = next(v for v in column if type(v) is not float and type(v) is not int)
-        raise ProtocolError(f"backup item {name} must be a number >= 0, got {bad!r}")
+        raise ProtocolError(f"{what} item {name} must be a number >= 0, got {bad!r}")
     if int in kinds:
         try:
             column[:] = map(float, column)
         except OverflowError:
-            raise ProtocolError(f"backup item {name} must be a number >= 0 and < 1e12") from None
+            raise ProtocolError(f"{what} item {name} must be a number >= 0 and < 1e12"
+                               ) from None
     total = sum(column)
     if total != total or min(column) < 0.0 or max(column) >= 1e12:  # NaN makes the sum NaN
         bad = next(v for v in column if not 0.0 <= v < 1e12)
-        raise ProtocolError(f"backup item {name} must be a number >= 0, got {bad!r}")
+        raise ProtocolError(f"{what} item {name} must be a number >= 0, got {bad!r}")
 
 
 def read_columns(raw: object) -> BackupBatch:

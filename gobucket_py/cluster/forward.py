@@ -27,7 +27,7 @@ from typing import Any
 from ..config import GroupConfig
 from ..errors import GobucketError, PeerError, PeerUnavailableError, ProtocolError
 from ..observe.histogram import Histogram
-from .columns import Columns, pack_columns
+from .columns import Columns, pack_columns, pack_fill
 from .membership import Member, Membership
 from .protocol import Kind, field
 from .transport import Transport
@@ -202,6 +202,8 @@ class Forwarder:
         self._queues: dict[tuple[str, int], _Queue] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._seq = itertools.count(1)
+        #: Peers (node id, boot) that take FILL batches as ``items`` only.
+        self._rows: set[tuple[str, str]] = set()
         #: Set by :meth:`close`: nothing more is sent.
         self.closed = False
         #: Round-trip time of each FILL batch (seconds).
@@ -273,8 +275,10 @@ class Forwarder:
         if mode == BACKUP:  # column by column (see .columns)
             message["backup"] = True
             message["cols"] = pack_columns(items)
-        else:
+        elif (member.node_id, member.boot) in self._rows:
             message["items"] = items
+        else:
+            message["cols"] = pack_fill(items)
         error: GobucketError | None = None
         results: list[Any] = []
         loop = asyncio.get_running_loop()
@@ -282,8 +286,7 @@ class Forwarder:
         answered = False
         try:
             try:
-                reply = await self.transport.call(member.addr, Kind.FILL, message,
-                                                  self.config.forward_timeout)
+                reply = await self._call(member, message, items)
                 answered = True
                 self.latency.observe(loop.time() - started)
                 results = self._results(member, reply, len(items))
@@ -304,6 +307,22 @@ class Forwarder:
             self.on_batch(member, 0 if error else results.count("ok"), len(items),
                           mode == HANDOFF)
         self._resolve(member, batch, error, results, seq, mode)
+
+    async def _call(self, member: Member, message: dict[str, Any], items: Sequence[Item]
+                    ) -> dict[str, Any]:
+        """Send one FILL batch. A peer of an earlier version refuses ``cols``
+        with a 400 (having taken nothing): it gets ``items`` then, from now on."""
+        timeout = self.config.forward_timeout
+        try:
+            return await self.transport.call(member.addr, Kind.FILL, message, timeout)
+        except PeerError as exc:
+            if exc.status != 400 or "backup" in message or "cols" not in message:
+                raise
+            rows = {key: value for key, value in message.items() if key != "cols"}
+            rows["items"] = items
+            reply = await self.transport.call(member.addr, Kind.FILL, rows, timeout)
+            self._rows.add((member.node_id, member.boot))
+            return reply
 
     def _resolve(self, member: Member, batch: list[Entry], error: GobucketError | None,
                  results: list[Any], seq: int, mode: int) -> None:

@@ -33,7 +33,7 @@ from ..errors import (
 )
 from ..task import Task, TaskState, TaskType
 from .batches import VOID, expand
-from .columns import BackupBatch, read_columns
+from .columns import BackupBatch, FillBatch, read_columns, read_fill
 from .items import decode_item, pack_info
 from .lookup import Unknown, drain_reply, get_reply
 from .protocol import Kind, field, number
@@ -48,6 +48,12 @@ log = logging.getLogger("gobucket_py")
 _IMMEDIATE = TaskType.IMMEDIATE
 
 _FILLS = ("local", "forwarded", "rejected")
+
+#: Forwarded tasks taken per loop pass: a bigger batch is taken in slices.
+_SLICE = 256
+
+#: A received FILL batch: rows (decoded items), backup columns or fill columns.
+Batch = list[Any] | BackupBatch | FillBatch
 
 
 class PeerServer:
@@ -86,8 +92,9 @@ class PeerServer:
         if kind is Kind.FILL:
             backup = message.get("backup") is True
             codec = group.codec
-            checked: list[Any] | BackupBatch = (
+            checked: Batch = (
                 read_columns(field(message, "cols", list)) if backup else
+                read_fill(message["cols"], codec.unpack) if "cols" in message else
                 [decode_item(raw, codec) for raw in field(message, "items", list)])
             seq = message.get("batch")
             if seq is not None and type(seq) is not int:
@@ -196,13 +203,13 @@ class PeerServer:
         except GobucketError as exc:  # e.g. a possible holder did not answer: say so
             return {"v": 1, "error": type(exc).__name__, "message": str(exc)}
 
-    async def _fill(self, items: list[Any] | BackupBatch, key: tuple[str, int] | None,
+    async def _fill(self, items: Batch, key: tuple[str, int] | None,
                     handoff: bool, sender: Member | None, *, backup: bool = False
                     ) -> list[str]:
         """Verdicts for one FILL batch; a batch seen before is not filled again."""
         group = self.group
         if key is None:
-            return await self._take(items, sender, backup, handoff)
+            return await self._take(items, sender, backup, handoff, [])
         ledger = group._batches
         now = asyncio.get_running_loop().time()
         seen = ledger.seen(key, now)
@@ -215,11 +222,17 @@ class PeerServer:
             return list(await asyncio.shield(taking))
         future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
         ledger.pending[key] = future
+        results: list[str] = []
         try:
-            results = await self._take(items, sender, backup, handoff)
+            await self._take(items, sender, backup, handoff, results)
         except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: the waiters get it
+            if results:  # (stopped) some were taken: never "void" -- the rest were not
+                results += ["closed"] * (len(items) - len(results))
+                ledger.done(key, results, asyncio.get_running_loop().time(), long=handoff)
+                future.set_result(results)
+            else:
+                future.set_exception(exc)
+                future.exception()  # retrieved: the waiters get it
             raise
         finally:
             del ledger.pending[key]
@@ -227,25 +240,36 @@ class PeerServer:
         future.set_result(results)
         return results
 
-    async def _take(self, items: list[Any] | BackupBatch, sender: Member | None, backup: bool,
-                    handoff: bool) -> list[str]:
+    async def _take(self, items: Batch, sender: Member | None, backup: bool, handoff: bool,
+                    results: list[str]) -> list[str]:
+        """Take one batch, its verdicts added to ``results`` as they are given
+        (slice by slice: a batch of thousands does not hold this node's
+        timers)."""
         group = self.group
         if isinstance(items, BackupBatch):
             assert sender is not None and backup
-            return group._backups.store(items, sender)
-        results = self._accept(items)
+            results += group._backups.store(items, sender)
+            return results
+        # Tell the origin when each ends (so a crash here reports only live
+        # ones) -- slice by slice: a task may end while the rest are taken.
+        origin = sender.node_id if sender is not None and not handoff else None
+        size = len(items)
+        for start in range(0, size, _SLICE):
+            if start:
+                await asyncio.sleep(0)
+            part = items if size <= _SLICE else items[start:start + _SLICE]
+            verdicts = self._accept(part)
+            results += verdicts
+            if origin is not None:
+                group._ended.accepted_batch(part, verdicts, origin)
         if handoff and sender is not None:
             group.handoffs_received[sender.node_id] += results.count("ok")
-        if sender is not None and not handoff:
-            # Tell the origin when each ends (so a crash here reports only live
-            # ones) -- from now on: a task may end while others wait for backups.
-            group._ended.accepted_batch(items, results, sender.node_id)
         if group._replicas.ks:
             await self._back_up(items, results, sender, handoff)
         return results
 
-    async def _back_up(self, items: list[Any], results: list[str], sender: Member | None,
-                       handoff: bool) -> None:
+    async def _back_up(self, items: list[Any] | FillBatch, results: list[str],
+                       sender: Member | None, handoff: bool) -> None:
         """Back up the time-bombs this batch brought to replicated buckets;
         one that cannot get its backups is taken back ("no backup room") --
         unless it is a handoff: that task was accepted long ago, and its
@@ -275,8 +299,10 @@ class PeerServer:
                 log.warning("tasks have fewer backups than configured event=backups_short "
                             "node=%s bucket=%s count=%d", group.node_id, name, short)
 
-    def _accept(self, items: list[Any]) -> list[str]:
+    def _accept(self, items: list[Any] | FillBatch) -> list[str]:
         """The forwarded tasks of one batch: a verdict for each, for its sender."""
+        if isinstance(items, FillBatch) and all(map(items.shared, (0, 2, 4, 5))):
+            return self._accept_alike(items)
         group = self.group
         buckets = group.buckets
         running = group.running  # (nothing below awaits: it cannot change)
@@ -301,6 +327,43 @@ class PeerServer:
                     continue
             try:
                 bucket.fill_validated(task_type, task_id, data, run_after, life_span)
+            except BucketFullError:
+                verdict("full")
+            except DuplicateTaskError:
+                verdict("duplicate")
+            except BucketClosedError:
+                verdict("closed")
+            except (TypeError, ValueError) as exc:
+                verdict(f"invalid: {exc}")
+            else:
+                verdict("ok")
+        return verdicts
+
+    def _accept_alike(self, batch: FillBatch) -> list[str]:
+        """``_accept`` for the common batch: one bucket, type and times for
+        all its tasks, checked once."""
+        group = self.group
+        buckets, ids, types, _, run_afters, life_spans = batch.columns
+        size = batch.size
+        bucket = group.buckets.get(buckets[0])
+        if bucket is None:
+            return ["unknown bucket"] * size
+        if not group.running:
+            return ["closed"] * size
+        task_type, run_after, life_span = types[0], run_afters[0], life_spans[0]
+        if task_type is _IMMEDIATE:
+            run_after = 0.0
+        if not 0 < life_span or run_after >= life_span:
+            try:
+                check_times(life_span, run_after)
+            except ValueError as exc:
+                return [f"invalid: {exc}"] * size
+        fill = bucket.fill_validated
+        verdicts: list[str] = []
+        verdict = verdicts.append
+        for task_id, data in zip(ids, batch.column(3), strict=True):
+            try:
+                fill(task_type, task_id, data, run_after, life_span)
             except BucketFullError:
                 verdict("full")
             except DuplicateTaskError:
