@@ -9,7 +9,7 @@ import inspect
 from .common import write_report
 
 GROUPS = ["local", "cluster", "compare", "versus", "replicas", "tls", "scale", "swim",
-          "flood", "burst", "balance", "uvloop", "peers"]
+          "flood", "burst", "balance", "uvloop", "peers", "batching"]
 
 
 def main() -> None:

@@ -180,11 +180,14 @@ class GroupConfig:
     #: gives up. "Full" answers do not count: they refresh a stale figure,
     #: so ClusterFullError means every peer believed to have room said no.
     max_attempts: int = 3
-    #: Forwards to one peer are coalesced into batches of at most this many.
-    batch_size: int = 256
-    #: Batches in flight to one peer at once (keeps a fast peer busy while
-    #: the next batch fills up).
-    batch_concurrency: int = 4
+    #: Forwards to one peer are coalesced into batches of at most this many
+    #: (fewer when their data is big: see the README). A receiver takes a
+    #: batch 256 tasks per loop pass, so a big one does not hold its timers.
+    batch_size: int = 1024
+    #: Batches in flight to one peer at once: keeps a fast peer busy while
+    #: the next batch fills up, and through this node's own pauses (a full
+    #: garbage collection of a big heap takes tens of milliseconds).
+    batch_concurrency: int = 8
     #: Request bodies above this size are refused with 413 before decoding.
     max_body: int = 4 * 1024 * 1024
     #: Signed requests whose timestamp is further from our clock are refused.

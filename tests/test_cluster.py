@@ -34,6 +34,7 @@ from gobucket_py import (
     TaskType,
     UnknownBucketError,
 )
+from gobucket_py.cluster import serve
 from gobucket_py.cluster.memory import MemoryTransport
 from gobucket_py.cluster.protocol import Kind
 from gobucket_py.errors import ProtocolError
@@ -557,9 +558,14 @@ async def test_fill_batches_travel_as_columns_and_an_older_peer_gets_items(
     assert task is not None and task.seconds_to_run == pytest.approx(5, abs=0.05)
 
 
-async def test_a_big_batch_is_taken_a_slice_at_a_time(cluster: Cluster) -> None:
-    """A receiver takes a batch of 1,000 in slices of 256, the loop running
-    between them (its own timers are not held for the whole batch)."""
+@pytest.mark.parametrize("budget", [0.0, 60.0])
+async def test_a_big_batch_is_taken_a_slice_at_a_time(cluster: Cluster, budget: float,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A receiver takes a batch of 1,000 in slices of 64, and lets the loop
+    run whenever its slices have taken ``_PASS`` seconds (here: 0, a pass
+    after each slice; 60 s, none): its own timers are not held for the
+    whole batch."""
+    monkeypatch.setattr(serve, "_PASS", budget)
     n1 = await cluster.add("n1", max_bucket=1, batch_size=1000)
     n2 = await cluster.add("n2", max_bucket=2000)
     await cluster.settle()
@@ -572,34 +578,39 @@ async def test_a_big_batch_is_taken_a_slice_at_a_time(cluster: Cluster) -> None:
 
     def spy(items: Any) -> list[str]:
         parts.append(len(items))
-        loop.call_soon(passes.append, len(parts))  # runs once the loop gets a pass
+        loop.call_soon(lambda: passes.append(len(parts)))  # once the loop gets a pass
         return accept(items)
 
     server._accept = spy  # type: ignore[method-assign]
     results = await n1.fill_many("jobs", [(f"t{i}", None) for i in range(1000)],
                                  task_type=BOMB)
     assert all(isinstance(r, FillResult) and r.node_id == "n2" for r in results)
-    assert parts == [256, 256, 256, 232]
-    assert passes == [1, 2, 3, 4]  # one loop pass after each slice, before the next
+    assert parts == [64] * 15 + [40]
+    if budget:
+        assert passes == [16] * 16  # no pass until the whole batch was taken
+    else:
+        assert passes == list(range(1, 17))  # a loop pass after each slice
     assert len(cluster.bucket("n2")) == 1000
 
 
-async def test_a_batch_stopped_half_taken_is_settled_as_half_taken(cluster: Cluster) -> None:
+async def test_a_batch_stopped_half_taken_is_settled_as_half_taken(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
     """A batch whose taking is cancelled between slices (its node stopping)
     is recorded as taken that far, never as void: its sender's settle then
     hears "ok" for each task that is here and "closed" for each that is not."""
+    monkeypatch.setattr(serve, "_PASS", 0.0)  # a loop pass after each slice of 64
     n2 = await cluster.add("n2", max_bucket=2000)
     rows = [("jobs", f"c{i}", BOMB, None, 5.0, 10.0) for i in range(600)]
     key = ("sender-boot", 7)
     taking = asyncio.create_task(n2._server._fill(rows, key, False, None))
     await asyncio.sleep(0)  # the first slice is taken, then it yields
-    assert len(cluster.bucket("n2")) == 256
+    assert len(cluster.bucket("n2")) == 64
     taking.cancel()
     with pytest.raises(asyncio.CancelledError):
         await taking
     now = asyncio.get_running_loop().time()
-    assert n2._batches.settle(key, now) == ["ok"] * 256 + ["closed"] * 344
-    assert sorted(t.id for t in cluster.bucket("n2")) == sorted(f"c{i}" for i in range(256))
+    assert n2._batches.settle(key, now) == ["ok"] * 64 + ["closed"] * 536
+    assert sorted(t.id for t in cluster.bucket("n2")) == sorted(f"c{i}" for i in range(64))
 
 
 async def test_batches_split_and_mix_many_and_single_fills(cluster: Cluster) -> None:

@@ -64,14 +64,25 @@ FILL, HANDOFF, BACKUP = 0, 1, 2
 _TICK = 0.001
 
 
-#: Backup batches carry this many times ``batch_size`` items: backups are
-#: small and sent in bulk (a fill_many), and each request costs both sides.
+#: Backup batches carry up to this many times ``batch_size`` items (backups
+#: are small and sent in bulk, and each request costs both sides), but no
+#: more than :data:`BACKUP_BATCH` unless ``batch_size`` is bigger: a holder
+#: stores a backup batch in one loop pass.
 BACKUP_BATCH_FACTOR = 4
+BACKUP_BATCH = 1024
 
 
 def _limit(config: GroupConfig, mode: int) -> int:
     """Items per batch in ``mode``."""
-    return config.batch_size * BACKUP_BATCH_FACTOR if mode == BACKUP else config.batch_size
+    size = config.batch_size
+    return max(size, min(size * BACKUP_BATCH_FACTOR, BACKUP_BATCH)) if mode == BACKUP else size
+
+
+def _budget(config: GroupConfig) -> int:
+    """Bytes per batch (see :func:`_weight`): at most half of ``max_body``, and
+    so little that one peer's ``batch_concurrency`` batches in flight take at
+    most half of what a receiver reads at once (4 x ``max_body``)."""
+    return min(config.max_body // 2, 2 * config.max_body // config.batch_concurrency)
 
 
 def _ambiguous(error: GobucketError) -> bool:
@@ -261,7 +272,7 @@ class Forwarder:
         try:
             while queue.entries:
                 await asyncio.sleep(0)  # let fills issued in this loop pass join the batch
-                batch = queue.take(_limit(self.config, mode), self.config.max_body // 2)
+                batch = queue.take(_limit(self.config, mode), _budget(self.config))
                 if batch:
                     await self._send_batch(member, batch, mode)
         finally:

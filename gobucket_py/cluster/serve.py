@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from ..config import check_times
@@ -49,8 +50,11 @@ _IMMEDIATE = TaskType.IMMEDIATE
 
 _FILLS = ("local", "forwarded", "rejected")
 
-#: Forwarded tasks taken per loop pass: a bigger batch is taken in slices.
-_SLICE = 256
+#: A FILL batch is taken a slice of this many tasks at a time, and the loop
+#: gets a pass whenever its slices have taken ``_PASS`` seconds: the node's
+#: own timers are not held up by a big batch (or by many at once).
+_SLICE = 64
+_PASS = 0.0002
 
 #: A received FILL batch: rows (decoded items), backup columns or fill columns.
 Batch = list[Any] | BackupBatch | FillBatch
@@ -61,6 +65,9 @@ class PeerServer:
 
     def __init__(self, group: TaskBucketGroup) -> None:
         self.group = group
+        #: Held while a FILL batch is taken: one batch at a time, a slice per
+        #: loop pass (concurrent batches would each take a slice per pass).
+        self._taking = asyncio.Lock()
 
     async def handle(self, kind: Kind, message: dict[str, Any]) -> dict[str, Any]:
         """The transport's handler: answer one decoded request."""
@@ -254,14 +261,18 @@ class PeerServer:
         # ones) -- slice by slice: a task may end while the rest are taken.
         origin = sender.node_id if sender is not None and not handoff else None
         size = len(items)
-        for start in range(0, size, _SLICE):
-            if start:
-                await asyncio.sleep(0)
-            part = items if size <= _SLICE else items[start:start + _SLICE]
-            verdicts = self._accept(part)
-            results += verdicts
-            if origin is not None:
-                group._ended.accepted_batch(part, verdicts, origin)
+        clock = time.perf_counter  # (real time: CPU spent, whatever the loop's clock says)
+        async with self._taking:
+            deadline = clock() + _PASS
+            for start in range(0, size, _SLICE):
+                if start and clock() >= deadline:
+                    await asyncio.sleep(0)
+                    deadline = clock() + _PASS
+                part = items if size <= _SLICE else items[start:start + _SLICE]
+                verdicts = self._accept(part)
+                results += verdicts
+                if origin is not None:
+                    group._ended.accepted_batch(part, verdicts, origin)
         if handoff and sender is not None:
             group.handoffs_received[sender.node_id] += results.count("ok")
         if group._replicas.ks:
