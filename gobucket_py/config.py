@@ -182,7 +182,8 @@ class GroupConfig:
     max_attempts: int = 3
     #: Forwards to one peer are coalesced into batches of at most this many
     #: (fewer when their data is big: see the README). A receiver takes a
-    #: batch 256 tasks per loop pass, so a big one does not hold its timers.
+    #: batch in slices, letting its loop run every 0.2 ms, so a big one does
+    #: not hold its own timers.
     batch_size: int = 1024
     #: Batches in flight to one peer at once: keeps a fast peer busy while
     #: the next batch fills up, and through this node's own pauses (a full

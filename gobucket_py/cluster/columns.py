@@ -92,19 +92,8 @@ class FillBatch:
 def read_fill(raw: object, unpack: Callable[[bytes], Any]) -> FillBatch:
     """Check a received FILL ``cols`` and unpack its data with ``unpack``;
     ``ProtocolError`` (a 400) naming the fault if it is malformed."""
-    if type(raw) is not list or len(raw) != len(FILL_COLUMNS) or not _all(list, raw):
-        raise ProtocolError(f"fill cols must be a list of {len(FILL_COLUMNS)} lists "
-                            f"({', '.join(FILL_COLUMNS)})")
-    size = len(raw[1])
-    if not size:
-        raise ProtocolError("a fill batch must hold at least one task")
-    for index, column in enumerate(raw):
-        if len(column) != size and not (index in _FILL_SHARED and len(column) == 1):
-            raise ProtocolError(f"fill column {FILL_COLUMNS[index]} holds {len(column)} values "
-                                f"for {size} tasks")
-    buckets, ids, codes, payloads, run_afters, life_spans = raw
-    if not _all(str, buckets) or not _all(str, ids) or "" in ids:
-        raise ProtocolError("fill item bucket and id must be strings")
+    columns, size = _shaped(raw, FILL_COLUMNS, _FILL_SHARED, "fill")
+    _, _, codes, payloads, run_afters, life_spans = columns
     if not _all(int, codes) or not set(codes) <= {0, 1}:
         raise ProtocolError("fill item type must be 0 or 1")
     codes[:] = [_TYPES[code] for code in codes]
@@ -122,7 +111,7 @@ def read_fill(raw: object, unpack: Callable[[bytes], Any]) -> FillBatch:
             raise ProtocolError(f"fill item data is malformed: {detail}") from exc
     _numbers("run_after", run_afters, "fill")
     _numbers("life_span", life_spans, "fill")
-    return FillBatch(raw, size)
+    return FillBatch(columns, size)
 
 #: The columns, in order (a backup's FILL item without its type, which is
 #: always a time-bomb, then origin, rank and the node ids of all its backup
@@ -206,6 +195,27 @@ def _all(kind: type, column: list[Any]) -> bool:
     return set(map(type, column)) <= {kind}
 
 
+def _shaped(raw: object, names: tuple[str, ...], shared: frozenset[int], what: str
+            ) -> tuple[list[list[Any]], int]:
+    """``raw`` checked to be one list per column of ``names`` (bucket and id
+    first), each holding a value per task -- or one for all, for a column in
+    ``shared`` -- with string buckets and ids; and the number of tasks."""
+    if type(raw) is not list or len(raw) != len(names) or not _all(list, raw):
+        raise ProtocolError(f"{what} cols must be a list of {len(names)} lists "
+                            f"({', '.join(names)})")
+    size = len(raw[1])
+    if not size:
+        raise ProtocolError(f"a {what} batch must hold at least one task")
+    for index, column in enumerate(raw):
+        if len(column) != size and not (index in shared and len(column) == 1):
+            raise ProtocolError(f"{what} column {names[index]} holds {len(column)} values "
+                                f"for {size} tasks")
+    buckets, ids = raw[0], raw[1]
+    if not _all(str, buckets) or not _all(str, ids) or "" in ids:
+        raise ProtocolError(f"{what} item bucket and id must be strings")
+    return raw, size
+
+
 def _numbers(name: str, column: list[Any], what: str = "backup") -> None:
     """Check a time column in place: floats (ints made floats), 0 <= x < 1e12."""
     kinds = set(map(type, column))
@@ -227,19 +237,8 @@ def _numbers(name: str, column: list[Any], what: str = "backup") -> None:
 def read_columns(raw: object) -> BackupBatch:
     """Check a received ``cols``; ``ProtocolError`` (a 400) naming the
     fault if it is malformed."""
-    if type(raw) is not list or len(raw) != len(COLUMNS) or not _all(list, raw):
-        raise ProtocolError(f"backup cols must be a list of {len(COLUMNS)} lists "
-                            f"({', '.join(COLUMNS)})")
-    size = len(raw[1])
-    if not size:
-        raise ProtocolError("a backup batch must hold at least one task")
-    for index, column in enumerate(raw):
-        if len(column) != size and not (index in _SHARED and len(column) == 1):
-            raise ProtocolError(f"backup column {COLUMNS[index]} holds {len(column)} values "
-                                f"for {size} tasks")
-    buckets, ids, payloads, run_afters, life_spans, origins, ranks, holders = raw
-    if not _all(str, buckets) or not _all(str, ids) or "" in ids:
-        raise ProtocolError("backup item bucket and id must be strings")
+    columns, size = _shaped(raw, COLUMNS, _SHARED, "backup")
+    _, _, payloads, run_afters, life_spans, origins, ranks, holders = columns
     if not _all(bytes, payloads):
         raise ProtocolError("backup item data must be msgpack bytes")
     _numbers("run_after", run_afters)
@@ -249,4 +248,4 @@ def read_columns(raw: object) -> BackupBatch:
     for names in holders:
         if type(names) is not list or not 0 < len(names) <= 2 or not _all(str, names):
             raise ProtocolError("backup item holders must be a list of 1 or 2 node ids")
-    return BackupBatch(raw, size)
+    return BackupBatch(columns, size)

@@ -59,6 +59,34 @@ _PASS = 0.0002
 #: A received FILL batch: rows (decoded items), backup columns or fill columns.
 Batch = list[Any] | BackupBatch | FillBatch
 
+#: What a bucket refuses a forwarded task with; :func:`_refusal` names the verdict.
+_REFUSALS = (BucketFullError, DuplicateTaskError, BucketClosedError, TypeError, ValueError)
+
+
+def _times(task_type: TaskType, run_after: float, life_span: float) -> tuple[float, str | None]:
+    """A forwarded task's run_after as taken (0 for an immediate task), and
+    the verdict if its times are invalid. (Decoding made both numbers finite
+    and >= 0; this is the rest of ``check_times``.)"""
+    if task_type is _IMMEDIATE:
+        run_after = 0.0
+    if not 0 < life_span or run_after >= life_span:
+        try:
+            check_times(life_span, run_after)
+        except ValueError as exc:
+            return run_after, f"invalid: {exc}"
+    return run_after, None
+
+
+def _refusal(exc: Exception) -> str:
+    """The verdict its sender gets for a task the bucket refused with ``exc``."""
+    if isinstance(exc, BucketFullError):
+        return "full"
+    if isinstance(exc, DuplicateTaskError):
+        return "duplicate"
+    if isinstance(exc, BucketClosedError):
+        return "closed"
+    return f"invalid: {exc}"
+
 
 class PeerServer:
     """Serves the peer protocol for one :class:`~gobucket_py.TaskBucketGroup`."""
@@ -327,25 +355,14 @@ class PeerServer:
             if not running:
                 verdict("closed")
                 continue
-            # decode_item made both finite numbers >= 0; the rest of check_times:
-            if task_type is _IMMEDIATE:
-                run_after = 0.0
-            if not 0 < life_span or run_after >= life_span:
-                try:
-                    check_times(life_span, run_after)
-                except ValueError as exc:
-                    verdict(f"invalid: {exc}")
-                    continue
+            run_after, invalid = _times(task_type, run_after, life_span)
+            if invalid is not None:
+                verdict(invalid)
+                continue
             try:
                 bucket.fill_validated(task_type, task_id, data, run_after, life_span)
-            except BucketFullError:
-                verdict("full")
-            except DuplicateTaskError:
-                verdict("duplicate")
-            except BucketClosedError:
-                verdict("closed")
-            except (TypeError, ValueError) as exc:
-                verdict(f"invalid: {exc}")
+            except _REFUSALS as exc:
+                verdict(_refusal(exc))
             else:
                 verdict("ok")
         return verdicts
@@ -361,28 +378,18 @@ class PeerServer:
             return ["unknown bucket"] * size
         if not group.running:
             return ["closed"] * size
-        task_type, run_after, life_span = types[0], run_afters[0], life_spans[0]
-        if task_type is _IMMEDIATE:
-            run_after = 0.0
-        if not 0 < life_span or run_after >= life_span:
-            try:
-                check_times(life_span, run_after)
-            except ValueError as exc:
-                return [f"invalid: {exc}"] * size
+        task_type, life_span = types[0], life_spans[0]
+        run_after, invalid = _times(task_type, run_afters[0], life_span)
+        if invalid is not None:
+            return [invalid] * size
         fill = bucket.fill_validated
         verdicts: list[str] = []
         verdict = verdicts.append
         for task_id, data in zip(ids, batch.column(3), strict=True):
             try:
                 fill(task_type, task_id, data, run_after, life_span)
-            except BucketFullError:
-                verdict("full")
-            except DuplicateTaskError:
-                verdict("duplicate")
-            except BucketClosedError:
-                verdict("closed")
-            except (TypeError, ValueError) as exc:
-                verdict(f"invalid: {exc}")
+            except _REFUSALS as exc:
+                verdict(_refusal(exc))
             else:
                 verdict("ok")
         return verdicts
