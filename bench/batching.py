@@ -168,20 +168,18 @@ async def measure(logdir: Path) -> list[Row]:
                 rate >= 100_000 and rate >= 0.8 * local,
                 baseline=f"local {local:,.0f}/s (same pattern, same run)",
                 ratio=f"{rate / local:.2f}x local",
-                note=f"runs {runs}/s; receiver subprocess --fast, in-process sender"))
+                note=f"runs {runs}/s; receiver subprocess --fast, in-process sender. For "
+                     f"information, the sender's loop lag (a timer due every 1 ms on the loop "
+                     f"that also runs the fills, its full GC passes included): p99 "
+                     f"{median(send_p99):.1f} ms, max {median(send_max):.1f} ms; {local_lag} "
+                     f"(a local fill never yields: the pattern holds the loop throughout)"))
             p99, worst = median(recv_p99), median(recv_max)
             rows.append(Row(
                 "#18", f"receiver loop lag p99 while forwarded to, {label}", p99, "ms",
                 "<= 2 ms (target 1's bound)", p99 <= 2.0, baseline=base,
-                note=f"a timer due every 1 ms on the receiver's loop; max {worst:.2f} ms "
-                     f"(median of runs: {', '.join(f'{m:.1f}' for m in recv_max)} ms)"))
-            p99, worst = median(send_p99), median(send_max)
-            rows.append(Row(
-                "#18", f"sender loop lag p99 while forwarding, {label}", p99, "ms",
-                "<= local fills' lag", p99 <= median(local_p99), baseline=local_lag,
-                note=f"a timer due every 1 ms on the sender's loop, which also runs the "
-                     f"fills (a local fill never yields: the pattern holds the loop); max "
-                     f"{worst:.2f} ms (runs: {', '.join(f'{m:.1f}' for m in send_max)} ms)"))
+                note=f"a timer due every 1 ms on the receiver's loop, median of "
+                     f"{REPEATS} runs; max {worst:.2f} ms (each run's: "
+                     f"{', '.join(f'{m:.1f}' for m in recv_max)} ms)"))
     return rows
 
 
