@@ -52,11 +52,9 @@ def pack_fill(items: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
     return out
 
 
-class FillBatch:
-    """A checked FILL ``cols`` batch, its data unpacked: ``columns`` are
-    bucket, id, type (a :class:`~gobucket_py.TaskType`), data, run_after,
-    life_span, each either one value per task or one for all (``shared``).
-    Iterates its tasks as 6-field rows, as :func:`~.items.decode_item` gives."""
+class _Checked:
+    """A checked ``cols`` batch of ``size`` tasks: its ``columns``, each one
+    value per task or one for all. Iterates its tasks as rows."""
 
     __slots__ = ("columns", "size")
 
@@ -66,6 +64,20 @@ class FillBatch:
 
     def __len__(self) -> int:
         return self.size
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        size = self.size
+        return zip(*(column if len(column) == size else itertools.repeat(column[0], size)
+                     for column in self.columns), strict=True)
+
+
+class FillBatch(_Checked):
+    """A checked FILL ``cols`` batch, its data unpacked: ``columns`` are
+    bucket, id, type (a :class:`~gobucket_py.TaskType`), data, run_after,
+    life_span, each either one value per task or one for all (``shared``).
+    Iterates its tasks as 6-field rows, as :func:`~.items.decode_item` gives."""
+
+    __slots__ = ()
 
     def __getitem__(self, part: slice) -> FillBatch:
         """The tasks in ``part`` (a slice with no step), as a batch."""
@@ -82,11 +94,6 @@ class FillBatch:
         """Column ``index`` with one value per task."""
         column = self.columns[index]
         return column if len(column) == self.size else [column[0]] * self.size
-
-    def __iter__(self) -> Iterator[tuple[Any, ...]]:
-        size = self.size
-        return zip(*(column if len(column) == size else itertools.repeat(column[0], size)
-                     for column in self.columns), strict=True)
 
 
 def read_fill(raw: object, unpack: Callable[[bytes], Any]) -> FillBatch:
@@ -173,22 +180,10 @@ def pack_columns(items: Sequence[tuple[Any, ...]]) -> list[Any]:
     return out
 
 
-class BackupBatch:
-    """A checked ``cols`` batch: iterates its backups as 8-field rows."""
+class BackupBatch(_Checked):
+    """A checked backup ``cols`` batch: iterates its backups as 8-field rows."""
 
-    __slots__ = ("columns", "size")
-
-    def __init__(self, columns: list[list[Any]], size: int) -> None:
-        self.columns = columns
-        self.size = size
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __iter__(self) -> Iterator[tuple[Any, ...]]:
-        size = self.size
-        return zip(*(column if len(column) == size else itertools.repeat(column[0], size)
-                     for column in self.columns), strict=True)
+    __slots__ = ()
 
 
 def _all(kind: type, column: list[Any]) -> bool:
