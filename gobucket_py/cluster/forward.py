@@ -22,6 +22,7 @@ import asyncio
 import itertools
 from collections import deque
 from collections.abc import Callable, Sequence
+from operator import itemgetter
 from typing import Any
 
 from ..config import GroupConfig
@@ -175,6 +176,7 @@ class _Queue:
 
 #: Bytes counted per item besides its data and id (type, times, framing).
 _ITEM_BYTES = 40
+_DATA, _ID = itemgetter(3), itemgetter(1)
 
 
 def _data_and_ids(items: Sequence[Item], count: int) -> tuple[list[bytes], list[str]]:
@@ -182,7 +184,7 @@ def _data_and_ids(items: Sequence[Item], count: int) -> tuple[list[bytes], list[
     if isinstance(items, Columns):
         return items.payloads[:count], items.ids[:count]
     head = items[:count]
-    return [item[3] for item in head], [item[1] for item in head]
+    return list(map(_DATA, head)), list(map(_ID, head))
 
 
 def _weight(items: Sequence[Item], count: int) -> int:
