@@ -513,7 +513,8 @@ async def throughput(logdir: Path, n: int = 100_000, sweep_n: int = 50_000,
         why = (f"sender CPU {cpu:.0%} of the run (median): "
                + ("the sender is the bottleneck" if cpu >= 0.9 else
                   "the sender waits for the receiver (one core each), whose work per "
-                  "task is the local fill plus decoding and checking it"))
+                  "task is decoding and checking it and a fill (a cold one for "
+                  "time-bombs due after 2 s)"))
         if alone:
             us_s, us_l, us_o = 1e6 / median(alone), 1e6 / ml, 1e6 / mo
             rest = 1.25 * us_l - us_s

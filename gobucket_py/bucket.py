@@ -30,7 +30,7 @@ import logging
 import struct
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 from .config import BucketConfig, check_delay, check_times
@@ -405,6 +405,54 @@ class TaskBucket:
         admits it even when the bucket is full (a backup taking over a task
         whose holder died: it was admitted once already)."""
         return self._fill(task_type, task_id, data, run_after, life_span, True, over)
+
+    def fills_cold(self, run_after: float) -> bool:
+        """Whether :meth:`fill_cold` takes time-bombs due in ``run_after``
+        seconds: due later than ``COOL_HORIZON``, and the bucket open."""
+        wheel = self._wheel
+        resolution = 0.001 if wheel is None else wheel.resolution
+        return not self._closing and run_after > COOL_HORIZON + 2 * resolution
+
+    def fill_cold(self, task_ids: list[str], data: Sequence[Any], run_after: float,
+                  life_span: float, start: int = 0) -> int:
+        """For the cluster layer: fill the time-bombs ``task_ids[start:]``
+        (with ``data``, one per id; times validated as for
+        :meth:`fill_validated`) straight into cold storage, as a fill would
+        once its loop pass ends (see ``_freeze``): no Task is made until one
+        is due or asked for. Stops at the first that must go through
+        :meth:`fill_validated` instead -- a duplicate, or the bucket full --
+        and returns its index (``len(task_ids)`` when all went in). Takes
+        none unless :meth:`fills_cold`."""
+        loop = self._loop or self._bind()
+        wheel = self._wheel
+        assert wheel is not None
+        room = min(len(task_ids) - start, self._max - len(self._tasks) - self._cold_n)
+        if room <= 0 or not self.fills_cold(run_after):
+            return start
+        now = loop.time()
+        run_at = now + run_after
+        tasks, cold, cold_data = self._tasks, self._cold, self._cold_data
+        packed = _pack(now, run_at, life_span)  # (bytes: one object for all of them)
+        taken: list[str] = []
+        take = taken.append
+        end = start + room
+        index = start
+        while index < end:
+            task_id = task_ids[index]
+            shard = cold[hash(task_id) & _SHARD]
+            if task_id in tasks or task_id in shard:
+                break
+            shard[task_id] = packed
+            value = data[index]
+            if value is not None:
+                cold_data[task_id] = value
+            take(task_id)
+            index += 1
+        if taken:
+            self._cold_n += len(taken)
+            self._counts["filled"] += len(taken)
+            wheel.add_cold(run_at, taken)
+        return index
 
     def _fill(self, task_type: TaskType, task_id: str, data: Any, run_after: float | None,
               life_span: float | None, checked: bool, over: bool = False) -> Task:

@@ -26,7 +26,7 @@ import heapq
 import math
 import sys
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from .task import Task, TaskState
 
@@ -46,7 +46,7 @@ Slot = list[Task | str] | tuple[str, ...] | str
 _SEP = "\x00"
 
 
-def _packed(ids: list[Task | str]) -> str | tuple[str, ...]:
+def _packed(ids: Sequence[Task | str]) -> str | tuple[str, ...]:
     """A slot of ids only, as one str (a tuple if an id holds the separator)."""
     joined = _SEP.join(ids)  # type: ignore[arg-type]  # (ids only)
     if joined.count(_SEP) == len(ids) - 1:
@@ -143,6 +143,11 @@ class TimerWheel:
         """Number of tasks waiting to fire."""
         return self._live
 
+    @property
+    def resolution(self) -> float:
+        """Seconds per slot."""
+        return self._res
+
     def slots(self) -> Iterator[tuple[int, Slot]]:
         """Every ``(tick, slot)`` in use, in no order."""
         for shard in self._slots:
@@ -155,6 +160,24 @@ class TimerWheel:
         """Schedule a new task at ``task._run_at``."""
         self._live += 1
         self._insert(task)
+
+    def add_cold(self, run_at: float, task_ids: list[str]) -> None:
+        """Schedule new cold tasks (see ``TaskBucket.fill_cold``), all due at
+        ``run_at``: their ids go into its slot as they are, no Task made."""
+        self._live += len(task_ids)
+        self._entries += len(task_ids)
+        tick = self._tick(run_at)
+        shard = self._slots[tick & _MASK]
+        slot = shard.get(tick)
+        if slot is None:
+            shard[tick] = _packed(task_ids)
+            heapq.heappush(self._ticks, tick)
+        elif type(slot) is list:
+            slot.extend(task_ids)
+        else:
+            shard[tick] = _packed([*_entries(slot), *task_ids])
+        if run_at < self._handle_when:
+            self._arm(run_at)
 
     def moved(self, task: Task, old_run_at: float) -> None:
         """``task._run_at`` changed from ``old_run_at``; schedule it again.

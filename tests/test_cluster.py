@@ -28,6 +28,7 @@ from gobucket_py import (
     MemoryNetwork,
     PeerUnavailableError,
     PlacementUnknownError,
+    Task,
     TaskBucket,
     TaskBucketGroup,
     TaskState,
@@ -591,6 +592,49 @@ async def test_a_big_batch_is_taken_a_slice_at_a_time(cluster: Cluster, budget: 
     else:
         assert passes == list(range(1, 17))  # a loop pass after each slice
     assert len(cluster.bucket("n2")) == 1000
+
+
+async def test_forwarded_time_bombs_due_later_land_cold_and_run_once(cluster: Cluster) -> None:
+    """A receiver takes a batch of time-bombs due after the cooling horizon
+    straight into cold storage: no Task made, no bucket fill per task but
+    for the one it refuses (a duplicate); those due sooner are filled as
+    tasks. Each runs once, at its time, with its data; a drained one never."""
+    n1 = await cluster.add("n1", max_bucket=1)
+    n2 = await cluster.add("n2", max_bucket=1000)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    receiver = cluster.bucket("n2")
+    fill = receiver.fill_validated
+    filled: list[str] = []
+
+    def spy(task_type: TaskType, task_id: str, *args: Any, **kwargs: Any) -> Task:
+        filled.append(task_id)
+        return fill(task_type, task_id, *args, **kwargs)
+
+    receiver.fill_validated = spy  # type: ignore[method-assign]
+    await n2.fill("jobs", "later-7", "first", task_type=BOMB)
+    t0 = asyncio.get_running_loop().time()
+    later = await n1.fill_many("jobs", [(f"later-{i}", {"i": i}) for i in range(300)],
+                               task_type=BOMB, run_after=20, life_span=30)
+    assert isinstance(later[7], DuplicateTaskError)
+    assert all(isinstance(r, FillResult) and r.node_id == "n2" for r in later[8:])
+    assert filled == ["later-7"]  # the duplicate, refused the usual way
+    assert receiver._cold_n == 300 and receiver._tasks == {}  # (its own later-7 too)
+    soon = await n1.fill_many("jobs", [(f"soon-{i}", i) for i in range(50)],
+                              task_type=BOMB, run_after=1, life_span=30)
+    assert all(isinstance(r, FillResult) and r.node_id == "n2" for r in soon)
+    assert filled[1:] == [f"soon-{i}" for i in range(50)]
+    assert (await n1.drain("jobs", "later-3")).outcome is DrainOutcome.DRAINED
+    got = receiver.get("later-9")  # made a Task again, with its data
+    assert got is not None and got.data == {"i": 9} and got.state is TaskState.PENDING
+    del got
+    await asyncio.sleep(35)  # (n2's own later-7 is due at 30 s)
+    rec = cluster.recorders["n2"]
+    ran = cluster.fired()
+    assert sorted(ran) == sorted([*(f"later-{i}" for i in range(300) if i != 3),
+                                  *(f"soon-{i}" for i in range(50)), "local-0"])
+    assert rec.at("execute", "later-8") == pytest.approx(t0 + 20, abs=0.01)
+    assert receiver.get("later-8") is None and receiver.ended("later-8") is TaskState.FINISHED
 
 
 async def test_a_batch_stopped_half_taken_is_settled_as_half_taken(

@@ -260,3 +260,109 @@ async def test_cold_slots_are_strs_of_ids_and_ids_holding_the_separator_still_fi
     assert ran == sorted(["p", "q", "r", "s", "t", *odd])
     assert all(data == task_id for task_id, data, *_ in rec.given)
     assert all(rec.hooks(t) == ["execute", "finish"] for t in ran)
+
+
+# -- fill_cold: a forwarded batch straight into cold storage --------------------------
+
+
+async def test_fill_cold_takes_a_batch_cold_at_once_and_it_runs_as_filled_tasks_do() -> None:
+    """The cluster layer's ``fill_cold`` makes no Task: each id goes into the
+    cold dicts and the wheel as a fill's would at the end of its pass, and
+    each runs once, at its time, with its own data and lifespan."""
+    rec = Seen()
+    b = make(rec)
+    t0 = asyncio.get_running_loop().time()
+    ids = [f"c{i}" for i in range(5)]
+    data = [{"i": 0}, None, "two", None, [4]]
+    assert b.fills_cold(30.0)
+    assert b.fill_cold(ids, data, 30.0, 40.0) == 5
+    assert b._tasks == {} and cold(b) == set(ids)
+    assert len(b) == 5 and b.free == 995 and all(i in b for i in ids)
+    assert b.stats()["filled"] == 5 and b.stats()["pending"] == 5
+    assert b._wheel is not None
+    assert [type(s) for _, s in b._wheel.slots()] == [str]
+    assert b.get("c2") is not None and b.get("c2").data == "two"  # type: ignore[union-attr]
+    async with asyncio.timeout(1000):
+        await b.join()
+    assert sorted(rec.given) == sorted(
+        (i, d, t0 + 30, pytest.approx(10)) for i, d in zip(ids, data, strict=True))
+    assert all(rec.hooks(i) == ["execute", "finish"] for i in ids)
+    assert b.stats()["finished"] == 5
+
+
+async def test_fill_cold_stops_where_a_task_must_be_refused_and_takes_nothing_after() -> None:
+    """It stops at a duplicate (live, cold, or earlier in the batch) or when
+    the bucket is full, and returns that index: the caller gets that task's
+    refusal the usual way and goes on from the next."""
+    rec = Recorder()
+    b = make(rec, max_bucket=8)
+    held = b.fill_nowait(BOMB, "live")
+    b.fill_nowait(BOMB, "frozen")
+    await cooled(b)
+    assert cold(b) == {"frozen"} and b._tasks == {"live": held}
+    none = [None] * 4
+    assert b.fill_cold(["a", "live", "b"], none, 30.0, 40.0) == 1
+    assert b.fill_cold(["a", "b", "frozen"], none, 30.0, 40.0, start=1) == 2
+    assert b.fill_cold(["c", "c"], none, 30.0, 40.0) == 1
+    assert cold(b) == {"frozen", "a", "b", "c"} and len(b) == 5
+    assert b.fill_cold(["d", "e", "f", "g"], none, 30.0, 40.0) == 3  # room for three
+    assert len(b) == 8 and "f" in b and "g" not in b
+    assert b.fill_cold(["g"], none, 30.0, 40.0) == 0
+    assert b.stats()["filled"] == 8
+    async with asyncio.timeout(1000):
+        await b.join()
+    assert sorted(t for h, t, _ in rec.calls if h == "execute") == sorted(
+        ["live", "frozen", "a", "b", "c", "d", "e", "f"])
+
+
+async def test_fill_cold_leaves_tasks_due_soon_and_a_closing_bucket_alone() -> None:
+    rec = Recorder()
+    b = make(rec)
+    assert not b.fills_cold(1.5) and not b.fills_cold(2.0)
+    assert b.fill_cold(["soon"], [None], 2.0, 10.0) == 0 and len(b) == 0
+    closing = asyncio.create_task(b.close())
+    await asyncio.sleep(0)
+    assert not b.fills_cold(30.0)
+    assert b.fill_cold(["late"], [None], 30.0, 40.0) == 0 and "late" not in b
+    await closing
+
+
+async def test_drains_gets_and_reschedules_of_cold_filled_tasks() -> None:
+    """Whatever can be done to a task filled and then frozen can be done to
+    one filled cold: drained (it never runs), got (one live Task from then
+    on), rescheduled; and a slot they share with later fills stays whole."""
+    rec = Recorder()
+    b = make(rec)
+    t0 = asyncio.get_running_loop().time()
+    assert b.fill_cold(["d1", "d2", "g", "r"], ["x"] * 4, 30.0, 40.0) == 4
+    assert b.fill_cold(["same"], [None], 30.0, 40.0) == 1  # joins the packed slot
+    b.fill_nowait(BOMB, "task", run_after=30, life_span=40)  # and a Task joins it too
+    assert b.drain_nowait("d1") is DrainOutcome.DRAINED
+    assert (await b.drain("d2")).outcome is DrainOutcome.DRAINED
+    got = b.get("g")
+    assert got is not None and got.data == "x" and b.get("g") is got
+    assert await b.reschedule("r", 60)
+    async with asyncio.timeout(1000):
+        await b.join()
+    assert rec.hooks("d1") == rec.hooks("d2") == []
+    assert [rec.hooks(i) for i in ("g", "r", "same", "task")] == [["execute", "finish"]] * 4
+    assert rec.at("execute", "g") == t0 + 30 and rec.at("execute", "r") == t0 + 60
+    assert got.state is TaskState.FINISHED
+
+
+async def test_many_cold_filled_tasks_drained_compact_the_wheel_and_the_rest_fire_once() -> None:
+    from gobucket_py.timers import TimerWheel
+
+    rec = Recorder()
+    b = make(rec, max_bucket=20_000)
+    ids = [f"t{i}" for i in range(10_000)]
+    for start in range(0, 10_000, 500):  # a batch per ms: a slot each
+        assert b.fill_cold(ids[start:start + 500], [None] * 500, 30.0, 40.0) == 500
+        await asyncio.sleep(0.001)
+    assert b.drain_many_nowait(ids[:9_000]) == [DrainOutcome.DRAINED] * 9_000
+    assert b._wheel is not None and len(b._wheel) == 1000
+    assert b._wheel._entries <= 1000 + TimerWheel.COMPACT_MIN  # compacted
+    async with asyncio.timeout(1000):
+        await b.join()
+    ran = [t for h, t, _ in rec.calls if h == "execute"]
+    assert sorted(ran) == sorted(ids[9_000:])

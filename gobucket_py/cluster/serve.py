@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..config import check_times
@@ -47,6 +48,7 @@ __all__ = ["PeerServer"]
 
 log = logging.getLogger("gobucket_py")
 _IMMEDIATE = TaskType.IMMEDIATE
+_BOMB = TaskType.TIME_BOMB
 
 _FILLS = ("local", "forwarded", "rejected")
 
@@ -86,6 +88,17 @@ def _refusal(exc: Exception) -> str:
     if isinstance(exc, BucketClosedError):
         return "closed"
     return f"invalid: {exc}"
+
+
+def _verdict(fill: Callable[[TaskType, str, Any, float, float], Task], task_type: TaskType,
+             task_id: str, data: Any, run_after: float, life_span: float) -> str:
+    """Fill one forwarded task with ``fill`` (a bucket's ``fill_validated``):
+    the verdict its sender gets."""
+    try:
+        fill(task_type, task_id, data, run_after, life_span)
+    except _REFUSALS as exc:
+        return _refusal(exc)
+    return "ok"
 
 
 class PeerServer:
@@ -359,12 +372,8 @@ class PeerServer:
             if invalid is not None:
                 verdict(invalid)
                 continue
-            try:
-                bucket.fill_validated(task_type, task_id, data, run_after, life_span)
-            except _REFUSALS as exc:
-                verdict(_refusal(exc))
-            else:
-                verdict("ok")
+            verdict(_verdict(bucket.fill_validated, task_type, task_id, data, run_after,
+                             life_span))
         return verdicts
 
     def _accept_alike(self, batch: FillBatch) -> list[str]:
@@ -383,13 +392,22 @@ class PeerServer:
         if invalid is not None:
             return [invalid] * size
         fill = bucket.fill_validated
-        verdicts: list[str] = []
-        verdict = verdicts.append
-        for task_id, data in zip(ids, batch.column(3), strict=True):
-            try:
-                fill(task_type, task_id, data, run_after, life_span)
-            except _REFUSALS as exc:
-                verdict(_refusal(exc))
-            else:
-                verdict("ok")
-        return verdicts
+        data = batch.column(3)
+        if task_type is _BOMB and bucket.fills_cold(run_after) \
+                and not group._replicas.ks.get(buckets[0]):
+            # Pending until well after this pass and held by no one here (a
+            # replicated one is: its backups are made from its Task), so cold
+            # at once, as each would be at the end of this pass; one that
+            # cannot go cold (a duplicate, or no room) the usual way.
+            verdicts: list[str] = []
+            index = 0
+            while index < size:
+                taken = bucket.fill_cold(ids, data, run_after, life_span, index)
+                verdicts += ["ok"] * (taken - index)
+                if taken < size:
+                    verdicts.append(_verdict(fill, task_type, ids[taken], data[taken],
+                                             run_after, life_span))
+                index = taken + 1
+            return verdicts
+        return [_verdict(fill, task_type, task_id, value, run_after, life_span)
+                for task_id, value in zip(ids, data, strict=True)]
