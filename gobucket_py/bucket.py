@@ -420,9 +420,10 @@ class TaskBucket:
         :meth:`fill_validated`) straight into cold storage, as a fill would
         once its loop pass ends (see ``_freeze``): no Task is made until one
         is due or asked for. Stops at the first that must go through
-        :meth:`fill_validated` instead -- a duplicate, or the bucket full --
-        and returns its index (``len(task_ids)`` when all went in). Takes
-        none unless :meth:`fills_cold`."""
+        :meth:`fill_validated` instead (a duplicate, the bucket full, or an
+        id that is not a non-empty str) and returns its index
+        (``len(task_ids)`` when all went in). Takes none unless
+        :meth:`fills_cold`."""
         loop = self._loop or self._bind()
         wheel = self._wheel
         assert wheel is not None
@@ -439,6 +440,8 @@ class TaskBucket:
         index = start
         while index < end:
             task_id = task_ids[index]
+            if type(task_id) is not str or not task_id:
+                break  # (fill_validated says what is wrong with it)
             shard = cold[hash(task_id) & _SHARD]
             if task_id in tasks or task_id in shard:
                 break

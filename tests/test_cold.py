@@ -366,3 +366,15 @@ async def test_many_cold_filled_tasks_drained_compact_the_wheel_and_the_rest_fir
         await b.join()
     ran = [t for h, t, _ in rec.calls if h == "execute"]
     assert sorted(ran) == sorted(ids[9_000:])
+
+
+async def test_fill_cold_leaves_a_bad_id_to_fill_validated_which_names_the_fault() -> None:
+    rec = Recorder()
+    b = make(rec)
+    ids: list = ["ok", "", 7, "after"]  # type: ignore[type-arg]
+    assert b.fill_cold(ids, [None] * 4, 30.0, 40.0) == 1
+    assert b.fill_cold(ids, [None] * 4, 30.0, 40.0, start=2) == 2
+    with pytest.raises(TypeError, match="task_id must be a non-empty str"):
+        b.fill_validated(BOMB, ids[2], None, 30.0, 40.0)
+    assert b.fill_cold(ids, [None] * 4, 30.0, 40.0, start=3) == 4
+    assert cold(b) == {"ok", "after"} and len(b) == 2
