@@ -12,12 +12,14 @@ import tracemalloc
 from array import array
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from typing import Any, TypeVar
 
 from gobucket_py import BucketConfig, Executor, Task, TaskBucket, TaskType
 
 from .common import Row, median, percentile, save
 
 BOMB, IMM = TaskType.TIME_BOMB, TaskType.IMMEDIATE
+T = TypeVar("T")
 
 
 class Noop(Executor):
@@ -102,30 +104,51 @@ def lateness(pending: int = 100_000, rate: float = 10_000.0, measure_s: float = 
     ]
 
 
-def lateness_at_scale(pending: int = 800_000, rate: float = 20_000.0,
-                      measure_s: float = 60.0) -> list[Row]:
-    """Issue 18, target 1: no lateness spikes with 800,000 time-bombs
-    pending while 20,000 a second fall due for a minute, GC on; the
-    baseline is bare ``call_at`` + ``create_task`` with the same population."""
+#: What one run of the 800,000-pending lateness measurement gives (see scale_run).
+ScaleRun = dict[str, Any]
+
+
+def scale_run(pending: int = 800_000, rate: float = 20_000.0, measure_s: float = 60.0
+              ) -> ScaleRun:
+    """One run of issue 18's target 1 on the current event loop policy:
+    800,000 time-bombs pending while 20,000 a second fall due for a minute,
+    GC on, and the bare ``call_at`` + ``create_task`` baseline with the same
+    population (run it in a fresh interpreter: see :func:`fresh`)."""
     gcs: dict[str, list[float]] = {}
     lat, base = _lateness_runs(pending, rate, measure_s, tasks=True, gcs=gcs)
-    p99, worst = percentile(lat, 99) * 1e3, max(lat) * 1e3
-    b99, bworst = percentile(base, 99) * 1e3, max(base) * 1e3
-    fired = len(lat) / measure_s
-    label = f"({pending:,} pending, {fired:,.0f} fires/s for {measure_s:g} s, GC on)"
+    return {"p99": percentile(lat, 99) * 1e3, "max": max(lat) * 1e3,
+            "b99": percentile(base, 99) * 1e3, "bmax": max(base) * 1e3,
+            "fired": len(lat) / measure_s, "pending": pending, "measure_s": measure_s,
+            "gcs": gcs}
+
+
+def lateness_at_scale(runs: int = 3, run: Callable[[], ScaleRun] = scale_run) -> list[Row]:
+    """Issue 18, target 1: no lateness spikes at 800,000 pending. The median
+    of ``runs`` runs of ``run``, each in a fresh interpreter: this machine
+    has pauses of its own, so one run's worst fire says little (each run's
+    figures, and the machine's pauses, are in the note)."""
+    results = [fresh(run) for _ in range(runs)]
+    p99, worst = median([r["p99"] for r in results]), median([r["max"] for r in results])
+    b99, bworst = median([r["b99"] for r in results]), median([r["bmax"] for r in results])
+    first = results[0]
+    label = (f"({first['pending']:,} pending, {median([r['fired'] for r in results]):,.0f} "
+             f"fires/s for {first['measure_s']:g} s, GC on)")
 
     def passes(name: str) -> str:
-        times = gcs.get(name, [])
+        times = [t for r in results for t in r["gcs"].get(name, [])]
         longest = f", longest {max(times) * 1e3:.1f} ms" if times else ""
-        return f"{len(times)} full GC passes in the window{longest}"
+        return f"{len(times)} full GC passes in the windows{longest}"
 
-    machine = gcs.get("machine", [])
-    noise = (f"; the machine's own pauses in the same windows (a separate process's 1 ms "
-             f"timer, worst lateness): {', '.join(f'{m * 1e3:.1f}' for m in machine)} ms "
-             "(ours, bare)" if machine else "")
-    note = (f"one run; ours: {passes('ours')} (a pending time-bomb nobody holds is bytes, "
-            f"and an id in a str of ids: nothing the GC tracks); bare: {passes('bare')}"
-            f"{noise}")
+    each = "; ".join(
+        f"p99 {r['p99']:.2f} / max {r['max']:.1f} ms (bare {r['b99']:.2f} / {r['bmax']:.1f}; "
+        "the machine's own pauses: "
+        + ", ".join(f"{m * 1e3:.1f}" for m in r["gcs"].get("machine", [])) + " ms)"
+        for r in results)
+    note = (f"median of {runs} runs, each in a fresh interpreter; ours: {passes('ours')} (a "
+            "pending time-bomb nobody holds is bytes, and an id in a str of ids: nothing the "
+            f"GC tracks); bare: {passes('bare')}. Each run: {each}. The machine's own pauses "
+            "are the worst lateness of a separate process's 1 ms timer in the same window "
+            "(ours, bare), on the other core")
     return [
         Row("#18", f"firing lateness p99 {label}", p99, "ms", "<= 2 ms", p99 <= 2.0,
             baseline=f"bare call_at + create_task p99 {b99:.3f} ms",
@@ -437,7 +460,7 @@ def drain_rate(n: int = 1_000_000, repeats: int = 3) -> list[Row]:
                      "(retry-safe drains), frees the slot and discards the wheel entry")]
 
 
-def fresh(part: Callable[[], list[Row]]) -> list[Row]:
+def fresh(part: Callable[[], T]) -> T:
     """``part()`` in a new interpreter: a figure about pauses must not carry
     the heap the parts before it left in this process."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -445,7 +468,7 @@ def fresh(part: Callable[[], list[Row]]) -> list[Row]:
 
 
 def main() -> None:
-    rows = (throughput() + drain() + drain_rate() + lateness() + fresh(lateness_at_scale)
+    rows = (throughput() + drain() + drain_rate() + lateness() + lateness_at_scale()
             + memory() + outcome_records())
     save("local", rows)
 

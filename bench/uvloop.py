@@ -27,12 +27,12 @@ from . import burst, cluster, local
 from .common import Row, save
 
 
-def lateness_at_scale() -> list[Row]:
-    """``local.lateness_at_scale`` on uvloop (run it in a fresh interpreter)."""
+def scale_run() -> local.ScaleRun:
+    """``local.scale_run`` on uvloop (run it in a fresh interpreter)."""
     import uvloop
 
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return local.lateness_at_scale()
+    return local.scale_run()
 
 
 def measure() -> list[Row]:
@@ -43,7 +43,7 @@ def measure() -> list[Row]:
     try:
         rows = (local.throughput() + local.drain() + local.drain_rate() + local.lateness()
                 + local.memory() + burst.measure(burst.N, 7))
-        rows += local.fresh(lateness_at_scale)
+        rows += local.lateness_at_scale(run=scale_run)
         logdir = Path(tempfile.mkdtemp(prefix="gobucket-bench-uvloop-"))
         rows += asyncio.run(cluster.throughput(logdir, repeats=3, loop="uvloop"))
         shutil.rmtree(logdir, ignore_errors=True)
