@@ -27,6 +27,7 @@ import math
 import sys
 from array import array
 from collections.abc import Callable, Iterator, Sequence
+from typing import cast
 
 from .task import Task, TaskState
 
@@ -165,17 +166,12 @@ class TimerWheel:
         """Schedule new cold tasks (see ``TaskBucket.fill_cold``), all due at
         ``run_at``: their ids go into its slot as they are, no Task made."""
         self._live += len(task_ids)
-        self._entries += len(task_ids)
         tick = self._tick(run_at)
         shard = self._slots[tick & _MASK]
-        slot = shard.get(tick)
-        if slot is None:
-            shard[tick] = _packed(task_ids)
-            heapq.heappush(self._ticks, tick)
-        elif type(slot) is list:
-            slot.extend(task_ids)
-        else:
-            shard[tick] = _packed([*_entries(slot), *task_ids])
+        was = shard.get(tick)
+        self._put_back(tick, cast("list[Task | str]", task_ids))
+        if type(was) is not list:  # new, or ids only: one str of ids again
+            shard[tick] = _packed(shard[tick])
         if run_at < self._handle_when:
             self._arm(run_at)
 
