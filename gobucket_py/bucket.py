@@ -409,9 +409,10 @@ class TaskBucket:
     def fills_cold(self, run_after: float) -> bool:
         """Whether :meth:`fill_cold` takes time-bombs due in ``run_after``
         seconds: due later than ``COOL_HORIZON``, and the bucket open."""
-        wheel = self._wheel
-        resolution = 0.001 if wheel is None else wheel.resolution
-        return not self._closing and run_after > COOL_HORIZON + 2 * resolution
+        if self._wheel is None:
+            self._bind()
+        assert self._wheel is not None
+        return not self._closing and run_after > COOL_HORIZON + 2 * self._wheel.resolution
 
     def fill_cold(self, task_ids: list[str], data: Sequence[Any], run_after: float,
                   life_span: float, start: int = 0) -> int:
@@ -424,12 +425,11 @@ class TaskBucket:
         id that is not a non-empty str) and returns its index
         (``len(task_ids)`` when all went in). Takes none unless
         :meth:`fills_cold`."""
-        loop = self._loop or self._bind()
-        wheel = self._wheel
-        assert wheel is not None
-        room = min(len(task_ids) - start, self._max - len(self._tasks) - self._cold_n)
-        if room <= 0 or not self.fills_cold(run_after):
+        room = min(len(task_ids) - start, self.free)
+        if room <= 0 or not self.fills_cold(run_after):  # (which binds the loop)
             return start
+        loop, wheel = self._loop, self._wheel
+        assert loop is not None and wheel is not None
         now = loop.time()
         run_at = now + run_after
         tasks, cold, cold_data = self._tasks, self._cold, self._cold_data
