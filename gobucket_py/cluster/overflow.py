@@ -30,6 +30,7 @@ from ..task import FillResult
 from .forward import Item, Unsettled
 from .membership import Member, MemberState
 from .placement import candidates, pick
+from .wake import resolve
 
 if TYPE_CHECKING:
     from ..bucket import TaskBucket
@@ -66,12 +67,11 @@ class _Waiting:
             future.set_result(result)
 
     def placed(self, indexes: list[int], bucket: str, node_id: str, ids: list[str]) -> None:
-        """``self[i] = FillResult(...)`` for each task a peer took, in one loop."""
+        """``self[i] = FillResult(...)`` for each task a peer took, with the
+        callers woken together (:func:`.wake.resolve`)."""
         futures = self.futures
-        for index, task_id in zip(indexes, ids, strict=True):
-            future = futures[index]
-            if not future.done():
-                future.set_result(FillResult(bucket, task_id, node_id, True))
+        resolve(asyncio.get_running_loop(), [futures[index] for index in indexes],
+               [FillResult(bucket, task_id, node_id, True) for task_id in ids])
 
 
 def _placed(results: Results, indexes: list[int], bucket: str, node_id: str,

@@ -48,6 +48,7 @@ from .keyed import ByBucket
 from .membership import Member, MemberState
 from .notes import Notes
 from .placing import all_pending, backup_item, pack_data, place_backups
+from .wake import resolve
 
 if TYPE_CHECKING:
     from .group import TaskBucketGroup
@@ -131,9 +132,7 @@ class Replicas:
             done = [False] * len(waiting)  # stop(), or a bug: no caller hangs
             raise
         finally:
-            for (_, future), ok in zip(waiting, done, strict=True):
-                if not future.done():
-                    future.set_result(ok)
+            resolve(asyncio.get_running_loop(), [future for _, future in waiting], done)
 
     async def protect(self, name: str, tasks: list[Task], origin: str) -> list[bool]:
         """Back each task up on k peers; True for each that got all k. A

@@ -1,0 +1,65 @@
+"""Waking many waiting callers with one loop callback.
+
+When a batch of forwarded fills is answered (or a batch of backups made),
+each caller waits on its own future. ``future.set_result`` would schedule
+each caller's wakeup as its own event-loop callback (a ``Handle``, made and
+run by the loop's Python code on asyncio): on a sender that overflows, a
+large share of each fill's cost.
+
+:func:`resolve` settles the futures at once, so whatever looks at them
+later sees them done, but first takes each one's single waiter (the
+awaiting task's wakeup) off it, and runs all those waiters from one
+callback in the next loop pass: the pass the loop would have run them in,
+in the same order, each in its own context. A future with no waiter or
+more than one, or one that does not show its callbacks, is settled the
+usual way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+__all__ = ["resolve"]
+
+T = TypeVar("T")
+
+_Waiter = tuple[Callable[[Any], object], contextvars.Context, "asyncio.Future[Any]"]
+
+
+def resolve(loop: asyncio.AbstractEventLoop, futures: Sequence[asyncio.Future[T]],
+           results: Sequence[T]) -> None:
+    """``future.set_result(result)`` for each pair whose future is not done,
+    with the waiters woken from one callback rather than one each."""
+    waiters: list[_Waiter] = []
+    for future, result in zip(futures, results, strict=True):
+        if future.done():
+            continue  # cancelled, or stopped
+        callbacks = getattr(future, "_callbacks", None)
+        if callbacks and len(callbacks) == 1:
+            callback, context = callbacks[0]
+            if future.remove_done_callback(callback) == 1:
+                future.set_result(result)
+                waiters.append((callback, context, future))
+                continue
+        future.set_result(result)
+    if waiters:
+        loop.call_soon(_wake, waiters)
+
+
+def _wake(waiters: list[_Waiter]) -> None:
+    """Run each waiter in its own context, as the loop would have."""
+    index = 0
+    try:
+        for callback, context, future in waiters:
+            context.run(callback, future)
+            index += 1
+    except BaseException:
+        # A task's step lets only KeyboardInterrupt and SystemExit out: the
+        # rest of the waiters are still woken, one callback each.
+        loop = asyncio.get_running_loop()
+        for callback, context, future in waiters[index + 1:]:
+            loop.call_soon(callback, future, context=context)
+        raise
