@@ -71,6 +71,13 @@ _MASK = SLOT_SHARDS - 1
 #: microsecond's difference is pointless (and a clock that cannot step by
 #: less, like a test's fake one, would spin on it).
 _EARLY = 1e-6
+#: How far ahead a timer is re-armed when the loop ran it before the time
+#: asked for. uvloop's clock counts whole milliseconds and rounds a timer's
+#: delay to them: one asked for 0.4 ms ahead runs at once, finds nothing due
+#: yet (the clock has not moved), and re-armed the same way would spin until
+#: the next millisecond -- a core kept busy while tasks are pending. asyncio
+#: never runs a timer early, so this never applies there.
+_EARLY_WAKE_FLOOR = 0.001
 
 
 def _freeze_at(slot: list[Task | str], i: int, tick: int, res: float,
@@ -334,6 +341,7 @@ class TimerWheel:
         return bool(sweeping)
 
     def _on_timer(self) -> None:
+        asked = self._handle_when
         self._handle = None
         self._handle_when = math.inf
         now = self._loop.time()
@@ -378,10 +386,13 @@ class TimerWheel:
             first = ticks[0]
             slot = slots[first & _MASK][first]
             if type(slot) is not list or any(type(e) is str for e in slot):
-                self._arm(first * self._res)  # cold ones: their slot's start
+                when = first * self._res  # cold ones: their slot's start
             else:
-                self._arm(max(first * self._res,
-                              min(t._run_at for t in slot)))  # type: ignore[union-attr]
+                when = max(first * self._res,
+                           min(t._run_at for t in slot))  # type: ignore[union-attr]
+            if now + _EARLY < asked and when < now + _EARLY_WAKE_FLOOR:
+                when = now + _EARLY_WAKE_FLOOR  # run early (uvloop): no spin
+            self._arm(when)
 
     def _put_back(self, tick: int, entries: Slot) -> None:
         shard = self._slots[tick & _MASK]
