@@ -425,6 +425,25 @@ async def suspension_rate(n: int, width: int, batch: int = 256) -> float:
     return rate
 
 
+async def gather_rate(n: int, width: int) -> float:
+    """``asyncio.gather`` alone over chunks of ``width`` coroutines that return
+    at once: no bucket, no fill. gather wraps each coroutine in a task, so
+    the chunks pattern, local or overflowing, cannot go faster than this."""
+
+    async def nothing(i: int) -> int:
+        return i
+
+    gc.collect()
+    t0 = time.perf_counter()
+    done = 0
+    for start in range(0, n, width):
+        done += len(await asyncio.gather(*(nothing(i) for i in range(start, min(n, start + width))),
+                                         return_exceptions=True))
+    rate = n / (time.perf_counter() - t0)
+    assert done == n
+    return rate
+
+
 async def overflow_rate(logdir: Path, n: int, pattern: str, width: int, batch_size: int,
                         batch_concurrency: int, tag: str, loop: str = "asyncio") -> Run:
     """A fresh receiver subprocess (on event loop ``loop``) and a fresh
@@ -482,12 +501,15 @@ async def throughput(logdir: Path, n: int = 100_000, sweep_n: int = 50_000,
             loc.append(await local_rate(n, pattern, width, f"l{pattern}{rep}"))
             if pattern == "workers":
                 alone.append(await suspension_rate(n, width))
+            elif pattern == "chunks":
+                alone.append(await gather_rate(n, width))
             over.append(await overflow_rate(logdir, n, pattern, width, bs, bc,
                                             f"o{pattern}{rep}", loop))
             print(f"    {pattern} rep {rep}: local {loc[-1]:,.0f}/s, overflow "
                   f"{over[-1].rate:,.0f}/s ({over[-1].forwarded:,}/{n:,} forwarded, sender "
                   f"CPU {over[-1].cpu:.0%})"
-                  + (f", one suspension alone {alone[-1]:,.0f}/s" if alone else ""),
+                  + (f", {'one suspension' if pattern == 'workers' else 'gather'} alone "
+                     f"{alone[-1]:,.0f}/s" if alone else ""),
                   flush=True)
         mo, ml = median([r.rate for r in over]), median(loc)
         all_fwd = all(r.forwarded == r.n for r in over)
@@ -517,7 +539,12 @@ async def throughput(logdir: Path, n: int = 100_000, sweep_n: int = 50_000,
                   "the sender waits for the receiver (one core each), whose work per "
                   "task is decoding and checking it and a fill (a cold one for "
                   "time-bombs due after 2 s)"))
-        if alone:
+        if alone and pattern == "chunks":
+            ceiling = median(alone)
+            why += (f"; asyncio.gather alone (the same chunks of coroutines that return at "
+                    f"once, same run) {ceiling:,.0f}/s: {1e6 / ceiling:.2f} us per task of "
+                    f"the {1e6 / ml:.2f} us a local fill takes in this pattern")
+        elif alone:
             us_s, us_l, us_o = 1e6 / median(alone), 1e6 / ml, 1e6 / mo
             rest = 1.25 * us_l - us_s
             why += (f"; per task: a local fill {us_l:.2f} us, an overflowing one "
