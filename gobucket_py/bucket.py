@@ -338,9 +338,10 @@ class TaskBucket:
 
     def stats(self) -> dict[str, int]:
         """Counters since creation: fills, rejections, one per terminal
-        outcome, hook errors and hook timeouts, plus ``live``, ``pending``
-        and ``outcome_records`` (records of ended tasks held for
-        :meth:`ended` and ``drain``)."""
+        outcome, hook errors and hook timeouts, plus ``live`` (every task
+        not ended), ``pending`` (time-bombs waiting to fire; an immediate
+        task waits a loop pass at most) and ``outcome_records`` (records of
+        ended tasks held for :meth:`ended` and ``drain``)."""
         out = dict(self._counts)
         out["live"] = len(self)
         out["pending"] = len(self._wheel) if self._wheel is not None else 0
@@ -399,7 +400,9 @@ class TaskBucket:
 
     def fill_validated(self, task_type: TaskType, task_id: str, data: Any, run_after: float,
                        life_span: float, *, over: bool = False) -> Task:
-        """``fill_nowait`` for times already validated as by ``check_times``
+        """Internal, for the cluster layer.
+
+        ``fill_nowait`` for times already validated as by ``check_times``
         (``0 <= run_after < life_span``, finite), e.g. by the cluster layer
         for tasks arriving from a peer: they are not checked again. ``over``
         admits it even when the bucket is full (a backup taking over a task
@@ -407,7 +410,9 @@ class TaskBucket:
         return self._fill(task_type, task_id, data, run_after, life_span, True, over)
 
     def fills_cold(self, run_after: float) -> bool:
-        """Whether :meth:`fill_cold` takes time-bombs due in ``run_after``
+        """Internal, for the cluster layer.
+
+        Whether :meth:`fill_cold` takes time-bombs due in ``run_after``
         seconds: due later than ``COOL_HORIZON``, and the bucket open."""
         if self._wheel is None:
             self._bind()
@@ -416,7 +421,9 @@ class TaskBucket:
 
     def fill_cold(self, task_ids: list[str], data: Sequence[Any], run_after: float,
                   life_span: float, start: int = 0) -> int:
-        """For the cluster layer: fill the time-bombs ``task_ids[start:]``
+        """Internal, for the cluster layer.
+
+        Fill the time-bombs ``task_ids[start:]``
         (with ``data``, one per id; times validated as for
         :meth:`fill_validated`) straight into cold storage, as a fill would
         once its loop pass ends (see ``_freeze``): no Task is made until one
@@ -655,7 +662,9 @@ class TaskBucket:
 
     def set_gate(self, gate: Callable[[Task], Awaitable[bool]] | None,
                  moved: Callable[[Task], None] | None = None) -> None:
-        """Set the cluster layer's gate, and its watcher of reschedules (see
+        """Internal, for the cluster layer.
+
+        Set the cluster layer's gate, and its watcher of reschedules (see
         :mod:`gobucket_py.cluster.replicas`)."""
         self._gate = gate
         self._moved = moved
@@ -960,7 +969,9 @@ class TaskBucket:
                      " ".join(f"{k}={v}" for k, v in sorted(quiet.items())))
 
     def add_outcome_watcher(self, watcher: Callable[[Task], None]) -> None:
-        """Set the cluster layer's watcher, called like ``on_outcome`` with
+        """Internal, for the cluster layer.
+
+        Set the cluster layer's watcher, called like ``on_outcome`` with
         each task that reaches a terminal state, before ``on_outcome`` (which
         stays the user's). One per bucket; it must not block or raise."""
         self._watcher = watcher
@@ -972,13 +983,14 @@ class TaskBucket:
         30 s further"). Returns False if the task is not a pending time-bomb.
         In a replicated bucket the task's backups get the new times too (sent
         in the background: a crash right after may still run it at the old
-        time).
+        time). Raises ValueError for a ``run_after`` that is not a finite
+        number >= 0, whether or not the task is there.
         """
+        delay = check_delay("run_after", run_after)
         task = self.get(task_id)
         if (task is None or task.state is not _PENDING or task._runner is not None
                 or task.type is not TaskType.TIME_BOMB):
             return False
-        delay = check_delay("run_after", run_after)
         now = self.loop_time()
         remaining_life = task._deadline - task._run_at
         old = task._run_at
@@ -993,7 +1005,9 @@ class TaskBucket:
         return True
 
     def take_pending(self, task_id: str) -> Task | None:
-        """Remove a pending task without running it and return it, for a
+        """Internal, for the cluster layer.
+
+        Remove a pending task without running it and return it, for a
         handoff to another node. Its state becomes HANDED_OFF; call
         :meth:`handed_off` once a peer has it, or :meth:`restore` if none took it."""
         task = self.get(task_id)
@@ -1005,7 +1019,9 @@ class TaskBucket:
         return task
 
     def withdraw(self, task_id: str) -> bool:
-        """Take back a pending task as if it had never been accepted (no
+        """Internal, for the cluster layer.
+
+        Take back a pending task as if it had never been accepted (no
         outcome, no hook): the cluster layer could not back it up. False if
         it is not pending (it started, or ended, meanwhile)."""
         task = self.take_pending(task_id)
@@ -1015,13 +1031,17 @@ class TaskBucket:
         return True
 
     def handed_off(self, task: Task) -> None:
-        """Record that a task taken by :meth:`take_pending` now lives on a
+        """Internal, for the cluster layer.
+
+        Record that a task taken by :meth:`take_pending` now lives on a
         peer: count it and report the outcome (``on_outcome``, the log)."""
         self._counts["handed_off"] += 1
         self._notify(task)
 
     def restore(self, task: Task) -> None:
-        """Put back a task taken by :meth:`take_pending` (its handoff failed),
+        """Internal, for the cluster layer.
+
+        Put back a task taken by :meth:`take_pending` (its handoff failed),
         with its original times. It runs here, or is rescued on close."""
         if task._owner is not self or task.state is not TaskState.HANDED_OFF:
             raise ValueError(f"task {task.id!r} was not taken from bucket {self.name!r}")

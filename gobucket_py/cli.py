@@ -49,16 +49,30 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(ENV + name, default)
 
 
+#: Options whose default --help does not show: secrets read from the
+#: environment, and those whose help text says what the default is.
+_UNSHOWN = frozenset({"secret", "secret_file", "pages_token", "promote_after", "node_id",
+                      "advertise"})
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.dest in _UNSHOWN:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The node runner's argument parser (defaults come from GOBUCKET_* variables)."""
     p = _Parser(prog="gobucket-node", description=__doc__.split("\n\n")[0] if __doc__ else None,
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                formatter_class=_Help)
     p.add_argument("--app", default=_env("APP"), metavar="MODULE:FACTORY",
                    help="user code returning {bucket: TaskBucket} or a TaskBucketGroup "
                         "[GOBUCKET_APP]")
     p.add_argument("--host", default=_env("HOST", "127.0.0.1"),
                    help="address to listen on [GOBUCKET_HOST]")
-    p.add_argument("--port", type=int, default=int(_env("PORT", "6666") or 6666),
+    # (string defaults: argparse converts them with type=, and reports a bad one)
+    p.add_argument("--port", type=int, default=_env("PORT", "6666") or "6666",
                    help="port to listen on; 0 picks a free one [GOBUCKET_PORT]")
     p.add_argument("--node-id", default=_env("NODE_ID"),
                    help="this node's id (default: its advertised address) [GOBUCKET_NODE_ID]")
@@ -90,13 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure", action="store_true",
                    default=(_env("INSECURE", "") or "").lower() in ("1", "true", "yes"),
                    help="allow a non-loopback address without a secret [GOBUCKET_INSECURE]")
-    p.add_argument("--stop-grace", type=float, default=float(_env("STOP_GRACE", "5") or 5),
+    p.add_argument("--stop-grace", type=float, default=_env("STOP_GRACE", "5") or "5",
                    help="seconds running tasks get on stop before on_panic "
                         "[GOBUCKET_STOP_GRACE]")
-    p.add_argument("--replicas", type=int, default=int(_env("REPLICAS", "0") or 0),
+    p.add_argument("--replicas", type=int, default=_env("REPLICAS", "0") or "0",
                    choices=(0, 1, 2),
                    help="backups of each pending time-bomb on other nodes, so a node's "
-                        "crash loses none of them (0, 1 or 2; default 0) "
+                        "crash loses none of them (0, 1 or 2) "
                         "[GOBUCKET_REPLICAS]")
     p.add_argument("--promote-after", type=float, default=_env("PROMOTE_AFTER") or None,
                    help="with replicas: seconds after a node is declared dead that its "
@@ -113,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "'gobucket_py[uvloop]') [GOBUCKET_LOOP]")
     p.add_argument("--fast", action="store_true",
                    default=(_env("FAST", "") or "").lower() in ("1", "true", "yes"),
-                   help="use GroupConfig.local() timers (tests and single-host demos) "
+                   help="use GroupConfig.local() timers (tests and single-host demos; "
+                        "--stop-grace still applies) "
                         "[GOBUCKET_FAST]")
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"),
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,
@@ -144,6 +159,9 @@ async def _build(args: argparse.Namespace, factory: Any) -> TaskBucketGroup:
     if inspect.isawaitable(made):
         made = await made
     if isinstance(made, TaskBucketGroup):
+        log.info("--app %s made its own TaskBucketGroup: its arguments apply, and the "
+                 "node flags (host, port, peers, secret, TLS, replicas...) are not used "
+                 "event=app_group", args.app)
         return made
     if not isinstance(made, dict) or not all(isinstance(b, TaskBucket) for b in made.values()):
         raise ValueError(f"--app {args.app}: the factory must return {{name: TaskBucket}} or a "
@@ -211,6 +229,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``gobucket-node`` and ``python -m gobucket_py``."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    for action in parser._actions:  # defaults from GOBUCKET_* skip argparse's choices check
+        value = getattr(args, action.dest, None)
+        if action.choices is not None and value not in action.choices:
+            choices = ", ".join(map(str, action.choices))
+            parser.error(f"{action.option_strings[0]} must be one of {choices}, got {value!r} "
+                         f"(from {ENV}{action.dest.upper()}?)")
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if not args.app:

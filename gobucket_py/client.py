@@ -16,9 +16,11 @@ raises ``TypeError`` before anything is sent.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from . import errors
+from .cluster.addresses import check_peer
 from .cluster.auth import Keyring
 from .cluster.items import unpack_info
 from .cluster.protocol import Kind
@@ -44,15 +46,31 @@ def _raise_error(reply: dict[str, Any], task_id: str) -> None:
 
 
 class GroupClient:
-    """A signed HTTP client of one node (see the module docstring)."""
+    """A signed HTTP client of one node (see the module docstring).
+
+    Use it as ``async with GroupClient(...) as client``: the connection pool
+    opens on entry and closes on exit; outside that, every call raises
+    :class:`~gobucket_py.PeerUnavailableError` ("transport is closed").
+    ``address`` is the node's ``host:port``; ``timeout`` bounds each call
+    (seconds); ``secret`` is the nodes' (None: unsigned requests, which a
+    node with a secret refuses with 401).
+
+    Errors come back as the node raised them, with these differences: a
+    ``TypeError`` on the node arrives as ``ValueError``, a malformed request
+    as :class:`~gobucket_py.PeerError` (HTTP 400), and
+    ``ClusterFullError.rejections`` is empty (the message names them).
+    """
 
     def __init__(self, address: str, *, secret: str | None = None, timeout: float = 5.0,
                  tls: TLSConfig | None = None, serializer: Serializer | None = None) -> None:
-        self.address = address
-        self.timeout = timeout
+        self.address = check_peer(address, "address")
+        if (isinstance(timeout, bool) or not isinstance(timeout, int | float)
+                or not 0 < timeout < math.inf):
+            raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+        self.timeout = float(timeout)
         #: Packs task data as the nodes do (``serializer`` must be theirs).
         self.codec = Codec(serializer)
-        keyring = Keyring.parse(secret) if secret else None
+        keyring = None if secret is None else Keyring.parse(secret)
         self._transport = HttpTransport("127.0.0.1", 0, keyring=keyring, tls=tls)
 
     async def __aenter__(self) -> GroupClient:
@@ -73,7 +91,10 @@ class GroupClient:
     async def fill(self, bucket: str, task_id: str, data: Any = None, *,
                    task_type: TaskType = TaskType.IMMEDIATE, run_after: float | None = None,
                    life_span: float | None = None) -> FillResult:
-        """Like ``TaskBucketGroup.fill`` on the node; raises the same errors."""
+        """Like ``TaskBucketGroup.fill`` on the node (errors: see the class).
+        The result's ``task`` is None: the Task lives in the node's process."""
+        if not isinstance(task_type, TaskType):
+            raise TypeError(f"task_type must be a TaskType, got {task_type!r}")
         try:
             payload = self.codec.pack(data)
         except TypeError as exc:

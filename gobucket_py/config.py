@@ -15,9 +15,14 @@ __all__ = ["BucketConfig", "GroupConfig"]
 def _check_number(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{name} must be a number of seconds, got {value!r}")
-    if math.isnan(value) or math.isinf(value):
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond a float's range
+        raise ValueError(f"{name} must be finite, got a number too large for a "
+                         "float") from None
+    if math.isnan(number) or math.isinf(number):
         raise ValueError(f"{name} must be finite, got {value!r}")
-    return float(value)
+    return number
 
 
 def check_delay(name: str, value: object) -> float:
@@ -67,7 +72,9 @@ class BucketConfig:
     ``outcome_retention``
         How long the outcome of an ended task is remembered, so that a
         retried ``drain`` (or a ``get``) says how it ended instead of
-        NOT_FOUND. 600 s covers any sane retry loop of a backup job.
+        NOT_FOUND: at least half of it and at most all of it (records are
+        dropped a generation at a time). 300-600 s covers any sane retry
+        loop of a backup job.
     ``max_outcomes``
         Bound on those records per bucket, so a burst of outcomes cannot
         grow memory without limit: past it the oldest are forgotten early.
@@ -149,7 +156,7 @@ class GroupConfig:
     figures by cluster size).
     """
 
-    #: One peer is probed this often (SWIM: the next of a shuffled round), so
+    #: One peer is probed this often (the next in a rotation by node id), so
     #: a node sends about 1.7 probes and 1.7 acks per second at any cluster
     #: size (0.6 s keeps that under 4 messages a second with syncs and
     #: pushes, and an idle node near 0.3 % of a core; detection stays under

@@ -10,6 +10,7 @@ errors of aiohttp and msgpack are converted at the edge (``raise X from exc``)::
     │   └── BucketClosedError      the bucket (or group) is closed
     ├── UnknownBucketError         no bucket of that name (here or on the peer)
     ├── ClusterFullError           no node of the cluster could take the task
+    │   └── NoBackupRoomError      with replicas: no room for the task's backups
     └── PeerError                  a peer answered with an error
         ├── PeerUnavailableError   a peer could not be reached or timed out
         │                          (or answered with an error): try again
@@ -88,7 +89,11 @@ class PeerError(GobucketError):
 
 
 class PeerUnavailableError(PeerError):
-    """A peer refused the connection, or did not answer within the timeout.
+    """A peer could not say: it refused the connection, did not answer within
+    the timeout, or answered with an error; for ``drain`` and ``get`` also a
+    holder that is dead but may only be stalled, or no peer reached yet; for
+    a :class:`~gobucket_py.GroupClient`, one used outside ``async with``.
+    The answer is unknown, not negative: try again.
 
     ``maybe_delivered`` is False when the request certainly never reached the
     peer (connection refused), True when it may have been processed.

@@ -33,6 +33,13 @@ class Executor:
     * ``drain`` → no hook
     * ``rescue()`` / ``close()`` → ``on_panic``
 
+    Three cases end a task without these pairings: with replicas, a
+    time-bomb whose lifespan ran out while its start waited for the
+    cluster's word gets ``on_task_exhausted`` though ``on_execute`` never
+    ran; ``KeyboardInterrupt`` or ``SystemExit`` from ``on_execute`` ends it
+    FAILED with no hook (and goes on up); a task handed off to a peer on a
+    graceful stop gets no hook here (it runs there).
+
     Example::
 
         class Backup(Executor):

@@ -37,8 +37,8 @@ class TaskState(StrEnum):
     FINISHED = "finished"
     #: ``on_execute`` raised; ``on_execute_error`` runs or ran.
     FAILED = "failed"
-    #: The lifespan ran out during ``on_execute``, which was cancelled;
-    #: ``on_task_exhausted`` runs or ran.
+    #: The lifespan ran out during ``on_execute``, which was cancelled (or,
+    #: with replicas, before it could start); ``on_task_exhausted`` runs or ran.
     EXHAUSTED = "exhausted"
     #: Drained before it started: it never ran and never will. No hook.
     DRAINED = "drained"
@@ -84,9 +84,10 @@ class DrainOutcome(StrEnum):
     #: presumed lost (dead past ``GroupConfig.lost_after``); the loss was
     #: reported through ``on_tasks_lost``.
     LOST = "lost"
-    #: Certainly no such task: it was never filled, or it ended longer ago
-    #: than the outcome records are kept. In a cluster, said only when every
-    #: node that could hold it answered.
+    #: No such task: it was never filled, was handed off to a peer, or ended
+    #: longer ago than the outcome records are kept. In a cluster, said only
+    #: when every node that could hold it answered (with the exceptions in
+    #: the README's "Known limits").
     NOT_FOUND = "not_found"
 
     @property
@@ -201,7 +202,8 @@ class FillResult:
     """Where a ``TaskBucketGroup.fill`` put the task.
 
     ``forwarded`` is False when the task lives on this node (then ``task`` is
-    the local :class:`Task`), True when a peer took it. (Not frozen: one is
+    the local :class:`Task`; None from a :class:`~gobucket_py.GroupClient`,
+    whose node holds it), True when a peer took it. (Not frozen: one is
     made per fill, and a frozen dataclass costs four times as much to build.)
     """
 

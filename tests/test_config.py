@@ -22,6 +22,7 @@ def test_defaults_and_coercion() -> None:
         ({"life_span": float("inf")}, "life_span"),
         ({"life_span": "5"}, "life_span"),
         ({"life_span": True}, "life_span"),
+        ({"life_span": 10**400}, "life_span"),  # beyond a float: ValueError, not OverflowError
         ({"life_span": 5, "run_after": -0.1}, "run_after"),
         ({"life_span": 5, "run_after": 5}, "run_after"),
         ({"life_span": 5, "run_after": 6}, "run_after"),
@@ -48,6 +49,7 @@ def test_invalid_config_names_the_field(kwargs: dict[str, object], field: str) -
         ({"placement": "spread"}, "placement"),
         ({"placement": None}, "placement"),
         ({"lost_after": 60.0, "prune_after": 30.0}, "prune_after"),
+        ({"lost_after": 10**400}, "lost_after"),
     ],
 )
 def test_invalid_group_config_names_the_field(kwargs: dict[str, object], field: str) -> None:

@@ -284,6 +284,34 @@ async def test_usage_errors_exit_2_with_one_line(args: tuple[str, ...]) -> None:
     assert done.stdout == ""
 
 
+async def test_help_does_not_show_secrets_from_the_environment() -> None:
+    done = await run_cli("--help", GOBUCKET_SECRET="s3cret-from-env",
+                         GOBUCKET_PAGES_TOKEN="token-from-the-env-0123")
+    assert done.returncode == 0, done.stderr
+    assert "--secret" in done.stdout and "--pages-token" in done.stdout
+    assert "s3cret-from-env" not in done.stdout
+    assert "token-from-the-env-0123" not in done.stdout
+
+
+@pytest.mark.parametrize(("env", "flag"), [
+    ({"GOBUCKET_PORT": "abc"}, "--port"),
+    ({"GOBUCKET_STOP_GRACE": "soon"}, "--stop-grace"),
+    ({"GOBUCKET_REPLICAS": "5"}, "--replicas"),
+    ({"GOBUCKET_LOOP": "trio"}, "--loop"),
+    ({"GOBUCKET_LOG_LEVEL": "verbose"}, "--log-level"),
+    ({"GOBUCKET_PLACEMENT": "spread"}, "--placement"),
+], ids=["port", "stop-grace", "replicas", "loop", "log-level", "placement"])
+async def test_bad_environment_values_exit_2_naming_the_flag(env: dict[str, str],
+                                                             flag: str) -> None:
+    done = await run_cli("--app", "tests.node_app:buckets", "--port", "0", **env) \
+        if flag != "--port" else await run_cli("--app", "tests.node_app:buckets", **env)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gobucket-node: error:"), done.stderr
+    assert flag in lines[0], lines[0]
+    assert "listening" not in done.stdout
+
+
 async def test_public_host_without_secret_is_refused() -> None:
     done = await run_cli("--app", "tests.node_app:buckets", "--host", "0.0.0.0", "--port", "0")
     assert done.returncode == 2, (done.stdout, done.stderr)

@@ -111,11 +111,11 @@ async def test_without_a_client_certificate_the_handshake_fails(
 
 def test_bad_tls_configuration_names_the_field(tmp_path: Path,
                                                 pki: dict[str, TLSConfig]) -> None:
-    with pytest.raises(ValueError, match="tls_cert: no such file"):
+    with pytest.raises(ValueError, match=r"cert \(--tls-cert\): no such file"):
         TLSConfig(str(tmp_path / "missing.pem"), pki["n1"].key)
-    with pytest.raises(ValueError, match="tls_ca"):
+    with pytest.raises(ValueError, match=r"ca \(--tls-ca\)"):
         TLSConfig(pki["n1"].cert, pki["n1"].key, str(tmp_path / "missing-ca.pem"))
-    with pytest.raises(ValueError, match="tls_cert/tls_key: cannot load"):
+    with pytest.raises(ValueError, match=r"cert/key \(--tls-cert/--tls-key\): cannot load"):
         TLSConfig(pki["n1"].cert, pki["n2"].key)  # a key that is not the certificate's
 
 

@@ -38,9 +38,9 @@ async def run(args: argparse.Namespace) -> int:
     rng = random.Random(args.seed)
     addrs = [args.node1, *[a for a in args.others.split(",") if a]]
     tls = None
-    if args.tls_cert or args.tls_key:
+    if args.tls_cert or args.tls_key or args.tls_ca:
         tls = TLSConfig(args.tls_cert, args.tls_key, args.tls_ca)
-    clients = {a: GroupClient(a, secret=args.secret, tls=tls) for a in addrs}
+    clients = {a: GroupClient(a, secret=args.secret or None, tls=tls) for a in addrs}
     for client in clients.values():
         await client.__aenter__()
     try:
@@ -151,7 +151,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main() -> int:
-    return asyncio.run(run(parser().parse_args()))
+    p = parser()
+    args = p.parse_args()
+    if (args.tls_cert or args.tls_key or args.tls_ca) and not (args.tls_cert and args.tls_key):
+        p.error("--tls-cert and --tls-key go together (--tls-ca needs both)")
+    try:
+        return asyncio.run(run(args))
+    except (ValueError, TypeError) as exc:  # a bad address or secret: one line, exit 2
+        p.exit(2, f"{p.prog}: error: {exc}\n")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,10 @@ from ..config import GroupConfig
 from .addresses import check_peer
 from .auth import Keyring
 from .protocol import MAX_NAME, is_name
+from .tls import TLSConfig
+from .transport import Transport
 
-__all__ = ["check_arguments", "check_listen"]
+__all__ = ["check_arguments", "check_listen", "check_options"]
 
 
 def check_arguments(config: GroupConfig, buckets: Mapping[str, TaskBucket],
@@ -24,6 +26,9 @@ def check_arguments(config: GroupConfig, buckets: Mapping[str, TaskBucket],
     """Check what every group is given; returns its buckets by name."""
     if not isinstance(config, GroupConfig):
         raise TypeError("config must be a GroupConfig")
+    if not isinstance(buckets, Mapping):
+        raise TypeError(f"buckets must be a mapping {{name: TaskBucket}}, got "
+                        f"{type(buckets).__name__}")
     if not buckets:
         raise ValueError("buckets must name at least one TaskBucket")
     for name, bucket in buckets.items():
@@ -41,6 +46,29 @@ def check_arguments(config: GroupConfig, buckets: Mapping[str, TaskBucket],
         raise ValueError(f"node_id must be a non-empty string of at most {MAX_NAME} "
                          f"printable characters without spaces, got {node_id!r}")
     return dict(buckets)
+
+
+def check_options(*, host: object, port_fallback: object, insecure: object, secret: object,
+                  advertise: object, tls: object, transport: object) -> None:
+    """Check the types of the group's keyword options, and ``advertise``'s form."""
+    for name, flag in (("insecure", insecure), ("port_fallback", port_fallback)):
+        if type(flag) is not bool:  # "false" would be truthy: refuse it
+            raise TypeError(f"{name} must be True or False, got {flag!r}")
+    if not isinstance(host, str):
+        raise TypeError(f"host must be a str (the address to listen on), got {host!r}")
+    if secret is not None and not isinstance(secret, str | Keyring):
+        raise TypeError(f"secret must be a str or a Keyring, got {type(secret).__name__}")
+    if tls is not None and not isinstance(tls, TLSConfig):
+        raise TypeError(f"tls must be a TLSConfig, got {type(tls).__name__}")
+    if transport is not None and not isinstance(transport, Transport):
+        raise TypeError(f"transport must be a Transport, got {type(transport).__name__}")
+    if advertise is not None:
+        if (not isinstance(advertise, str) or not advertise
+                or any(c.isspace() for c in advertise)):
+            raise ValueError(f"advertise must be 'host:port' (or a host alone, given the "
+                             f"port it listens on), got {advertise!r}")
+        if ":" in advertise.partition("/")[0]:
+            check_peer(advertise, "advertise")
 
 
 def check_listen(peers: list[str] | tuple[str, ...], host: str, secret: Keyring | None,

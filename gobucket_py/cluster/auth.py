@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 import time
 from collections.abc import Mapping
@@ -68,9 +69,15 @@ class Keyring:
     def __init__(self, keys: Mapping[str, str], *, max_skew: float = 30.0) -> None:
         if not keys:
             raise ValueError("secret must hold at least one key")
+        if (isinstance(max_skew, bool) or not isinstance(max_skew, int | float)
+                or not 0 < max_skew < math.inf):
+            raise ValueError(f"max_skew must be a finite number of seconds > 0, got {max_skew!r}")
         for key_id, secret in keys.items():
-            if not key_id or not isinstance(key_id, str) or "," in key_id or "=" in key_id:
-                raise ValueError(f"secret key id {key_id!r} is invalid")
+            if (not isinstance(key_id, str) or not key_id or "," in key_id or "=" in key_id
+                    or not key_id.isascii() or not key_id.isprintable() or " " in key_id):
+                # (it travels in a header: printable ASCII without spaces)
+                raise ValueError(f"secret key id {key_id!r} is invalid: use printable ASCII "
+                                 "without spaces, ',' or '='")
             if not isinstance(secret, str) or len(secret) < 8:
                 raise ValueError(f"secret for key {key_id!r} must be a string of >= 8 characters")
         self._keys = {k: v.encode() for k, v in keys.items()}
@@ -88,15 +95,18 @@ class Keyring:
         """``"secret"`` or ``"id1=secret1,id2=secret2"`` (first one signs)."""
         if not isinstance(spec, str) or not spec.strip():
             raise ValueError("secret must be a non-empty string")
-        if "=" not in spec:
+        parts = [part.strip().partition("=") for part in spec.split(",")]
+        # An entry is id=secret when both sides hold something; '=' only at
+        # the end is base64 padding: then the whole spec is one secret.
+        pairs = [bool(sep and key_id.strip() and secret.strip().strip("="))
+                 for key_id, sep, secret in parts]
+        if not any(pairs):
             return cls({"k0": spec.strip()}, max_skew=max_skew)
-        keys: dict[str, str] = {}
-        for part in spec.split(","):
-            key_id, sep, secret = part.strip().partition("=")
-            if not sep:
-                raise ValueError(f"secret entry {part!r} must be id=secret")
-            keys[key_id.strip()] = secret.strip()
-        return cls(keys, max_skew=max_skew)
+        if not all(pairs):
+            raise ValueError("secret: every entry of a key list must be id=secret "
+                             f"({pairs.count(False)} of {len(pairs)} are not)")
+        return cls({key_id.strip(): secret.strip() for key_id, _, secret in parts},
+                   max_skew=max_skew)
 
     def sign(self, method: str, path: str, body: bytes) -> dict[str, str]:
         """Headers that authenticate this request."""

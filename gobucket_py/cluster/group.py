@@ -45,7 +45,7 @@ from ..errors import BucketClosedError, PeerUnavailableError, UnknownBucketError
 from ..observe.events import EventFeed
 from ..task import DrainResult, FillResult, TaskInfo, TaskType
 from . import lifecycle
-from .arguments import check_arguments, check_listen
+from .arguments import check_arguments, check_listen, check_options
 from .auth import Keyring
 from .backups import Backups
 from .batches import BatchLedger
@@ -133,6 +133,8 @@ class TaskBucketGroup:
         #: Packs task data wherever it leaves this node and unpacks what comes in.
         self.codec = Codec(serializer)
         self.buckets = check_arguments(self.config, buckets, peers, port, node_id)
+        check_options(host=host, port_fallback=port_fallback, insecure=insecure, secret=secret,
+                      advertise=advertise, tls=tls, transport=transport)
         if isinstance(secret, str):
             secret = Keyring.parse(secret, max_skew=self.config.max_clock_skew)
         self.keyring = secret
@@ -199,12 +201,14 @@ class TaskBucketGroup:
 
     @property
     def node_id(self) -> str:
-        """This node's id (its advertised address unless given)."""
+        """This node's id (its advertised address unless given: over HTTP,
+        ``""`` until :meth:`start` has bound the port)."""
         return self._node_id or self.transport.address
 
     @property
     def address(self) -> str:
-        """``host:port`` as peers reach this node (final after ``start``)."""
+        """``host:port`` as peers reach this node (over HTTP, ``""`` until
+        :meth:`start` has bound the port)."""
         return self.transport.address
 
     @property
@@ -226,7 +230,8 @@ class TaskBucketGroup:
         return [m.info() for m in self._membership.members.values()]
 
     def capacity(self) -> dict[str, int]:
-        """Free slots per local bucket (0 while stopping)."""
+        """Free slots per local bucket (0 unless running: before start,
+        while stopping, after stop)."""
         if self.state is not GroupState.RUNNING:
             return dict.fromkeys(self.buckets, 0)
         return {name: b.free for name, b in self.buckets.items()}
@@ -293,7 +298,9 @@ class TaskBucketGroup:
     # -- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
-        """Listen, contact the seeds, and start probing. Start once."""
+        """Listen, contact the seeds, and start probing. Start once: a
+        second start raises RuntimeError; a port that cannot be bound raises
+        OSError (see ``port_fallback``)."""
         await lifecycle.start(self)
 
     async def stop(self) -> None:
@@ -353,7 +360,10 @@ class TaskBucketGroup:
         callback ``on_peer_schedule_failed`` is called for each peer that
         refused), :class:`PlacementUnknownError` (a peer may or may not
         have taken it: it was placed nowhere else; drain or get it to find
-        out), :class:`BucketClosedError` while stopping, and ``TypeError``
+        out), :class:`BucketClosedError` unless the group is running
+        (before start, while stopping, after stop), ``ValueError`` or
+        ``TypeError`` for a bad ``task_id``, ``task_type``, ``run_after`` or
+        ``life_span``, and ``TypeError``
         naming the type when its data could not travel to a peer (always
         for a task that overflows; for every task when
         ``config.check_payloads`` applies -- by default, whenever the group
@@ -432,7 +442,12 @@ class TaskBucketGroup:
         task could not say (unreachable, timed out, answered with an error,
         or dead but maybe only stalled): the task may still be live, so try
         again. A retried drain is safe: if the first one was applied, the
-        retry answers DRAINED.
+        retry answers DRAINED. Raises :class:`UnknownBucketError` for a
+        bucket this node does not have, and :class:`BucketClosedError`
+        before :meth:`start`. (NOT_FOUND has the exceptions listed in the
+        README's "Known limits": a holder that restarted forgets what ended
+        there; a seed never reached is presumed to hold nothing after
+        ``lost_after``.)
         """
         try:
             result = await self._lookup.drain(bucket, task_id)
@@ -448,7 +463,7 @@ class TaskBucketGroup:
         A task that ended recently is described with its terminal state
         (``type`` None); one whose holder was lost has state LOST. Raises
         :class:`PeerUnavailableError` when a node that may hold it could
-        not say (see :meth:`drain`)."""
+        not say; other errors as for :meth:`drain`."""
         try:
             info = await self._lookup.get(bucket, task_id)
         except PeerUnavailableError:

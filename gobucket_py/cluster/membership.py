@@ -6,8 +6,8 @@ it, and every rule that changes a member's state; its parts live beside it:
 
 - :mod:`.member`: the records (:class:`Member`, :class:`MemberState`,
   :class:`PeerInfo`) and the callbacks' signatures.
-- :mod:`.probing`: one probe target per ``probe_interval`` from a shuffled
-  round, indirect probes (``ping-req``) and the stream fallback, the void
+- :mod:`.probing`: one probe target per ``probe_interval``, in a rotation
+  by node id, indirect probes (``ping-req``) and the stream fallback, the void
   evidence that suspects no one, Lifeguard's local health.
 - :mod:`.suspicion`: Lifeguard suspicion (a timeout that scales with
   ``log10(N)`` and shortens with independent confirmations), then death,

@@ -33,9 +33,10 @@ class TLSConfig:
             if path is None and name == "ca":
                 continue
             if not isinstance(path, str) or not path:
-                raise ValueError(f"tls_{name}: must be a path to a PEM file, got {path!r}")
+                raise ValueError(f"{name} (--tls-{name}): must be a path to a PEM file, "
+                                 f"got {path!r}")
             if not os.path.isfile(path):
-                raise ValueError(f"tls_{name}: no such file {path!r}")
+                raise ValueError(f"{name} (--tls-{name}): no such file {path!r}")
         self.server_context()  # unreadable or mismatched files fail here, at configuration
         self.client_context()
 
@@ -65,11 +66,11 @@ class TLSConfig:
         try:
             context.load_cert_chain(self.cert, self.key)
         except (OSError, ssl.SSLError) as exc:
-            raise ValueError(f"tls_cert/tls_key: cannot load {self.cert!r} with "
+            raise ValueError(f"cert/key (--tls-cert/--tls-key): cannot load {self.cert!r} with "
                              f"{self.key!r}: {exc}") from exc
 
     def _trust(self, context: ssl.SSLContext) -> None:
         try:
             context.load_verify_locations(cafile=self.ca)
         except (OSError, ssl.SSLError) as exc:
-            raise ValueError(f"tls_ca: cannot load {self.ca!r}: {exc}") from exc
+            raise ValueError(f"ca (--tls-ca): cannot load {self.ca!r}: {exc}") from exc
