@@ -16,7 +16,6 @@ raises ``TypeError`` before anything is sent.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 from . import errors
@@ -27,6 +26,7 @@ from .cluster.protocol import Kind
 from .cluster.tls import TLSConfig
 from .cluster.transport import HttpTransport
 from .codec import Codec, Serializer
+from .config import check_positive
 from .task import DrainOutcome, DrainResult, FillResult, TaskInfo, TaskType
 
 __all__ = ["GroupClient"]
@@ -64,10 +64,7 @@ class GroupClient:
     def __init__(self, address: str, *, secret: str | None = None, timeout: float = 5.0,
                  tls: TLSConfig | None = None, serializer: Serializer | None = None) -> None:
         self.address = check_peer(address, "address")
-        if (isinstance(timeout, bool) or not isinstance(timeout, int | float)
-                or not 0 < timeout < math.inf):
-            raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
-        self.timeout = float(timeout)
+        self.timeout = check_positive("timeout", timeout)
         #: Packs task data as the nodes do (``serializer`` must be theirs).
         self.codec = Codec(serializer)
         keyring = None if secret is None else Keyring.parse(secret)

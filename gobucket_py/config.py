@@ -132,7 +132,8 @@ def _replicas(value: object) -> int:
     return value
 
 
-def _positive(name: str, value: object) -> float:
+def check_positive(name: str, value: object) -> float:
+    """Validate a duration in seconds (a finite number > 0)."""
     number = _check_number(name, value)
     if number <= 0:
         raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
@@ -255,7 +256,7 @@ class GroupConfig:
         for name in ("probe_interval", "probe_timeout", "suspicion_timeout", "rejoin_interval",
                      "forward_timeout", "request_timeout", "max_clock_skew",
                      "settle_timeout", "lost_after", "prune_after", "promote_grace"):
-            object.__setattr__(self, name, _positive(name, getattr(self, name)))
+            object.__setattr__(self, name, check_positive(name, getattr(self, name)))
         object.__setattr__(self, "stop_grace", check_delay("stop_grace", self.stop_grace))
         if self.promote_after is not None:
             object.__setattr__(self, "promote_after",

@@ -34,10 +34,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import math
 import secrets
 import time
 from collections.abc import Mapping
+
+from ..config import check_positive
 
 __all__ = ["AuthError", "Keyring", "ReplayStoreFull"]
 
@@ -69,9 +70,7 @@ class Keyring:
     def __init__(self, keys: Mapping[str, str], *, max_skew: float = 30.0) -> None:
         if not keys:
             raise ValueError("secret must hold at least one key")
-        if (isinstance(max_skew, bool) or not isinstance(max_skew, int | float)
-                or not 0 < max_skew < math.inf):
-            raise ValueError(f"max_skew must be a finite number of seconds > 0, got {max_skew!r}")
+        check_positive("max_skew", max_skew)
         for key_id, secret in keys.items():
             if (not isinstance(key_id, str) or not key_id or "," in key_id or "=" in key_id
                     or not key_id.isascii() or not key_id.isprintable() or " " in key_id):
