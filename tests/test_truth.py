@@ -182,6 +182,111 @@ async def test_drain_of_an_unsettled_fill_voids_it_so_it_never_runs_later(
     assert runs(cluster, "job") == 0
 
 
+def third(caught: pytest.ExceptionInfo[PlacementUnknownError]) -> str:
+    """The peer of spread()'s n1 that is not the holder named by ``caught``."""
+    return next(n for n in ("n2", "n3") if n != caught.value.node_id)
+
+
+@pytest.mark.parametrize("op", ["drain", "get"])
+async def test_a_third_node_is_unknown_while_the_origin_cannot_settle_its_forward(
+        cluster: Cluster, op: str) -> None:
+    # The holder has not seen the batch (yet): its "not here" proves nothing,
+    # and the origin, which cannot settle the forward, must not add its own.
+    n1 = await spread(cluster)
+    held, settle_fails = hold_fills(n1)
+    with pytest.raises(PlacementUnknownError) as caught:
+        await n1.fill("jobs", "job", task_type=BOMB)
+    asker = cluster.groups[third(caught)]
+    with pytest.raises(PeerUnavailableError, match="not settled"):
+        await (asker.drain if op == "drain" else asker.get)("jobs", "job")
+    late = await deliver(n1, held[0])  # the batch turns up: taken
+    assert late["results"] == ["ok"]
+    settle_fails.clear()
+    if op == "drain":  # asked again, the third node finds it and drains it
+        result = await asker.drain("jobs", "job")
+        assert result.outcome is DrainOutcome.DRAINED
+        assert result.node_id == caught.value.node_id
+        await asyncio.sleep(40)
+        assert runs(cluster, "job") == 0
+    else:
+        info = await asker.get("jobs", "job")
+        assert info is not None and info.state is TaskState.PENDING
+
+
+@pytest.mark.parametrize("op", ["drain", "get"])
+async def test_a_third_node_gets_a_certain_answer_once_the_origin_settles(
+        cluster: Cluster, op: str) -> None:
+    n1 = await spread(cluster)
+    held, settle_fails = hold_fills(n1)
+    with pytest.raises(PlacementUnknownError) as caught:
+        await n1.fill("jobs", "job", task_type=BOMB)
+    settle_fails.clear()
+    asker = cluster.groups[third(caught)]
+    # Asked by a peer, the origin settles its forward first (void: the batch
+    # has not arrived), so "not here" is certain...
+    if op == "drain":
+        assert (await asker.drain("jobs", "job")).outcome is DrainOutcome.NOT_FOUND
+    else:
+        assert await asker.get("jobs", "job") is None
+    assert n1._routes.get("jobs", "job") is None
+    late = await deliver(n1, held[0])
+    assert late["results"] == ["void"]  # ...and the late batch is refused for good
+    await asyncio.sleep(40)
+    assert runs(cluster, "job") == 0
+
+
+async def test_a_third_node_is_relayed_the_holders_answer_when_the_batch_had_arrived(
+        cluster: Cluster) -> None:
+    n1 = await spread(cluster)
+    held, settle_fails = hold_fills(n1)
+    with pytest.raises(PlacementUnknownError) as caught:
+        await n1.fill("jobs", "job", task_type=BOMB)
+    holder = caught.value.node_id
+    asker = cluster.groups[third(caught)]
+    answered = asyncio.Event()
+    asker_call, origin_call = asker.transport.call, n1.transport.call
+
+    async def ask(addr: str, k: Kind, message: dict[str, Any], timeout: float
+                  ) -> dict[str, Any]:
+        reply = await asker_call(addr, k, message, timeout)
+        if k is Kind.DRAIN and addr == holder:
+            assert reply["outcome"] == "not_found"  # the batch has not arrived
+            answered.set()
+        return reply
+
+    async def settle(addr: str, k: Kind, message: dict[str, Any], timeout: float
+                     ) -> dict[str, Any]:
+        if k is Kind.SETTLE and held:
+            # The holder said "not here" to the third node; only now does
+            # the batch arrive, before the origin settles it.
+            await answered.wait()
+            await deliver(n1, held.pop())
+            settle_fails.clear()
+        return await origin_call(addr, k, message, timeout)
+
+    asker.transport.call = ask  # type: ignore[method-assign]
+    n1.transport.call = settle  # type: ignore[method-assign]
+    result = await asker.drain("jobs", "job")
+    assert not held  # delivered during the drain
+    assert result.outcome is DrainOutcome.DRAINED and result.node_id == holder
+    await asyncio.sleep(40)
+    assert runs(cluster, "job") == 0
+
+
+async def test_a_third_node_hears_lost_from_the_origin_of_a_lost_task(
+        cluster: Cluster) -> None:
+    n1 = await spread(cluster)
+    placed = await n1.fill("jobs", "job", task_type=BOMB)
+    asker = next(n for n in ("n2", "n3") if n != placed.node_id)
+    cluster.net.hang(placed.node_id)
+    await asyncio.sleep(CFG.lost_after + 3)  # presumed lost: reported by n1
+    assert (await n1.drain("jobs", "job")).outcome is DrainOutcome.LOST
+    result = await cluster.groups[asker].drain("jobs", "job")
+    assert result.outcome is DrainOutcome.LOST and result.node_id == placed.node_id
+    info = await cluster.groups[asker].get("jobs", "job")
+    assert info is not None and info.state is TaskState.LOST
+
+
 async def test_unsettled_handoff_is_settled_by_the_origin_and_reported_lost(
         cluster: Cluster) -> None:
     n1 = await cluster.add("n1", max_bucket=1)

@@ -148,6 +148,37 @@ class Lookup:
             self._check_backups(bucket, task_id)
         return ended
 
+    async def routed(self, kind: Kind, bucket: str, task_id: str) -> Answer:
+        """For a peer's DRAIN or GET that found nothing here: what this node,
+        the task's origin, knows of where it sent it. A task reported lost
+        from here is LOST. A forward this node could not settle may still
+        reach its holder, whose "not here" to the asker then proves nothing:
+        it is settled first, and the holder's answer relayed if it took the
+        task. None: not here, and not on its way from here. Raises
+        :class:`Unknown` when the forward cannot be settled."""
+        group = self.group
+        routes = group._routes
+        route = routes.get(bucket, task_id)
+        if route is None:
+            return None
+        if is_lost(route):
+            return _lost(kind, bucket, task_id, route[0])
+        pending = routes.unsettled.get((bucket, task_id)) if routes.unsettled else None
+        if pending is None:
+            return None  # settled: the asker asks its holder itself
+        member = group._members.members.get(route[0])
+        if member is None or member.boot != route[1]:
+            return None  # it restarted (its tasks are reported lost) or was pruned
+        if await self._took(member, bucket, task_id, pending):
+            answer = await self._ask(member, kind, bucket, task_id)
+            if kind is Kind.DRAIN or answer is None or answer.state.terminal:
+                routes.forget(bucket, task_id)  # it ended: a definite answer
+            return answer
+        if pending[1]:  # handed off there and never taken: lost
+            return self._lost_answer(kind, bucket, task_id, route[0])
+        routes.forget(bucket, task_id)  # a fill that was never placed there
+        return None
+
     def _check_backups(self, bucket: str, task_id: str) -> None:
         """A backup held here whose primary is not alive may be taken over here."""
         if self.group._backups.records and self.group._backups.at_risk(bucket, task_id):

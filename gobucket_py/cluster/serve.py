@@ -10,8 +10,9 @@ a sequence number (:mod:`.batches`): one that arrives twice is answered as
 the first time, and one the sender settled as void is refused.
 
 DRAIN and GET are answered by :mod:`.lookup`: a task held here, handed off
-from here (followed), or ended here; ``unknown`` in the reply when a node
-this one asked could not say.
+from here (followed), ended here, or forwarded from here and reported lost
+or not settled yet (settled first, then followed); ``unknown`` in the reply
+when a node this one asked could not say.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from ..errors import (
     ProtocolError,
     UnknownBucketError,
 )
-from ..task import Task, TaskState, TaskType
+from ..task import DrainOutcome, Task, TaskState, TaskType
 from .batches import VOID, expand
 from .columns import BackupBatch, FillBatch, read_columns, read_fill
 from .items import decode_item, pack_info
@@ -198,13 +199,20 @@ class PeerServer:
         task_id = field(message, "id", str)
         group._bucket(bucket)  # an unknown bucket is a 404 before anything else
         asker = membership.heard(sender)
+        lookup = group._lookup
         try:
             if kind is Kind.DRAIN:
                 if asker is not None:
                     group._ended.forget(bucket, task_id, asker.node_id)
-                reply = drain_reply(*await group._lookup.drain_here(bucket, task_id))
+                drained = await lookup.drain_here(bucket, task_id)
+                if drained[0] is DrainOutcome.NOT_FOUND:
+                    drained = await lookup.routed(kind, bucket, task_id) or drained
+                reply = drain_reply(*drained)
             else:
-                reply = get_reply(await group._lookup.get_here(bucket, task_id))
+                info = await lookup.get_here(bucket, task_id)
+                if info is None:
+                    info = await lookup.routed(kind, bucket, task_id)
+                reply = get_reply(info)
         except Unknown as exc:
             reply = {"v": 1, "unknown": str(exc)}
         reply["from"] = membership.header()
