@@ -371,7 +371,8 @@ async def test_with_peers_every_fill_checks_its_data_up_front(mesh: Mesh) -> Non
     assert "task 'local' in bucket 'jobs' was not accepted" in str(refused.value)
     assert "type 'set' is not serializable" in str(refused.value)
     assert len(mesh.bucket("n1")) == 0 and "local" not in mesh.bucket("n1")
-    results = await n1.fill_many("jobs", [("a", RICH), ("b", object()), ("c", None)])
+    results = await n1.fill_many("jobs", [("a", RICH), ("b", object()), ("c", None)],
+                                 task_type=BOMB)  # (immediates may have run by now)
     assert isinstance(results[0], FillResult) and isinstance(results[2], FillResult)
     assert isinstance(results[1], TypeError) and "type 'object'" in str(results[1])
     assert sorted(t.id for t in mesh.bucket("n1")) == ["a", "c"]

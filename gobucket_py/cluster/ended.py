@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,10 @@ from .protocol import Kind
 if TYPE_CHECKING:
     from .group import TaskBucketGroup
 
-__all__ = ["EndedNotices"]
+__all__ = ["EndedNotices", "Notice"]
+
+#: A checked ENDED notice: ended ids by bucket, moves, promotions, reschedules.
+Notice = tuple[list[tuple[str, list[str]]], list[list[Any]], list[list[str]], list[list[Any]]]
 
 log = logging.getLogger("gobucket_py")
 
@@ -55,6 +59,8 @@ class EndedNotices:
         self._moved: dict[str, list[list[Any]]] = {}
         # origin -> [bucket, id, primary]: tasks this node took over as a backup
         self._promoted: dict[str, list[list[str]]] = {}
+        # origin -> (bucket, id) -> the task (rescheduled here: its new deadline)
+        self._extended: dict[str, dict[tuple[str, str], Task]] = {}
         self._timer: asyncio.TimerHandle | None = None
 
     # -- the holder's side --------------------------------------------------------------
@@ -128,6 +134,15 @@ class EndedNotices:
         self._moved.setdefault(origin, []).append(entry)
         self._arm()
 
+    def rescheduled(self, task: Task) -> None:
+        """A bucket's reschedule watcher: a task forwarded here now ends
+        later (or sooner); its origin keeps its route until the new deadline
+        (past the old one, a crash here would otherwise go unreported)."""
+        origin = self.origins.get(task.bucket, {}).get(task.id)
+        if origin is not None:
+            self._extended.setdefault(origin, {})[(task.bucket, task.id)] = task
+            self._arm()
+
     def promoted(self, bucket: str, task_id: str, origin: str, primary: str) -> None:
         """This node took over, as its backup, a task ``origin`` had
         forwarded to ``primary`` (which died): the origin's route follows."""
@@ -142,17 +157,16 @@ class EndedNotices:
         self._timer = None
         members = self.group._members.members
         waiting = False
-        for origin in set(self._ended) | set(self._moved) | set(self._promoted):
+        for origin in self._origins():
             member = members.get(origin)
             if member is not None and member.state is MemberState.DEAD and not member.lost:
                 waiting = True  # it may only be stalled or cut off: tell it when it is back
                 continue
-            ended = self._ended.pop(origin, {})
-            moved = self._moved.pop(origin, [])
-            promoted = self._promoted.pop(origin, [])
+            ended, moved, promoted, extended = self._take(origin)
             if member is None or member.state not in (MemberState.ALIVE, MemberState.SUSPECT):
                 continue  # gone, leaving or presumed lost: nobody to tell
-            self.group._spawn(self._send(origin, member.addr, ended, moved, promoted))
+            self.group._spawn(self._send(origin, member.addr, ended, moved, promoted,
+                                         extended))
         if waiting and self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(
                 self.group.config.probe_interval, self._flush)
@@ -165,23 +179,38 @@ class EndedNotices:
             self._timer = None
         members = self.group._members.members
         sends = []
-        for origin in set(self._ended) | set(self._moved) | set(self._promoted):
-            ended = self._ended.pop(origin, {})
-            moved = self._moved.pop(origin, [])
-            promoted = self._promoted.pop(origin, [])
+        for origin in self._origins():
+            ended, moved, promoted, extended = self._take(origin)
             member = members.get(origin)
             if member is not None and member.state is not MemberState.LEFT and not member.lost:
-                sends.append(self._send(origin, member.addr, ended, moved, promoted,
+                sends.append(self._send(origin, member.addr, ended, moved, promoted, extended,
                                         retry=False))
         await asyncio.gather(*sends)
 
+    def _origins(self) -> set[str]:
+        return set(self._ended) | set(self._moved) | set(self._promoted) | set(self._extended)
+
+    def _take(self, origin: str) -> tuple[dict[str, list[str]], list[list[Any]],
+                                          list[list[str]], list[list[Any]]]:
+        """The notices waiting for ``origin``, taken off the queues. A
+        rescheduled task is reported with its seconds left, read now: the
+        nodes' clocks are not compared."""
+        extended = []
+        for (bucket, task_id), task in self._extended.pop(origin, {}).items():
+            if not task.state.terminal:  # (an ended one is in ``ended``)
+                extended.append([bucket, task_id, task.seconds_left])
+        return (self._ended.pop(origin, {}), self._moved.pop(origin, []),
+                self._promoted.pop(origin, []), extended)
+
     async def _send(self, origin: str, addr: str, ended: dict[str, list[str]],
-                    moved: list[list[Any]], promoted: list[list[str]], *,
-                    retry: bool = True) -> None:
+                    moved: list[list[Any]], promoted: list[list[str]],
+                    extended: list[list[Any]], *, retry: bool = True) -> None:
         group = self.group
         message = {"v": 1, "from": group._members.header(), "ended": ended, "moved": moved}
         if promoted:
             message["promoted"] = promoted
+        if extended:
+            message["extended"] = extended
         try:
             await group.transport.call(addr, Kind.ENDED, message, group.config.request_timeout)
         except GobucketError as exc:  # try again with the next batch
@@ -194,13 +223,18 @@ class EndedNotices:
             self._moved.setdefault(origin, []).extend(moved)
             if promoted:
                 self._promoted.setdefault(origin, []).extend(promoted)
+            if extended:  # read again when sent: the seconds left will be fewer
+                where = self.origins
+                for bucket, task_id, _ in extended:
+                    task = self.group.buckets[bucket].get(task_id)
+                    if task is not None and where.get(bucket, {}).get(task_id) == origin:
+                        self._extended.setdefault(origin, {})[(bucket, task_id)] = task
             self._arm()
 
     # -- the origin's side ----------------------------------------------------------------
 
     @staticmethod
-    def check(message: dict[str, Any]) -> tuple[list[tuple[str, list[str]]], list[list[Any]],
-                                                list[list[str]]]:
+    def check(message: dict[str, Any]) -> Notice:
         """Validate an ENDED notice (``ProtocolError``, a 400, if malformed)."""
         ended, moved = message.get("ended"), message.get("moved")
         promoted = message.get("promoted", [])
@@ -222,19 +256,25 @@ class EndedNotices:
                     or not all(type(v) is int for v in entry[5:])):
                 raise ProtocolError("ended notice: each move is [bucket, id, node, boot] "
                                     "or [bucket, id, node, boot, sender boot, batch, index]")
-        return checked, moved, promoted
+        extended = message.get("extended", [])
+        if not isinstance(extended, list) or not all(
+                isinstance(e, list) and len(e) == 3 and isinstance(e[0], str)
+                and isinstance(e[1], str) and type(e[2]) in (int, float)
+                and math.isfinite(e[2]) for e in extended):
+            raise ProtocolError("ended notice: each reschedule is [bucket, id, seconds left]")
+        return checked, moved, promoted, extended
 
-    def apply(self, sender: str, sender_boot: str,
-              notice: tuple[list[tuple[str, list[str]]], list[list[Any]], list[list[str]]]
-              ) -> None:
+    def apply(self, sender: str, sender_boot: str, notice: Notice) -> None:
         """Drop the routes of tasks ``sender`` says ended; move those it
-        handed off (and settle those it could not settle) or took over."""
-        checked, moved, promoted = notice
+        handed off (and settle those it could not settle) or took over;
+        keep those it rescheduled until their new deadline."""
+        checked, moved, promoted, extended = notice
         group = self.group
         routes = group._routes
+        now = asyncio.get_running_loop().time()
         for bucket, ids in checked:
             for task_id in ids:
-                routes.ended(bucket, task_id, sender)
+                routes.ended(bucket, task_id, sender, now)
         for bucket, task_id, node, boot, *rest in moved:
             slot = (rest[0], rest[1], rest[2]) if rest else None
             if routes.move(bucket, task_id, sender, node, boot, slot):
@@ -244,4 +284,6 @@ class EndedNotices:
                     group._losses.gone_already(node, boot)
         for bucket, task_id, primary in promoted:
             routes.move(bucket, task_id, primary, sender, sender_boot)
+        for bucket, task_id, left in extended:
+            routes.extend(bucket, task_id, sender, now, left)
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import GobucketError, NoBackupRoomError
+from ..errors import BucketClosedError, GobucketError, NoBackupRoomError
 from ..task import FillResult, Task, TaskType
 from .forward import Item
 from .items import encode_item, task_times
@@ -27,7 +27,9 @@ if TYPE_CHECKING:
     from ..bucket import TaskBucket
     from .group import TaskBucketGroup
 
-__all__ = ["Fills", "cannot_travel"]
+__all__ = ["Fills", "cannot_travel", "detached"]
+
+T = TypeVar("T")
 
 #: Tasks per slice of a replicated ``fill_many``: filled here, then their
 #: backups sent while the next slice is filled.
@@ -57,13 +59,43 @@ class Fills:
     async def many(self, bucket: str, tasks: Mapping[str, Any] | Iterable[tuple[str, Any]],
                    task_type: TaskType, run_after: float | None,
                    life_span: float | None) -> list[FillResult | Exception]:
-        """The body of :meth:`~gobucket_py.TaskBucketGroup.fill_many`."""
-        group = self.group
-        local = group._open_bucket(bucket)
-        counts = group.fill_counts[bucket]
+        """The body of :meth:`~gobucket_py.TaskBucketGroup.fill_many`.
+
+        What concerns every task is checked first; then the tasks are placed
+        in a task of their own, which a cancelled caller does not cancel: a
+        forward on the wire is settled and its route kept (so ``drain`` and
+        loss reports find the task) whether or not anyone waits for it."""
+        local = self.group._open_bucket(bucket)
         ra, ls = task_times(local, task_type, run_after, life_span)
+        return await detached(self.group, self._many(local, tasks, task_type, run_after,
+                                                     life_span, ra, ls))
+
+    async def _many(self, local: TaskBucket, tasks: Mapping[str, Any] | Iterable[tuple[str, Any]],
+                    task_type: TaskType, run_after: float | None, life_span: float | None,
+                    ra: float, ls: float) -> list[FillResult | Exception]:
+        # Each task being placed holds its id in ``results`` until its result
+        # is known: if the group stops meanwhile it gets PlacementUnknownError.
+        results: list[FillResult | Exception | str | None] = []
+        try:
+            return await self._place_many(local, tasks, task_type, run_after, life_span,
+                                          ra, ls, results)
+        except asyncio.CancelledError:  # stop(): nobody is left waiting without an answer
+            overflow = self.group._overflow
+            return [overflow.interrupted(local.name, r) if isinstance(r, str)
+                    else r if r is not None
+                    else BucketClosedError(f"node {self.group.node_id} stopped before this "
+                                           "task was filled")
+                    for r in results]
+
+    async def _place_many(self, local: TaskBucket,
+                          tasks: Mapping[str, Any] | Iterable[tuple[str, Any]],
+                          task_type: TaskType, run_after: float | None, life_span: float | None,
+                          ra: float, ls: float, results: list[FillResult | Exception | str | None]
+                          ) -> list[FillResult | Exception]:
+        group = self.group
+        bucket = local.name
+        counts = group.fill_counts[bucket]
         pairs = tasks.items() if isinstance(tasks, Mapping) else tasks
-        results: list[FillResult | Exception | None] = []
         check, codec, node_id = self.checks_payloads(), group.codec, group.node_id
 
         def overflow(pairs: Iterable[tuple[str, Any]], here: list[int] | None = None,
@@ -95,7 +127,7 @@ class Fills:
                 except (GobucketError, TypeError, ValueError) as exc:
                     results.append(exc)
                     continue
-                results.append(None)
+                results.append(task_id)
                 yield len(results) - 1, item
 
         replicated = task_type is TaskType.TIME_BOMB and bucket in group._replicas.ks
@@ -131,12 +163,10 @@ class Fills:
                 filled.append(task)
             if replicated and filled:
                 await self._back_up_slice(local, results, here, filled)
-            assert all(r is not None for r in results)
-            return results  # type: ignore[return-value]
+            return _done(results)
         if not replicated:
             await group._overflow.place_many(bucket, overflow(pairs), results)
-            assert all(r is not None for r in results)
-            return results  # type: ignore[return-value]
+            return _done(results)
         # Replicated: a slice at a time, each slice's backups on the wire
         # while the next slice is filled (the peers store as this node fills).
         backing: list[asyncio.Task[None]] = []
@@ -159,10 +189,10 @@ class Fills:
             for pending in backing:
                 if not pending.done():
                     pending.cancel()
-        assert all(r is not None for r in results)
-        return results  # type: ignore[return-value]
+        return _done(results)
 
-    async def _back_up_slice(self, local: TaskBucket, results: list[FillResult | Exception | None],
+    async def _back_up_slice(self, local: TaskBucket,
+                             results: list[FillResult | Exception | str | None],
                              indexes: list[int], tasks: list[Task]) -> None:
         """Back up ``tasks``, filled here for ``results[indexes]`` (one slice of
         a ``fill_many``; two lists, not pairs: fewer objects for the GC to
@@ -189,7 +219,7 @@ class Fills:
             item = encode_item(local.name, task_id, data, task_type, ra, ls, group.codec)
         except TypeError:
             return None  # it cannot travel: here (checked as the local fill checks it)
-        if not await group._overflow.offer(member, item):
+        if not await detached(group, group._overflow.offer(member, item)):
             return None
         return FillResult(local.name, task_id, member.node_id, True)
 
@@ -223,3 +253,23 @@ class Fills:
             f"task {task.id!r} in bucket {local.name!r} was not accepted: it needs "
             f"{k} backup(s) on other alive nodes (replicas={k}) and too few peers had "
             "room (or its data is not serializable)")
+
+
+def _done(results: list[FillResult | Exception | str | None]) -> list[FillResult | Exception]:
+    """``results`` once every task in it has its result."""
+    assert not any(r is None or isinstance(r, str) for r in results)
+    return results  # type: ignore[return-value]
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # its caller may be gone: no "never retrieved" warning
+
+
+async def detached(group: TaskBucketGroup, placing: Coroutine[Any, Any, T]) -> T:
+    """Await ``placing`` in a task of its own, which cancelling the caller
+    does not cancel: a placement under way settles its forwards and keeps
+    their routes either way (the caller's cancel is not a peer's answer)."""
+    task = group._spawn(placing)
+    task.add_done_callback(_retrieve)
+    return await asyncio.shield(task)

@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from itertools import islice
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import (
     ClusterFullError,
@@ -123,17 +123,18 @@ class Overflow:
         except (Exception, asyncio.CancelledError) as exc:  # stop(), or a bug: no caller hangs
             for future, item in zip(waiting.futures, waiting.items, strict=True):
                 if not future.done():
-                    future.set_exception(self._interrupted(item))
+                    future.set_exception(self.interrupted(bucket, item[1]))
             if isinstance(exc, asyncio.CancelledError):
                 raise
             log.exception("placing overflowing fills failed event=overflow_error node=%s "
                           "bucket=%s", self.group.node_id, bucket)
 
-    def _interrupted(self, item: Item) -> GobucketError:
+    def interrupted(self, bucket: str, task_id: str) -> PlacementUnknownError:
+        """The error of a task whose placement this node's stop cut short."""
         return PlacementUnknownError(
-            f"node {self.group.node_id} stopped while placing task {item[1]!r}; it may "
-            "have been placed on a peer: drain or get it to find out",
-            node_id=self.group.node_id, task_id=item[1])
+            f"node {self.group.node_id} stopped while placing task {task_id!r} in bucket "
+            f"{bucket!r}; it may have been placed on a peer: drain or get it to find out",
+            node_id=self.group.node_id, task_id=task_id)
 
     async def place_many(self, bucket: str, overflow: Iterable[tuple[int, Item]],
                          results: Results, spill: list[int] | None = None) -> None:
@@ -157,8 +158,10 @@ class Overflow:
         room = {m: m.estimate(bucket) for m in pool}
         room_of = room.__getitem__
         waiting: dict[Member, tuple[list[int], list[Item]]] = {}
+        # (peer, indexes, items, its verdicts, loop time sent, peer's boot id then)
         sent: list[tuple[Member, list[int], list[Item],
-                         asyncio.Future[list[str | GobucketError]]]] = []
+                         asyncio.Future[list[str | GobucketError]], float, str]] = []
+        loop = asyncio.get_running_loop()
         retry: list[tuple[int, Item, dict[str, str]]] = []
         overflow = iter(overflow)
         for index, item in overflow:
@@ -180,20 +183,23 @@ class Overflow:
                 room[member] -= len(taken)
             if len(share[1]) >= size:
                 del waiting[member]
-                sent.append((member, *share, forwarder.send_many(member, share[1])))
+                sent.append((member, *share, forwarder.send_many(member, share[1]),
+                             loop.time(), member.boot))
                 await asyncio.sleep(0)  # let the pumps put it on the wire
                 for m in pool:
                     room[m] = m.estimate(bucket) - (len(waiting[m][1]) if m in waiting else 0)
                 pool = [m for m in pool if room[m] > 0 and m.state is MemberState.ALIVE]
             elif room[member] <= 0:
                 pool.remove(member)
-        sent.extend((member, *share, forwarder.send_many(member, share[1]))
+        now = loop.time()
+        sent.extend((member, *share, forwarder.send_many(member, share[1]), now, member.boot)
                     for member, share in waiting.items())
 
         async def settle(member: Member, indexes: list[int], items: list[Item],
-                         future: asyncio.Future[list[str | GobucketError]]) -> None:
+                         future: asyncio.Future[list[str | GobucketError]], at: float,
+                         boot: str) -> None:
             retry.extend(self._settle_many(bucket, member, indexes, items, await future,
-                                           results))
+                                           results, at, boot))
 
         # Each batch is settled as its reply comes: a slow peer holds back only its own.
         if len(sent) == 1:
@@ -218,11 +224,12 @@ class Overflow:
             await asyncio.gather(*(again(*r) for r in retry))
 
     def _settle_many(self, bucket: str, member: Member, indexes: list[int], items: list[Item],
-                     outcomes: list[str | GobucketError], results: Results
-                     ) -> list[tuple[int, Item, dict[str, str]]]:
-        """Act on a peer's answers to one batch: fill in ``results`` for what
-        it took (remembering where, by life span) or what cannot be retried;
-        return what to try elsewhere."""
+                     outcomes: list[str | GobucketError], results: Results, sent: float,
+                     boot: str) -> list[tuple[int, Item, dict[str, str]]]:
+        """Act on a peer's answers to one batch (sent at loop time ``sent``
+        to its incarnation ``boot``): fill in ``results`` for what it took
+        (remembering where, by life span) or what cannot be retried; return
+        what to try elsewhere."""
         node = member.node_id
         group = self.group
         if outcomes.count("ok") == len(items):  # the common case: the peer took them all
@@ -234,7 +241,7 @@ class Overflow:
                 placed = {}
                 for item in items:
                     placed.setdefault(item[5], []).append(item[1])
-            self._remember(bucket, member, placed)
+            self._remember(bucket, member, placed, sent, boot)
             return []
         placed = {}
         retry = []
@@ -247,23 +254,34 @@ class Overflow:
                 continue
             rejections: dict[str, str] = {}
             try:
-                self._settle(member, item, outcome, rejections)  # not "ok": False or raises
+                self._settle(member, item, outcome, rejections, sent=sent,
+                             boot=boot)  # False or raises
                 retry.append((index, item, rejections))
             except DuplicateTaskError as exc:
                 results[index] = exc
-        self._remember(bucket, member, placed)
+        self._remember(bucket, member, placed, sent, boot)
         for item, outcome in zip(items, outcomes, strict=True):
             if isinstance(outcome, Unsettled) and outcome.slot is not None:
                 group._routes.unsure(bucket, item[1], outcome.slot, False)
         return retry
 
-    def _remember(self, bucket: str, member: Member, placed: dict[float, list[str]]) -> None:
-        """Route each placed id (by life span) to ``member``, and count them."""
+    def _remember(self, bucket: str, member: Member, placed: dict[float, list[str]],
+                  sent: float, boot: str) -> None:
+        """Route each placed id (by life span) to ``member`` in incarnation
+        ``boot``, and count them."""
         group = self.group
         now = asyncio.get_running_loop().time()
         for life_span, ids in placed.items():
-            group._routes.add(bucket, member.node_id, member.boot, now, life_span, ids)
+            group._routes.add(bucket, member.node_id, boot, now, life_span, ids, sent)
             group.fill_counts[bucket][1] += len(ids)
+        self._still_there(member, boot)
+
+    def _still_there(self, member: Member, boot: str) -> None:
+        """Routes to ``member`` in ``boot`` were just added: if that
+        incarnation restarted or was presumed lost while the forward was on
+        its way, its loss was reported without them; report them now."""
+        if member.boot != boot or member.lost:
+            self.group._losses.gone_already(member.node_id, boot)
 
     async def _cluster_full(self, item: Item, rejections: dict[str, str]) -> ClusterFullError:
         """Report each refusal to ``on_peer_schedule_failed``; the error to raise."""
@@ -323,18 +341,27 @@ class Overflow:
         member = pick(pool, lambda m: m.estimate(bucket), rng)  # where: two choices
         return member if member.estimate(bucket) > local.free else None
 
-    async def offer(self, member: Member, item: Item) -> bool:
-        """One try at ``member`` (see :meth:`roomier`): True if it took the
-        task. Raises DuplicateTaskError, or PlacementUnknownError when it
-        may or may not have taken it."""
+    def offer(self, member: Member, item: Item) -> Coroutine[Any, Any, bool]:
+        """One try at ``member`` (see :meth:`roomier`), queued at once (the
+        next choice counts it); the coroutine returned awaits the answer:
+        True if it took the task. It raises DuplicateTaskError, or
+        PlacementUnknownError when the peer may or may not have taken it
+        (the group stopped meanwhile, say)."""
         group = self.group
         assert group._forwarder is not None
+        sent, boot = asyncio.get_running_loop().time(), member.boot
+        return self._offered(member, item, group._forwarder.send(member, item), sent, boot)
+
+    async def _offered(self, member: Member, item: Item, verdict: asyncio.Future[str],
+                       sent: float, boot: str) -> bool:
         try:
-            outcome: str | GobucketError = await group._forwarder.send(member, item)
+            outcome: str | GobucketError = await verdict
         except GobucketError as exc:
             outcome = exc
-        if self._settle(member, item, outcome, {}):
-            group.fill_counts[item[0]][1] += 1
+        except asyncio.CancelledError:  # stop(): the caller still gets an answer
+            raise self.interrupted(item[0], item[1]) from None
+        if self._settle(member, item, outcome, {}, sent=sent, boot=boot):
+            self.group.fill_counts[item[0]][1] += 1
             return True
         return False
 
@@ -363,26 +390,30 @@ class Overflow:
             if not pool:
                 break
             member = pick(pool, lambda m: m.estimate(bucket), rng)
+            sent, boot = asyncio.get_running_loop().time(), member.boot
             try:
                 outcome: str | GobucketError = await forwarder.send(member, item, handoff=handoff)
             except GobucketError as exc:
                 outcome = exc
-            if self._settle(member, item, outcome, rejections, handoff):
+            if self._settle(member, item, outcome, rejections, handoff, sent=sent, boot=boot):
                 return member, rejections
             if rejections[member.node_id] != "full":
                 failed += 1
         return None, rejections
 
     def _settle(self, member: Member, item: Item, outcome: str | GobucketError,
-                rejections: dict[str, str], handoff: bool = False) -> bool:
-        """Act on a peer's answer to one forward: True if it took the task;
-        else record why in ``rejections`` (raises DuplicateTaskError, or
+                rejections: dict[str, str], handoff: bool = False, *, sent: float,
+                boot: str) -> bool:
+        """Act on a peer's answer to one forward (sent at loop time ``sent``
+        to its incarnation ``boot``): True if it took the task; else record
+        why in ``rejections`` (raises DuplicateTaskError, or
         PlacementUnknownError when it may have taken it)."""
         bucket, task_id = item[0], item[1]
         if outcome == "ok" or isinstance(outcome, Unsettled):
             routes = self.group._routes
-            routes.add(bucket, member.node_id, member.boot,
-                       asyncio.get_running_loop().time(), item[5], [task_id])
+            routes.add(bucket, member.node_id, boot,
+                       asyncio.get_running_loop().time(), item[5], [task_id], sent)
+            self._still_there(member, boot)
             if isinstance(outcome, Unsettled):
                 if outcome.slot is not None:
                     routes.unsure(bucket, task_id, outcome.slot, handoff)

@@ -100,9 +100,19 @@ class Replicas:
         return self.group.config.replicas if own is None else own
 
     def install(self) -> None:
-        """Gate the replicated buckets' time-bombs (see :meth:`gate`)."""
-        for name in self.ks:
-            self.group.buckets[name].set_gate(self.gate, self.moved)
+        """Gate the replicated buckets' time-bombs (see :meth:`gate`); watch
+        every bucket's reschedules: backups (:meth:`moved`) and origins
+        (:meth:`~.ended.EndedNotices.rescheduled`) learn the new times."""
+        ended = self.group._ended
+        for name, bucket in self.group.buckets.items():
+            if name in self.ks:
+                bucket.set_gate(self.gate, self._rescheduled)
+            else:
+                bucket.set_gate(None, ended.rescheduled)
+
+    def _rescheduled(self, task: Task) -> None:
+        self.group._ended.rescheduled(task)
+        self.moved(task)
 
     # -- placing backups -----------------------------------------------------------------
 

@@ -41,8 +41,9 @@ class Routes:
         #: its task's deadline (the node is dead but not yet presumed lost:
         #: its tasks are reported lost, not silently forgotten).
         self.hold: Callable[[str], bool] | None = None
-        # Ended notices that arrived before their route: (bucket, id) -> node.
-        self._early: dict[tuple[str, str], str] = {}
+        # Ended notices that arrived before their route: (bucket, id) ->
+        # (node, loop time it arrived).
+        self._early: dict[tuple[str, str], tuple[str, float]] = {}
         self._where: dict[str, dict[str, Route]] = {}  # bucket -> task id -> route
         #: Routes to a holder that may or may not have taken the task (its
         #: forward could not be settled): ``(bucket, id)`` -> ``(slot,
@@ -66,15 +67,19 @@ class Routes:
         return None if where is None else where.get(task_id)
 
     def add(self, bucket: str, node_id: str, boot: str, now: float, life_span: float,
-            task_ids: list[str]) -> None:
-        """Remember that ``task_ids`` (of one life span) went to ``node_id``."""
+            task_ids: list[str], sent: float | None = None) -> None:
+        """Remember that ``task_ids`` (of one life span) went to ``node_id``,
+        forwarded at loop time ``sent``: an ended notice from it that arrived
+        since then is theirs (it overtook the verdict), and they are not
+        remembered; one that arrived before is about an earlier task of the
+        same id, and is dropped."""
         expiry = now + life_span + 1.0
         route = (node_id, boot, expiry)
         where = self._where.get(bucket)
         if where is None:
             where = self._where[bucket] = {}
         if self._early:
-            task_ids = [t for t in task_ids if self._early.pop((bucket, t), None) != node_id]
+            task_ids = [t for t in task_ids if not self._overtaken(bucket, t, node_id, sent)]
         for task_id in task_ids:
             where[task_id] = route
         if self.unsettled:
@@ -109,6 +114,19 @@ class Routes:
             heapq.heappush(heap, (now + 1.0, next(self._seq), bucket, [task_id]))
             self._queued += 1
 
+    def extend(self, bucket: str, task_id: str, node_id: str, now: float, left: float) -> None:
+        """``node_id`` rescheduled the task: its deadline is ``left`` seconds
+        away. Keep its route (if it is routed there) until then, plus a
+        second, if that is later than now kept."""
+        where = self._where.get(bucket)
+        route = None if where is None else where.get(task_id)
+        expiry = now + left + 1.0
+        if route is None or route[0] != node_id or expiry <= route[2]:
+            return
+        where[task_id] = (route[0], route[1], expiry)  # type: ignore[index]  # route implies where
+        heapq.heappush(self._expiry, (expiry, next(self._seq), bucket, [task_id]))
+        self._queued += 1
+
     def forget(self, bucket: str, task_id: str) -> None:
         """Drop one route (the task was drained or found gone)."""
         where = self._where.get(bucket)
@@ -122,7 +140,13 @@ class Routes:
         """The route to ``task_id`` is to a holder that may not have taken it."""
         self.unsettled[(bucket, task_id)] = (slot, handoff)
 
-    def ended(self, bucket: str, task_id: str, node_id: str) -> None:
+    def _overtaken(self, bucket: str, task_id: str, node_id: str, sent: float | None) -> bool:
+        """Did ``node_id``'s ended notice for this task, forwarded at ``sent``,
+        arrive before its route? (Any notice for the id goes: it is used or stale.)"""
+        early = self._early.pop((bucket, task_id), None)
+        return early is not None and early[0] == node_id and (sent is None or early[1] >= sent)
+
+    def ended(self, bucket: str, task_id: str, node_id: str, now: float) -> None:
         """``node_id`` says the task ended there: drop its route. A notice
         that overtakes the route (the forward's verdict is still being
         settled) is kept for a while, so the route is never added."""
@@ -130,7 +154,7 @@ class Routes:
         route = None if where is None else where.get(task_id)
         if route is None:
             early = self._early
-            early[(bucket, task_id)] = node_id
+            early[(bucket, task_id)] = (node_id, now)
             if len(early) > EARLY_MAX:  # drop the oldest half
                 for key in list(early)[:EARLY_MAX // 2]:
                     del early[key]

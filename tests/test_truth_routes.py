@@ -1,0 +1,186 @@
+"""The origin's routes stay true: every forwarded task can be found and its
+loss reported, whatever happens to the fill's caller or to the task.
+
+In-memory cluster (the public :class:`~gobucket_py.testing.MemoryCluster`),
+faked loop clock. Each test takes a route the origin keeps for a forwarded
+task and tries to make it go missing -- a caller cancelled mid-forward, a
+task rescheduled on its holder past its first deadline, a stale ENDED notice
+for an id used again -- then crashes the holder: the task must be reported
+lost (and drains answer LOST), never silently forgotten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from gobucket_py import (
+    BucketConfig,
+    DrainOutcome,
+    TaskBucket,
+    TaskBucketGroup,
+    TaskState,
+    TaskType,
+)
+from gobucket_py.cluster.ended import EndedNotices
+from gobucket_py.errors import ProtocolError
+from gobucket_py.testing import MemoryCluster
+
+from .conftest import Recorder
+
+pytestmark = pytest.mark.looptime
+
+BOMB, NOW = TaskType.TIME_BOMB, TaskType.IMMEDIATE
+
+Lost = list[tuple[str, str, list[str]]]
+
+
+class Two:
+    """n1 (one slot, taken) overflows to n2; loss reports of n1 are kept."""
+
+    def __init__(self) -> None:
+        self.lost: Lost = []
+        self.recorders: dict[str, list[Recorder]] = {}
+
+        def buckets(name: str) -> dict[str, TaskBucket]:
+            recorder = Recorder()
+            self.recorders.setdefault(name, []).append(recorder)
+            config = BucketConfig(life_span=60, run_after=30,
+                                  max_bucket=1 if name == "n1" else 50)
+            return {"jobs": TaskBucket(config, recorder, name="jobs")}
+
+        def setup(group: TaskBucketGroup) -> None:
+            if group.node_id == "n1":
+                group.on_tasks_lost = lambda peer, bucket, ids: self.lost.append(
+                    (peer, bucket, list(ids)))
+
+        self.cluster = MemoryCluster(["n1", "n2"], buckets, setup=setup)
+
+    @property
+    def n1(self) -> TaskBucketGroup:
+        return self.cluster["n1"]
+
+    def runs(self, task_id: str) -> int:
+        return sum(r.hooks(task_id).count("execute")
+                   for rs in self.recorders.values() for r in rs)
+
+    def lost_ids(self) -> list[str]:
+        return [i for _, _, ids in self.lost for i in ids]
+
+    async def crash_holder(self) -> None:
+        """kill -9 n2 and start a new incarnation; wait for n1 to notice."""
+        self.cluster.crash("n2")
+        await self.cluster.restart("n2")
+        await asyncio.sleep(5)
+
+
+@pytest.fixture
+async def two() -> AsyncIterator[Two]:
+    t = Two()
+    async with t.cluster:
+        await t.cluster.settle()
+        await t.n1.fill("jobs", "anchor", task_type=BOMB, run_after=500, life_span=600)
+        yield t
+
+
+Fill = Callable[[TaskBucketGroup], object]
+
+
+async def _fill(group: TaskBucketGroup) -> None:
+    await group.fill("jobs", "job", task_type=BOMB, run_after=10, life_span=60)
+
+
+async def _fill_many(group: TaskBucketGroup) -> None:
+    await group.fill_many("jobs", {"job": None}, task_type=BOMB, run_after=10, life_span=60)
+
+
+@pytest.mark.parametrize("fill", [_fill, _fill_many], ids=["fill", "fill_many"])
+async def test_a_caller_cancelled_mid_forward_leaves_the_route_kept(
+        two: Two, fill: Callable[[TaskBucketGroup], object]) -> None:
+    # A web handler's budget runs out while the forward is on the wire: the
+    # peer takes the task all the same, so the origin must know where it is.
+    slow = two.cluster.delay("n1", "n2", 0.5)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1):
+            await fill(two.n1)  # type: ignore[misc]
+    slow.heal()
+    await asyncio.sleep(2)  # the forward was answered: the origin kept its route
+    assert "job" in two.cluster["n2"].buckets["jobs"]
+    assert two.n1._routes.get("jobs", "job") is not None
+    await two.crash_holder()
+    assert "job" in two.lost_ids()
+    assert (await two.n1.drain("jobs", "job")).outcome is DrainOutcome.LOST
+
+
+@pytest.mark.parametrize("fill", [_fill, _fill_many], ids=["fill", "fill_many"])
+async def test_a_caller_cancelled_mid_forward_never_gets_a_false_not_found(
+        two: Two, fill: Callable[[TaskBucketGroup], object]) -> None:
+    # The forward is slower than the forward and settle timeouts: the origin
+    # cannot tell whether the peer took the task (it did, late). Its drain
+    # must settle that, not answer NOT_FOUND and then let the task run.
+    slow = two.cluster.delay("n1", "n2", 3.0)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2):
+            await fill(two.n1)  # type: ignore[misc]
+    await asyncio.sleep(1.8)  # forward and settle timed out; the batch is still travelling
+    slow.heal()
+    assert two.n1._routes.unsettled.get(("jobs", "job")) is not None
+    result = await two.n1.drain("jobs", "job")
+    await asyncio.sleep(20)
+    if result.outcome is DrainOutcome.NOT_FOUND:
+        assert two.runs("job") == 0
+    else:
+        assert result.outcome is DrainOutcome.DRAINED and two.runs("job") == 0
+
+
+async def test_a_group_stopped_mid_fill_many_answers_every_task(two: Two) -> None:
+    two.cluster.stall("n2")  # the forward gets no answer
+    placing = asyncio.ensure_future(two.n1.fill_many(
+        "jobs", {f"t{i}": None for i in range(3)}, task_type=BOMB))
+    await asyncio.sleep(0.01)
+    await two.n1.stop()
+    results = await placing
+    assert len(results) == 3
+    assert all(isinstance(r, Exception) for r in results), results
+
+
+async def test_a_task_rescheduled_on_its_holder_keeps_its_route(two: Two) -> None:
+    placed = await two.n1.fill("jobs", "job", task_type=BOMB, run_after=8, life_span=10)
+    assert placed.forwarded and placed.node_id == "n2"
+    # The holder's user pushes the watchdog 100 s further (its lifespan too).
+    assert await two.cluster["n2"].buckets["jobs"].reschedule("job", 100)
+    await asyncio.sleep(15)  # past the first deadline: the task is still pending
+    await two.n1.fill("jobs", "other", task_type=BOMB, run_after=500, life_span=600)
+    assert two.n1._routes.get("jobs", "job") is not None
+    await two.crash_holder()
+    assert "job" in two.lost_ids()
+    assert (await two.n1.drain("jobs", "job")).outcome is DrainOutcome.LOST
+
+
+async def test_an_ended_notice_for_a_past_task_does_not_hide_a_new_one(two: Two) -> None:
+    placed = await two.n1.fill("jobs", "order-42", task_type=NOW)
+    assert placed.node_id == "n2"
+    await asyncio.sleep(0.01)  # it ran and ended on n2
+    info = await two.n1.get("jobs", "order-42")  # before n2's ENDED notice: route forgotten
+    assert info is not None and info.state is TaskState.FINISHED
+    await asyncio.sleep(1)  # the notice lands with no route
+    # The same id is filled again (the first task ended) and goes to n2.
+    again = await two.n1.fill("jobs", "order-42", task_type=BOMB, run_after=100,
+                              life_span=200)
+    assert again.node_id == "n2"
+    assert two.n1._routes.get("jobs", "order-42") is not None
+    await two.crash_holder()
+    assert "order-42" in two.lost_ids()
+    assert (await two.n1.drain("jobs", "order-42")).outcome is DrainOutcome.LOST
+
+
+@pytest.mark.parametrize("extended", [
+    {}, [["jobs", "t"]], [["jobs", "t", "5"]], [["jobs", "t", float("nan")]],
+    [[1, "t", 5]], [["jobs", "t", True]]])
+def test_a_malformed_reschedule_notice_is_refused(extended: object) -> None:
+    with pytest.raises(ProtocolError, match="reschedule"):
+        EndedNotices.check({"ended": {}, "moved": [], "extended": extended})
+    ok = EndedNotices.check({"ended": {}, "moved": [], "extended": [["jobs", "t", 5.5]]})
+    assert ok[3] == [["jobs", "t", 5.5]]
