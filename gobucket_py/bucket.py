@@ -191,6 +191,8 @@ class TaskBucket:
         # comparison per ended task.
         self._records_trigger = 1
         self._fatal: list[BaseException] = []  # KeyboardInterrupt/SystemExit held by rescue()
+        # Runners that did not end when cancelled (waited for once, not again).
+        self._stuck: set[asyncio.Task[None]] = set()
         #: Called with each task as it reaches a terminal state (used by the
         #: cluster layer and metrics). Must not block.
         self.on_outcome: Callable[[Task], None] | None = None
@@ -534,10 +536,12 @@ class TaskBucket:
         assert loop is not None
         count = min(len(ready), _SLICE)
         self._started = count
+        now = loop.time()
         for _ in range(count):
             task = ready.popleft()
             if task.state is _PENDING and task._runner is None:  # (not drained meanwhile)
-                task._runner = loop.create_task(self._run(task))
+                task._runner = loop.create_task(
+                    self._run(task) if task._deadline > now else self._run_out(task))
         if ready or count:  # (count: a new pass must reset _started)
             loop.call_soon(self._start_ready)
         else:
@@ -555,8 +559,41 @@ class TaskBucket:
     def _fire(self, task: Task) -> None:
         loop = self._loop
         assert loop is not None
-        self.lateness.observe(loop.time() - task._run_at)
-        task._runner = loop.create_task(self._run(task))
+        now = loop.time()
+        self.lateness.observe(now - task._run_at)
+        if now >= task._deadline and self._gate is None:  # (a gate decides it, see _pass_gate)
+            task._runner = loop.create_task(self._run_out(task))
+        else:
+            task._runner = loop.create_task(self._run(task))
+
+    async def _run_out(self, task: Task) -> None:
+        """A task whose lifespan ran out before it could start (the loop was
+        held up, or its clock stepped): EXHAUSTED, without running."""
+        if task.state is _PENDING:
+            task.state = TaskState.EXHAUSTED
+            await self._end(task, "exhausted", self._on_exhausted)
+
+    def _reap(self) -> None:
+        """End, as CANCELLED, each pending task whose runner was cancelled
+        from outside before its first step (all tasks are, as a loop shuts
+        down): its coroutine never ran, so nothing else would end it."""
+        for task in [t for t in self._tasks.values()
+                     if t._runner is not None and t.state is _PENDING and t._runner.done()]:
+            self._stop_now(task, TaskState.CANCELLED, "cancelled")
+
+    async def _wait_runners(self, runners: list[asyncio.Task[None]], why: str) -> None:
+        """Wait for cancelled runners to end (their terminal hook included,
+        bounded by ``hook_timeout``), for twice ``hook_timeout`` at most: an
+        ``on_execute`` or hook that swallows its CancelledError holds its
+        slot until it returns (its outcome comes then), not the caller."""
+        timeout = 2 * self.config.hook_timeout
+        _, stuck = await asyncio.wait(runners, timeout=timeout)
+        self._stuck = {r for r in self._stuck if not r.done()} | stuck
+        if stuck:
+            log.error("tasks did not end when cancelled (on_execute or a hook swallows "
+                      "CancelledError?) event=cancel_ignored node=%s bucket=%s count=%d "
+                      "during=%s waited=%.3gs", self.node, self.name, len(stuck), why,
+                      timeout)
 
     # -- the lifecycle ---------------------------------------------------------
 
@@ -815,6 +852,7 @@ class TaskBucket:
     async def join(self) -> None:
         """Wait until the bucket holds no live task (every task has reached
         its outcome and its terminal hook has returned)."""
+        self._reap()
         if not self._tasks and not self._cold_n:
             return
         if self._idle is None:
@@ -1064,7 +1102,10 @@ class TaskBucket:
         """Cancel every live task (pending or running) and await ``on_panic``
         for each. Returns how many. Tasks already in their terminal hook keep
         their outcome and are not counted. Never deadlocks: each ``on_panic``
-        is bounded by ``hook_timeout``.
+        is bounded by ``hook_timeout``, and a running ``on_execute`` that does
+        not end when cancelled (it swallows CancelledError) is waited for
+        twice ``hook_timeout`` at most (logged, ``event=cancel_ignored``): its
+        ``on_panic`` runs when it returns.
 
         An ``on_panic`` that raises anything (even its own CancelledError or
         another BaseException) is logged and counted as a hook error; every
@@ -1074,6 +1115,7 @@ class TaskBucket:
         (the slots are freed all the same)."""
         direct: list[Task] = []
         runners: list[asyncio.Task[None]] = []
+        self._reap()
         for task in self:  # (cold ones thawed: each gets its on_panic)
             if task.state is _PENDING:
                 task.state = TaskState.RESCUED
@@ -1086,7 +1128,7 @@ class TaskBucket:
                 runners.append(task._runner)
         waits: list[Awaitable[Any]] = [self._end_rescued(t) for t in direct]
         if runners:
-            waits.append(asyncio.wait(runners))
+            waits.append(self._wait_runners(runners, "rescue"))
         if waits:
             await asyncio.gather(*waits)
         if self._fatal:
@@ -1099,7 +1141,10 @@ class TaskBucket:
         """Stop accepting, wait up to ``grace`` seconds for running tasks,
         then rescue the rest (``on_panic``). Idempotent. A hook that raises
         never stops it part-way (see :meth:`rescue`); a KeyboardInterrupt or
-        SystemExit from a hook is re-raised once the bucket is closed."""
+        SystemExit from a hook is re-raised once the bucket is closed.
+        ``ValueError`` for a ``grace`` that is not a finite number >= 0
+        (before anything is closed)."""
+        grace = check_delay("grace", grace)
         if self._closed:
             return
         self._closing = True
@@ -1120,9 +1165,10 @@ class TaskBucket:
             await self.rescue()
         except _FATAL as exc:
             fatal = exc
-        rest = [t._runner for t in self._tasks.values() if t._runner is not None]
+        rest = [t._runner for t in self._tasks.values()
+                if t._runner is not None and t._runner not in self._stuck]
         if rest:  # tasks in their terminal hook, bounded by hook_timeout
-            await asyncio.wait(rest)
+            await self._wait_runners(rest, "close")
         if self._wheel is not None:
             self._wheel.close()
         if self._records_timer is not None:

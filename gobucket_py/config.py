@@ -12,6 +12,10 @@ from dataclasses import dataclass
 __all__ = ["BucketConfig", "GroupConfig"]
 
 
+#: Every time in seconds is below this (the peer protocol's bound too).
+MAX_SECONDS = 1e12
+
+
 def _check_number(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{name} must be a number of seconds, got {value!r}")
@@ -22,6 +26,9 @@ def _check_number(name: str, value: object) -> float:
                          "float") from None
     if math.isnan(number) or math.isinf(number):
         raise ValueError(f"{name} must be finite, got {value!r}")
+    if abs(number) >= MAX_SECONDS:  # (loop time + 1e306 s is no tick of a timer wheel)
+        raise ValueError(f"{name} must be under {MAX_SECONDS:.0e} seconds (about 31,700 "
+                         f"years), got {value!r}")
     return number
 
 
