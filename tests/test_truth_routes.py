@@ -184,3 +184,29 @@ def test_a_malformed_reschedule_notice_is_refused(extended: object) -> None:
         EndedNotices.check({"ended": {}, "moved": [], "extended": extended})
     ok = EndedNotices.check({"ended": {}, "moved": [], "extended": [["jobs", "t", 5.5]]})
     assert ok[3] == [["jobs", "t", 5.5]]
+
+
+async def test_a_fill_many_cut_short_by_stop_answers_every_task_it_was_given() -> None:
+    def buckets(name: str) -> dict[str, TaskBucket]:
+        config = BucketConfig(life_span=60, run_after=30,
+                              max_bucket=1 if name == "n1" else 10_000)
+        return {"jobs": TaskBucket(config, Recorder(), name="jobs")}
+
+    async with MemoryCluster(["n1", "n2"], buckets) as cluster:
+        await cluster.settle()
+        n1 = cluster["n1"]
+        await n1.fill("jobs", "anchor", task_type=BOMB)
+        cluster.stall("n2")  # no verdict comes back
+        ids = (f"t{i}" for i in range(3000))  # read lazily: a batch is sent as it fills
+        placing = asyncio.ensure_future(n1.fill_many("jobs", ((i, None) for i in ids),
+                                                     task_type=BOMB))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert not placing.done()
+        for task in list(n1._background):  # what stop() does once its grace is over
+            task.cancel()
+        results = await placing
+        assert len(results) == 3000  # one answer per task, read or not
+        kinds = {type(r).__name__ for r in results}
+        assert kinds == {"PlacementUnknownError", "BucketClosedError"}, kinds
+        cluster.resume("n2")

@@ -76,26 +76,25 @@ class Fills:
         # Each task being placed holds its id in ``results`` until its result
         # is known: if the group stops meanwhile it gets PlacementUnknownError.
         results: list[FillResult | Exception | str | None] = []
+        pairs = iter(tasks.items() if isinstance(tasks, Mapping) else tasks)
         try:
-            return await self._place_many(local, tasks, task_type, run_after, life_span,
+            return await self._place_many(local, pairs, task_type, run_after, life_span,
                                           ra, ls, results)
         except asyncio.CancelledError:  # stop(): nobody is left waiting without an answer
             overflow = self.group._overflow
-            return [overflow.interrupted(local.name, r) if isinstance(r, str)
-                    else r if r is not None
-                    else BucketClosedError(f"node {self.group.node_id} stopped before this "
-                                           "task was filled")
-                    for r in results]
+            unread = BucketClosedError(f"node {self.group.node_id} stopped before this task "
+                                       "was filled")
+            return [*(overflow.interrupted(local.name, r) if isinstance(r, str)
+                      else unread if r is None else r for r in results),
+                    *(unread for _ in pairs)]
 
-    async def _place_many(self, local: TaskBucket,
-                          tasks: Mapping[str, Any] | Iterable[tuple[str, Any]],
+    async def _place_many(self, local: TaskBucket, pairs: Iterator[tuple[str, Any]],
                           task_type: TaskType, run_after: float | None, life_span: float | None,
                           ra: float, ls: float, results: list[FillResult | Exception | str | None]
                           ) -> list[FillResult | Exception]:
         group = self.group
         bucket = local.name
         counts = group.fill_counts[bucket]
-        pairs = tasks.items() if isinstance(tasks, Mapping) else tasks
         check, codec, node_id = self.checks_payloads(), group.codec, group.node_id
 
         def overflow(pairs: Iterable[tuple[str, Any]], here: list[int] | None = None,
