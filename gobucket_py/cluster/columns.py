@@ -25,6 +25,7 @@ from operator import itemgetter
 from typing import Any, overload
 
 from ..codec import PACKED_NONE
+from ..config import MAX_SECONDS
 from ..errors import ProtocolError
 from ..task import TaskType
 
@@ -224,8 +225,8 @@ def _numbers(name: str, column: list[Any], what: str = "backup") -> None:
             raise ProtocolError(f"{what} item {name} must be a number >= 0 and < 1e12"
                                ) from None
     total = sum(column)
-    if total != total or min(column) < 0.0 or max(column) >= 1e12:  # NaN makes the sum NaN
-        bad = next(v for v in column if not 0.0 <= v < 1e12)
+    if total != total or min(column) < 0.0 or max(column) >= MAX_SECONDS:  # NaN makes the sum NaN
+        bad = next(v for v in column if not 0.0 <= v < MAX_SECONDS)
         raise ProtocolError(f"{what} item {name} must be a number >= 0, got {bad!r}")
 
 

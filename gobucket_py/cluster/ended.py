@@ -223,12 +223,10 @@ class EndedNotices:
             self._moved.setdefault(origin, []).extend(moved)
             if promoted:
                 self._promoted.setdefault(origin, []).extend(promoted)
-            if extended:  # read again when sent: the seconds left will be fewer
-                where = self.origins
-                for bucket, task_id, _ in extended:
-                    task = self.group.buckets[bucket].get(task_id)
-                    if task is not None and where.get(bucket, {}).get(task_id) == origin:
-                        self._extended.setdefault(origin, {})[(bucket, task_id)] = task
+            for bucket, task_id, _ in extended:  # read again when sent: fewer seconds left
+                task = self.group.buckets[bucket].get(task_id)
+                if task is not None:
+                    self.rescheduled(task)
             self._arm()
 
     # -- the origin's side ----------------------------------------------------------------

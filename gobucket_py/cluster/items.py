@@ -13,7 +13,7 @@ from typing import Any
 
 from ..bucket import TaskBucket
 from ..codec import PACKED_NONE, Codec
-from ..config import check_times
+from ..config import MAX_SECONDS, check_times
 from ..errors import ProtocolError
 from ..task import TaskInfo, TaskState, TaskType
 from .forward import Item
@@ -71,7 +71,7 @@ def check_item(raw: object) -> tuple[str, str, TaskType, bytes, float, float]:
     if not isinstance(payload, bytes):
         raise ProtocolError("fill item data must be msgpack bytes")
     for name, value in (("run_after", run_after), ("life_span", life_span)):
-        if (type(value) is not float and type(value) is not int) or not 0 <= value < 1e12:
+        if (type(value) is not float and type(value) is not int) or not 0 <= value < MAX_SECONDS:
             raise ProtocolError(f"fill item {name} must be a number >= 0, got {value!r}")
     return bucket, task_id, TYPES[type_code], payload, float(run_after), float(life_span)
 

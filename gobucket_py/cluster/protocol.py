@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import msgpack
 
+from ..config import MAX_SECONDS
 from ..errors import ProtocolError
 
 __all__ = ["PROTOCOL_VERSION", "Kind", "NodeHeader", "decode", "encode"]
@@ -100,7 +101,7 @@ def number(message: dict[str, Any], name: str) -> float:
     """A finite number >= 0."""
     value = message.get(name)
     if isinstance(value, bool) or not isinstance(value, int | float) or not (
-            0 <= value < 1e12):
+            0 <= value < MAX_SECONDS):
         raise ProtocolError(f"field {name!r} must be a number >= 0, got {value!r}")
     return float(value)
 
