@@ -210,3 +210,25 @@ async def test_a_fill_many_cut_short_by_stop_answers_every_task_it_was_given() -
         kinds = {type(r).__name__ for r in results}
         assert kinds == {"PlacementUnknownError", "BucketClosedError"}, kinds
         cluster.resume("n2")
+
+
+@pytest.mark.parametrize("fill", [_fill, _fill_many], ids=["fill", "fill_many"])
+async def test_a_forward_taken_by_a_restarted_holder_is_not_reported_lost(
+        two: Two, fill: Callable[[TaskBucketGroup], object]) -> None:
+    # kill -9 and a fast restart at the same address: the origin still knows
+    # the old incarnation when it forwards. Whatever takes the task, the
+    # origin must not report lost a task that then runs.
+    old = two.cluster["n2"].boot_id
+    two.cluster.crash("n2")
+    await two.cluster.restart("n2")
+    # As if the new n2's hello had not reached n1 yet (in the chaos run it
+    # had not): n1 still means the old incarnation at that address.
+    two.n1._members.members["n2"].boot = old
+    await fill(two.n1)  # type: ignore[misc]
+    # The new n2 refused the batch meant for the old one; n1 learnt of the
+    # restart from that answer and placed the task again, on the new n2.
+    assert two.n1._members.members["n2"].boot == two.cluster["n2"].boot_id
+    await asyncio.sleep(20)  # past run_after
+    assert two.runs("job") == 1
+    assert "job" not in two.lost_ids()
+    assert two.n1._routes.get("jobs", "job") is None  # ended, route closed

@@ -542,6 +542,7 @@ MALFORMED.update({
     "version-float": fill_body(item(), v=1.0),
     "type-float": fill_body(item(type_code=1.0)),
     "type-float-zero": fill_body(item(type_code=0.0)),
+    "to-not-a-string": fill_body(item(), to=7),
 })
 
 
@@ -610,6 +611,19 @@ async def test_fill_item_for_unknown_bucket_gets_its_own_result(
     assert reply.status == 200
     assert reply.body["results"] == ["ok", "unknown bucket", "unknown bucket"]
     assert [t.id for t in node.bucket] == ["known"]
+    await assert_healthy(http, node)
+
+
+async def test_a_batch_meant_for_an_earlier_incarnation_is_refused_whole(
+        node: Node, http: aiohttp.ClientSession) -> None:
+    # The sender still knows the node that ran at this address before a restart.
+    reply = await send(http, node, fill_body(item("a"), item("b"), to="0123456789abcdef"))
+    assert reply.status == 200
+    assert reply.body["results"] == ["restarted", "restarted"]
+    assert_untouched(node)
+    boot = reply.body["from"][1]  # the incarnation that answered: meant for it, it takes them
+    reply = await send(http, node, fill_body(item("a"), item("b"), to=boot))
+    assert reply.body["results"] == ["ok", "ok"]
     await assert_healthy(http, node)
 
 

@@ -226,7 +226,7 @@ class Forwarder:
 
     def send(self, member: Member, item: Item, *, handoff: bool = False) -> asyncio.Future[str]:
         """Queue ``item`` for ``member``; the future gets the peer's verdict
-        (``"ok"``, ``"full"``, ``"duplicate"``, ``"closed"``, ...) or a
+        (``"ok"``, ``"full"``, ``"duplicate"``, ``"closed"``, ``"restarted"``, ...) or a
         :class:`~gobucket_py.PeerError`."""
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._enqueue(member, HANDOFF if handoff else FILL, [item], future)
@@ -283,8 +283,12 @@ class Forwarder:
     async def _send_batch(self, member: Member, batch: list[Entry], mode: int) -> None:
         items = batch[0][0] if len(batch) == 1 else [i for entry in batch for i in entry[0]]
         seq = next(self._seq)
+        # "to": the incarnation meant. A node restarted at the same address
+        # refuses the batch ("restarted"), so a route is only ever kept under
+        # the incarnation that took its task (and its loss only reported then).
         message: dict[str, Any] = {"v": 1, "from": self.membership.header(),
-                                   "handoff": mode == HANDOFF, "batch": seq}
+                                   "handoff": mode == HANDOFF, "batch": seq,
+                                   "to": member.boot}
         if mode == BACKUP:  # column by column (see .columns)
             message["backup"] = True
             message["cols"] = pack_columns(items)

@@ -397,7 +397,7 @@ class Overflow:
                 outcome = exc
             if self._settle(member, item, outcome, rejections, handoff, sent=sent, boot=boot):
                 return member, rejections
-            if rejections[member.node_id] != "full":
+            if rejections.get(member.node_id, "full") != "full":
                 failed += 1
         return None, rejections
 
@@ -419,6 +419,8 @@ class Overflow:
                     routes.unsure(bucket, task_id, outcome.slot, handoff)
                 raise _unknown(member, item, outcome)
             return True
+        if outcome == "restarted" and member.boot != boot:
+            return False  # its new incarnation (known from this answer) was not asked
         if outcome == "duplicate" and not handoff:
             raise DuplicateTaskError(f"task {task_id!r} is already live in bucket "
                                      f"{bucket!r} on node {member.node_id}")

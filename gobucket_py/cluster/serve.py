@@ -7,7 +7,10 @@ make its sender a member. A FILL batch is all or nothing at the message level
 each (``ok``, ``full``, ``duplicate``, ``closed``, ``unknown bucket``,
 ``invalid: ...``). A FILL batch is identified by its sender's boot id and
 a sequence number (:mod:`.batches`): one that arrives twice is answered as
-the first time, and one the sender settled as void is refused.
+the first time, and one the sender settled as void is refused. A batch meant
+for an earlier incarnation of this node (``to``: the boot id its sender knew)
+is refused whole (``restarted``): its sender's route then names the
+incarnation that took a task, and only that one's crash reports it lost.
 
 DRAIN and GET are answered by :mod:`.lookup`: a task held here, handed off
 from here (followed), ended here, or forwarded from here and reported lost
@@ -148,7 +151,13 @@ class PeerServer:
             seq = message.get("batch")
             if seq is not None and type(seq) is not int:
                 raise ProtocolError("batch must be an int")
+            to = message.get("to")  # the incarnation the sender meant
+            if to is not None and not isinstance(to, str):
+                raise ProtocolError("to must be a string")
             member = membership.heard(sender)  # all or nothing: 400 before any fill
+            if to and to != membership.boot:  # meant for this node before a restart
+                return {"v": 1, "results": ["restarted"] * len(checked),
+                        "from": membership.header()}
             handoff = message.get("handoff") is True
             key = None if member is None or seq is None else (member.boot, seq)
             if backup:
