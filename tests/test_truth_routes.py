@@ -25,6 +25,7 @@ from gobucket_py import (
     TaskType,
 )
 from gobucket_py.cluster.ended import EndedNotices
+from gobucket_py.cluster.items import encode_item
 from gobucket_py.errors import ProtocolError
 from gobucket_py.testing import MemoryCluster
 
@@ -232,3 +233,23 @@ async def test_a_forward_taken_by_a_restarted_holder_is_not_reported_lost(
     assert two.runs("job") == 1
     assert "job" not in two.lost_ids()
     assert two.n1._routes.get("jobs", "job") is None  # ended, route closed
+
+
+async def test_a_batch_goes_to_the_incarnation_it_was_queued_for(two: Two) -> None:
+    # The origin hears of the restart between queueing a forward and sending
+    # it: the batch still names the incarnation its route will be kept under
+    # (the old one), so the new one refuses it rather than take a task whose
+    # route says "the old n2" (whose loss would then be reported).
+    old = two.cluster["n2"].boot_id
+    two.cluster.crash("n2")
+    await two.cluster.restart("n2")
+    member = two.n1._members.members["n2"]
+    new, member.boot = member.boot, old  # not heard of yet
+    forwarder = two.n1._forwarder
+    assert forwarder is not None
+    item = encode_item("jobs", "job", None, BOMB, 10, 60, two.n1.codec)
+    verdict = forwarder.send(member, item)
+    member.boot = new  # heard of now, before the pump sends the batch
+    assert await verdict == "restarted"
+    assert "job" not in two.cluster["n2"].buckets["jobs"]
+    assert await forwarder.send(member, item) == "ok"  # meant for the new one: taken

@@ -137,11 +137,13 @@ Entry = tuple[Sequence[Item], "asyncio.Future[str] | _Group", int]
 
 
 class _Queue:
-    """The entries waiting for one peer, and how many items they hold."""
+    """The entries waiting for one incarnation of a peer (boot id ``boot``:
+    the one they are meant for), and how many items they hold."""
 
-    __slots__ = ("entries", "items", "pumps")
+    __slots__ = ("boot", "entries", "items", "pumps")
 
-    def __init__(self) -> None:
+    def __init__(self, boot: str) -> None:
+        self.boot = boot
         self.entries: deque[Entry] = deque()
         self.items = 0
         self.pumps = 0
@@ -212,7 +214,8 @@ class Forwarder:
         self.transport = transport
         self.membership = membership
         self.config = config
-        self._queues: dict[tuple[str, int], _Queue] = {}
+        #: By (peer, its boot id when queued, mode).
+        self._queues: dict[tuple[str, str, int], _Queue] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._seq = itertools.count(1)
         #: Peers (node id, boot) that take FILL batches as ``items`` only.
@@ -256,10 +259,10 @@ class Forwarder:
         bucket = items[0][0]
         if mode != BACKUP:
             member.inflight[bucket] = member.inflight.get(bucket, 0) + len(items)
-        key = (member.node_id, mode)
+        key = (member.node_id, member.boot, mode)
         queue = self._queues.get(key)
         if queue is None:
-            queue = self._queues[key] = _Queue()
+            queue = self._queues[key] = _Queue(member.boot)
         queue.entries.append((items, sink, 0))
         queue.items += len(items)
         config = self.config
@@ -276,11 +279,16 @@ class Forwarder:
                 await asyncio.sleep(0)  # let fills issued in this loop pass join the batch
                 batch = queue.take(_limit(self.config, mode), _budget(self.config))
                 if batch:
-                    await self._send_batch(member, batch, mode)
+                    await self._send_batch(member, queue.boot, batch, mode)
         finally:
             queue.pumps -= 1
+            if not queue.pumps and not queue.entries and queue.boot != member.boot:
+                self._queues.pop((member.node_id, queue.boot, mode), None)  # it restarted
 
-    async def _send_batch(self, member: Member, batch: list[Entry], mode: int) -> None:
+    async def _send_batch(self, member: Member, boot: str, batch: list[Entry],
+                          mode: int) -> None:
+        """Send one batch to incarnation ``boot`` of ``member`` (the one it
+        was queued for, whatever this node has heard since) and resolve it."""
         items = batch[0][0] if len(batch) == 1 else [i for entry in batch for i in entry[0]]
         seq = next(self._seq)
         # "to": the incarnation meant. A node restarted at the same address
@@ -288,18 +296,18 @@ class Forwarder:
         # the incarnation that took its task (and its loss only reported then).
         message: dict[str, Any] = {"v": 1, "from": self.membership.header(),
                                    "handoff": mode == HANDOFF, "batch": seq,
-                                   "to": member.boot}
+                                   "to": boot}
         if mode == BACKUP:  # column by column (see .columns)
             message["backup"] = True
             message["cols"] = pack_columns(items)
-        elif (member.node_id, member.boot) in self._rows:
+        elif (member.node_id, boot) in self._rows:
             message["items"] = items
         else:
             message["cols"] = pack_fill(items)
         error: GobucketError | None = None
         results: list[Any] = []
         loop = asyncio.get_running_loop()
-        started, boot = loop.time(), member.boot
+        started = loop.time()
         answered = False
         try:
             try:
@@ -338,7 +346,7 @@ class Forwarder:
             rows = {key: value for key, value in message.items() if key != "cols"}
             rows["items"] = items
             reply = await self.transport.call(member.addr, Kind.FILL, rows, timeout)
-            self._rows.add((member.node_id, member.boot))
+            self._rows.add((member.node_id, message["to"]))
             return reply
 
     def _resolve(self, member: Member, batch: list[Entry], error: GobucketError | None,
