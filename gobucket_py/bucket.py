@@ -55,6 +55,9 @@ _NOT_FOUND = DrainOutcome.NOT_FOUND
 _DRAINED_ANSWER = DrainOutcome.DRAINED
 _INFO = logging.INFO
 _DEBUG = logging.DEBUG
+#: Longest wait between the checks a waiting join() makes for tasks nothing
+#: else would end (see TaskBucket.join).
+_REAP_EVERY = 10.0
 #: Outcomes logged per task at DEBUG only, and counted at INFO (see _log_outcome).
 _QUIET = frozenset({"drained", "cancelled", "handed_off"})
 #: Seconds between two ``event=tasks_ended`` summary lines of one bucket.
@@ -851,13 +854,22 @@ class TaskBucket:
 
     async def join(self) -> None:
         """Wait until the bucket holds no live task (every task has reached
-        its outcome and its terminal hook has returned)."""
+        its outcome and its terminal hook has returned).
+
+        A task whose runner something else cancelled before its first step
+        (it would never end by itself) is ended CANCELLED here: at once, or
+        while waiting, within 1 s at first and 10 s at most (the check looks
+        at every task, so it is not made on each task's way)."""
         self._reap()
         if not self._tasks and not self._cold_n:
             return
         if self._idle is None:
             self._idle = asyncio.get_running_loop().create_future()
-        await asyncio.shield(self._idle)
+        idle, every = self._idle, 1.0
+        while not idle.done():
+            await asyncio.wait([idle], timeout=every)  # never cancels it
+            self._reap()
+            every = min(2 * every, _REAP_EVERY)
 
     # -- drain / reschedule / take -------------------------------------------
 

@@ -70,6 +70,28 @@ async def test_a_fired_time_bomb_cancelled_before_its_first_step_ends_once() -> 
     assert outcomes == [TaskState.CANCELLED] and len(b) == 0
 
 
+async def test_a_join_already_waiting_sees_a_runner_cancelled_before_it_starts() -> None:
+    rec = Recorder()
+    b, outcomes = watched(rec)
+    await b.fill(BOMB, "t")  # due at 1 s
+    fire = b._fire
+    fired: list[float] = []
+
+    def fire_then_cancel(task: Task) -> None:
+        fire(task)
+        assert task._runner is not None
+        task._runner.cancel()  # in the same loop turn: before its first step
+        fired.append(asyncio.get_running_loop().time())
+
+    assert b._wheel is not None
+    b._wheel._fire = fire_then_cancel
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(60):
+        await b.join()  # waiting before the runner is cancelled: nothing else ends it
+    assert fired and loop.time() - fired[0] <= 2  # seen within a second or two, not never
+    assert outcomes == [TaskState.CANCELLED] and rec.hooks("t") == [] and len(b) == 0
+
+
 # -- an on_execute that swallows its CancelledError -------------------------------------
 
 

@@ -55,7 +55,7 @@ def test_drained_routes_do_not_grow_the_expiry_queue_without_bound() -> None:
 
 async def test_queue_splits_an_entry_across_batches_and_keeps_offsets() -> None:
     loop = asyncio.get_running_loop()
-    queue = _Queue()
+    queue = _Queue("boot-1")
     many: asyncio.Future[list[str | Exception]] = loop.create_future()
     group = _Group(many, 5)  # type: ignore[arg-type]
     single: asyncio.Future[str] = loop.create_future()
@@ -79,7 +79,7 @@ async def test_queue_cuts_a_batch_by_bytes_and_sends_an_oversized_item_alone() -
     """A batch weighs at most its byte budget (data, id and a little per
     item); the first item always goes, however big, so nothing is stuck."""
     loop = asyncio.get_running_loop()
-    queue = _Queue()
+    queue = _Queue("boot-1")
     many: asyncio.Future[list[str | Exception]] = loop.create_future()
     group = _Group(many, 6)  # type: ignore[arg-type]
     items = [("jobs", f"k{i}", 1, b"x" * 1000, 30.0, 60.0) for i in range(5)]
