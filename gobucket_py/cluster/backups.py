@@ -56,6 +56,7 @@ from .items import PACKED_NONE
 from .lifecycle import GroupState
 from .membership import Member, MemberState
 from .protocol import Kind
+from .routes import is_lost
 
 if TYPE_CHECKING:
     from .columns import BackupBatch
@@ -568,7 +569,9 @@ class Backups:
               asker_boot: str | None = None) -> list[str]:
         """Answer backup holder ``asker``, about to take over ``primary``'s
         tasks: ``alive`` (this node sees ``primary`` alive in boot ``boot``),
-        ``tomb`` (it left word that the task started or was drained), ``live``
+        ``tomb`` (it left word that the task started or was drained),
+        ``reported`` (this node, its origin, reported it lost: taken over
+        now, it would run after that report), ``live``
         (a task of that id lives here), ``promoted`` (this node took it over
         already), ``backup:<id>`` (this node holds a backup of it too: the
         lower id takes it over), ``claimed`` (another holder with a lower id
@@ -592,8 +595,11 @@ class Backups:
             local = group.buckets.get(bucket)
             where = self.records.get(bucket)
             claimer = claims.get(key)
+            route = group._routes.get(bucket, task_id)
             if key in self.tombs:
                 answers.append("tomb")
+            elif route is not None and route[0] == primary and is_lost(route):
+                answers.append("reported")
             elif key in self.promoted:
                 answers.append("promoted")
             elif local is not None and task_id in local:

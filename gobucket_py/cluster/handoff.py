@@ -177,8 +177,12 @@ class Handoff:
         pending = routes.unsettled.get((bucket, task_id))
         member = group._members.members.get(error.node_id)
         loop = asyncio.get_running_loop()
-        if pending is not None and member is not None and forwarder is not None:
-            slot, boot = pending[0], member.boot
+        route = routes.get(bucket, task_id)
+        if (pending is not None and member is not None and forwarder is not None
+                and route is not None):
+            # Only the incarnation the batch went to can say (route[1]; one
+            # restarted since cannot, and a lost one is marked so).
+            slot, boot = pending[0], route[1]
             while (left := deadline - loop.time()) > 0 and member.boot == boot:
                 try:
                     took = await forwarder.settle(member, slot,

@@ -99,6 +99,10 @@ class Losses:
             self.awaiting.pop(node_id, None)
         if not group.running and group.state is not GroupState.STOPPING:
             return
+        if other and waited and (member := group._members.members.get(node_id)) is not None:
+            # "Every incarnation but the new one": the newest now (it may
+            # have restarted again meanwhile, and routes to it are live).
+            boot = member.boot
         for bucket, task_ids in group._routes.mark_lost(node_id, boot, other=other).items():
             self._tell(node_id, bucket, task_ids, why)
 
