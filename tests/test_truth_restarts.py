@@ -137,3 +137,36 @@ async def test_a_backup_does_not_take_over_a_task_its_origin_reported_lost() -> 
         await asyncio.sleep(40)  # past its due time
         assert w.runs("job") == 0
         assert (await c["n1"].drain("jobs", "job")).outcome is DrainOutcome.LOST
+
+
+async def test_a_task_handed_off_by_a_holder_that_left_is_found_not_reported_lost() -> None:
+    # n2 stops and hands "job" to n3, but its word to the origin (the moved
+    # notice) never arrives; n2 then restarts. The origin finds the task on
+    # n3: no loss report, and it runs once.
+    w = Watched()
+
+    def buckets(name: str) -> dict[str, TaskBucket]:
+        config = BucketConfig(life_span=60, run_after=30, max_bucket=1 if name == "n1" else 50)
+        return {"jobs": TaskBucket(config, w.recorder(), name="jobs")}
+
+    async with MemoryCluster(["n1", "n2", "n3"], buckets, setup=w.setup,
+                             config=GroupConfig.local(stop_grace=5.0)) as c:
+        await c.settle()
+        await c["n1"].fill("jobs", "anchor", task_type=BOMB, run_after=500, life_span=600)
+        placed = None
+        while placed is None or placed.node_id != "n2":  # two peers: aim at n2
+            if placed is not None:
+                await c["n1"].drain("jobs", "job")
+            placed = await c["n1"].fill("jobs", "job", task_type=BOMB, run_after=20,
+                                        life_span=60)
+        cut = c.partition("n2", "n1", one_way=True)  # n2's notices to n1 are lost
+        await c.stop("n2")
+        assert "job" in c["n3"].buckets["jobs"]
+        route = c["n1"]._routes.get("jobs", "job")
+        assert route is not None and route[0] == "n2"  # the origin never heard
+        cut.heal()
+        await c.restart("n2")
+        await asyncio.sleep(5)
+        assert w.lost == []
+        await asyncio.sleep(30)
+        assert w.runs("job") == 1 and w.lost == []
