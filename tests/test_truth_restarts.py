@@ -50,23 +50,37 @@ class Watched:
     def runs(self, task_id: str) -> int:
         return sum(r.hooks(task_id).count("execute") for r in self.recorders)
 
+    def cluster(self, nodes: int, *, small: tuple[str, ...] = (), replicas: int = 0,
+                **config: float) -> MemoryCluster:
+        """``nodes`` nodes with a "jobs" bucket each: one slot on ``small``
+        ones (their fills overflow once it is taken), 50 elsewhere."""
+
+        def buckets(name: str) -> dict[str, TaskBucket]:
+            bucket = BucketConfig(life_span=60, run_after=30,
+                                  max_bucket=1 if name in small else 50,
+                                  **({"max_backups": 50, "replicas": replicas} if replicas
+                                     else {}))
+            return {"jobs": TaskBucket(bucket, self.recorder(), name="jobs")}
+
+        return MemoryCluster([f"n{i}" for i in range(1, nodes + 1)], buckets,
+                             setup=self.setup, config=GroupConfig.local(**config))
+
+
+async def anchor(cluster: MemoryCluster, *names: str) -> None:
+    """Take the one slot of each small node with a task due much later."""
+    for name in names:
+        await cluster[name].fill("jobs", f"anchor-{name}", task_type=BOMB, run_after=500,
+                                 life_span=600)
+
 
 async def test_a_crash_loop_within_promote_grace_does_not_report_the_live_incarnation() -> None:
     # With replicas a loss report waits promote_grace. The holder restarts
     # twice within it: the first report must not take the tasks of the
     # second (current) incarnation for lost.
     w = Watched()
-
-    def buckets(name: str) -> dict[str, TaskBucket]:
-        config = BucketConfig(life_span=60, run_after=30, max_bucket=1 if name == "n1" else 50,
-                              max_backups=50, replicas=1)
-        return {"jobs": TaskBucket(config, w.recorder(), name="jobs")}
-
-    async with MemoryCluster(["n1", "n2", "n3"], buckets, setup=w.setup,
-                             config=GroupConfig.local()) as c:
+    async with w.cluster(3, small=("n1", "n3"), replicas=1) as c:
         await c.settle()
-        await c["n3"].fill("jobs", "anchor3", task_type=BOMB, run_after=500, life_span=600)
-        await c["n1"].fill("jobs", "anchor1", task_type=BOMB, run_after=500, life_span=600)
+        await anchor(c, "n3", "n1")
         for _ in range(2):
             c.crash("n2")
             await c.restart("n2")
@@ -86,13 +100,7 @@ async def test_a_handoff_is_not_settled_against_the_holders_new_incarnation() ->
     # its "void" says nothing of what the old one took. The task is lost
     # (reported once) -- not kept here, handed off again and run.
     w = Watched()
-
-    def buckets(name: str) -> dict[str, TaskBucket]:
-        config = BucketConfig(life_span=60, run_after=30, max_bucket=50)
-        return {"jobs": TaskBucket(config, w.recorder(), name="jobs")}
-
-    async with MemoryCluster(["n1", "n2"], buckets, setup=w.setup,
-                             config=GroupConfig.local(stop_grace=10.0)) as c:
+    async with w.cluster(2, stop_grace=10.0) as c:
         await c.settle()
         await c["n1"].fill("jobs", "job", task_type=BOMB, run_after=20, life_span=60)
         drop = c.drop_replies("n1", "n2")
@@ -113,17 +121,9 @@ async def test_a_backup_does_not_take_over_a_task_its_origin_reported_lost() -> 
     # promote_grace. When n3 resumes and asks to take it over, n1 objects:
     # run now, it would run after its loss report.
     w = Watched()
-
-    def buckets(name: str) -> dict[str, TaskBucket]:
-        config = BucketConfig(life_span=60, run_after=30, max_bucket=50 if name == "n2" else 1,
-                              max_backups=50, replicas=1)
-        return {"jobs": TaskBucket(config, w.recorder(), name="jobs")}
-
-    async with MemoryCluster(["n1", "n2", "n3"], buckets, setup=w.setup,
-                             config=GroupConfig.local()) as c:
+    async with w.cluster(3, small=("n1", "n3"), replicas=1) as c:
         await c.settle()
-        await c["n3"].fill("jobs", "anchor3", task_type=BOMB, run_after=500, life_span=600)
-        await c["n1"].fill("jobs", "anchor1", task_type=BOMB, run_after=500, life_span=600)
+        await anchor(c, "n3", "n1")
         placed = await c["n1"].fill("jobs", "job", task_type=BOMB, run_after=20, life_span=60)
         assert placed.node_id == "n2"
         assert ("job", "n2") in c["n3"]._backups.records.get("jobs", {})
@@ -144,15 +144,9 @@ async def test_a_task_handed_off_by_a_holder_that_left_is_found_not_reported_los
     # notice) never arrives; n2 then restarts. The origin finds the task on
     # n3: no loss report, and it runs once.
     w = Watched()
-
-    def buckets(name: str) -> dict[str, TaskBucket]:
-        config = BucketConfig(life_span=60, run_after=30, max_bucket=1 if name == "n1" else 50)
-        return {"jobs": TaskBucket(config, w.recorder(), name="jobs")}
-
-    async with MemoryCluster(["n1", "n2", "n3"], buckets, setup=w.setup,
-                             config=GroupConfig.local(stop_grace=5.0)) as c:
+    async with w.cluster(3, small=("n1",), stop_grace=5.0) as c:
         await c.settle()
-        await c["n1"].fill("jobs", "anchor", task_type=BOMB, run_after=500, life_span=600)
+        await anchor(c, "n1")
         placed = None
         while placed is None or placed.node_id != "n2":  # two peers: aim at n2
             if placed is not None:
