@@ -35,12 +35,16 @@ def test_refilled_task_keeps_its_newer_route_when_the_old_one_expires() -> None:
     assert routes.get("jobs", "a") is None
 
 
-def test_forget_node_drops_only_its_routes() -> None:
+def test_forget_node_drops_only_its_routes_in_the_boots_given() -> None:
     routes = Routes()
     routes.add("jobs", "n2", "b2", now=0.0, life_span=60.0, task_ids=["a", "b"])
+    routes.add("jobs", "n2", "b2x", now=0.0, life_span=60.0, task_ids=["d", "e"])
     routes.add("jobs", "n3", "b3", now=0.0, life_span=60.0, task_ids=["c"])
-    assert routes.forget_node("n2") == 2
-    assert routes.get("jobs", "c") is not None and len(routes) == 1
+    assert routes.mark_lost_ids("jobs", ["e"]) == ["e"]
+    rest = routes.forget_node("n2", {"b2"})
+    assert rest == [("jobs", "d", ("n2", "b2x", 61.0))]  # not said done; "e" reported already
+    assert routes.get("jobs", "a") is None and routes.get("jobs", "b") is None
+    assert routes.get("jobs", "c") is not None and len(routes) == 3
 
 
 def test_drained_routes_do_not_grow_the_expiry_queue_without_bound() -> None:

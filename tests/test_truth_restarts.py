@@ -18,6 +18,7 @@ from gobucket_py import (
     BucketConfig,
     DrainOutcome,
     GroupConfig,
+    MemberState,
     TaskBucket,
     TaskBucketGroup,
     TaskType,
@@ -137,6 +138,47 @@ async def test_a_backup_does_not_take_over_a_task_its_origin_reported_lost() -> 
         await asyncio.sleep(40)  # past its due time
         assert w.runs("job") == 0
         assert (await c["n1"].drain("jobs", "job")).outcome is DrainOutcome.LOST
+
+
+async def test_a_holder_killed_during_its_graceful_stop_has_its_tasks_reported_lost() -> None:
+    # SIGTERM, then SIGKILL before stop_grace is over: no peer had room, so
+    # the task was still on n2. Seen LEFT, then restarted: the origin must
+    # not take "it left" for "it handed everything off" (it never said so).
+    w = Watched()
+    async with w.cluster(2, small=("n1",), stop_grace=5.0) as c:
+        await c.settle()
+        await anchor(c, "n1")
+        placed = await c["n1"].fill("jobs", "job", task_type=BOMB, run_after=20, life_span=60)
+        assert placed.node_id == "n2"
+        n2 = c["n2"]
+        stopping = asyncio.ensure_future(n2.stop())
+        await c.wait_for(lambda: c.state("n1", "n2") is MemberState.LEFT, 5, "n2 LEFT")
+        await asyncio.sleep(1)
+        assert "job" in n2.buckets["jobs"]  # no peer had room: still there
+        c.crash("n2")
+        await c.restart("n2")
+        await asyncio.sleep(3)
+        await asyncio.gather(stopping, return_exceptions=True)
+        assert w.lost == ["job"]
+        assert (await c["n1"].drain("jobs", "job")).outcome is DrainOutcome.LOST
+        await asyncio.sleep(30)
+        assert w.runs("job") == 0
+
+
+async def test_a_holder_that_stopped_and_said_so_leaves_no_stale_route() -> None:
+    # The usual graceful restart: n2 ran its task, stopped, said it was
+    # done, and came back. Nothing is reported lost, nothing is looked for.
+    w = Watched()
+    async with w.cluster(2, small=("n1",), stop_grace=5.0) as c:
+        await c.settle()
+        await anchor(c, "n1")
+        placed = await c["n1"].fill("jobs", "job", task_type=BOMB, run_after=500,
+                                    life_span=600)
+        assert placed.node_id == "n2"
+        await c.stop("n2")  # no peer has room: the task is rescued there, its origin told
+        await c.restart("n2")
+        await asyncio.sleep(5)
+        assert w.lost == [] and c["n1"]._routes.get("jobs", "job") is None
 
 
 async def test_a_task_handed_off_by_a_holder_that_left_is_found_not_reported_lost() -> None:

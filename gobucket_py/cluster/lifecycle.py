@@ -132,8 +132,11 @@ async def _leave(group: TaskBucketGroup) -> None:
 
     if group._background:
         await asyncio.wait(list(group._background), timeout=config.request_timeout)
-    if mounted:  # its app stopped listening already: say when it is over
-        await membership.announce_leave(done=True)
+    # Done: everything held here was handed off or ended, and origins were
+    # told (so a route still pointing here after a restart is stale; without
+    # this word -- killed during the stop -- origins look for those tasks).
+    # A mounted node's app stopped listening already: this says it is over.
+    await membership.announce_leave(done=True)
     await membership.stop()
     log.info("node stopped event=node_stopped node=%s handed_off=%d",
              group.node_id, handed)

@@ -32,7 +32,7 @@ from ..task import DrainOutcome, DrainResult, TaskInfo, TaskState
 from .items import pack_info, unpack_info
 from .membership import Member, MemberState
 from .protocol import Kind
-from .routes import is_lost
+from .routes import Route, is_lost
 
 if TYPE_CHECKING:
     from .group import TaskBucketGroup
@@ -73,11 +73,16 @@ class Lookup:
         #: stops listening *before* they hand their tasks off, so a refused
         #: connection proves nothing until they say they are done.
         self.mounted: set[tuple[str, str]] = set()
+        #: ``(node_id, boot)`` of peers that said, leaving, that they are done:
+        #: every task they held was handed off or ended, and they told its
+        #: origin. A route still pointing at one is stale, not a loss.
+        self.done: set[tuple[str, str]] = set()
 
     def forget_member(self, member: Member) -> None:
         """A peer was pruned from the member table."""
         self.exited.discard((member.node_id, member.boot))
         self.mounted.discard((member.node_id, member.boot))
+        self.done.discard((member.node_id, member.boot))
 
     def left(self, member: Member, *, mounted: bool, done: bool) -> None:
         """A peer's LEAVE: it is mounted in an app (see :attr:`mounted`), or
@@ -87,6 +92,7 @@ class Lookup:
             self.mounted.add(key)
         if done:
             self.exited.add(key)
+            self.done.add(key)
 
     def _gone(self, member: Member) -> bool:
         """A peer that left and has certainly exited (its address refused a
@@ -259,6 +265,7 @@ class Lookup:
         routes = group._routes
         route = routes.get(bucket, task_id)
         asked: set[str] = {group.node_id}
+        stale: Route | None = None  # to an incarnation gone without saying where
         if route is not None:
             node, boot = route[0], route[1]
             member = members.get(node)
@@ -269,7 +276,13 @@ class Lookup:
                 return _lost(kind, bucket, task_id, node)
             pending = routes.unsettled.get((bucket, task_id)) if routes.unsettled else None
             if member is None or member.boot != boot:
-                routes.forget(bucket, task_id)  # it left (and restarted, or was pruned)
+                # It left (then restarted, or was pruned). If it said it was
+                # done, the task is elsewhere or ended; if not (killed during
+                # its stop), a peer has it -- or it died there.
+                if member is not None and (node, boot) not in self.done:
+                    stale = route
+                else:
+                    routes.forget(bucket, task_id)
             else:
                 try:
                     answer = await self._ask(member, kind, bucket, task_id)
@@ -297,6 +310,8 @@ class Lookup:
                             return answer
                 # The holder never had it, or handed it off and has exited: look around.
         if ended_here is not None:
+            if stale is not None:
+                routes.forget(bucket, task_id)
             return ended_here
         membership = group._members
         if not membership.joined and (group.seeds or membership.young()):
@@ -324,12 +339,20 @@ class Lookup:
         answers = await asyncio.gather(*(one(m) for m in targets))
         best = max(answers, key=rank, default=None)
         if best is not None and rank(best) >= 2:
+            if stale is not None:
+                routes.forget(bucket, task_id)  # it is elsewhere
             return best  # a live task that was stopped, or described
         if group._backups.records and group._backups.at_risk(bucket, task_id):
             unknown.append(f"{group.node_id} holds a backup of it and its holder is not alive")
         if unknown:
             raise _unavailable(bucket, task_id, unknown)
-        return best if best is not None and rank(best) > 0 else None
+        found = best if best is not None and rank(best) > 0 else None
+        if stale is not None and routes.get(bucket, task_id) == stale:
+            if found is None:  # no node has it, nor its outcome: it died there
+                group._report_lost_ids(stale[0], bucket, [task_id], "killed while leaving")
+                return _lost(kind, bucket, task_id, stale[0])
+            routes.forget(bucket, task_id)  # it is elsewhere: found there from now on
+        return found
 
     async def _took(self, member: Member, bucket: str, task_id: str,
                     pending: tuple[tuple[str, int, int], bool]) -> bool:
@@ -354,6 +377,31 @@ class Lookup:
         """A handoff to ``node`` that it never took: report the task lost (once)."""
         self.group._report_lost_ids(node, bucket, [task_id], "handoff not taken")
         return _lost(kind, bucket, task_id, node)
+
+    async def after_leave(self, stale: list[tuple[str, str, Route]]) -> None:
+        """A peer that left restarted without having said it was done, and
+        these routes still point at its old incarnation: find each task (see
+        :meth:`_find`: found on a peer, the route is dropped; on none, it
+        died there and is reported lost), asking again while some node
+        cannot say, for up to ``RESOLVE_FOR`` seconds."""
+        group = self.group
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + RESOLVE_FOR
+        limit = asyncio.Semaphore(_AFTER_LEAVE_CONCURRENCY)
+
+        async def one(bucket: str, task_id: str, route: Route) -> None:
+            async with limit:
+                while group.running and group._routes.get(bucket, task_id) == route:
+                    try:
+                        await self._find(Kind.GET, bucket, task_id, _get_rank,
+                                         self._ended_info(bucket, task_id))
+                        return
+                    except PeerUnavailableError:
+                        if loop.time() >= give_up:
+                            return  # left as is: a drain still looks for it
+                        await asyncio.sleep(group.config.probe_interval)
+
+        await asyncio.gather(*(one(*each) for each in stale))
 
     async def resolve(self, bucket: str, task_id: str) -> None:
         """Settle, in the background, a handoff its sender could not settle:
@@ -425,6 +473,10 @@ class Lookup:
             # held is not its to say (it may be taken over by a backup).
             raise Unknown(f"{member.node_id} restarted while it was asked")
         return reply
+
+
+#: Tasks looked for at once by :meth:`Lookup.after_leave`.
+_AFTER_LEAVE_CONCURRENCY = 16
 
 
 def _lost(kind: Kind, bucket: str, task_id: str, node: str) -> Answer:

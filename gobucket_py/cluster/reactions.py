@@ -60,8 +60,14 @@ class PeerReactions:
         group = self.group
         group._replicas.holder_gone(member.node_id)  # its backups died with it
         if was is MemberState.LEFT:
-            # It left gracefully: its tasks were handed off (drains find them).
-            group._routes.forget_node(member.node_id)
+            # It left gracefully: its tasks were handed off or ended, and it
+            # said so. If an incarnation did not say it was done (killed
+            # during its stop), each task routed to it is looked for.
+            node = member.node_id
+            done = {boot for peer, boot in group._lookup.done if peer == node}
+            stale = group._routes.forget_node(node, done)
+            if stale:
+                group._spawn(group._lookup.after_leave(stale))
             return
         group._backups.primary_gone(member, restarted=True)
         group._losses.report(member.node_id, member.boot, "restarted", other=True)

@@ -202,17 +202,26 @@ class Routes:
                     counts[node] += 1
         return counts
 
-    def forget_node(self, node_id: str) -> int:
-        """Drop every route to ``node_id`` (it left gracefully: its tasks moved)."""
-        dropped = 0
+    def forget_node(self, node_id: str, boots: set[str]) -> list[tuple[str, str, Route]]:
+        """Drop every route to ``node_id`` in one of ``boots`` (incarnations
+        that left gracefully and said they were done: their tasks moved or
+        ended). Return the other routes to it not reported lost, as
+        ``(bucket, task id, route)``."""
+        rest: list[tuple[str, str, Route]] = []
         for bucket, where in self._where.items():
-            gone = [task_id for task_id, route in where.items() if route[0] == node_id]
+            gone = []
+            for task_id, route in where.items():
+                if route[0] != node_id:
+                    continue
+                if route[1] in boots:
+                    gone.append(task_id)
+                elif not is_lost(route):
+                    rest.append((bucket, task_id, route))
             for task_id in gone:
                 del where[task_id]
                 if self.unsettled:
                     self.unsettled.pop((bucket, task_id), None)
-            dropped += len(gone)
-        return dropped
+        return rest
 
     def mark_lost(self, node_id: str, boot: str, *, other: bool = False
                   ) -> dict[str, list[str]]:
