@@ -543,6 +543,10 @@ MALFORMED.update({
     "type-float": fill_body(item(type_code=1.0)),
     "type-float-zero": fill_body(item(type_code=0.0)),
     "to-not-a-string": fill_body(item(), to=7),
+    "handoff-origins-not-a-list": fill_body(item(), handoff=True, origins="n1"),
+    "handoff-origins-too-short": fill_body(item(), item("t2"), handoff=True, origins=["n1"]),
+    "handoff-origin-not-a-string": fill_body(item(), handoff=True, origins=[7]),
+    "handoff-origin-empty": fill_body(item(), handoff=True, origins=[""]),
 })
 
 

@@ -36,8 +36,10 @@ if TYPE_CHECKING:
 
 __all__ = ["EndedNotices", "Notice"]
 
-#: A checked ENDED notice: ended ids by bucket, moves, promotions, reschedules.
-Notice = tuple[list[tuple[str, list[str]]], list[list[Any]], list[list[str]], list[list[Any]]]
+#: A checked ENDED notice: ended ids by bucket, moves, promotions,
+#: reschedules, and ends of tasks handed to the sender (with who handed them).
+Notice = tuple[list[tuple[str, list[str]]], list[list[Any]], list[list[str]], list[list[Any]],
+               list[list[str]]]
 
 log = logging.getLogger("gobucket_py")
 
@@ -53,9 +55,14 @@ class EndedNotices:
         self.group = group
         #: bucket -> task id -> origin node id, for tasks accepted by forward.
         self.origins: dict[str, dict[str, str]] = {}
-        # origin -> bucket -> ended task ids; origin -> [bucket, id, node, boot]
+        #: ``(bucket, task_id)`` -> the node that handed the task off to this
+        #: one (its origin's route may still point there, see :meth:`handed`).
+        self.via: dict[tuple[str, str], str] = {}
+        # origin -> bucket -> ended task ids; origin -> [bucket, id, via] (handed
+        # here by ``via``); origin -> [bucket, id, node, boot]
         # (+ [sender boot, batch, index] for a handoff that could not be settled)
         self._ended: dict[str, dict[str, list[str]]] = {}
+        self._ended_via: dict[str, list[list[str]]] = {}
         self._moved: dict[str, list[list[Any]]] = {}
         # origin -> [bucket, id, primary]: tasks this node took over as a backup
         self._promoted: dict[str, list[list[str]]] = {}
@@ -93,12 +100,21 @@ class EndedNotices:
                         where = origins[bucket] = {}
                 where[item[1]] = origin  # type: ignore[index]
 
+    def handed(self, bucket: str, task_id: str, origin: str, via: str) -> None:
+        """A task ``origin`` had forwarded was handed off here by ``via`` (a
+        node that stopped). When it ends, ``origin`` is told -- with ``via``,
+        since the notice may overtake ``via``'s own word of the move."""
+        self.accepted(bucket, task_id, origin)
+        self.via[(bucket, task_id)] = via
+
     def forget(self, bucket: str, task_id: str, asker: str) -> None:
         """``asker`` is draining the task: if it is the task's origin, it
         learns the outcome from the answer and needs no notice."""
         where = self.origins.get(bucket)
         if where is not None and where.get(task_id) == asker:
             del where[task_id]
+            if self.via:
+                self.via.pop((bucket, task_id), None)
 
     def task_ended(self, task: Task) -> None:
         """A bucket's ``on_outcome``: queue a notice if the task was forwarded here."""
@@ -106,8 +122,13 @@ class EndedNotices:
         if not where:
             return
         origin = where.pop(task.id, None)
+        via = self.via.pop((task.bucket, task.id), None) if self.via else None
         if origin is None or task.state is TaskState.HANDED_OFF:
             return  # not forwarded here; or moved, which Handoff reports with its target
+        if via is not None:
+            self._ended_via.setdefault(origin, []).append([task.bucket, task.id, via])
+            self._arm()
+            return
         per_bucket = self._ended.get(origin)
         if per_bucket is None:
             per_bucket = self._ended[origin] = {}
@@ -162,11 +183,10 @@ class EndedNotices:
             if member is not None and member.state is MemberState.DEAD and not member.lost:
                 waiting = True  # it may only be stalled or cut off: tell it when it is back
                 continue
-            ended, moved, promoted, extended = self._take(origin)
+            parts = self._take(origin)
             if member is None or member.state not in (MemberState.ALIVE, MemberState.SUSPECT):
                 continue  # gone, leaving or presumed lost: nobody to tell
-            self.group._spawn(self._send(origin, member.addr, ended, moved, promoted,
-                                         extended))
+            self.group._spawn(self._send(origin, member.addr, parts))
         if waiting and self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(
                 self.group.config.probe_interval, self._flush)
@@ -180,54 +200,58 @@ class EndedNotices:
         members = self.group._members.members
         sends = []
         for origin in self._origins():
-            ended, moved, promoted, extended = self._take(origin)
+            parts = self._take(origin)
             member = members.get(origin)
             if member is not None and member.state is not MemberState.LEFT and not member.lost:
-                sends.append(self._send(origin, member.addr, ended, moved, promoted, extended,
-                                        retry=False))
+                sends.append(self._send(origin, member.addr, parts, retry=False))
         await asyncio.gather(*sends)
 
     def _origins(self) -> set[str]:
-        return set(self._ended) | set(self._moved) | set(self._promoted) | set(self._extended)
+        return (set(self._ended) | set(self._ended_via) | set(self._moved)
+                | set(self._promoted) | set(self._extended))
 
-    def _take(self, origin: str) -> tuple[dict[str, list[str]], list[list[Any]],
-                                          list[list[str]], list[list[Any]]]:
-        """The notices waiting for ``origin``, taken off the queues. A
-        rescheduled task is reported with its seconds left, read now: the
-        nodes' clocks are not compared."""
-        extended = []
-        for (bucket, task_id), task in self._extended.pop(origin, {}).items():
-            if not task.state.terminal:  # (an ended one is in ``ended``)
-                extended.append([bucket, task_id, task.seconds_left])
-        return (self._ended.pop(origin, {}), self._moved.pop(origin, []),
-                self._promoted.pop(origin, []), extended)
+    def _take(self, origin: str) -> dict[str, Any]:
+        """The notices waiting for ``origin``, taken off the queues, as the
+        fields of an ENDED message. A rescheduled task is reported with its
+        seconds left, read now: the nodes' clocks are not compared."""
+        parts: dict[str, Any] = {"ended": self._ended.pop(origin, {}),
+                                 "moved": self._moved.pop(origin, [])}
+        extended = [[bucket, task_id, task.seconds_left]
+                    for (bucket, task_id), task in self._extended.pop(origin, {}).items()
+                    if not task.state.terminal]  # (an ended one is in ``ended``)
+        for name, queued in (("via", self._ended_via.pop(origin, [])),
+                             ("promoted", self._promoted.pop(origin, [])),
+                             ("extended", extended)):
+            if queued:
+                parts[name] = queued
+        return parts
 
-    async def _send(self, origin: str, addr: str, ended: dict[str, list[str]],
-                    moved: list[list[Any]], promoted: list[list[str]],
-                    extended: list[list[Any]], *, retry: bool = True) -> None:
+    async def _send(self, origin: str, addr: str, parts: dict[str, Any], *,
+                    retry: bool = True) -> None:
         group = self.group
-        message = {"v": 1, "from": group._members.header(), "ended": ended, "moved": moved}
-        if promoted:
-            message["promoted"] = promoted
-        if extended:
-            message["extended"] = extended
+        message = {"v": 1, "from": group._members.header(), **parts}
         try:
             await group.transport.call(addr, Kind.ENDED, message, group.config.request_timeout)
         except GobucketError as exc:  # try again with the next batch
             log.debug("ended notice not delivered event=ended_not_delivered node=%s origin=%s "
                       "error=%s", group.node_id, origin, exc)
-            if not retry:
-                return
-            for bucket, ids in ended.items():
-                self._ended.setdefault(origin, {}).setdefault(bucket, []).extend(ids)
-            self._moved.setdefault(origin, []).extend(moved)
-            if promoted:
-                self._promoted.setdefault(origin, []).extend(promoted)
-            for bucket, task_id, _ in extended:  # read again when sent: fewer seconds left
-                task = self.group.buckets[bucket].get(task_id)
-                if task is not None:
-                    self.rescheduled(task)
-            self._arm()
+            if retry:
+                self._requeue(origin, parts)
+
+    def _requeue(self, origin: str, parts: dict[str, Any]) -> None:
+        """Queue the notices of an undelivered message again, for the next batch."""
+        for bucket, ids in parts["ended"].items():
+            self._ended.setdefault(origin, {}).setdefault(bucket, []).extend(ids)
+        self._moved.setdefault(origin, []).extend(parts["moved"])
+        if "via" in parts:
+            self._ended_via.setdefault(origin, []).extend(parts["via"])
+        if "promoted" in parts:
+            self._promoted.setdefault(origin, []).extend(parts["promoted"])
+        for bucket, task_id, _ in parts.get("extended", ()):  # read again: fewer seconds left
+            task = self.group.buckets[bucket].get(task_id)
+            if task is not None:
+                self.rescheduled(task)
+        self._arm()
 
     # -- the origin's side ----------------------------------------------------------------
 
@@ -235,11 +259,8 @@ class EndedNotices:
     def check(message: dict[str, Any]) -> Notice:
         """Validate an ENDED notice (``ProtocolError``, a 400, if malformed)."""
         ended, moved = message.get("ended"), message.get("moved")
-        promoted = message.get("promoted", [])
-        if not isinstance(promoted, list) or not all(
-                isinstance(e, list) and len(e) == 3 and all(isinstance(v, str) for v in e)
-                for e in promoted):
-            raise ProtocolError("ended notice: each promotion is [bucket, id, primary]")
+        promoted = _triples(message, "promoted", "each promotion is [bucket, id, primary]")
+        via = _triples(message, "via", "each 'via' entry is [bucket, id, node that handed it]")
         if not isinstance(ended, dict) or not isinstance(moved, list):
             raise ProtocolError("ended notice needs 'ended' (a map) and 'moved' (a list)")
         checked: list[tuple[str, list[str]]] = []
@@ -260,19 +281,24 @@ class EndedNotices:
                 and isinstance(e[1], str) and type(e[2]) in (int, float)
                 and math.isfinite(e[2]) for e in extended):
             raise ProtocolError("ended notice: each reschedule is [bucket, id, seconds left]")
-        return checked, moved, promoted, extended
+        return checked, moved, promoted, extended, via
 
     def apply(self, sender: str, sender_boot: str, notice: Notice) -> None:
         """Drop the routes of tasks ``sender`` says ended; move those it
         handed off (and settle those it could not settle) or took over;
-        keep those it rescheduled until their new deadline."""
-        checked, moved, promoted, extended = notice
+        keep those it rescheduled until their new deadline. A task that
+        ended after a handoff comes with the node that handed it to
+        ``sender``: its route may still point there (this notice overtook
+        that node's word of the move)."""
+        checked, moved, promoted, extended, via = notice
         group = self.group
         routes = group._routes
         now = asyncio.get_running_loop().time()
         for bucket, ids in checked:
             for task_id in ids:
                 routes.ended(bucket, task_id, sender, now)
+        for bucket, task_id, handed_by in via:
+            routes.ended(bucket, task_id, sender, now, via=handed_by)
         for bucket, task_id, node, boot, *rest in moved:
             slot = (rest[0], rest[1], rest[2]) if rest else None
             if routes.move(bucket, task_id, sender, node, boot, slot):
@@ -285,3 +311,13 @@ class EndedNotices:
         for bucket, task_id, left in extended:
             routes.extend(bucket, task_id, sender, now, left)
 
+
+
+def _triples(message: dict[str, Any], name: str, what: str) -> list[list[str]]:
+    """Field ``name`` of an ENDED notice: a list of three-string lists (or absent)."""
+    value = message.get(name, [])
+    if not isinstance(value, list) or not all(
+            isinstance(e, list) and len(e) == 3 and all(isinstance(v, str) for v in e)
+            for e in value):
+        raise ProtocolError(f"ended notice: {what}")
+    return value

@@ -220,6 +220,10 @@ class Forwarder:
         self._seq = itertools.count(1)
         #: Peers (node id, boot) that take FILL batches as ``items`` only.
         self._rows: set[tuple[str, str]] = set()
+        #: ``(bucket, task_id)`` -> the node that forwarded a task being
+        #: handed off (set by :class:`~.handoff.Handoff`): its new holder
+        #: tells that node when the task ends.
+        self.origins: dict[tuple[str, str], str] = {}
         #: Set by :meth:`close`: nothing more is sent.
         self.closed = False
         #: Round-trip time of each FILL batch (seconds).
@@ -297,6 +301,10 @@ class Forwarder:
         message: dict[str, Any] = {"v": 1, "from": self.membership.header(),
                                    "handoff": mode == HANDOFF, "batch": seq,
                                    "to": boot}
+        if mode == HANDOFF and self.origins:
+            origins = [self.origins.get((item[0], item[1])) for item in items]
+            if origins.count(None) != len(origins):
+                message["origins"] = origins
         if mode == BACKUP:  # column by column (see .columns)
             message["backup"] = True
             message["cols"] = pack_columns(items)

@@ -137,12 +137,19 @@ class Handoff:
                 else:
                     item: Item = (name, task.id, TYPES.index(task.type), payload, run_after,
                                   life_span)
+                    origins = None if group._forwarder is None else group._forwarder.origins
+                    origin = group._ended.origins.get(name, {}).get(task.id)
+                    if origins is not None and origin is not None:
+                        origins[key] = origin  # the new holder tells it when the task ends
                     try:
                         member, _ = await group._overflow.place(item, handoff=True)
                     except PlacementUnknownError as exc:
                         target, slot = await self._unsettled(name, task.id, exc, deadline)
                     else:
                         target = None if member is None else member.node_id
+                    finally:
+                        if origins is not None:
+                            origins.pop(key, None)
         except Exception:  # a bug must not lose the task: it stays here
             log.exception("handoff of a task failed; it stays here event=handoff_error "
                           "node=%s bucket=%s task_id=%s", group.node_id, name, task.id)

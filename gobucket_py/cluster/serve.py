@@ -69,6 +69,18 @@ Batch = list[Any] | BackupBatch | FillBatch
 _REFUSALS = (BucketFullError, DuplicateTaskError, BucketClosedError, TypeError, ValueError)
 
 
+def _origins(message: dict[str, Any], count: int) -> list[str | None] | None:
+    """The ``origins`` of a handoff batch of ``count`` items: one node id (or
+    None) per item, or absent (a sender of an earlier version); else a 400."""
+    origins = message.get("origins")
+    if origins is None:
+        return None
+    if (not isinstance(origins, list) or len(origins) != count
+            or not all(o is None or (isinstance(o, str) and o) for o in origins)):
+        raise ProtocolError("origins must be a list of node ids (or nil), one per item")
+    return origins
+
+
 def _times(task_type: TaskType, run_after: float, life_span: float) -> tuple[float, str | None]:
     """A forwarded task's run_after as taken (0 for an immediate task), and
     the verdict if its times are invalid. (Decoding made both numbers finite
@@ -154,18 +166,19 @@ class PeerServer:
             to = message.get("to")  # the incarnation the sender meant
             if to is not None and not isinstance(to, str):
                 raise ProtocolError("to must be a string")
+            handoff = message.get("handoff") is True
+            origins = _origins(message, len(checked)) if handoff else None
             member = membership.heard(sender)  # all or nothing: 400 before any fill
             if to and to != membership.boot:  # meant for this node before a restart
                 return {"v": 1, "results": ["restarted"] * len(checked),
                         "from": membership.header()}
-            handoff = message.get("handoff") is True
             key = None if member is None or seq is None else (member.boot, seq)
             if backup:
                 if member is None:
                     raise ProtocolError("a node does not back up its own tasks")
                 results = await self._fill(checked, key, handoff, member, backup=True)
                 return {"v": 1, "results": results, "from": membership.header()}
-            results = await self._fill(checked, key, handoff, member)
+            results = await self._fill(checked, key, handoff, member, origins=origins)
             # "from" last: the capacity it reports includes this batch.
             return {"v": 1, "results": results, "from": membership.header()}
         if kind is Kind.ENDED:
@@ -269,12 +282,13 @@ class PeerServer:
             return {"v": 1, "error": type(exc).__name__, "message": str(exc)}
 
     async def _fill(self, items: Batch, key: tuple[str, int] | None,
-                    handoff: bool, sender: Member | None, *, backup: bool = False
-                    ) -> list[str]:
-        """Verdicts for one FILL batch; a batch seen before is not filled again."""
+                    handoff: bool, sender: Member | None, *, backup: bool = False,
+                    origins: list[str | None] | None = None) -> list[str]:
+        """Verdicts for one FILL batch; a batch seen before is not filled again.
+        ``origins``: of a handoff batch, the node each task came from first."""
         group = self.group
         if key is None:
-            return await self._take(items, sender, backup, handoff, [])
+            return await self._take(items, sender, backup, handoff, [], origins)
         ledger = group._batches
         now = asyncio.get_running_loop().time()
         seen = ledger.seen(key, now)
@@ -289,7 +303,7 @@ class PeerServer:
         ledger.pending[key] = future
         results: list[str] = []
         try:
-            await self._take(items, sender, backup, handoff, results)
+            await self._take(items, sender, backup, handoff, results, origins)
         except BaseException as exc:
             if results:  # (stopped) some were taken: never "void" -- the rest were not
                 results += ["closed"] * (len(items) - len(results))
@@ -306,10 +320,11 @@ class PeerServer:
         return results
 
     async def _take(self, items: Batch, sender: Member | None, backup: bool, handoff: bool,
-                    results: list[str]) -> list[str]:
+                    results: list[str], origins: list[str | None] | None = None
+                    ) -> list[str]:
         """Take one batch, its verdicts added to ``results`` as they are given
         (slice by slice: a batch of thousands does not hold this node's
-        timers)."""
+        timers). ``origins``: see :meth:`_fill`."""
         group = self.group
         if isinstance(items, BackupBatch):
             assert sender is not None and backup
@@ -333,26 +348,40 @@ class PeerServer:
                     group._ended.accepted_batch(part, verdicts, origin)
         if handoff and sender is not None:
             group.handoffs_received[sender.node_id] += results.count("ok")
+            if origins is not None:
+                self._handed(items, results, origins, sender.node_id)
         if group._replicas.ks:
-            await self._back_up(items, results, sender, handoff)
+            await self._back_up(items, results, sender, handoff, origins)
         return results
 
+    def _handed(self, items: Batch, results: list[str], origins: list[str | None],
+                sender: str) -> None:
+        """Tasks handed off here by ``sender`` that another node had forwarded
+        to it: that node (their origin) is told when each ends here."""
+        here = self.group.node_id
+        for item, verdict, origin in zip(items, results, origins, strict=True):
+            if verdict == "ok" and origin is not None and origin != here:
+                self.group._ended.handed(item[0], item[1], origin, sender)
+
     async def _back_up(self, items: list[Any] | FillBatch, results: list[str],
-                       sender: Member | None, handoff: bool) -> None:
+                       sender: Member | None, handoff: bool,
+                       origins: list[str | None] | None = None) -> None:
         """Back up the time-bombs this batch brought to replicated buckets;
         one that cannot get its backups is taken back ("no backup room") --
         unless it is a handoff: that task was accepted long ago, and its
-        leaving holder would only rescue it, so it stays with fewer."""
+        leaving holder would only rescue it, so it stays with fewer. Each
+        backup names the task's origin (a handed-off task's first sender)."""
         group = self.group
         replicas = group._replicas
-        origin = group.node_id if sender is None else sender.node_id
-        wanted: dict[str, list[tuple[int, Task]]] = {}
+        sent_by = group.node_id if sender is None else sender.node_id
+        wanted: dict[tuple[str, str], list[tuple[int, Task]]] = {}
         for index, (item, verdict) in enumerate(zip(items, results, strict=True)):
             if verdict == "ok" and item[2] is TaskType.TIME_BOMB and replicas.ks.get(item[0]):
                 task = group.buckets[item[0]].get(item[1])
                 if task is not None:
-                    wanted.setdefault(item[0], []).append((index, task))
-        for name, pairs in wanted.items():
+                    origin = (origins[index] if origins is not None else None) or sent_by
+                    wanted.setdefault((item[0], origin), []).append((index, task))
+        for (name, origin), pairs in wanted.items():
             tasks = [task for _, task in pairs]
             short = 0
             for (index, task), ok in zip(pairs, await replicas.protect(name, tasks, origin),

@@ -1,0 +1,168 @@
+"""A task handed off on a graceful stop keeps a true route at its origin.
+
+n1 forwards a task to n2; n2 stops and hands it to n3. n1's route follows
+the task to n3 (n2 says where it went). When the task then ends on n3, n1
+must hear of it from n3 -- or a later crash of n3 would report a task that
+already ran as lost: one outcome *and* a loss report. And n3's word may
+overtake n2's: a task due at once after the move ends before n2's notice of
+the move arrives.
+
+In-memory cluster (the public :class:`~gobucket_py.testing.MemoryCluster`),
+faked loop clock, except the last tests, which check the wire form.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gobucket_py import BucketConfig, GroupConfig, TaskBucket, TaskBucketGroup, TaskType
+from gobucket_py.cluster.ended import EndedNotices
+from gobucket_py.cluster.routes import Routes
+from gobucket_py.errors import ProtocolError
+from gobucket_py.testing import MemoryCluster
+
+from .conftest import Recorder
+
+BOMB = TaskType.TIME_BOMB
+
+
+class Three:
+    """n1 (one slot) overflows; n2 and n3 (and n4...) have room; n1's loss
+    reports kept."""
+
+    def __init__(self, replicas: int = 0, nodes: int = 3) -> None:
+        self.lost: list[str] = []
+        self.recorders: list[Recorder] = []
+
+        def buckets(name: str) -> dict[str, TaskBucket]:
+            recorder = Recorder()
+            self.recorders.append(recorder)
+            # (n1 keeps no backups: those of the others go to the others)
+            extra = ({"replicas": replicas, "max_backups": 0 if name == "n1" else 50}
+                     if replicas else {})
+            config = BucketConfig(life_span=60, run_after=30,
+                                  max_bucket=1 if name == "n1" else 50, **extra)
+            return {"jobs": TaskBucket(config, recorder, name="jobs")}
+
+        def setup(group: TaskBucketGroup) -> None:
+            if group.node_id == "n1":
+                group.on_tasks_lost = lambda peer, bucket, ids: self.lost.extend(ids)
+
+        self.cluster = MemoryCluster([f"n{i}" for i in range(1, nodes + 1)], buckets, setup=setup,
+                                     config=GroupConfig.local(stop_grace=5.0))
+
+    def runs(self, task_id: str) -> int:
+        return sum(r.hooks(task_id).count("execute") for r in self.recorders)
+
+    async def on_n2(self, run_after: float) -> None:
+        """Forward "job" from n1 to n2, with room on n3 by then."""
+        c = self.cluster
+        await c.settle()
+        await c["n1"].fill("jobs", "anchor", task_type=BOMB, run_after=500, life_span=600)
+        # The others full for the moment, so the job goes to n2.
+        others = [name for name in c.groups if name not in ("n1", "n2")]
+        for name in others:
+            for i in range(50):
+                c[name].buckets["jobs"].fill_nowait(BOMB, f"hold-{i}", run_after=500,
+                                                    life_span=600)
+        await c.wait_for(lambda: all(c["n1"]._members.members[name].free.get("jobs") == 0
+                                     for name in others))
+        placed = await c["n1"].fill("jobs", "job", task_type=BOMB, run_after=run_after,
+                                    life_span=60)
+        assert placed.node_id == "n2"
+        for i in range(50):
+            c["n3"].buckets["jobs"].drain_nowait(f"hold-{i}")
+        await c.wait_for(lambda: c["n2"]._members.members["n3"].free.get("jobs") == 50)
+
+    async def handed_from_n2_to_n3(self, run_after: float) -> None:
+        """Forward "job" from n1 to n2, then stop n2: it goes to n3."""
+        await self.on_n2(run_after)
+        await self.cluster.stop("n2")
+        assert "job" in self.cluster["n3"].buckets["jobs"]
+
+
+@pytest.mark.looptime
+async def test_a_handed_off_task_that_ran_is_not_reported_lost_when_its_holder_crashes(
+) -> None:
+    three = Three()
+    async with three.cluster as c:
+        await three.handed_from_n2_to_n3(run_after=5)
+        route = c["n1"]._routes.get("jobs", "job")
+        assert route is not None and route[0] == "n3"  # n2 said where it went
+        await asyncio.sleep(10)  # it runs on n3, which tells n1
+        assert three.runs("job") == 1
+        assert c["n1"]._routes.get("jobs", "job") is None
+        c.crash("n3")
+        await asyncio.sleep(20)  # n1 finds n3 dead and reports what it held
+        assert "job" not in three.lost
+        assert three.runs("job") == 1
+
+
+@pytest.mark.looptime
+async def test_a_handed_off_task_still_pending_is_reported_lost_when_its_holder_crashes(
+) -> None:
+    # The other side: the notice is sent only for tasks that ended.
+    three = Three()
+    async with three.cluster as c:
+        await three.handed_from_n2_to_n3(run_after=40)
+        c.crash("n3")
+        await asyncio.sleep(20)
+        assert three.lost == ["job"]
+        assert three.runs("job") == 0
+
+
+@pytest.mark.looptime
+async def test_the_end_of_a_handed_off_task_may_overtake_the_word_of_its_move() -> None:
+    # n2's notice of the move is held up until after the task ran on n3 and
+    # n3 said so: n1 must still drop the route (which points at n2 then).
+    three = Three()
+    async with three.cluster as c:
+        await three.on_n2(run_after=1)
+        late = c.delay("n2", "n1", 3.0)
+        await c.stop("n2")  # the job went to n3 and ran there (due 1 s after its fill)
+        await asyncio.sleep(0.5)  # n3's notice is in
+        assert three.recorders[2].hooks("job").count("execute") == 1
+        route = c["n1"]._routes.get("jobs", "job")
+        assert route is None or route[0] == "n2"
+        late.heal()
+        await asyncio.sleep(5)  # n2's notice of the move is in too
+        assert c["n1"]._routes.get("jobs", "job") is None
+        c.crash("n3")
+        await asyncio.sleep(20)
+        assert "job" not in three.lost
+
+
+@pytest.mark.looptime
+async def test_a_handed_off_task_taken_over_by_its_backup_is_not_reported_lost() -> None:
+    # replicas=1: n3 backs the task up (on n4) naming n1, its origin,
+    # not n2, which handed it over and is gone: when n3 crashes, the backup
+    # takes over and tells n1, whose route follows -- one run, no loss report.
+    three = Three(replicas=1, nodes=4)
+    async with three.cluster as c:
+        await three.handed_from_n2_to_n3(run_after=20)
+        assert c["n3"]._replicas.holders.bucket("jobs")["job"] == ("n4",)
+        c.crash("n3")
+        await asyncio.sleep(30)  # found dead, taken over, and due
+        assert three.runs("job") == 1
+        assert "job" not in three.lost
+
+
+def test_an_end_after_a_handoff_drops_a_route_to_either_holder() -> None:
+    routes = Routes()
+    routes.add("jobs", "n2", "b2", 0.0, 60.0, ["a", "b", "c"])
+    routes.ended("jobs", "a", "n3", 1.0, via="n2")  # overtook n2's word of the move
+    assert routes.get("jobs", "a") is None
+    assert not routes.move("jobs", "a", "n2", "n3", "b3")  # nothing left to move
+    routes.move("jobs", "b", "n2", "n3", "b3")
+    routes.ended("jobs", "b", "n3", 2.0, via="n2")
+    assert routes.get("jobs", "b") is None
+    routes.ended("jobs", "c", "n3", 3.0, via="n4")  # handed by a node it never went to
+    assert routes.get("jobs", "c") == ("n2", "b2", 61.0)
+
+
+@pytest.mark.parametrize("via", [["jobs", "a"], [["jobs", "a", 3]], "x", [["jobs", "a"]]])
+def test_a_malformed_via_notice_is_refused(via: object) -> None:
+    with pytest.raises(ProtocolError, match="via"):
+        EndedNotices.check({"ended": {}, "moved": [], "via": via})
