@@ -5,7 +5,9 @@ In-memory cluster (the public :class:`~gobucket_py.testing.MemoryCluster`),
 faked loop clock. Each test is a sequence an adversarial review found to
 report a task lost and then run it: a crash loop within ``promote_grace``,
 a handoff settled against the holder's new incarnation, and a backup holder
-that hears of the restart after the origin has reported the task lost.
+that hears of the restart after the origin has reported the task lost. The last
+one checks the other side: a restart must not make a fill be refused for
+want of backup room.
 """
 
 from __future__ import annotations
@@ -206,3 +208,23 @@ async def test_a_task_handed_off_by_a_holder_that_left_is_found_not_reported_los
         assert w.lost == []
         await asyncio.sleep(30)
         assert w.runs("job") == 1 and w.lost == []
+
+
+async def test_a_backup_refused_by_a_restarted_peer_goes_to_its_new_incarnation() -> None:
+    # n1 backs a task up on n2, which has just restarted (n1 has not heard):
+    # the batch, meant for the old incarnation, is refused ("restarted"),
+    # which is no refusal of the new one: it is asked next, and the fill is
+    # accepted -- not NoBackupRoomError in a cluster with room.
+    w = Watched()
+    async with w.cluster(2, replicas=1) as c:
+        await c.settle()
+        old = c["n2"].boot_id
+        c.crash("n2")
+        await c.restart("n2")
+        await c.wait_for(lambda: c["n1"]._members.members["n2"].boot == c["n2"].boot_id)
+        c["n1"]._members.members["n2"].boot = old  # as if n1 had not heard yet
+        placed = await c["n1"].fill("jobs", "job", task_type=BOMB, run_after=10, life_span=60)
+        assert not placed.forwarded
+        assert c["n1"]._members.members["n2"].boot == c["n2"].boot_id  # heard from its answer
+        assert c["n1"]._replicas.holders.bucket("jobs")["job"] == ("n2",)
+        assert ("job", "n1") in c["n2"]._backups.records["jobs"]

@@ -131,19 +131,21 @@ async def place_backups(group: TaskBucketGroup, name: str, tasks: list[Task], or
                 share[0].append(i)
                 share[1].append(backup_item(task, payload, now, origin, rank, names))
         if fast is not None and only is not None:
-            futures = [(only, wanted, forwarder.send_many(only, fast, mode=BACKUP))]
+            futures = [(only, wanted, forwarder.send_many(only, fast, mode=BACKUP), only.boot)]
         elif sends:
-            futures = [(member, share[0], forwarder.send_many(member, share[1], mode=BACKUP))
-                       for member, share in sends.items()]
+            futures = [(member, share[0], forwarder.send_many(member, share[1], mode=BACKUP),
+                        member.boot) for member, share in sends.items()]
         else:
             break
-        for member, indexes, future in futures:
+        for member, indexes, future, boot in futures:
             node = member.node_id
             one = (node,)
             for i, verdict in zip(indexes, await future, strict=True):
                 if verdict == "ok":
                     got = have[i]
                     have[i] = (*got, node) if got else one
+                elif verdict == "restarted" and member.boot != boot:
+                    pass  # meant for its last incarnation; the new one is asked next round
                 else:
                     # Unsettled: it may hold one -- it is told when the task
                     # starts or is drained, but another is placed (two
