@@ -19,6 +19,8 @@ import pytest
 
 from gobucket_py import BucketConfig, GroupConfig, TaskBucket, TaskBucketGroup, TaskType
 from gobucket_py.cluster.ended import EndedNotices
+from gobucket_py.cluster.forward import HANDOFF
+from gobucket_py.cluster.items import PACKED_NONE
 from gobucket_py.cluster.routes import Routes
 from gobucket_py.errors import ProtocolError
 from gobucket_py.testing import MemoryCluster
@@ -151,18 +153,84 @@ async def test_a_handed_off_task_taken_over_by_its_backup_is_not_reported_lost()
 
 def test_an_end_after_a_handoff_drops_a_route_to_either_holder() -> None:
     routes = Routes()
-    routes.add("jobs", "n2", "b2", 0.0, 60.0, ["a", "b", "c"])
-    routes.ended("jobs", "a", "n3", 1.0, via="n2")  # overtook n2's word of the move
+    routes.add("jobs", "n2", "b2", 0.0, 60.0, ["a", "b", "c", "d"])
+    routes.ended("jobs", "a", "n3", 1.0, via=("n2", "b2"))  # overtook n2's word of the move
     assert routes.get("jobs", "a") is None
     assert not routes.move("jobs", "a", "n2", "n3", "b3")  # nothing left to move
     routes.move("jobs", "b", "n2", "n3", "b3")
-    routes.ended("jobs", "b", "n3", 2.0, via="n2")
+    routes.ended("jobs", "b", "n3", 2.0, via=("n2", "b2"))
     assert routes.get("jobs", "b") is None
-    routes.ended("jobs", "c", "n3", 3.0, via="n4")  # handed by a node it never went to
+    routes.ended("jobs", "c", "n3", 3.0, via=("n4", "b4"))  # a node it never went to
     assert routes.get("jobs", "c") == ("n2", "b2", 61.0)
+    # handed off by an earlier incarnation of n2: not this task (its id reused)
+    routes.ended("jobs", "d", "n3", 3.0, via=("n2", "b0"))
+    assert routes.get("jobs", "d") == ("n2", "b2", 61.0)
 
 
-@pytest.mark.parametrize("via", [["jobs", "a"], [["jobs", "a", 3]], "x", [["jobs", "a"]]])
+@pytest.mark.looptime
+async def test_a_task_that_ends_while_its_big_handoff_batch_is_taken_is_told_to_its_origin(
+) -> None:
+    # n3 takes a batch of 1,024 handed-off tasks slice by slice, yielding
+    # between slices; immediate ones run in those yields. Each slice's
+    # origins are recorded as it is taken, so every end is told to n1.
+    recorders: list[Recorder] = []
+
+    def buckets(name: str) -> dict[str, TaskBucket]:
+        recorders.append(Recorder())
+        return {"jobs": TaskBucket(BucketConfig(life_span=60, max_bucket=2048), recorders[-1],
+                                   name="jobs")}
+
+    async with MemoryCluster(3, buckets, config=GroupConfig.local()) as c:
+        await c.settle()
+        n2, n3 = c["n2"], c["n3"]
+        assert n2._forwarder is not None
+        ids = [f"t{i}" for i in range(1024)]
+        for task_id in ids:
+            n2._forwarder.origins[("jobs", task_id)] = "n1"
+        # n1's routes, as n2's notices of the moves leave them
+        c["n1"]._routes.add("jobs", "n3", n3.boot_id, 0.0, 60.0, list(ids))
+        items = [("jobs", task_id, 0, PACKED_NONE, 0.0, 60.0) for task_id in ids]
+        verdicts = await n2._forwarder.send_many(n2._members.members["n3"], items,
+                                                 mode=HANDOFF)
+        assert verdicts == ["ok"] * len(ids)
+        await asyncio.sleep(1)
+        assert sum(recorders[2].hooks(t).count("finish") for t in ids) == len(ids)
+        assert not n3._ended.via and not n3._ended.origins.get("jobs")
+        assert not any(c["n1"]._routes.get("jobs", t) for t in ids)
+
+
+@pytest.mark.looptime
+async def test_a_late_end_notice_does_not_drop_the_route_of_a_task_reusing_its_id() -> None:
+    # "job" goes n1 -> n2 -> n3 (n2 stops) and runs there; n3's notice of its
+    # end is late. Meanwhile n2 restarts, and "job" is filled again and goes
+    # to the new n2. The late notice (handed by the *old* n2) must not drop
+    # the new task's route: when the new n2 crashes, the new job is lost.
+    three = Three(nodes=3)
+    async with three.cluster as c:
+        await three.on_n2(run_after=3)
+        late = c.delay("n3", "n1", 3.0)
+        await c.stop("n2")
+        await asyncio.sleep(3.5)  # ran on n3
+        assert three.runs("job") == 1
+        b3 = c["n3"].buckets["jobs"]
+        for i in range(50 - len(b3)):
+            b3.fill_nowait(BOMB, f"fill-{i}", run_after=500, life_span=600)
+        await c.restart("n2")
+        await c.wait_for(lambda: c["n1"]._members.members["n2"].boot == c["n2"].boot_id
+                         and c["n1"]._members.members["n2"].free.get("jobs") == 50
+                         and c["n1"]._members.members["n3"].free.get("jobs") == 0)
+        placed = await c["n1"].fill("jobs", "job", task_type=BOMB, run_after=30, life_span=60)
+        assert placed.node_id == "n2"
+        await asyncio.sleep(5)  # the late notice is in
+        late.heal()
+        c.crash("n2")
+        await asyncio.sleep(20)
+        assert three.runs("job") == 1
+        assert three.lost == ["job"]  # the new one, reported once
+
+
+@pytest.mark.parametrize("via", [["jobs", "a"], [["jobs", "a", "n2", 3]], "x",
+                                 [["jobs", "a", "n2"]]])
 def test_a_malformed_via_notice_is_refused(via: object) -> None:
     with pytest.raises(ProtocolError, match="via"):
         EndedNotices.check({"ended": {}, "moved": [], "via": via})

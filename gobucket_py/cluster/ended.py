@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 __all__ = ["EndedNotices", "Notice"]
 
 #: A checked ENDED notice: ended ids by bucket, moves, promotions,
-#: reschedules, and ends of tasks handed to the sender (with who handed them).
+#: reschedules, and ends of tasks handed to the sender (with the node, and
+#: its boot id, that handed them).
 Notice = tuple[list[tuple[str, list[str]]], list[list[Any]], list[list[str]], list[list[Any]],
                list[list[str]]]
 
@@ -55,11 +56,12 @@ class EndedNotices:
         self.group = group
         #: bucket -> task id -> origin node id, for tasks accepted by forward.
         self.origins: dict[str, dict[str, str]] = {}
-        #: ``(bucket, task_id)`` -> the node that handed the task off to this
-        #: one (its origin's route may still point there, see :meth:`handed`).
-        self.via: dict[tuple[str, str], str] = {}
-        # origin -> bucket -> ended task ids; origin -> [bucket, id, via] (handed
-        # here by ``via``); origin -> [bucket, id, node, boot]
+        #: ``(bucket, task_id)`` -> the node (and its boot id) that handed the
+        #: task off to this one: its origin's route may still point there
+        #: (see :meth:`handed`).
+        self.via: dict[tuple[str, str], tuple[str, str]] = {}
+        # origin -> bucket -> ended task ids; origin -> [bucket, id, via node,
+        # its boot] (handed here by it); origin -> [bucket, id, node, boot]
         # (+ [sender boot, batch, index] for a handoff that could not be settled)
         self._ended: dict[str, dict[str, list[str]]] = {}
         self._ended_via: dict[str, list[list[str]]] = {}
@@ -100,10 +102,11 @@ class EndedNotices:
                         where = origins[bucket] = {}
                 where[item[1]] = origin  # type: ignore[index]
 
-    def handed(self, bucket: str, task_id: str, origin: str, via: str) -> None:
+    def handed(self, bucket: str, task_id: str, origin: str, via: tuple[str, str]) -> None:
         """A task ``origin`` had forwarded was handed off here by ``via`` (a
-        node that stopped). When it ends, ``origin`` is told -- with ``via``,
-        since the notice may overtake ``via``'s own word of the move."""
+        node that stopped, and its boot id). When it ends, ``origin`` is told
+        -- naming ``via``, since the notice may overtake ``via``'s own word of
+        the move."""
         self.accepted(bucket, task_id, origin)
         self.via[(bucket, task_id)] = via
 
@@ -125,10 +128,8 @@ class EndedNotices:
         via = self.via.pop((task.bucket, task.id), None) if self.via else None
         if origin is None or task.state is TaskState.HANDED_OFF:
             return  # not forwarded here; or moved, which Handoff reports with its target
-        if via is not None:
-            self._ended_via.setdefault(origin, []).append([task.bucket, task.id, via])
-            self._arm()
-            return
+        if via is not None:  # (and in ``ended`` too, for an origin of an earlier version)
+            self._ended_via.setdefault(origin, []).append([task.bucket, task.id, *via])
         per_bucket = self._ended.get(origin)
         if per_bucket is None:
             per_bucket = self._ended[origin] = {}
@@ -260,7 +261,12 @@ class EndedNotices:
         """Validate an ENDED notice (``ProtocolError``, a 400, if malformed)."""
         ended, moved = message.get("ended"), message.get("moved")
         promoted = _triples(message, "promoted", "each promotion is [bucket, id, primary]")
-        via = _triples(message, "via", "each 'via' entry is [bucket, id, node that handed it]")
+        via = message.get("via", [])
+        if not isinstance(via, list) or not all(
+                isinstance(e, list) and len(e) == 4 and all(isinstance(v, str) for v in e)
+                for e in via):
+            raise ProtocolError("ended notice: each 'via' entry is [bucket, id, node that "
+                                "handed it here, its boot id]")
         if not isinstance(ended, dict) or not isinstance(moved, list):
             raise ProtocolError("ended notice needs 'ended' (a map) and 'moved' (a list)")
         checked: list[tuple[str, list[str]]] = []
@@ -297,8 +303,8 @@ class EndedNotices:
         for bucket, ids in checked:
             for task_id in ids:
                 routes.ended(bucket, task_id, sender, now)
-        for bucket, task_id, handed_by in via:
-            routes.ended(bucket, task_id, sender, now, via=handed_by)
+        for bucket, task_id, handed_by, boot in via:
+            routes.ended(bucket, task_id, sender, now, via=(handed_by, boot))
         for bucket, task_id, node, boot, *rest in moved:
             slot = (rest[0], rest[1], rest[2]) if rest else None
             if routes.move(bucket, task_id, sender, node, boot, slot):

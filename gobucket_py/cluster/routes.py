@@ -147,14 +147,14 @@ class Routes:
         return early is not None and early[0] == node_id and (sent is None or early[1] >= sent)
 
     def ended(self, bucket: str, task_id: str, node_id: str, now: float,
-              via: str | None = None) -> None:
-        """``node_id`` says the task ended there (``via``: after that node
-        handed it to ``node_id``): drop its route, to either. A notice that
-        overtakes the route (the forward's verdict is still being settled)
-        is kept for a while, so the route is never added."""
+              via: tuple[str, str] | None = None) -> None:
+        """``node_id`` says the task ended there (``via``: after that node, in
+        that boot, handed it to ``node_id``): drop its route, to either. A
+        notice that overtakes the route (the forward's verdict is still being
+        settled) is kept for a while, so the route is never added."""
         where = self._where.get(bucket)
         route = None if where is None else where.get(task_id)
-        if route is not None and via is not None and route[0] == via:
+        if route is not None and route[:2] == via:
             route = (node_id, route[1], route[2])  # the move's own word comes later
         if route is None:
             early = self._early

@@ -346,22 +346,24 @@ class PeerServer:
                 results += verdicts
                 if origin is not None:
                     group._ended.accepted_batch(part, verdicts, origin)
+                elif origins is not None and sender is not None:
+                    self._handed(part, verdicts, origins[start:start + len(part)], sender)
         if handoff and sender is not None:
             group.handoffs_received[sender.node_id] += results.count("ok")
-            if origins is not None:
-                self._handed(items, results, origins, sender.node_id)
         if group._replicas.ks:
             await self._back_up(items, results, sender, handoff, origins)
         return results
 
-    def _handed(self, items: Batch, results: list[str], origins: list[str | None],
-                sender: str) -> None:
+    def _handed(self, items: Batch, verdicts: list[str], origins: list[str | None],
+                sender: Member) -> None:
         """Tasks handed off here by ``sender`` that another node had forwarded
-        to it: that node (their origin) is told when each ends here."""
+        to it (one slice of a batch, as it is taken: a task may end before
+        the next): that node, their origin, is told when each ends here."""
         here = self.group.node_id
-        for item, verdict, origin in zip(items, results, origins, strict=True):
+        via = (sender.node_id, sender.boot)
+        for item, verdict, origin in zip(items, verdicts, origins, strict=True):
             if verdict == "ok" and origin is not None and origin != here:
-                self.group._ended.handed(item[0], item[1], origin, sender)
+                self.group._ended.handed(item[0], item[1], origin, via)
 
     async def _back_up(self, items: list[Any] | FillBatch, results: list[str],
                        sender: Member | None, handoff: bool,
