@@ -5,7 +5,9 @@ the task to n3 (n2 says where it went). When the task then ends on n3, n1
 must hear of it from n3 -- or a later crash of n3 would report a task that
 already ran as lost: one outcome *and* a loss report. And n3's word may
 overtake n2's: a task due at once after the move ends before n2's notice of
-the move arrives.
+the move arrives. Likewise along a chain of handoffs (n2 -> n3 -> n4) or a
+backup's takeover: each word about a holder the origin's route does not
+point at yet is kept until the earlier move's word arrives.
 
 In-memory cluster (the public :class:`~gobucket_py.testing.MemoryCluster`),
 faked loop clock, except the last tests, which check the wire form.
@@ -149,6 +151,91 @@ async def test_a_handed_off_task_taken_over_by_its_backup_is_not_reported_lost()
         await asyncio.sleep(30)  # found dead, taken over, and due
         assert three.runs("job") == 1
         assert "job" not in three.lost
+
+
+async def chain(three: Three, run_after: float, late: tuple[float, float] = (0.0, 0.0)
+                ) -> None:
+    """"job" goes n1 -> n2, then n2 stops (-> n3), then n3 stops (-> n4);
+    ``late``: how late n2's and n3's words of their moves reach n1."""
+    c = three.cluster
+    await three.on_n2(run_after)  # n3 has room, n4 not yet
+    for node, delay in zip(("n2", "n3"), late, strict=True):
+        if delay:
+            c.delay(node, "n1", delay)
+    await c.stop("n2")
+    for i in range(50):
+        c["n4"].buckets["jobs"].drain_nowait(f"hold-{i}")
+    await c.wait_for(lambda: c["n3"]._members.members["n4"].free.get("jobs") == 50)
+    await c.stop("n3")
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize("late", [0.0, 2.0, 5.0])
+async def test_moves_told_out_of_order_still_lead_the_route_to_the_holder(late: float) -> None:
+    # n2's word of its move (to n3) reaches n1 after n3's (to n4): n3's is
+    # kept until n2's comes, so the route ends at n4 -- not at n3, which left.
+    three = Three(nodes=4)
+    async with three.cluster as c:
+        await chain(three, run_after=40, late=(late, 0.0))
+        assert "job" in c["n4"].buckets["jobs"]
+        await asyncio.sleep(6)
+        route = c["n1"]._routes.get("jobs", "job")
+        assert route is not None and route[0] == "n4"
+        c.crash("n4")
+        await asyncio.sleep(25)
+        assert three.runs("job") == 0
+        assert three.lost == ["job"]
+
+
+@pytest.mark.looptime
+async def test_an_end_told_before_both_moves_drops_the_route() -> None:
+    # The job ran on n4 before n1 heard of either move: n4's notice (handed
+    # by n3) is kept until the moves lead the route to n3, then drops it.
+    three = Three(nodes=4)
+    async with three.cluster as c:
+        await chain(three, run_after=3, late=(3.0, 4.0))
+        await asyncio.sleep(8)
+        assert three.recorders[3].hooks("job") == ["execute", "finish"]  # on n4
+        assert three.runs("job") == 1
+        assert c["n1"]._routes.get("jobs", "job") is None
+        c.crash("n4")
+        await asyncio.sleep(20)
+        assert "job" not in three.lost
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize("late", [8.0, 12.0])
+async def test_a_takeover_told_before_the_handoff_is_followed(late: float) -> None:
+    # replicas=1: n3 got the job from n2 and is backed up on n4; n3 crashes
+    # and n4 takes over, all before n2's word of the move reaches n1. n4's
+    # word is kept until then: the route ends at n4 (one run, no loss).
+    three = Three(replicas=1, nodes=4)
+    async with three.cluster as c:
+        await three.on_n2(run_after=20)
+        c.delay("n2", "n1", late)
+        await c.stop("n2")
+        assert c["n3"]._replicas.holders.bucket("jobs")["job"] == ("n4",)
+        c.crash("n3")
+        await asyncio.sleep(40)
+        assert three.runs("job") == 1
+        assert "job" not in three.lost
+
+
+def test_notices_that_overtake_a_move_are_applied_with_it() -> None:
+    routes = Routes()
+    routes.add("jobs", "n2", "b2", 0.0, 60.0, ["a", "b", "c"])
+    assert routes.move("jobs", "a", "n3", "n4", "b4", from_boot="b3") is None  # kept
+    assert routes.move("jobs", "a", "n2", "n3", "b3") == ("n4", "b4", 61.0)
+    routes.ended("jobs", "b", "n4", 1.0, via=("n3", "b3"))  # kept
+    assert routes.move("jobs", "b", "n3", "n4", "b4") is None  # kept too
+    assert routes.move("jobs", "b", "n2", "n3", "b3") is None  # then it ended at n4
+    assert routes.get("jobs", "b") is None
+    # kept for another incarnation of n3: not applied
+    assert routes.move("jobs", "c", "n3", "n4", "b4", from_boot="b0") is None
+    assert routes.move("jobs", "c", "n2", "n3", "b3") == ("n3", "b3", 61.0)
+    # a new task of the id: what was kept is of the earlier one
+    routes.add("jobs", "n2", "b2", 0.0, 60.0, ["c"])
+    assert routes.move("jobs", "c", "n2", "n3", "b3") == ("n3", "b3", 61.0)
 
 
 def test_an_end_after_a_handoff_drops_a_route_to_either_holder() -> None:

@@ -307,11 +307,13 @@ class EndedNotices:
             routes.ended(bucket, task_id, sender, now, via=(handed_by, boot))
         for bucket, task_id, node, boot, *rest in moved:
             slot = (rest[0], rest[1], rest[2]) if rest else None
-            if routes.move(bucket, task_id, sender, node, boot, slot):
-                if slot is not None:
-                    group._spawn(group._lookup.resolve(bucket, task_id))
-                else:
-                    group._losses.gone_already(node, boot)
+            route = routes.move(bucket, task_id, sender, node, boot, slot, sender_boot)
+            if route is None:
+                continue
+            if (bucket, task_id) in routes.unsettled:
+                group._spawn(group._lookup.resolve(bucket, task_id))
+            else:  # (followed on to where later notices say it went)
+                group._losses.gone_already(route[0], route[1])
         for bucket, task_id, primary in promoted:
             routes.move(bucket, task_id, primary, sender, sender_boot)
         for bucket, task_id, left in extended:

@@ -45,6 +45,11 @@ class Routes:
         # (node, loop time it arrived).
         self._early: dict[tuple[str, str], tuple[str, float]] = {}
         self._where: dict[str, dict[str, Route]] = {}  # bucket -> task id -> route
+        # Notices about a holder a route does not point at yet (they overtook
+        # the notice of an earlier move): (bucket, id) -> [(holder, its boot
+        # or "" for any, the node it moved to or "" if it ended there, that
+        # node's boot)], applied when a move points the route at that holder.
+        self._later: dict[tuple[str, str], list[tuple[str, str, str, str]]] = {}
         #: Routes to a holder that may or may not have taken the task (its
         #: forward could not be settled): ``(bucket, id)`` -> ``(slot,
         #: handoff)``, the batch slot to settle before trusting a "not here"
@@ -80,6 +85,9 @@ class Routes:
             where = self._where[bucket] = {}
         if self._early:
             task_ids = [t for t in task_ids if not self._overtaken(bucket, t, node_id, sent)]
+        if self._later:  # a new task of the id: notices of moves are of an earlier one
+            for task_id in task_ids:
+                self._later.pop((bucket, task_id), None)
         for task_id in task_ids:
             where[task_id] = route
         if self.unsettled:
@@ -154,8 +162,13 @@ class Routes:
         settled) is kept for a while, so the route is never added."""
         where = self._where.get(bucket)
         route = None if where is None else where.get(task_id)
-        if route is not None and route[:2] == via:
-            route = (node_id, route[1], route[2])  # the move's own word comes later
+        if route is not None and via is not None and route[0] != node_id:
+            if route[:2] == via:
+                route = (node_id, route[1], route[2])  # the move's own word comes later
+            elif not is_lost(route):  # moved more than once: the earlier words come later
+                self._defer(bucket, task_id, (via[0], via[1], "", ""))
+                self._defer(bucket, task_id, (node_id, "", "", ""))
+                return
         if route is None:
             early = self._early
             early[(bucket, task_id)] = (node_id, now)
@@ -168,21 +181,56 @@ class Routes:
                 self.unsettled.pop((bucket, task_id), None)
 
     def move(self, bucket: str, task_id: str, from_node: str, node_id: str, boot: str,
-             slot: tuple[str, int, int] | None = None) -> bool:
-        """A task routed to ``from_node`` was handed off to ``node_id`` (in
-        ``boot``; ``slot``: the handoff could not be settled). True if the
-        route moved."""
+             slot: tuple[str, int, int] | None = None, from_boot: str = "") -> Route | None:
+        """A task routed to ``from_node`` (in ``from_boot``, "" if unknown)
+        was handed off to ``node_id`` (in ``boot``; ``slot``: the handoff
+        could not be settled), or taken over by it. Returns the route now,
+        None if it did not move. A notice that overtook an earlier move's
+        (the route points elsewhere) is kept, and applied when that move is."""
         where = self._where.get(bucket)
-        if where is not None:
-            route = where.get(task_id)
-            if route is not None and route[0] == from_node and not is_lost(route):
-                where[task_id] = (node_id, boot, route[2])
-                if slot is not None:
-                    self.unsettled[(bucket, task_id)] = (slot, True)
-                elif self.unsettled:
-                    self.unsettled.pop((bucket, task_id), None)
-                return True
-        return False
+        route = None if where is None else where.get(task_id)
+        if where is None or route is None or is_lost(route):
+            return None
+        if route[0] != from_node:
+            self._defer(bucket, task_id, (from_node, from_boot, node_id, boot))
+            return None
+        route = where[task_id] = (node_id, boot, route[2])
+        if slot is not None:
+            self.unsettled[(bucket, task_id)] = (slot, True)
+        elif self.unsettled:
+            self.unsettled.pop((bucket, task_id), None)
+        return self._follow(bucket, task_id, where, route)
+
+    def _defer(self, bucket: str, task_id: str, notice: tuple[str, str, str, str]) -> None:
+        later = self._later
+        later.setdefault((bucket, task_id), []).append(notice)
+        if len(later) > EARLY_MAX:  # drop the oldest half
+            for key in list(later)[:EARLY_MAX // 2]:
+                del later[key]
+
+    def _follow(self, bucket: str, task_id: str, where: dict[str, Route], route: Route
+                ) -> Route | None:
+        """Apply the kept notices about the holder ``route`` now points at,
+        an end first (then it ended there), else a move (then again, about
+        the next); the route then, None if the task ended."""
+        key = (bucket, task_id)
+        later = self._later.get(key) if self._later else None
+        while later:
+            held = [n for n in later if n[0] == route[0] and n[1] in ("", route[1])]
+            if not held:
+                break
+            notice = next((n for n in held if not n[2]), held[0])
+            later.remove(notice)
+            if self.unsettled:  # it had the task: the handoff to it is settled
+                self.unsettled.pop(key, None)
+            if not notice[2]:  # it ended there
+                del where[task_id]
+                self._later.pop(key, None)
+                return None
+            route = where[task_id] = (notice[2], notice[3], route[2])
+        if later is not None and not later:
+            del self._later[key]
+        return route
 
     def mark_lost_ids(self, bucket: str, task_ids: list[str]) -> list[str]:
         """Mark the routes of ``task_ids`` LOST; return those not marked before."""
