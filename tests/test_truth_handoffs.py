@@ -238,6 +238,32 @@ def test_notices_that_overtake_a_move_are_applied_with_it() -> None:
     assert routes.move("jobs", "c", "n2", "n3", "b3") == ("n3", "b3", 61.0)
 
 
+def test_a_kept_move_keeps_its_unsettled_handoff() -> None:
+    # n3's handoff to n4 could not be settled, and its word overtook n2's:
+    # applied, the route is still to be settled before n4's "not here" counts.
+    routes = Routes()
+    routes.add("jobs", "n2", "b2", 0.0, 60.0, ["job"])
+    assert routes.move("jobs", "job", "n3", "n4", "b4", ("b3", 7, 0), from_boot="b3") is None
+    assert routes.move("jobs", "job", "n2", "n3", "b3", from_boot="b2") == ("n4", "b4", 61.0)
+    assert routes.unsettled[("jobs", "job")] == (("b3", 7, 0), True)
+
+
+def test_a_late_end_of_an_earlier_task_is_not_applied_to_a_reused_id() -> None:
+    # The old "job" went n2 (b2) -> n3 and ended there; n3's word is late.
+    # A new "job" goes to n2's next incarnation (b2x), which hands it to n3
+    # too: the old end (handed by b2) must not drop the new task's route.
+    routes = Routes()
+    routes.add("jobs", "n2", "b2", 0.0, 60.0, ["job"])
+    routes.move("jobs", "job", "n2", "n3", "b3", from_boot="b2")
+    routes.add("jobs", "n2", "b2x", 10.0, 60.0, ["job"])
+    routes.ended("jobs", "job", "n3", 11.0, via=("n2", "b2"))
+    assert routes.get("jobs", "job") == ("n2", "b2x", 71.0)
+    assert routes.move("jobs", "job", "n2", "n3", "b3", from_boot="b2x") == ("n3", "b3", 71.0)
+    # and a move told by another incarnation than the route's is kept, not applied
+    assert routes.move("jobs", "job", "n3", "n4", "b4", from_boot="b3old") is None
+    assert routes.get("jobs", "job") == ("n3", "b3", 71.0)
+
+
 def test_an_end_after_a_handoff_drops_a_route_to_either_holder() -> None:
     routes = Routes()
     routes.add("jobs", "n2", "b2", 0.0, 60.0, ["a", "b", "c", "d"])

@@ -29,6 +29,10 @@ def is_lost(route: Route) -> bool:
     return route[1].startswith(_LOST)
 
 
+#: A kept word about a holder: ``(holder, its boot or "" for any, the node it
+#: moved the task to or "" if it ended there, that node's boot)``.
+Notice = tuple[str, str, str, str]
+
 #: Ended notices kept for routes not added yet (a few seconds' worth).
 EARLY_MAX = 10_000
 
@@ -45,11 +49,11 @@ class Routes:
         # (node, loop time it arrived).
         self._early: dict[tuple[str, str], tuple[str, float]] = {}
         self._where: dict[str, dict[str, Route]] = {}  # bucket -> task id -> route
-        # Notices about a holder a route does not point at yet (they overtook
-        # the notice of an earlier move): (bucket, id) -> [(holder, its boot
-        # or "" for any, the node it moved to or "" if it ended there, that
-        # node's boot)], applied when a move points the route at that holder.
-        self._later: dict[tuple[str, str], list[tuple[str, str, str, str]]] = {}
+        # Words about a holder a route does not point at yet (they overtook
+        # the word of an earlier move): (bucket, id) -> [(notice, the slot
+        # of a handoff from that holder that could not be settled)],
+        # applied when a move points the route at that holder.
+        self._later: dict[tuple[str, str], list[tuple[Notice, tuple[str, int, int] | None]]] = {}
         #: Routes to a holder that may or may not have taken the task (its
         #: forward could not be settled): ``(bucket, id)`` -> ``(slot,
         #: handoff)``, the batch slot to settle before trusting a "not here"
@@ -167,7 +171,6 @@ class Routes:
                 route = (node_id, route[1], route[2])  # the move's own word comes later
             elif not is_lost(route):  # moved more than once: the earlier words come later
                 self._defer(bucket, task_id, (via[0], via[1], "", ""))
-                self._defer(bucket, task_id, (node_id, "", "", ""))
                 return
         if route is None:
             early = self._early
@@ -191,8 +194,8 @@ class Routes:
         route = None if where is None else where.get(task_id)
         if where is None or route is None or is_lost(route):
             return None
-        if route[0] != from_node:
-            self._defer(bucket, task_id, (from_node, from_boot, node_id, boot))
+        if route[0] != from_node or from_boot not in ("", route[1]):
+            self._defer(bucket, task_id, (from_node, from_boot, node_id, boot), slot)
             return None
         route = where[task_id] = (node_id, boot, route[2])
         if slot is not None:
@@ -201,9 +204,12 @@ class Routes:
             self.unsettled.pop((bucket, task_id), None)
         return self._follow(bucket, task_id, where, route)
 
-    def _defer(self, bucket: str, task_id: str, notice: tuple[str, str, str, str]) -> None:
+    def _defer(self, bucket: str, task_id: str, notice: Notice,
+               slot: tuple[str, int, int] | None = None) -> None:
         later = self._later
-        later.setdefault((bucket, task_id), []).append(notice)
+        kept = later.setdefault((bucket, task_id), [])
+        if (notice, slot) not in kept:
+            kept.append((notice, slot))
         if len(later) > EARLY_MAX:  # drop the oldest half
             for key in list(later)[:EARLY_MAX // 2]:
                 del later[key]
@@ -216,13 +222,16 @@ class Routes:
         key = (bucket, task_id)
         later = self._later.get(key) if self._later else None
         while later:
-            held = [n for n in later if n[0] == route[0] and n[1] in ("", route[1])]
+            held = [e for e in later if e[0][0] == route[0] and e[0][1] in ("", route[1])]
             if not held:
                 break
-            notice = next((n for n in held if not n[2]), held[0])
-            later.remove(notice)
+            entry = next((e for e in held if not e[0][2]), held[0])
+            later.remove(entry)
+            notice, slot = entry
             if self.unsettled:  # it had the task: the handoff to it is settled
                 self.unsettled.pop(key, None)
+            if slot is not None:  # the handoff on from it is not
+                self.unsettled[key] = (slot, True)
             if not notice[2]:  # it ended there
                 del where[task_id]
                 self._later.pop(key, None)
