@@ -260,13 +260,9 @@ class EndedNotices:
     def check(message: dict[str, Any]) -> Notice:
         """Validate an ENDED notice (``ProtocolError``, a 400, if malformed)."""
         ended, moved = message.get("ended"), message.get("moved")
-        promoted = _triples(message, "promoted", "each promotion is [bucket, id, primary]")
-        via = message.get("via", [])
-        if not isinstance(via, list) or not all(
-                isinstance(e, list) and len(e) == 4 and all(isinstance(v, str) for v in e)
-                for e in via):
-            raise ProtocolError("ended notice: each 'via' entry is [bucket, id, node that "
-                                "handed it here, its boot id]")
+        promoted = _strings(message, "promoted", 3, "each promotion is [bucket, id, primary]")
+        via = _strings(message, "via", 4, "each 'via' entry is [bucket, id, node that handed "
+                       "it here, its boot id]")
         if not isinstance(ended, dict) or not isinstance(moved, list):
             raise ProtocolError("ended notice needs 'ended' (a map) and 'moved' (a list)")
         checked: list[tuple[str, list[str]]] = []
@@ -321,11 +317,11 @@ class EndedNotices:
 
 
 
-def _triples(message: dict[str, Any], name: str, what: str) -> list[list[str]]:
-    """Field ``name`` of an ENDED notice: a list of three-string lists (or absent)."""
+def _strings(message: dict[str, Any], name: str, width: int, what: str) -> list[list[str]]:
+    """Field ``name`` of an ENDED notice: a list of lists of ``width`` strings (or absent)."""
     value = message.get(name, [])
     if not isinstance(value, list) or not all(
-            isinstance(e, list) and len(e) == 3 and all(isinstance(v, str) for v in e)
+            isinstance(e, list) and len(e) == width and all(isinstance(v, str) for v in e)
             for e in value):
         raise ProtocolError(f"ended notice: {what}")
     return value
