@@ -347,3 +347,24 @@ async def test_a_late_end_notice_does_not_drop_the_route_of_a_task_reusing_its_i
 def test_a_malformed_via_notice_is_refused(via: object) -> None:
     with pytest.raises(ProtocolError, match="via"):
         EndedNotices.check({"ended": {}, "moved": [], "via": via})
+
+
+@pytest.mark.looptime
+async def test_a_takeover_followed_on_to_a_holder_already_gone_reports_the_task() -> None:
+    # n1 kept n3's word that "x" moved on to n4 (it overtook the takeover's);
+    # n4 has restarted since. When n3's word that it took "x" over from n2
+    # comes, the route follows on to the old n4: the task is reported lost.
+    three = Three(nodes=4)
+    async with three.cluster as c:
+        await c.settle()
+        n1, old_n4 = c["n1"], c["n4"].boot_id
+        c.crash("n4")
+        await c.restart("n4")
+        await c.wait_for(lambda: n1._members.members["n4"].boot == c["n4"].boot_id)
+        n1._routes.add("jobs", "n2", c["n2"].boot_id, asyncio.get_running_loop().time(),
+                       60.0, ["x"])
+        n3 = c["n3"].boot_id
+        assert n1._routes.move("jobs", "x", "n3", "n4", old_n4, from_boot=n3) is None
+        n1._ended.apply("n3", n3, ([], [], [["jobs", "x", "n2"]], [], []))
+        await asyncio.sleep(0.1)  # (the callback runs in a task of its own)
+        assert three.lost == ["x"]

@@ -311,7 +311,9 @@ class EndedNotices:
             else:  # (followed on to where later notices say it went)
                 group._losses.gone_already(route[0], route[1])
         for bucket, task_id, primary in promoted:
-            routes.move(bucket, task_id, primary, sender, sender_boot)
+            route = routes.move(bucket, task_id, primary, sender, sender_boot)
+            if route is not None:  # (followed on to where later notices say it went)
+                group._losses.gone_already(route[0], route[1])
         for bucket, task_id, left in extended:
             routes.extend(bucket, task_id, sender, now, left)
 
