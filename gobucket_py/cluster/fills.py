@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import BucketClosedError, GobucketError, NoBackupRoomError
 from ..task import FillResult, Task, TaskType
+from .eager import EagerFuture, running
 from .forward import Item
 from .items import encode_item, task_times
 from .overflow import slack
@@ -47,6 +48,8 @@ class Fills:
 
     def __init__(self, group: TaskBucketGroup) -> None:
         self.group = group
+        #: Fills waiting on a peer before they answer (see :func:`.eager.running`).
+        self.running: set[asyncio.Task[Any]] = set()
 
     def checks_payloads(self) -> bool:
         """Must every fill's data be packable (``GroupConfig.check_payloads``)?"""
@@ -204,6 +207,32 @@ class Fills:
             if error is not None:
                 results[index] = error
                 counts[0] -= 1
+
+    def offered(self, local: TaskBucket, task_id: str, data: Any, task_type: TaskType,
+                run_after: float | None, life_span: float | None) -> EagerFuture[FillResult]:
+        """``fill`` with ``placement="balanced"`` of a task that fits here:
+        offered to a roomier peer first (started now, answered later)."""
+
+        async def offer() -> FillResult:
+            placed = await self.elsewhere(local, task_id, data, task_type, run_after, life_span)
+            if placed is not None:
+                return placed
+            return await self.group._fill(local.name, task_id, data, task_type, run_after,
+                                          life_span, False)
+
+        return running(offer(), self.running)
+
+    def backed_up(self, local: TaskBucket, task: Task) -> EagerFuture[FillResult]:
+        """``fill`` of a time-bomb just filled here whose bucket has replicas:
+        its answer once it has its backups (started now, answered later)."""
+
+        async def back_up() -> FillResult:
+            await self.back_up_one(local, task)
+            group = self.group
+            group.fill_counts[local.name][0] += 1
+            return FillResult(local.name, task.id, group.node_id, False, task)
+
+        return running(back_up(), self.running)
 
     async def elsewhere(self, local: TaskBucket, task_id: str, data: Any, task_type: TaskType,
                         run_after: float | None, life_span: float | None) -> FillResult | None:

@@ -49,6 +49,7 @@ from .arguments import check_arguments, check_listen, check_options
 from .auth import Keyring
 from .backups import Backups
 from .batches import BatchLedger
+from .eager import EagerFuture, answered, failed
 from .ended import EndedNotices
 from .fills import Fills, cannot_travel
 from .forward import Forwarder
@@ -342,7 +343,7 @@ class TaskBucketGroup:
 
     # -- fill --------------------------------------------------------------------
 
-    async def fill(
+    def fill(
         self,
         bucket: str,
         task_id: str,
@@ -351,10 +352,19 @@ class TaskBucketGroup:
         task_type: TaskType = TaskType.IMMEDIATE,
         run_after: float | None = None,
         life_span: float | None = None,
-    ) -> FillResult:
+    ) -> EagerFuture[FillResult]:
         """Place a task: here if the local bucket has room, else on a peer.
 
-        Returns where it went. Raises :class:`UnknownBucketError`,
+        Eager: the task is placed (or queued for a peer) when ``fill`` is
+        called. Await the :class:`EagerFuture` it returns for where it went
+        (a :class:`FillResult`) or the error; it is also a coroutine, so
+        ``asyncio.create_task`` and ``asyncio.gather`` take it as code
+        written for ``async def fill`` passes it (see :mod:`.eager`). A fill
+        nobody awaits still happens; an error nobody retrieves is logged by
+        asyncio.
+
+        The errors, raised when awaited (never by the call):
+        :class:`UnknownBucketError`,
         :class:`DuplicateTaskError` (live here, or on the peer that was
         chosen), :class:`ClusterFullError` (no node could take it; the
         callback ``on_peer_schedule_failed`` is called for each peer that
@@ -370,28 +380,36 @@ class TaskBucketGroup:
         has peers). Fills that overflow in the same event-loop pass are
         placed together, as by :meth:`fill_many`.
         """
-        local = self.buckets.get(bucket)
-        if local is None or local.closed or self.state is not GroupState.RUNNING:
-            local = self._open_bucket(bucket)  # raises why not
-        if (self._balanced and local.free > 0 and task_id not in local
-                and (placed := await self._fills.elsewhere(local, task_id, data, task_type,
-                                                           run_after, life_span)) is not None):
-            return placed
-        if local.free > 0 or task_id in local:  # no exception on the overflow path
-            if data is not None and self._fills.checks_payloads():
-                try:  # before the fill: a refused fill changes nothing
-                    self.codec.pack(data)
-                except TypeError as exc:
-                    raise cannot_travel(bucket, task_id, exc) from exc
-            task = local.fill_nowait(task_type, task_id, data, run_after=run_after,
-                                     life_span=life_span)
-            if task_type is TaskType.TIME_BOMB and bucket in self._replicas.ks:
-                await self._fills.back_up_one(local, task)
-            self.fill_counts[bucket][0] += 1
-            return FillResult(bucket, task_id, self.node_id, False, task)
-        ra, ls = task_times(local, task_type, run_after, life_span)
-        item = encode_item(bucket, task_id, data, task_type, ra, ls, self.codec)
-        return await self._overflow.fill_one(bucket, item)
+        return self._fill(bucket, task_id, data, task_type, run_after, life_span, self._balanced)
+
+    def _fill(self, bucket: str, task_id: str, data: Any, task_type: TaskType,
+              run_after: float | None, life_span: float | None, offer: bool
+              ) -> EagerFuture[FillResult]:
+        """The body of :meth:`fill`; ``offer``: a task that fits here may go
+        to a roomier peer (``placement="balanced"``)."""
+        try:
+            local = self.buckets.get(bucket)
+            if local is None or local.closed or self.state is not GroupState.RUNNING:
+                local = self._open_bucket(bucket)  # raises why not
+            if offer and local.free > 0 and task_id not in local:
+                return self._fills.offered(local, task_id, data, task_type, run_after, life_span)
+            if local.free > 0 or task_id in local:  # no exception on the overflow path
+                if data is not None and self._fills.checks_payloads():
+                    try:  # before the fill: a refused fill changes nothing
+                        self.codec.pack(data)
+                    except TypeError as exc:
+                        raise cannot_travel(bucket, task_id, exc) from exc
+                task = local.fill_nowait(task_type, task_id, data, run_after=run_after,
+                                         life_span=life_span)
+                if task_type is TaskType.TIME_BOMB and bucket in self._replicas.ks:
+                    return self._fills.backed_up(local, task)
+                self.fill_counts[bucket][0] += 1
+                return answered(FillResult(bucket, task_id, self.node_id, False, task))
+            ra, ls = task_times(local, task_type, run_after, life_span)
+            item = encode_item(bucket, task_id, data, task_type, ra, ls, self.codec)
+        except Exception as exc:  # raised when awaited, as by a coroutine
+            return failed(exc)
+        return self._overflow.fill_one(bucket, item)
 
     async def fill_many(
         self,
