@@ -19,6 +19,7 @@ __version__ = "0.1.0"  # first: observe.metrics reads it while this package load
 from .bucket import TaskBucket
 from .client import GroupClient
 from .cluster import (
+    EagerFuture,
     GroupState,
     HttpTransport,
     Keyring,
@@ -59,6 +60,7 @@ __all__ = [
     "DrainOutcome",
     "DrainResult",
     "DuplicateTaskError",
+    "EagerFuture",
     "Executor",
     "FillResult",
     "FunctionExecutor",

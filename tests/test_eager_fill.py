@@ -18,6 +18,7 @@ import pytest
 from gobucket_py import (
     DrainOutcome,
     DuplicateTaskError,
+    EagerFuture,
     FillResult,
     MemoryNetwork,
     NoBackupRoomError,
@@ -25,7 +26,7 @@ from gobucket_py import (
     TaskType,
     UnknownBucketError,
 )
-from gobucket_py.cluster.eager import EagerFuture, running
+from gobucket_py.cluster.eager import running
 
 from .test_cluster import Cluster, fill_local
 
@@ -42,13 +43,21 @@ async def cluster() -> AsyncIterator[Cluster]:
 
 
 async def test_the_task_is_placed_when_fill_is_called(cluster: Cluster) -> None:
-    n1 = await cluster.add("n1", max_bucket=5)
-    answer = n1.fill("jobs", "now", task_type=BOMB)
-    assert isinstance(answer, EagerFuture) and asyncio.isfuture(answer)
-    assert asyncio.iscoroutine(answer) and inspect.isawaitable(answer)
-    assert "now" in cluster.bucket("n1")  # before anything awaited it
-    placed = await answer
-    assert placed == FillResult("jobs", "now", "n1", False, placed.task)
+    n1 = await cluster.add("n1", max_bucket=1)
+    await cluster.add("n2", max_bucket=10)
+    await cluster.settle()
+    here = n1.fill("jobs", "here", task_type=BOMB)
+    assert "here" in cluster.bucket("n1")  # before anything awaited it
+    assert asyncio.iscoroutine(here) and not asyncio.isfuture(here)  # known: a coroutine
+    placed = await here
+    assert placed == FillResult("jobs", "here", "n1", False, placed.task)
+    away = n1.fill("jobs", "away", task_type=BOMB)
+    assert isinstance(away, EagerFuture)  # waiting for n2: a future, and a coroutine
+    assert asyncio.isfuture(away) and asyncio.iscoroutine(away) and inspect.isawaitable(away)
+    assert not away.done()
+    placed = await away
+    assert (placed.node_id, placed.forwarded) == ("n2", True)
+    assert "away" in cluster.bucket("n2")
 
 
 async def test_errors_come_when_awaited_never_from_the_call(cluster: Cluster) -> None:
@@ -132,8 +141,7 @@ async def test_a_task_cancelled_before_its_first_step(cluster: Cluster) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert answer.result().node_id == "n1"  # placed when called: the answer stands
-    assert "early" in cluster.bucket("n1")
+    assert "early" in cluster.bucket("n1")  # placed when called: it stands
     n1.buckets["jobs"].fill_nowait(BOMB, "filler")
     n1.buckets["jobs"].fill_nowait(BOMB, "filler-2")
     n1.buckets["jobs"].fill_nowait(BOMB, "filler-3")

@@ -111,12 +111,10 @@ async def test_a_waiter_that_escapes_with_keyboardinterrupt_does_not_strand_the_
         raise KeyboardInterrupt
 
     future: asyncio.Future[int] = loop.create_future()
-    waiters = [(ok(0), contextvars.copy_context(), future),
-               (escapes, contextvars.copy_context(), future),
-               (ok(2), contextvars.copy_context(), future),
-               (ok(3), contextvars.copy_context(), future)]
+    callbacks = [ok(0), escapes, ok(2), ok(3)]
+    contexts = [contextvars.copy_context() for _ in callbacks]
     with pytest.raises(KeyboardInterrupt):
-        _wake(waiters)  # type: ignore[arg-type]
+        _wake(callbacks, contexts, [future] * 4)
     assert ran == [0]
     await asyncio.sleep(0)
     assert ran == [0, 2, 3]  # each in a callback of its own

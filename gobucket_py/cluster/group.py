@@ -35,7 +35,7 @@ import functools
 import random
 import secrets
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..bucket import TaskBucket
@@ -49,7 +49,7 @@ from .arguments import check_arguments, check_listen, check_options
 from .auth import Keyring
 from .backups import Backups
 from .batches import BatchLedger
-from .eager import EagerFuture, answered, failed
+from .eager import answered, failed
 from .ended import EndedNotices
 from .fills import Fills, cannot_travel
 from .forward import Forwarder
@@ -352,16 +352,17 @@ class TaskBucketGroup:
         task_type: TaskType = TaskType.IMMEDIATE,
         run_after: float | None = None,
         life_span: float | None = None,
-    ) -> EagerFuture[FillResult]:
+    ) -> Coroutine[Any, Any, FillResult]:
         """Place a task: here if the local bucket has room, else on a peer.
 
         Eager: the task is placed (or queued for a peer) when ``fill`` is
-        called. Await the :class:`EagerFuture` it returns for where it went
-        (a :class:`FillResult`) or the error; it is also a coroutine, so
-        ``asyncio.create_task`` and ``asyncio.gather`` take it as code
-        written for ``async def fill`` passes it (see :mod:`.eager`). A fill
-        nobody awaits still happens; an error nobody retrieves is logged by
-        asyncio.
+        called; it returns a coroutine to await for where it went (a
+        :class:`FillResult`) or the error. ``asyncio.create_task``,
+        ``TaskGroup.create_task``, ``asyncio.gather`` and ``wait_for`` take
+        it as they took the coroutine of an ``async def fill``; when the
+        task waits for a peer it is an :class:`EagerFuture`, a future too,
+        which gather takes without making a task for it (see
+        :mod:`.eager`). A fill nobody awaits still happens.
 
         The errors, raised when awaited (never by the call):
         :class:`UnknownBucketError`,
@@ -384,7 +385,7 @@ class TaskBucketGroup:
 
     def _fill(self, bucket: str, task_id: str, data: Any, task_type: TaskType,
               run_after: float | None, life_span: float | None, offer: bool
-              ) -> EagerFuture[FillResult]:
+              ) -> Coroutine[Any, Any, FillResult]:
         """The body of :meth:`fill`; ``offer``: a task that fits here may go
         to a roomier peer (``placement="balanced"``)."""
         try:

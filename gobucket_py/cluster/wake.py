@@ -26,40 +26,45 @@ __all__ = ["resolve"]
 
 T = TypeVar("T")
 
-_Waiter = tuple[Callable[[Any], object], contextvars.Context, "asyncio.Future[Any]"]
-
 
 def resolve(loop: asyncio.AbstractEventLoop, futures: Sequence[asyncio.Future[T]],
            results: Sequence[T]) -> None:
     """``future.set_result(result)`` for each pair whose future is not done,
     with the waiters woken from one callback rather than one each."""
-    waiters: list[_Waiter] = []
+    # Three lists, not a tuple per waiter: fewer objects for the GC to track
+    # while a batch's callers wait for their turn.
+    callbacks: list[Callable[[Any], object]] = []
+    contexts: list[contextvars.Context] = []
+    woken: list[asyncio.Future[T]] = []
     for future, result in zip(futures, results, strict=True):
         if future.done():
             continue  # cancelled, or stopped
-        callbacks = getattr(future, "_callbacks", None)
-        if callbacks and len(callbacks) == 1:
-            callback, context = callbacks[0]
+        waiting = getattr(future, "_callbacks", None)
+        if waiting and len(waiting) == 1:
+            callback, context = waiting[0]
             if future.remove_done_callback(callback) == 1:
                 future.set_result(result)
-                waiters.append((callback, context, future))
+                callbacks.append(callback)
+                contexts.append(context)
+                woken.append(future)
                 continue
         future.set_result(result)
-    if waiters:
-        loop.call_soon(_wake, waiters)
+    if woken:
+        loop.call_soon(_wake, callbacks, contexts, woken)
 
 
-def _wake(waiters: list[_Waiter]) -> None:
+def _wake(callbacks: list[Callable[[Any], object]], contexts: list[contextvars.Context],
+          futures: list[asyncio.Future[Any]]) -> None:
     """Run each waiter in its own context, as the loop would have."""
     index = 0
     try:
-        for callback, context, future in waiters:
+        for callback, context, future in zip(callbacks, contexts, futures, strict=True):
             context.run(callback, future)
             index += 1
     except BaseException:
         # A task's step lets only KeyboardInterrupt and SystemExit out: the
         # rest of the waiters are still woken, one callback each.
         loop = asyncio.get_running_loop()
-        for callback, context, future in waiters[index + 1:]:
-            loop.call_soon(callback, future, context=context)
+        for i in range(index + 1, len(futures)):
+            loop.call_soon(callbacks[i], futures[i], context=contexts[i])
         raise
