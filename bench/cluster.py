@@ -306,6 +306,19 @@ async def fill_chunks(group: TaskBucketGroup, ids: Sequence[str], width: int
     return out
 
 
+async def fill_futures(group: TaskBucketGroup, ids: Sequence[str], width: int
+                       ) -> list[Outcome]:
+    """``asyncio.gather`` over chunks of ``width`` ``fill_future`` calls (the
+    futures gather takes as they are: no asyncio task per fill)."""
+    out: list[Outcome] = []
+    for start in range(0, len(ids), width):
+        out.extend(await asyncio.gather(
+            *(group.fill_future("jobs", i, None, task_type=BOMB)
+              for i in ids[start:start + width]),
+            return_exceptions=True))
+    return out
+
+
 async def fill_workers(group: TaskBucketGroup, ids: Sequence[str], width: int
                        ) -> list[Outcome]:
     """``width`` long-lived tasks, each awaiting its share of fills in turn (like
@@ -333,7 +346,12 @@ async def fill_batches(group: TaskBucketGroup, ids: Sequence[str], width: int
     return out
 
 
-PATTERNS = {"chunks": fill_chunks, "workers": fill_workers, "fill_many": fill_batches}
+#: The group method each pattern calls.
+LOCAL_CALL = {"chunks": "fill", "futures": "fill_future", "workers": "fill",
+              "fill_many": "fill_many"}
+
+PATTERNS = {"chunks": fill_chunks, "futures": fill_futures, "workers": fill_workers,
+            "fill_many": fill_batches}
 
 
 async def timed_fill(group: TaskBucketGroup, ids: Sequence[str], pattern: str, width: int
@@ -491,7 +509,7 @@ async def throughput(logdir: Path, n: int = 100_000, sweep_n: int = 50_000,
     bs, bc, width = defaults.batch_size, defaults.batch_concurrency, 5_000
     sweep_note = ", ".join(f"{b}/{c}/{w}: {r / 1e3:.1f}k" for r, (b, c, w) in sweep)
     rows = []
-    for pattern in ("chunks", "workers", "fill_many"):
+    for pattern in ("chunks", "futures", "workers", "fill_many"):
         if pattern == "fill_many":
             width = MANY_WIDTH
         over: list[Run] = []
@@ -501,7 +519,7 @@ async def throughput(logdir: Path, n: int = 100_000, sweep_n: int = 50_000,
             loc.append(await local_rate(n, pattern, width, f"l{pattern}{rep}"))
             if pattern == "workers":
                 alone.append(await suspension_rate(n, width))
-            elif pattern == "chunks":
+            elif pattern in ("chunks", "futures"):
                 alone.append(await gather_rate(n, width))
             over.append(await overflow_rate(logdir, n, pattern, width, bs, bc,
                                             f"o{pattern}{rep}", loop))
@@ -516,6 +534,7 @@ async def throughput(logdir: Path, n: int = 100_000, sweep_n: int = 50_000,
         errors = sum((r.errors for r in over), Counter())
         sus = sum(r.suspicions for r in over)
         how = {"chunks": f"{width:,} fills per asyncio.gather chunk",
+               "futures": f"{width:,} group.fill_future per asyncio.gather chunk",
                "workers": f"{width:,} worker tasks each awaiting fills in turn",
                "fill_many": f"group.fill_many of {width:,} tasks per call, calls in turn"}[pattern]
         note = (f"{how}; sender GroupConfig(batch_size={bs}, batch_concurrency={bc}), "
@@ -530,7 +549,7 @@ async def throughput(logdir: Path, n: int = 100_000, sweep_n: int = 50_000,
             "#3", f"overflow throughput, 2 nodes on loopback ({n:,} time-bombs, {pattern})",
             mo, "tasks/s", ">= 50,000/s and >= 0.5x local fill",
             mo >= 50_000 and mo >= 0.5 * ml and all_fwd,
-            baseline=f"local group.{'fill' if pattern != 'fill_many' else pattern} "
+            baseline=f"local group.{LOCAL_CALL[pattern]} "
                      f"{ml:,.0f}/s (same pattern)",
             ratio=f"{mo / ml:.2f}x local", note=note))
         cpu = median([r.cpu for r in over])
@@ -539,11 +558,12 @@ async def throughput(logdir: Path, n: int = 100_000, sweep_n: int = 50_000,
                   "the sender waits for the receiver (one core each), whose work per "
                   "task is decoding and checking it and a fill (a cold one for "
                   "time-bombs due after 2 s)"))
-        if alone and pattern == "chunks":
+        if alone and pattern in ("chunks", "futures"):
             ceiling = median(alone)
-            why += (f"; asyncio.gather alone (the same chunks of coroutines that return at "
-                    f"once, same run) {ceiling:,.0f}/s: {1e6 / ceiling:.2f} us per task of "
-                    f"the {1e6 / ml:.2f} us a local fill takes in this pattern")
+            why += (f"; asyncio.gather alone over coroutines that return at once (a task "
+                    f"each, as for fill's coroutines; same chunks, same run) "
+                    f"{ceiling:,.0f}/s: {1e6 / ceiling:.2f} us per task, of the "
+                    f"{1e6 / ml:.2f} us a local fill takes in this pattern")
         elif alone:
             us_s, us_l, us_o = 1e6 / median(alone), 1e6 / ml, 1e6 / mo
             rest = 1.25 * us_l - us_s

@@ -19,7 +19,6 @@ __version__ = "0.1.0"  # first: observe.metrics reads it while this package load
 from .bucket import TaskBucket
 from .client import GroupClient
 from .cluster import (
-    EagerFuture,
     GroupState,
     HttpTransport,
     Keyring,
@@ -60,7 +59,6 @@ __all__ = [
     "DrainOutcome",
     "DrainResult",
     "DuplicateTaskError",
-    "EagerFuture",
     "Executor",
     "FillResult",
     "FunctionExecutor",

@@ -6,7 +6,7 @@ def test_all_is_the_public_surface() -> None:
         [
             "BucketClosedError", "BucketConfig", "BucketError", "BucketFullError",
             "ClusterFullError", "Codec", "DrainOutcome", "DrainResult", "DuplicateTaskError",
-            "EagerFuture", "Executor",
+            "Executor",
             "FillResult", "FunctionExecutor", "GobucketError", "GroupClient", "GroupConfig",
             "GroupState",
             "Handler", "HttpTransport", "Keyring", "MemberState", "MemoryNetwork",

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import BucketClosedError, GobucketError, NoBackupRoomError
 from ..task import FillResult, Task, TaskType
-from .eager import EagerFuture, running
 from .forward import Item
 from .items import encode_item, task_times
 from .overflow import slack
@@ -48,7 +47,7 @@ class Fills:
 
     def __init__(self, group: TaskBucketGroup) -> None:
         self.group = group
-        #: Fills waiting on a peer before they answer (see :func:`.eager.running`).
+        #: The fills :meth:`started` (a strong reference while they run).
         self.running: set[asyncio.Task[Any]] = set()
 
     def checks_payloads(self) -> bool:
@@ -208,31 +207,30 @@ class Fills:
                 results[index] = error
                 counts[0] -= 1
 
-    def offered(self, local: TaskBucket, task_id: str, data: Any, task_type: TaskType,
-                run_after: float | None, life_span: float | None) -> EagerFuture[FillResult]:
-        """``fill`` with ``placement="balanced"`` of a task that fits here:
-        offered to a roomier peer first (started now, answered later)."""
+    def here_or_item(self, local: TaskBucket, task_id: str, data: Any, task_type: TaskType,
+                     run_after: float | None, life_span: float | None) -> Task | Item:
+        """The synchronous half of a single fill: the task filled here if
+        ``local`` has room (or the id is live here: DuplicateTaskError),
+        else its wire form to send to a peer. Raises for bad arguments, or
+        data that cannot travel (before anything is filled)."""
+        if local.free > 0 or task_id in local:  # no exception on the overflow path
+            if data is not None and self.checks_payloads():
+                try:  # before the fill: a refused fill changes nothing
+                    self.group.codec.pack(data)
+                except TypeError as exc:
+                    raise cannot_travel(local.name, task_id, exc) from exc
+            return local.fill_nowait(task_type, task_id, data, run_after=run_after,
+                                     life_span=life_span)
+        ra, ls = task_times(local, task_type, run_after, life_span)
+        return encode_item(local.name, task_id, data, task_type, ra, ls, self.group.codec)
 
-        async def offer() -> FillResult:
-            placed = await self.elsewhere(local, task_id, data, task_type, run_after, life_span)
-            if placed is not None:
-                return placed
-            return await self.group._fill(local.name, task_id, data, task_type, run_after,
-                                          life_span, False)
-
-        return running(offer(), self.running)
-
-    def backed_up(self, local: TaskBucket, task: Task) -> EagerFuture[FillResult]:
-        """``fill`` of a time-bomb just filled here whose bucket has replicas:
-        its answer once it has its backups (started now, answered later)."""
-
-        async def back_up() -> FillResult:
-            await self.back_up_one(local, task)
-            group = self.group
-            group.fill_counts[local.name][0] += 1
-            return FillResult(local.name, task.id, group.node_id, False, task)
-
-        return running(back_up(), self.running)
+    def started(self, fill: Coroutine[Any, Any, FillResult]) -> asyncio.Task[FillResult]:
+        """``fill`` in a task started now, held here until it is done (see
+        :meth:`~gobucket_py.TaskBucketGroup.fill_future`)."""
+        task = asyncio.get_running_loop().create_task(fill)
+        self.running.add(task)
+        task.add_done_callback(self.running.discard)
+        return task
 
     async def elsewhere(self, local: TaskBucket, task_id: str, data: Any, task_type: TaskType,
                         run_after: float | None, life_span: float | None) -> FillResult | None:

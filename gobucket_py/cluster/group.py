@@ -35,7 +35,7 @@ import functools
 import random
 import secrets
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..bucket import TaskBucket
@@ -43,18 +43,16 @@ from ..codec import Codec, Serializer
 from ..config import GroupConfig
 from ..errors import BucketClosedError, PeerUnavailableError, UnknownBucketError
 from ..observe.events import EventFeed
-from ..task import DrainResult, FillResult, TaskInfo, TaskType
+from ..task import DrainResult, FillResult, Task, TaskInfo, TaskType
 from . import lifecycle
 from .arguments import check_arguments, check_listen, check_options
 from .auth import Keyring
 from .backups import Backups
 from .batches import BatchLedger
-from .eager import answered, failed
 from .ended import EndedNotices
-from .fills import Fills, cannot_travel
+from .fills import Fills
 from .forward import Forwarder
 from .handoff import Handoff
-from .items import encode_item, task_times
 from .lifecycle import GroupState
 from .lookup import Lookup
 from .losses import Losses, TasksLost
@@ -343,7 +341,7 @@ class TaskBucketGroup:
 
     # -- fill --------------------------------------------------------------------
 
-    def fill(
+    async def fill(
         self,
         bucket: str,
         task_id: str,
@@ -352,20 +350,10 @@ class TaskBucketGroup:
         task_type: TaskType = TaskType.IMMEDIATE,
         run_after: float | None = None,
         life_span: float | None = None,
-    ) -> Coroutine[Any, Any, FillResult]:
+    ) -> FillResult:
         """Place a task: here if the local bucket has room, else on a peer.
 
-        Eager: the task is placed (or queued for a peer) when ``fill`` is
-        called; it returns a coroutine to await for where it went (a
-        :class:`FillResult`) or the error. ``asyncio.create_task``,
-        ``TaskGroup.create_task``, ``asyncio.gather`` and ``wait_for`` take
-        it as they took the coroutine of an ``async def fill``; when the
-        task waits for a peer it is an :class:`EagerFuture`, a future too,
-        which gather takes without making a task for it (see
-        :mod:`.eager`). A fill nobody awaits still happens.
-
-        The errors, raised when awaited (never by the call):
-        :class:`UnknownBucketError`,
+        Returns where it went. Raises :class:`UnknownBucketError`,
         :class:`DuplicateTaskError` (live here, or on the peer that was
         chosen), :class:`ClusterFullError` (no node could take it; the
         callback ``on_peer_schedule_failed`` is called for each peer that
@@ -379,38 +367,70 @@ class TaskBucketGroup:
         for a task that overflows; for every task when
         ``config.check_payloads`` applies -- by default, whenever the group
         has peers). Fills that overflow in the same event-loop pass are
-        placed together, as by :meth:`fill_many`.
+        placed together, as by :meth:`fill_many`. To place many tasks from
+        one coroutine, :meth:`fill_many`, or :meth:`fill_future` for
+        ``asyncio.gather``, cost less per task.
         """
-        return self._fill(bucket, task_id, data, task_type, run_after, life_span, self._balanced)
+        local = self.buckets.get(bucket)
+        if local is None or local.closed or self.state is not GroupState.RUNNING:
+            local = self._open_bucket(bucket)  # raises why not
+        if (self._balanced and local.free > 0 and task_id not in local
+                and (placed := await self._fills.elsewhere(local, task_id, data, task_type,
+                                                           run_after, life_span)) is not None):
+            return placed
+        here = self._fills.here_or_item(local, task_id, data, task_type, run_after, life_span)
+        if not isinstance(here, Task):  # no room here: the item to send
+            return await self._overflow.fill_one(bucket, here)
+        if task_type is TaskType.TIME_BOMB and bucket in self._replicas.ks:
+            await self._fills.back_up_one(local, here)
+        self.fill_counts[bucket][0] += 1
+        return FillResult(bucket, task_id, self.node_id, False, here)
 
-    def _fill(self, bucket: str, task_id: str, data: Any, task_type: TaskType,
-              run_after: float | None, life_span: float | None, offer: bool
-              ) -> Coroutine[Any, Any, FillResult]:
-        """The body of :meth:`fill`; ``offer``: a task that fits here may go
-        to a roomier peer (``placement="balanced"``)."""
+    def fill_future(
+        self,
+        bucket: str,
+        task_id: str,
+        data: Any = None,
+        *,
+        task_type: TaskType = TaskType.IMMEDIATE,
+        run_after: float | None = None,
+        life_span: float | None = None,
+    ) -> asyncio.Future[FillResult]:
+        """:meth:`fill` started now: the :class:`asyncio.Future` of its answer.
+
+        For many fills at once from one coroutine: ``asyncio.gather`` takes
+        futures as they are, where it wraps each coroutine of :meth:`fill`
+        in an asyncio task first (most of what a fill costs in that
+        pattern). The task is in the local bucket, or queued for a peer,
+        when this returns; with replicas or ``placement="balanced"`` its
+        placement runs in a task started now instead, as
+        ``asyncio.create_task(group.fill(...))`` would. Call it from the
+        group's event loop. The future's result is the :class:`FillResult`,
+        its exception what :meth:`fill` raises (never raised by the call,
+        so ``gather(..., return_exceptions=True)`` gets each one). Cancelling
+        the future gives up the answer, not the task, as cancelling an
+        ``await`` of an overflowing :meth:`fill` does; a future whose
+        exception nobody retrieves is logged by asyncio.
+        """
+        loop = asyncio.get_running_loop()
+        if self._balanced or (task_type is TaskType.TIME_BOMB and bucket in self._replicas.ks):
+            return self._fills.started(self.fill(bucket, task_id, data, task_type=task_type,
+                                                 run_after=run_after, life_span=life_span))
+        future: asyncio.Future[FillResult] = loop.create_future()
         try:
             local = self.buckets.get(bucket)
             if local is None or local.closed or self.state is not GroupState.RUNNING:
                 local = self._open_bucket(bucket)  # raises why not
-            if offer and local.free > 0 and task_id not in local:
-                return self._fills.offered(local, task_id, data, task_type, run_after, life_span)
-            if local.free > 0 or task_id in local:  # no exception on the overflow path
-                if data is not None and self._fills.checks_payloads():
-                    try:  # before the fill: a refused fill changes nothing
-                        self.codec.pack(data)
-                    except TypeError as exc:
-                        raise cannot_travel(bucket, task_id, exc) from exc
-                task = local.fill_nowait(task_type, task_id, data, run_after=run_after,
-                                         life_span=life_span)
-                if task_type is TaskType.TIME_BOMB and bucket in self._replicas.ks:
-                    return self._fills.backed_up(local, task)
-                self.fill_counts[bucket][0] += 1
-                return answered(FillResult(bucket, task_id, self.node_id, False, task))
-            ra, ls = task_times(local, task_type, run_after, life_span)
-            item = encode_item(bucket, task_id, data, task_type, ra, ls, self.codec)
-        except Exception as exc:  # raised when awaited, as by a coroutine
-            return failed(exc)
-        return self._overflow.fill_one(bucket, item)
+            here = self._fills.here_or_item(local, task_id, data, task_type, run_after,
+                                            life_span)
+        except Exception as exc:  # the future's, as a coroutine would raise it when awaited
+            future.set_exception(exc)
+            return future
+        if not isinstance(here, Task):
+            return self._overflow.fill_one(bucket, here)
+        self.fill_counts[bucket][0] += 1
+        future.set_result(FillResult(bucket, task_id, self.node_id, False, here))
+        return future
 
     async def fill_many(
         self,

@@ -27,7 +27,6 @@ from ..errors import (
     PlacementUnknownError,
 )
 from ..task import FillResult
-from .eager import EagerFuture
 from .forward import Item, Unsettled
 from .membership import Member, MemberState
 from .placement import candidates, pick
@@ -100,11 +99,11 @@ class Overflow:
         # Overflowing single fills waiting for this loop pass's placement.
         self._waiting: dict[str, _Waiting] = {}
 
-    def fill_one(self, bucket: str, item: Item) -> EagerFuture[FillResult]:
+    def fill_one(self, bucket: str, item: Item) -> asyncio.Future[FillResult]:
         """Place one task; fills issued in the same loop pass are placed
         together (one two-choice pass, one batch per peer), like fill_many."""
         loop = asyncio.get_running_loop()
-        future: EagerFuture[FillResult] = EagerFuture(loop=loop)
+        future: asyncio.Future[FillResult] = loop.create_future()
         waiting = self._waiting.get(bucket)
         if waiting is None:
             waiting = self._waiting[bucket] = _Waiting()
