@@ -50,9 +50,10 @@ from .auth import Keyring
 from .backups import Backups
 from .batches import BatchLedger
 from .ended import EndedNotices
-from .fills import Fills
+from .fills import Fills, cannot_travel
 from .forward import Forwarder
 from .handoff import Handoff
+from .items import encode_item, task_times
 from .lifecycle import GroupState
 from .lookup import Lookup
 from .losses import Losses, TasksLost
@@ -378,13 +379,23 @@ class TaskBucketGroup:
                 and (placed := await self._fills.elsewhere(local, task_id, data, task_type,
                                                            run_after, life_span)) is not None):
             return placed
-        here = self._fills.here_or_item(local, task_id, data, task_type, run_after, life_span)
-        if not isinstance(here, Task):  # no room here: the item to send
-            return await self._overflow.fill_one(bucket, here)
-        if task_type is TaskType.TIME_BOMB and bucket in self._replicas.ks:
-            await self._fills.back_up_one(local, here)
-        self.fill_counts[bucket][0] += 1
-        return FillResult(bucket, task_id, self.node_id, False, here)
+        # The body of Fills.here_or_item, inline: this is the path a single
+        # awaited fill takes, and a call costs ~4% of it.
+        if local.free > 0 or task_id in local:  # no exception on the overflow path
+            if data is not None and self._fills.checks_payloads():
+                try:  # before the fill: a refused fill changes nothing
+                    self.codec.pack(data)
+                except TypeError as exc:
+                    raise cannot_travel(bucket, task_id, exc) from exc
+            task = local.fill_nowait(task_type, task_id, data, run_after=run_after,
+                                     life_span=life_span)
+            if task_type is TaskType.TIME_BOMB and bucket in self._replicas.ks:
+                await self._fills.back_up_one(local, task)
+            self.fill_counts[bucket][0] += 1
+            return FillResult(bucket, task_id, self.node_id, False, task)
+        ra, ls = task_times(local, task_type, run_after, life_span)
+        item = encode_item(bucket, task_id, data, task_type, ra, ls, self.codec)
+        return await self._overflow.fill_one(bucket, item)
 
     def fill_future(
         self,
@@ -407,10 +418,11 @@ class TaskBucketGroup:
         ``asyncio.create_task(group.fill(...))`` would. Call it from the
         group's event loop. The future's result is the :class:`FillResult`,
         its exception what :meth:`fill` raises (never raised by the call,
-        so ``gather(..., return_exceptions=True)`` gets each one). Cancelling
-        the future gives up the answer, not the task, as cancelling an
-        ``await`` of an overflowing :meth:`fill` does; a future whose
-        exception nobody retrieves is logged by asyncio.
+        so ``gather(..., return_exceptions=True)`` gets each one); one
+        nobody retrieves is logged by asyncio. Cancelling the future is
+        cancelling an ``await`` of :meth:`fill`: the answer is given up, and
+        a task already placed or sent stays where it went (drain and get
+        find it).
         """
         loop = asyncio.get_running_loop()
         if self._balanced or (task_type is TaskType.TIME_BOMB and bucket in self._replicas.ks):
