@@ -660,3 +660,26 @@ def test_a_column_built_batch_is_the_same_items_sliced_joined_and_packed() -> No
     body = encode({"v": 1, "cols": pack_columns(joined)})
     rows = list(read_columns(decode(body, 1 << 20)["cols"]))
     assert [r[1] for r in rows] == ["t3", "t4", "u"] and rows[2][2] == b"\x01"
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 5, 6, 8, 12])
+async def test_a_fill_cancelled_while_its_backup_fails_is_taken_back(cluster: Cluster,
+                                                                     steps: int) -> None:
+    """Its caller, cancelled, cannot take it back: the task must not stay
+    accepted with no backup and nobody to retry (each ``steps`` cancels it
+    at another point: waiting for the backup, woken with the refusal,
+    taking it back)."""
+    n1 = await cluster.add("n1", max_bucket=10, replicas=1)
+    await cluster.add("n2", max_bucket=10, replicas=1)
+    await cluster.settle()
+    cluster.net.down("n2")  # the backup is refused: it is certainly not there
+    filling = asyncio.create_task(n1.fill("jobs", "x", task_type=BOMB))
+    for _ in range(steps):
+        await asyncio.sleep(0)
+    filling.cancel()
+    with pytest.raises((asyncio.CancelledError, NoBackupRoomError)):
+        await filling
+    await asyncio.sleep(5)
+    assert "x" not in cluster.bucket("n1")
+    await asyncio.sleep(60)
+    assert runs(cluster, "x") == 0

@@ -254,9 +254,19 @@ class Fills:
         pass); raises NoBackupRoomError if it could not be (it is taken back)."""
         group = self.group
         replicas = group._replicas
-        if await replicas.protect_one(local.name, task, group.node_id):
-            return
-        if await replicas.withdraw(local, task):
+        answer = replicas.protect_one(local.name, task, group.node_id)
+        try:
+            if await answer:
+                return
+        except asyncio.CancelledError:
+            # The answer came (no backups), then the cancel: take it back
+            # for this caller (a cancelled answer is, by the protecting task).
+            if answer.done() and not answer.cancelled() and not answer.result():
+                group._spawn(replicas.abandoned(local, task))
+            raise
+        # Shielded: a caller cancelled now leaves the task taken back or kept
+        # (and backed up anew), not half-withdrawn.
+        if await asyncio.shield(replicas.withdraw(local, task)):
             raise self._no_backup_room(local, task)
 
     async def back_up(self, local: TaskBucket, tasks: list[Task]) -> list[Exception | None]:

@@ -143,6 +143,21 @@ class Replicas:
             raise
         finally:
             resolve(asyncio.get_running_loop(), [future for _, future in waiting], done)
+        # A caller cancelled meanwhile is not there to take back a task that
+        # did not get its backups: it is taken back here, as it would have
+        # been (else it stayed accepted with no backup and no retry).
+        bucket = self.group.buckets.get(key[0])
+        for (task, future), ok in zip(waiting, done, strict=True):
+            if not ok and future.cancelled() and bucket is not None:
+                await self.abandoned(bucket, task)
+
+    async def abandoned(self, bucket: TaskBucket, task: Task) -> None:
+        """Take back a task that did not get its backups, whose fill's caller
+        was cancelled before it could (see :meth:`withdraw`)."""
+        if await self.withdraw(bucket, task):
+            log.info("a fill whose caller was cancelled got no backup: taken back "
+                     "event=fill_taken_back node=%s bucket=%s task_id=%s",
+                     self.group.node_id, bucket.name, task.id)
 
     async def protect(self, name: str, tasks: list[Task], origin: str) -> list[bool]:
         """Back each task up on k peers; True for each that got all k. A
