@@ -184,3 +184,11 @@ async def test_balanced_fills_of_one_id_in_one_pass_place_it_once(cluster: Clust
     assert sum("dup" in cluster.bucket(n) for n in ("n1", "n2")) == 1
     await asyncio.sleep(40)  # past run_after
     assert cluster.fired().count("dup") == 1
+
+
+async def test_even_a_bucket_name_of_the_wrong_type_is_the_future_s_error(
+        cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=5, replicas=1)
+    bad = n1.fill_future(["jobs"], "x", task_type=BOMB)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        await bad

@@ -683,3 +683,35 @@ async def test_a_fill_cancelled_while_its_backup_fails_is_taken_back(cluster: Cl
     assert "x" not in cluster.bucket("n1")
     await asyncio.sleep(60)
     assert runs(cluster, "x") == 0
+
+
+async def test_taking_back_a_task_never_takes_a_later_one_of_the_same_id(
+        cluster: Cluster) -> None:
+    """A take-back names the task it is about: when that one has left (here
+    drained) and the id was filled again, the new task stays."""
+    n1, _, _ = await three(cluster)
+    first = (await n1.fill("jobs", "y", task_type=BOMB)).task
+    assert first is not None
+    assert (await n1.drain("jobs", "y")).outcome is DrainOutcome.DRAINED
+    again = await n1.fill("jobs", "y", task_type=BOMB)
+    assert not await n1._replicas.withdraw(cluster.bucket("n1"), first)
+    assert cluster.bucket("n1").get("y") is again.task
+    assert backups_of(cluster, "y")  # its backup was not dropped either
+
+
+async def test_a_cancelled_fill_whose_backup_was_made_stays_accepted(cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=20, replicas=1)
+    n2 = await cluster.add("n2", max_bucket=20, replicas=1)
+    await cluster.settle()
+    for steps in range(1, 12):
+        filling = asyncio.create_task(n1.fill("jobs", f"ok{steps}", task_type=BOMB))
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        filling.cancel()
+        await asyncio.gather(filling, return_exceptions=True)
+    await asyncio.sleep(1)
+    for steps in range(1, 12):
+        assert f"ok{steps}" in cluster.bucket("n1")
+        assert (f"ok{steps}", "n1") in n2._backups.records["jobs"]
+    await asyncio.sleep(40)
+    assert all(runs(cluster, f"ok{s}") == 1 for s in range(1, 12))

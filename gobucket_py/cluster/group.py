@@ -420,16 +420,17 @@ class TaskBucketGroup:
         its exception what :meth:`fill` raises (never raised by the call,
         so ``gather(..., return_exceptions=True)`` gets each one); one
         nobody retrieves is logged by asyncio. Cancelling the future is
-        cancelling an ``await`` of :meth:`fill`: the answer is given up, and
-        a task already placed or sent stays where it went (drain and get
-        find it).
+        cancelling an ``await`` of :meth:`fill`: the answer is given up; a
+        task already placed or sent stays where it went (drain and get find
+        it), except one that could not get its backups (replicas), which is
+        taken back as its fill would have been.
         """
-        loop = asyncio.get_running_loop()
-        if self._balanced or (task_type is TaskType.TIME_BOMB and bucket in self._replicas.ks):
-            return self._fills.started(self.fill(bucket, task_id, data, task_type=task_type,
-                                                 run_after=run_after, life_span=life_span))
-        future: asyncio.Future[FillResult] = loop.create_future()
+        future: asyncio.Future[FillResult] = asyncio.get_running_loop().create_future()
         try:
+            if self._balanced or (task_type is TaskType.TIME_BOMB
+                                  and bucket in self._replicas.ks):
+                return self._fills.started(self.fill(bucket, task_id, data, task_type=task_type,
+                                                     run_after=run_after, life_span=life_span))
             local = self.buckets.get(bucket)
             if local is None or local.closed or self.state is not GroupState.RUNNING:
                 local = self._open_bucket(bucket)  # raises why not

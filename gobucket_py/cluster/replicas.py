@@ -147,9 +147,10 @@ class Replicas:
         # did not get its backups: it is taken back here, as it would have
         # been (else it stayed accepted with no backup and no retry).
         bucket = self.group.buckets.get(key[0])
-        for (task, future), ok in zip(waiting, done, strict=True):
-            if not ok and future.cancelled() and bucket is not None:
-                await self.abandoned(bucket, task)
+        if bucket is not None:
+            await asyncio.gather(*(self.abandoned(bucket, task) for (task, future), ok
+                                   in zip(waiting, done, strict=True)
+                                   if not ok and future.cancelled()))
 
     async def abandoned(self, bucket: TaskBucket, task: Task) -> None:
         """Take back a task that did not get its backups, whose fill's caller
@@ -249,6 +250,8 @@ class Replicas:
         stays pending here while its backups are dropped, so a drain or its
         due time meanwhile is served as for any live task."""
         key = (bucket.name, task.id)
+        if bucket.get(task.id) is not task:
+            return False  # it left (drained, ran, handed off); the id may be another task's now
         self.forget(bucket.name, task.id)
         dropping = self._dropping.get(key)
         if dropping is not None:
@@ -262,7 +265,7 @@ class Replicas:
                                                                           self.group.node_id)
                     self.group._spawn(self._rebackup(key[0], [task], origin))
                 return False
-        return bucket.withdraw(task.id)
+        return bucket.get(task.id) is task and bucket.withdraw(task.id)
 
     def adopt(self, name: str, task: Task, origin: str, primary: str) -> None:
         """A task this node took over from ``primary`` as its backup: tell
