@@ -425,7 +425,6 @@ class TaskBucketGroup:
         it), except one that could not get its backups (replicas), which is
         taken back as its fill would have been.
         """
-        future: asyncio.Future[FillResult] = asyncio.get_running_loop().create_future()
         try:
             if self._balanced or (task_type is TaskType.TIME_BOMB
                                   and bucket in self._replicas.ks):
@@ -437,11 +436,13 @@ class TaskBucketGroup:
             here = self._fills.here_or_item(local, task_id, data, task_type, run_after,
                                             life_span)
         except Exception as exc:  # the future's, as a coroutine would raise it when awaited
-            future.set_exception(exc)
-            return future
+            failed: asyncio.Future[FillResult] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            return failed
         if not isinstance(here, Task):
-            return self._overflow.fill_one(bucket, here)
+            return self._overflow.fill_one(bucket, here)  # its own future
         self.fill_counts[bucket][0] += 1
+        future: asyncio.Future[FillResult] = asyncio.get_running_loop().create_future()
         future.set_result(FillResult(bucket, task_id, self.node_id, False, here))
         return future
 
