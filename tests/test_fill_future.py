@@ -84,6 +84,44 @@ async def test_errors_come_from_the_future_never_from_the_call(cluster: Cluster)
     assert len(cluster.bucket("n1")) == 1  # a refused fill changed nothing
 
 
+@pytest.mark.parametrize("call", ["fill", "fill_future"])
+async def test_bad_arguments_of_an_overflowing_fill_send_nothing(cluster: Cluster,
+                                                                 call: str) -> None:
+    """The overflow path builds the task's wire form itself (the common
+    case inline): every bad argument is still refused before anything is
+    queued, with the error ``fill`` gives, and a good fill with data or its
+    own times still travels as given."""
+    n1 = await cluster.add("n1", max_bucket=1)
+    await cluster.add("n2", max_bucket=10)
+    await cluster.settle()
+    await fill_local(n1, 1)
+
+    async def fill(task_id: object, data: object = None, **kwargs: object) -> FillResult:
+        method = getattr(n1, call)
+        return await method("jobs", task_id, data, **kwargs)  # type: ignore[no-any-return]
+
+    with pytest.raises(TypeError, match="task_id must be a non-empty str"):
+        await fill("", task_type=BOMB)
+    with pytest.raises(TypeError, match="task_id must be a non-empty str"):
+        await fill(7, task_type=BOMB)
+    with pytest.raises(TypeError, match="task_type must be a TaskType"):
+        await fill("bad-type", task_type="time_bomb")
+    with pytest.raises(ValueError, match="run_after applies to TaskType.TIME_BOMB"):
+        await fill("bad-time", run_after=5)
+    with pytest.raises(TypeError, match="cannot be forwarded"):
+        await fill("bad-data", object(), task_type=BOMB)
+    await asyncio.sleep(0.1)
+    assert len(cluster.bucket("n2")) == 0 and n1.fill_counts["jobs"][1] == 0
+    sent = [await fill("now"), await fill("data", {"k": 1}, task_type=BOMB, run_after=5,
+                                          life_span=20)]
+    assert [(r.node_id, r.forwarded) for r in sent] == [("n2", True)] * 2
+    await asyncio.sleep(0.1)
+    assert cluster.fired() == ["now"]  # immediate: it ran on n2 at once
+    data = cluster.bucket("n2").get("data")
+    assert data is not None and data.data == {"k": 1} and data.type is BOMB
+    assert 4.5 < data.seconds_to_run <= 5 and 19.5 < data.seconds_left <= 20
+
+
 async def test_gather_with_return_exceptions_gets_each_answer(cluster: Cluster) -> None:
     n1 = await cluster.add("n1", max_bucket=3)
     await cluster.add("n2", max_bucket=10)

@@ -207,12 +207,12 @@ class Fills:
                 results[index] = error
                 counts[0] -= 1
 
-    def here_or_item(self, local: TaskBucket, task_id: str, data: Any, task_type: TaskType,
-                     run_after: float | None, life_span: float | None) -> Task | Item:
-        """The synchronous half of a single fill: the task filled here if
+    def here(self, local: TaskBucket, task_id: str, data: Any, task_type: TaskType,
+             run_after: float | None, life_span: float | None) -> Task | None:
+        """The local half of a single fill: the task filled here if
         ``local`` has room (or the id is live here: DuplicateTaskError),
-        else its wire form to send to a peer. Raises for bad arguments, or
-        data that cannot travel (before anything is filled)."""
+        else None (it overflows). Raises for bad arguments, or data that
+        cannot travel (before anything is filled)."""
         if local.free > 0 or task_id in local:  # no exception on the overflow path
             if data is not None and self.checks_payloads():
                 try:  # before the fill: a refused fill changes nothing
@@ -221,8 +221,7 @@ class Fills:
                     raise cannot_travel(local.name, task_id, exc) from exc
             return local.fill_nowait(task_type, task_id, data, run_after=run_after,
                                      life_span=life_span)
-        ra, ls = task_times(local, task_type, run_after, life_span)
-        return encode_item(local.name, task_id, data, task_type, ra, ls, self.group.codec)
+        return None
 
     def started(self, fill: Coroutine[Any, Any, FillResult]) -> asyncio.Task[FillResult]:
         """``fill`` in a task started now, held here until it is done (see

@@ -43,7 +43,7 @@ from ..codec import Codec, Serializer
 from ..config import GroupConfig
 from ..errors import BucketClosedError, PeerUnavailableError, UnknownBucketError
 from ..observe.events import EventFeed
-from ..task import DrainResult, FillResult, Task, TaskInfo, TaskType
+from ..task import DrainResult, FillResult, TaskInfo, TaskType
 from . import lifecycle
 from .arguments import check_arguments, check_listen, check_options
 from .auth import Keyring
@@ -53,7 +53,6 @@ from .ended import EndedNotices
 from .fills import Fills, cannot_travel
 from .forward import Forwarder
 from .handoff import Handoff
-from .items import encode_item, task_times
 from .lifecycle import GroupState
 from .lookup import Lookup
 from .losses import Losses, TasksLost
@@ -379,7 +378,7 @@ class TaskBucketGroup:
                 and (placed := await self._fills.elsewhere(local, task_id, data, task_type,
                                                            run_after, life_span)) is not None):
             return placed
-        # The body of Fills.here_or_item, inline: this is the path a single
+        # The body of Fills.here, inline: this is the path a single
         # awaited fill takes, and a call costs ~4% of it.
         if local.free > 0 or task_id in local:  # no exception on the overflow path
             if data is not None and self._fills.checks_payloads():
@@ -393,9 +392,8 @@ class TaskBucketGroup:
                 await self._fills.back_up_one(local, task)
             self.fill_counts[bucket][0] += 1
             return FillResult(bucket, task_id, self.node_id, False, task)
-        ra, ls = task_times(local, task_type, run_after, life_span)
-        item = encode_item(bucket, task_id, data, task_type, ra, ls, self.codec)
-        return await self._overflow.fill_one(bucket, item)
+        return await self._overflow.fill_one(local, task_id, data, task_type, run_after,
+                                             life_span)
 
     def fill_future(
         self,
@@ -433,14 +431,14 @@ class TaskBucketGroup:
             local = self.buckets.get(bucket)
             if local is None or local.closed or self.state is not GroupState.RUNNING:
                 local = self._open_bucket(bucket)  # raises why not
-            here = self._fills.here_or_item(local, task_id, data, task_type, run_after,
-                                            life_span)
+            here = self._fills.here(local, task_id, data, task_type, run_after, life_span)
+            if here is None:
+                return self._overflow.fill_one(local, task_id, data, task_type, run_after,
+                                               life_span)  # its own future
         except Exception as exc:  # the future's, as a coroutine would raise it when awaited
             failed: asyncio.Future[FillResult] = asyncio.get_running_loop().create_future()
             failed.set_exception(exc)
             return failed
-        if not isinstance(here, Task):
-            return self._overflow.fill_one(bucket, here)  # its own future
         self.fill_counts[bucket][0] += 1
         future: asyncio.Future[FillResult] = asyncio.get_running_loop().create_future()
         future.set_result(FillResult(bucket, task_id, self.node_id, False, here))

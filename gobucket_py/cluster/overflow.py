@@ -20,14 +20,16 @@ from collections.abc import Coroutine, Iterable
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..codec import PACKED_NONE
 from ..errors import (
     ClusterFullError,
     DuplicateTaskError,
     GobucketError,
     PlacementUnknownError,
 )
-from ..task import FillResult
+from ..task import FillResult, TaskType
 from .forward import Item, Unsettled
+from .items import encode_item, task_times
 from .membership import Member, MemberState
 from .placement import candidates, pick
 from .wake import resolve
@@ -39,6 +41,8 @@ if TYPE_CHECKING:
 __all__ = ["Overflow"]
 
 log = logging.getLogger("gobucket_py")
+
+_BOMB, _IMMEDIATE = TaskType.TIME_BOMB, TaskType.IMMEDIATE
 
 
 class Results(Protocol):
@@ -99,9 +103,29 @@ class Overflow:
         # Overflowing single fills waiting for this loop pass's placement.
         self._waiting: dict[str, _Waiting] = {}
 
-    def fill_one(self, bucket: str, item: Item) -> asyncio.Future[FillResult]:
-        """Place one task; fills issued in the same loop pass are placed
-        together (one two-choice pass, one batch per peer), like fill_many."""
+    def fill_one(self, local: TaskBucket, task_id: str, data: Any, task_type: TaskType,
+                 run_after: float | None, life_span: float | None
+                 ) -> asyncio.Future[FillResult]:
+        """Place one task that overflows ``local`` (its wire form made here:
+        ``TypeError``/``ValueError`` as :func:`.items.encode_item` and
+        :func:`.items.task_times` raise them); fills issued in the same loop
+        pass are placed together (one two-choice pass, one batch per peer),
+        like fill_many."""
+        bucket = local.name
+        # The common case (no data, the bucket's times) inline: this is the
+        # path of every overflowing single fill, where a call costs a few
+        # per cent.
+        if data is None and run_after is None and life_span is None and type(task_id) is str:
+            config = local.config
+            if task_type is _BOMB and task_id:
+                item: Item = (bucket, task_id, 1, PACKED_NONE, config.run_after,
+                              config.life_span)
+            elif task_type is _IMMEDIATE and task_id:
+                item = (bucket, task_id, 0, PACKED_NONE, 0.0, config.life_span)
+            else:
+                item = self._item(local, task_id, data, task_type, run_after, life_span)
+        else:
+            item = self._item(local, task_id, data, task_type, run_after, life_span)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[FillResult] = loop.create_future()
         waiting = self._waiting.get(bucket)
@@ -111,6 +135,12 @@ class Overflow:
         waiting.items.append(item)
         waiting.futures.append(future)
         return future
+
+    def _item(self, local: TaskBucket, task_id: str, data: Any, task_type: TaskType,
+              run_after: float | None, life_span: float | None) -> Item:
+        """The wire form of a task that overflows ``local``."""
+        ra, ls = task_times(local, task_type, run_after, life_span)
+        return encode_item(local.name, task_id, data, task_type, ra, ls, self.group.codec)
 
     def _flush(self, bucket: str) -> None:
         waiting = self._waiting.pop(bucket, None)
