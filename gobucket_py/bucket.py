@@ -243,6 +243,14 @@ class TaskBucket:
         """True once ``close()`` has started."""
         return self._closing
 
+    def fits(self, task_id: object) -> bool:
+        """``free > 0 or task_id in bucket``: would a fill of ``task_id`` here
+        be answered here (filled, or refused as a duplicate) rather than
+        refused for want of room? One call, for the path of every fill."""
+        return ((not self._closing and self._max - len(self._tasks) - self._cold_n > 0)
+                or task_id in self._tasks
+                or (self._cold_n > 0 and task_id in self._cold[hash(task_id) & _SHARD]))
+
     def get(self, task_id: str) -> Task | None:
         """The live task with that id, or None."""
         task = self._tasks.get(task_id)

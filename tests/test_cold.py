@@ -378,3 +378,28 @@ async def test_fill_cold_leaves_a_bad_id_to_fill_validated_which_names_the_fault
         b.fill_validated(BOMB, ids[2], None, 30.0, 40.0)
     assert b.fill_cold(ids, [None] * 4, 30.0, 40.0, start=3) == 4
     assert cold(b) == {"ok", "after"} and len(b) == 2
+
+
+async def test_fits_is_free_or_live_here_whether_held_or_cold() -> None:
+    """``fits(id)`` (one call on the path of every fill) says what
+    ``free > 0 or id in bucket`` says: room, or the id live here (held or
+    cold), and no room once closing."""
+    b = make(Recorder(), max_bucket=2)
+
+    def agrees(*ids: str) -> list[bool]:
+        answers = [b.fits(i) for i in ids]
+        assert answers == [b.free > 0 or i in b for i in ids]
+        return answers
+
+    assert agrees("a", "b") == [True, True]
+    b.fill_nowait(BOMB, "a")
+    held = b.fill_nowait(BOMB, "b")
+    await cooled(b)
+    assert cold(b) == {"a"}  # "b" is held
+    assert agrees("a", "b", "c") == [True, True, False]
+    b.drain_nowait("a")
+    assert agrees("a", "b", "c") == [True, True, True]
+    closing = asyncio.create_task(b.close())
+    await asyncio.sleep(0)
+    assert agrees("b", "c") == [held.id in b, False]
+    await closing

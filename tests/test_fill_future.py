@@ -106,7 +106,7 @@ async def test_bad_arguments_of_an_overflowing_fill_send_nothing(cluster: Cluste
         await fill(7, task_type=BOMB)
     with pytest.raises(TypeError, match="task_type must be a TaskType"):
         await fill("bad-type", task_type="time_bomb")
-    with pytest.raises(ValueError, match="run_after applies to TaskType.TIME_BOMB"):
+    with pytest.raises(ValueError, match=r"run_after applies to TaskType\.TIME_BOMB"):
         await fill("bad-time", run_after=5)
     with pytest.raises(TypeError, match="cannot be forwarded"):
         await fill("bad-data", object(), task_type=BOMB)

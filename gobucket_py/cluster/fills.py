@@ -213,7 +213,7 @@ class Fills:
         ``local`` has room (or the id is live here: DuplicateTaskError),
         else None (it overflows). Raises for bad arguments, or data that
         cannot travel (before anything is filled)."""
-        if local.free > 0 or task_id in local:  # no exception on the overflow path
+        if local.fits(task_id):  # no exception on the overflow path
             if data is not None and self.checks_payloads():
                 try:  # before the fill: a refused fill changes nothing
                     self.group.codec.pack(data)

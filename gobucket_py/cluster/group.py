@@ -380,7 +380,7 @@ class TaskBucketGroup:
             return placed
         # The body of Fills.here, inline: this is the path a single
         # awaited fill takes, and a call costs ~4% of it.
-        if local.free > 0 or task_id in local:  # no exception on the overflow path
+        if local.fits(task_id):  # no exception on the overflow path
             if data is not None and self._fills.checks_payloads():
                 try:  # before the fill: a refused fill changes nothing
                     self.codec.pack(data)

@@ -18,6 +18,7 @@ import inspect
 import logging
 from collections.abc import Coroutine, Iterable
 from itertools import islice
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..codec import PACKED_NONE
@@ -43,6 +44,8 @@ __all__ = ["Overflow"]
 log = logging.getLogger("gobucket_py")
 
 _BOMB, _IMMEDIATE = TaskType.TIME_BOMB, TaskType.IMMEDIATE
+# (C-speed passes over a batch's (index, item) pairs and items.)
+_FIRST, _SECOND, _LIFE_SPAN = itemgetter(0), itemgetter(1), itemgetter(5)
 
 
 class Results(Protocol):
@@ -74,7 +77,7 @@ class _Waiting:
         """``self[i] = FillResult(...)`` for each task a peer took, with the
         callers woken together (:func:`.wake.resolve`)."""
         futures = self.futures
-        resolve(asyncio.get_running_loop(), [futures[index] for index in indexes],
+        resolve(asyncio.get_running_loop(), list(map(futures.__getitem__, indexes)),
                [FillResult(bucket, task_id, node_id, True) for task_id in ids])
 
 
@@ -127,7 +130,9 @@ class Overflow:
         else:
             item = self._item(local, task_id, data, task_type, run_after, life_span)
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[FillResult] = loop.create_future()
+        # Not loop.create_future(): on asyncio's loop that is a Python call
+        # around this, for nothing (every loop takes asyncio's futures).
+        future: asyncio.Future[FillResult] = asyncio.Future(loop=loop)
         waiting = self._waiting.get(bucket)
         if waiting is None:
             waiting = self._waiting[bucket] = _Waiting()
@@ -208,8 +213,8 @@ class Overflow:
             if len(pool) == 1 and (more := min(size - len(share[1]), room[member])) > 0:
                 # One candidate: the rest of its batch is taken at once.
                 taken = list(islice(overflow, more))
-                share[0].extend([i for i, _ in taken])
-                share[1].extend([x for _, x in taken])
+                share[0].extend(map(_FIRST, taken))
+                share[1].extend(map(_SECOND, taken))
                 room[member] -= len(taken)
             if len(share[1]) >= size:
                 del waiting[member]
@@ -263,11 +268,11 @@ class Overflow:
         node = member.node_id
         group = self.group
         if outcomes.count("ok") == len(items):  # the common case: the peer took them all
-            ids = [item[1] for item in items]
+            ids = list(map(_SECOND, items))
             _placed(results, indexes, bucket, node, ids)
             life_span = items[0][5]
             placed: dict[float, list[str]] = {life_span: ids}
-            if not all(item[5] == life_span for item in items):
+            if list(map(_LIFE_SPAN, items)).count(life_span) != len(items):
                 placed = {}
                 for item in items:
                     placed.setdefault(item[5], []).append(item[1])

@@ -92,8 +92,7 @@ class Routes:
         if self._later:  # a new task of the id: notices of moves are of an earlier one
             for task_id in task_ids:
                 self._later.pop((bucket, task_id), None)
-        for task_id in task_ids:
-            where[task_id] = route
+        where.update(dict.fromkeys(task_ids, route))
         if self.unsettled:
             for task_id in task_ids:
                 self.unsettled.pop((bucket, task_id), None)
