@@ -117,18 +117,18 @@ class Overflow:
         bucket = local.name
         # The common case (no data, the bucket's times) inline: this is the
         # path of every overflowing single fill, where a call costs a few
-        # per cent.
-        if data is None and run_after is None and life_span is None and type(task_id) is str:
-            config = local.config
-            if task_type is _BOMB and task_id:
-                item: Item = (bucket, task_id, 1, PACKED_NONE, config.run_after,
-                              config.life_span)
-            elif task_type is _IMMEDIATE and task_id:
-                item = (bucket, task_id, 0, PACKED_NONE, 0.0, config.life_span)
-            else:
-                item = self._item(local, task_id, data, task_type, run_after, life_span)
-        else:
-            item = self._item(local, task_id, data, task_type, run_after, life_span)
+        # per cent of it.
+        item: Item | None = None
+        if (data is None and run_after is None and life_span is None
+                and type(task_id) is str and task_id):
+            if task_type is _BOMB:
+                item = (bucket, task_id, 1, PACKED_NONE, local.config.run_after,
+                        local.config.life_span)
+            elif task_type is _IMMEDIATE:
+                item = (bucket, task_id, 0, PACKED_NONE, 0.0, local.config.life_span)
+        if item is None:
+            ra, ls = task_times(local, task_type, run_after, life_span)
+            item = encode_item(bucket, task_id, data, task_type, ra, ls, self.group.codec)
         loop = asyncio.get_running_loop()
         # Not loop.create_future(): on asyncio's loop that is a Python call
         # around this, for nothing (every loop takes asyncio's futures).
@@ -140,12 +140,6 @@ class Overflow:
         waiting.items.append(item)
         waiting.futures.append(future)
         return future
-
-    def _item(self, local: TaskBucket, task_id: str, data: Any, task_type: TaskType,
-              run_after: float | None, life_span: float | None) -> Item:
-        """The wire form of a task that overflows ``local``."""
-        ra, ls = task_times(local, task_type, run_after, life_span)
-        return encode_item(local.name, task_id, data, task_type, ra, ls, self.group.codec)
 
     def _flush(self, bucket: str) -> None:
         waiting = self._waiting.pop(bucket, None)
