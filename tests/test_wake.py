@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import weakref
 from typing import Any
 
 import pytest
@@ -118,3 +119,31 @@ async def test_a_waiter_that_escapes_with_keyboardinterrupt_does_not_strand_the_
     assert ran == [0]
     await asyncio.sleep(0)
     assert ran == [0, 2, 3]  # each in a callback of its own
+
+
+async def test_each_future_is_let_go_as_its_waiter_runs() -> None:
+    """The wake callback drops its hold on a future (and its waiter) before
+    it runs the next one, so the caller's objects are freed one at a time
+    among its new allocations, not all at the end of the callback."""
+    loop = asyncio.get_running_loop()
+    pending: list[asyncio.Future[int]] = []
+    refs: list[weakref.ref[asyncio.Future[int]]] = []
+    earlier_alive: list[int] = []
+
+    def new_future() -> asyncio.Future[int]:
+        future: asyncio.Future[int] = loop.create_future()
+        pending.append(future)
+        refs.append(weakref.ref(future))
+        return future
+
+    async def waiter(k: int) -> int:
+        value = await new_future()  # held by nobody here once it is awaited
+        earlier_alive.append(sum(ref() is not None for ref in refs[:k]))
+        return value
+
+    tasks = [asyncio.create_task(waiter(k)) for k in range(5)]
+    await asyncio.sleep(0)
+    resolve(loop, pending, [0, 1, 2, 3, 4])
+    pending.clear()
+    assert await asyncio.gather(*tasks) == [0, 1, 2, 3, 4]
+    assert earlier_alive == [0, 0, 0, 0, 0]  # was [0, 1, 2, 3, 4]: held until the end
