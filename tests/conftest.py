@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import warnings
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from gobucket_py import Executor, Task
 
 from .procs import Nodes
+
+if TYPE_CHECKING:
+    from .test_cluster import Cluster
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -36,6 +39,19 @@ def _close_leaked_event_loop() -> None:
     if not loop.is_running() and not loop.is_closed():
         loop.close()
     policy.set_event_loop(None)
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[Cluster]:
+    """An in-memory cluster (``test_cluster.Cluster``), its groups stopped at
+    teardown. (Imported here, not at the top: test_cluster imports this module.)"""
+    from gobucket_py import MemoryNetwork
+
+    from .test_cluster import Cluster
+
+    made = Cluster(MemoryNetwork())
+    yield made
+    await made.close()
 
 
 @pytest.fixture

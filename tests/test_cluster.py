@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -81,13 +80,6 @@ class Cluster:
     async def close(self) -> None:
         for group in self.groups.values():
             await group.stop()
-
-
-@pytest.fixture
-async def cluster() -> AsyncIterator[Cluster]:
-    c = Cluster(MemoryNetwork())
-    yield c
-    await c.close()
 
 
 def states(group: TaskBucketGroup) -> dict[str, MemberState]:

@@ -11,7 +11,6 @@ import asyncio
 import gc
 import inspect
 import logging
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -19,7 +18,6 @@ from gobucket_py import (
     DrainOutcome,
     DuplicateTaskError,
     FillResult,
-    MemoryNetwork,
     NoBackupRoomError,
     PlacementUnknownError,
     TaskBucketGroup,
@@ -33,12 +31,6 @@ pytestmark = pytest.mark.looptime
 
 BOMB = TaskType.TIME_BOMB
 
-
-@pytest.fixture
-async def cluster() -> AsyncIterator[Cluster]:
-    c = Cluster(MemoryNetwork())
-    yield c
-    await c.close()
 
 
 def test_fill_stays_a_coroutine_function() -> None:

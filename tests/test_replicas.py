@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,7 +17,6 @@ from gobucket_py import (
     BucketConfig,
     DrainOutcome,
     GroupConfig,
-    MemoryNetwork,
     NoBackupRoomError,
     PeerUnavailableError,
     TaskBucket,
@@ -34,12 +32,6 @@ pytestmark = pytest.mark.looptime
 
 BOMB = TaskType.TIME_BOMB
 
-
-@pytest.fixture
-async def cluster() -> AsyncIterator[Cluster]:
-    c = Cluster(MemoryNetwork())
-    yield c
-    await c.close()
 
 
 async def three(cluster: Cluster, **cfg: Any) -> list[TaskBucketGroup]:

@@ -10,14 +10,12 @@ and that no task runs twice or after a DRAINED.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from gobucket_py import (
     DrainOutcome,
-    MemoryNetwork,
     PeerUnavailableError,
     PlacementUnknownError,
     TaskBucketGroup,
@@ -32,12 +30,6 @@ pytestmark = pytest.mark.looptime
 
 BOMB = TaskType.TIME_BOMB
 
-
-@pytest.fixture
-async def cluster() -> AsyncIterator[Cluster]:
-    c = Cluster(MemoryNetwork())
-    yield c
-    await c.close()
 
 
 def runs(cluster: Cluster, task_id: str) -> int:
