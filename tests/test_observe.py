@@ -127,6 +127,11 @@ async def test_metrics_count_fills_outcomes_hooks_lateness_and_peers(
     await wait_for(lambda: a.peers[0].free.get("jobs") == 0, 5, "a to learn b is full")
     with pytest.raises(ClusterFullError):
         await a.fill("jobs", "nowhere")
+    # b joined through a, so a probes b on its own schedule: a slow run can get
+    # here before the first probe's answer.
+    membership = a._membership
+    assert membership is not None
+    await wait_for(lambda: membership.probe_rtt.count >= 1, 5, "a's first probe of b")
 
     status, ctype, text = await get(http, a, "/metrics")
     assert status == 200 and ctype.startswith("text/plain")
