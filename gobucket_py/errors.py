@@ -115,8 +115,10 @@ class PlacementUnknownError(PeerError):
     The forward to ``node_id`` timed out and the peer could not be asked in
     time whether it had taken the task (``GroupConfig.settle_timeout``). The
     task may be live there, so it was not placed anywhere else. Call
-    ``drain`` or ``get`` (which ask ``node_id``) to find out; do not simply
-    fill it again, or it may run twice.
+    ``drain`` or ``get`` (which ask ``node_id``) to find out. A new fill of
+    the id from the same node asks ``node_id`` first, and raises this again
+    while it cannot tell (also when an id this node forwarded earlier may
+    still be live on a node that cannot be asked).
     """
 
     def __init__(self, message: str, *, node_id: str, task_id: str) -> None:

@@ -22,6 +22,7 @@ from .forward import Item
 from .items import encode_item, task_times
 from .overflow import slack
 from .placement import candidates
+from .routes import is_lost
 
 if TYPE_CHECKING:
     from ..bucket import TaskBucket
@@ -94,10 +95,38 @@ class Fills:
                           task_type: TaskType, run_after: float | None, life_span: float | None,
                           ra: float, ls: float, results: list[FillResult | Exception | str | None]
                           ) -> list[FillResult | Exception]:
+        # ``sending``: the ids this call sends to peers (held until they are
+        # placed); ``again``: those already held here (forwarded from here,
+        # or twice in this call), filled one by one once these are placed.
+        sending: list[str] = []
+        again: list[tuple[int, str, Any]] = []
+        overflow = self.group._overflow
+        try:
+            await self._place_all(local, pairs, task_type, run_after, life_span, ra, ls,
+                                  results, sending, again)
+        finally:
+            overflow.release(local.name, sending)
+        if again:
+            async def refill(index: int, task_id: str, data: Any) -> None:
+                try:
+                    results[index] = await overflow.refill(local, task_id, data, task_type,
+                                                           run_after, life_span)
+                except (GobucketError, TypeError, ValueError) as exc:
+                    results[index] = exc
+
+            await asyncio.gather(*(refill(*each) for each in again))
+        return _done(results)
+
+    async def _place_all(self, local: TaskBucket, pairs: Iterator[tuple[str, Any]],
+                         task_type: TaskType, run_after: float | None, life_span: float | None,
+                         ra: float, ls: float, results: list[FillResult | Exception | str | None],
+                         sending: list[str], again: list[tuple[int, str, Any]]) -> None:
         group = self.group
         bucket = local.name
         counts = group.fill_counts[bucket]
         check, codec, node_id = self.checks_payloads(), group.codec, group.node_id
+        placing = group._overflow.placing(bucket)
+        route_of = group._routes.of(bucket).get
 
         def overflow(pairs: Iterable[tuple[str, Any]], here: list[int] | None = None,
                      filled: list[Task] | None = None, keep: int | None = None
@@ -108,6 +137,12 @@ class Fills:
             # ``keep``: how many may stay here (placement="balanced").
             for task_id, data in pairs:
                 try:
+                    if type(task_id) is str and (
+                            task_id in placing
+                            or ((route := route_of(task_id)) is not None and not is_lost(route))):
+                        results.append(task_id)  # see Overflow.held: after the others
+                        again.append((len(results) - 1, task_id, data))
+                        continue
                     if (local.free > 0 and (keep is None or keep > 0)) or task_id in local:
                         if keep is not None:
                             keep -= 1
@@ -129,6 +164,8 @@ class Fills:
                     results.append(exc)
                     continue
                 results.append(task_id)
+                placing[task_id] = None
+                sending.append(task_id)
                 yield len(results) - 1, item
 
         replicated = task_type is TaskType.TIME_BOMB and bucket in group._replicas.ks
@@ -164,10 +201,10 @@ class Fills:
                 filled.append(task)
             if replicated and filled:
                 await self._back_up_slice(local, results, here, filled)
-            return _done(results)
+            return
         if not replicated:
             await group._overflow.place_many(bucket, overflow(pairs), results)
-            return _done(results)
+            return
         # Replicated: a slice at a time, each slice's backups on the wire
         # while the next slice is filled (the peers store as this node fills).
         backing: list[asyncio.Task[None]] = []
@@ -190,7 +227,6 @@ class Fills:
             for pending in backing:
                 if not pending.done():
                     pending.cancel()
-        return _done(results)
 
     async def _back_up_slice(self, local: TaskBucket,
                              results: list[FillResult | Exception | str | None],
@@ -244,8 +280,13 @@ class Fills:
             item = encode_item(local.name, task_id, data, task_type, ra, ls, group.codec)
         except TypeError:
             return None  # it cannot travel: here (checked as the local fill checks it)
-        if not await detached(group, group._overflow.offer(member, item)):
-            return None
+        overflow = group._overflow
+        overflow.placing(local.name)[task_id] = None  # held until its answer (see held)
+        try:
+            if not await detached(group, overflow.offer(member, item)):
+                return None
+        finally:
+            overflow.release(local.name, [task_id])
         return FillResult(local.name, task_id, member.node_id, True)
 
     async def back_up_one(self, local: TaskBucket, task: Task) -> None:

@@ -353,18 +353,21 @@ class TaskBucketGroup:
     ) -> FillResult:
         """Place a task: here if the local bucket has room, else on a peer.
 
-        Returns where it went. Raises :class:`UnknownBucketError`,
-        :class:`DuplicateTaskError` (live here, or on the peer that was
-        chosen), :class:`ClusterFullError` (no node could take it; the
-        callback ``on_peer_schedule_failed`` is called for each peer that
-        refused), :class:`PlacementUnknownError` (a peer may or may not
-        have taken it: it was placed nowhere else; drain or get it to find
+        Returns where it went. An id this node is placing, or forwarded to
+        a peer, goes back to that peer first (one id filled from one node
+        is live on at most one node). Raises :class:`UnknownBucketError`,
+        :class:`DuplicateTaskError` (live here, on the peer it went to
+        before, or on the peer that was chosen), :class:`ClusterFullError`
+        (no node could take it; the callback ``on_peer_schedule_failed``
+        is called for each peer that refused), :class:`PlacementUnknownError`
+        (a peer may or may not have taken it, or may still hold the id
+        from before: it was placed nowhere else; drain or get it to find
         out), :class:`BucketClosedError` unless the group is running
         (before start, while stopping, after stop), ``ValueError`` or
-        ``TypeError`` for a bad ``task_id``, ``task_type``, ``run_after`` or
-        ``life_span``, and ``TypeError``
-        naming the type when its data could not travel to a peer (always
-        for a task that overflows; for every task when
+        ``TypeError`` for a bad ``task_id``, ``task_type``, ``run_after``
+        or ``life_span``, and ``TypeError`` naming the type when its data
+        could not travel to a peer (always for a task that overflows, or
+        whose id is held as above; for every task when
         ``config.check_payloads`` applies -- by default, whenever the group
         has peers). Fills that overflow in the same event-loop pass are
         placed together, as by :meth:`fill_many`. To place many tasks from
@@ -374,6 +377,9 @@ class TaskBucketGroup:
         local = self.buckets.get(bucket)
         if local is None or local.closed or self.state is not GroupState.RUNNING:
             local = self._open_bucket(bucket)  # raises why not
+        if self._overflow.held(bucket, task_id):  # forwarded from here, or being placed
+            return await self._overflow.refill(local, task_id, data, task_type, run_after,
+                                               life_span)
         if (self._balanced and local.free > 0 and task_id not in local
                 and (placed := await self._fills.elsewhere(local, task_id, data, task_type,
                                                            run_after, life_span)) is not None):
@@ -431,6 +437,9 @@ class TaskBucketGroup:
             local = self.buckets.get(bucket)
             if local is None or local.closed or self.state is not GroupState.RUNNING:
                 local = self._open_bucket(bucket)  # raises why not
+            if self._overflow.held(bucket, task_id):  # forwarded from here, or being placed
+                return self._fills.started(self._overflow.refill(
+                    local, task_id, data, task_type, run_after, life_span))
             here = self._fills.here(local, task_id, data, task_type, run_after, life_span)
             if here is None:
                 return self._overflow.fill_one(local, task_id, data, task_type, run_after,

@@ -17,7 +17,7 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Coroutine, Iterable
-from itertools import islice
+from itertools import islice, repeat
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -33,6 +33,7 @@ from .forward import Item, Unsettled
 from .items import encode_item, task_times
 from .membership import Member, MemberState
 from .placement import candidates, pick
+from .routes import is_lost
 from .wake import resolve
 
 if TYPE_CHECKING:
@@ -105,6 +106,11 @@ class Overflow:
         self.group = group
         # Overflowing single fills waiting for this loop pass's placement.
         self._waiting: dict[str, _Waiting] = {}
+        # Ids being placed on peers from here, by bucket (from the fill to
+        # its result): another fill of one waits for it to be placed, then
+        # asks where it went (see held). The value: the futures of those
+        # waiting, if any.
+        self._placing: dict[str, dict[str, list[asyncio.Future[None]] | None]] = {}
 
     def fill_one(self, local: TaskBucket, task_id: str, data: Any, task_type: TaskType,
                  run_after: float | None, life_span: float | None
@@ -133,6 +139,10 @@ class Overflow:
         # Not loop.create_future(): on asyncio's loop that is a Python call
         # around this, for nothing (every loop takes asyncio's futures).
         future: asyncio.Future[FillResult] = asyncio.Future(loop=loop)
+        placing = self._placing.get(bucket)
+        if placing is None:
+            placing = self._placing[bucket] = {}
+        placing[task_id] = None  # until its batch is placed (see held; _place_waiting)
         waiting = self._waiting.get(bucket)
         if waiting is None:
             waiting = self._waiting[bucket] = _Waiting()
@@ -157,6 +167,118 @@ class Overflow:
                 raise
             log.exception("placing overflowing fills failed event=overflow_error node=%s "
                           "bucket=%s", self.group.node_id, bucket)
+        finally:
+            self.release(bucket, list(map(_SECOND, waiting.items)))
+
+    # -- one id at a time from this node ------------------------------------------
+
+    def held(self, bucket: str, task_id: str) -> bool:
+        """Is ``task_id`` being placed on a peer from here, or routed to
+        one (forwarded from here, and not known to have ended or been
+        lost)? Then a new fill of it must not go just anywhere: it may be
+        live there (see :meth:`refill`)."""
+        if type(task_id) is not str:
+            return False  # the fill raises why
+        placing = self._placing.get(bucket)
+        if placing and task_id in placing:
+            return True
+        route = self.group._routes.get(bucket, task_id)
+        return route is not None and not is_lost(route)
+
+    def placing(self, bucket: str) -> dict[str, list[asyncio.Future[None]] | None]:
+        """The ids of ``bucket`` being placed from here (a live view, for
+        callers that check and mark many at once: mark one with ``None``
+        when it is not there, and :meth:`release` it)."""
+        placing = self._placing.get(bucket)
+        if placing is None:
+            placing = self._placing[bucket] = {}
+        return placing
+
+    def release(self, bucket: str, task_ids: list[str]) -> None:
+        """The placing of ``task_ids`` (each marked as :meth:`placing` says)
+        is over: the fills of them that wait go on."""
+        placing = self._placing.get(bucket)
+        if placing is None:
+            return
+        for waiters in filter(None, map(placing.pop, task_ids, repeat(None))):
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def refill(self, local: TaskBucket, task_id: str, data: Any, task_type: TaskType,
+                     run_after: float | None, life_span: float | None) -> FillResult:
+        """A fill of an id :meth:`held` here: once no other fill from here
+        is placing it, ask the peer this node forwarded it to, if any. It
+        answers "duplicate" (DuplicateTaskError: live there), takes it
+        (the task is there again), or is full (the id is not live there:
+        the fill goes on as any fill). If it cannot be asked, or its word
+        is not certain, PlacementUnknownError: the task may still be live
+        there, and it is placed nowhere else. So one id filled from one
+        node is live on at most one node."""
+        bucket = local.name
+        ra, ls = task_times(local, task_type, run_after, life_span)
+        item = encode_item(bucket, task_id, data, task_type, ra, ls, self.group.codec)
+        placing = self.placing(bucket)
+        loop = asyncio.get_running_loop()
+        while task_id in placing:  # an earlier fill of it is being placed: its result first
+            waiters = placing[task_id]
+            if waiters is None:
+                waiters = placing[task_id] = []
+            waiter: asyncio.Future[None] = loop.create_future()
+            waiters.append(waiter)
+            await waiter
+        route = self.group._routes.get(bucket, task_id)
+        if route is not None and not is_lost(route):
+            placing[task_id] = None
+            try:
+                placed = await self._ask_holder(item, route)
+            finally:
+                self.release(bucket, [task_id])
+            if placed is not None:
+                return placed
+        return await self.group.fill(bucket, task_id, data, task_type=task_type,
+                                     run_after=run_after, life_span=life_span)
+
+    async def _ask_holder(self, item: Item, route: tuple[str, str, float]) -> FillResult | None:
+        """Send ``item`` to the node ``route`` names (where this node sent its
+        id before): the result if it took it, None if it is full (so the id
+        is not live there: the route is dropped). Raises DuplicateTaskError
+        (live there) or PlacementUnknownError (it may be)."""
+        group = self.group
+        bucket, task_id = item[0], item[1]
+        node, boot = route[0], route[1]
+        routes = group._routes
+        member = group._members.members.get(node)
+        if (bucket, task_id) in routes.unsettled:
+            raise self._maybe_live(item, node, "the forward that took it there was not "
+                                               "settled")
+        if member is None or member.boot != boot:
+            raise self._maybe_live(item, node, "that node left or restarted, and whether the "
+                                               "task was taken over is not known yet")
+        forwarder = group._forwarder
+        assert forwarder is not None
+        sent = asyncio.get_running_loop().time()
+        try:
+            outcome: str | GobucketError = await forwarder.send(member, item)
+        except GobucketError as exc:
+            outcome = exc
+        except asyncio.CancelledError:  # stop(): the caller still gets an answer
+            raise self.interrupted(bucket, task_id) from None
+        rejections: dict[str, str] = {}
+        if self._settle(member, item, outcome, rejections, sent=sent, boot=boot):
+            group.fill_counts[bucket][1] += 1
+            return FillResult(bucket, task_id, node, True)
+        if rejections.get(node) == "full":  # not live there (a duplicate is told first)
+            if routes.get(bucket, task_id) == route:
+                routes.forget(bucket, task_id)
+            return None
+        raise self._maybe_live(item, node, rejections.get(node, "it restarted"))
+
+    def _maybe_live(self, item: Item, node: str, why: str) -> PlacementUnknownError:
+        return PlacementUnknownError(
+            f"task {item[1]!r} in bucket {item[0]!r} may still be live on node {node}, where "
+            f"this node forwarded it, and it could not be asked ({why}). It was placed "
+            "nowhere; drain or get it to find out", node_id=node, task_id=item[1])
 
     def interrupted(self, bucket: str, task_id: str) -> PlacementUnknownError:
         """The error of a task whose placement this node's stop cut short."""

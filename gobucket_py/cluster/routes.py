@@ -70,6 +70,13 @@ class Routes:
     def __len__(self) -> int:
         return sum(map(len, self._where.values()))
 
+    def of(self, bucket: str) -> dict[str, Route]:
+        """The routes of ``bucket`` by task id (a live view: read it only)."""
+        where = self._where.get(bucket)
+        if where is None:
+            where = self._where[bucket] = {}
+        return where
+
     def get(self, bucket: str, task_id: str) -> Route | None:
         """Where ``task_id`` went, if it is remembered."""
         where = self._where.get(bucket)

@@ -1,0 +1,191 @@
+"""One id filled from one node is live on at most one node.
+
+A node remembers where it forwarded each id (its route) and which ids it is
+placing now. A new fill of such an id does not go just anywhere: it waits
+for the placing to end, then asks the node the route names. "duplicate"
+there is a DuplicateTaskError; "full" there means the id is not live there
+(a bucket refuses a duplicate before it says full), so the fill goes on as
+any fill; no answer is PlacementUnknownError, and nothing is placed.
+
+In-memory cluster, faked loop clock; faults: a lost ended notice, a
+partition, a slow link, a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gobucket_py import (
+    DrainOutcome,
+    DuplicateTaskError,
+    FillResult,
+    PlacementUnknownError,
+    TaskBucketGroup,
+    TaskType,
+)
+from gobucket_py.cluster.protocol import Kind
+
+from .test_cluster import CFG, Cluster, fill_local
+from .test_truth import fail_calls, runs
+
+pytestmark = pytest.mark.looptime
+
+BOMB = TaskType.TIME_BOMB
+
+
+def live(cluster: Cluster, task_id: str) -> list[str]:
+    return [name for name in cluster.groups if task_id in cluster.bucket(name)]
+
+
+async def x_on_n2(cluster: Cluster, n2_size: int = 2) -> TaskBucketGroup:
+    """n1 (full, one slot) has forwarded time-bomb ``x`` to n2."""
+    n1 = await cluster.add("n1", max_bucket=1)
+    await cluster.add("n2", max_bucket=n2_size)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    assert (await n1.fill("jobs", "x", task_type=BOMB)).node_id == "n2"
+    return n1
+
+
+async def test_a_forwarded_id_is_not_placed_on_a_second_peer(cluster: Cluster) -> None:
+    n1 = await x_on_n2(cluster)
+    assert (await n1.fill("jobs", "y", task_type=BOMB)).node_id == "n2"  # n2 is full now
+    await cluster.add("n3", max_bucket=5)  # room, and more than n2
+    await cluster.settle()
+    with pytest.raises(DuplicateTaskError, match="n2"):
+        await n1.fill("jobs", "x", task_type=BOMB)
+    assert live(cluster, "x") == ["n2"]
+    await asyncio.sleep(31)
+    assert runs(cluster, "x") == 1
+
+
+async def test_a_forwarded_id_is_not_filled_here_when_room_frees(cluster: Cluster) -> None:
+    n1 = await x_on_n2(cluster)
+    assert (await n1.drain("jobs", "local-0")).outcome is DrainOutcome.DRAINED  # room here
+    for fill in (n1.fill("jobs", "x", task_type=BOMB),
+                 n1.fill_future("jobs", "x", task_type=BOMB)):
+        with pytest.raises(DuplicateTaskError, match="n2"):
+            await fill
+    [result] = await n1.fill_many("jobs", {"x": None}, task_type=BOMB)
+    assert isinstance(result, DuplicateTaskError)
+    assert live(cluster, "x") == ["n2"]
+    assert n1.buckets["jobs"].free == 1  # nothing was filled here
+
+
+async def test_an_id_that_ended_on_its_holder_can_be_filled_again(cluster: Cluster) -> None:
+    n1 = await x_on_n2(cluster)
+    await asyncio.sleep(31)  # x ran on n2; its ended notice reached n1
+    assert runs(cluster, "x") == 1
+    placed = await n1.fill("jobs", "x", task_type=BOMB)
+    assert live(cluster, "x") == [placed.node_id]
+
+
+async def test_a_stale_route_to_a_full_holder_is_dropped_and_the_fill_goes_on(
+        cluster: Cluster) -> None:
+    n1 = await x_on_n2(cluster)
+    n2 = cluster.groups["n2"]
+    fail_calls(n2, Kind.ENDED, after=False)  # n1 never hears that x ended
+    await asyncio.sleep(31)
+    assert runs(cluster, "x") == 1 and live(cluster, "x") == []
+    await fill_local(n1, 1, prefix="again")  # local-0 ran too: n1 full again
+    await fill_local(n2, 2, prefix="n2")  # n2 full: "full" for x means x is not there
+    await cluster.add("n3", max_bucket=5)
+    await cluster.settle()
+    assert n1._routes.get("jobs", "x") is not None  # the stale route
+    placed = await n1.fill("jobs", "x", task_type=BOMB)
+    assert placed.node_id == "n3" and live(cluster, "x") == ["n3"]
+    route = n1._routes.get("jobs", "x")
+    assert route is not None and route[0] == "n3"  # drain and get go there now
+    assert (await n1.drain("jobs", "x")).node_id == "n3"
+
+
+async def test_a_forwarded_id_that_ended_goes_back_to_its_holder_if_it_has_room(
+        cluster: Cluster) -> None:
+    n1 = await x_on_n2(cluster)
+    fail_calls(cluster.groups["n2"], Kind.ENDED, after=False)
+    await asyncio.sleep(31)
+    placed = await n1.fill("jobs", "x", task_type=BOMB)
+    assert placed.node_id == "n2" and live(cluster, "x") == ["n2"]
+
+
+async def test_an_unreachable_holder_gives_unknown_and_nothing_is_placed(
+        cluster: Cluster) -> None:
+    n1 = await x_on_n2(cluster)
+    await cluster.add("n3", max_bucket=5)
+    await cluster.settle()
+    cut = cluster.net.partition("n1", "n2")
+    with pytest.raises(PlacementUnknownError, match="n2") as caught:
+        await n1.fill("jobs", "x", task_type=BOMB)
+    assert caught.value.node_id == "n2" and caught.value.task_id == "x"
+    cut.heal()
+    assert live(cluster, "x") == ["n2"]
+    await asyncio.sleep(31)
+    assert runs(cluster, "x") == 1
+
+
+async def test_two_fills_of_one_id_in_one_loop_pass_place_it_once(cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=1)
+    await cluster.add("n2", max_bucket=5)
+    await cluster.add("n3", max_bucket=5)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    answers = await asyncio.gather(
+        n1.fill_future("jobs", "x", task_type=BOMB), n1.fill("jobs", "x", task_type=BOMB),
+        n1.fill_future("jobs", "x", task_type=BOMB), return_exceptions=True)
+    placed = [a for a in answers if isinstance(a, FillResult)]
+    assert len(placed) == 1, answers
+    assert all(isinstance(a, DuplicateTaskError) for a in answers if a not in placed), answers
+    assert live(cluster, "x") == [placed[0].node_id]
+
+
+async def test_a_fill_of_an_id_in_flight_waits_for_its_placement(cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=1)
+    await cluster.add("n2", max_bucket=5)
+    await cluster.add("n3", max_bucket=5)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    cluster.net.delay("n1", "n2", 0.3)
+    cluster.net.delay("n1", "n3", 0.3)
+    first = asyncio.create_task(n1.fill("jobs", "x", task_type=BOMB))
+    await asyncio.sleep(0.1)  # on the wire
+    with pytest.raises(DuplicateTaskError):
+        await n1.fill("jobs", "x", task_type=BOMB)
+    assert first.done() and live(cluster, "x") == [first.result().node_id]
+
+
+async def test_fill_many_with_an_id_twice_places_it_once(cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=1)
+    await cluster.add("n2", max_bucket=5)
+    await cluster.add("n3", max_bucket=5)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    results = await n1.fill_many("jobs", [("x", None), ("y", None), ("x", None)],
+                                 task_type=BOMB)
+    assert isinstance(results[0], FillResult) and isinstance(results[1], FillResult)
+    assert isinstance(results[2], DuplicateTaskError)
+    assert live(cluster, "x") == [results[0].node_id]
+    assert live(cluster, "y") == [results[1].node_id]
+
+
+async def test_a_drained_id_can_be_filled_again(cluster: Cluster) -> None:
+    n1 = await x_on_n2(cluster)
+    assert (await n1.drain("jobs", "x")).outcome is DrainOutcome.DRAINED
+    placed = await n1.fill("jobs", "x", task_type=BOMB)
+    assert live(cluster, "x") == [placed.node_id]
+    await asyncio.sleep(31)
+    assert runs(cluster, "x") == 1
+
+
+async def test_an_id_lost_with_its_holder_can_be_filled_again(cluster: Cluster) -> None:
+    n1 = await x_on_n2(cluster)
+    await cluster.add("n3", max_bucket=5)
+    await cluster.settle()
+    lost: list[tuple[str, str, list[str]]] = []
+    n1.on_tasks_lost = lambda *args: lost.append(args)
+    cluster.net.down("n2")  # kill -9
+    await asyncio.sleep(CFG.lost_after + 3)
+    assert lost == [("n2", "jobs", ["x"])]
+    placed = await n1.fill("jobs", "x", task_type=BOMB)
+    assert placed.node_id == "n3"
