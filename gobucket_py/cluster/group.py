@@ -168,6 +168,7 @@ class TaskBucketGroup:
         # What this node did with each FILL batch it received (dedupe, settle).
         self._batches = BatchLedger()
         self._overflow = Overflow(self)
+        self._views = self._overflow.views  # (read on every fill)
         self._lookup = Lookup(self)
         self._handoff = Handoff(self)
         self._ended = EndedNotices(self)
@@ -377,7 +378,11 @@ class TaskBucketGroup:
         local = self.buckets.get(bucket)
         if local is None or local.closed or self.state is not GroupState.RUNNING:
             local = self._open_bucket(bucket)  # raises why not
-        if self._overflow.held(bucket, task_id):  # forwarded from here, or being placed
+        # Forwarded from here, or being placed? (Two dict lookups first: this
+        # is every fill's path.)
+        placing, routed = self._views.get(bucket) or self._overflow.view(bucket)
+        if (type(task_id) is str and (task_id in placing or task_id in routed)
+                and self._overflow.held(bucket, task_id)):
             return await self._overflow.refill(local, task_id, data, task_type, run_after,
                                                life_span)
         if (self._balanced and local.free > 0 and task_id not in local
@@ -399,7 +404,7 @@ class TaskBucketGroup:
             self.fill_counts[bucket][0] += 1
             return FillResult(bucket, task_id, self.node_id, False, task)
         return await self._overflow.fill_one(local, task_id, data, task_type, run_after,
-                                             life_span)
+                                             life_span, placing)
 
     def fill_future(
         self,
@@ -437,13 +442,15 @@ class TaskBucketGroup:
             local = self.buckets.get(bucket)
             if local is None or local.closed or self.state is not GroupState.RUNNING:
                 local = self._open_bucket(bucket)  # raises why not
-            if self._overflow.held(bucket, task_id):  # forwarded from here, or being placed
+            placing, routed = self._views.get(bucket) or self._overflow.view(bucket)
+            if (type(task_id) is str and (task_id in placing or task_id in routed)
+                    and self._overflow.held(bucket, task_id)):  # as in fill
                 return self._fills.started(self._overflow.refill(
                     local, task_id, data, task_type, run_after, life_span))
             here = self._fills.here(local, task_id, data, task_type, run_after, life_span)
             if here is None:
                 return self._overflow.fill_one(local, task_id, data, task_type, run_after,
-                                               life_span)  # its own future
+                                               life_span, placing)  # its own future
         except Exception as exc:  # the future's, as a coroutine would raise it when awaited
             failed: asyncio.Future[FillResult] = asyncio.get_running_loop().create_future()
             failed.set_exception(exc)

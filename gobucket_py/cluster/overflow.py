@@ -111,15 +111,22 @@ class Overflow:
         # asks where it went (see held). The value: the futures of those
         # waiting, if any.
         self._placing: dict[str, dict[str, list[asyncio.Future[None]] | None]] = {}
+        #: By bucket: ``(ids being placed, routes by id)``, the two dicts
+        #: :meth:`held` looks in, for a first look on the fill path
+        #: (an id in neither is not held). See :meth:`view`.
+        self.views: dict[str, tuple[dict[str, list[asyncio.Future[None]] | None],
+                                    dict[str, tuple[str, str, float]]]] = {}
 
     def fill_one(self, local: TaskBucket, task_id: str, data: Any, task_type: TaskType,
-                 run_after: float | None, life_span: float | None
+                 run_after: float | None, life_span: float | None,
+                 placing: dict[str, list[asyncio.Future[None]] | None]
                  ) -> asyncio.Future[FillResult]:
         """Place one task that overflows ``local`` (its wire form made here:
         ``TypeError``/``ValueError`` as :func:`.items.encode_item` and
         :func:`.items.task_times` raise them); fills issued in the same loop
         pass are placed together (one two-choice pass, one batch per peer),
-        like fill_many."""
+        like fill_many. ``placing``: :meth:`placing` of its bucket (the id
+        is not :meth:`held`); the id is marked there until it is placed."""
         bucket = local.name
         # The common case (no data, the bucket's times) inline: this is the
         # path of every overflowing single fill, where a call costs a few
@@ -139,9 +146,6 @@ class Overflow:
         # Not loop.create_future(): on asyncio's loop that is a Python call
         # around this, for nothing (every loop takes asyncio's futures).
         future: asyncio.Future[FillResult] = asyncio.Future(loop=loop)
-        placing = self._placing.get(bucket)
-        if placing is None:
-            placing = self._placing[bucket] = {}
         placing[task_id] = None  # until its batch is placed (see held; _place_waiting)
         waiting = self._waiting.get(bucket)
         if waiting is None:
@@ -184,6 +188,14 @@ class Overflow:
             return True
         route = self.group._routes.get(bucket, task_id)
         return route is not None and not is_lost(route)
+
+    def view(self, bucket: str) -> tuple[dict[str, list[asyncio.Future[None]] | None],
+                                         dict[str, tuple[str, str, float]]]:
+        """``views[bucket]``, made if it is not there yet."""
+        view = self.views.get(bucket)
+        if view is None:
+            view = self.views[bucket] = (self.placing(bucket), self.group._routes.of(bucket))
+        return view
 
     def placing(self, bucket: str) -> dict[str, list[asyncio.Future[None]] | None]:
         """The ids of ``bucket`` being placed from here (a live view, for
