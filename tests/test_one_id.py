@@ -18,6 +18,7 @@ import asyncio
 import pytest
 
 from gobucket_py import (
+    ClusterFullError,
     DrainOutcome,
     DuplicateTaskError,
     FillResult,
@@ -189,3 +190,113 @@ async def test_an_id_lost_with_its_holder_can_be_filled_again(cluster: Cluster) 
     assert lost == [("n2", "jobs", ["x"])]
     placed = await n1.fill("jobs", "x", task_type=BOMB)
     assert placed.node_id == "n3"
+
+
+# -- callers that give up, callbacks, routes that no longer hold (found by review) -----------
+
+
+async def test_a_fill_that_asks_the_holder_can_be_cancelled(cluster: Cluster) -> None:
+    n1 = await x_on_n2(cluster)
+    cluster.net.delay("n1", "n2", 0.5)
+    with pytest.raises(TimeoutError):  # the caller's timeout, not an invented error
+        async with asyncio.timeout(0.1):
+            await n1.fill("jobs", "x", task_type=BOMB)
+    fill = asyncio.create_task(n1.fill("jobs", "x", task_type=BOMB))
+    await asyncio.sleep(0.1)
+    fill.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await fill
+    await asyncio.sleep(1)
+    assert live(cluster, "x") == ["n2"]
+
+
+async def test_an_ask_its_caller_gave_up_on_is_still_settled(cluster: Cluster) -> None:
+    # x ended on n2 unheard; a new fill of x goes back to n2 (run_after=50),
+    # its caller gives up before the answer. The answer still updates the
+    # route (the new task's deadline), so x stays held until then.
+    n1 = await x_on_n2(cluster)
+    fail_calls(cluster.groups["n2"], Kind.ENDED, after=False)
+    await asyncio.sleep(31)  # x and local-0 ran; the stale route lasts until t=62
+    cluster.net.delay("n1", "n2", 0.3)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1):
+            await n1.fill("jobs", "x", task_type=BOMB, run_after=50)
+    await asyncio.sleep(1)
+    assert live(cluster, "x") == ["n2"]
+    await asyncio.sleep(31)  # past the old route's deadline, not the new task's
+    await fill_local(n1, 1, prefix="z")
+    await n1.fill("jobs", "y", task_type=BOMB)  # a forward: routes expire
+    assert (await n1.drain("jobs", "z-0")).outcome is DrainOutcome.DRAINED  # room here
+    with pytest.raises(DuplicateTaskError, match="n2"):
+        await n1.fill("jobs", "x", task_type=BOMB)
+    assert live(cluster, "x") == ["n2"]
+    assert n1.fill_counts["jobs"][1] == 3  # x, x again, y
+
+
+async def test_a_balanced_fill_given_up_keeps_its_id_held_until_the_answer(
+        cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=100, placement="balanced")
+    await cluster.add("n2", max_bucket=1000, placement="balanced")
+    await cluster.add("n3", max_bucket=1000, placement="balanced")
+    await cluster.settle()
+    cluster.net.delay("n1", "n2", 0.1)
+    cluster.net.delay("n1", "n3", 0.1)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await n1.fill("jobs", "x", task_type=BOMB)  # its offer is still on the wire
+    assert n1._overflow.held("jobs", "x")
+    with pytest.raises(DuplicateTaskError):
+        await n1.fill("jobs", "x", task_type=BOMB)
+    await asyncio.sleep(1)
+    assert len(live(cluster, "x")) == 1
+
+
+async def test_the_cluster_full_callback_may_fill_the_id_again(cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=1)
+    n2 = await cluster.add("n2", max_bucket=1)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    await fill_local(n2, 1, prefix="n2")  # n1 still believes n2 has room
+    inner: list[object] = []
+
+    async def failed(peer: str, bucket: str, task_id: str, error: str) -> None:
+        if not inner:  # once: the inner fill is refused the same way
+            inner.append("asked")
+            try:
+                inner.append(await n1.fill(bucket, task_id, task_type=BOMB))
+            except Exception as exc:
+                inner.append(exc)
+
+    n1.on_peer_schedule_failed = failed
+    with pytest.raises(ClusterFullError):
+        async with asyncio.timeout(30):
+            await n1.fill("jobs", "x", task_type=BOMB)
+    assert inner[0] == "asked" and isinstance(inner[1], ClusterFullError), inner
+
+
+async def test_an_id_handed_back_to_its_origin_is_the_local_buckets(cluster: Cluster) -> None:
+    n1 = await x_on_n2(cluster)
+    assert (await n1.drain("jobs", "local-0")).outcome is DrainOutcome.DRAINED  # room here
+    await cluster.groups["n2"].stop()  # hands x to n1, the only peer
+    await cluster.settle()
+    assert live(cluster, "x") == ["n1"]
+    with pytest.raises(DuplicateTaskError):
+        await n1.fill("jobs", "x", task_type=BOMB)
+    await asyncio.sleep(200)  # x ran here
+    assert (await n1.fill("jobs", "x", task_type=BOMB)).node_id == "n1"
+
+
+async def test_a_route_past_its_deadline_does_not_hold_the_id(cluster: Cluster) -> None:
+    n1 = await x_on_n2(cluster)
+    fail_calls(cluster.groups["n2"], Kind.ENDED, after=False)
+    await asyncio.sleep(200)  # x's life span (60 s) is long over; n1 has room
+    assert n1._routes.get("jobs", "x") is not None  # not swept yet
+    cluster.net.partition("n1", "n2")
+    assert (await n1.fill("jobs", "x", task_type=BOMB)).node_id == "n1"
+
+
+async def test_a_held_id_whose_data_cannot_travel_is_refused_clearly(cluster: Cluster) -> None:
+    n1 = await x_on_n2(cluster)
+    with pytest.raises(TypeError, match="placed it on a peer before"):
+        await n1.fill("jobs", "x", object(), task_type=BOMB)
+    assert live(cluster, "x") == ["n2"]

@@ -14,23 +14,20 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Coroutine, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BucketClosedError, GobucketError, NoBackupRoomError
 from ..task import FillResult, Task, TaskType
 from .forward import Item
 from .items import encode_item, task_times
-from .overflow import slack
+from .overflow import detached, slack
 from .placement import candidates
-from .routes import is_lost
 
 if TYPE_CHECKING:
     from ..bucket import TaskBucket
     from .group import TaskBucketGroup
 
-__all__ = ["Fills", "cannot_travel", "detached"]
-
-T = TypeVar("T")
+__all__ = ["Fills", "cannot_travel"]
 
 #: Tasks per slice of a replicated ``fill_many``: filled here, then their
 #: backups sent while the next slice is filled.
@@ -98,14 +95,16 @@ class Fills:
         # ``sending``: the ids this call sends to peers (held until they are
         # placed); ``again``: those already held here (forwarded from here,
         # or twice in this call), filled one by one once these are placed.
+        # ``owner``: their mark in Overflow.placing.
         sending: list[str] = []
         again: list[tuple[int, str, Any]] = []
         overflow = self.group._overflow
+        owner: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         try:
             await self._place_all(local, pairs, task_type, run_after, life_span, ra, ls,
-                                  results, sending, again)
+                                  results, sending, again, owner)
         finally:
-            overflow.release(local.name, sending)
+            overflow.release(local.name, sending, owner)
         if again:
             async def refill(index: int, task_id: str, data: Any) -> None:
                 try:
@@ -120,13 +119,14 @@ class Fills:
     async def _place_all(self, local: TaskBucket, pairs: Iterator[tuple[str, Any]],
                          task_type: TaskType, run_after: float | None, life_span: float | None,
                          ra: float, ls: float, results: list[FillResult | Exception | str | None],
-                         sending: list[str], again: list[tuple[int, str, Any]]) -> None:
+                         sending: list[str], again: list[tuple[int, str, Any]],
+                         owner: asyncio.Future[None]) -> None:
         group = self.group
         bucket = local.name
         counts = group.fill_counts[bucket]
         check, codec, node_id = self.checks_payloads(), group.codec, group.node_id
-        placing = group._overflow.placing(bucket)
-        route_of = group._routes.of(bucket).get
+        held = group._overflow.held
+        placing, routed = group._overflow.view(bucket)
 
         def overflow(pairs: Iterable[tuple[str, Any]], here: list[int] | None = None,
                      filled: list[Task] | None = None, keep: int | None = None
@@ -137,9 +137,8 @@ class Fills:
             # ``keep``: how many may stay here (placement="balanced").
             for task_id, data in pairs:
                 try:
-                    if type(task_id) is str and (
-                            task_id in placing
-                            or ((route := route_of(task_id)) is not None and not is_lost(route))):
+                    if (type(task_id) is str and (task_id in placing or task_id in routed)
+                            and held(bucket, task_id)):
                         results.append(task_id)  # see Overflow.held: after the others
                         again.append((len(results) - 1, task_id, data))
                         continue
@@ -164,7 +163,7 @@ class Fills:
                     results.append(exc)
                     continue
                 results.append(task_id)
-                placing[task_id] = None
+                placing[task_id] = owner
                 sending.append(task_id)
                 yield len(results) - 1, item
 
@@ -182,7 +181,7 @@ class Fills:
             filled: list[Task] = []
             spill: list[int] = []
             await group._overflow.place_many(bucket, overflow(listed, here, filled, keep),
-                                             results, spill)
+                                             results, owner, spill)
             for index in spill:
                 task_id, data = listed[index]
                 try:
@@ -203,7 +202,7 @@ class Fills:
                 await self._back_up_slice(local, results, here, filled)
             return
         if not replicated:
-            await group._overflow.place_many(bucket, overflow(pairs), results)
+            await group._overflow.place_many(bucket, overflow(pairs), results, owner)
             return
         # Replicated: a slice at a time, each slice's backups on the wire
         # while the next slice is filled (the peers store as this node fills).
@@ -216,7 +215,8 @@ class Fills:
                     break
                 at: list[int] = []
                 tasks_here: list[Task] = []
-                await group._overflow.place_many(bucket, overflow(part, at, tasks_here), results)
+                await group._overflow.place_many(bucket, overflow(part, at, tasks_here), results,
+                                                 owner)
                 backing.append(asyncio.create_task(
                     self._back_up_slice(local, results, at, tasks_here)))
                 await asyncio.sleep(0)  # the slice's backups go out
@@ -281,12 +281,21 @@ class Fills:
         except TypeError:
             return None  # it cannot travel: here (checked as the local fill checks it)
         overflow = group._overflow
-        overflow.placing(local.name)[task_id] = None  # held until its answer (see held)
-        try:
-            if not await detached(group, overflow.offer(member, item)):
-                return None
-        finally:
-            overflow.release(local.name, [task_id])
+        # Marked until the answer (see Overflow.held), by the task that
+        # waits for it: a caller that gives up does not unmark it early.
+        owner: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        overflow.placing(local.name)[task_id] = owner
+
+        answer = overflow.offer(member, item)  # queued now: the next choice counts it
+
+        async def offered() -> bool:
+            try:
+                return await answer
+            finally:
+                overflow.release(local.name, [task_id], owner)
+
+        if not await detached(group, offered()):
+            return None
         return FillResult(local.name, task_id, member.node_id, True)
 
     async def back_up_one(self, local: TaskBucket, task: Task) -> None:
@@ -335,17 +344,3 @@ def _done(results: list[FillResult | Exception | str | None]) -> list[FillResult
     """``results`` once every task in it has its result."""
     assert not any(r is None or isinstance(r, str) for r in results)
     return results  # type: ignore[return-value]
-
-
-def _retrieve(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled():
-        task.exception()  # its caller may be gone: no "never retrieved" warning
-
-
-async def detached(group: TaskBucketGroup, placing: Coroutine[Any, Any, T]) -> T:
-    """Await ``placing`` in a task of its own, which cancelling the caller
-    does not cancel: a placement under way settles its forwards and keeps
-    their routes either way (the caller's cancel is not a peer's answer)."""
-    task = group._spawn(placing)
-    task.add_done_callback(_retrieve)
-    return await asyncio.shield(task)

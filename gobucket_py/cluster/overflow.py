@@ -19,7 +19,7 @@ import logging
 from collections.abc import Coroutine, Iterable
 from itertools import islice, repeat
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..codec import PACKED_NONE
 from ..errors import (
@@ -40,7 +40,9 @@ if TYPE_CHECKING:
     from ..bucket import TaskBucket
     from .group import TaskBucketGroup
 
-__all__ = ["Overflow"]
+__all__ = ["Overflow", "detached"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("gobucket_py")
 
@@ -59,11 +61,13 @@ class _Waiting:
     """Single fills that overflowed in one loop pass: their items, and the
     callers' futures, each resolved as soon as its task is placed or refused."""
 
-    __slots__ = ("futures", "items")
+    __slots__ = ("futures", "items", "owner")
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.items: list[Item] = []
         self.futures: list[asyncio.Future[FillResult]] = []
+        #: Their ids' mark in ``Overflow._placing``, done when they are placed.
+        self.owner: asyncio.Future[None] = asyncio.Future(loop=loop)
 
     def __setitem__(self, index: int, result: FillResult | Exception) -> None:
         future = self.futures[index]
@@ -108,18 +112,18 @@ class Overflow:
         self._waiting: dict[str, _Waiting] = {}
         # Ids being placed on peers from here, by bucket (from the fill to
         # its result): another fill of one waits for it to be placed, then
-        # asks where it went (see held). The value: the futures of those
-        # waiting, if any.
-        self._placing: dict[str, dict[str, list[asyncio.Future[None]] | None]] = {}
+        # asks where it went (see held). The value: the mark of the fills
+        # placing it (its owner), a future done when they are placed.
+        self._placing: dict[str, dict[str, asyncio.Future[None]]] = {}
         #: By bucket: ``(ids being placed, routes by id)``, the two dicts
         #: :meth:`held` looks in, for a first look on the fill path
         #: (an id in neither is not held). See :meth:`view`.
-        self.views: dict[str, tuple[dict[str, list[asyncio.Future[None]] | None],
+        self.views: dict[str, tuple[dict[str, asyncio.Future[None]],
                                     dict[str, tuple[str, str, float]]]] = {}
 
     def fill_one(self, local: TaskBucket, task_id: str, data: Any, task_type: TaskType,
                  run_after: float | None, life_span: float | None,
-                 placing: dict[str, list[asyncio.Future[None]] | None]
+                 placing: dict[str, asyncio.Future[None]]
                  ) -> asyncio.Future[FillResult]:
         """Place one task that overflows ``local`` (its wire form made here:
         ``TypeError``/``ValueError`` as :func:`.items.encode_item` and
@@ -146,11 +150,11 @@ class Overflow:
         # Not loop.create_future(): on asyncio's loop that is a Python call
         # around this, for nothing (every loop takes asyncio's futures).
         future: asyncio.Future[FillResult] = asyncio.Future(loop=loop)
-        placing[task_id] = None  # until its batch is placed (see held; _place_waiting)
         waiting = self._waiting.get(bucket)
         if waiting is None:
-            waiting = self._waiting[bucket] = _Waiting()
+            waiting = self._waiting[bucket] = _Waiting(loop)
             loop.call_soon(self._flush, bucket)
+        placing[task_id] = waiting.owner  # until its batch is placed (see held)
         waiting.items.append(item)
         waiting.futures.append(future)
         return future
@@ -162,7 +166,7 @@ class Overflow:
 
     async def _place_waiting(self, bucket: str, waiting: _Waiting) -> None:
         try:
-            await self.place_many(bucket, enumerate(waiting.items), waiting)
+            await self.place_many(bucket, enumerate(waiting.items), waiting, waiting.owner)
         except (Exception, asyncio.CancelledError) as exc:  # stop(), or a bug: no caller hangs
             for future, item in zip(waiting.futures, waiting.items, strict=True):
                 if not future.done():
@@ -172,24 +176,32 @@ class Overflow:
             log.exception("placing overflowing fills failed event=overflow_error node=%s "
                           "bucket=%s", self.group.node_id, bucket)
         finally:
-            self.release(bucket, list(map(_SECOND, waiting.items)))
+            self.release(bucket, list(map(_SECOND, waiting.items)), waiting.owner)
 
     # -- one id at a time from this node ------------------------------------------
 
     def held(self, bucket: str, task_id: str) -> bool:
         """Is ``task_id`` being placed on a peer from here, or routed to
-        one (forwarded from here, and not known to have ended or been
-        lost)? Then a new fill of it must not go just anywhere: it may be
-        live there (see :meth:`refill`)."""
+        one (forwarded from here, and not known to have ended, been lost,
+        or passed its deadline)? Then a new fill of it must not go just
+        anywhere: it may be live there (see :meth:`refill`)."""
         if type(task_id) is not str:
             return False  # the fill raises why
         placing = self._placing.get(bucket)
         if placing and task_id in placing:
             return True
         route = self.group._routes.get(bucket, task_id)
-        return route is not None and not is_lost(route)
+        return route is not None and self._may_hold(route)
 
-    def view(self, bucket: str) -> tuple[dict[str, list[asyncio.Future[None]] | None],
+    def _may_hold(self, route: tuple[str, str, float]) -> bool:
+        """May the peer ``route`` names hold its task? Not if the task was
+        reported lost, its deadline passed (``route[2]``; a route to a dead
+        holder outlives it, for its loss report), or it is this node (a
+        task handed back here: the local bucket says)."""
+        return (not is_lost(route) and route[0] != self.group.node_id
+                and route[2] >= asyncio.get_running_loop().time())
+
+    def view(self, bucket: str) -> tuple[dict[str, asyncio.Future[None]],
                                          dict[str, tuple[str, str, float]]]:
         """``views[bucket]``, made if it is not there yet."""
         view = self.views.get(bucket)
@@ -197,25 +209,36 @@ class Overflow:
             view = self.views[bucket] = (self.placing(bucket), self.group._routes.of(bucket))
         return view
 
-    def placing(self, bucket: str) -> dict[str, list[asyncio.Future[None]] | None]:
-        """The ids of ``bucket`` being placed from here (a live view, for
-        callers that check and mark many at once: mark one with ``None``
-        when it is not there, and :meth:`release` it)."""
+    def placing(self, bucket: str) -> dict[str, asyncio.Future[None]]:
+        """The ids of ``bucket`` being placed from here, each with the mark
+        of its placing (a future: a live view for callers that check and
+        mark many at once). Mark an id only if it is not there, and
+        :meth:`release` it with the same mark."""
         placing = self._placing.get(bucket)
         if placing is None:
             placing = self._placing[bucket] = {}
         return placing
 
-    def release(self, bucket: str, task_ids: list[str]) -> None:
-        """The placing of ``task_ids`` (each marked as :meth:`placing` says)
-        is over: the fills of them that wait go on."""
+    def release(self, bucket: str, task_ids: list[str], owner: asyncio.Future[None]) -> None:
+        """The placing marked ``owner`` of ``task_ids`` is over: the fills
+        of them that wait go on. An id let go early (:meth:`let_go`) and
+        marked by another placing since keeps that mark."""
         placing = self._placing.get(bucket)
-        if placing is None:
-            return
-        for waiters in filter(None, map(placing.pop, task_ids, repeat(None))):
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+        if placing is not None:
+            owners = list(map(placing.pop, task_ids, repeat(None)))
+            if owners.count(owner) != len(owners):
+                for task_id, other in zip(task_ids, owners, strict=True):
+                    if other is not owner and other is not None:
+                        placing[task_id] = other
+        if not owner.done():
+            owner.set_result(None)
+
+    def let_go(self, bucket: str, task_id: str, owner: asyncio.Future[None] | None) -> None:
+        """Before its placing (marked ``owner``) is over: ``task_id`` has its
+        answer. (Those waiting for it still go on when the placing is over.)"""
+        placing = self._placing.get(bucket)
+        if owner is not None and placing and placing.get(task_id) is owner:
+            del placing[task_id]
 
     async def refill(self, local: TaskBucket, task_id: str, data: Any, task_type: TaskType,
                      run_after: float | None, life_span: float | None) -> FillResult:
@@ -226,65 +249,74 @@ class Overflow:
         the fill goes on as any fill). If it cannot be asked, or its word
         is not certain, PlacementUnknownError: the task may still be live
         there, and it is placed nowhere else. So one id filled from one
-        node is live on at most one node."""
+        node is live on at most one node (unless a holder presumed lost
+        comes back with it, see ``lost_after``)."""
+        group = self.group
         bucket = local.name
         ra, ls = task_times(local, task_type, run_after, life_span)
-        item = encode_item(bucket, task_id, data, task_type, ra, ls, self.group.codec)
+        try:
+            item = encode_item(bucket, task_id, data, task_type, ra, ls, group.codec)
+        except TypeError as exc:
+            raise TypeError(f"task {task_id!r} in bucket {bucket!r} was not accepted: this "
+                            "node placed it on a peer before, where it may go again, and its "
+                            f"data could not travel: {exc.__cause__ or exc}") from exc
         placing = self.placing(bucket)
-        loop = asyncio.get_running_loop()
-        while task_id in placing:  # an earlier fill of it is being placed: its result first
-            waiters = placing[task_id]
-            if waiters is None:
-                waiters = placing[task_id] = []
-            waiter: asyncio.Future[None] = loop.create_future()
-            waiters.append(waiter)
-            await waiter
-        route = self.group._routes.get(bucket, task_id)
-        if route is not None and not is_lost(route):
-            placing[task_id] = None
-            try:
-                placed = await self._ask_holder(item, route)
-            finally:
-                self.release(bucket, [task_id])
+        while (owner := placing.get(task_id)) is not None:  # its placing first
+            if owner.done():  # (cannot happen: release unmarks first) no spin
+                del placing[task_id]
+                break
+            await asyncio.shield(owner)
+        route = group._routes.get(bucket, task_id)
+        if route is not None and self._may_hold(route):
+            # Marked now; asked in a task of its own: a caller that gives
+            # up does not leave the answer unsettled (nor the id unmarked).
+            mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            placing[task_id] = mine
+            placed = await detached(group, self._ask_holder(item, route, mine))
             if placed is not None:
                 return placed
-        return await self.group.fill(bucket, task_id, data, task_type=task_type,
-                                     run_after=run_after, life_span=life_span)
+        return await group.fill(bucket, task_id, data, task_type=task_type,
+                                run_after=run_after, life_span=life_span)
 
-    async def _ask_holder(self, item: Item, route: tuple[str, str, float]) -> FillResult | None:
+    async def _ask_holder(self, item: Item, route: tuple[str, str, float],
+                          owner: asyncio.Future[None]) -> FillResult | None:
         """Send ``item`` to the node ``route`` names (where this node sent its
         id before): the result if it took it, None if it is full (so the id
         is not live there: the route is dropped). Raises DuplicateTaskError
-        (live there) or PlacementUnknownError (it may be)."""
+        (live there) or PlacementUnknownError (it may be). The id is
+        marked ``owner`` until the answer."""
         group = self.group
         bucket, task_id = item[0], item[1]
-        node, boot = route[0], route[1]
-        routes = group._routes
-        member = group._members.members.get(node)
-        if (bucket, task_id) in routes.unsettled:
-            raise self._maybe_live(item, node, "the forward that took it there was not "
-                                               "settled")
-        if member is None or member.boot != boot:
-            raise self._maybe_live(item, node, "that node left or restarted, and whether the "
-                                               "task was taken over is not known yet")
-        forwarder = group._forwarder
-        assert forwarder is not None
-        sent = asyncio.get_running_loop().time()
         try:
-            outcome: str | GobucketError = await forwarder.send(member, item)
-        except GobucketError as exc:
-            outcome = exc
-        except asyncio.CancelledError:  # stop(): the caller still gets an answer
-            raise self.interrupted(bucket, task_id) from None
-        rejections: dict[str, str] = {}
-        if self._settle(member, item, outcome, rejections, sent=sent, boot=boot):
-            group.fill_counts[bucket][1] += 1
-            return FillResult(bucket, task_id, node, True)
-        if rejections.get(node) == "full":  # not live there (a duplicate is told first)
-            if routes.get(bucket, task_id) == route:
-                routes.forget(bucket, task_id)
-            return None
-        raise self._maybe_live(item, node, rejections.get(node, "it restarted"))
+            node, boot = route[0], route[1]
+            routes = group._routes
+            member = group._members.members.get(node)
+            if (bucket, task_id) in routes.unsettled:
+                raise self._maybe_live(item, node, "the forward that took it there was not "
+                                                   "settled")
+            if member is None or member.boot != boot:
+                raise self._maybe_live(item, node, "that node left or restarted, and whether "
+                                                   "the task was taken over is not known yet")
+            forwarder = group._forwarder
+            assert forwarder is not None
+            sent = asyncio.get_running_loop().time()
+            try:
+                outcome: str | GobucketError = await forwarder.send(member, item)
+            except GobucketError as exc:
+                outcome = exc
+            except asyncio.CancelledError:  # stop(): the caller still gets an answer
+                raise self.interrupted(bucket, task_id) from None
+            rejections: dict[str, str] = {}
+            if self._settle(member, item, outcome, rejections, sent=sent, boot=boot):
+                group.fill_counts[bucket][1] += 1
+                return FillResult(bucket, task_id, node, True)
+            if rejections.get(node) == "full":  # not live there (a duplicate is told first)
+                if routes.get(bucket, task_id) == route:
+                    routes.forget(bucket, task_id)
+                return None
+            raise self._maybe_live(item, node, rejections.get(node, "it restarted"))
+        finally:
+            self.release(bucket, [task_id], owner)
 
     def _maybe_live(self, item: Item, node: str, why: str) -> PlacementUnknownError:
         return PlacementUnknownError(
@@ -300,14 +332,17 @@ class Overflow:
             node_id=self.group.node_id, task_id=task_id)
 
     async def place_many(self, bucket: str, overflow: Iterable[tuple[int, Item]],
-                         results: Results, spill: list[int] | None = None) -> None:
+                         results: Results, owner: asyncio.Future[None] | None = None,
+                         spill: list[int] | None = None) -> None:
         """Spread ``overflow`` over peers by two choices, all sent at once;
         what a peer refuses goes through :meth:`place` like a single fill.
         Each result is stored in ``results[index]`` as soon as it is known.
         Serves ``fill_many``, and the single fills of one loop pass. With
         ``spill``, the index of each task no peer took goes there (its
         result stays None: it has room here, see ``placement="balanced"``)
-        instead of a ClusterFullError."""
+        instead of a ClusterFullError. ``owner``: the mark of these ids in
+        :meth:`placing`, let go before ``on_peer_schedule_failed`` is
+        called for one (which may fill the id again)."""
         group = self.group
         forwarder = group._forwarder
         assert forwarder is not None
@@ -376,7 +411,7 @@ class Overflow:
                 if member is None and spill is not None:
                     spill.append(index)
                 elif member is None:
-                    results[index] = await self._cluster_full(item, rejections)
+                    results[index] = await self._cluster_full(item, rejections, owner)
                 else:
                     results[index] = FillResult(bucket, item[1], member.node_id, True)
                     group.fill_counts[bucket][1] += 1
@@ -446,10 +481,13 @@ class Overflow:
         if member.boot != boot or member.lost:
             self.group._losses.gone_already(member.node_id, boot)
 
-    async def _cluster_full(self, item: Item, rejections: dict[str, str]) -> ClusterFullError:
-        """Report each refusal to ``on_peer_schedule_failed``; the error to raise."""
+    async def _cluster_full(self, item: Item, rejections: dict[str, str],
+                            owner: asyncio.Future[None] | None = None) -> ClusterFullError:
+        """Report each refusal to ``on_peer_schedule_failed``; the error to
+        raise. ``owner``: the id's mark in :meth:`placing`, let go first."""
         group = self.group
         bucket, task_id = item[0], item[1]
+        self.let_go(bucket, task_id, owner)
         group.fill_counts[bucket][2] += 1
         group.events.add_counted("cluster_full", "refused: no node had room", task_id,
                                  bucket=bucket)
@@ -596,3 +634,17 @@ def _unknown(member: Member, item: Item, cause: GobucketError) -> PlacementUnkno
         f"task {item[1]!r} may or may not be on node {member.node_id}: {cause}. It was "
         "placed nowhere else; drain or get it to find out", node_id=member.node_id,
         task_id=item[1])
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # its caller may be gone: no "never retrieved" warning
+
+
+async def detached(group: TaskBucketGroup, placing: Coroutine[Any, Any, T]) -> T:
+    """Await ``placing`` in a task of its own, which cancelling the caller
+    does not cancel: a placement under way settles its forwards and keeps
+    their routes either way (the caller's cancel is not a peer's answer)."""
+    task = group._spawn(placing)
+    task.add_done_callback(_retrieve)
+    return await asyncio.shield(task)
