@@ -271,6 +271,7 @@ async def test_the_cluster_full_callback_may_fill_the_id_again(cluster: Cluster)
     with pytest.raises(ClusterFullError):
         async with asyncio.timeout(30):
             await n1.fill("jobs", "x", task_type=BOMB)
+    await asyncio.sleep(1)  # the callback runs in a task of its own
     assert inner[0] == "asked" and isinstance(inner[1], ClusterFullError), inner
 
 
@@ -300,3 +301,69 @@ async def test_a_held_id_whose_data_cannot_travel_is_refused_clearly(cluster: Cl
     with pytest.raises(TypeError, match="placed it on a peer before"):
         await n1.fill("jobs", "x", object(), task_type=BOMB)
     assert live(cluster, "x") == ["n2"]
+
+
+# -- found by a second review -----------------------------------------------------------
+
+
+async def test_a_balanced_offer_refused_then_a_local_fill_does_not_race_a_waiting_fill(
+        cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=100, placement="balanced")
+    n2 = await cluster.add("n2", max_bucket=2000, placement="balanced")
+    await cluster.add("n3", max_bucket=1000, placement="balanced")
+    await cluster.settle()
+    b2 = n2.buckets["jobs"]
+    for i in range(2000):  # n2 full; n1 still believes it has 2000 free
+        b2.fill_nowait(BOMB, f"s{i}")
+    cluster.net.delay("n1", "n2", 0.05)  # the offer is on the wire a while
+    first = asyncio.create_task(n1.fill("jobs", "x", task_type=BOMB))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(n1.fill("jobs", "x", task_type=BOMB))
+    answers = await asyncio.gather(first, second, return_exceptions=True)
+    await asyncio.sleep(1)
+    assert sum(isinstance(a, FillResult) for a in answers) <= 1, answers
+    assert len(live(cluster, "x")) <= 1, (live(cluster, "x"), answers)
+
+
+async def test_a_cluster_full_callback_may_fill_another_id_of_its_batch(
+        cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=1)
+    n2 = await cluster.add("n2", max_bucket=2)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    await fill_local(n2, 1, prefix="n2")  # n2 has 1 free; n1 believes 2
+    inner: list[object] = []
+
+    async def failed(peer: str, bucket: str, task_id: str, error: str) -> None:
+        inner.append(task_id)
+        try:
+            inner.append(await n1.fill(bucket, "y", task_type=BOMB))  # y: same batch, placed
+        except Exception as exc:
+            inner.append(exc)
+
+    n1.on_peer_schedule_failed = failed
+    async with asyncio.timeout(60):  # (it hung: the callback waited for its own batch)
+        answers = await asyncio.gather(n1.fill_future("jobs", "y", task_type=BOMB),
+                                       n1.fill_future("jobs", "x", task_type=BOMB),
+                                       return_exceptions=True)
+    assert isinstance(answers[1], ClusterFullError), (answers, inner)
+
+
+async def test_no_backup_room_from_the_holder_is_not_an_unknown(cluster: Cluster) -> None:
+    n1 = await cluster.add("n1", max_bucket=1, replicas=1)
+    n2 = await cluster.add("n2", max_bucket=5, replicas=1)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    assert (await n1.fill("jobs", "x", task_type=BOMB)).node_id == "n2"  # backup on n1
+    await cluster.add("n3", max_bucket=5, replicas=1)
+    await cluster.settle()
+    fail_calls(n2, Kind.ENDED, after=False)  # n1 never hears x ended
+    await asyncio.sleep(31)
+    assert live(cluster, "x") == []
+    await fill_local(n1, 1, prefix="again")
+    fail_calls(n2, Kind.FILL, after=False)  # n2 cannot place backups now
+    try:
+        placed = await n1.fill("jobs", "x", task_type=BOMB)
+    except PlacementUnknownError as exc:
+        pytest.fail(f"x is live nowhere (n2 said 'no backup room'), yet: {exc}")
+    assert live(cluster, "x") == [placed.node_id]

@@ -385,10 +385,14 @@ class TaskBucketGroup:
                 and self._overflow.held(bucket, task_id)):
             return await self._overflow.refill(local, task_id, data, task_type, run_after,
                                                life_span)
-        if (self._balanced and local.free > 0 and task_id not in local
-                and (placed := await self._fills.elsewhere(local, task_id, data, task_type,
-                                                           run_after, life_span)) is not None):
-            return placed
+        if self._balanced and local.free > 0 and task_id not in local:
+            placed = await self._fills.elsewhere(local, task_id, data, task_type, run_after,
+                                                 life_span)
+            if placed is not None:
+                return placed
+            if self._overflow.held(bucket, task_id):  # another fill of it, meanwhile
+                return await self._overflow.refill(local, task_id, data, task_type,
+                                                   run_after, life_span)
         # The body of Fills.here, inline: this is the path a single
         # awaited fill takes, and a call costs ~4% of it.
         if local.fits(task_id):  # no exception on the overflow path

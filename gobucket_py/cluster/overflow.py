@@ -51,6 +51,12 @@ _BOMB, _IMMEDIATE = TaskType.TIME_BOMB, TaskType.IMMEDIATE
 _FIRST, _SECOND, _LIFE_SPAN = itemgetter(0), itemgetter(1), itemgetter(5)
 
 
+#: A holder's answers to a forward that say the id is not live there: a
+#: bucket refuses a duplicate before it says full, and one that could not
+#: get its backups was taken back.
+_NOT_THERE = ("full", "no backup room")
+
+
 class Results(Protocol):
     """Where :meth:`Overflow.place_many` puts each task's result."""
 
@@ -310,7 +316,7 @@ class Overflow:
             if self._settle(member, item, outcome, rejections, sent=sent, boot=boot):
                 group.fill_counts[bucket][1] += 1
                 return FillResult(bucket, task_id, node, True)
-            if rejections.get(node) == "full":  # not live there (a duplicate is told first)
+            if rejections.get(node) in _NOT_THERE:
                 if routes.get(bucket, task_id) == route:
                     routes.forget(bucket, task_id)
                 return None
@@ -493,8 +499,11 @@ class Overflow:
                                  bucket=bucket)
         log.warning("no node could take the task event=cluster_full node=%s bucket=%s "
                     "task_id=%s rejections=%d", group.node_id, bucket, task_id, len(rejections))
-        for peer_id, error in rejections.items():
-            await self._report_failure(peer_id, bucket, task_id, error)
+        if rejections and group.on_peer_schedule_failed is not None:
+            # In a task of its own: a callback that fills an id this
+            # placing holds waits for it, and this placing must not wait
+            # for the callback.
+            group._spawn(self._report_failures(bucket, task_id, rejections))
         detail = "; ".join(f"{p}: {e}" for p, e in rejections.items()) or self._no_peer()
         return ClusterFullError(f"no node could take task {task_id!r} in bucket {bucket!r} "
                                 f"(local bucket full; {detail})", rejections)
@@ -511,6 +520,11 @@ class Overflow:
         if not any(m.state is MemberState.ALIVE for m in members.values()):
             return f"no peer is alive ({len(members)} known)"
         return "no peer has room"
+
+    async def _report_failures(self, bucket: str, task_id: str,
+                               rejections: dict[str, str]) -> None:
+        for peer_id, error in rejections.items():
+            await self._report_failure(peer_id, bucket, task_id, error)
 
     async def _report_failure(self, peer_id: str, bucket: str, task_id: str, error: str) -> None:
         group = self.group
