@@ -181,13 +181,13 @@ class Fills:
             filled: list[Task] = []
             spill: list[int] = []
             await group._overflow.place_many(bucket, overflow(listed, here, filled, keep),
-                                             results, owner, spill)
+                                             results, spill)
             for index in spill:
                 task_id, data = listed[index]
                 try:
                     if local.free <= 0:
                         item = encode_item(bucket, task_id, data, task_type, ra, ls, codec)
-                        results[index] = await group._overflow._cluster_full(item, {})
+                        results[index] = group._overflow._cluster_full(item, {})
                         continue
                     task = local.fill_nowait(task_type, task_id, data, run_after=run_after,
                                              life_span=life_span)
@@ -202,7 +202,7 @@ class Fills:
                 await self._back_up_slice(local, results, here, filled)
             return
         if not replicated:
-            await group._overflow.place_many(bucket, overflow(pairs), results, owner)
+            await group._overflow.place_many(bucket, overflow(pairs), results)
             return
         # Replicated: a slice at a time, each slice's backups on the wire
         # while the next slice is filled (the peers store as this node fills).
@@ -215,8 +215,7 @@ class Fills:
                     break
                 at: list[int] = []
                 tasks_here: list[Task] = []
-                await group._overflow.place_many(bucket, overflow(part, at, tasks_here), results,
-                                                 owner)
+                await group._overflow.place_many(bucket, overflow(part, at, tasks_here), results)
                 backing.append(asyncio.create_task(
                     self._back_up_slice(local, results, at, tasks_here)))
                 await asyncio.sleep(0)  # the slice's backups go out

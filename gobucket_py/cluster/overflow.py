@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from collections import deque
 from collections.abc import Coroutine, Iterable
 from itertools import islice, repeat
 from operator import itemgetter
@@ -172,7 +173,7 @@ class Overflow:
 
     async def _place_waiting(self, bucket: str, waiting: _Waiting) -> None:
         try:
-            await self.place_many(bucket, enumerate(waiting.items), waiting, waiting.owner)
+            await self.place_many(bucket, enumerate(waiting.items), waiting)
         except (Exception, asyncio.CancelledError) as exc:  # stop(), or a bug: no caller hangs
             for future, item in zip(waiting.futures, waiting.items, strict=True):
                 if not future.done():
@@ -227,24 +228,13 @@ class Overflow:
 
     def release(self, bucket: str, task_ids: list[str], owner: asyncio.Future[None]) -> None:
         """The placing marked ``owner`` of ``task_ids`` is over: the fills
-        of them that wait go on. An id let go early (:meth:`let_go`) and
-        marked by another placing since keeps that mark."""
+        of them that wait go on. (An id is marked only when it is not, so
+        each mark is its placing's until this.)"""
         placing = self._placing.get(bucket)
         if placing is not None:
-            owners = list(map(placing.pop, task_ids, repeat(None)))
-            if owners.count(owner) != len(owners):
-                for task_id, other in zip(task_ids, owners, strict=True):
-                    if other is not owner and other is not None:
-                        placing[task_id] = other
+            deque(map(placing.pop, task_ids, repeat(None)), maxlen=0)
         if not owner.done():
             owner.set_result(None)
-
-    def let_go(self, bucket: str, task_id: str, owner: asyncio.Future[None] | None) -> None:
-        """Before its placing (marked ``owner``) is over: ``task_id`` has its
-        answer. (Those waiting for it still go on when the placing is over.)"""
-        placing = self._placing.get(bucket)
-        if owner is not None and placing and placing.get(task_id) is owner:
-            del placing[task_id]
 
     async def refill(self, local: TaskBucket, task_id: str, data: Any, task_type: TaskType,
                      run_after: float | None, life_span: float | None) -> FillResult:
@@ -338,17 +328,14 @@ class Overflow:
             node_id=self.group.node_id, task_id=task_id)
 
     async def place_many(self, bucket: str, overflow: Iterable[tuple[int, Item]],
-                         results: Results, owner: asyncio.Future[None] | None = None,
-                         spill: list[int] | None = None) -> None:
+                         results: Results, spill: list[int] | None = None) -> None:
         """Spread ``overflow`` over peers by two choices, all sent at once;
         what a peer refuses goes through :meth:`place` like a single fill.
         Each result is stored in ``results[index]`` as soon as it is known.
         Serves ``fill_many``, and the single fills of one loop pass. With
         ``spill``, the index of each task no peer took goes there (its
         result stays None: it has room here, see ``placement="balanced"``)
-        instead of a ClusterFullError. ``owner``: the mark of these ids in
-        :meth:`placing`, let go before ``on_peer_schedule_failed`` is
-        called for one (which may fill the id again)."""
+        instead of a ClusterFullError."""
         group = self.group
         forwarder = group._forwarder
         assert forwarder is not None
@@ -417,7 +404,7 @@ class Overflow:
                 if member is None and spill is not None:
                     spill.append(index)
                 elif member is None:
-                    results[index] = await self._cluster_full(item, rejections, owner)
+                    results[index] = self._cluster_full(item, rejections)
                 else:
                     results[index] = FillResult(bucket, item[1], member.node_id, True)
                     group.fill_counts[bucket][1] += 1
@@ -487,13 +474,11 @@ class Overflow:
         if member.boot != boot or member.lost:
             self.group._losses.gone_already(member.node_id, boot)
 
-    async def _cluster_full(self, item: Item, rejections: dict[str, str],
-                            owner: asyncio.Future[None] | None = None) -> ClusterFullError:
-        """Report each refusal to ``on_peer_schedule_failed``; the error to
-        raise. ``owner``: the id's mark in :meth:`placing`, let go first."""
+    def _cluster_full(self, item: Item, rejections: dict[str, str]) -> ClusterFullError:
+        """Report each refusal to ``on_peer_schedule_failed`` (in a task
+        started now); the error to raise."""
         group = self.group
         bucket, task_id = item[0], item[1]
-        self.let_go(bucket, task_id, owner)
         group.fill_counts[bucket][2] += 1
         group.events.add_counted("cluster_full", "refused: no node had room", task_id,
                                  bucket=bucket)
