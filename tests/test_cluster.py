@@ -677,6 +677,57 @@ async def test_batches_split_and_mix_many_and_single_fills(cluster: Cluster) -> 
     assert requests <= -(-40 // 7) + 1, f"40 forwards in batches of 7 took {requests}"
 
 
+async def test_single_fills_of_one_pass_mixing_shapes_land_as_filled(cluster: Cluster) -> None:
+    """Single fills of one loop pass travel column by column while they share
+    a shape (no data, the bucket's times); one that does not (data, its own
+    times, another type) turns the pass into items. Either way each task
+    lands with its own type, data and times, across several batches."""
+    n1 = await cluster.add("n1", max_bucket=1, batch_size=4)
+    await cluster.add("n2", max_bucket=1000)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    IMM = TaskType.IMMEDIATE
+    shaped = await asyncio.gather(*(n1.fill("jobs", f"b{i}", task_type=BOMB)
+                                    for i in range(10)))
+    mixed = await asyncio.gather(
+        *(n1.fill("jobs", f"c{i}", task_type=BOMB) for i in range(5)),
+        n1.fill("jobs", "data", {"k": 1}, task_type=BOMB),
+        n1.fill("jobs", "late", task_type=BOMB, run_after=45),
+        n1.fill("jobs", "now", task_type=IMM),
+        n1.fill("jobs", "long", task_type=BOMB, life_span=90),
+        *(n1.fill("jobs", f"d{i}", task_type=BOMB) for i in range(5)))
+    assert all(r.forwarded and r.node_id == "n2" for r in [*shaped, *mixed])
+    assert [r.task_id for r in mixed] == [*(f"c{i}" for i in range(5)), "data", "late", "now",
+                                          "long", *(f"d{i}" for i in range(5))]
+    assert ("execute", "now") in [(h, t) for h, t, _ in cluster.recorders["n2"].calls]
+    held = {t.id: t for t in cluster.bucket("n2")}
+    assert len(held) == 23 and "now" not in held  # the immediate one ran at once
+    assert held["data"].data == {"k": 1}
+    assert held["long"].seconds_left == pytest.approx(90, abs=1)
+    assert held["late"].seconds_to_run == pytest.approx(45, abs=1)
+    for task_id in [f"b{i}" for i in range(10)] + [f"d{i}" for i in range(5)]:
+        task = held[task_id]
+        assert task.type is BOMB and task.data is None
+        assert task.seconds_to_run == pytest.approx(30, abs=1)
+    assert not n1._overflow._placing.get("jobs")  # every id's mark was released
+
+
+async def test_single_fills_of_one_shape_beyond_the_peers_room_are_refused(
+        cluster: Cluster) -> None:
+    """The slices stop where the peer's room does: the rest is asked again
+    and refused (ClusterFullError), none placed twice or lost unreported."""
+    n1 = await cluster.add("n1", max_bucket=1, batch_size=3)
+    await cluster.add("n2", max_bucket=7)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    results = await asyncio.gather(*(n1.fill("jobs", f"t{i}", task_type=BOMB)
+                                     for i in range(12)), return_exceptions=True)
+    took = [r.task_id for r in results if isinstance(r, FillResult)]
+    refused = [r for r in results if isinstance(r, ClusterFullError)]
+    assert len(took) == 7 and len(refused) == 5, results
+    assert sorted(t.id for t in cluster.bucket("n2")) == sorted(took)
+
+
 async def test_single_fills_return_as_their_own_batch_is_answered(cluster: Cluster) -> None:
     """Fills that overflow together are not held back by a slower batch."""
     n1 = await cluster.add("n1", max_bucket=1)

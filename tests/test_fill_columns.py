@@ -11,7 +11,8 @@ import msgpack
 import pytest
 
 from gobucket_py import TaskType
-from gobucket_py.cluster.columns import FillBatch, pack_fill, read_fill
+from gobucket_py.cluster.columns import FillBatch, FillColumns, join_fill, pack_fill, read_fill
+from gobucket_py.cluster.forward import _fitting, _weight
 from gobucket_py.cluster.protocol import decode, encode
 from gobucket_py.errors import ProtocolError
 
@@ -134,3 +135,38 @@ def test_a_malformed_fill_batch_is_refused_with_its_fault(index: int, value: Any
 def test_a_misshapen_fill_batch_is_refused(cols: Any, message: str) -> None:
     with pytest.raises(ProtocolError, match=message):
         read_fill(cols, msgpack.unpackb)
+
+
+# -- items of one shape (FillColumns): the sender's form of single fills ------------------
+
+
+def shaped(n: int, start: int = 0) -> FillColumns:
+    return FillColumns("jobs", 1, NONE, 30.0, 60.0, [f"t{i}" for i in range(start, start + n)])
+
+
+def test_items_of_one_shape_are_the_items_they_stand_for() -> None:
+    columns = shaped(5)
+    rows = [("jobs", f"t{i}", 1, NONE, 30.0, 60.0) for i in range(5)]
+    assert list(columns) == rows and len(columns) == 5
+    assert columns[3] == rows[3] and list(columns[1:4]) == rows[1:4]
+    assert columns[1:4].ids is not columns.ids  # a slice owns its ids
+    assert pack_fill(columns) == pack_fill(rows)
+    assert list(read_fill(wire(pack_fill(columns[2:])), msgpack.unpackb)) == [
+        ("jobs", f"t{i}", BOMB, None, 30.0, 60.0) for i in range(2, 5)]
+
+
+def test_joined_parts_stay_columns_only_when_they_share_a_shape() -> None:
+    joined = join_fill([shaped(3), shaped(2, 3)])
+    assert type(joined) is FillColumns and joined.ids == [f"t{i}" for i in range(5)]
+    other = FillColumns("jobs", 0, NONE, 0.0, 60.0, ["i0"])
+    mixed = join_fill([shaped(2), other, [("jobs", "r", 1, NONE, 1.0, 2.0)]])
+    assert mixed == [*shaped(2), ("jobs", "i0", 0, NONE, 0.0, 60.0),
+                     ("jobs", "r", 1, NONE, 1.0, 2.0)]
+
+
+def test_the_forwarder_weighs_columns_as_it_weighs_their_items() -> None:
+    columns = FillColumns("jobs", 1, msgpack.packb("x" * 50), 1.0, 2.0,
+                          [f"id-{i}" for i in range(40)])
+    assert _weight(columns, 40) == _weight(list(columns), 40)
+    budget = _weight(columns, 17) + 3
+    assert _fitting(columns, 40, budget) == _fitting(list(columns), 40, budget)

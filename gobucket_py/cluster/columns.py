@@ -29,8 +29,8 @@ from ..config import MAX_SECONDS
 from ..errors import ProtocolError
 from ..task import TaskType
 
-__all__ = ["BackupBatch", "Columns", "FillBatch", "pack_columns", "pack_fill", "read_columns",
-           "read_fill"]
+__all__ = ["BackupBatch", "Columns", "FillBatch", "FillColumns", "join_fill", "pack_columns",
+           "pack_fill", "read_columns", "read_fill"]
 
 #: A FILL batch's columns, in order: the fields of a FILL item (see :mod:`.items`).
 FILL_COLUMNS = ("bucket", "id", "type", "data", "run_after", "life_span")
@@ -41,9 +41,67 @@ _FILL_FIELDS = tuple(map(itemgetter, range(len(FILL_COLUMNS))))
 _TYPES = (TaskType.IMMEDIATE, TaskType.TIME_BOMB)
 
 
+class FillColumns(Sequence[tuple[Any, ...]]):
+    """FILL items of one shape: the same bucket, type code, packed data,
+    run_after and life_span, only the ids differ (the common case of
+    overflowing single fills: no data, the bucket's times). Held as the ids
+    and the shared fields -- no tuple per item -- from the fill to the wire;
+    a sequence of items to the forwarder, which slices it into batches."""
+
+    __slots__ = ("bucket", "code", "data", "ids", "life_span", "run_after")
+
+    def __init__(self, bucket: str, code: int, data: bytes, run_after: float,
+                 life_span: float, ids: list[str]) -> None:
+        self.bucket, self.code, self.data = bucket, code, data
+        self.run_after, self.life_span, self.ids = run_after, life_span, ids
+
+    def shape(self) -> tuple[Any, ...]:
+        """The item of an empty id: the fields every item shares."""
+        return (self.bucket, "", self.code, self.data, self.run_after, self.life_span)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[Any, ...]: ...
+    @overload
+    def __getitem__(self, index: slice) -> FillColumns: ...
+
+    def __getitem__(self, index: int | slice) -> tuple[Any, ...] | FillColumns:
+        if isinstance(index, slice):
+            return FillColumns(self.bucket, self.code, self.data, self.run_after,
+                               self.life_span, self.ids[index])
+        return (self.bucket, self.ids[index], self.code, self.data, self.run_after,
+                self.life_span)
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        bucket, code, data = self.bucket, self.code, self.data
+        run_after, life_span = self.run_after, self.life_span
+        return ((bucket, task_id, code, data, run_after, life_span) for task_id in self.ids)
+
+
+def join_fill(parts: Sequence[Sequence[tuple[Any, ...]]]) -> Sequence[tuple[Any, ...]]:
+    """The items of ``parts`` in order: one :class:`FillColumns` if they all
+    are, of one shape; else a list of items."""
+    first = parts[0]
+    if type(first) is FillColumns:
+        shape = first.shape()
+        same = [p for p in parts if type(p) is FillColumns and p.shape() == shape]
+        if len(same) == len(parts):
+            ids: list[str] = []
+            for part in same:
+                ids += part.ids
+            return FillColumns(first.bucket, first.code, first.data, first.run_after,
+                               first.life_span, ids)
+    return [item for part in parts for item in part]
+
+
 def pack_fill(items: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
     """The ``cols`` of a FILL batch of items ``(bucket, id, type code, packed
     data, run_after, life_span)``: a pass per column."""
+    if type(items) is FillColumns:
+        return [[items.bucket], items.ids, [items.code], [items.data], [items.run_after],
+                [items.life_span]]
     size = len(items)
     out: list[list[Any]] = []
     for index, field in enumerate(_FILL_FIELDS):

@@ -28,7 +28,7 @@ from typing import Any
 from ..config import GroupConfig
 from ..errors import GobucketError, PeerError, PeerUnavailableError, ProtocolError
 from ..observe.histogram import Histogram
-from .columns import Columns, pack_columns, pack_fill
+from .columns import Columns, FillColumns, join_fill, pack_columns, pack_fill
 from .membership import Member, Membership
 from .protocol import Kind, field
 from .transport import Transport
@@ -185,6 +185,8 @@ def _data_and_ids(items: Sequence[Item], count: int) -> tuple[list[bytes], list[
     """The packed data and the ids of the first ``count`` items."""
     if isinstance(items, Columns):
         return items.payloads[:count], items.ids[:count]
+    if type(items) is FillColumns:
+        return [items.data] * count, items.ids[:count]
     head = items[:count]
     return list(map(_DATA, head)), list(map(_ID, head))
 
@@ -293,7 +295,7 @@ class Forwarder:
                           mode: int) -> None:
         """Send one batch to incarnation ``boot`` of ``member`` (the one it
         was queued for, whatever this node has heard since) and resolve it."""
-        items = batch[0][0] if len(batch) == 1 else [i for entry in batch for i in entry[0]]
+        items = batch[0][0] if len(batch) == 1 else join_fill([entry[0] for entry in batch])
         seq = next(self._seq)
         # "to": the incarnation meant. A node restarted at the same address
         # refuses the batch ("restarted"), so a route is only ever kept under
@@ -309,7 +311,7 @@ class Forwarder:
             message["backup"] = True
             message["cols"] = pack_columns(items)
         elif (member.node_id, boot) in self._rows:
-            message["items"] = items
+            message["items"] = list(items)
         else:
             message["cols"] = pack_fill(items)
         error: GobucketError | None = None
@@ -352,7 +354,7 @@ class Forwarder:
             if exc.status != 400 or "backup" in message or "cols" not in message:
                 raise
             rows = {key: value for key, value in message.items() if key != "cols"}
-            rows["items"] = items
+            rows["items"] = list(items)
             reply = await self.transport.call(member.addr, Kind.FILL, rows, timeout)
             self._rows.add((member.node_id, message["to"]))
             return reply

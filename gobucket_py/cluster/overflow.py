@@ -17,7 +17,7 @@ import asyncio
 import inspect
 import logging
 from collections import deque
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Sequence
 from itertools import islice, repeat
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -30,6 +30,7 @@ from ..errors import (
     PlacementUnknownError,
 )
 from ..task import FillResult, TaskType
+from .columns import FillColumns
 from .forward import Item, Unsettled
 from .items import encode_item, task_times
 from .membership import Member, MemberState
@@ -65,16 +66,47 @@ class Results(Protocol):
 
 
 class _Waiting:
-    """Single fills that overflowed in one loop pass: their items, and the
-    callers' futures, each resolved as soon as its task is placed or refused."""
+    """Single fills that overflowed in one loop pass: their ids and items
+    (while they share one shape, only the shape: see :class:`.columns.FillColumns`),
+    and the callers' futures, each resolved as soon as its task is placed or refused."""
 
-    __slots__ = ("futures", "items", "owner")
+    __slots__ = ("bucket", "code", "futures", "ids", "items", "life_span", "owner",
+                 "run_after")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.items: list[Item] = []
+    def __init__(self, loop: asyncio.AbstractEventLoop, bucket: str) -> None:
+        self.bucket = bucket
+        #: Every fill's id, in order.
+        self.ids: list[str] = []
+        #: The shape all fills share (no data; ``code`` -1: none yet), or
+        #: their items once they do not (then ``items`` is not None).
+        self.code, self.run_after, self.life_span = -1, 0.0, 0.0
+        self.items: list[Item] | None = None
         self.futures: list[asyncio.Future[FillResult]] = []
         #: Their ids' mark in ``Overflow._placing``, done when they are placed.
         self.owner: asyncio.Future[None] = asyncio.Future(loop=loop)
+
+    def shaped(self, code: int, run_after: float, life_span: float) -> bool:
+        """Take the shape of a first fill without data; False if there is
+        one already (another), or an item."""
+        if self.ids:
+            return False
+        self.code, self.run_after, self.life_span = code, run_after, life_span
+        return True
+
+    def add(self, item: Item) -> None:
+        """Append a fill as an item (the fills are items from now on)."""
+        if self.items is None:
+            self.items = list(self.batch())
+        self.items.append(item)
+        self.ids.append(item[1])
+
+    def batch(self) -> Sequence[Item]:
+        """The fills' items: their :class:`.columns.FillColumns` while they
+        share a shape, else a list."""
+        if self.items is not None:
+            return self.items
+        return FillColumns(self.bucket, self.code, PACKED_NONE, self.run_after, self.life_span,
+                           self.ids)
 
     def __setitem__(self, index: int, result: FillResult | Exception) -> None:
         future = self.futures[index]
@@ -85,15 +117,18 @@ class _Waiting:
         else:
             future.set_result(result)
 
-    def placed(self, indexes: list[int], bucket: str, node_id: str, ids: list[str]) -> None:
+    def placed(self, indexes: Sequence[int], bucket: str, node_id: str, ids: list[str]
+               ) -> None:
         """``self[i] = FillResult(...)`` for each task a peer took, with the
         callers woken together (:func:`.wake.resolve`)."""
         futures = self.futures
-        resolve(asyncio.get_running_loop(), list(map(futures.__getitem__, indexes)),
-               [FillResult(bucket, task_id, node_id, True) for task_id in ids])
+        resolve(asyncio.get_running_loop(),
+                futures[indexes.start:indexes.stop] if type(indexes) is range
+                else list(map(futures.__getitem__, indexes)),
+                [FillResult(bucket, task_id, node_id, True) for task_id in ids])
 
 
-def _placed(results: Results, indexes: list[int], bucket: str, node_id: str,
+def _placed(results: Results, indexes: Sequence[int], bucket: str, node_id: str,
             ids: list[str]) -> None:
     """Store the results of tasks ``node_id`` took (all of a batch, usually)."""
     if type(results) is _Waiting:
@@ -139,18 +174,18 @@ class Overflow:
         like fill_many. ``placing``: :meth:`placing` of its bucket (the id
         is not :meth:`held`); the id is marked there until it is placed."""
         bucket = local.name
-        # The common case (no data, the bucket's times) inline: this is the
-        # path of every overflowing single fill, where a call costs a few
-        # per cent of it.
+        # The common case (no data, the bucket's times) inline, and no item
+        # made: this is the path of every overflowing single fill, where a
+        # call costs a few per cent of it.
         item: Item | None = None
+        code, run_after_, life_span_ = -1, 0.0, 0.0
         if (data is None and run_after is None and life_span is None
                 and type(task_id) is str and task_id):
             if task_type is _BOMB:
-                item = (bucket, task_id, 1, PACKED_NONE, local.config.run_after,
-                        local.config.life_span)
+                code, run_after_, life_span_ = 1, local.config.run_after, local.config.life_span
             elif task_type is _IMMEDIATE:
-                item = (bucket, task_id, 0, PACKED_NONE, 0.0, local.config.life_span)
-        if item is None:
+                code, life_span_ = 0, local.config.life_span
+        if code < 0:
             ra, ls = task_times(local, task_type, run_after, life_span)
             item = encode_item(bucket, task_id, data, task_type, ra, ls, self.group.codec)
         loop = asyncio.get_running_loop()
@@ -159,10 +194,17 @@ class Overflow:
         future: asyncio.Future[FillResult] = asyncio.Future(loop=loop)
         waiting = self._waiting.get(bucket)
         if waiting is None:
-            waiting = self._waiting[bucket] = _Waiting(loop)
+            waiting = self._waiting[bucket] = _Waiting(loop, bucket)
             loop.call_soon(self._flush, bucket)
         placing[task_id] = waiting.owner  # until its batch is placed (see held)
-        waiting.items.append(item)
+        if item is None and waiting.items is None and (
+                (waiting.code == code and waiting.run_after == run_after_
+                 and waiting.life_span == life_span_)
+                or waiting.shaped(code, run_after_, life_span_)):
+            waiting.ids.append(task_id)
+        else:
+            waiting.add(item if item is not None else
+                        (bucket, task_id, code, PACKED_NONE, run_after_, life_span_))
         waiting.futures.append(future)
         return future
 
@@ -173,17 +215,19 @@ class Overflow:
 
     async def _place_waiting(self, bucket: str, waiting: _Waiting) -> None:
         try:
-            await self.place_many(bucket, enumerate(waiting.items), waiting)
+            batch = waiting.batch()
+            await self.place_many(bucket, batch if type(batch) is FillColumns
+                                  else enumerate(batch), waiting)
         except (Exception, asyncio.CancelledError) as exc:  # stop(), or a bug: no caller hangs
-            for future, item in zip(waiting.futures, waiting.items, strict=True):
+            for future, task_id in zip(waiting.futures, waiting.ids, strict=True):
                 if not future.done():
-                    future.set_exception(self.interrupted(bucket, item[1]))
+                    future.set_exception(self.interrupted(bucket, task_id))
             if isinstance(exc, asyncio.CancelledError):
                 raise
             log.exception("placing overflowing fills failed event=overflow_error node=%s "
                           "bucket=%s", self.group.node_id, bucket)
         finally:
-            self.release(bucket, list(map(_SECOND, waiting.items)), waiting.owner)
+            self.release(bucket, waiting.ids, waiting.owner)
 
     # -- one id at a time from this node ------------------------------------------
 
@@ -327,9 +371,10 @@ class Overflow:
             f"{bucket!r}; it may have been placed on a peer: drain or get it to find out",
             node_id=self.group.node_id, task_id=task_id)
 
-    async def place_many(self, bucket: str, overflow: Iterable[tuple[int, Item]],
+    async def place_many(self, bucket: str, overflow: Iterable[tuple[int, Item]] | FillColumns,
                          results: Results, spill: list[int] | None = None) -> None:
-        """Spread ``overflow`` over peers by two choices, all sent at once;
+        """Spread ``overflow`` (``(index, item)`` pairs, or items of one shape
+        indexed from 0) over peers by two choices, all sent at once;
         what a peer refuses goes through :meth:`place` like a single fill.
         Each result is stored in ``results[index]`` as soon as it is known.
         Serves ``fill_many``, and the single fills of one loop pass. With
@@ -350,10 +395,12 @@ class Overflow:
         room_of = room.__getitem__
         waiting: dict[Member, tuple[list[int], list[Item]]] = {}
         # (peer, indexes, items, its verdicts, loop time sent, peer's boot id then)
-        sent: list[tuple[Member, list[int], list[Item],
+        sent: list[tuple[Member, Sequence[int], Sequence[Item],
                          asyncio.Future[list[str | GobucketError]], float, str]] = []
         loop = asyncio.get_running_loop()
         retry: list[tuple[int, Item, dict[str, str]]] = []
+        if type(overflow) is FillColumns:
+            overflow = await self._place_slices(bucket, overflow, pool, room, sent)
         overflow = iter(overflow)
         for index, item in overflow:
             if not pool:
@@ -386,7 +433,7 @@ class Overflow:
         sent.extend((member, *share, forwarder.send_many(member, share[1]), now, member.boot)
                     for member, share in waiting.items())
 
-        async def settle(member: Member, indexes: list[int], items: list[Item],
+        async def settle(member: Member, indexes: Sequence[int], items: Sequence[Item],
                          future: asyncio.Future[list[str | GobucketError]], at: float,
                          boot: str) -> None:
             retry.extend(self._settle_many(bucket, member, indexes, items, await future,
@@ -414,7 +461,39 @@ class Overflow:
         if retry:
             await asyncio.gather(*(again(*r) for r in retry))
 
-    def _settle_many(self, bucket: str, member: Member, indexes: list[int], items: list[Item],
+    async def _place_slices(
+            self, bucket: str, columns: FillColumns, pool: list[Member],
+            room: dict[Member, int],
+            sent: list[tuple[Member, Sequence[int], Sequence[Item],
+                             asyncio.Future[list[str | GobucketError]], float, str]]
+    ) -> Iterable[tuple[int, Item]]:
+        """:meth:`place_many`'s loop for items of one shape while there is
+        one candidate (the common case: one peer, single fills): its
+        batches are slices of ``columns``, no item is made. Updates ``pool``
+        and ``room`` as that loop does; returns the rest, as pairs."""
+        forwarder = self.group._forwarder
+        assert forwarder is not None
+        size, loop = self.group.config.batch_size, asyncio.get_running_loop()
+        start, end = 0, len(columns)
+        while start < end and len(pool) == 1:
+            member = pool[0]
+            # As the loop would: at least one item, then what its room takes.
+            stop = start + max(1, min(size, room[member], end - start))
+            part = columns[start:stop]
+            sent.append((member, range(start, stop), part, forwarder.send_many(member, part),
+                         loop.time(), member.boot))
+            room[member] -= stop - start
+            if stop - start >= size and stop < end:
+                await asyncio.sleep(0)  # let the pumps put it on the wire
+                room[member] = member.estimate(bucket)
+                pool[:] = [m for m in pool if room[m] > 0 and m.state is MemberState.ALIVE]
+            elif room[member] <= 0:
+                pool.clear()
+            start = stop
+        return zip(range(start, end), columns[start:end], strict=True)
+
+    def _settle_many(self, bucket: str, member: Member, indexes: Sequence[int],
+                     items: Sequence[Item],
                      outcomes: list[str | GobucketError], results: Results, sent: float,
                      boot: str) -> list[tuple[int, Item, dict[str, str]]]:
         """Act on a peer's answers to one batch (sent at loop time ``sent``
@@ -424,11 +503,12 @@ class Overflow:
         node = member.node_id
         group = self.group
         if outcomes.count("ok") == len(items):  # the common case: the peer took them all
-            ids = list(map(_SECOND, items))
+            shaped = type(items) is FillColumns
+            ids = items.ids if type(items) is FillColumns else list(map(_SECOND, items))
             _placed(results, indexes, bucket, node, ids)
             life_span = items[0][5]
             placed: dict[float, list[str]] = {life_span: ids}
-            if list(map(_LIFE_SPAN, items)).count(life_span) != len(items):
+            if not shaped and list(map(_LIFE_SPAN, items)).count(life_span) != len(items):
                 placed = {}
                 for item in items:
                     placed.setdefault(item[5], []).append(item[1])
