@@ -504,6 +504,8 @@ class Overflow:
         group = self.group
         if outcomes.count("ok") == len(items):  # the common case: the peer took them all
             shaped = type(items) is FillColumns
+            # (A slice's own ids: also its wire message's, packed already;
+            # the routes keep the list, so nothing may change it after this.)
             ids = items.ids if type(items) is FillColumns else list(map(_SECOND, items))
             _placed(results, indexes, bucket, node, ids)
             life_span = items[0][5]
