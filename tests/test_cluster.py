@@ -35,6 +35,7 @@ from gobucket_py import (
     UnknownBucketError,
 )
 from gobucket_py.cluster import serve
+from gobucket_py.cluster.columns import FillColumns
 from gobucket_py.cluster.memory import MemoryTransport
 from gobucket_py.cluster.protocol import Kind
 from gobucket_py.errors import ProtocolError
@@ -726,6 +727,44 @@ async def test_single_fills_of_one_shape_beyond_the_peers_room_are_refused(
     refused = [r for r in results if isinstance(r, ClusterFullError)]
     assert len(took) == 7 and len(refused) == 5, results
     assert sorted(t.id for t in cluster.bucket("n2")) == sorted(took)
+
+
+async def test_single_fills_of_one_shape_spread_over_two_peers_as_columns(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With two candidate peers, each peer's share of a pass goes out as
+    columns of its ids (no item per task): every task lands once, on the
+    peer its result names, with the bucket's shape; what neither peer has
+    room for is refused, and every mark is released."""
+    n1 = await cluster.add("n1", max_bucket=1, batch_size=3)
+    await cluster.add("n2", max_bucket=5)
+    await cluster.add("n3", max_bucket=6)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    forwarder = n1._forwarder
+    assert forwarder is not None
+    batches: list[Any] = []
+    send_many = forwarder.send_many
+
+    def spy(member: Any, items: Any, *args: Any, **kwargs: Any) -> Any:
+        batches.append(items)
+        return send_many(member, items, *args, **kwargs)
+
+    monkeypatch.setattr(forwarder, "send_many", spy)
+    results = await asyncio.gather(*(n1.fill("jobs", f"t{i}", task_type=BOMB)
+                                     for i in range(20)), return_exceptions=True)
+    took = {r.task_id: r.node_id for r in results if isinstance(r, FillResult)}
+    refused = [r for r in results if isinstance(r, ClusterFullError)]
+    assert len(took) == 11 and len(refused) == 9, results
+    assert all(isinstance(r, ClusterFullError) or r.task_id == f"t{i}"
+               for i, r in enumerate(results))
+    held = {node: {t.id: t for t in cluster.bucket(node)} for node in ("n2", "n3")}
+    assert len(held["n2"]) == 5 and len(held["n3"]) == 6
+    for task_id, node in took.items():
+        task = held[node][task_id]
+        assert task.type is BOMB and task.data is None
+        assert task.seconds_to_run == pytest.approx(30, abs=1)
+    assert {type(b) for b in batches} == {FillColumns} and len(batches) >= 4
+    assert not n1._overflow._placing.get("jobs")  # every id's mark was released
 
 
 async def test_single_fills_return_as_their_own_batch_is_answered(cluster: Cluster) -> None:

@@ -59,6 +59,15 @@ class FillColumns(Sequence[tuple[Any, ...]]):
         """The item of an empty id: the fields every item shares."""
         return (self.bucket, "", self.code, self.data, self.run_after, self.life_span)
 
+    def like(self, ids: list[str]) -> FillColumns:
+        """Items of this shape with ``ids`` (the list itself, not a copy)."""
+        return FillColumns(self.bucket, self.code, self.data, self.run_after, self.life_span,
+                           ids)
+
+    def item(self, task_id: str) -> tuple[Any, ...]:
+        """The item of this shape with id ``task_id``."""
+        return (self.bucket, task_id, self.code, self.data, self.run_after, self.life_span)
+
     def __len__(self) -> int:
         return len(self.ids)
 
@@ -69,10 +78,8 @@ class FillColumns(Sequence[tuple[Any, ...]]):
 
     def __getitem__(self, index: int | slice) -> tuple[Any, ...] | FillColumns:
         if isinstance(index, slice):
-            return FillColumns(self.bucket, self.code, self.data, self.run_after,
-                               self.life_span, self.ids[index])
-        return (self.bucket, self.ids[index], self.code, self.data, self.run_after,
-                self.life_span)
+            return self.like(self.ids[index])
+        return self.item(self.ids[index])
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         bucket, code, data = self.bucket, self.code, self.data
@@ -91,8 +98,7 @@ def join_fill(parts: Sequence[Sequence[tuple[Any, ...]]]) -> Sequence[tuple[Any,
             ids: list[str] = []
             for part in same:
                 ids += part.ids
-            return FillColumns(first.bucket, first.code, first.data, first.run_after,
-                               first.life_span, ids)
+            return first.like(ids)
     return [item for part in parts for item in part]
 
 

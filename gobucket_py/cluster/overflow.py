@@ -17,7 +17,7 @@ import asyncio
 import inspect
 import logging
 from collections import deque
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from itertools import islice, repeat
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -393,35 +393,44 @@ class Overflow:
         # room is re-read after each batch.
         room = {m: m.estimate(bucket) for m in pool}
         room_of = room.__getitem__
-        waiting: dict[Member, tuple[list[int], list[Item]]] = {}
+        # Each peer's share: indexes, and items (or ids, for items of one shape).
+        waiting: dict[Member, tuple[list[int], list[Any]]] = {}
         # (peer, indexes, items, its verdicts, loop time sent, peer's boot id then)
         sent: list[tuple[Member, Sequence[int], Sequence[Item],
                          asyncio.Future[list[str | GobucketError]], float, str]] = []
         loop = asyncio.get_running_loop()
         retry: list[tuple[int, Item, dict[str, str]]] = []
+        pairs: Iterable[tuple[int, Any]] = overflow
+        batch_of: Callable[[list[Any]], Sequence[Item]] = _same
+        item_of: Callable[[Any], Item] = _same
         if type(overflow) is FillColumns:
-            overflow = await self._place_slices(bucket, overflow, pool, room, sent)
-        overflow = iter(overflow)
-        for index, item in overflow:
+            # Items of one shape: slices while there is one candidate; with
+            # more, each share holds ids and goes out as columns of them.
+            start = await self._place_slices(bucket, overflow, pool, room, sent)
+            pairs = zip(range(start, len(overflow)), overflow.ids[start:], strict=True)
+            batch_of, item_of = overflow.like, overflow.item
+        pairs = iter(pairs)
+        for index, each in pairs:
             if not pool:
-                retry.append((index, item, {}))
+                retry.append((index, item_of(each), {}))
                 continue
             member = pick(pool, room_of, rng)
             share = waiting.get(member)
             if share is None:
                 share = waiting[member] = ([], [])
             share[0].append(index)
-            share[1].append(item)
+            share[1].append(each)
             room[member] -= 1
             if len(pool) == 1 and (more := min(size - len(share[1]), room[member])) > 0:
                 # One candidate: the rest of its batch is taken at once.
-                taken = list(islice(overflow, more))
+                taken = list(islice(pairs, more))
                 share[0].extend(map(_FIRST, taken))
                 share[1].extend(map(_SECOND, taken))
                 room[member] -= len(taken)
             if len(share[1]) >= size:
                 del waiting[member]
-                sent.append((member, *share, forwarder.send_many(member, share[1]),
+                batch = batch_of(share[1])
+                sent.append((member, share[0], batch, forwarder.send_many(member, batch),
                              loop.time(), member.boot))
                 await asyncio.sleep(0)  # let the pumps put it on the wire
                 for m in pool:
@@ -430,8 +439,10 @@ class Overflow:
             elif room[member] <= 0:
                 pool.remove(member)
         now = loop.time()
-        sent.extend((member, *share, forwarder.send_many(member, share[1]), now, member.boot)
-                    for member, share in waiting.items())
+        for member, (indexes, share_items) in waiting.items():
+            batch = batch_of(share_items)
+            sent.append((member, indexes, batch, forwarder.send_many(member, batch), now,
+                         member.boot))
 
         async def settle(member: Member, indexes: Sequence[int], items: Sequence[Item],
                          future: asyncio.Future[list[str | GobucketError]], at: float,
@@ -466,11 +477,12 @@ class Overflow:
             room: dict[Member, int],
             sent: list[tuple[Member, Sequence[int], Sequence[Item],
                              asyncio.Future[list[str | GobucketError]], float, str]]
-    ) -> Iterable[tuple[int, Item]]:
+    ) -> int:
         """:meth:`place_many`'s loop for items of one shape while there is
         one candidate (the common case: one peer, single fills): its
         batches are slices of ``columns``, no item is made. Updates ``pool``
-        and ``room`` as that loop does; returns the rest, as pairs."""
+        and ``room`` as that loop does; returns the index of the first item
+        not sent (``len(columns)`` if all were)."""
         forwarder = self.group._forwarder
         assert forwarder is not None
         size, loop = self.group.config.batch_size, asyncio.get_running_loop()
@@ -490,7 +502,7 @@ class Overflow:
             elif room[member] <= 0:
                 pool.clear()
             start = stop
-        return zip(range(start, end), columns[start:end], strict=True)
+        return start
 
     def _settle_many(self, bucket: str, member: Member, indexes: Sequence[int],
                      items: Sequence[Item],
@@ -715,6 +727,10 @@ def _unknown(member: Member, item: Item, cause: GobucketError) -> PlacementUnkno
         f"task {item[1]!r} may or may not be on node {member.node_id}: {cause}. It was "
         "placed nowhere else; drain or get it to find out", node_id=member.node_id,
         task_id=item[1])
+
+
+def _same(value: T) -> T:
+    return value
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:
