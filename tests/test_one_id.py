@@ -367,3 +367,27 @@ async def test_no_backup_room_from_the_holder_is_not_an_unknown(cluster: Cluster
     except PlacementUnknownError as exc:
         pytest.fail(f"x is live nowhere (n2 said 'no backup room'), yet: {exc}")
     assert live(cluster, "x") == [placed.node_id]
+
+
+async def test_a_late_ended_notice_of_an_earlier_task_keeps_the_new_ones_route(
+        cluster: Cluster) -> None:
+    """x ran on n2 and ended; before n2's ended notice went out, n1 filled x
+    again and placed it on n2. The notice is about the earlier x: n1 keeps
+    the new x's route, so its loss is reported when n2 crashes."""
+    n1 = await cluster.add("n1", max_bucket=1)
+    await cluster.add("n2", max_bucket=5)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    assert (await n1.fill("jobs", "x", task_type=TaskType.IMMEDIATE)).node_id == "n2"
+    await asyncio.sleep(0.01)  # x ran on n2; its notice waits for the next flush
+    assert runs(cluster, "x") == 1
+    assert (await n1.fill("jobs", "x", task_type=BOMB)).node_id == "n2"
+    await asyncio.sleep(1)  # the notice has been delivered
+    assert live(cluster, "x") == ["n2"]
+    route = n1._routes.get("jobs", "x")
+    assert route is not None and route[0] == "n2"
+    lost: list[tuple[str, str, list[str]]] = []
+    n1.on_tasks_lost = lambda *args: lost.append(args)
+    cluster.net.down("n2")  # kill -9
+    await asyncio.sleep(CFG.lost_after + 3)
+    assert lost == [("n2", "jobs", ["x"])]

@@ -54,15 +54,17 @@ class Watched:
         return sum(r.hooks(task_id).count("execute") for r in self.recorders)
 
     def cluster(self, nodes: int, *, small: tuple[str, ...] = (), replicas: int = 0,
-                **config: float) -> MemoryCluster:
+                no_backups: tuple[str, ...] = (), **config: float) -> MemoryCluster:
         """``nodes`` nodes with a "jobs" bucket each: one slot on ``small``
-        ones (their fills overflow once it is taken), 50 elsewhere."""
+        ones (their fills overflow once it is taken), 50 elsewhere; with
+        ``replicas``, room for 50 backups (none on ``no_backups``)."""
 
         def buckets(name: str) -> dict[str, TaskBucket]:
+            backups = 0 if name in no_backups else 50
             bucket = BucketConfig(life_span=60, run_after=30,
                                   max_bucket=1 if name in small else 50,
-                                  **({"max_backups": 50, "replicas": replicas} if replicas
-                                     else {}))
+                                  **({"max_backups": backups, "replicas": replicas}
+                                     if replicas else {}))
             return {"jobs": TaskBucket(bucket, self.recorder(), name="jobs")}
 
         return MemoryCluster([f"n{i}" for i in range(1, nodes + 1)], buckets,
@@ -122,9 +124,10 @@ async def test_a_backup_does_not_take_over_a_task_its_origin_reported_lost() -> 
     # n3 holds the backup of a task n1 forwarded to n2. n3 is stalled while
     # n2 is killed and restarts; n1 reports the task lost after
     # promote_grace. When n3 resumes and asks to take it over, n1 objects:
-    # run now, it would run after its loss report.
+    # run now, it would run after its loss report. (n1 keeps no backups, so
+    # n3 is the one place for it, whatever the two choices draw.)
     w = Watched()
-    async with w.cluster(3, small=("n1", "n3"), replicas=1) as c:
+    async with w.cluster(3, small=("n1", "n3"), replicas=1, no_backups=("n1",)) as c:
         await c.settle()
         await anchor(c, "n3", "n1")
         placed = await c["n1"].fill("jobs", "job", task_type=BOMB, run_after=20, life_span=60)

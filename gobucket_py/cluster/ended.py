@@ -84,6 +84,8 @@ class EndedNotices:
     def accepted_batch(self, items: Iterable[tuple[Any, ...]], verdicts: list[str],
                        origin: str) -> None:
         """The tasks of one FILL batch that this node took (verdict ``"ok"``)."""
+        if origin in self._ended or origin in self._ended_via:
+            self._renewed(origin, items, verdicts)
         origins = self.origins
         if (isinstance(items, FillBatch) and items.shared(0)
                 and verdicts.count("ok") == len(verdicts)):  # the common case: at C speed
@@ -101,6 +103,31 @@ class EndedNotices:
                     if where is None:
                         where = origins[bucket] = {}
                 where[item[1]] = origin  # type: ignore[index]
+
+    def _renewed(self, origin: str, items: Iterable[tuple[Any, ...]], verdicts: list[str]
+                 ) -> None:
+        """Tasks of ``items`` taken here (verdict ``"ok"``) came from
+        ``origin`` again: a notice still waiting here about an earlier task
+        of one of their ids is not sent. ``origin`` let go of its route to
+        that task before it placed the id again (its fill asked this node,
+        or the route had ended or expired); sent now, the notice would be
+        taken for the new task's and drop its route, and a crash here would
+        then go unreported for it."""
+        taken = {(item[0], item[1]) for item, verdict in zip(items, verdicts, strict=True)
+                 if verdict == "ok"}
+        pending = self._ended.get(origin, {})
+        for bucket, ids in list(pending.items()):
+            if any((bucket, task_id) in taken for task_id in ids):
+                ids[:] = [task_id for task_id in ids if (bucket, task_id) not in taken]
+                if not ids:
+                    del pending[bucket]
+        if origin in self._ended and not pending:
+            del self._ended[origin]
+        via = self._ended_via.get(origin)
+        if via is not None:
+            via[:] = [entry for entry in via if (entry[0], entry[1]) not in taken]
+            if not via:
+                del self._ended_via[origin]
 
     def handed(self, bucket: str, task_id: str, origin: str, via: tuple[str, str]) -> None:
         """A task ``origin`` had forwarded was handed off here by ``via`` (a
