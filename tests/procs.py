@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -37,8 +38,39 @@ SECRET = "test-secret-123"
 APP = "tests.node_app:buckets"
 
 
+def _ephemeral_low() -> int:
+    """The first port the kernel hands out for outgoing connections and ``bind(0)``."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_EPHEMERAL_LOW = _ephemeral_low()
+_given: set[int] = set()
+
+
 def free_port() -> int:
-    """A loopback port that was free a moment ago (bind to 0, close)."""
+    """A loopback port, free for TCP and UDP a moment ago, below the kernel's
+    ephemeral range when there is room there: a port from ``bind(0)`` may be
+    taken meanwhile as the local end of any process's outgoing connection
+    (seen: a node's restart port taken while another test run was busy).
+    Not one given before in this process."""
+    low, high = 20_000, _EPHEMERAL_LOW - 1
+    rng = random.Random()
+    for _ in range(200 if high - low > 1000 else 0):
+        port = rng.randint(low, high)
+        if port in _given:
+            continue
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp, \
+                    socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                tcp.bind(("127.0.0.1", port))
+                udp.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        _given.add(port)
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
