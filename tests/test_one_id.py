@@ -14,6 +14,7 @@ partition, a slow link, a crash.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,7 @@ from gobucket_py import (
     DrainOutcome,
     DuplicateTaskError,
     FillResult,
+    PeerUnavailableError,
     PlacementUnknownError,
     TaskBucketGroup,
     TaskType,
@@ -383,6 +385,44 @@ async def test_a_late_ended_notice_of_an_earlier_task_keeps_the_new_ones_route(
     assert runs(cluster, "x") == 1
     assert (await n1.fill("jobs", "x", task_type=BOMB)).node_id == "n2"
     await asyncio.sleep(1)  # the notice has been delivered
+    assert live(cluster, "x") == ["n2"]
+    route = n1._routes.get("jobs", "x")
+    assert route is not None and route[0] == "n2"
+    lost: list[tuple[str, str, list[str]]] = []
+    n1.on_tasks_lost = lambda *args: lost.append(args)
+    cluster.net.down("n2")  # kill -9
+    await asyncio.sleep(CFG.lost_after + 3)
+    assert lost == [("n2", "jobs", ["x"])]
+
+
+@pytest.mark.parametrize("delivered", [False, True])
+async def test_a_requeued_ended_notice_of_an_earlier_task_keeps_the_new_ones_route(
+        cluster: Cluster, delivered: bool) -> None:
+    """As above, with the notice of the earlier x sent, then queued again as
+    undelivered (lost on the way, or applied with its answer lost) while
+    n1 placed x on n2 again: it is not sent again. (Found by review.)"""
+    n1 = await cluster.add("n1", max_bucket=1)
+    n2 = await cluster.add("n2", max_bucket=5)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    real = n2.transport.call
+    first = [True]
+
+    async def call(addr: str, kind: Kind, message: dict[str, Any], timeout: float) -> Any:
+        if kind is Kind.ENDED and first:  # the first notice times out
+            first.clear()
+            if delivered:
+                await real(addr, kind, message, timeout)  # applied; its answer is lost
+            await asyncio.sleep(timeout)
+            raise PeerUnavailableError("ENDED timed out")
+        return await real(addr, kind, message, timeout)
+
+    n2.transport.call = call  # type: ignore[method-assign]
+    assert (await n1.fill("jobs", "x", task_type=TaskType.IMMEDIATE)).node_id == "n2"
+    await asyncio.sleep(0.1)  # x ran on n2; its notice is on its way (to be queued again)
+    assert runs(cluster, "x") == 1
+    assert (await n1.fill("jobs", "x", task_type=BOMB)).node_id == "n2"  # a new x
+    await asyncio.sleep(1.5)  # the first notice's attempt is over; the queue was sent
     assert live(cluster, "x") == ["n2"]
     route = n1._routes.get("jobs", "x")
     assert route is not None and route[0] == "n2"

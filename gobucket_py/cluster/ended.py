@@ -267,12 +267,21 @@ class EndedNotices:
                 self._requeue(origin, parts)
 
     def _requeue(self, origin: str, parts: dict[str, Any]) -> None:
-        """Queue the notices of an undelivered message again, for the next batch."""
+        """Queue the notices of an undelivered message again, for the next
+        batch -- but not the ends of ids that ``origin`` has forwarded here
+        again meanwhile (see :meth:`_renewed`; the message may have been
+        applied, its answer lost)."""
+        def again(bucket: str, task_id: str) -> bool:
+            return self.origins.get(bucket, {}).get(task_id) == origin
+
         for bucket, ids in parts["ended"].items():
-            self._ended.setdefault(origin, {}).setdefault(bucket, []).extend(ids)
+            ids = [task_id for task_id in ids if not again(bucket, task_id)]
+            if ids:
+                self._ended.setdefault(origin, {}).setdefault(bucket, []).extend(ids)
         self._moved.setdefault(origin, []).extend(parts["moved"])
-        if "via" in parts:
-            self._ended_via.setdefault(origin, []).extend(parts["via"])
+        via = [entry for entry in parts.get("via", ()) if not again(entry[0], entry[1])]
+        if via:
+            self._ended_via.setdefault(origin, []).extend(via)
         if "promoted" in parts:
             self._promoted.setdefault(origin, []).extend(parts["promoted"])
         for bucket, task_id, _ in parts.get("extended", ()):  # read again: fewer seconds left
