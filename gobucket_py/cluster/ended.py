@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import GobucketError, ProtocolError
@@ -84,8 +84,6 @@ class EndedNotices:
     def accepted_batch(self, items: Iterable[tuple[Any, ...]], verdicts: list[str],
                        origin: str) -> None:
         """The tasks of one FILL batch that this node took (verdict ``"ok"``)."""
-        if origin in self._ended or origin in self._ended_via:
-            self._renewed(origin, items, verdicts)
         origins = self.origins
         if (isinstance(items, FillBatch) and items.shared(0)
                 and verdicts.count("ok") == len(verdicts)):  # the common case: at C speed
@@ -93,41 +91,53 @@ class EndedNotices:
             if where is None:
                 where = origins[items.columns[0][0]] = {}
             where.update(dict.fromkeys(items.columns[1], origin))
-            return
-        bucket = where = None
-        for item, verdict in zip(items, verdicts, strict=True):
-            if verdict == "ok":
-                if item[0] != bucket:
-                    bucket = item[0]
-                    where = origins.get(bucket)
-                    if where is None:
-                        where = origins[bucket] = {}
-                where[item[1]] = origin  # type: ignore[index]
+        else:
+            bucket = where = None
+            for item, verdict in zip(items, verdicts, strict=True):
+                if verdict == "ok":
+                    if item[0] != bucket:
+                        bucket = item[0]
+                        where = origins.get(bucket)
+                        if where is None:
+                            where = origins[bucket] = {}
+                    where[item[1]] = origin  # type: ignore[index]
+        if origin in self._ended or origin in self._ended_via:
+            self._renewed(origin)
 
-    def _renewed(self, origin: str, items: Iterable[tuple[Any, ...]], verdicts: list[str]
-                 ) -> None:
-        """Tasks of ``items`` taken here (verdict ``"ok"``) came from
-        ``origin`` again: a notice still waiting here about an earlier task
-        of one of their ids is not sent. ``origin`` let go of its route to
-        that task before it placed the id again (its fill asked this node,
-        or the route had ended or expired); sent now, the notice would be
-        taken for the new task's and drop its route, and a crash here would
-        then go unreported for it."""
-        taken = {(item[0], item[1]) for item, verdict in zip(items, verdicts, strict=True)
-                 if verdict == "ok"}
+    def _again(self, origin: str) -> Callable[[str, str], bool]:
+        """Is a task of this id, forwarded by ``origin``, live here now? Then
+        a notice for ``origin`` about the id is about an earlier task (a
+        task's entry goes when it ends), which ``origin`` let go of before it
+        placed the id again: its fill asked this node, or the route had
+        ended or expired. Sent, the notice would be taken for the new
+        task's and drop its route, and a crash here would then go
+        unreported for it."""
+        origins = self.origins
+
+        def again(bucket: str, task_id: str) -> bool:
+            where = origins.get(bucket)
+            return where is not None and where.get(task_id) == origin
+
+        return again
+
+    def _renewed(self, origin: str) -> None:
+        """Drop the notices waiting for ``origin`` about ids it has forwarded
+        here again (see :meth:`_again`)."""
+        again = self._again(origin)
         pending = self._ended.get(origin, {})
         for bucket, ids in list(pending.items()):
-            if any((bucket, task_id) in taken for task_id in ids):
-                ids[:] = [task_id for task_id in ids if (bucket, task_id) not in taken]
-                if not ids:
-                    del pending[bucket]
+            kept = [task_id for task_id in ids if not again(bucket, task_id)]
+            if not kept:
+                del pending[bucket]
+            elif len(kept) < len(ids):
+                pending[bucket] = kept
         if origin in self._ended and not pending:
             del self._ended[origin]
-        via = self._ended_via.get(origin)
-        if via is not None:
-            via[:] = [entry for entry in via if (entry[0], entry[1]) not in taken]
-            if not via:
-                del self._ended_via[origin]
+        via = [entry for entry in self._ended_via.get(origin, ()) if not again(*entry[:2])]
+        if via:
+            self._ended_via[origin] = via
+        else:
+            self._ended_via.pop(origin, None)
 
     def handed(self, bucket: str, task_id: str, origin: str, via: tuple[str, str]) -> None:
         """A task ``origin`` had forwarded was handed off here by ``via`` (a
@@ -269,11 +279,9 @@ class EndedNotices:
     def _requeue(self, origin: str, parts: dict[str, Any]) -> None:
         """Queue the notices of an undelivered message again, for the next
         batch -- but not the ends of ids that ``origin`` has forwarded here
-        again meanwhile (see :meth:`_renewed`; the message may have been
+        again meanwhile (see :meth:`_again`; the message may have been
         applied, its answer lost)."""
-        def again(bucket: str, task_id: str) -> bool:
-            return self.origins.get(bucket, {}).get(task_id) == origin
-
+        again = self._again(origin)
         for bucket, ids in parts["ended"].items():
             ids = [task_id for task_id in ids if not again(bucket, task_id)]
             if ids:
