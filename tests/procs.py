@@ -325,6 +325,7 @@ class Proxy:
         self.port = free_port()
         self.addr = f"127.0.0.1:{self.port}"
         self.blackhole = False
+        self._closed = False
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -347,6 +348,11 @@ class Proxy:
 
     async def _accept(self, client_r: asyncio.StreamReader,
                       client_w: asyncio.StreamWriter) -> None:
+        # A connection accepted as close() runs is aborted here: the server
+        # counts it until it is gone, and its wait_closed() waits for that.
+        if self._closed:
+            client_w.transport.abort()
+            return
         self._writers.add(client_w)
         try:
             node_r, node_w = await asyncio.open_connection("127.0.0.1", self.target_port)
@@ -354,12 +360,17 @@ class Proxy:
             client_w.close()
             return
         self._writers.add(node_w)
+        if self._closed:
+            client_w.transport.abort()
+            node_w.transport.abort()
+            return
         for task in (asyncio.create_task(self._pipe(client_r, node_w, True)),
                      asyncio.create_task(self._pipe(node_r, client_w, False))):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
+        self._closed = True
         if self._server is not None:
             self._server.close()
         for writer in list(self._writers):
