@@ -371,6 +371,20 @@ async def test_no_backup_room_from_the_holder_is_not_an_unknown(cluster: Cluster
     assert live(cluster, "x") == [placed.node_id]
 
 
+async def new_x_is_routed_and_its_loss_reported(cluster: Cluster, n1: TaskBucketGroup
+                                                ) -> None:
+    """The new x is live on n2 and n1 routes it there; n2 is killed: n1
+    reports x lost (its one loss report)."""
+    assert live(cluster, "x") == ["n2"]
+    route = n1._routes.get("jobs", "x")
+    assert route is not None and route[0] == "n2"
+    lost: list[tuple[str, str, list[str]]] = []
+    n1.on_tasks_lost = lambda *args: lost.append(args)
+    cluster.net.down("n2")  # kill -9
+    await asyncio.sleep(CFG.lost_after + 3)
+    assert lost == [("n2", "jobs", ["x"])]
+
+
 async def test_a_late_ended_notice_of_an_earlier_task_keeps_the_new_ones_route(
         cluster: Cluster) -> None:
     """x ran on n2 and ended; before n2's ended notice went out, n1 filled x
@@ -385,14 +399,7 @@ async def test_a_late_ended_notice_of_an_earlier_task_keeps_the_new_ones_route(
     assert runs(cluster, "x") == 1
     assert (await n1.fill("jobs", "x", task_type=BOMB)).node_id == "n2"
     await asyncio.sleep(1)  # the notice has been delivered
-    assert live(cluster, "x") == ["n2"]
-    route = n1._routes.get("jobs", "x")
-    assert route is not None and route[0] == "n2"
-    lost: list[tuple[str, str, list[str]]] = []
-    n1.on_tasks_lost = lambda *args: lost.append(args)
-    cluster.net.down("n2")  # kill -9
-    await asyncio.sleep(CFG.lost_after + 3)
-    assert lost == [("n2", "jobs", ["x"])]
+    await new_x_is_routed_and_its_loss_reported(cluster, n1)
 
 
 @pytest.mark.parametrize("delivered", [False, True])
@@ -423,11 +430,4 @@ async def test_a_requeued_ended_notice_of_an_earlier_task_keeps_the_new_ones_rou
     assert runs(cluster, "x") == 1
     assert (await n1.fill("jobs", "x", task_type=BOMB)).node_id == "n2"  # a new x
     await asyncio.sleep(1.5)  # the first notice's attempt is over; the queue was sent
-    assert live(cluster, "x") == ["n2"]
-    route = n1._routes.get("jobs", "x")
-    assert route is not None and route[0] == "n2"
-    lost: list[tuple[str, str, list[str]]] = []
-    n1.on_tasks_lost = lambda *args: lost.append(args)
-    cluster.net.down("n2")  # kill -9
-    await asyncio.sleep(CFG.lost_after + 3)
-    assert lost == [("n2", "jobs", ["x"])]
+    await new_x_is_routed_and_its_loss_reported(cluster, n1)

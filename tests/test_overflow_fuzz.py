@@ -44,17 +44,34 @@ def lose_fill_replies(group: Any, addr: str, rng: random.Random, p: float) -> No
     group.transport.call = call
 
 
+async def full_node_and_two_peers(cluster: Cluster, rng: random.Random, batch: int, room: int
+                                  ) -> tuple[Any, dict[str, int]]:
+    """n1 with its one slot taken and a batch_size of 1..``batch``; n2 and n3
+    with 1..``room`` slots each (returned by name)."""
+    n1 = await cluster.add("n1", max_bucket=1, batch_size=rng.randint(1, batch))
+    rooms = {"n2": rng.randint(1, room), "n3": rng.randint(1, room)}
+    for name, size in rooms.items():
+        await cluster.add(name, max_bucket=size)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    return n1, rooms
+
+
+def holders(cluster: Cluster) -> dict[str, list[str]]:
+    """Task id -> the peers (n2, n3) that hold it."""
+    where: dict[str, list[str]] = {}
+    for name in ("n2", "n3"):
+        for task in cluster.bucket(name):
+            where.setdefault(task.id, []).append(name)
+    return where
+
+
 @pytest.mark.parametrize("seed", range(160))
 async def test_fuzz_single_fills_over_two_peers(cluster: Cluster, seed: int) -> None:
     """Three waves of single fills, most of one shape, two ids filled twice."""
     rng = random.Random(seed)
     fault = seed % 4  # 0 none, 1 lost replies, 2 receivers fill themselves, 3 n3 goes down a while
-    n1 = await cluster.add("n1", max_bucket=1, batch_size=rng.randint(1, 4))
-    rooms = {"n2": rng.randint(1, 8), "n3": rng.randint(1, 8)}
-    for name, room in rooms.items():
-        await cluster.add(name, max_bucket=room)
-    await cluster.settle()
-    await fill_local(n1, 1)
+    n1, rooms = await full_node_and_two_peers(cluster, rng, batch=4, room=8)
     if fault == 1:
         lose_fill_replies(n1, "n3", rng, 0.4)
     calls: list[tuple[str, Any]] = []  # (id, awaitable)
@@ -94,10 +111,7 @@ async def test_fuzz_single_fills_over_two_peers(cluster: Cluster, seed: int) -> 
     if fault == 3:
         cluster.net.up("n3")
     await asyncio.sleep(0.5)
-    where: dict[str, list[str]] = {}
-    for name in ("n2", "n3"):
-        for task in cluster.bucket(name):
-            where.setdefault(task.id, []).append(name)
+    where = holders(cluster)
     placed: Counter[str] = Counter()
     for (task_id, _), result in zip(calls, results, strict=True):
         if isinstance(result, FillResult):
@@ -129,12 +143,7 @@ async def test_fuzz_single_fills_over_two_peers(cluster: Cluster, seed: int) -> 
 async def test_fuzz_bigger_with_fill_many_and_lost_replies(cluster: Cluster, seed: int) -> None:
     """Single fills and a fill_many at once, larger rooms, replies lost on odd seeds."""
     rng = random.Random(1000 + seed)
-    n1 = await cluster.add("n1", max_bucket=1, batch_size=rng.randint(1, 5))
-    rooms = {"n2": rng.randint(1, 30), "n3": rng.randint(1, 30)}
-    for name, room in rooms.items():
-        await cluster.add(name, max_bucket=room)
-    await cluster.settle()
-    await fill_local(n1, 1)
+    n1, rooms = await full_node_and_two_peers(cluster, rng, batch=5, room=30)
     if seed % 2:
         lose_fill_replies(n1, "n2", rng, 0.3)
         lose_fill_replies(n1, "n3", rng, 0.3)
@@ -148,10 +157,7 @@ async def test_fuzz_bigger_with_fill_many_and_lost_replies(cluster: Cluster, see
     results += list(await fm)
     calls += [(t, None) for t in many]
     await asyncio.sleep(0.5)
-    where: dict[str, list[str]] = {}
-    for name in ("n2", "n3"):
-        for task in cluster.bucket(name):
-            where.setdefault(task.id, []).append(name)
+    where = holders(cluster)
     for (task_id, _), result in zip(calls, results, strict=True):
         if isinstance(result, FillResult):
             assert result.task_id == task_id and where.get(task_id) == [result.node_id]
