@@ -431,3 +431,55 @@ async def test_a_requeued_ended_notice_of_an_earlier_task_keeps_the_new_ones_rou
     assert (await n1.fill("jobs", "x", task_type=BOMB)).node_id == "n2"  # a new x
     await asyncio.sleep(1.5)  # the first notice's attempt is over; the queue was sent
     await new_x_is_routed_and_its_loss_reported(cluster, n1)
+
+
+@pytest.mark.parametrize("lands", ["after the new route", "before the fill's reply"])
+async def test_an_ended_notice_in_flight_about_an_earlier_task_keeps_the_new_ones_route(
+        cluster: Cluster, lands: str) -> None:
+    """As above, with the notice of the earlier x already on the wire when
+    n2 takes the new x, and reaching n1 after n1 sent the new forward:
+    once n1 has routed the new x there, or while the fill's reply is still
+    on its way (the earlier x's route had expired: the notice overtakes the
+    verdict). The notice names the batch that brought the earlier x, so n1
+    knows it is about that one."""
+    n1 = await cluster.add("n1", max_bucket=1)
+    n2 = await cluster.add("n2", max_bucket=5)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    released = asyncio.Event()
+    notice_in = asyncio.Event()
+    real_n2, real_n1 = n2.transport.call, n1.transport.call
+
+    async def n2_call(addr: str, kind: Kind, message: dict[str, Any], timeout: float) -> Any:
+        if kind is Kind.ENDED and not released.is_set():  # on the wire, slow
+            await released.wait()
+            try:
+                return await real_n2(addr, kind, message, timeout)
+            finally:
+                notice_in.set()
+        return await real_n2(addr, kind, message, timeout)
+
+    async def n1_call(addr: str, kind: Kind, message: dict[str, Any], timeout: float) -> Any:
+        reply = await real_n1(addr, kind, message, timeout)
+        if kind is Kind.FILL and lands == "before the fill's reply" and ended_sent:
+            released.set()  # n2 has taken the new x: the old notice lands first
+            await notice_in.wait()
+        return reply
+
+    ended_sent: list[bool] = []
+    n2.transport.call = n2_call  # type: ignore[method-assign]
+    n1.transport.call = n1_call  # type: ignore[method-assign]
+    assert (await n1.fill("jobs", "x", task_type=TaskType.IMMEDIATE,
+                          life_span=0.5)).node_id == "n2"
+    await asyncio.sleep(0.1)  # x ran on n2; its notice is on the wire
+    assert runs(cluster, "x") == 1
+    if lands == "before the fill's reply":
+        await asyncio.sleep(2)  # the route expired: the fill places x anew
+        await n1.fill("jobs", "y")  # (routes are swept as one is added)
+        assert n1._routes.get("jobs", "x") is None
+    ended_sent.append(True)
+    assert (await n1.fill("jobs", "x", task_type=BOMB)).node_id == "n2"  # a new x
+    released.set()
+    await notice_in.wait()
+    await asyncio.sleep(0.5)
+    await new_x_is_routed_and_its_loss_reported(cluster, n1)

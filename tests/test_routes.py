@@ -13,8 +13,8 @@ def test_routes_remember_until_the_deadline() -> None:
     routes = Routes()
     routes.add("jobs", "n2", "boot2", now=100.0, life_span=10.0, task_ids=["a", "b"])
     routes.add("other", "n3", "boot3", now=100.0, life_span=50.0, task_ids=["a"])
-    assert routes.get("jobs", "a") == ("n2", "boot2", 111.0)
-    assert routes.get("other", "a") == ("n3", "boot3", 151.0)
+    assert routes.get("jobs", "a") == ("n2", "boot2", 111.0, 0)
+    assert routes.get("other", "a") == ("n3", "boot3", 151.0, 0)
     assert routes.get("jobs", "zzz") is None and routes.get("nope", "a") is None
     assert len(routes) == 3
     routes.expire(110.5)  # not yet: life span plus a second
@@ -30,9 +30,39 @@ def test_refilled_task_keeps_its_newer_route_when_the_old_one_expires() -> None:
     routes.forget("jobs", "a")  # drained, then filled again elsewhere
     routes.add("jobs", "n3", "b3", now=5.0, life_span=10.0, task_ids=["a"])
     routes.expire(12.0)  # the first entry's time: the record is newer, kept
-    assert routes.get("jobs", "a") == ("n3", "b3", 16.0)
+    assert routes.get("jobs", "a") == ("n3", "b3", 16.0, 0)
     routes.expire(16.5)
     assert routes.get("jobs", "a") is None
+
+
+def test_an_ended_notice_naming_an_earlier_batch_keeps_the_route() -> None:
+    """The route of a task sent after batch 5: a notice naming batch 5 or
+    earlier is about an earlier task of the id; one naming a later batch
+    (or none: a peer of an earlier version) is about this one."""
+    routes = Routes()
+    routes.add("jobs", "n2", "b2", 0.0, 60.0, ["a", "b", "c"], sent=(0.0, 5))
+    routes.ended("jobs", "a", "n2", 1.0, batch=5)
+    routes.ended("jobs", "b", "n2", 1.0, batch=3)
+    assert routes.get("jobs", "a") == routes.get("jobs", "b") == ("n2", "b2", 61.0, 5)
+    routes.ended("jobs", "a", "n2", 1.0, batch=6)
+    routes.ended("jobs", "b", "n2", 1.0)
+    routes.ended("jobs", "c", "n3", 1.0, batch=9)  # not routed there
+    assert routes.get("jobs", "a") is None and routes.get("jobs", "b") is None
+    assert routes.get("jobs", "c") == ("n2", "b2", 61.0, 5)
+
+
+def test_an_early_ended_notice_is_matched_to_its_forward_by_batch() -> None:
+    """A notice that arrives before its route (it overtook the verdict)
+    keeps the route from being added only if it names a later batch than
+    the one before the forward: else it is about an earlier task. Without a
+    batch number, its arrival time decides, as before."""
+    routes = Routes()
+    routes.ended("jobs", "old", "n2", 10.0, batch=4)  # arrived after the send, but stale
+    routes.ended("jobs", "new", "n2", 10.0, batch=6)
+    routes.ended("jobs", "plain", "n2", 10.0)  # arrived after the send
+    routes.add("jobs", "n2", "b2", 11.0, 60.0, ["old", "new", "plain"], sent=(9.0, 5))
+    assert routes.get("jobs", "old") == ("n2", "b2", 72.0, 5)
+    assert routes.get("jobs", "new") is None and routes.get("jobs", "plain") is None
 
 
 def test_forget_node_drops_only_its_routes_in_the_boots_given() -> None:
@@ -42,7 +72,7 @@ def test_forget_node_drops_only_its_routes_in_the_boots_given() -> None:
     routes.add("jobs", "n3", "b3", now=0.0, life_span=60.0, task_ids=["c"])
     assert routes.mark_lost_ids("jobs", ["e"]) == ["e"]
     rest = routes.forget_node("n2", {"b2"})
-    assert rest == [("jobs", "d", ("n2", "b2x", 61.0))]  # not said done; "e" reported already
+    assert rest == [("jobs", "d", ("n2", "b2x", 61.0, 0))]  # not said done; "e" reported already
     assert routes.get("jobs", "a") is None and routes.get("jobs", "b") is None
     assert routes.get("jobs", "c") is not None and len(routes) == 3
 

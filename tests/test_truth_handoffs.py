@@ -227,17 +227,17 @@ def test_notices_that_overtake_a_move_are_applied_with_it() -> None:
     routes = Routes()
     routes.add("jobs", "n2", "b2", 0.0, 60.0, ["a", "b", "c"])
     assert routes.move("jobs", "a", "n3", "n4", "b4", from_boot="b3") is None  # kept
-    assert routes.move("jobs", "a", "n2", "n3", "b3") == ("n4", "b4", 61.0)
+    assert routes.move("jobs", "a", "n2", "n3", "b3") == ("n4", "b4", 61.0, 0)
     routes.ended("jobs", "b", "n4", 1.0, via=("n3", "b3"))  # kept
     assert routes.move("jobs", "b", "n3", "n4", "b4") is None  # kept too
     assert routes.move("jobs", "b", "n2", "n3", "b3") is None  # then it ended at n4
     assert routes.get("jobs", "b") is None
     # kept for another incarnation of n3: not applied
     assert routes.move("jobs", "c", "n3", "n4", "b4", from_boot="b0") is None
-    assert routes.move("jobs", "c", "n2", "n3", "b3") == ("n3", "b3", 61.0)
+    assert routes.move("jobs", "c", "n2", "n3", "b3") == ("n3", "b3", 61.0, 0)
     # a new task of the id: what was kept is of the earlier one
     routes.add("jobs", "n2", "b2", 0.0, 60.0, ["c"])
-    assert routes.move("jobs", "c", "n2", "n3", "b3") == ("n3", "b3", 61.0)
+    assert routes.move("jobs", "c", "n2", "n3", "b3") == ("n3", "b3", 61.0, 0)
 
 
 def test_a_kept_move_keeps_its_unsettled_handoff() -> None:
@@ -246,7 +246,7 @@ def test_a_kept_move_keeps_its_unsettled_handoff() -> None:
     routes = Routes()
     routes.add("jobs", "n2", "b2", 0.0, 60.0, ["job"])
     assert routes.move("jobs", "job", "n3", "n4", "b4", ("b3", 7, 0), from_boot="b3") is None
-    assert routes.move("jobs", "job", "n2", "n3", "b3", from_boot="b2") == ("n4", "b4", 61.0)
+    assert routes.move("jobs", "job", "n2", "n3", "b3", from_boot="b2") == ("n4", "b4", 61.0, 0)
     assert routes.unsettled[("jobs", "job")] == (("b3", 7, 0), True)
 
 
@@ -259,11 +259,11 @@ def test_a_late_end_of_an_earlier_task_is_not_applied_to_a_reused_id() -> None:
     routes.move("jobs", "job", "n2", "n3", "b3", from_boot="b2")
     routes.add("jobs", "n2", "b2x", 10.0, 60.0, ["job"])
     routes.ended("jobs", "job", "n3", 11.0, via=("n2", "b2"))
-    assert routes.get("jobs", "job") == ("n2", "b2x", 71.0)
-    assert routes.move("jobs", "job", "n2", "n3", "b3", from_boot="b2x") == ("n3", "b3", 71.0)
+    assert routes.get("jobs", "job") == ("n2", "b2x", 71.0, 0)
+    assert routes.move("jobs", "job", "n2", "n3", "b3", from_boot="b2x") == ("n3", "b3", 71.0, 0)
     # and a move told by another incarnation than the route's is kept, not applied
     assert routes.move("jobs", "job", "n3", "n4", "b4", from_boot="b3old") is None
-    assert routes.get("jobs", "job") == ("n3", "b3", 71.0)
+    assert routes.get("jobs", "job") == ("n3", "b3", 71.0, 0)
 
 
 def test_an_end_after_a_handoff_drops_a_route_to_either_holder() -> None:
@@ -276,10 +276,10 @@ def test_an_end_after_a_handoff_drops_a_route_to_either_holder() -> None:
     routes.ended("jobs", "b", "n3", 2.0, via=("n2", "b2"))
     assert routes.get("jobs", "b") is None
     routes.ended("jobs", "c", "n3", 3.0, via=("n4", "b4"))  # a node it never went to
-    assert routes.get("jobs", "c") == ("n2", "b2", 61.0)
+    assert routes.get("jobs", "c") == ("n2", "b2", 61.0, 0)
     # handed off by an earlier incarnation of n2: not this task (its id reused)
     routes.ended("jobs", "d", "n3", 3.0, via=("n2", "b0"))
-    assert routes.get("jobs", "d") == ("n2", "b2", 61.0)
+    assert routes.get("jobs", "d") == ("n2", "b2", 61.0, 0)
 
 
 @pytest.mark.looptime

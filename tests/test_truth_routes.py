@@ -187,6 +187,19 @@ def test_a_malformed_reschedule_notice_is_refused(extended: object) -> None:
     assert ok[3] == [["jobs", "t", 5.5]]
 
 
+@pytest.mark.parametrize("batches", [
+    [], {"jobs": [1]}, {"jobs": [1, "2"]}, {"jobs": [1, -2]}, {"jobs": [1, True]},
+    {"jobs": 3}])
+def test_a_malformed_batches_field_of_an_ended_notice_is_refused(batches: object) -> None:
+    with pytest.raises(ProtocolError, match="batch"):
+        EndedNotices.check({"ended": {"jobs": ["a", "b"]}, "moved": [], "batches": batches})
+    ok = EndedNotices.check({"ended": {"jobs": ["a", "b"]}, "moved": [],
+                             "batches": {"jobs": [7, 0]}})
+    assert ok[0] == [("jobs", ["a", "b"], [7, 0])]
+    plain = EndedNotices.check({"ended": {"jobs": ["a", "b"]}, "moved": []})
+    assert plain[0] == [("jobs", ["a", "b"], [0, 0])]
+
+
 async def test_a_fill_many_cut_short_by_stop_answers_every_task_it_was_given() -> None:
     def buckets(name: str) -> dict[str, TaskBucket]:
         config = BucketConfig(life_span=60, run_after=30,

@@ -10,6 +10,11 @@ request per origin every ``FLUSH`` seconds at most); the origin then drops
 the route. A task handed off on a graceful stop is reported as moved, and
 the origin's route follows it.
 
+A notice names, for each task, the FILL batch that brought it (the origin's
+batch number): an id may be forwarded here again once its earlier task
+ended, while the notice about that one is on its way, and the origin must
+not take it for the new task's (see :mod:`.routes`).
+
 Notices are idempotent and best effort: one that cannot be delivered is
 retried with the next batch while the origin is alive or suspect, and
 dropped once it is dead or gone. The window between a task's end and its
@@ -36,11 +41,11 @@ if TYPE_CHECKING:
 
 __all__ = ["EndedNotices", "Notice"]
 
-#: A checked ENDED notice: ended ids by bucket, moves, promotions,
-#: reschedules, and ends of tasks handed to the sender (with the node, and
-#: its boot id, that handed them).
-Notice = tuple[list[tuple[str, list[str]]], list[list[Any]], list[list[str]], list[list[Any]],
-               list[list[str]]]
+#: A checked ENDED notice: ended ids by bucket (with the batch that brought
+#: each, 0 if not said), moves, promotions, reschedules, and ends of tasks
+#: handed to the sender (with the node, and its boot id, that handed them).
+Notice = tuple[list[tuple[str, list[str], list[int]]], list[list[Any]], list[list[str]],
+               list[list[Any]], list[list[str]]]
 
 log = logging.getLogger("gobucket_py")
 
@@ -54,16 +59,17 @@ class EndedNotices:
 
     def __init__(self, group: TaskBucketGroup) -> None:
         self.group = group
-        #: bucket -> task id -> origin node id, for tasks accepted by forward.
-        self.origins: dict[str, dict[str, str]] = {}
+        #: bucket -> task id -> (origin node id, number of the origin's batch
+        #: that brought it, 0 if not known), for tasks accepted by forward.
+        self.origins: dict[str, dict[str, tuple[str, int]]] = {}
         #: ``(bucket, task_id)`` -> the node (and its boot id) that handed the
         #: task off to this one: its origin's route may still point there
         #: (see :meth:`handed`).
         self.via: dict[tuple[str, str], tuple[str, str]] = {}
-        # origin -> bucket -> ended task ids; origin -> [bucket, id, via node,
+        # origin -> bucket -> (ended task ids, their batches); origin -> [bucket, id, via node,
         # its boot] (handed here by it); origin -> [bucket, id, node, boot]
         # (+ [sender boot, batch, index] for a handoff that could not be settled)
-        self._ended: dict[str, dict[str, list[str]]] = {}
+        self._ended: dict[str, dict[str, tuple[list[str], list[int]]]] = {}
         self._ended_via: dict[str, list[list[str]]] = {}
         self._moved: dict[str, list[list[Any]]] = {}
         # origin -> [bucket, id, primary]: tasks this node took over as a backup
@@ -74,23 +80,32 @@ class EndedNotices:
 
     # -- the holder's side --------------------------------------------------------------
 
+    def origin_of(self, bucket: str, task_id: str) -> str | None:
+        """The node that forwarded this task here, if it was."""
+        where = self.origins.get(bucket)
+        entry = None if where is None else where.get(task_id)
+        return None if entry is None else entry[0]
+
     def accepted(self, bucket: str, task_id: str, origin: str) -> None:
-        """A task arrived by forward from ``origin``."""
+        """A task arrived from ``origin``, not in one of its FILL batches
+        (handed off or taken over here)."""
         where = self.origins.get(bucket)
         if where is None:
             where = self.origins[bucket] = {}
-        where[task_id] = origin
+        where[task_id] = (origin, 0)
 
     def accepted_batch(self, items: Iterable[tuple[Any, ...]], verdicts: list[str],
-                       origin: str) -> None:
-        """The tasks of one FILL batch that this node took (verdict ``"ok"``)."""
+                       origin: str, batch: int = 0) -> None:
+        """The tasks of one FILL batch (number ``batch`` of ``origin``'s, 0
+        if not given) that this node took (verdict ``"ok"``)."""
         origins = self.origins
+        entry = (origin, batch)
         if (isinstance(items, FillBatch) and items.shared(0)
                 and verdicts.count("ok") == len(verdicts)):  # the common case: at C speed
             where = origins.get(items.columns[0][0])
             if where is None:
                 where = origins[items.columns[0][0]] = {}
-            where.update(dict.fromkeys(items.columns[1], origin))
+            where.update(dict.fromkeys(items.columns[1], entry))
         else:
             bucket = where = None
             for item, verdict in zip(items, verdicts, strict=True):
@@ -100,7 +115,7 @@ class EndedNotices:
                         where = origins.get(bucket)
                         if where is None:
                             where = origins[bucket] = {}
-                    where[item[1]] = origin  # type: ignore[index]
+                    where[item[1]] = entry  # type: ignore[index]
         if origin in self._ended or origin in self._ended_via:
             self._renewed(origin)
 
@@ -116,7 +131,8 @@ class EndedNotices:
 
         def again(bucket: str, task_id: str) -> bool:
             where = origins.get(bucket)
-            return where is not None and where.get(task_id) == origin
+            entry = None if where is None else where.get(task_id)
+            return entry is not None and entry[0] == origin
 
         return again
 
@@ -125,12 +141,12 @@ class EndedNotices:
         here again (see :meth:`_again`)."""
         again = self._again(origin)
         pending = self._ended.get(origin, {})
-        for bucket, ids in list(pending.items()):
-            kept = [task_id for task_id in ids if not again(bucket, task_id)]
+        for bucket, (ids, batches) in list(pending.items()):
+            kept = [pair for pair in zip(ids, batches, strict=True) if not again(bucket, pair[0])]
             if not kept:
                 del pending[bucket]
             elif len(kept) < len(ids):
-                pending[bucket] = kept
+                pending[bucket] = ([pair[0] for pair in kept], [pair[1] for pair in kept])
         if origin in self._ended and not pending:
             del self._ended[origin]
         via = [entry for entry in self._ended_via.get(origin, ()) if not again(*entry[:2])]
@@ -151,8 +167,9 @@ class EndedNotices:
         """``asker`` is draining the task: if it is the task's origin, it
         learns the outcome from the answer and needs no notice."""
         where = self.origins.get(bucket)
-        if where is not None and where.get(task_id) == asker:
-            del where[task_id]
+        entry = None if where is None else where.get(task_id)
+        if entry is not None and entry[0] == asker:
+            del where[task_id]  # type: ignore[union-attr]  # entry implies where
             if self.via:
                 self.via.pop((bucket, task_id), None)
 
@@ -161,19 +178,21 @@ class EndedNotices:
         where = self.origins.get(task.bucket)
         if not where:
             return
-        origin = where.pop(task.id, None)
+        entry = where.pop(task.id, None)
         via = self.via.pop((task.bucket, task.id), None) if self.via else None
-        if origin is None or task.state is TaskState.HANDED_OFF:
+        if entry is None or task.state is TaskState.HANDED_OFF:
             return  # not forwarded here; or moved, which Handoff reports with its target
+        origin = entry[0]
         if via is not None:  # (and in ``ended`` too, for an origin of an earlier version)
             self._ended_via.setdefault(origin, []).append([task.bucket, task.id, *via])
         per_bucket = self._ended.get(origin)
         if per_bucket is None:
             per_bucket = self._ended[origin] = {}
-        ids = per_bucket.get(task.bucket)
-        if ids is None:
-            ids = per_bucket[task.bucket] = []
-        ids.append(task.id)
+        pending = per_bucket.get(task.bucket)
+        if pending is None:
+            pending = per_bucket[task.bucket] = ([], [])
+        pending[0].append(task.id)
+        pending[1].append(entry[1])
         self._arm()
 
     def moved(self, bucket: str, task_id: str, origin: str | None, node: str,
@@ -197,7 +216,7 @@ class EndedNotices:
         """A bucket's reschedule watcher: a task forwarded here now ends
         later (or sooner); its origin keeps its route until the new deadline
         (past the old one, a crash here would otherwise go unreported)."""
-        origin = self.origins.get(task.bucket, {}).get(task.id)
+        origin = self.origin_of(task.bucket, task.id)
         if origin is not None:
             self._extended.setdefault(origin, {})[(task.bucket, task.id)] = task
             self._arm()
@@ -252,8 +271,11 @@ class EndedNotices:
         """The notices waiting for ``origin``, taken off the queues, as the
         fields of an ENDED message. A rescheduled task is reported with its
         seconds left, read now: the nodes' clocks are not compared."""
-        parts: dict[str, Any] = {"ended": self._ended.pop(origin, {}),
+        ended = self._ended.pop(origin, {})
+        parts: dict[str, Any] = {"ended": {bucket: ids for bucket, (ids, _) in ended.items()},
                                  "moved": self._moved.pop(origin, [])}
+        if any(any(batches) for _, batches in ended.values()):
+            parts["batches"] = {bucket: batches for bucket, (_, batches) in ended.items()}
         extended = [[bucket, task_id, task.seconds_left]
                     for (bucket, task_id), task in self._extended.pop(origin, {}).items()
                     if not task.state.terminal]  # (an ended one is in ``ended``)
@@ -282,10 +304,14 @@ class EndedNotices:
         again meanwhile (see :meth:`_again`; the message may have been
         applied, its answer lost)."""
         again = self._again(origin)
+        numbers = parts.get("batches", {})
         for bucket, ids in parts["ended"].items():
-            ids = [task_id for task_id in ids if not again(bucket, task_id)]
-            if ids:
-                self._ended.setdefault(origin, {}).setdefault(bucket, []).extend(ids)
+            kept = [pair for pair in zip(ids, numbers.get(bucket) or [0] * len(ids), strict=True)
+                    if not again(bucket, pair[0])]
+            if kept:
+                pending = self._ended.setdefault(origin, {}).setdefault(bucket, ([], []))
+                pending[0].extend(pair[0] for pair in kept)
+                pending[1].extend(pair[1] for pair in kept)
         self._moved.setdefault(origin, []).extend(parts["moved"])
         via = [entry for entry in parts.get("via", ()) if not again(entry[0], entry[1])]
         if via:
@@ -309,12 +335,20 @@ class EndedNotices:
                        "it here, its boot id]")
         if not isinstance(ended, dict) or not isinstance(moved, list):
             raise ProtocolError("ended notice needs 'ended' (a map) and 'moved' (a list)")
-        checked: list[tuple[str, list[str]]] = []
+        numbers = message.get("batches", {})
+        if not isinstance(numbers, dict):
+            raise ProtocolError("ended notice: 'batches' is a map of bucket to batch numbers")
+        checked: list[tuple[str, list[str], list[int]]] = []
         for bucket, ids in ended.items():
             if not isinstance(bucket, str) or not isinstance(ids, list) or not all(
                     isinstance(i, str) for i in ids):
                 raise ProtocolError("ended notice: each bucket maps to a list of task ids")
-            checked.append((bucket, ids))
+            batches = numbers.get(bucket, [0] * len(ids))
+            if (not isinstance(batches, list) or len(batches) != len(ids)
+                    or not all(type(b) is int and b >= 0 for b in batches)):
+                raise ProtocolError("ended notice: 'batches' gives each ended task's batch "
+                                    "number (an int >= 0), in the order of 'ended'")
+            checked.append((bucket, ids, batches))
         for entry in moved:
             if (not isinstance(entry, list) or len(entry) not in (4, 7)
                     or not all(isinstance(v, str) for v in entry[:5])
@@ -340,9 +374,9 @@ class EndedNotices:
         group = self.group
         routes = group._routes
         now = asyncio.get_running_loop().time()
-        for bucket, ids in checked:
-            for task_id in ids:
-                routes.ended(bucket, task_id, sender, now)
+        for bucket, ids, batches in checked:
+            for task_id, batch in zip(ids, batches, strict=True):
+                routes.ended(bucket, task_id, sender, now, batch=batch)
         for bucket, task_id, handed_by, boot in via:
             routes.ended(bucket, task_id, sender, now, via=(handed_by, boot))
         for bucket, task_id, node, boot, *rest in moved:

@@ -19,7 +19,6 @@ placed nowhere else.
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections import deque
 from collections.abc import Callable, Sequence
 from operator import itemgetter
@@ -31,6 +30,7 @@ from ..observe.histogram import Histogram
 from .columns import Columns, FillColumns, join_fill, pack_columns, pack_fill
 from .membership import Member, Membership
 from .protocol import Kind, field
+from .routes import Sent
 from .transport import Transport
 
 __all__ = ["BACKUP", "FILL", "HANDOFF", "Forwarder", "Unsettled"]
@@ -219,7 +219,10 @@ class Forwarder:
         #: By (peer, its boot id when queued, mode).
         self._queues: dict[tuple[str, str, int], _Queue] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._seq = itertools.count(1)
+        #: The number of the last batch sent (each gets the next one; SETTLE
+        #: names a batch by it, and a holder's ended notice names the batch
+        #: that brought each task, see :meth:`mark`).
+        self.seq = 0
         #: Peers (node id, boot) that take FILL batches as ``items`` only.
         self._rows: set[tuple[str, str]] = set()
         #: ``(bucket, task_id)`` -> the node that forwarded a task being
@@ -232,6 +235,13 @@ class Forwarder:
         self.latency = Histogram()
         #: Called as ``on_batch(member, accepted, sent, handoff)`` after each reply.
         self.on_batch: Callable[[Member, int, int, bool], None] | None = None
+
+    def mark(self) -> Sent:
+        """When a forward is queued: the loop time and the last batch
+        number used. Its batch, and any later one, has a higher number; an
+        ended notice naming a batch up to this one is about an earlier task
+        of the id (see :meth:`.Routes.ended`)."""
+        return asyncio.get_running_loop().time(), self.seq
 
     def send(self, member: Member, item: Item, *, handoff: bool = False) -> asyncio.Future[str]:
         """Queue ``item`` for ``member``; the future gets the peer's verdict
@@ -296,7 +306,7 @@ class Forwarder:
         """Send one batch to incarnation ``boot`` of ``member`` (the one it
         was queued for, whatever this node has heard since) and resolve it."""
         items = batch[0][0] if len(batch) == 1 else join_fill([entry[0] for entry in batch])
-        seq = next(self._seq)
+        self.seq = seq = self.seq + 1
         # "to": the incarnation meant. A node restarted at the same address
         # refuses the batch ("restarted"), so a route is only ever kept under
         # the incarnation that took its task (and its loss only reported then).

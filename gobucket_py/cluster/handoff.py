@@ -138,7 +138,7 @@ class Handoff:
                     item: Item = (name, task.id, TYPES.index(task.type), payload, run_after,
                                   life_span)
                     origins = None if group._forwarder is None else group._forwarder.origins
-                    origin = group._ended.origins.get(name, {}).get(task.id)
+                    origin = group._ended.origin_of(name, task.id)
                     if origins is not None and origin is not None:
                         origins[key] = origin  # the new holder tells it when the task ends
                     try:
@@ -162,7 +162,7 @@ class Handoff:
                     self.moved[key] = target
                     if slot is not None:
                         self.unsure.add(key)
-                    origin = group._ended.origins.get(name, {}).get(task.id)
+                    origin = group._ended.origin_of(name, task.id)
                     bucket.handed_off(task)
                     group._ended.moved(name, task.id, origin, target, slot)
             finally:

@@ -35,7 +35,7 @@ from .forward import Item, Unsettled
 from .items import encode_item, task_times
 from .membership import Member, MemberState
 from .placement import candidates, pick
-from .routes import is_lost
+from .routes import Route, Sent, is_lost
 from .wake import resolve
 
 if TYPE_CHECKING:
@@ -161,7 +161,7 @@ class Overflow:
         #: :meth:`held` looks in, for a first look on the fill path
         #: (an id in neither is not held). See :meth:`view`.
         self.views: dict[str, tuple[dict[str, asyncio.Future[None]],
-                                    dict[str, tuple[str, str, float]]]] = {}
+                                    dict[str, Route]]] = {}
 
     def fill_one(self, local: TaskBucket, task_id: str, data: Any, task_type: TaskType,
                  run_after: float | None, life_span: float | None,
@@ -244,7 +244,7 @@ class Overflow:
         route = self.group._routes.get(bucket, task_id)
         return route is not None and self._may_hold(route)
 
-    def _may_hold(self, route: tuple[str, str, float]) -> bool:
+    def _may_hold(self, route: Route) -> bool:
         """May the peer ``route`` names hold its task? Not if the task was
         reported lost, its deadline passed (``route[2]``; a route to a dead
         holder outlives it, for its loss report), or it is this node (a
@@ -253,7 +253,7 @@ class Overflow:
                 and route[2] >= asyncio.get_running_loop().time())
 
     def view(self, bucket: str) -> tuple[dict[str, asyncio.Future[None]],
-                                         dict[str, tuple[str, str, float]]]:
+                                         dict[str, Route]]:
         """``views[bucket]``, made if it is not there yet."""
         view = self.views.get(bucket)
         if view is None:
@@ -318,7 +318,7 @@ class Overflow:
         return await group.fill(bucket, task_id, data, task_type=task_type,
                                 run_after=run_after, life_span=life_span)
 
-    async def _ask_holder(self, item: Item, route: tuple[str, str, float],
+    async def _ask_holder(self, item: Item, route: Route,
                           owner: asyncio.Future[None]) -> FillResult | None:
         """Send ``item`` to the node ``route`` names (where this node sent its
         id before): the result if it took it, None if it is full (so the id
@@ -339,7 +339,7 @@ class Overflow:
                                                    "the task was taken over is not known yet")
             forwarder = group._forwarder
             assert forwarder is not None
-            sent = asyncio.get_running_loop().time()
+            sent = forwarder.mark()
             try:
                 outcome: str | GobucketError = await forwarder.send(member, item)
             except GobucketError as exc:
@@ -395,10 +395,9 @@ class Overflow:
         room_of = room.__getitem__
         # Each peer's share: indexes, and items (or ids, for items of one shape).
         waiting: dict[Member, tuple[list[int], list[Any]]] = {}
-        # (peer, indexes, items, its verdicts, loop time sent, peer's boot id then)
+        # (peer, indexes, items, its verdicts, when sent, peer's boot id then)
         sent: list[tuple[Member, Sequence[int], Sequence[Item],
-                         asyncio.Future[list[str | GobucketError]], float, str]] = []
-        loop = asyncio.get_running_loop()
+                         asyncio.Future[list[str | GobucketError]], Sent, str]] = []
         retry: list[tuple[int, Item, dict[str, str]]] = []
         pairs: Iterable[tuple[int, Any]] = overflow
         batch_of: Callable[[list[Any]], Sequence[Item]] = _same
@@ -429,23 +428,23 @@ class Overflow:
                 room[member] -= len(taken)
             if len(share[1]) >= size:
                 del waiting[member]
-                batch = batch_of(share[1])
-                sent.append((member, share[0], batch, forwarder.send_many(member, batch),
-                             loop.time(), member.boot))
+                batch, at = batch_of(share[1]), forwarder.mark()
+                sent.append((member, share[0], batch, forwarder.send_many(member, batch), at,
+                             member.boot))
                 await asyncio.sleep(0)  # let the pumps put it on the wire
                 for m in pool:
                     room[m] = m.estimate(bucket) - (len(waiting[m][1]) if m in waiting else 0)
                 pool = [m for m in pool if room[m] > 0 and m.state is MemberState.ALIVE]
             elif room[member] <= 0:
                 pool.remove(member)
-        now = loop.time()
+        at = forwarder.mark()
         for member, (indexes, share_items) in waiting.items():
             batch = batch_of(share_items)
-            sent.append((member, indexes, batch, forwarder.send_many(member, batch), now,
+            sent.append((member, indexes, batch, forwarder.send_many(member, batch), at,
                          member.boot))
 
         async def settle(member: Member, indexes: Sequence[int], items: Sequence[Item],
-                         future: asyncio.Future[list[str | GobucketError]], at: float,
+                         future: asyncio.Future[list[str | GobucketError]], at: Sent,
                          boot: str) -> None:
             retry.extend(self._settle_many(bucket, member, indexes, items, await future,
                                            results, at, boot))
@@ -476,7 +475,7 @@ class Overflow:
             self, bucket: str, columns: FillColumns, pool: list[Member],
             room: dict[Member, int],
             sent: list[tuple[Member, Sequence[int], Sequence[Item],
-                             asyncio.Future[list[str | GobucketError]], float, str]]
+                             asyncio.Future[list[str | GobucketError]], Sent, str]]
     ) -> int:
         """:meth:`place_many`'s loop for items of one shape while there is
         one candidate (the common case: one peer, single fills): its
@@ -485,15 +484,15 @@ class Overflow:
         not sent (``len(columns)`` if all were)."""
         forwarder = self.group._forwarder
         assert forwarder is not None
-        size, loop = self.group.config.batch_size, asyncio.get_running_loop()
+        size = self.group.config.batch_size
         start, end = 0, len(columns)
         while start < end and len(pool) == 1:
             member = pool[0]
             # As the loop would: at least one item, then what its room takes.
             stop = start + max(1, min(size, room[member], end - start))
-            part = columns[start:stop]
-            sent.append((member, range(start, stop), part, forwarder.send_many(member, part),
-                         loop.time(), member.boot))
+            part, at = columns[start:stop], forwarder.mark()
+            sent.append((member, range(start, stop), part, forwarder.send_many(member, part), at,
+                         member.boot))
             room[member] -= stop - start
             if stop - start >= size and stop < end:
                 await asyncio.sleep(0)  # let the pumps put it on the wire
@@ -506,9 +505,9 @@ class Overflow:
 
     def _settle_many(self, bucket: str, member: Member, indexes: Sequence[int],
                      items: Sequence[Item],
-                     outcomes: list[str | GobucketError], results: Results, sent: float,
+                     outcomes: list[str | GobucketError], results: Results, sent: Sent,
                      boot: str) -> list[tuple[int, Item, dict[str, str]]]:
-        """Act on a peer's answers to one batch (sent at loop time ``sent``
+        """Act on a peer's answers to one batch (sent when ``sent`` says
         to its incarnation ``boot``): fill in ``results`` for what it took
         (remembering where, by life span) or what cannot be retried; return
         what to try elsewhere."""
@@ -551,7 +550,7 @@ class Overflow:
         return retry
 
     def _remember(self, bucket: str, member: Member, placed: dict[float, list[str]],
-                  sent: float, boot: str) -> None:
+                  sent: Sent, boot: str) -> None:
         """Route each placed id (by life span) to ``member`` in incarnation
         ``boot``, and count them."""
         group = self.group
@@ -643,11 +642,11 @@ class Overflow:
         (the group stopped meanwhile, say)."""
         group = self.group
         assert group._forwarder is not None
-        sent, boot = asyncio.get_running_loop().time(), member.boot
+        sent, boot = group._forwarder.mark(), member.boot
         return self._offered(member, item, group._forwarder.send(member, item), sent, boot)
 
     async def _offered(self, member: Member, item: Item, verdict: asyncio.Future[str],
-                       sent: float, boot: str) -> bool:
+                       sent: Sent, boot: str) -> bool:
         try:
             outcome: str | GobucketError = await verdict
         except GobucketError as exc:
@@ -684,7 +683,7 @@ class Overflow:
             if not pool:
                 break
             member = pick(pool, lambda m: m.estimate(bucket), rng)
-            sent, boot = asyncio.get_running_loop().time(), member.boot
+            sent, boot = forwarder.mark(), member.boot
             try:
                 outcome: str | GobucketError = await forwarder.send(member, item, handoff=handoff)
             except GobucketError as exc:
@@ -696,9 +695,9 @@ class Overflow:
         return None, rejections
 
     def _settle(self, member: Member, item: Item, outcome: str | GobucketError,
-                rejections: dict[str, str], handoff: bool = False, *, sent: float,
+                rejections: dict[str, str], handoff: bool = False, *, sent: Sent,
                 boot: str) -> bool:
-        """Act on a peer's answer to one forward (sent at loop time ``sent``
+        """Act on a peer's answer to one forward (sent when ``sent`` says
         to its incarnation ``boot``): True if it took the task; else record
         why in ``rejections`` (raises DuplicateTaskError, or
         PlacementUnknownError when it may have taken it)."""

@@ -223,7 +223,7 @@ class Replicas:
                 if not names or forwarder is None or payload is None:
                     return
                 now = asyncio.get_running_loop().time()
-                origin = group._ended.origins.get(key[0], {}).get(task.id, group.node_id)
+                origin = group._ended.origin_of(key[0], task.id) or group.node_id
                 members = group._members.members
                 sends = []
                 for rank, node in enumerate(names):
@@ -261,8 +261,8 @@ class Replicas:
                 # Kept (its gate tells the silent ones again), and backed up
                 # anew: the drop may have reached the holders it had.
                 if task.state is TaskState.PENDING:
-                    origin = self.group._ended.origins.get(key[0], {}).get(task.id,
-                                                                          self.group.node_id)
+                    origin = (self.group._ended.origin_of(key[0], task.id)
+                              or self.group.node_id)
                     self.group._spawn(self._rebackup(key[0], [task], origin))
                 return False
         return bucket.get(task.id) is task and bucket.withdraw(task.id)
@@ -320,10 +320,10 @@ class Replicas:
                 if task is not None and task.state is TaskState.PENDING:
                     again.setdefault(key[0], []).append(task)
         for name, tasks in again.items():
-            origins = group._ended.origins.get(name, {})
+            origin_of = group._ended.origin_of
             for task in tasks:
-                group._spawn(self._rebackup(name, [task], origins.get(task.id,
-                                                                      group.node_id)))
+                group._spawn(self._rebackup(name, [task], origin_of(name, task.id)
+                                            or group.node_id))
 
     def holder_back(self, node: str) -> None:
         """A holder this node had seen suspect or dead is alive again: tell it
@@ -624,7 +624,7 @@ class Replicas:
         is reported if that incarnation is gone already."""
         group = self.group
         bucket, task_id = key
-        origin = group._ended.origins.get(bucket, {}).get(task_id)
+        origin = group._ended.origin_of(bucket, task_id)
         if origin is not None:  # forwarded here: tell its origin
             group._ended.moved(bucket, task_id, origin, node, boot=boot)
             return

@@ -5,6 +5,13 @@ and ``get`` from the origin take one hop. A record lives until the task's
 life span is over (plus a second), when the task cannot be live anywhere.
 Records are expired in groups: one heap entry per batch of tasks that share
 an expiry, so remembering a forwarded batch costs a dict store per task.
+
+One id may be forwarded to the same holder again once its earlier task
+ended there, while the holder's ended notice about that task is still on
+its way. The notice names the batch that brought the task, and a route
+keeps the number of the last batch sent before its own forward (see
+``Forwarder.mark``): a notice naming a batch up to that one is about an
+earlier task of the id, and leaves the route alone.
 """
 
 from __future__ import annotations
@@ -13,10 +20,15 @@ import heapq
 import itertools
 from collections.abc import Callable
 
-__all__ = ["Route", "Routes", "is_lost"]
+__all__ = ["Route", "Routes", "Sent", "is_lost"]
 
-#: ``(node_id, boot_id, expiry)``: where a task went and until when (loop time).
-Route = tuple[str, str, float]
+#: ``(node_id, boot_id, expiry, mark)``: where a task went, until when (loop
+#: time), and the last batch number this node had used before it sent the
+#: task (0: not known); the batch that took it has a higher one.
+Route = tuple[str, str, float, int]
+
+#: When a forward was queued: ``(loop time, last batch number used)``.
+Sent = tuple[float, int]
 
 #: Prefix of the boot id of a route whose holder crashed or is presumed lost:
 #: the task was reported lost, and drains of it answer LOST until its
@@ -46,8 +58,8 @@ class Routes:
         #: its tasks are reported lost, not silently forgotten).
         self.hold: Callable[[str], bool] | None = None
         # Ended notices that arrived before their route: (bucket, id) ->
-        # (node, loop time it arrived).
-        self._early: dict[tuple[str, str], tuple[str, float]] = {}
+        # (node, loop time it arrived, the batch it names or 0).
+        self._early: dict[tuple[str, str], tuple[str, float, int]] = {}
         self._where: dict[str, dict[str, Route]] = {}  # bucket -> task id -> route
         # Words about a holder a route does not point at yet (they overtook
         # the word of an earlier move): (bucket, id) -> [(notice, the slot
@@ -83,14 +95,14 @@ class Routes:
         return None if where is None else where.get(task_id)
 
     def add(self, bucket: str, node_id: str, boot: str, now: float, life_span: float,
-            task_ids: list[str], sent: float | None = None) -> None:
+            task_ids: list[str], sent: Sent | None = None) -> None:
         """Remember that ``task_ids`` (of one life span) went to ``node_id``,
-        forwarded at loop time ``sent``: an ended notice from it that arrived
-        since then is theirs (it overtook the verdict), and they are not
-        remembered; one that arrived before is about an earlier task of the
-        same id, and is dropped."""
+        forwarded when ``sent`` says: an ended notice from it that names a
+        later batch (or, naming none, arrived since then) is theirs -- it
+        overtook the verdict -- and they are not remembered; any other is
+        about an earlier task of the same id, and is dropped."""
         expiry = now + life_span + 1.0
-        route = (node_id, boot, expiry)
+        route = (node_id, boot, expiry, 0 if sent is None else sent[1])
         where = self._where.get(bucket)
         if where is None:
             where = self._where[bucket] = {}
@@ -127,8 +139,8 @@ class Routes:
                         if self.unsettled:
                             self.unsettled.pop((bucket, task_id), None)
         for bucket, task_id in held:  # looked at again in a second
-            node, boot, _ = self._where[bucket][task_id]
-            self._where[bucket][task_id] = (node, boot, now + 1.0)
+            node, boot, _, mark = self._where[bucket][task_id]
+            self._where[bucket][task_id] = (node, boot, now + 1.0, mark)
             heapq.heappush(heap, (now + 1.0, next(self._seq), bucket, [task_id]))
             self._queued += 1
 
@@ -141,7 +153,7 @@ class Routes:
         expiry = now + left + 1.0
         if route is None or route[0] != node_id or expiry <= route[2]:
             return
-        where[task_id] = (route[0], route[1], expiry)  # type: ignore[index]  # route implies where
+        where[task_id] = (route[0], route[1], expiry, route[3])  # type: ignore[index]
         heapq.heappush(self._expiry, (expiry, next(self._seq), bucket, [task_id]))
         self._queued += 1
 
@@ -158,29 +170,39 @@ class Routes:
         """The route to ``task_id`` is to a holder that may not have taken it."""
         self.unsettled[(bucket, task_id)] = (slot, handoff)
 
-    def _overtaken(self, bucket: str, task_id: str, node_id: str, sent: float | None) -> bool:
-        """Did ``node_id``'s ended notice for this task, forwarded at ``sent``,
-        arrive before its route? (Any notice for the id goes: it is used or stale.)"""
+    def _overtaken(self, bucket: str, task_id: str, node_id: str, sent: Sent | None) -> bool:
+        """Did ``node_id``'s ended notice for this task, forwarded when
+        ``sent`` says, arrive before its route? (Any notice for the id goes:
+        it is used or stale.)"""
         early = self._early.pop((bucket, task_id), None)
-        return early is not None and early[0] == node_id and (sent is None or early[1] >= sent)
+        if early is None or early[0] != node_id:
+            return False
+        if sent is None:
+            return True
+        return early[2] > sent[1] if early[2] else early[1] >= sent[0]
 
     def ended(self, bucket: str, task_id: str, node_id: str, now: float,
-              via: tuple[str, str] | None = None) -> None:
+              via: tuple[str, str] | None = None, batch: int = 0) -> None:
         """``node_id`` says the task ended there (``via``: after that node, in
-        that boot, handed it to ``node_id``): drop its route, to either. A
-        notice that overtakes the route (the forward's verdict is still being
-        settled) is kept for a while, so the route is never added."""
+        that boot, handed it to ``node_id``; ``batch``: the batch that brought
+        it, 0 if not said): drop its route, to either -- unless the route's
+        own forward came after that batch (the notice is about an earlier
+        task of the id). A notice that overtakes the route (the forward's
+        verdict is still being settled) is kept for a while, so the route is
+        never added."""
         where = self._where.get(bucket)
         route = None if where is None else where.get(task_id)
+        if route is not None and batch and batch <= route[3] and route[0] == node_id:
+            return  # about an earlier task of the id, sent there before this one
         if route is not None and via is not None and route[0] != node_id:
             if route[:2] == via:
-                route = (node_id, route[1], route[2])  # the move's own word comes later
+                route = (node_id, route[1], route[2], route[3])  # the move's word comes later
             elif not is_lost(route):  # moved more than once: the earlier words come later
                 self._defer(bucket, task_id, (via[0], via[1], "", ""))
                 return
         if route is None:
             early = self._early
-            early[(bucket, task_id)] = (node_id, now)
+            early[(bucket, task_id)] = (node_id, now, batch)
             if len(early) > EARLY_MAX:  # drop the oldest half
                 for key in list(early)[:EARLY_MAX // 2]:
                     del early[key]
@@ -203,7 +225,7 @@ class Routes:
         if route[0] != from_node or from_boot not in ("", route[1]):
             self._defer(bucket, task_id, (from_node, from_boot, node_id, boot), slot)
             return None
-        route = where[task_id] = (node_id, boot, route[2])
+        route = where[task_id] = (node_id, boot, route[2], route[3])
         if slot is not None:
             self.unsettled[(bucket, task_id)] = (slot, True)
         elif self.unsettled:
@@ -242,7 +264,7 @@ class Routes:
                 del where[task_id]
                 self._later.pop(key, None)
                 return None
-            route = where[task_id] = (notice[2], notice[3], route[2])
+            route = where[task_id] = (notice[2], notice[3], route[2], route[3])
         if later is not None and not later:
             del self._later[key]
         return route
@@ -254,7 +276,7 @@ class Routes:
         for task_id in task_ids:
             route = where.get(task_id)
             if route is not None and not is_lost(route):
-                where[task_id] = (route[0], _LOST + route[1], route[2])
+                where[task_id] = (route[0], _LOST + route[1], route[2], route[3])
                 marked.append(task_id)
             self.unsettled.pop((bucket, task_id), None)
         return marked
@@ -264,7 +286,7 @@ class Routes:
         and not known to have ended). A pass over every route: for scrapes."""
         counts = dict.fromkeys(nodes, 0)
         for where in self._where.values():
-            for node, _, _ in where.values():
+            for node, *_ in where.values():
                 if node in counts:
                     counts[node] += 1
         return counts
@@ -298,11 +320,12 @@ class Routes:
         task once (a route already marked is not returned)."""
         lost: dict[str, list[str]] = {}
         for bucket, where in self._where.items():
-            ids = [task_id for task_id, (node, was, _) in where.items()
+            ids = [task_id for task_id, (node, was, *_) in where.items()
                    if node == node_id and not was.startswith(_LOST)
                    and (was != boot if other else was == boot)]
             for task_id in ids:
-                where[task_id] = (node_id, _LOST + where[task_id][1], where[task_id][2])
+                _, was, expiry, mark = where[task_id]
+                where[task_id] = (node_id, _LOST + was, expiry, mark)
             if ids:
                 lost[bucket] = ids
         return lost
@@ -313,9 +336,9 @@ class Routes:
         marked = _LOST + boot
         count = 0
         for where in self._where.values():
-            for task_id, (node, was, expiry) in where.items():
+            for task_id, (node, was, expiry, mark) in where.items():
                 if node == node_id and was == marked:
-                    where[task_id] = (node, boot, expiry)
+                    where[task_id] = (node, boot, expiry, mark)
                     count += 1
         return count
 

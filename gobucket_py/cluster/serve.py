@@ -303,7 +303,7 @@ class PeerServer:
         ledger.pending[key] = future
         results: list[str] = []
         try:
-            await self._take(items, sender, backup, handoff, results, origins)
+            await self._take(items, sender, backup, handoff, results, origins, key[1])
         except BaseException as exc:
             if results:  # (stopped) some were taken: never "void" -- the rest were not
                 results += ["closed"] * (len(items) - len(results))
@@ -320,11 +320,12 @@ class PeerServer:
         return results
 
     async def _take(self, items: Batch, sender: Member | None, backup: bool, handoff: bool,
-                    results: list[str], origins: list[str | None] | None = None
-                    ) -> list[str]:
+                    results: list[str], origins: list[str | None] | None = None,
+                    seq: int = 0) -> list[str]:
         """Take one batch, its verdicts added to ``results`` as they are given
         (slice by slice: a batch of thousands does not hold this node's
-        timers). ``origins``: see :meth:`_fill`."""
+        timers). ``origins``: see :meth:`_fill`; ``seq``: the batch's number
+        (0 if not given), named in the ended notices of its tasks."""
         group = self.group
         if isinstance(items, BackupBatch):
             assert sender is not None and backup
@@ -345,7 +346,7 @@ class PeerServer:
                 verdicts = self._accept(part)
                 results += verdicts
                 if origin is not None:
-                    group._ended.accepted_batch(part, verdicts, origin)
+                    group._ended.accepted_batch(part, verdicts, origin, seq)
                 elif origins is not None and sender is not None:
                     self._handed(part, verdicts, origins[start:start + len(part)], sender)
         if handoff and sender is not None:
