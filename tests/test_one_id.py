@@ -14,6 +14,7 @@ partition, a slow link, a crash.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -371,18 +372,18 @@ async def test_no_backup_room_from_the_holder_is_not_an_unknown(cluster: Cluster
     assert live(cluster, "x") == [placed.node_id]
 
 
-async def new_x_is_routed_and_its_loss_reported(cluster: Cluster, n1: TaskBucketGroup
-                                                ) -> None:
-    """The new x is live on n2 and n1 routes it there; n2 is killed: n1
-    reports x lost (its one loss report)."""
-    assert live(cluster, "x") == ["n2"]
+async def new_x_is_routed_and_its_loss_reported(cluster: Cluster, n1: TaskBucketGroup,
+                                                holder: str = "n2") -> None:
+    """The new x is live on ``holder`` and n1 routes it there; the holder is
+    killed: n1 reports x lost (its one loss report)."""
+    assert live(cluster, "x") == [holder]
     route = n1._routes.get("jobs", "x")
-    assert route is not None and route[0] == "n2"
+    assert route is not None and route[0] == holder
     lost: list[tuple[str, str, list[str]]] = []
     n1.on_tasks_lost = lambda *args: lost.append(args)
-    cluster.net.down("n2")  # kill -9
+    cluster.net.down(holder)  # kill -9
     await asyncio.sleep(CFG.lost_after + 3)
-    assert lost == [("n2", "jobs", ["x"])]
+    assert lost == [(holder, "jobs", ["x"])]
 
 
 async def test_a_late_ended_notice_of_an_earlier_task_keeps_the_new_ones_route(
@@ -483,3 +484,47 @@ async def test_an_ended_notice_in_flight_about_an_earlier_task_keeps_the_new_one
     await notice_in.wait()
     await asyncio.sleep(0.5)
     await new_x_is_routed_and_its_loss_reported(cluster, n1)
+
+
+def hold_ended(group: TaskBucketGroup) -> asyncio.Event:
+    """``group``'s ENDED notices wait on the wire until the event is set (a
+    minute at most: a failed test does not hang its teardown)."""
+    released = asyncio.Event()
+    real = group.transport.call
+
+    async def call(addr: str, kind: Kind, message: dict[str, Any], timeout: float) -> Any:
+        if kind is Kind.ENDED and not released.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(released.wait(), 60)
+        return await real(addr, kind, message, timeout)
+
+    group.transport.call = call  # type: ignore[method-assign]
+    return released
+
+
+async def test_an_ended_notice_in_flight_about_a_handed_off_task_keeps_the_new_ones_route(
+        cluster: Cluster) -> None:
+    """x went n1 -> n2; n2 stopped and handed it to n3, where it ran; n3's
+    notice (naming no batch of n1's: x came by handoff) is on the wire when
+    n1 fills x again, onto n3, its route. The notice is about the earlier x.
+    (Found by review.)"""
+    n1 = await cluster.add("n1", max_bucket=1)
+    n2 = await cluster.add("n2", max_bucket=5)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    assert (await n1.fill("jobs", "x", task_type=BOMB, run_after=10)).node_id == "n2"
+    n3 = await cluster.add("n3", max_bucket=5)
+    await cluster.settle()
+    await n2.stop()
+    del cluster.groups["n2"]
+    await asyncio.sleep(1)
+    assert live(cluster, "x") == ["n3"]
+    route = n1._routes.get("jobs", "x")
+    assert route is not None and route[0] == "n3"
+    released = hold_ended(n3)
+    await asyncio.sleep(10)  # x ran on n3; its notice is held on the wire
+    assert runs(cluster, "x") == 1 and live(cluster, "x") == []
+    assert (await n1.fill("jobs", "x", task_type=BOMB)).node_id == "n3"  # a new x
+    released.set()
+    await asyncio.sleep(0.5)
+    await new_x_is_routed_and_its_loss_reported(cluster, n1, "n3")

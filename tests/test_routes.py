@@ -37,18 +37,31 @@ def test_refilled_task_keeps_its_newer_route_when_the_old_one_expires() -> None:
 
 def test_an_ended_notice_naming_an_earlier_batch_keeps_the_route() -> None:
     """The route of a task sent after batch 5: a notice naming batch 5 or
-    earlier is about an earlier task of the id; one naming a later batch
-    (or none: a peer of an earlier version) is about this one."""
+    earlier, or 0 (a task that came to the holder otherwise: handed off or
+    taken over), is about an earlier task of the id; one naming a later
+    batch, or none (-1: a peer of an earlier version), is about this one."""
     routes = Routes()
-    routes.add("jobs", "n2", "b2", 0.0, 60.0, ["a", "b", "c"], sent=(0.0, 5))
+    routes.add("jobs", "n2", "b2", 0.0, 60.0, ["a", "b", "c", "d"], sent=(0.0, 5))
     routes.ended("jobs", "a", "n2", 1.0, batch=5)
     routes.ended("jobs", "b", "n2", 1.0, batch=3)
-    assert routes.get("jobs", "a") == routes.get("jobs", "b") == ("n2", "b2", 61.0, 5)
+    routes.ended("jobs", "d", "n2", 1.0, batch=0)
+    kept = ("n2", "b2", 61.0, 5)
+    assert routes.get("jobs", "a") == routes.get("jobs", "b") == routes.get("jobs", "d") == kept
     routes.ended("jobs", "a", "n2", 1.0, batch=6)
     routes.ended("jobs", "b", "n2", 1.0)
     routes.ended("jobs", "c", "n3", 1.0, batch=9)  # not routed there
     assert routes.get("jobs", "a") is None and routes.get("jobs", "b") is None
-    assert routes.get("jobs", "c") == ("n2", "b2", 61.0, 5)
+    assert routes.get("jobs", "c") == kept
+
+
+def test_a_moved_route_takes_any_notice_from_its_new_holder() -> None:
+    """A route moved to n3 (a handoff): n3 got the task otherwise than by a
+    batch of this node's, so its notice names batch 0, and ends it."""
+    routes = Routes()
+    routes.add("jobs", "n2", "b2", 0.0, 60.0, ["a"], sent=(0.0, 5))
+    assert routes.move("jobs", "a", "n2", "n3", "b3") == ("n3", "b3", 61.0, 0)
+    routes.ended("jobs", "a", "n3", 1.0, batch=0)
+    assert routes.get("jobs", "a") is None
 
 
 def test_an_early_ended_notice_is_matched_to_its_forward_by_batch() -> None:
@@ -60,9 +73,14 @@ def test_an_early_ended_notice_is_matched_to_its_forward_by_batch() -> None:
     routes.ended("jobs", "old", "n2", 10.0, batch=4)  # arrived after the send, but stale
     routes.ended("jobs", "new", "n2", 10.0, batch=6)
     routes.ended("jobs", "plain", "n2", 10.0)  # arrived after the send
-    routes.add("jobs", "n2", "b2", 11.0, 60.0, ["old", "new", "plain"], sent=(9.0, 5))
-    assert routes.get("jobs", "old") == ("n2", "b2", 72.0, 5)
+    routes.ended("jobs", "handed", "n2", 10.0, batch=0)  # came to n2 otherwise: earlier
+    routes.ended("jobs", "twice", "n2", 10.0, batch=6)  # this task's, then an earlier's
+    routes.ended("jobs", "twice", "n2", 10.5, batch=4)
+    routes.add("jobs", "n2", "b2", 11.0, 60.0, ["old", "new", "plain", "handed", "twice"],
+               sent=(9.0, 5))
+    assert routes.get("jobs", "old") == routes.get("jobs", "handed") == ("n2", "b2", 72.0, 5)
     assert routes.get("jobs", "new") is None and routes.get("jobs", "plain") is None
+    assert routes.get("jobs", "twice") is None
 
 
 def test_forget_node_drops_only_its_routes_in_the_boots_given() -> None:

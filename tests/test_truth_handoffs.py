@@ -379,6 +379,6 @@ async def test_a_takeover_followed_on_to_a_holder_already_gone_reports_the_task(
                        60.0, ["x"])
         n3 = c["n3"].boot_id
         assert n1._routes.move("jobs", "x", "n3", "n4", old_n4, from_boot=n3) is None
-        n1._ended.apply("n3", n3, ([], [], [["jobs", "x", "n2"]], [], []))
+        n1._ended.apply("n3", n3, ([], [], [["jobs", "x", "n2"]], [], [], True))
         await asyncio.sleep(0.1)  # (the callback runs in a task of its own)
         assert three.lost == ["x"]

@@ -25,9 +25,11 @@ from gobucket_py import (
     TaskBucketGroup,
     TaskType,
 )
+from gobucket_py.cluster import forward
 from gobucket_py.testing import MemoryCluster
 
 from .conftest import Recorder
+from .test_one_id import hold_ended
 
 pytestmark = pytest.mark.looptime
 
@@ -231,3 +233,40 @@ async def test_a_backup_refused_by_a_restarted_peer_goes_to_its_new_incarnation(
         assert c["n1"]._members.members["n2"].boot == c["n2"].boot_id  # heard from its answer
         assert c["n1"]._replicas.holders.bucket("jobs")["job"] == ("n2",)
         assert ("job", "n1") in c["n2"]._backups.records["jobs"]
+
+
+@pytest.mark.parametrize("clock", ["steady", "stepped back"])
+async def test_an_ended_notice_from_before_the_origins_restart_keeps_a_new_route(
+        clock: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # n1 forwards "job" to n2, is killed and restarts; "job" ends on n2 and
+    # n2's notice is on the wire when the new n1 fills "job" again, onto n2.
+    # The notice names a batch of n1's earlier incarnation: the new task's
+    # route stays (and n2's crash is reported for it) -- also when n1's wall
+    # clock stepped back across the restart, so its batch numbers restart
+    # lower. (Found by review.)
+    w = Watched()
+    async with w.cluster(2, small=("n1",)) as c:
+        await c.settle()
+        await anchor(c, "n1")
+        for i in range(3):  # batches of n1's first incarnation
+            await c["n1"].fill("jobs", f"warm-{i}")
+        placed = await c["n1"].fill("jobs", "job", task_type=BOMB, run_after=5, life_span=60)
+        assert placed.node_id == "n2"
+        released = hold_ended(c["n2"])
+        c.crash("n1")
+        if clock == "stepped back":
+            monkeypatch.setattr(forward, "first_batch", lambda: 1_000)
+        n1 = await c.restart("n1")
+        await c.settle()
+        await anchor(c, "n1")
+        await asyncio.sleep(6)  # "job" ran on n2; its notice is held on the wire
+        assert w.runs("job") == 1 and "job" not in c["n2"].buckets["jobs"]
+        placed = await n1.fill("jobs", "job", task_type=BOMB, run_after=30, life_span=60)
+        assert placed.node_id == "n2"
+        released.set()
+        await asyncio.sleep(1)  # the old notice has been applied
+        route = n1._routes.get("jobs", "job")
+        assert route is not None and route[0] == "n2"
+        c.crash("n2")
+        await asyncio.sleep(40)
+        assert w.lost == ["job"]

@@ -24,7 +24,7 @@ from gobucket_py import (
     TaskState,
     TaskType,
 )
-from gobucket_py.cluster.ended import EndedNotices
+from gobucket_py.cluster.ended import EndedNotices, _expand, _runs
 from gobucket_py.cluster.items import encode_item
 from gobucket_py.errors import ProtocolError
 from gobucket_py.testing import MemoryCluster
@@ -188,16 +188,22 @@ def test_a_malformed_reschedule_notice_is_refused(extended: object) -> None:
 
 
 @pytest.mark.parametrize("batches", [
-    [], {"jobs": [1]}, {"jobs": [1, "2"]}, {"jobs": [1, -2]}, {"jobs": [1, True]},
-    {"jobs": 3}])
+    [], None, {"jobs": [1]}, {"jobs": [1, 1]}, {"jobs": [1, 3]}, {"jobs": [1, 2, 5, 0]},
+    {"jobs": [1, "2"]}, {"jobs": [-1, 2]}, {"jobs": [1, True]}, {"jobs": 3}, {}])
 def test_a_malformed_batches_field_of_an_ended_notice_is_refused(batches: object) -> None:
     with pytest.raises(ProtocolError, match="batch"):
         EndedNotices.check({"ended": {"jobs": ["a", "b"]}, "moved": [], "batches": batches})
-    ok = EndedNotices.check({"ended": {"jobs": ["a", "b"]}, "moved": [],
-                             "batches": {"jobs": [7, 0]}})
-    assert ok[0] == [("jobs", ["a", "b"], [7, 0])]
+    ok = EndedNotices.check({"ended": {"jobs": ["a", "b", "c"]}, "moved": [],
+                             "batches": {"jobs": [7, 2, 0, 1]}})
+    assert ok[0] == [("jobs", ["a", "b", "c"], [7, 7, 0])] and ok[5] is True
     plain = EndedNotices.check({"ended": {"jobs": ["a", "b"]}, "moved": []})
-    assert plain[0] == [("jobs", ["a", "b"], [0, 0])]
+    assert plain[0] == [("jobs", ["a", "b"], [-1, -1])] and plain[5] is False
+
+
+def test_ended_batch_numbers_travel_as_runs() -> None:
+    batches = [5, 5, 5, 9, 0, 0, 5]
+    assert _runs(batches) == [5, 3, 9, 1, 0, 2, 5, 1] and _expand(_runs(batches)) == batches
+    assert _runs([]) == [] and _expand([]) == []
 
 
 async def test_a_fill_many_cut_short_by_stop_answers_every_task_it_was_given() -> None:

@@ -11,9 +11,12 @@ the route. A task handed off on a graceful stop is reported as moved, and
 the origin's route follows it.
 
 A notice names, for each task, the FILL batch that brought it (the origin's
-batch number): an id may be forwarded here again once its earlier task
-ended, while the notice about that one is on its way, and the origin must
-not take it for the new task's (see :mod:`.routes`).
+batch number; 0 for a task that came otherwise, handed off or taken over):
+an id may be forwarded here again once its earlier task ended, while the
+notice about that one is on its way, and the origin must not take it for
+the new task's (see :mod:`.routes`). On the wire the numbers go as runs,
+``[batch, count, ...]`` per bucket: the tasks of one batch mostly end
+together.
 
 Notices are idempotent and best effort: one that cannot be delivered is
 retried with the next batch while the origin is alive or suspect, and
@@ -42,10 +45,11 @@ if TYPE_CHECKING:
 __all__ = ["EndedNotices", "Notice"]
 
 #: A checked ENDED notice: ended ids by bucket (with the batch that brought
-#: each, 0 if not said), moves, promotions, reschedules, and ends of tasks
-#: handed to the sender (with the node, and its boot id, that handed them).
+#: each: see :meth:`.Routes.ended`), moves, promotions, reschedules, ends of
+#: tasks handed to the sender (with the node, and its boot id, that handed
+#: them), and whether the sender names batches (else: an earlier version).
 Notice = tuple[list[tuple[str, list[str], list[int]]], list[list[Any]], list[list[str]],
-               list[list[Any]], list[list[str]]]
+               list[list[Any]], list[list[str]], bool]
 
 log = logging.getLogger("gobucket_py")
 
@@ -273,9 +277,9 @@ class EndedNotices:
         seconds left, read now: the nodes' clocks are not compared."""
         ended = self._ended.pop(origin, {})
         parts: dict[str, Any] = {"ended": {bucket: ids for bucket, (ids, _) in ended.items()},
-                                 "moved": self._moved.pop(origin, [])}
-        if any(any(batches) for _, batches in ended.values()):
-            parts["batches"] = {bucket: batches for bucket, (_, batches) in ended.items()}
+                                 "moved": self._moved.pop(origin, []),
+                                 "batches": {bucket: _runs(batches)
+                                             for bucket, (_, batches) in ended.items()}}
         extended = [[bucket, task_id, task.seconds_left]
                     for (bucket, task_id), task in self._extended.pop(origin, {}).items()
                     if not task.state.terminal]  # (an ended one is in ``ended``)
@@ -304,9 +308,8 @@ class EndedNotices:
         again meanwhile (see :meth:`_again`; the message may have been
         applied, its answer lost)."""
         again = self._again(origin)
-        numbers = parts.get("batches", {})
         for bucket, ids in parts["ended"].items():
-            kept = [pair for pair in zip(ids, numbers.get(bucket) or [0] * len(ids), strict=True)
+            kept = [pair for pair in zip(ids, _expand(parts["batches"][bucket]), strict=True)
                     if not again(bucket, pair[0])]
             if kept:
                 pending = self._ended.setdefault(origin, {}).setdefault(bucket, ([], []))
@@ -335,6 +338,7 @@ class EndedNotices:
                        "it here, its boot id]")
         if not isinstance(ended, dict) or not isinstance(moved, list):
             raise ProtocolError("ended notice needs 'ended' (a map) and 'moved' (a list)")
+        numbered = "batches" in message
         numbers = message.get("batches", {})
         if not isinstance(numbers, dict):
             raise ProtocolError("ended notice: 'batches' is a map of bucket to batch numbers")
@@ -343,12 +347,17 @@ class EndedNotices:
             if not isinstance(bucket, str) or not isinstance(ids, list) or not all(
                     isinstance(i, str) for i in ids):
                 raise ProtocolError("ended notice: each bucket maps to a list of task ids")
-            batches = numbers.get(bucket, [0] * len(ids))
-            if (not isinstance(batches, list) or len(batches) != len(ids)
-                    or not all(type(b) is int and b >= 0 for b in batches)):
-                raise ProtocolError("ended notice: 'batches' gives each ended task's batch "
-                                    "number (an int >= 0), in the order of 'ended'")
-            checked.append((bucket, ids, batches))
+            if not numbered:
+                checked.append((bucket, ids, [-1] * len(ids)))
+                continue
+            runs = numbers.get(bucket)
+            if (not isinstance(runs, list) or len(runs) % 2
+                    or not all(type(v) is int and v >= 0 for v in runs)
+                    or 0 in runs[1::2] or sum(runs[1::2]) != len(ids)):
+                raise ProtocolError("ended notice: 'batches' gives each bucket's ended tasks' "
+                                    "batch numbers as runs [batch, count, ...], in the order "
+                                    "of 'ended' (ints >= 0, counts >= 1)")
+            checked.append((bucket, ids, _expand(runs)))
         for entry in moved:
             if (not isinstance(entry, list) or len(entry) not in (4, 7)
                     or not all(isinstance(v, str) for v in entry[:5])
@@ -361,7 +370,7 @@ class EndedNotices:
                 and isinstance(e[1], str) and type(e[2]) in (int, float)
                 and math.isfinite(e[2]) for e in extended):
             raise ProtocolError("ended notice: each reschedule is [bucket, id, seconds left]")
-        return checked, moved, promoted, extended, via
+        return checked, moved, promoted, extended, via, numbered
 
     def apply(self, sender: str, sender_boot: str, notice: Notice) -> None:
         """Drop the routes of tasks ``sender`` says ended; move those it
@@ -370,15 +379,20 @@ class EndedNotices:
         ended after a handoff comes with the node that handed it to
         ``sender``: its route may still point there (this notice overtook
         that node's word of the move)."""
-        checked, moved, promoted, extended, via = notice
+        checked, moved, promoted, extended, via, numbered = notice
         group = self.group
         routes = group._routes
         now = asyncio.get_running_loop().time()
+        # A number above any this node sent: a task an earlier incarnation
+        # of it forwarded (its clock stepped back since), nothing routed now.
+        last = math.inf if group._forwarder is None else group._forwarder.seq
         for bucket, ids, batches in checked:
             for task_id, batch in zip(ids, batches, strict=True):
-                routes.ended(bucket, task_id, sender, now, batch=batch)
-        for bucket, task_id, handed_by, boot in via:
-            routes.ended(bucket, task_id, sender, now, via=(handed_by, boot))
+                if batch <= last:
+                    routes.ended(bucket, task_id, sender, now, batch=batch)
+        for bucket, task_id, handed_by, boot in via:  # (came by handoff: no batch of ours)
+            routes.ended(bucket, task_id, sender, now, via=(handed_by, boot),
+                         batch=0 if numbered else -1)
         for bucket, task_id, node, boot, *rest in moved:
             slot = (rest[0], rest[1], rest[2]) if rest else None
             route = routes.move(bucket, task_id, sender, node, boot, slot, sender_boot)
@@ -395,6 +409,27 @@ class EndedNotices:
         for bucket, task_id, left in extended:
             routes.extend(bucket, task_id, sender, now, left)
 
+
+
+def _runs(batches: list[int]) -> list[int]:
+    """``batches`` as runs: ``[batch, count, batch, count, ...]``."""
+    runs: list[int] = []
+    last = None
+    for batch in batches:
+        if batch == last:
+            runs[-1] += 1
+        else:
+            runs += (batch, 1)
+            last = batch
+    return runs
+
+
+def _expand(runs: list[int]) -> list[int]:
+    """The batch numbers that :func:`_runs` made ``runs`` of."""
+    batches: list[int] = []
+    for index in range(0, len(runs), 2):
+        batches += [runs[index]] * runs[index + 1]
+    return batches
 
 
 def _strings(message: dict[str, Any], name: str, width: int, what: str) -> list[list[str]]:

@@ -19,6 +19,7 @@ placed nowhere else.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from operator import itemgetter
@@ -54,6 +55,16 @@ class Unsettled(PeerUnavailableError):
     def __init__(self, message: str, slot: BatchSlot | None = None) -> None:
         super().__init__(message)
         self.slot = slot
+
+
+def first_batch() -> int:
+    """The number before a new incarnation's first batch: the wall clock in
+    microseconds. A node that restarts numbers its batches above those of
+    its earlier incarnation (far fewer than one a microsecond), so an ended
+    notice about a task that incarnation forwarded is taken for an earlier
+    task's. (Should the clock step back, such a number is above any this
+    incarnation sent, and is ignored for that: see ``EndedNotices.apply``.)"""
+    return time.time_ns() // 1000
 
 
 #: What a batch carries (``Forwarder.send_many``'s ``mode``): overflowing
@@ -222,7 +233,7 @@ class Forwarder:
         #: The number of the last batch sent (each gets the next one; SETTLE
         #: names a batch by it, and a holder's ended notice names the batch
         #: that brought each task, see :meth:`mark`).
-        self.seq = 0
+        self.seq = first_batch()
         #: Peers (node id, boot) that take FILL batches as ``items`` only.
         self._rows: set[tuple[str, str]] = set()
         #: ``(bucket, task_id)`` -> the node that forwarded a task being

@@ -8,8 +8,9 @@ an expiry, so remembering a forwarded batch costs a dict store per task.
 
 One id may be forwarded to the same holder again once its earlier task
 ended there, while the holder's ended notice about that task is still on
-its way. The notice names the batch that brought the task, and a route
-keeps the number of the last batch sent before its own forward (see
+its way. The notice names the batch that brought the task (0 for a task
+that came to it otherwise: handed off, or taken over as a backup), and a
+route keeps the number of the last batch sent before its own forward (see
 ``Forwarder.mark``): a notice naming a batch up to that one is about an
 earlier task of the id, and leaves the route alone.
 """
@@ -24,7 +25,8 @@ __all__ = ["Route", "Routes", "Sent", "is_lost"]
 
 #: ``(node_id, boot_id, expiry, mark)``: where a task went, until when (loop
 #: time), and the last batch number this node had used before it sent the
-#: task (0: not known); the batch that took it has a higher one.
+#: task there (the batch that took it has a higher one); 0 if it got there
+#: otherwise (moved), or that is not known.
 Route = tuple[str, str, float, int]
 
 #: When a forward was queued: ``(loop time, last batch number used)``.
@@ -58,7 +60,7 @@ class Routes:
         #: its tasks are reported lost, not silently forgotten).
         self.hold: Callable[[str], bool] | None = None
         # Ended notices that arrived before their route: (bucket, id) ->
-        # (node, loop time it arrived, the batch it names or 0).
+        # (node, loop time it arrived, the batch it names: see ``ended``).
         self._early: dict[tuple[str, str], tuple[str, float, int]] = {}
         self._where: dict[str, dict[str, Route]] = {}  # bucket -> task id -> route
         # Words about a holder a route does not point at yet (they overtook
@@ -179,21 +181,22 @@ class Routes:
             return False
         if sent is None:
             return True
-        return early[2] > sent[1] if early[2] else early[1] >= sent[0]
+        return early[2] > sent[1] if early[2] >= 0 and sent[1] else early[1] >= sent[0]
 
     def ended(self, bucket: str, task_id: str, node_id: str, now: float,
-              via: tuple[str, str] | None = None, batch: int = 0) -> None:
+              via: tuple[str, str] | None = None, batch: int = -1) -> None:
         """``node_id`` says the task ended there (``via``: after that node, in
-        that boot, handed it to ``node_id``; ``batch``: the batch that brought
-        it, 0 if not said): drop its route, to either -- unless the route's
-        own forward came after that batch (the notice is about an earlier
-        task of the id). A notice that overtakes the route (the forward's
-        verdict is still being settled) is kept for a while, so the route is
-        never added."""
+        that boot, handed it to ``node_id``; ``batch``: the batch of this
+        node's that brought it, 0 if none did, -1 if the notice does not say:
+        a node of an earlier version): drop its route, to either -- unless
+        the route is of a forward there after that batch (the notice is about
+        an earlier task of the id). A notice that overtakes the route (the
+        forward's verdict is still being settled) is kept for a while, so the
+        route is never added."""
         where = self._where.get(bucket)
         route = None if where is None else where.get(task_id)
-        if route is not None and batch and batch <= route[3] and route[0] == node_id:
-            return  # about an earlier task of the id, sent there before this one
+        if route is not None and route[3] and 0 <= batch <= route[3] and route[0] == node_id:
+            return  # about an earlier task of the id, there before this one was sent
         if route is not None and via is not None and route[0] != node_id:
             if route[:2] == via:
                 route = (node_id, route[1], route[2], route[3])  # the move's word comes later
@@ -202,7 +205,9 @@ class Routes:
                 return
         if route is None:
             early = self._early
-            early[(bucket, task_id)] = (node_id, now, batch)
+            kept = early.get((bucket, task_id))
+            if kept is None or kept[0] != node_id or kept[2] <= batch:
+                early[(bucket, task_id)] = (node_id, now, batch)  # (the latest task's)
             if len(early) > EARLY_MAX:  # drop the oldest half
                 for key in list(early)[:EARLY_MAX // 2]:
                     del early[key]
@@ -225,7 +230,7 @@ class Routes:
         if route[0] != from_node or from_boot not in ("", route[1]):
             self._defer(bucket, task_id, (from_node, from_boot, node_id, boot), slot)
             return None
-        route = where[task_id] = (node_id, boot, route[2], route[3])
+        route = where[task_id] = (node_id, boot, route[2], 0)
         if slot is not None:
             self.unsettled[(bucket, task_id)] = (slot, True)
         elif self.unsettled:
@@ -264,7 +269,7 @@ class Routes:
                 del where[task_id]
                 self._later.pop(key, None)
                 return None
-            route = where[task_id] = (notice[2], notice[3], route[2], route[3])
+            route = where[task_id] = (notice[2], notice[3], route[2], 0)
         if later is not None and not later:
             del self._later[key]
         return route
