@@ -195,9 +195,9 @@ def test_a_malformed_batches_field_of_an_ended_notice_is_refused(batches: object
         EndedNotices.check({"ended": {"jobs": ["a", "b"]}, "moved": [], "batches": batches})
     ok = EndedNotices.check({"ended": {"jobs": ["a", "b", "c"]}, "moved": [],
                              "batches": {"jobs": [7, 2, 0, 1]}})
-    assert ok[0] == [("jobs", ["a", "b", "c"], [7, 7, 0])] and ok[5] is True
+    assert ok[0] == [("jobs", ["a", "b", "c"], [7, 2, 0, 1])] and ok[5] is True
     plain = EndedNotices.check({"ended": {"jobs": ["a", "b"]}, "moved": []})
-    assert plain[0] == [("jobs", ["a", "b"], [-1, -1])] and plain[5] is False
+    assert plain[0] == [("jobs", ["a", "b"], [-1, 2])] and plain[5] is False
 
 
 def test_ended_batch_numbers_travel_as_runs() -> None:

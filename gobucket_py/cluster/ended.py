@@ -31,6 +31,8 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable, Iterable
+from itertools import compress, count, islice, pairwise
+from operator import ne
 from typing import TYPE_CHECKING, Any
 
 from ..errors import GobucketError, ProtocolError
@@ -44,10 +46,11 @@ if TYPE_CHECKING:
 
 __all__ = ["EndedNotices", "Notice"]
 
-#: A checked ENDED notice: ended ids by bucket (with the batch that brought
-#: each: see :meth:`.Routes.ended`), moves, promotions, reschedules, ends of
-#: tasks handed to the sender (with the node, and its boot id, that handed
-#: them), and whether the sender names batches (else: an earlier version).
+#: A checked ENDED notice: ended ids by bucket (with the batches that
+#: brought them, as runs: see :func:`_runs` and :meth:`.Routes.ended`),
+#: moves, promotions, reschedules, ends of tasks handed to the sender (with
+#: the node, and its boot id, that handed them), and whether the sender
+#: names batches (else: an earlier version).
 Notice = tuple[list[tuple[str, list[str], list[int]]], list[list[Any]], list[list[str]],
                list[list[Any]], list[list[str]], bool]
 
@@ -348,7 +351,7 @@ class EndedNotices:
                     isinstance(i, str) for i in ids):
                 raise ProtocolError("ended notice: each bucket maps to a list of task ids")
             if not numbered:
-                checked.append((bucket, ids, [-1] * len(ids)))
+                checked.append((bucket, ids, [-1, len(ids)]))
                 continue
             runs = numbers.get(bucket)
             if (not isinstance(runs, list) or len(runs) % 2
@@ -357,7 +360,7 @@ class EndedNotices:
                 raise ProtocolError("ended notice: 'batches' gives each bucket's ended tasks' "
                                     "batch numbers as runs [batch, count, ...], in the order "
                                     "of 'ended' (ints >= 0, counts >= 1)")
-            checked.append((bucket, ids, _expand(runs)))
+            checked.append((bucket, ids, runs))
         for entry in moved:
             if (not isinstance(entry, list) or len(entry) not in (4, 7)
                     or not all(isinstance(v, str) for v in entry[:5])
@@ -386,10 +389,13 @@ class EndedNotices:
         # A number above any this node sent: a task an earlier incarnation
         # of it forwarded (its clock stepped back since), nothing routed now.
         last = math.inf if group._forwarder is None else group._forwarder.seq
-        for bucket, ids, batches in checked:
-            for task_id, batch in zip(ids, batches, strict=True):
+        for bucket, ids, runs in checked:
+            start = 0
+            for index in range(0, len(runs), 2):
+                batch, stop = runs[index], start + runs[index + 1]
                 if batch <= last:
-                    routes.ended(bucket, task_id, sender, now, batch=batch)
+                    routes.ended_many(bucket, ids[start:stop], sender, now, batch)
+                start = stop
         for bucket, task_id, handed_by, boot in via:  # (came by handoff: no batch of ours)
             routes.ended(bucket, task_id, sender, now, via=(handed_by, boot),
                          batch=0 if numbered else -1)
@@ -412,15 +418,14 @@ class EndedNotices:
 
 
 def _runs(batches: list[int]) -> list[int]:
-    """``batches`` as runs: ``[batch, count, batch, count, ...]``."""
+    """``batches`` as runs: ``[batch, count, batch, count, ...]`` (the
+    boundaries found at C speed: a run is mostly a whole batch)."""
+    if not batches:
+        return []
+    starts = [0, *compress(count(1), map(ne, batches, islice(batches, 1, None))), len(batches)]
     runs: list[int] = []
-    last = None
-    for batch in batches:
-        if batch == last:
-            runs[-1] += 1
-        else:
-            runs += (batch, 1)
-            last = batch
+    for start, stop in pairwise(starts):
+        runs += (batches[start], stop - start)
     return runs
 
 

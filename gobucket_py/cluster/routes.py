@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 __all__ = ["Route", "Routes", "Sent", "is_lost"]
 
@@ -195,26 +195,38 @@ class Routes:
         route is never added."""
         where = self._where.get(bucket)
         route = None if where is None else where.get(task_id)
-        if route is not None and route[3] and 0 <= batch <= route[3] and route[0] == node_id:
-            return  # about an earlier task of the id, there before this one was sent
-        if route is not None and via is not None and route[0] != node_id:
-            if route[:2] == via:
-                route = (node_id, route[1], route[2], route[3])  # the move's word comes later
-            elif not is_lost(route):  # moved more than once: the earlier words come later
-                self._defer(bucket, task_id, (via[0], via[1], "", ""))
-                return
-        if route is None:
-            early = self._early
-            kept = early.get((bucket, task_id))
-            if kept is None or kept[0] != node_id or kept[2] <= batch:
-                early[(bucket, task_id)] = (node_id, now, batch)  # (the latest task's)
-            if len(early) > EARLY_MAX:  # drop the oldest half
-                for key in list(early)[:EARLY_MAX // 2]:
-                    del early[key]
-        elif route[0] == node_id and not is_lost(route):
-            del where[task_id]  # type: ignore[union-attr]  # route implies where
-            if self.unsettled:
-                self.unsettled.pop((bucket, task_id), None)
+        if route is None or via is None or route[0] == node_id:
+            self.ended_many(bucket, [task_id], node_id, now, batch)
+        elif route[:2] == via:  # the move's own word comes later (the route is this task's:
+            self.ended_many(bucket, [task_id], route[0], now)  # ``via`` stopped, then)
+        elif not is_lost(route):  # moved more than once: the earlier words come later
+            self._defer(bucket, task_id, (via[0], via[1], "", ""))
+
+    def ended_many(self, bucket: str, task_ids: Iterable[str], node_id: str, now: float,
+                   batch: int = -1) -> None:
+        """:meth:`ended` for each of ``task_ids`` (one batch's), with no ``via``."""
+        where = self._where.get(bucket) or {}
+        get, unsettled = where.get, self.unsettled
+        for task_id in task_ids:
+            route = get(task_id)
+            if route is None:
+                self._ended_early(bucket, task_id, node_id, now, batch)
+            elif route[0] == node_id and not route[1].startswith(_LOST) and not (
+                    route[3] and 0 <= batch <= route[3]):  # (else: about an earlier task)
+                del where[task_id]
+                if unsettled:
+                    unsettled.pop((bucket, task_id), None)
+
+    def _ended_early(self, bucket: str, task_id: str, node_id: str, now: float,
+                     batch: int) -> None:
+        """Keep an ended notice that came before its route (see :meth:`add`)."""
+        early = self._early
+        kept = early.get((bucket, task_id))
+        if kept is None or kept[0] != node_id or kept[2] <= batch:
+            early[(bucket, task_id)] = (node_id, now, batch)  # (the latest task's)
+        if len(early) > EARLY_MAX:  # drop the oldest half
+            for key in list(early)[:EARLY_MAX // 2]:
+                del early[key]
 
     def move(self, bucket: str, task_id: str, from_node: str, node_id: str, boot: str,
              slot: tuple[str, int, int] | None = None, from_boot: str = "") -> Route | None:
