@@ -59,6 +59,24 @@ cluster that never lies" (kinds of violation, in :data:`KINDS`):
    ran, although its gate had not told the backups it was starting, no drain
    of it had been sent, and it still had life when its holder came back.
 
+7. Reuse (``make_plan(reuse=True)``, ``NEMESIS_REUSE=1``, ``--reuse``): some
+   ids are filled again, only through the node that first filled them.
+   Each fill's data carries its generation ``g``, so every event is keyed
+   ``id~g`` (``id`` for the first) and each generation is judged as a task
+   of its own. Drains and gets name only the id: NOT_FOUND, LOST and None
+   are judged against every generation (none may be live, or run later);
+   an outcome answer must be true of some generation (DRAINED: of one that
+   drained, and not all of those may have run); ``stale_answer``: an
+   earlier generation's outcome while a later one, filled before the call,
+   was live through it. Loss reports name only ids: each goes to one
+   generation (:func:`_attribute_losses`: not reported already, accepted,
+   no outcome before the report, placed or handed off by the reporter, a
+   copy on the reported peer; ties on all five are ambiguous and cover each
+   tied generation against ``no_outcome``, noted). ``two_live``: a later
+   generation was placed by the same origin incarnation while an earlier
+   one, not reported lost, was live ("an id filled from one node is live on
+   at most one node").
+
 ``zombie`` is a harness defect: a crashed incarnation ran something.
 Notes (counted, not violations): ``not_found_for_ended`` (NOT_FOUND or None
 for a task that ended on a node that crashed since) and
@@ -159,6 +177,12 @@ KINDS: dict[str, str] = {
     "bad_error": "5 a call raised an exception its contract does not list",
     "still_unknown": "5 after healing, the audit drain still answered unknown",
     "zombie": "harness defect: a crashed incarnation ran on_execute",
+    "two_live": "one id filled from one node is live on at most one node (reuse): a fill "
+                "again was placed while an earlier task of the id, filled by the same "
+                "incarnation and not reported lost, was live",
+    "stale_answer": "2-4 answers are true (reuse): a drain or get told how an earlier task "
+                    "of the id ended, while a later one, filled before it asked, was live "
+                    "through the call",
     "crash_lost": "6 a crash loses nothing (replicas, at most one node down at a time): a "
                   "task pending at the crash never ran, and was not starting, being "
                   "drained or out of life before its holder came back",
@@ -244,6 +268,7 @@ class Ledger:
         #: Judge "a crash loses nothing" (replicas, one node down at a time).
         self.crash_safe = False
         self.aborted: str | None = None  # why the run was cut short (a livelock)
+        self.skipped = 0  # reuse: fills again skipped (the id's first origin was down)
 
     def stamp(self) -> tuple[int, float]:
         self.seq += 1
@@ -312,9 +337,31 @@ def node_of(tag: str) -> str:
     return tag.split("#", 1)[0]
 
 
-def _id_key(task: str) -> tuple[str, int]:
+#: Separates an id from its generation in the ledger's task keys (``t7~1``).
+GEN = "~"
+
+
+def task_key(task_id: str, gen: int = 0) -> str:
+    """The ledger's name for one generation of an id: the id itself for the
+    first fill (so runs without reuse record what they always did)."""
+    return f"{task_id}{GEN}{gen}" if gen else task_id
+
+
+def key_of(task_id: str, data: Any) -> str:
+    """The key of a task the harness filled (its data carries ``g``)."""
+    gen = data.get("g", 0) if isinstance(data, dict) else 0
+    return task_key(task_id, gen)
+
+
+def split_key(key: str) -> tuple[str, int]:
+    task_id, _, gen = key.partition(GEN)
+    return task_id, int(gen or 0)
+
+
+def _id_key(key: str) -> tuple[str, int, int]:
+    task, gen = split_key(key)
     head = task.rstrip("0123456789")
-    return head, int(task[len(head):] or 0)
+    return head, int(task[len(head):] or 0), gen
 
 
 @dataclass
@@ -335,30 +382,41 @@ class Census:
         return Counter(v.kind for v in self.violations)
 
     def timeline(self, task: str) -> str:
-        """Everything about one task, in order, with the faults of its lifetime."""
+        """Everything about one task, in order, with the faults of its lifetime
+        (a reused id's: every generation's, each event naming its key)."""
         ledger = self.ledger
         rows: list[tuple[int, str]] = []
         nodes: set[str] = set()
+        task_id = split_key(task)[0]
+        reused = task != task_id or any(split_key(e.task) != (task_id, 0) and
+                                        split_key(e.task)[0] == task_id for e in ledger.events)
+
+        def ours(key: str | None) -> bool:
+            return key == task or (reused and key is not None and split_key(key)[0] == task_id)
+
         for e in ledger.events:
-            if e.task == task and not e.what.startswith("hook:"):
-                rows.append((e.seq, f"{e.t:.3f} {e.node} {e.what}"))
+            if ours(e.task) and not e.what.startswith("hook:"):
+                label = f"[{e.task}] " if reused else ""
+                rows.append((e.seq, f"{e.t:.3f} {e.node} {label}{e.what}"))
                 nodes.add(e.node)
         audits: set[int] = set()
-        for c in ledger.calls:
-            if c.task == task:
+        task_calls = [c for c in ledger.calls if ours(c.task)]
+        for c in task_calls:
+            if True:
                 if c.audit:
                     audits.add(c.seq0)
                 to = f"@{c.node}" if c.node else ""
+                label = f"[{c.task}] " if reused else ""
                 rows.append((c.seq0, f"{c.t0:.3f}-{c.t1:.3f} {'audit ' if c.audit else ''}"
-                                     f"{c.op} via {c.via} -> {c.answer}{to}"))
+                                     f"{label}{c.op} via {c.via} -> {c.answer}{to}"))
                 nodes.add(c.via)
         for x in ledger.losses:
-            if task in x.tasks:
+            if task_id in x.tasks:
                 rows.append((x.seq, f"{x.t:.3f} lost, reported by {x.reporter} (peer {x.peer})"))
         if not rows:
             return "(nothing recorded)"
         first = min(s for s, _ in rows)
-        last = max([c.seq1 for c in ledger.calls if c.task == task and not c.audit]
+        last = max([c.seq1 for c in task_calls if not c.audit]
                    + [s for s, _ in rows if s not in audits])
         for crash in ledger.crashes:
             if crash.node in nodes or node_of(crash.node) in {node_of(n) for n in nodes}:
@@ -431,11 +489,206 @@ def check(ledger: Ledger) -> Census:
     for x in ledger.losses:
         for task in x.tasks:
             losses.setdefault(task, []).append(x)
-    for task in sorted(set(events) | set(calls) | set(losses), key=_id_key):
-        _check_task(census, task, events.get(task, []), calls.get(task, []),
-                    losses.get(task, []), crashed, complete=ledger.aborted is None,
-                    ledger=ledger)
+    if ledger.skipped:
+        census.notes["reuse_skipped_origin_down"] += ledger.skipped
+    complete = ledger.aborted is None
+    generations: dict[str, list[str]] = {}  # id -> its keys, in order
+    for key in sorted(set(events) | set(calls) | set(losses), key=_id_key):
+        generations.setdefault(split_key(key)[0], []).append(key)
+    for task_id, keys in generations.items():
+        if keys == [task_id]:  # filled once (or never): the id is the task
+            _check_task(census, task_id, events.get(task_id, []), calls.get(task_id, []),
+                        losses.get(task_id, []), crashed, complete=complete, ledger=ledger)
+        else:
+            _check_reused(census, task_id, keys, events, calls, losses.get(task_id, []),
+                          crashed, complete=complete, ledger=ledger)
     return census
+
+
+LOOKUPS = ("drain", "get")
+
+
+@dataclass
+class Generation:
+    """One fill (or more, retried) of a reused id: what the ledger says of it."""
+
+    key: str
+    evs: list[Event]
+    calls: list[Call]  # its own: fills and reschedules
+    copies: list[Copy]
+    fill0: float  # seq of its first fill's start
+    refused: bool
+
+    @property
+    def allowed(self) -> set[str]:
+        """Who may report it lost: whoever filled it, or handed it off."""
+        return ({c.via for c in self.calls if c.op in ("fill", "fill_many")}
+                | {e.node for e in self.evs if e.what == "handed_off"})
+
+    def ended_before(self, seq: int) -> bool:
+        return any(e.what in FINAL and e.seq < seq for e in self.evs)
+
+    def had(self, what: str, before: int) -> bool:
+        return any(e.what == what and e.seq < before for e in self.evs)
+
+
+def _check_reused(census: Census, task_id: str, keys: list[str], events: dict[str, list[Event]],
+                  calls: dict[str, list[Call]], losses: list[Loss], crashed: dict[str, int], *,
+                  complete: bool, ledger: Ledger) -> None:
+    """An id filled more than once (from one origin node): each generation is
+    judged as a task of its own (its key carries the generation), against the
+    drains and gets of the id and the loss reports attributed to it
+    (:func:`_attribute_losses`); the answers to drains and gets, which name
+    only the id, are judged against every generation (:func:`_check_lookups`)."""
+    mine = calls.get(task_id, [])
+    lookups = [c for c in mine if c.op in LOOKUPS]
+    own = {key: [c for c in calls.get(key, []) if c.op not in LOOKUPS] for key in keys}
+    gens = []
+    for key in keys:
+        fills = [c for c in own[key] if c.op in ("fill", "fill_many")]
+        gens.append(Generation(key, events.get(key, []), own[key],
+                               _copies(events.get(key, []), crashed),
+                               min((c.seq0 for c in fills), default=INF),
+                               bool(fills) and all(c.answer in REFUSED for c in fills)))
+    census.counts["reused_ids"] += 1
+    census.counts["generations"] += len(gens)
+    attributed, covered = _attribute_losses(census, gens, losses)
+    for g in gens:
+        _check_task(census, g.key, g.evs, g.calls + lookups, attributed[g.key], crashed,
+                    complete=complete, ledger=ledger, shared=True, covered=g.key in covered)
+    _check_lookups(census, task_id, gens, lookups, losses, crashed, complete=complete)
+    _check_one_live(census, gens, attributed)
+
+
+def _check_one_live(census: Census, gens: list[Generation],
+                    attributed: dict[str, list[Loss]]) -> None:
+    """``two_live``: a later generation took a copy while an earlier one,
+    filled through the same incarnation (the origin remembers where it sent
+    it: a restart forgets), was live on a node, and the earlier one had not
+    been reported lost before the later fill began (a presumed loss may come
+    back: a documented limit)."""
+    for b in gens:
+        fills_b = [c for c in b.calls if c.op in ("fill", "fill_many") and c.answer == "placed"]
+        if not fills_b:
+            continue
+        origin = fills_b[0].via
+        first = min((cp.opened for cp in b.copies), default=None)
+        if first is None:
+            continue
+        for a in gens:
+            if a.fill0 >= b.fill0 or a.refused or not any(
+                    c.via == origin for c in a.calls if c.op in ("fill", "fill_many")):
+                continue
+            if any(x.seq < b.fill0 for x in attributed[a.key]):
+                continue
+            live = [cp for cp in a.copies if cp.opened < first < cp.closed]
+            if live:
+                census.bad("two_live", b.key, f"placed by {origin} on {fills_b[0].node} while "
+                                              f"{a.key} (filled by {origin} too) was live on "
+                                              f"{live[0].node}")
+
+
+def _attribute_losses(census: Census, gens: list[Generation], losses: list[Loss]
+                      ) -> tuple[dict[str, list[Loss]], set[str]]:
+    """Which generation each loss report of a reused id is about.
+
+    A report (reporter R, peer P, the id) is about a generation whose fill had
+    begun before it. Of those, the best is one that (in this order) was not
+    reported lost already, was accepted (not refused), had no outcome before
+    the report, was filled or handed off by R, and had a copy on (any
+    incarnation of) P before the report; among equals, the latest. If two or
+    more generations meet all five, the report is ambiguous: it is given to
+    none of them, and each is "covered" (not judged ``no_outcome``; noted
+    ``reuse_loss_ambiguous``). Otherwise it goes to the best, which is then
+    judged as any task with that report (a report that fits no generation
+    cleanly is a violation of the one it fits best: lost twice, outcome and
+    loss, a reporter that never filled it...)."""
+    attributed: dict[str, list[Loss]] = {g.key: [] for g in gens}
+    covered: set[str] = set()
+    for x in sorted(losses, key=lambda x: x.seq):
+        began = [g for g in gens if g.fill0 < x.seq] or gens
+
+        def rank(g: Generation, x: Loss = x) -> tuple[bool, ...]:
+            return (bool(attributed[g.key]) or g.key in covered, g.refused,
+                    g.ended_before(x.seq), x.reporter not in g.allowed,
+                    not any(node_of(cp.node) == x.peer and cp.opened < x.seq
+                            for cp in g.copies))
+
+        best = min(rank(g) for g in began)
+        tied = [g for g in began if rank(g) == best]
+        if len(tied) > 1 and not any(best):
+            covered.update(g.key for g in tied)
+            census.notes["reuse_loss_ambiguous"] += 1
+            continue
+        chosen = max(tied, key=lambda g: g.fill0)
+        attributed[chosen.key].append(x)
+        if split_key(chosen.key)[1]:
+            census.counts["reuse_losses_of_later_generations"] += 1
+    return attributed, covered
+
+
+def _check_lookups(census: Census, task_id: str, gens: list[Generation], lookups: list[Call],
+                   losses: list[Loss], crashed: dict[str, int], *, complete: bool) -> None:
+    """The answers about a reused id that name no generation: each must be
+    true of one generation at least (a drain's DRAINED of one that drained,
+    and none of those may ever run; a FINISHED of one that finished...).
+    NOT_FOUND, LOST and None are judged per generation (:func:`_check_task`):
+    they say that none is live. ``stale_answer``: how an earlier generation
+    ended, while a later one, filled before the call began, was live on a
+    node through the whole call (and did not end so)."""
+    bad = census.bad
+
+    def stale(c: Call, told: list[Generation]) -> None:
+        for g in gens:
+            fills = [f for f in g.calls if f.op in ("fill", "fill_many")]
+            if g in told or min((f.seq1 for f in fills), default=INF) > c.seq0:
+                continue
+            live = [cp for cp in g.copies if cp.opened < c.seq0 and cp.closed > c.seq1]
+            if live and told and all(t.fill0 < g.fill0 for t in told):
+                bad("stale_answer", g.key, f"{c.op} via {c.via} at {c.t1:.3f} answered "
+                                           f"{c.answer} (of {', '.join(t.key for t in told)}) "
+                                           f"while {g.key} was live on {live[0].node}")
+
+    for c in lookups:
+        a = c.answer
+        state = a[6:] if c.op == "get" and a.startswith("state:") else None
+        ended = a if c.op == "drain" and a in FINAL else state if state in FINAL else None
+        if ended is not None:
+            told = [g for g in gens if g.had(ended, c.seq1)]
+            if not told:
+                bad("false_answer", task_id, f"{a.upper()} via {c.via} at {c.t1:.3f}: no "
+                                             "generation of the id ended so")
+                continue
+            if c.op == "drain" and a == "drained" and all(
+                    any(e.what == "start" for e in g.evs) for g in told):
+                bad("drained_ran", task_id, f"DRAINED via {c.via} at {c.t1:.3f}, yet every "
+                                            "generation drained also ran")
+            if c.op == "drain" and a == "cancelled" and all(
+                    any(e.what == "start" and e.seq > c.seq1 for e in g.evs) for g in told):
+                bad("drained_ran", task_id, f"CANCELLED via {c.via} at {c.t1:.3f}, then "
+                                            "on_execute started")
+            stale(c, told)
+        elif state in ("pending", "running") and not any(
+                cp.opened < c.seq1 and cp.closed > c.seq0 for g in gens for cp in g.copies):
+            bad("false_answer", task_id, f"get said {state} via {c.via} at {c.t1:.3f}, when "
+                                         "no node held any generation")
+        if a == "lost" or (c.op == "get" and a == "state:lost"):
+            if not losses and not any(cp.by == "crash" and cp.closed < c.seq1
+                                      for g in gens for cp in g.copies):
+                bad("false_answer", task_id, f"LOST via {c.via} at {c.t1:.3f}: no holder "
+                                             "crashed and no loss was reported")
+        if a == "not_found" or (c.op == "get" and a == "none"):
+            ended_before = [e for g in gens for e in g.evs if e.what in FINAL and e.seq < c.seq0]
+            if ended_before:
+                crash = crashed.get(max(ended_before, key=lambda e: e.seq).node)
+                since = crash is not None and crash < c.seq0
+                census.notes["not_found_for_ended" + ("" if since else "_holder_alive")] += 1
+        if a == "unknown":
+            census.notes["unknown_answers"] += 1
+    audits = [c for c in lookups if c.audit]
+    if complete and audits and all(c.answer in NO_INFO for c in audits):
+        bad("still_unknown", task_id, f"the audit drain answered {audits[-1].answer} "
+                                      f"{len(audits)} times, after every fault healed")
 
 
 def _copies(evs: list[Event], crashed: dict[str, int]) -> list[Copy]:
@@ -455,8 +708,15 @@ def _copies(evs: list[Event], crashed: dict[str, int]) -> list[Copy]:
 
 def _check_task(census: Census, task: str, evs: list[Event], calls: list[Call],
                 losses: list[Loss], crashed: dict[str, int], *, complete: bool = True,
-                ledger: Ledger | None = None) -> None:
-    """One task; ``complete`` is False for a run cut short (then tasks need not have ended)."""
+                ledger: Ledger | None = None, shared: bool = False,
+                covered: bool = False) -> None:
+    """One task; ``complete`` is False for a run cut short (then tasks need not have ended).
+
+    ``shared``: one generation of a reused id (``calls`` holds the drains and
+    gets of the id too): only what NOT_FOUND, LOST and None say of it is
+    judged here, the other answers against every generation
+    (:func:`_check_lookups`). ``covered``: an ambiguous loss report may be
+    about it (no ``no_outcome``)."""
     bad = census.bad
     starts = [e for e in evs if e.what == "start"]
     finals = [e for e in evs if e.what in FINAL]
@@ -510,6 +770,12 @@ def _check_task(census: Census, task: str, evs: list[Event], calls: list[Call],
 
     for c in calls:
         a = c.answer
+        if shared:  # a reused id: only "nowhere" is judged per generation
+            if a in ("not_found", "lost") and c.op == "drain":
+                nowhere(c, a.upper())
+            elif c.op == "get" and a in ("none", "state:lost"):
+                nowhere(c, "get None" if a == "none" else "get LOST")
+            continue
         if c.op == "drain":
             if a == "drained":
                 if starts:
@@ -556,7 +822,7 @@ def _check_task(census: Census, task: str, evs: list[Event], calls: list[Call],
         if a == "unknown":
             census.notes["unknown_answers"] += 1
     audits = [c for c in calls if c.audit]
-    if complete and audits and all(c.answer in NO_INFO for c in audits):
+    if complete and audits and not shared and all(c.answer in NO_INFO for c in audits):
         bad("still_unknown", task, f"the audit drain answered {audits[-1].answer} "
                                    f"{len(audits)} times, after every fault healed")
 
@@ -609,6 +875,8 @@ def _check_task(census: Census, task: str, evs: list[Event], calls: list[Call],
                     # node that could not settle the handoff (and whose
                     # origin, if another node, could not settle it either).
                     census.notes["handoff_unknown_not_taken"] += 1
+                elif covered:
+                    census.notes["reuse_loss_ambiguous_covered"] += 1
                 elif not lost:
                     bad("no_outcome", task, "accepted, no outcome, no loss report, and no node "
                                             "holding it crashed")
@@ -708,6 +976,8 @@ PROMOTE_AFTER = float(os.environ["NEMESIS_PROMOTE_AFTER"]) if os.environ.get(
     "NEMESIS_PROMOTE_AFTER") else None
 #: Run every seed with this profile (``NEMESIS_PROFILE``; default: each seed draws one).
 PROFILE = os.environ.get("NEMESIS_PROFILE") or None
+#: Fill some ids again (``NEMESIS_REUSE=1``; see :func:`make_plan`).
+REUSE = os.environ.get("NEMESIS_REUSE", "") not in ("", "0")
 
 
 HOOK_TIMEOUT = 0.5
@@ -747,6 +1017,15 @@ class Spec:
     run_after: float
     life_span: float
     work: float
+    gen: int = 0  # reuse: the how-manieth fill of this id (0: its first)
+
+    @property
+    def key(self) -> str:
+        return task_key(self.id, self.gen)
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return {"w": self.work, "g": self.gen} if self.gen else {"w": self.work}
 
 
 @dataclass(frozen=True, slots=True)
@@ -759,6 +1038,7 @@ class Op:
     retries: tuple[tuple[int, float], ...] = ()  # drain: (node, pause) for each retry
     u: float = 0.0  # reschedule: which pending time-bomb
     value: float = 0.0  # reschedule: run_after
+    reuse: bool = False  # fill: an id filled before, again, through the node that first filled it
 
 
 @dataclass(frozen=True, slots=True)
@@ -795,13 +1075,17 @@ class Plan:
     caps: list[int]
     ops: list[Op]
     faults: list[Strike]
-    ids: list[str]  # every id the workload fills, in order
+    ids: list[str]  # every id the workload fills, in order (each once)
     ghosts: list[str]  # ids drained but never filled
+    reuse: bool = False  # some ids are filled again (see make_plan)
 
     def describe(self) -> str:
         tasks = len(self.ids)
-        return (f"profile {self.profile}, {len(self.names)} nodes (bucket sizes "
-                f"{self.caps}), {tasks} tasks, {len(self.ops)} ops, {len(self.faults)} faults")
+        again = sum(len(op.specs) for op in self.ops if op.reuse)
+        return (f"profile {self.profile}{', reuse' if self.reuse else ''}, {len(self.names)} "
+                f"nodes (bucket sizes {self.caps}), {tasks} tasks"
+                + (f" ({again} fills again)" if self.reuse else "")
+                + f", {len(self.ops)} ops, {len(self.faults)} faults")
 
 
 FAULTS_OF = {
@@ -816,10 +1100,21 @@ FAULTS_OF = {
 }
 
 
-def make_plan(seed: int, profile: str | None = None) -> Plan:
+def make_plan(seed: int, profile: str | None = None, reuse: bool = False) -> Plan:
     """Everything a run will do, drawn from ``random.Random(seed)`` up front
     (so the plan does not depend on how the run interleaves). ``profile``
-    overrides the drawn one (the rest of the plan is drawn the same)."""
+    overrides the drawn one (the rest of the plan is drawn the same).
+
+    ``reuse``: some ids are filled again (generations 1, 2), drawn from a
+    second generator (``Random(f"{seed}/reuse")``) after the rest, so the
+    plan is the plain one plus those fills (and drains and gets of them).
+    A fill again goes through the node that first filled the id (never
+    another origin: the cluster keeps one id live on one node per origin);
+    if that node is down then, it is skipped. Mostly just after the earlier
+    generation's expected end (its run_after plus its work: its "ended"
+    notice is then queued or on the wire), some while it is still live
+    (DuplicateTaskError is a legal answer), some later. Each generation's
+    data carries ``g``, so the ledger tells them apart."""
     rng = random.Random(seed)
     n = rng.randint(3, 5)
     names = [f"n{i + 1}" for i in range(n)]
@@ -878,6 +1173,8 @@ def make_plan(seed: int, profile: str | None = None) -> Plan:
         elif ids:
             ops.append(Op(t, "reschedule", node, u=rng.random(),
                           value=rng.uniform(0.05, MAX_PUSH)))
+    if reuse:
+        _reuse(ops, random.Random(f"{seed}/reuse"), n)
     ops.sort(key=lambda op: op.at)
 
     faults: list[Strike] = []
@@ -913,7 +1210,50 @@ def make_plan(seed: int, profile: str | None = None) -> Plan:
         else:
             step = rng.choice((-1, 1)) * rng.uniform(0.5, 60.0)
             faults.append(Strike(t, "clock", (), value=step))
-    return Plan(seed, profile, names, caps, ops, faults, ids, ghosts)
+    return Plan(seed, profile, names, caps, ops, faults, ids, ghosts, reuse)
+
+
+#: reuse: the chance that a filled id is filled again, and again after that.
+REUSE_P = (0.4, 0.3)
+
+
+def _reuse(ops: list[Op], rng: random.Random, n: int) -> None:
+    """Add fills again of ids filled by ``ops`` (see :func:`make_plan`)."""
+    def again(op: Op, s: Spec) -> Op | None:
+        ended = op.at + s.run_after + max(s.work, 0.0)
+        r = rng.random()
+        at = (ended + rng.uniform(0.0, 0.12) if r < 0.6  # just ended: its notice in flight
+              else op.at + rng.uniform(0.0, max(ended - op.at, 0.05)) if r < 0.8  # still live
+              else ended + rng.uniform(0.1, 2.0))
+        if at >= WORK_FOR:
+            return None
+        bomb = rng.random() < 0.6
+        run_after = rng.uniform(0.05, 1.2) if bomb else 0.0
+        life = min(MAX_LIFE, run_after + rng.uniform(0.2, 1.5))
+        w = rng.random()
+        work = (0.0 if w < 0.45 else rng.uniform(0.05, 0.6) if w < 0.85
+                else -1.0 if w < 0.93 else life + 0.5)
+        spec = Spec(s.id, bomb, run_after, life, work, s.gen + 1)
+        return Op(at, "fill" if rng.random() < 0.6 else "fill_many", op.node, specs=(spec,),
+                  reuse=True)
+
+    queue = [(op, s) for op in ops if op.kind in ("fill", "fill_many") for s in op.specs]
+    while queue:
+        op, s = queue.pop(0)
+        if s.gen >= len(REUSE_P) or rng.random() >= REUSE_P[s.gen]:
+            continue
+        new = again(op, s)
+        if new is None:
+            continue
+        ops.append(new)
+        queue.append((new, new.specs[0]))
+        r = rng.random()
+        if r < 0.35:  # drained: before it fires, racing it, or racing the earlier one's end
+            retries = tuple((rng.randrange(n), rng.uniform(0.2, 0.6)) for _ in range(3))
+            ops.append(Op(new.at + rng.uniform(-0.05, new.specs[0].run_after * 1.2 + 0.2),
+                          "drain", rng.randrange(n), task=s.id, retries=retries))
+        elif r < 0.55:
+            ops.append(Op(new.at + rng.uniform(0.0, 0.5), "get", rng.randrange(n), task=s.id))
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -949,10 +1289,11 @@ class LedgerExecutor(Executor):
         self.ledger = ledger
 
     async def on_execute(self, task: Task) -> None:
+        key = key_of(task.id, task.data)
         if self.inc.dying:
-            self.ledger.event(self.inc.tag, task.id, "zombie")
+            self.ledger.event(self.inc.tag, key, "zombie")
             return
-        self.ledger.event(self.inc.tag, task.id, "start")
+        self.ledger.event(self.inc.tag, key, "start")
         work = task.data.get("w", 0.0) if isinstance(task.data, dict) else 0.0
         if work < 0:
             raise RuntimeError("on_execute fails, as planned")
@@ -961,7 +1302,7 @@ class LedgerExecutor(Executor):
 
     def _hook(self, name: str, task: Task) -> None:
         if not self.inc.dying:
-            self.ledger.event(self.inc.tag, task.id, f"hook:{name}")
+            self.ledger.event(self.inc.tag, key_of(task.id, task.data), f"hook:{name}")
 
     async def on_finish(self, task: Task) -> None:
         self._hook("finish", task)
@@ -985,18 +1326,24 @@ class LedgerBucket(TaskBucket):
         self.inc = inc
         self.ledger = ledger
         self.on_outcome = self._outcome
+        #: Each id's key as last taken here (reuse: for what names only the id).
+        self.keys: dict[str, str] = {}
 
-    def _note(self, task_id: str, what: str) -> None:
+    def _note(self, key: str, what: str) -> None:
         if self.inc.dying:
             self.ledger.post_mortem += 1
         else:
-            self.ledger.event(self.inc.tag, task_id, what)
+            self.ledger.event(self.inc.tag, key, what)
+
+    def _took(self, task_id: str, data: Any, what: str) -> None:
+        key = self.keys[task_id] = key_of(task_id, data)
+        self._note(key, what)
 
     def _outcome(self, task: Task) -> None:
-        self._note(task.id, task.state.value)
+        self._note(key_of(task.id, task.data), task.state.value)
 
     def _held(self, task: Task) -> None:
-        self.ledger.deadlines[task.id] = task._deadline
+        self.ledger.deadlines[key_of(task.id, task.data)] = task._deadline
 
     async def reschedule(self, task_id: str, run_after: float) -> bool:
         moved = await super().reschedule(task_id, run_after)
@@ -1013,7 +1360,8 @@ class LedgerBucket(TaskBucket):
         inner = gate
 
         async def noted(task: Task) -> bool:
-            self._note(task.id, "gate")  # starting: from here a crash loses it (at most once)
+            # starting: from here a crash loses it (at most once)
+            self._note(key_of(task.id, task.data), "gate")
             return await inner(task)
 
         super().set_gate(noted, moved)
@@ -1022,7 +1370,7 @@ class LedgerBucket(TaskBucket):
                     run_after: float | None = None, life_span: float | None = None) -> Task:
         task = super().fill_nowait(task_type, task_id, data, run_after=run_after,
                                    life_span=life_span)
-        self._note(task_id, "filled")
+        self._took(task_id, data, "filled")
         self._held(task)
         return task
 
@@ -1030,18 +1378,18 @@ class LedgerBucket(TaskBucket):
                        life_span: float, *, over: bool = False) -> Task:
         task = super().fill_validated(task_type, task_id, data, run_after, life_span,
                                       over=over)
-        self._note(task_id, "filled")
+        self._took(task_id, data, "filled")
         self._held(task)
         return task
 
     def restore(self, task: Task) -> None:
         super().restore(task)
-        self._note(task.id, "restored")
+        self._took(task.id, task.data, "restored")
 
     def withdraw(self, task_id: str) -> bool:
         taken = super().withdraw(task_id)
         if taken:
-            self._note(task_id, "withdrawn")
+            self._note(self.keys.get(task_id, task_id), "withdrawn")
         return taken
 
 
@@ -1211,13 +1559,14 @@ class Outcome:
             " (this run's PYTHONHASHSEED was random: the replay may take another path; "
             "compare the trace)")
         overridden = plan.profile if plan.profile not in PROFILES else None
-        command = replay_command(plan.seed, self.replicas, overridden, self.promote_after)
+        command = replay_command(plan.seed, self.replicas, overridden, self.promote_after,
+                                 plan.reuse)
         lines.append(f"  replay: {command}{exact}")
         return "\n".join(lines)
 
 
 def replay_command(seed: int, replicas: int | None = None, profile: str | None = None,
-                   promote_after: float | None = None) -> str:
+                   promote_after: float | None = None, reuse: bool | None = None) -> str:
     """The one command that replays ``seed``, with this process's hash seed.
 
     Set iteration order (string hashing) steers a few interleavings, so an
@@ -1228,7 +1577,8 @@ def replay_command(seed: int, replicas: int | None = None, profile: str | None =
     k = REPLICAS if replicas is None else replicas
     profile = profile or PROFILE
     promote = PROMOTE_AFTER if promote_after is None else promote_after
-    env = (f"NEMESIS_REPLICAS={k} " if k else "") + (
+    env = ("NEMESIS_REUSE=1 " if (REUSE if reuse is None else reuse) else "") + (
+        f"NEMESIS_REPLICAS={k} " if k else "") + (
         f"NEMESIS_PROFILE={profile} " if profile else "") + (
         f"NEMESIS_PROMOTE_AFTER={promote:g} " if promote is not None else "")
     return (f"PYTHONHASHSEED={hashseed} {env}GOBUCKET_SEED={seed} .venv/bin/python -m "
@@ -1255,6 +1605,8 @@ class Run:
         self.step_clock: Callable[[float], None] = lambda seconds: None
         self.jobs: list[asyncio.Task[None]] = []
         self.nemesis: list[asyncio.Task[None]] = []
+        #: reuse: the node that first filled each id (its fills again go there).
+        self.origin_of: dict[str, str] = {}
 
     # -- nodes --
 
@@ -1279,7 +1631,8 @@ class Run:
         def event(kind: str, text: str, **fields: Any) -> None:
             # The stopping node's report that a handoff could not be settled.
             if kind == "handoff_unknown" and not inc.dying:
-                ledger.event(inc.tag, str(fields["task_id"]), kind)
+                task_id = str(fields["task_id"])
+                ledger.event(inc.tag, bucket.keys.get(task_id, task_id), kind)
             add_event(kind, text, **fields)
 
         group.events.add = event  # type: ignore[method-assign]
@@ -1376,9 +1729,18 @@ class Run:
             await asyncio.sleep(delay)
 
     async def fill(self, op: Op) -> None:
-        inc = self.pick(op.node)
-        if inc is None:
-            return
+        if op.reuse:  # only through the node that filled the id first, if it is up
+            name = self.origin_of.get(op.specs[0].id)
+            inc = self.current[name] if name is not None else None
+            if inc is None:
+                self.ledger.skipped += 1
+                return
+        else:
+            inc = self.pick(op.node)
+            if inc is None:
+                return
+            for s in op.specs:
+                self.origin_of.setdefault(s.id, inc.name)
         group = inc.group
         assert group is not None
         first = op.specs[0]
@@ -1388,8 +1750,8 @@ class Run:
             "life_span": first.life_span}
         if op.kind == "fill":
             def one() -> Awaitable[FillResult]:
-                return group.fill(BUCKET, first.id, {"w": first.work}, **kw)
-            call, (answer, node, stamp), result = await self.invoke(inc, "fill", first.id, one,
+                return group.fill(BUCKET, first.id, first.data, **kw)
+            call, (answer, node, stamp), result = await self.invoke(inc, "fill", first.key, one,
                                                                     self.bound)
             if answer == "ok":
                 answer, node = "placed", result.node_id
@@ -1399,12 +1761,12 @@ class Run:
             return
 
         def many() -> Awaitable[list[FillResult | Exception]]:
-            return group.fill_many(BUCKET, [(s.id, {"w": s.work}) for s in op.specs], **kw)
+            return group.fill_many(BUCKET, [(s.id, s.data) for s in op.specs], **kw)
         call, (answer, node, stamp), result = await self.invoke(inc, "fill_many", None, many,
                                                                 self.bound)
         self.ledger.calls.remove(call)
         for i, s in enumerate(op.specs):
-            each = Call("fill_many", call.via, s.id, call.seq0, call.t0)
+            each = Call("fill_many", call.via, s.key, call.seq0, call.t0)
             self.ledger.calls.append(each)
             a, where = answer, node
             if answer == "ok":
@@ -1471,15 +1833,15 @@ class Run:
         if inc is None or inc.bucket is None:
             return
         bucket = inc.bucket
-        pending = [t.id for t in bucket
+        pending = [(t.id, key_of(t.id, t.data)) for t in bucket
                    if t.state is TaskState.PENDING and t.type is TaskType.TIME_BOMB]
         if not pending:
             return
-        task_id = pending[int(op.u * len(pending))]
+        task_id, key = pending[int(op.u * len(pending))]
 
         def go() -> Awaitable[bool]:
             return bucket.reschedule(task_id, op.value)
-        call, (answer, _, stamp), result = await self.invoke(inc, "reschedule", task_id, go,
+        call, (answer, _, stamp), result = await self.invoke(inc, "reschedule", key, go,
                                                              self.bound)
         if answer == "ok":
             answer = "ok" if result else "no"
@@ -1626,12 +1988,14 @@ class Run:
 
 
 async def run_seed(seed: int, replicas: int | None = None, profile: str | None = None,
-                   promote_after: float | None = None) -> Outcome:
+                   promote_after: float | None = None, reuse: bool | None = None) -> Outcome:
     """Run one seed on the running loop (use a looptime loop: it takes loop-time
     seconds), with ``replicas`` backups per time-bomb (default: ``NEMESIS_REPLICAS``),
     ``profile`` (default: ``NEMESIS_PROFILE``, else the seed's own) and
-    ``promote_after`` (default: ``NEMESIS_PROMOTE_AFTER``, else ``lost_after``)."""
-    return await Run(make_plan(seed, profile or PROFILE), replicas, promote_after).run()
+    ``promote_after`` (default: ``NEMESIS_PROMOTE_AFTER``, else ``lost_after``) and
+    ``reuse`` (fill some ids again; default: ``NEMESIS_REUSE``)."""
+    plan = make_plan(seed, profile or PROFILE, REUSE if reuse is None else reuse)
+    return await Run(plan, replicas, promote_after).run()
 
 
 # -- outside pytest: a census over many seeds ------------------------------------------------------
@@ -1646,11 +2010,17 @@ def _seeds(text: str) -> list[int]:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m tests.nemesis 0-99 [--verbose]``: run the seeds, print a census."""
+    """``python -m tests.nemesis 0-99 [--verbose] [--reuse] [--replicas=K]``: run the
+    seeds, print a census (``--reuse``: fill some ids again, as NEMESIS_REUSE=1)."""
     import looptime
 
-    seeds = _seeds(argv[0] if argv else "0-99")
-    verbose = "--verbose" in argv
+    flags = [a for a in argv if a.startswith("--")]
+    args = [a for a in argv if not a.startswith("--")]
+    seeds = _seeds(args[0] if args else "0-99")
+    verbose = "--verbose" in flags
+    reuse = True if "--reuse" in flags else None
+    replicas = next((int(a.split("=", 1)[1]) for a in flags if a.startswith("--replicas=")),
+                    None)
     by_kind: dict[str, list[int]] = {}
     notes: Counter[str] = Counter()
     counts: Counter[str] = Counter()
@@ -1660,7 +2030,7 @@ def main(argv: list[str]) -> int:
     for seed in seeds:
         loop = looptime.new_event_loop(noop_cycles=NOOP_CYCLES)
         try:
-            outcome = loop.run_until_complete(run_seed(seed))
+            outcome = loop.run_until_complete(run_seed(seed, replicas, reuse=reuse))
         finally:
             loop.close()
         profiles[outcome.plan.profile] += 1
@@ -1678,10 +2048,14 @@ def main(argv: list[str]) -> int:
           + ", ".join(f"{p} {failed_profiles[p]}/{profiles[p]}" for p in profiles))
     for kind, seeds_of in sorted(by_kind.items(), key=lambda kv: -len(kv[1])):
         print(f"  {kind:17} {len(seeds_of):4} seeds  [{KINDS[kind]}]  e.g. {seeds_of[:8]}\n"
-              f"                    {replay_command(seeds_of[0])}")
+              f"                    {replay_command(seeds_of[0], replicas, reuse=reuse)}")
     print(f"  notes: {dict(notes)}")
     print(f"  accepted {counts['accepted']}; lost while pending {counts['lost_pending']}, "
-          f"lost while running {counts['lost_running']} (replicas={REPLICAS})")
+          f"lost while running {counts['lost_running']} (replicas="
+          f"{REPLICAS if replicas is None else replicas}"
+          + (f"; reused ids {counts['reused_ids']}, generations {counts['generations']}, "
+             f"losses of later generations {counts['reuse_losses_of_later_generations']}"
+             if reuse or REUSE else "") + ")")
     return 1 if failed else 0
 
 

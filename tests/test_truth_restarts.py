@@ -270,3 +270,27 @@ async def test_an_ended_notice_from_before_the_origins_restart_keeps_a_new_route
         c.crash("n2")
         await asyncio.sleep(40)
         assert w.lost == ["job"]
+
+
+async def test_a_takeover_of_an_earlier_task_does_not_answer_for_a_new_one() -> None:
+    # n1 fills "job" locally, backed up on a peer; n1 is killed, the backup
+    # holder takes "job" over and runs it. n1 restarts and fills "job" again,
+    # locally: the holder's record of the takeover is about the earlier
+    # incarnation's task, and must not make the new one "promoted" at its
+    # gate (it would end HANDED_OFF, run nowhere, and get no loss report).
+    # (Found by the nemesis's id-reuse mode, seed 310 with replicas.)
+    w = Watched()
+    async with w.cluster(3, replicas=1) as c:
+        await c.settle()
+        await c["n1"].fill("jobs", "job", task_type=BOMB, run_after=8, life_span=60)
+        await asyncio.sleep(0.5)  # backed up
+        c.crash("n1")
+        await asyncio.sleep(10)  # taken over (lost_after 5 s), and ran, on its holder
+        assert w.runs("job") == 1
+        n1 = await c.restart("n1")
+        await c.settle()
+        placed = await n1.fill("jobs", "job", task_type=BOMB, run_after=3, life_span=60)
+        assert placed.node_id == "n1"
+        await asyncio.sleep(5)
+        assert w.runs("job") == 2
+        assert [r.hooks("job") for r in w.recorders[3:]] == [["execute", "finish"]]
