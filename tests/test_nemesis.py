@@ -130,8 +130,8 @@ async def reusing_ids(seed: int, replicas: int, caplog: pytest.LogCaptureFixture
 
     Known limits (xfail): ``stale_answer``, a drain or get through a node
     where an earlier task of the id ended answers from that node's outcome
-    record (lookup order: its own record before asking peers) while the new
-    task lives elsewhere; ``two_live``, with replicas, a task whose start
+    record while the new task lives on a node it does not see alive (it
+    asks the alive peers first); ``two_live``, with replicas, a task whose start
     gate waits (no majority) stays live past its deadline, after its
     origin's route expired (deadline + 1 s), so a fill again places a
     second task of the id."""

@@ -14,7 +14,9 @@ holder is kept. The order of asking:
    a node that left still serves, and follows its own handoffs, until it
    exits; a dead node with the same boot id may only be stalled (unknown);
    a restarted or presumed-lost holder means the task is LOST;
-3. this node's record of how the task ended here;
+3. this node's record of how the task ended here -- after asking the other
+   alive peers whether a newer task of the id lives there (the id filled
+   again; its answer wins if one does, else the record's);
 4. every other peer at once.
 
 Answers are cached nowhere: a route is dropped only after a definite answer.
@@ -312,7 +314,7 @@ class Lookup:
         if ended_here is not None:
             if stale is not None:
                 routes.forget(bucket, task_id)
-            return ended_here
+            return await self._newer(kind, bucket, task_id, rank, asked, ended_here)
         membership = group._members
         if not membership.joined and (group.seeds or membership.young()):
             # No member list yet: peers it cannot know of may hold the task (a
@@ -324,20 +326,7 @@ class Lookup:
                                                  "this node has not reached yet"])
         targets = [m for m in members.values() if m.node_id not in asked and not m.lost]
         unknown: list[str] = []
-
-        async def one(member: Member) -> Answer:
-            try:
-                return await self._ask(member, kind, bucket, task_id)
-            except Refused:
-                return None  # it left, and nothing listens at its address now
-            except Unknown as exc:
-                # Even a peer that left and exited may have a new incarnation
-                # at its address (behind a cut link, not yet heard of here).
-                unknown.append(str(exc))
-                return None
-
-        answers = await asyncio.gather(*(one(m) for m in targets))
-        best = max(answers, key=rank, default=None)
+        best = await self._best(kind, bucket, task_id, rank, targets, unknown)
         if best is not None and rank(best) >= 2:
             if stale is not None:
                 routes.forget(bucket, task_id)  # it is elsewhere
@@ -353,6 +342,42 @@ class Lookup:
                 return _lost(kind, bucket, task_id, stale[0])
             routes.forget(bucket, task_id)  # it is elsewhere: found there from now on
         return found
+
+    async def _best(self, kind: Kind, bucket: str, task_id: str, rank: Callable[[Answer], int],
+                    targets: list[Member], unknown: list[str]) -> Answer:
+        """Ask ``targets`` at once; the best-ranked answer (None if none had
+        the task). Those that could not say are added to ``unknown``."""
+
+        async def one(member: Member) -> Answer:
+            try:
+                return await self._ask(member, kind, bucket, task_id)
+            except Refused:
+                return None  # it left, and nothing listens at its address now
+            except Unknown as exc:
+                # Even a peer that left and exited may have a new incarnation
+                # at its address (behind a cut link, not yet heard of here).
+                unknown.append(str(exc))
+                return None
+
+        answers = await asyncio.gather(*(one(m) for m in targets))
+        return max(answers, key=rank, default=None)
+
+    async def _newer(self, kind: Kind, bucket: str, task_id: str,
+                     rank: Callable[[Answer], int], asked: set[str], ended_here: Answer
+                     ) -> Answer:
+        """A task of this id ended here: a newer one may live on another node
+        (the id filled again there, or from another node). Every other alive
+        peer is asked at once; a live task's answer wins (a drain stops it),
+        else how the task ended here -- also when a peer cannot say: that
+        record is true of a task of the id, and a peer that is not alive is
+        not asked (a newer task there could not be reached anyway)."""
+        members = self.group._members.members.values()
+        targets = [m for m in members if m.node_id not in asked and not m.lost
+                   and m.state is MemberState.ALIVE]
+        if not targets:
+            return ended_here
+        best = await self._best(kind, bucket, task_id, rank, targets, [])
+        return best if best is not None and rank(best) >= 2 else ended_here
 
     async def _took(self, member: Member, bucket: str, task_id: str,
                     pending: tuple[tuple[str, int, int], bool]) -> bool:
