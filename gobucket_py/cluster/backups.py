@@ -137,12 +137,6 @@ class Backups:
         #: Claims whose holder then took the task over (it said so): its
         #: node id and boot id, as ``"<node> <boot>"``.
         self.moved: dict[tuple[str, str, str], str] = {}
-        #: The boot id of the primary whose task each of those words (tombs,
-        #: promotions, claims, moves) is about, where it is known: a new
-        #: incarnation of the primary may fill the id again, and the words
-        #: about its predecessor's task must not answer for the new one
-        #: (see :meth:`renewed`).
-        self.about: dict[tuple[str, str, str], str] = {}
         # (latest deadline, seq, bucket, keys): expiry, one entry per stored
         # batch; keys that were dropped or stored again since are skipped.
         self._expiry: list[tuple[float, int, str, list[tuple[str, str]]]] = []
@@ -199,8 +193,7 @@ class Backups:
                 keys = stored.setdefault(bucket, [])
                 most = local.config.max_backups
                 limit = local.config.max_bucket if most is None else most
-            if (ended and any((bucket, task_id, node) in kind for kind in ended)
-                    and not self.renewed((bucket, task_id, node), boot)):
+            if ended and any((bucket, task_id, node) in kind for kind in ended):
                 verdicts.append("dropped")
                 continue
             key = (task_id, node)
@@ -240,7 +233,6 @@ class Backups:
                 raise ProtocolError("each backup note is [started|drop|tomb, bucket, task id]")
             _, bucket, task_id = entry
             key = (bucket, task_id, primary.node_id)
-            self.renewed(key, primary.boot)
             where = self.records.get(bucket)
             if where is not None:
                 where.pop((task_id, primary.node_id), None)
@@ -265,7 +257,6 @@ class Backups:
             # that arrives late (another connection) is refused, and a node
             # about to take it over learns not to.
             self._tomb(key)
-            self._about(key, primary.boot)
             answers.append("ok")
         return answers
 
@@ -416,7 +407,6 @@ class Backups:
         group = self.group
         loop = asyncio.get_running_loop()
         keys = [[b, t] for b, t, _ in chosen]
-        boot_of = {(b, t): backup[1] for b, t, backup in chosen}
         asked: dict[str, Member] = {}  # every node asked: each may hold claims
         took: list[list[str]] = []
         try:
@@ -432,7 +422,8 @@ class Backups:
                 others = [m for m in group._members.members.values()
                           if m.state is MemberState.ALIVE and m.node_id != node]
                 asked.update((m.node_id, m) for m in others)
-                objections = await self._ask_others(node, lost_boot, others, chosen)
+                objections = await self._ask_others(node, lost_boot, others,
+                                                    [(b, t) for b, t, _ in chosen])
                 if objections is not None:
                     took = self._take_over(node, [c for c, no in zip(chosen, objections,
                                                                      strict=True) if no == "ok"])
@@ -442,8 +433,7 @@ class Backups:
             if asked:
                 taken = {(b, t) for b, t in took}
                 released = [key for key in keys if (key[0], key[1]) not in taken]
-                group._spawn(self._announce(list(asked.values()), node, took, released,
-                                            [boot_of[(b, t)] for b, t in took]))
+                group._spawn(self._announce(list(asked.values()), node, took, released))
 
     def _keep(self, chosen: list[tuple[str, str, Backup]]) -> None:
         """Put back the backups of a takeover called off (their primary is
@@ -453,14 +443,14 @@ class Backups:
             where.setdefault((task_id, backup[0]), backup)
 
     async def _announce(self, others: list[Member], node: str, took: list[list[str]],
-                        released: list[list[str]], boots: list[str]) -> None:
+                        released: list[list[str]]) -> None:
         """Tell the nodes that agreed to a takeover whether it happened, so
         they answer the old primary "promoted here" (it then leaves the
         task to this node) or take its word again, instead of "claimed".
         Retried while they are alive."""
         group = self.group
         message = {"v": 1, "from": group._members.header(), "notes": [],
-                   "promoted": took, "released": released, "primary": node, "boots": boots}
+                   "promoted": took, "released": released, "primary": node}
 
         members = group._members.members
 
@@ -484,11 +474,9 @@ class Backups:
 
         await asyncio.gather(*(tell(m) for m in others))
 
-    def took_over(self, asker: Member, primary: str, took: object, released: object,
-                  boots: list[str] | None = None) -> None:
-        """``asker`` took over (``took``: of ``primary``'s incarnations
-        ``boots``, if given) or let go (``released``) these tasks of
-        ``primary`` that this node agreed to (see :meth:`_announce`)."""
+    def took_over(self, asker: Member, primary: str, took: object, released: object) -> None:
+        """``asker`` took over (``took``) or let go (``released``) these
+        tasks of ``primary`` that this node agreed to (see :meth:`_announce`)."""
         for tasks in (took, released):
             if not isinstance(tasks, list) or not all(
                     isinstance(t, list) and len(t) == 2 and all(isinstance(v, str) for v in t)
@@ -499,11 +487,8 @@ class Backups:
         if len(moved) >= _MAX_TOMBS:
             for old in list(moved)[:_MAX_TOMBS // 2]:
                 del moved[old]
-        for index, (bucket, task_id) in enumerate(took):
-            key = (bucket, task_id, primary)
-            moved[key] = f"{asker.node_id} {asker.boot}"
-            if boots is not None:
-                self._about(key, boots[index])
+        for bucket, task_id in took:
+            moved[(bucket, task_id, primary)] = f"{asker.node_id} {asker.boot}"
         for bucket, task_id in released:
             key = (bucket, task_id, primary)
             if claims.get(key) == asker.node_id:
@@ -511,14 +496,12 @@ class Backups:
                 self.claim_boots.pop(key, None)
 
     async def _ask_others(self, node: str, lost_boot: str | None, others: list[Member],
-                          chosen: list[tuple[str, str, Backup]]) -> list[str] | None:
+                          tasks: list[tuple[str, str]]) -> list[str] | None:
         group = self.group
         if not majority(group, without=node):
             return None
-        tasks = [(b, t) for b, t, _ in chosen]
         message = {"v": 1, "from": group._members.header(), "notes": [],
-                   "check": [list(t) for t in tasks], "primary": node, "boot": lost_boot,
-                   "boots": [backup[1] for _, _, backup in chosen]}
+                   "check": [list(t) for t in tasks], "primary": node, "boot": lost_boot}
 
         async def ask(member: Member) -> list[str] | None:
             try:
@@ -572,7 +555,6 @@ class Backups:
                 continue
             local.recovered[task.id] = max(0.0, now - due)
             self.promoted[(bucket, task.id, node)] = now
-            self._about((bucket, task.id, node), backup[1])
             took.append([bucket, task.id])
             group._replicas.adopt(bucket, task, origin, node)
         promoted = len(took)
@@ -584,7 +566,7 @@ class Backups:
         return took
 
     def check(self, asker: str, primary: str, boot: object, tasks: object,
-              asker_boot: str | None = None, boots: list[str] | None = None) -> list[str]:
+              asker_boot: str | None = None) -> list[str]:
         """Answer backup holder ``asker``, about to take over ``primary``'s
         tasks: ``alive`` (this node sees ``primary`` alive in boot ``boot``),
         ``tomb`` (it left word that the task started or was drained),
@@ -594,10 +576,7 @@ class Backups:
         already), ``backup:<id>`` (this node holds a backup of it too: the
         lower id takes it over), ``claimed`` (another holder with a lower id
         asked first), or ``ok`` -- which this node remembers as a claim:
-        a tomb the primary sends later is refused (see :meth:`note`).
-        ``boots``: the primary's incarnation each task is of, if given (else
-        ``boot``): words kept here about another one's task of the id are
-        about an earlier task (see :meth:`renewed`)."""
+        a tomb the primary sends later is refused (see :meth:`note`)."""
         if not isinstance(tasks, list) or not all(
                 isinstance(t, list) and len(t) == 2 and all(isinstance(v, str) for v in t)
                 for t in tasks):
@@ -611,11 +590,8 @@ class Backups:
             return ["alive"] * len(tasks)
         answers = []
         claims = self.claims
-        for index, (bucket, task_id) in enumerate(tasks):
+        for bucket, task_id in tasks:
             key = (bucket, task_id, primary)
-            of = boots[index] if boots is not None else boot
-            if isinstance(of, str):
-                self.renewed(key, of)
             local = group.buckets.get(bucket)
             where = self.records.get(bucket)
             claimer = claims.get(key)
@@ -639,7 +615,6 @@ class Backups:
                         del claims[old]
                         self.claim_boots.pop(old, None)
                 claims[key] = asker
-                self._about(key, of if isinstance(of, str) else None)
                 if asker_boot is None:
                     self.claim_boots.pop(key, None)
                 else:
@@ -663,12 +638,8 @@ class Backups:
                                       *((k, mine) for k in list(self.promoted)[-_BEQUEST:])]]
         if not (tombs or claims or moved):
             return
-        about = self.about
-        boots = [[*row[:3], about[key]] for row in (*tombs, *claims, *moved)
-                 if (key := (row[0], row[1], row[2])) in about]
         message = {"v": 1, "from": group._members.header(), "notes": [],
-                   "inherit": {"tombs": tombs, "claims": claims, "moved": moved,
-                               "about": boots}}
+                   "inherit": {"tombs": tombs, "claims": claims, "moved": moved}}
         peers = [m for m in group._members.members.values() if m.state is MemberState.ALIVE]
 
         async def send(member: Member) -> None:
@@ -685,15 +656,9 @@ class Backups:
         """Keep the word a leaving peer passed on (see :meth:`bequeath`)."""
         if not isinstance(bequest, dict):
             raise ProtocolError("inherit must be a map")
-        rows = [bequest.get(kind, []) for kind in ("tombs", "claims", "moved", "about")]
-        boots = {(r[0], r[1], r[2]): r[3] for r in rows[3]} if isinstance(rows[3], list) and all(
-            isinstance(r, list) and len(r) == 4 and all(isinstance(v, str) for v in r)
-            for r in rows[3]) else None
-        if boots is None:
-            raise ProtocolError("inherit 'about' rows must be [bucket, task id, primary, "
-                                "its boot id]")
+        rows = [bequest.get(kind, []) for kind in ("tombs", "claims", "moved")]
         for kind, (size, table) in zip(rows, ((3, None), (4, self.claims), (4, self.moved)),
-                                       strict=False):
+                                       strict=True):
             if not isinstance(kind, list) or not all(
                     isinstance(r, list) and len(r) == size and all(isinstance(v, str) for v in r)
                     for r in kind):
@@ -702,10 +667,8 @@ class Backups:
                 key = (row[0], row[1], row[2])
                 if table is None:
                     self._tomb(key)
-                    self._about(key, boots.get(key))
                 elif key not in table and len(table) < _MAX_TOMBS:
                     table[key] = row[3]
-                    self._about(key, boots.get(key))
                     if table is self.claims:
                         self.claim_boots.pop(key, None)
 
@@ -723,33 +686,6 @@ class Backups:
             if now - tombs[first] < TOMB_KEEP:
                 break
             del tombs[first]
-
-    def _about(self, key: tuple[str, str, str], boot: str | None) -> None:
-        """The word just kept under ``key`` is about the task of the
-        primary's incarnation ``boot`` (None: not known)."""
-        about = self.about
-        if boot is None:
-            about.pop(key, None)
-            return
-        if len(about) >= 4 * _MAX_TOMBS:  # the oldest half goes (kept in insertion order)
-            for old in list(about)[:2 * _MAX_TOMBS]:
-                del about[old]
-        about[key] = boot
-
-    def renewed(self, key: tuple[str, str, str], boot: str) -> bool:
-        """The primary's incarnation ``boot`` speaks of ``key``'s task: if
-        the words kept about it (tombs, promotions, claims, moves) are about
-        another incarnation's task of that id, forget them -- they are about
-        an earlier task, which the new one must not be taken for (a takeover
-        of the earlier one would answer "promoted" at the new one's gate, and
-        it would run nowhere). True if some were forgotten."""
-        was = self.about.get(key)
-        if was is None or was == boot:
-            return False
-        for table in (self.tombs, self.promoted, self.claims, self.claim_boots,
-                      self.moved, self.about):
-            table.pop(key, None)
-        return True
 
     def _drop_where(self, test: Any) -> None:
         for where in self.records.values():

@@ -561,9 +561,7 @@ class Replicas:
         # agreed to another holder's takeover: no word is left there.
         silent += [n for n, a in zip(names, answers, strict=True) if a == "claimed"]
         took = [_promoter(a) for a in answers if a.startswith("promoted:")]
-        backups, own = self.group._backups, (*key, self.group.node_id)
-        backups.renewed(own, self.group.boot_id)  # (word about an earlier boot's task goes)
-        passed_on = backups.moved.get(own)
+        passed_on = self.group._backups.moved.get((*key, self.group.node_id))
         if passed_on is not None:  # a holder that left had taken it over
             took.append(_promoter(f"promoted:{passed_on}"))
         if silent and not took:
@@ -649,18 +647,15 @@ class Replicas:
             primary = message.get("primary")
             if not isinstance(primary, str):
                 raise ProtocolError("check needs the primary's node id")
-            return {"v": 1, "checked": group._backups.check(
-                sender.node_id, primary, message.get("boot"), message["check"], sender.boot,
-                _boots(message, len(message["check"]) if isinstance(message["check"], list)
-                       else 0))}
+            return {"v": 1, "checked": group._backups.check(sender.node_id, primary,
+                                                              message.get("boot"),
+                                                              message["check"], sender.boot)}
         if "promoted" in message:
             primary = message.get("primary")
             if not isinstance(primary, str):
                 raise ProtocolError("promoted needs the primary's node id")
-            took = message["promoted"]
-            group._backups.took_over(sender, primary, took, message.get("released", []),
-                                     _boots(message, len(took) if isinstance(took, list)
-                                            else 0))
+            group._backups.took_over(sender, primary, message["promoted"],
+                                     message.get("released", []))
             return {"v": 1}
         if "inherit" in message:
             group._backups.inherit(message["inherit"])
@@ -705,18 +700,6 @@ def _gone(node: str) -> str:
 
 def _is_gone(name: str) -> bool:
     return name.endswith(" (gone)")
-
-
-def _boots(message: dict[str, Any], count: int) -> list[str] | None:
-    """The optional ``boots`` of a takeover check or announcement: the boot
-    id of the primary whose task each entry is about (None if absent)."""
-    boots = message.get("boots")
-    if boots is None:
-        return None
-    if (not isinstance(boots, list) or len(boots) != count
-            or not all(isinstance(b, str) for b in boots)):
-        raise ProtocolError("boots must be a list of boot ids, one per task")
-    return boots
 
 
 def _promoter(answer: str) -> tuple[str, str]:
