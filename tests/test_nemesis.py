@@ -122,8 +122,6 @@ async def test_seed_reusing_ids(seed: int, replicas: int,
 REUSE_FOUND = [425]
 
 
-@pytest.mark.xfail(strict=True, reason="known limit (README): a backup holder's words about "
-                   "a primary's task are not keyed by the primary's boot")
 @pytest.mark.parametrize("seed", REUSE_FOUND)
 async def test_reuse_seeds_that_found_bugs(seed: int, caplog: pytest.LogCaptureFixture) -> None:
     await reusing_ids(seed, 1, caplog)

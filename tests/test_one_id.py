@@ -528,3 +528,27 @@ async def test_an_ended_notice_in_flight_about_a_handed_off_task_keeps_the_new_o
     released.set()
     await asyncio.sleep(0.5)
     await new_x_is_routed_and_its_loss_reported(cluster, n1, "n3")
+
+
+@pytest.mark.parametrize("kind", ["drain", "get"])
+async def test_a_lookup_through_a_node_where_the_id_ended_finds_a_newer_task(
+        cluster: Cluster, kind: str) -> None:
+    """x ran and ended on n1; then n2 filled x (a new task, pending on n2).
+    A drain or get through n1 must reach the new x, not answer from n1's
+    record of the earlier one (a drain would then stop nothing, and x run
+    after the caller heard FINISHED)."""
+    n1 = await cluster.add("n1", max_bucket=5)
+    n2 = await cluster.add("n2", max_bucket=5)
+    await cluster.settle()
+    assert (await n1.fill("jobs", "x")).node_id == "n1"
+    await asyncio.sleep(0.1)
+    assert runs(cluster, "x") == 1
+    assert (await n2.fill("jobs", "x", task_type=BOMB, run_after=10)).node_id == "n2"
+    if kind == "drain":
+        result = await n1.drain("jobs", "x")
+        assert (result.outcome, result.node_id) == (DrainOutcome.DRAINED, "n2")
+        await asyncio.sleep(15)
+        assert runs(cluster, "x") == 1
+    else:
+        info = await n1.get("jobs", "x")
+        assert info is not None and info.node_id == "n2" and not info.state.terminal

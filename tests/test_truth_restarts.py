@@ -272,8 +272,6 @@ async def test_an_ended_notice_from_before_the_origins_restart_keeps_a_new_route
         assert w.lost == ["job"]
 
 
-@pytest.mark.xfail(strict=True, reason="known limit (README): a backup holder's words "
-                   "about a primary's task are not keyed by the primary's boot")
 async def test_a_takeover_of_an_earlier_task_does_not_answer_for_a_new_one() -> None:
     # n1 fills "job" locally, backed up on a peer; n1 is killed, the backup
     # holder takes "job" over and runs it. n1 restarts and fills "job" again,

@@ -137,6 +137,14 @@ class Backups:
         #: Claims whose holder then took the task over (it said so): its
         #: node id and boot id, as ``"<node> <boot>"``.
         self.moved: dict[tuple[str, str, str], str] = {}
+        #: The primary's boot id each tomb, promotion and move above is about
+        #: (by table, then key), where it is known. Such a word is about one
+        #: task, of one incarnation: a new incarnation that fills the id
+        #: again has another task, which the word must not answer for (see
+        #: :meth:`of`). Words are never dropped or changed for this, only
+        #: not applied to the other incarnation's task: the claim and tomb
+        #: protocol between a primary and its backups stays as it was.
+        self.boots: dict[str, dict[tuple[str, str, str], str]] = {}
         # (latest deadline, seq, bucket, keys): expiry, one entry per stored
         # batch; keys that were dropped or stored again since are skipped.
         self._expiry: list[tuple[float, int, str, list[tuple[str, str]]]] = []
@@ -172,7 +180,7 @@ class Backups:
         node, boot = primary.node_id, primary.boot
         # Late copies: it started or was drained, or was taken over (say a
         # primary back from a stall re-sending it on a reschedule).
-        ended = (self.tombs, self.promoted, self.moved) if (
+        ended = (("tombs", self.tombs), ("promoted", self.promoted), ("moved", self.moved)) if (
             self.tombs or self.promoted or self.moved) else ()
         records, buckets = self.records, group.buckets
         last_bucket = None
@@ -193,7 +201,8 @@ class Backups:
                 keys = stored.setdefault(bucket, [])
                 most = local.config.max_backups
                 limit = local.config.max_bucket if most is None else most
-            if ended and any((bucket, task_id, node) in kind for kind in ended):
+            if ended and any((bucket, task_id, node) in table and self.of(name, (
+                    bucket, task_id, node), boot) for name, table in ended):
                 verdicts.append("dropped")
                 continue
             key = (task_id, node)
@@ -236,11 +245,11 @@ class Backups:
             where = self.records.get(bucket)
             if where is not None:
                 where.pop((task_id, primary.node_id), None)
-            if key in self.promoted:
+            if key in self.promoted and self.of("promoted", key, primary.boot):
                 answers.append(f"promoted:{self.group.node_id} {self.group.boot_id}")
                 continue
-            if key in self.moved:  # another backup holder took it over: it runs there
-                answers.append(f"promoted:{self.moved[key]}")
+            if key in self.moved and self.of("moved", key, primary.boot):
+                answers.append(f"promoted:{self.moved[key]}")  # another holder took it over
                 continue
             if key in self.claims:  # a backup holder may be taking it over: no word here
                 claimer, boot = self.claims[key], self.claim_boots.get(key)
@@ -256,7 +265,7 @@ class Backups:
             # Word that it started or was drained: kept, so a backup of it
             # that arrives late (another connection) is refused, and a node
             # about to take it over learns not to.
-            self._tomb(key)
+            self._tomb(key, primary.boot)
             answers.append("ok")
         return answers
 
@@ -407,6 +416,7 @@ class Backups:
         group = self.group
         loop = asyncio.get_running_loop()
         keys = [[b, t] for b, t, _ in chosen]
+        boot_of = {(b, t): backup[1] for b, t, backup in chosen}
         asked: dict[str, Member] = {}  # every node asked: each may hold claims
         took: list[list[str]] = []
         try:
@@ -433,7 +443,8 @@ class Backups:
             if asked:
                 taken = {(b, t) for b, t in took}
                 released = [key for key in keys if (key[0], key[1]) not in taken]
-                group._spawn(self._announce(list(asked.values()), node, took, released))
+                group._spawn(self._announce(list(asked.values()), node, took, released,
+                                            [boot_of[(b, t)] for b, t in took]))
 
     def _keep(self, chosen: list[tuple[str, str, Backup]]) -> None:
         """Put back the backups of a takeover called off (their primary is
@@ -443,14 +454,14 @@ class Backups:
             where.setdefault((task_id, backup[0]), backup)
 
     async def _announce(self, others: list[Member], node: str, took: list[list[str]],
-                        released: list[list[str]]) -> None:
+                        released: list[list[str]], boots: list[str]) -> None:
         """Tell the nodes that agreed to a takeover whether it happened, so
         they answer the old primary "promoted here" (it then leaves the
         task to this node) or take its word again, instead of "claimed".
         Retried while they are alive."""
         group = self.group
         message = {"v": 1, "from": group._members.header(), "notes": [],
-                   "promoted": took, "released": released, "primary": node}
+                   "promoted": took, "released": released, "primary": node, "boots": boots}
 
         members = group._members.members
 
@@ -474,9 +485,11 @@ class Backups:
 
         await asyncio.gather(*(tell(m) for m in others))
 
-    def took_over(self, asker: Member, primary: str, took: object, released: object) -> None:
-        """``asker`` took over (``took``) or let go (``released``) these
-        tasks of ``primary`` that this node agreed to (see :meth:`_announce`)."""
+    def took_over(self, asker: Member, primary: str, took: object, released: object,
+                  boots: list[str] | None = None) -> None:
+        """``asker`` took over (``took``: tasks of ``primary``'s incarnations
+        ``boots``, if given) or let go (``released``) these tasks of
+        ``primary`` that this node agreed to (see :meth:`_announce`)."""
         for tasks in (took, released):
             if not isinstance(tasks, list) or not all(
                     isinstance(t, list) and len(t) == 2 and all(isinstance(v, str) for v in t)
@@ -487,8 +500,10 @@ class Backups:
         if len(moved) >= _MAX_TOMBS:
             for old in list(moved)[:_MAX_TOMBS // 2]:
                 del moved[old]
-        for bucket, task_id in took:
-            moved[(bucket, task_id, primary)] = f"{asker.node_id} {asker.boot}"
+        for index, (bucket, task_id) in enumerate(took):
+            key = (bucket, task_id, primary)
+            moved[key] = f"{asker.node_id} {asker.boot}"
+            self._about("moved", key, None if boots is None else boots[index])
         for bucket, task_id in released:
             key = (bucket, task_id, primary)
             if claims.get(key) == asker.node_id:
@@ -555,6 +570,7 @@ class Backups:
                 continue
             local.recovered[task.id] = max(0.0, now - due)
             self.promoted[(bucket, task.id, node)] = now
+            self._about("promoted", (bucket, task.id, node), backup[1])
             took.append([bucket, task.id])
             group._replicas.adopt(bucket, task, origin, node)
         promoted = len(took)
@@ -638,8 +654,16 @@ class Backups:
                                       *((k, mine) for k in list(self.promoted)[-_BEQUEST:])]]
         if not (tombs or claims or moved):
             return
+        # Which incarnation's task each tomb and move is about, where known.
+        about = [[*row[:3], boot] for rows, name in ((tombs, "tombs"), (moved, "moved"))
+                 for row in rows if (boot := self._boot(name, (row[0], row[1], row[2])))]
+        for row in moved[len(moved) - min(len(self.promoted), _BEQUEST):]:
+            key = (row[0], row[1], row[2])
+            if key not in self.moved and (boot := self._boot("promoted", key)):
+                about.append([*key, boot])  # (a promotion here, passed on as a move)
         message = {"v": 1, "from": group._members.header(), "notes": [],
-                   "inherit": {"tombs": tombs, "claims": claims, "moved": moved}}
+                   "inherit": {"tombs": tombs, "claims": claims, "moved": moved,
+                               "about": about}}
         peers = [m for m in group._members.members.values() if m.state is MemberState.ALIVE]
 
         async def send(member: Member) -> None:
@@ -656,6 +680,13 @@ class Backups:
         """Keep the word a leaving peer passed on (see :meth:`bequeath`)."""
         if not isinstance(bequest, dict):
             raise ProtocolError("inherit must be a map")
+        about = bequest.get("about", [])
+        if not isinstance(about, list) or not all(
+                isinstance(r, list) and len(r) == 4 and all(isinstance(v, str) for v in r)
+                for r in about):
+            raise ProtocolError("inherit 'about' rows must be [bucket, task id, primary, "
+                                "its boot id]")
+        boots = {(r[0], r[1], r[2]): r[3] for r in about}
         rows = [bequest.get(kind, []) for kind in ("tombs", "claims", "moved")]
         for kind, (size, table) in zip(rows, ((3, None), (4, self.claims), (4, self.moved)),
                                        strict=True):
@@ -666,15 +697,45 @@ class Backups:
             for row in kind:
                 key = (row[0], row[1], row[2])
                 if table is None:
-                    self._tomb(key)
+                    self._tomb(key, boots.get(key))
                 elif key not in table and len(table) < _MAX_TOMBS:
                     table[key] = row[3]
+                    if table is self.moved:
+                        self._about("moved", key, boots.get(key))
                     if table is self.claims:
                         self.claim_boots.pop(key, None)
 
     # -- housekeeping ---------------------------------------------------------------------
 
-    def _tomb(self, key: tuple[str, str, str]) -> None:
+    def of(self, table: str, key: tuple[str, str, str], boot: str) -> bool:
+        """Is the word under ``key`` in ``table`` ("tombs", "promoted" or
+        "moved") about the task of the primary's incarnation ``boot``? Yes
+        too when that is not known (word from a node of an earlier version)."""
+        was = self._boot(table, key)
+        return was is None or was == boot
+
+    def _boot(self, table: str, key: tuple[str, str, str]) -> str | None:
+        """The primary's boot the word under ``key`` in ``table`` is about, if known."""
+        boots = self.boots.get(table)
+        return None if boots is None else boots.get(key)
+
+    def _about(self, table: str, key: tuple[str, str, str], boot: str | None) -> None:
+        """The word just kept under ``key`` in ``table`` is about the task of
+        the primary's incarnation ``boot`` (None: not known)."""
+        boots = self.boots.setdefault(table, {})
+        if boot is None:
+            boots.pop(key, None)
+            return
+        if len(boots) >= 2 * _MAX_TOMBS:  # words gone since: keep those still kept
+            kept: dict[tuple[str, str, str], Any] = getattr(self, table)
+            for gone in [k for k in boots if k not in kept]:
+                del boots[gone]
+        boots[key] = boot
+
+    def _tomb(self, key: tuple[str, str, str], boot: str | None = None) -> None:
+        """Keep a primary's word that the task (of its incarnation ``boot``,
+        if known) started or was drained."""
+        self._about("tombs", key, boot)
         now = asyncio.get_running_loop().time()
         tombs = self.tombs
         if len(tombs) >= _MAX_TOMBS:  # the oldest half goes (kept in insertion order)

@@ -561,7 +561,10 @@ class Replicas:
         # agreed to another holder's takeover: no word is left there.
         silent += [n for n, a in zip(names, answers, strict=True) if a == "claimed"]
         took = [_promoter(a) for a in answers if a.startswith("promoted:")]
-        passed_on = self.group._backups.moved.get((*key, self.group.node_id))
+        backups, own = self.group._backups, (*key, self.group.node_id)
+        passed_on = backups.moved.get(own)
+        if passed_on is not None and not backups.of("moved", own, self.group.boot_id):
+            passed_on = None  # a takeover of an earlier incarnation's task of the id
         if passed_on is not None:  # a holder that left had taken it over
             took.append(_promoter(f"promoted:{passed_on}"))
         if silent and not took:
@@ -654,8 +657,10 @@ class Replicas:
             primary = message.get("primary")
             if not isinstance(primary, str):
                 raise ProtocolError("promoted needs the primary's node id")
-            group._backups.took_over(sender, primary, message["promoted"],
-                                     message.get("released", []))
+            took = message["promoted"]
+            group._backups.took_over(sender, primary, took, message.get("released", []),
+                                     _boots(message, len(took) if isinstance(took, list)
+                                            else 0))
             return {"v": 1}
         if "inherit" in message:
             group._backups.inherit(message["inherit"])
@@ -700,6 +705,18 @@ def _gone(node: str) -> str:
 
 def _is_gone(name: str) -> bool:
     return name.endswith(" (gone)")
+
+
+def _boots(message: dict[str, Any], count: int) -> list[str] | None:
+    """The optional ``boots`` of a takeover announcement: the boot id of the
+    primary whose task each entry is about (None if absent)."""
+    boots = message.get("boots")
+    if boots is None:
+        return None
+    if (not isinstance(boots, list) or len(boots) != count
+            or not all(isinstance(b, str) for b in boots)):
+        raise ProtocolError("boots must be a list of boot ids, one per task")
+    return boots
 
 
 def _promoter(answer: str) -> tuple[str, str]:
