@@ -111,14 +111,10 @@ async def test_seed_reusing_ids(seed: int, replicas: int,
     await reusing_ids(seed, replicas, caplog)
 
 
-#: A reuse seed that found a bug not fixed yet (with replicas): a takeover of
-#: a restarted primary's earlier task of the id answers for the new one at
-#: its gate (it ends HANDED_OFF and runs nowhere, no loss report). Keying a
-#: holder's words by the primary's boot fixed them, but let a late word
-#: about the earlier incarnation forget or relabel the new one's (a claim,
-#: a tomb): a task could then run twice (found by review), so it was taken
-#: back. (Seed 310 found it too, before lookups changed.) Strict: when it
-#: passes, this mark goes.
+#: A reuse seed that found a bug (with replicas): a takeover of a restarted
+#: primary's earlier task of the id answered for the new one at its gate (it
+#: ended HANDED_OFF and ran nowhere, no loss report). (Seed 310 found it too,
+#: before lookups changed.) It must stay clean of all but the known limits.
 REUSE_FOUND = [425]
 
 
