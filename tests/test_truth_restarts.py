@@ -26,6 +26,7 @@ from gobucket_py import (
     TaskType,
 )
 from gobucket_py.cluster import forward
+from gobucket_py.errors import ProtocolError
 from gobucket_py.testing import MemoryCluster
 
 from .conftest import Recorder
@@ -294,3 +295,27 @@ async def test_a_takeover_of_an_earlier_task_does_not_answer_for_a_new_one() -> 
         await asyncio.sleep(5)
         assert w.runs("job") == 2
         assert [r.hooks("job") for r in w.recorders[3:]] == [["execute", "finish"]]
+
+
+@pytest.mark.parametrize("about", [
+    [], {"tombs": 3}, {"moved": [["jobs", "x", "n1"]]}, {"tombs": [["jobs", "x", "n1", 5]]}])
+async def test_a_bequest_names_the_incarnation_its_words_are_about(about: object) -> None:
+    # A leaving node passes on its tombs and moves with the primary's boot
+    # each is about: the heir does not apply them to another incarnation's
+    # task. A malformed "about" is refused, and nothing is kept.
+    w = Watched()
+    async with w.cluster(2, replicas=1) as c:
+        await c.settle()
+        backups = c["n2"]._backups
+        word = {"tombs": [["jobs", "t", "n1"]], "claims": [],
+                "moved": [["jobs", "m", "n1", "n3 b3"]]}
+        with pytest.raises(ProtocolError, match="about"):
+            backups.inherit({**word, "about": about})
+        assert not backups.tombs and not backups.moved
+        backups.inherit({**word, "about": {"tombs": [["jobs", "t", "n1", "A"]],
+                                           "moved": [["jobs", "m", "n1", "A"]]}})
+        for table, task_id in (("tombs", "t"), ("moved", "m")):
+            key = ("jobs", task_id, "n1")
+            assert backups.of(table, key, "A") and not backups.of(table, key, "B")
+        backups.inherit({"tombs": [["jobs", "u", "n1"]]})  # an earlier version's: any boot
+        assert backups.of("tombs", ("jobs", "u", "n1"), "B")

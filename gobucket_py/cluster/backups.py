@@ -647,20 +647,20 @@ class Backups:
         Best effort, bounded by ``request_timeout``; the most recent
         ``_BEQUEST`` records of each kind."""
         group = self.group
-        tombs = [list(k) for k in list(self.tombs)[-_BEQUEST:]]
+        tomb_keys = list(self.tombs)[-_BEQUEST:]
+        moves = list(self.moved.items())[-_BEQUEST:]
+        promotions = list(self.promoted)[-_BEQUEST:]
+        tombs = [list(k) for k in tomb_keys]
         claims = [[*k, v] for k, v in list(self.claims.items())[-_BEQUEST:]]
         mine = f"{group.node_id} {group.boot_id}"  # what it took over itself
-        moved = [[*k, v] for k, v in [*list(self.moved.items())[-_BEQUEST:],
-                                      *((k, mine) for k in list(self.promoted)[-_BEQUEST:])]]
+        moved = [*([*k, v] for k, v in moves), *([*k, mine] for k in promotions)]
         if not (tombs or claims or moved):
             return
-        # Which incarnation's task each tomb and move is about, where known.
-        about = [[*row[:3], boot] for rows, name in ((tombs, "tombs"), (moved, "moved"))
-                 for row in rows if (boot := self._boot(name, (row[0], row[1], row[2])))]
-        for row in moved[len(moved) - min(len(self.promoted), _BEQUEST):]:
-            key = (row[0], row[1], row[2])
-            if key not in self.moved and (boot := self._boot("promoted", key)):
-                about.append([*key, boot])  # (a promotion here, passed on as a move)
+        # Which incarnation's task each tomb and move is about, where known
+        # (in the order of the rows: the first row of a key is the one kept).
+        about = {"tombs": [[*k, b] for k in tomb_keys if (b := self._boot("tombs", k))],
+                 "moved": [*([*k, b] for k, _ in moves if (b := self._boot("moved", k))),
+                           *([*k, b] for k in promotions if (b := self._boot("promoted", k)))]}
         message = {"v": 1, "from": group._members.header(), "notes": [],
                    "inherit": {"tombs": tombs, "claims": claims, "moved": moved,
                                "about": about}}
@@ -680,13 +680,18 @@ class Backups:
         """Keep the word a leaving peer passed on (see :meth:`bequeath`)."""
         if not isinstance(bequest, dict):
             raise ProtocolError("inherit must be a map")
-        about = bequest.get("about", [])
-        if not isinstance(about, list) or not all(
-                isinstance(r, list) and len(r) == 4 and all(isinstance(v, str) for v in r)
-                for r in about):
-            raise ProtocolError("inherit 'about' rows must be [bucket, task id, primary, "
-                                "its boot id]")
-        boots = {(r[0], r[1], r[2]): r[3] for r in about}
+        about = bequest.get("about", {})
+        if not isinstance(about, dict) or not all(
+                isinstance(rows, list) and all(
+                    isinstance(r, list) and len(r) == 4 and all(isinstance(v, str) for v in r)
+                    for r in rows)
+                for rows in (about.get("tombs", []), about.get("moved", []))):
+            raise ProtocolError("inherit 'about' maps tombs and moved to rows [bucket, task "
+                                "id, primary, its boot id]")
+        boots: dict[str, dict[tuple[str, str, str], str]] = {"tombs": {}, "moved": {}}
+        for kind, known in boots.items():
+            for r in about.get(kind, []):
+                known.setdefault((r[0], r[1], r[2]), r[3])
         rows = [bequest.get(kind, []) for kind in ("tombs", "claims", "moved")]
         for kind, (size, table) in zip(rows, ((3, None), (4, self.claims), (4, self.moved)),
                                        strict=True):
@@ -697,11 +702,11 @@ class Backups:
             for row in kind:
                 key = (row[0], row[1], row[2])
                 if table is None:
-                    self._tomb(key, boots.get(key))
+                    self._tomb(key, boots["tombs"].get(key))
                 elif key not in table and len(table) < _MAX_TOMBS:
                     table[key] = row[3]
                     if table is self.moved:
-                        self._about("moved", key, boots.get(key))
+                        self._about("moved", key, boots["moved"].get(key))
                     if table is self.claims:
                         self.claim_boots.pop(key, None)
 
