@@ -2014,8 +2014,17 @@ def main(argv: list[str]) -> int:
     seeds, print a census (``--reuse``: fill some ids again, as NEMESIS_REUSE=1)."""
     import looptime
 
-    flags = [a for a in argv if a.startswith("--")]
-    args = [a for a in argv if not a.startswith("--")]
+    flags = [a for a in argv if a.startswith("-")]
+    args = [a for a in argv if not a.startswith("-")]
+    known = ("--verbose", "--reuse", "--replicas=")
+    if "-h" in flags or "--help" in flags or any(not f.startswith(known) for f in flags):
+        print("usage: python -m tests.nemesis [SEEDS] [--verbose] [--reuse] [--replicas=K]\n\n"
+              "Run nemesis seeds (SEEDS: N, N-M or N,M,...; default 0-99) on the in-memory\n"
+              "cluster and print a census of invariant violations.\n"
+              "  --verbose     print each failed seed's report\n"
+              "  --reuse       fill some ids again (as NEMESIS_REUSE=1)\n"
+              "  --replicas=K  K backups per time-bomb (as NEMESIS_REPLICAS)")
+        return 0 if "-h" in flags or "--help" in flags else 2
     seeds = _seeds(args[0] if args else "0-99")
     verbose = "--verbose" in flags
     reuse = True if "--reuse" in flags else None
