@@ -26,6 +26,7 @@ from gobucket_py import (
     TaskType,
 )
 from gobucket_py.cluster import forward
+from gobucket_py.codec import PACKED_NONE
 from gobucket_py.errors import ProtocolError
 from gobucket_py.testing import MemoryCluster
 
@@ -319,3 +320,27 @@ async def test_a_bequest_names_the_incarnation_its_words_are_about(about: object
             assert backups.of(table, key, "A") and not backups.of(table, key, "B")
         backups.inherit({"tombs": [["jobs", "u", "n1"]]})  # an earlier version's: any boot
         assert backups.of("tombs", ("jobs", "u", "n1"), "B")
+
+
+async def test_a_late_word_about_an_earlier_incarnation_does_not_relabel_a_later_ones() -> None:
+    # Words about a primary's task are kept by (bucket, id, primary); the
+    # boot each is about is a label. A late word about an earlier
+    # incarnation under a key that holds a later one's makes the key's
+    # words apply to every incarnation (as before labels): never "not about
+    # you" for the later one's own word. (Found by review: a late takeover
+    # announcement relabelled a move, and a primary back from a stall heard
+    # "ok" for a task taken over -- it could run twice; a bequest relabelled
+    # a tomb, and a late copy of a started task's backup was kept.)
+    w = Watched()
+    async with w.cluster(3, replicas=1) as c:
+        await c.settle()
+        backups = c["n3"]._backups
+        n1, n2 = (c["n3"]._members.members[n] for n in ("n1", "n2"))
+        backups.took_over(n2, "n1", [["jobs", "job"]], [], [n1.boot])  # about n1 now
+        backups.took_over(n2, "n1", [["jobs", "job"]], [], ["earlier"])  # late
+        assert backups.note(n1, [["started", "jobs", "job"]])[0].startswith("promoted:n2")
+        assert backups.note(n1, [["started", "jobs", "once"]]) == ["ok"]  # a tomb, about n1
+        backups.inherit({"tombs": [["jobs", "once", "n1"]],
+                         "about": {"tombs": [["jobs", "once", "n1", "earlier"]]}})
+        item = ("jobs", "once", PACKED_NONE, 5.0, 3600.0, "n1", 0, ("n3",))
+        assert backups.store([item], n1) == ["dropped"]  # type: ignore[arg-type]

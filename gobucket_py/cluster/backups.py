@@ -143,7 +143,9 @@ class Backups:
         #: again has another task, which the word must not answer for (see
         #: :meth:`of`). Words are never dropped or changed for this, only
         #: not applied to the other incarnation's task: the claim and tomb
-        #: protocol between a primary and its backups stays as it was.
+        #: protocol between a primary and its backups stays as it was. A key
+        #: whose words were about more than one incarnation (or one not
+        #: known) has no label: they apply to every incarnation, as before.
         self.boots: dict[str, dict[tuple[str, str, str], str]] = {}
         # (latest deadline, seq, bucket, keys): expiry, one entry per stored
         # batch; keys that were dropped or stored again since are skipped.
@@ -502,8 +504,8 @@ class Backups:
                 del moved[old]
         for index, (bucket, task_id) in enumerate(took):
             key = (bucket, task_id, primary)
-            moved[key] = f"{asker.node_id} {asker.boot}"
             self._about("moved", key, None if boots is None else boots[index])
+            moved[key] = f"{asker.node_id} {asker.boot}"
         for bucket, task_id in released:
             key = (bucket, task_id, primary)
             if claims.get(key) == asker.node_id:
@@ -569,8 +571,8 @@ class Backups:
                             "task_id=%s error=%s", group.node_id, bucket, task_id, exc)
                 continue
             local.recovered[task.id] = max(0.0, now - due)
-            self.promoted[(bucket, task.id, node)] = now
             self._about("promoted", (bucket, task.id, node), backup[1])
+            self.promoted[(bucket, task.id, node)] = now
             took.append([bucket, task.id])
             group._replicas.adopt(bucket, task, origin, node)
         promoted = len(took)
@@ -704,9 +706,9 @@ class Backups:
                 if table is None:
                     self._tomb(key, boots["tombs"].get(key))
                 elif key not in table and len(table) < _MAX_TOMBS:
-                    table[key] = row[3]
                     if table is self.moved:
                         self._about("moved", key, boots["moved"].get(key))
+                    table[key] = row[3]
                     if table is self.claims:
                         self.claim_boots.pop(key, None)
 
@@ -725,14 +727,17 @@ class Backups:
         return None if boots is None else boots.get(key)
 
     def _about(self, table: str, key: tuple[str, str, str], boot: str | None) -> None:
-        """The word just kept under ``key`` in ``table`` is about the task of
-        the primary's incarnation ``boot`` (None: not known)."""
+        """A word about the task of the primary's incarnation ``boot`` (None:
+        not known) is about to be kept under ``key`` in ``table``. If a word
+        is kept there already about another incarnation, or one not known,
+        the key loses its label: its words then apply to every incarnation
+        (a late word about an earlier one must not relabel a later one's)."""
         boots = self.boots.setdefault(table, {})
-        if boot is None:
+        kept: dict[tuple[str, str, str], Any] = getattr(self, table)
+        if boot is None or (key in kept and boots.get(key) != boot):
             boots.pop(key, None)
             return
         if len(boots) >= 2 * _MAX_TOMBS:  # words gone since: keep those still kept
-            kept: dict[tuple[str, str, str], Any] = getattr(self, table)
             for gone in [k for k in boots if k not in kept]:
                 del boots[gone]
         boots[key] = boot
