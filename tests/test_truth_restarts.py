@@ -13,6 +13,7 @@ want of backup room.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -26,6 +27,7 @@ from gobucket_py import (
     TaskType,
 )
 from gobucket_py.cluster import forward
+from gobucket_py.cluster.protocol import Kind
 from gobucket_py.codec import PACKED_NONE
 from gobucket_py.errors import ProtocolError
 from gobucket_py.testing import MemoryCluster
@@ -344,3 +346,46 @@ async def test_a_late_word_about_an_earlier_incarnation_does_not_relabel_a_later
                          "about": {"tombs": [["jobs", "once", "n1", "earlier"]]}})
         item = ("jobs", "once", PACKED_NONE, 5.0, 3600.0, "n1", 0, ("n3",))
         assert backups.store([item], n1) == ["dropped"]  # type: ignore[arg-type]
+
+
+async def test_an_inherited_move_about_another_incarnation_unlabels_the_heirs() -> None:
+    # The heir holds a move about n1's earlier incarnation; a leaving node
+    # passes on a move of the same key about n1's current one. The heir
+    # keeps its own row, but its label goes: n1 now hears "promoted". (Found
+    # by review: the label stayed, and n1 heard "ok" for a task taken over.)
+    w = Watched()
+    async with w.cluster(3, replicas=1) as c:
+        await c.settle()
+        backups = c["n3"]._backups
+        n1, n2 = (c["n3"]._members.members[n] for n in ("n1", "n2"))
+        backups.took_over(n2, "n1", [["jobs", "job"]], [], ["earlier"])
+        backups.inherit({"tombs": [], "claims": [], "moved": [["jobs", "job", "n1", "n4 b4"]],
+                         "about": {"moved": [["jobs", "job", "n1", n1.boot]]}})
+        assert backups.note(n1, [["started", "jobs", "job"]])[0].startswith("promoted:")
+
+
+async def test_a_bequest_labels_a_key_only_when_all_its_rows_agree() -> None:
+    # A leaving node's move (incarnation not known) and its promotion
+    # (labelled) of one key go as two moved rows: the heir keeps the first,
+    # so the key is passed on unlabelled. (Found by review: it took the
+    # promotion's label for the move's word.)
+    w = Watched()
+    async with w.cluster(3, replicas=1) as c:
+        await c.settle()
+        leaver, heir = c["n2"]._backups, c["n3"]._backups
+        key = ("jobs", "job", "n1")
+        leaver.moved[key] = "n4 b4"  # about an incarnation not known
+        leaver._about("promoted", key, "B")
+        leaver.promoted[key] = 0.0
+        sent: list[dict[str, Any]] = []
+
+        async def call(addr: str, kind: Kind, message: dict[str, Any], timeout: float
+                       ) -> dict[str, Any]:
+            sent.append(message)
+            return {"v": 1}
+
+        c["n2"].transport.call = call  # type: ignore[method-assign]
+        await leaver.bequeath()
+        assert sent and sent[0]["inherit"]["about"]["moved"] == []
+        heir.inherit(sent[0]["inherit"])
+        assert heir.moved[key] == "n4 b4" and heir.of("moved", key, "A")

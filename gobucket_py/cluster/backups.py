@@ -658,11 +658,16 @@ class Backups:
         moved = [*([*k, v] for k, v in moves), *([*k, mine] for k in promotions)]
         if not (tombs or claims or moved):
             return
-        # Which incarnation's task each tomb and move is about, where known
-        # (in the order of the rows: the first row of a key is the one kept).
+        # Which incarnation's task each tomb and move is about, where known:
+        # a key of two moved rows (a move and a promotion) only if both are
+        # about the same one.
+        labels: dict[tuple[str, str, str], str | None] = {}
+        for name, keys in (("moved", [k for k, _ in moves]), ("promoted", promotions)):
+            for k in keys:
+                boot = self._boot(name, k)
+                labels[k] = boot if labels.get(k, boot) == boot else None
         about = {"tombs": [[*k, b] for k in tomb_keys if (b := self._boot("tombs", k))],
-                 "moved": [*([*k, b] for k, _ in moves if (b := self._boot("moved", k))),
-                           *([*k, b] for k in promotions if (b := self._boot("promoted", k)))]}
+                 "moved": [[*k, b] for k, b in labels.items() if b]}
         message = {"v": 1, "from": group._members.header(), "notes": [],
                    "inherit": {"tombs": tombs, "claims": claims, "moved": moved,
                                "about": about}}
@@ -705,12 +710,13 @@ class Backups:
                 key = (row[0], row[1], row[2])
                 if table is None:
                     self._tomb(key, boots["tombs"].get(key))
-                elif key not in table and len(table) < _MAX_TOMBS:
-                    if table is self.moved:
+                else:
+                    if table is self.moved:  # (kept here already: a label that differs goes)
                         self._about("moved", key, boots["moved"].get(key))
-                    table[key] = row[3]
-                    if table is self.claims:
-                        self.claim_boots.pop(key, None)
+                    if key not in table and len(table) < _MAX_TOMBS:
+                        table[key] = row[3]
+                        if table is self.claims:
+                            self.claim_boots.pop(key, None)
 
     # -- housekeeping ---------------------------------------------------------------------
 
