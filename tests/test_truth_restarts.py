@@ -13,6 +13,8 @@ want of backup room.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -27,6 +29,8 @@ from gobucket_py import (
     TaskType,
 )
 from gobucket_py.cluster import forward
+from gobucket_py.cluster.backups import Backups
+from gobucket_py.cluster.membership import Member
 from gobucket_py.cluster.protocol import Kind
 from gobucket_py.codec import PACKED_NONE
 from gobucket_py.errors import ProtocolError
@@ -324,6 +328,16 @@ async def test_a_bequest_names_the_incarnation_its_words_are_about(about: object
         assert backups.of("tombs", ("jobs", "u", "n1"), "B")
 
 
+@contextlib.asynccontextmanager
+async def words_at_n3() -> AsyncIterator[tuple[Backups, Member, Member]]:
+    """Three nodes with replicas, settled: n3's backup words, and n1 and n2
+    as n3 sees them."""
+    async with Watched().cluster(3, replicas=1) as c:
+        await c.settle()
+        members = c["n3"]._members.members
+        yield c["n3"]._backups, members["n1"], members["n2"]
+
+
 async def test_a_late_word_about_an_earlier_incarnation_does_not_relabel_a_later_ones() -> None:
     # Words about a primary's task are kept by (bucket, id, primary); the
     # boot each is about is a label. A late word about an earlier
@@ -333,11 +347,7 @@ async def test_a_late_word_about_an_earlier_incarnation_does_not_relabel_a_later
     # announcement relabelled a move, and a primary back from a stall heard
     # "ok" for a task taken over -- it could run twice; a bequest relabelled
     # a tomb, and a late copy of a started task's backup was kept.)
-    w = Watched()
-    async with w.cluster(3, replicas=1) as c:
-        await c.settle()
-        backups = c["n3"]._backups
-        n1, n2 = (c["n3"]._members.members[n] for n in ("n1", "n2"))
+    async with words_at_n3() as (backups, n1, n2):
         backups.took_over(n2, "n1", [["jobs", "job"]], [], [n1.boot])  # about n1 now
         backups.took_over(n2, "n1", [["jobs", "job"]], [], ["earlier"])  # late
         assert backups.note(n1, [["started", "jobs", "job"]])[0].startswith("promoted:n2")
@@ -353,11 +363,7 @@ async def test_an_inherited_move_about_another_incarnation_unlabels_the_heirs() 
     # passes on a move of the same key about n1's current one. The heir
     # keeps its own row, but its label goes: n1 now hears "promoted". (Found
     # by review: the label stayed, and n1 heard "ok" for a task taken over.)
-    w = Watched()
-    async with w.cluster(3, replicas=1) as c:
-        await c.settle()
-        backups = c["n3"]._backups
-        n1, n2 = (c["n3"]._members.members[n] for n in ("n1", "n2"))
+    async with words_at_n3() as (backups, n1, n2):
         backups.took_over(n2, "n1", [["jobs", "job"]], [], ["earlier"])
         backups.inherit({"tombs": [], "claims": [], "moved": [["jobs", "job", "n1", "n4 b4"]],
                          "about": {"moved": [["jobs", "job", "n1", n1.boot]]}})

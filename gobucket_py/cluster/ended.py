@@ -149,11 +149,11 @@ class EndedNotices:
         again = self._again(origin)
         pending = self._ended.get(origin, {})
         for bucket, (ids, batches) in list(pending.items()):
-            kept = [pair for pair in zip(ids, batches, strict=True) if not again(bucket, pair[0])]
-            if not kept:
+            kept = _left(bucket, ids, batches, again)
+            if not kept[0]:
                 del pending[bucket]
-            elif len(kept) < len(ids):
-                pending[bucket] = ([pair[0] for pair in kept], [pair[1] for pair in kept])
+            elif len(kept[0]) < len(ids):
+                pending[bucket] = kept
         if origin in self._ended and not pending:
             del self._ended[origin]
         via = [entry for entry in self._ended_via.get(origin, ()) if not again(*entry[:2])]
@@ -312,12 +312,11 @@ class EndedNotices:
         applied, its answer lost)."""
         again = self._again(origin)
         for bucket, ids in parts["ended"].items():
-            kept = [pair for pair in zip(ids, _expand(parts["batches"][bucket]), strict=True)
-                    if not again(bucket, pair[0])]
-            if kept:
+            kept = _left(bucket, ids, _expand(parts["batches"][bucket]), again)
+            if kept[0]:
                 pending = self._ended.setdefault(origin, {}).setdefault(bucket, ([], []))
-                pending[0].extend(pair[0] for pair in kept)
-                pending[1].extend(pair[1] for pair in kept)
+                pending[0].extend(kept[0])
+                pending[1].extend(kept[1])
         self._moved.setdefault(origin, []).extend(parts["moved"])
         via = [entry for entry in parts.get("via", ()) if not again(entry[0], entry[1])]
         if via:
@@ -415,6 +414,14 @@ class EndedNotices:
         for bucket, task_id, left in extended:
             routes.extend(bucket, task_id, sender, now, left)
 
+
+
+def _left(bucket: str, ids: list[str], batches: list[int],
+          again: Callable[[str, str], bool]) -> tuple[list[str], list[int]]:
+    """The ends of ``ids`` (with their batches) that are not about an id
+    forwarded here again (see ``EndedNotices._again``)."""
+    kept = [pair for pair in zip(ids, batches, strict=True) if not again(bucket, pair[0])]
+    return [pair[0] for pair in kept], [pair[1] for pair in kept]
 
 
 def _runs(batches: list[int]) -> list[int]:
