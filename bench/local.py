@@ -120,7 +120,8 @@ def scale_run(pending: int = 800_000, rate: float = 20_000.0, measure_s: float =
     return {"p99": percentile(lat, 99) * 1e3, "max": max(lat) * 1e3,
             "b99": percentile(base, 99) * 1e3, "bmax": max(base) * 1e3,
             "fired": len(lat) / measure_s, "pending": pending, "measure_s": measure_s,
-            "alone": gcs["alone"][0] * 1e3, "balone": gcs["alone"][1] * 1e3, "gcs": gcs}
+            "alone": gcs["alone"][0] * 1e3, "balone": gcs["alone"][1] * 1e3,
+            "pass": gcs["full_pass"][0] * 1e3, "frozen": gcs["full_pass"][1] * 1e3, "gcs": gcs}
 
 
 def lateness_at_scale(runs: int = 3, run: Callable[[], ScaleRun] = scale_run) -> list[Row]:
@@ -153,7 +154,12 @@ def lateness_at_scale(runs: int = 3, run: Callable[[], ScaleRun] = scale_run) ->
             "are the worst lateness of a separate process's 1 ms timer in the same window "
             "(ours, bare), on the other core; the max less the machine's pauses takes from "
             "each fire later than 2 ms the time the canary was itself paused in it (median "
-            f"{alone:.1f} ms, bare {balone:.1f} ms): the part no pause of the machine explains")
+            f"{alone:.1f} ms, bare {balone:.1f} ms): the part no pause of the machine explains. "
+            "A full collector pass, timed after ours' window, took "
+            + ", ".join(f"{r['pass']:.1f}" for r in results)
+            + " ms (the interpreter's own objects: nothing of the bucket is tracked); after "
+            "gc.freeze(), as the node runner does once started, "
+            + ", ".join(f"{r['frozen']:.1f}" for r in results) + " ms")
     return [
         Row("#18", f"firing lateness p99 {label}", p99, "ms", "<= 2 ms", p99 <= 2.0,
             baseline=f"bare call_at + create_task p99 {b99:.3f} ms",
@@ -261,6 +267,7 @@ def _lateness_runs(pending: int, rate: float, measure_s: float, tasks: bool = Fa
     full = _FullPasses()
     spread = pending / rate  # seconds over which the pending tasks are due
     late = (array("d"), array("d"))  # fires later than PAUSE: due, fired, ... (ours, bare)
+    passes: list[float] = []  # what a full pass costs after ours' window: as is, frozen
 
     async def ours() -> array[float]:
         lat = array("d")  # (not a list of floats: no object per sample for the GC to visit)
@@ -291,6 +298,7 @@ def _lateness_runs(pending: int, rate: float, measure_s: float, tasks: bool = Fa
         start_at = loop.time() + SETTLE
         stop_at = start_at + measure_s
         await full.window(start_at, stop_at)
+        passes.extend(_full_pass_costs())
         await bucket.close(grace=0)
         return lat
 
@@ -337,7 +345,24 @@ def _lateness_runs(pending: int, rate: float, measure_s: float, tasks: bool = Fa
     if gcs is not None:
         gcs["ours"], gcs["bare"], gcs["machine"] = ours_gc, full.times, full.machine
         gcs["alone"] = [_alone(late[i], full.pauses[i]) for i in (0, 1)]
+        gcs["full_pass"] = passes
     return list(ours_lat), list(base_lat)
+
+
+def _full_pass_costs() -> list[float]:
+    """Seconds one full collector pass takes now, and again after
+    ``gc.freeze()`` (what the node runner does once started: the
+    interpreter's and the app's objects of that moment are left out of
+    every later pass); unfrozen again after."""
+    costs = []
+    for freeze in (False, True):
+        if freeze:
+            gc.freeze()
+        began = time.perf_counter()
+        gc.collect()
+        costs.append(time.perf_counter() - began)
+    gc.unfreeze()
+    return costs
 
 
 def _alone(late: array[float], pauses: list[tuple[float, float]]) -> float:

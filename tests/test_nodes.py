@@ -424,6 +424,10 @@ async def test_sigterm_exits_0_and_peers_see_left_not_dead(nodes: Nodes,
 async def test_sigint_also_stops_gracefully(nodes: Nodes) -> None:
     n1 = nodes.add("n1")
     await nodes.start(n1)
+    line = await n1.wait_listening()
+    # Once started, the runner leaves its startup objects out of later
+    # collector passes (gc.freeze): thousands of modules' objects at least.
+    assert int(line.split("gc_frozen=")[1].split()[0]) > 10_000, line
     n1.signal(signal.SIGINT)
     assert await n1.wait_exit(5.0) == 0
     assert "event=node_stopped" in n1.stderr()
