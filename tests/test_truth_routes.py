@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from types import SimpleNamespace
 
 import pytest
 
@@ -24,7 +25,7 @@ from gobucket_py import (
     TaskState,
     TaskType,
 )
-from gobucket_py.cluster.ended import EndedNotices, _expand, _runs
+from gobucket_py.cluster.ended import EndedNotices, GateKeepalive, _expand, _runs
 from gobucket_py.cluster.items import encode_item
 from gobucket_py.errors import ProtocolError
 from gobucket_py.testing import MemoryCluster
@@ -175,6 +176,32 @@ async def test_an_ended_notice_for_a_past_task_does_not_hide_a_new_one(two: Two)
     await two.crash_holder()
     assert "order-42" in two.lost_ids()
     assert (await two.n1.drain("jobs", "order-42")).outcome is DrainOutcome.LOST
+
+
+async def test_a_gate_keepalive_tells_from_before_the_deadline_until_cancelled() -> None:
+    """A gated task's origin hears "still here" from ``keep`` seconds before
+    its deadline (its route there lapses a second after it), then every
+    ``period``, each word asking for ``keep`` seconds more; nothing once
+    the gate answered (cancelled)."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    words: list[tuple[float, float]] = []
+
+    class Notices:
+        def waiting(self, task: object, keep: float) -> None:
+            words.append((round(loop.time() - start, 3), keep))
+
+    task = SimpleNamespace(seconds_left=3.0)
+    keepalive = GateKeepalive(Notices(), task, 0.5, 0.8)  # type: ignore[arg-type]
+    await asyncio.sleep(3.3)
+    keepalive.cancel()
+    await asyncio.sleep(5)
+    assert words == [(2.2, 0.8), (2.7, 0.8), (3.2, 0.8)]
+    late = GateKeepalive(Notices(), SimpleNamespace(seconds_left=-4.0), 0.5,  # type: ignore[arg-type]
+                         0.8)  # past its deadline already: at once
+    await asyncio.sleep(0.01)
+    late.cancel()
+    assert words[3:] == [(8.3, 0.8)]
 
 
 @pytest.mark.parametrize("extended", [

@@ -10,6 +10,14 @@ request per origin every ``FLUSH`` seconds at most); the origin then drops
 the route. A task handed off on a graceful stop is reported as moved, and
 the origin's route follows it.
 
+A task may also stay pending here past its deadline: a replicated
+time-bomb's start gate waits for its backups' word (see :mod:`.replicas`),
+and the origin's route would expire a second after the deadline -- a fill
+of the id again there would then place a second task of it. While such a
+gate waits, the origin is told the task is still here (a reschedule's
+"extended", with a few seconds left), so it keeps the route
+(:class:`GateKeepalive`).
+
 A notice names, for each task, the FILL batch that brought it (the origin's
 batch number; 0 for a task that came otherwise, handed off or taken over):
 an id may be forwarded here again once its earlier task ended, while the
@@ -44,7 +52,7 @@ from .protocol import Kind
 if TYPE_CHECKING:
     from .group import TaskBucketGroup
 
-__all__ = ["EndedNotices", "Notice"]
+__all__ = ["EndedNotices", "GateKeepalive", "Notice"]
 
 #: A checked ENDED notice: ended ids by bucket (with the batches that
 #: brought them, as runs: see :func:`_runs` and :meth:`.Routes.ended`),
@@ -81,8 +89,10 @@ class EndedNotices:
         self._moved: dict[str, list[list[Any]]] = {}
         # origin -> [bucket, id, primary]: tasks this node took over as a backup
         self._promoted: dict[str, list[list[str]]] = {}
-        # origin -> (bucket, id) -> the task (rescheduled here: its new deadline)
-        self._extended: dict[str, dict[tuple[str, str], Task]] = {}
+        # origin -> (bucket, id) -> (the task, rescheduled here: its new
+        # deadline; seconds the origin is to keep its route at least, for
+        # a task whose gate waits: see ``waiting``)
+        self._extended: dict[str, dict[tuple[str, str], tuple[Task, float]]] = {}
         self._timer: asyncio.TimerHandle | None = None
 
     # -- the holder's side --------------------------------------------------------------
@@ -223,9 +233,23 @@ class EndedNotices:
         """A bucket's reschedule watcher: a task forwarded here now ends
         later (or sooner); its origin keeps its route until the new deadline
         (past the old one, a crash here would otherwise go unreported)."""
+        self._extend(task, 0.0)
+
+    def waiting(self, task: Task, keep: float) -> None:
+        """The start gate of a task forwarded here still waits (see
+        :class:`GateKeepalive`): its origin keeps its route at least
+        ``keep`` seconds more, past the task's deadline if need be -- the
+        task is still pending here, and a fill of its id again through the
+        origin must come here (where it is a duplicate), not go elsewhere."""
+        self._extend(task, keep)
+
+    def _extend(self, task: Task, keep: float) -> None:
         origin = self.origin_of(task.bucket, task.id)
         if origin is not None:
-            self._extended.setdefault(origin, {})[(task.bucket, task.id)] = task
+            queued = self._extended.setdefault(origin, {})
+            key = (task.bucket, task.id)
+            was = queued.get(key)
+            queued[key] = (task, keep if was is None else max(keep, was[1]))
             self._arm()
 
     def promoted(self, bucket: str, task_id: str, origin: str, primary: str) -> None:
@@ -233,6 +257,17 @@ class EndedNotices:
         forwarded to ``primary`` (which died): the origin's route follows."""
         self._promoted.setdefault(origin, []).append([bucket, task_id, primary])
         self._arm()
+
+    def keep_routed(self, task: Task) -> GateKeepalive | None:
+        """While ``task``'s start gate waits, keep its origin's route (see
+        :class:`GateKeepalive`); None if it was not forwarded here. Cancel
+        what this returns once the gate has answered."""
+        if not self.origins or self.origin_of(task.bucket, task.id) is None:
+            return None
+        period = self.group.config.probe_interval
+        # A word keeps the route until the next one, and the time a slow
+        # delivery of that one may take (the origin adds its second).
+        return GateKeepalive(self, task, period, period + self.group.config.request_timeout)
 
     def _arm(self) -> None:
         if self._timer is None:
@@ -283,8 +318,8 @@ class EndedNotices:
                                  "moved": self._moved.pop(origin, []),
                                  "batches": {bucket: _runs(batches)
                                              for bucket, (_, batches) in ended.items()}}
-        extended = [[bucket, task_id, task.seconds_left]
-                    for (bucket, task_id), task in self._extended.pop(origin, {}).items()
+        extended = [[bucket, task_id, max(task.seconds_left, keep)]
+                    for (bucket, task_id), (task, keep) in self._extended.pop(origin, {}).items()
                     if not task.state.terminal]  # (an ended one is in ``ended``)
         for name, queued in (("via", self._ended_via.pop(origin, [])),
                              ("promoted", self._promoted.pop(origin, [])),
@@ -414,6 +449,30 @@ class EndedNotices:
         for bucket, task_id, left in extended:
             routes.extend(bucket, task_id, sender, now, left)
 
+
+
+class GateKeepalive:
+    """Tells the origin of a task whose start gate waits that the task is
+    still pending here (:meth:`EndedNotices.waiting`): first ``keep``
+    seconds before its deadline (its route at the origin lapses a second
+    after it), then every ``period`` seconds until cancelled. Each word
+    keeps the route ``keep`` seconds (and a second) from when it arrives,
+    so a word late or lost does not let it lapse before the next."""
+
+    __slots__ = ("_keep", "_notices", "_period", "_task", "_timer")
+
+    def __init__(self, notices: EndedNotices, task: Task, period: float, keep: float) -> None:
+        self._notices, self._task, self._period, self._keep = notices, task, period, keep
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(max(0.0, task.seconds_left - keep), self._tell)
+
+    def _tell(self) -> None:
+        self._notices.waiting(self._task, self._keep)
+        self._timer = asyncio.get_running_loop().call_later(self._period, self._tell)
+
+    def cancel(self) -> None:
+        """The gate answered: the task runs, or ended (its own notice follows)."""
+        self._timer.cancel()
 
 
 def _left(bucket: str, ids: list[str], batches: list[int],

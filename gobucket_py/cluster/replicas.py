@@ -353,7 +353,19 @@ class Replicas:
 
     async def gate(self, task: Task) -> bool:
         """Before a replicated time-bomb runs: its backups go (see the module
-        docstring). False if a backup took it over."""
+        docstring). False if a backup took it over. Meanwhile the task
+        stays pending here, maybe past its deadline: the origin of a
+        forwarded one is told so, and keeps its route (a fill of the id
+        again there comes here first; see ``ended.GateKeepalive``)."""
+        keepalive = self.group._ended.keep_routed(task)
+        try:
+            return await self._gate(task)
+        finally:
+            if keepalive is not None:
+                keepalive.cancel()
+
+    async def _gate(self, task: Task) -> bool:
+        """:meth:`gate`, while its keepalive runs."""
         group = self.group
         fenced = 0
         while not majority(group):  # polled: no membership change feed

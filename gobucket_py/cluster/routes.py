@@ -57,7 +57,9 @@ class Routes:
     def __init__(self) -> None:
         #: ``hold(node_id)``: True while a route to that node must outlive
         #: its task's deadline (the node is dead but not yet presumed lost:
-        #: its tasks are reported lost, not silently forgotten).
+        #: its tasks are reported lost, not silently forgotten; or it is
+        #: back only just: its word that a task is still there may be
+        #: coming, see ``ended.GateKeepalive``).
         self.hold: Callable[[str], bool] | None = None
         # Ended notices that arrived before their route: (bucket, id) ->
         # (node, loop time it arrived, the batch it names: see ``ended``).
