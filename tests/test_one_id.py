@@ -652,3 +652,32 @@ async def test_a_fill_again_as_the_gated_holder_comes_back_asks_it_first(
     assert live(cluster, "x") == [holder]  # (a new x, or the gated one)
     await asyncio.sleep(5)
     assert cluster.recorders[holder].hooks("x")[:1] == ["exhausted"]
+
+
+async def test_a_drain_of_the_gated_task_answered_unknown_keeps_its_route(
+        cluster: Cluster) -> None:
+    """A drain of gated x through n1 asks H, which cannot drop x's backup
+    (nor leave word with a majority): unknown. H forgot x's
+    origin for that drain (its answer would tell n1); unknown, x is n1's
+    again: H keeps telling n1 that x is still there, so a fill of x again
+    through n1 (room) still asks H first -- not a second x beside the
+    gated one -- and x's end (once the cut heals) is told to n1."""
+    n1, holder, cut = await gated_x(cluster)
+    lost: list[Any] = []
+    n1.on_tasks_lost = lambda *args: lost.append(args)
+    # Its backup's holder cannot be told (it is n1 here, so the call fails).
+    notes = fail_calls(cluster.groups[holder], Kind.BACKUP_NOTE, after=False)
+    with pytest.raises(PeerUnavailableError, match="could not find out"):
+        await n1.drain("jobs", "x")
+    await asyncio.sleep(1)  # (H gives up on it after n1 did)
+    notes.clear()
+    assert live(cluster, "x") == [holder]
+    await asyncio.sleep(5)  # the route lapses unless H's words keep it
+    with pytest.raises(DuplicateTaskError, match=holder):
+        await n1.fill("jobs", "x", task_type=BOMB, run_after=1, life_span=3)
+    assert live(cluster, "x") == [holder]
+    cut.heal()
+    await asyncio.sleep(5)
+    assert live(cluster, "x") == [] and runs(cluster, "x") == 0
+    assert cluster.recorders[holder].hooks("x") == ["exhausted"]
+    assert n1._routes.get("jobs", "x") is None and lost == []  # told by its ended notice

@@ -63,8 +63,9 @@ class Losses:
 
     def unresolved(self, node_id: str) -> bool:
         """Is ``node_id`` silent but not yet presumed lost, or gone with its loss
-        report waiting for backups to take over, or alive again only just
-        (so routes to it stay)?"""
+        report waiting for backups to take over, or back from silence
+        (suspect or dead, same boot) only just (so routes to it stay)? Not
+        after it joined or restarted: a restart's routes are reported lost."""
         if self.awaiting and self.awaiting_promotion(node_id):
             return True
         membership = self.group._membership
@@ -80,6 +81,7 @@ class Losses:
         config = self.group.config
         grace = 2 * config.probe_interval + config.request_timeout
         return (member.state is MemberState.ALIVE
+                and member.was in (MemberState.SUSPECT, MemberState.DEAD)
                 and asyncio.get_running_loop().time() - member.state_since < grace)
 
     def returned(self, member: Member) -> None:
