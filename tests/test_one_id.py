@@ -29,6 +29,7 @@ from gobucket_py import (
     TaskBucketGroup,
     TaskType,
 )
+from gobucket_py.cluster.membership import MemberState
 from gobucket_py.cluster.protocol import Kind
 
 from .test_cluster import CFG, Cluster, fill_local
@@ -552,3 +553,131 @@ async def test_a_lookup_through_a_node_where_the_id_ended_finds_a_newer_task(
     else:
         info = await n1.get("jobs", "x")
         assert info is not None and info.node_id == "n2" and not info.state.terminal
+
+
+# -- a replicated task whose start gate waits past its deadline ------------------------------
+
+
+async def gated_x(cluster: Cluster) -> tuple[TaskBucketGroup, str, Any]:
+    """n1 forwarded replicated time-bomb ``x`` (due in 1 s, deadline in 3 s) to
+    a peer H, then got room of its own back; then a partition leaves n1 and
+    H on one half of four nodes: H sees no majority, so x's start gate
+    waits (a backup across the cut may be taking it over), past x's
+    deadline. Returns n1, H and the cut."""
+    n1 = await cluster.add("n1", max_bucket=1, replicas=1, lost_after=30)
+    for name in ("n2", "n3", "n4"):
+        await cluster.add(name, max_bucket=5, replicas=1, lost_after=30)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    holder = (await n1.fill("jobs", "x", task_type=BOMB, run_after=1, life_span=3)).node_id
+    assert holder != "n1"
+    assert (await n1.drain("jobs", "local-0")).outcome is DrainOutcome.DRAINED  # room here
+    others = [name for name in ("n2", "n3", "n4") if name != holder]
+    cut = cluster.net.partition(["n1", holder], others)
+    await asyncio.sleep(5.5)  # past x's deadline, and its route's at n1 (deadline + 1 s)
+    assert live(cluster, "x") == [holder]  # its gate still waits
+    return n1, holder, cut
+
+
+async def test_a_fill_again_while_the_gate_waits_past_the_deadline_goes_to_the_holder(
+        cluster: Cluster) -> None:
+    """x stays pending on H, gated, past its deadline: H keeps telling n1 so,
+    and n1 keeps its route. A fill of x again through n1 asks H first, which
+    answers duplicate -- it is not filled here (room) beside the gated x.
+    Once the cut heals, the gate ends x (out of time): one outcome, no loss."""
+    n1, holder, cut = await gated_x(cluster)
+    lost: list[Any] = []
+    n1.on_tasks_lost = lambda *args: lost.append(args)
+    with pytest.raises(DuplicateTaskError, match=holder):
+        await n1.fill("jobs", "x", task_type=BOMB, run_after=1, life_span=3)
+    assert live(cluster, "x") == [holder]
+    cut.heal()
+    await asyncio.sleep(5)
+    assert live(cluster, "x") == [] and runs(cluster, "x") == 0
+    assert cluster.recorders[holder].hooks("x") == ["exhausted"]
+    assert n1._routes.get("jobs", "x") is None and lost == []
+    assert (await n1.fill("jobs", "x", task_type=BOMB)).node_id == "n1"  # free again
+
+
+async def test_a_fill_again_while_the_gated_holder_is_cut_off_is_placement_unknown(
+        cluster: Cluster) -> None:
+    """x's holder H stalls before x is due: its gate waits (it sees no
+    majority), and no word of it reaches n1, which holds H dead (not
+    presumed lost): its route to x outlives x's deadline. Nothing forwarded
+    from n1 since re-armed that route; a fill of x again through n1 (room)
+    must still take it as held -- H cannot be asked: PlacementUnknownError,
+    not a second x here."""
+    n1 = await cluster.add("n1", max_bucket=1, replicas=1, lost_after=30)
+    for name in ("n2", "n3"):
+        await cluster.add(name, max_bucket=5, replicas=1, lost_after=30)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    holder = (await n1.fill("jobs", "x", task_type=BOMB, run_after=1, life_span=3)).node_id
+    assert (await n1.drain("jobs", "local-0")).outcome is DrainOutcome.DRAINED  # room here
+    lost: list[Any] = []
+    n1.on_tasks_lost = lambda *args: lost.append(args)
+    cluster.net.stall(holder)
+    await asyncio.sleep(5.5)  # past x's deadline and its route's expiry
+    assert live(cluster, "x") == [holder]
+    with pytest.raises(PlacementUnknownError, match=holder):
+        await n1.fill("jobs", "x", task_type=BOMB, run_after=1, life_span=3)
+    assert live(cluster, "x") == [holder]
+    cluster.net.resume(holder)
+    await asyncio.sleep(5)
+    assert live(cluster, "x") == [] and runs(cluster, "x") == 0
+    assert cluster.recorders[holder].hooks("x") == ["exhausted"] and lost == []
+
+
+async def test_a_fill_again_as_the_gated_holder_comes_back_asks_it_first(
+        cluster: Cluster) -> None:
+    """As above, but x is filled again the moment n1 sees H alive again --
+    before H's word that x is still there (held while it was cut off) can
+    come. n1 must not take x's route as expired then: it asks H, and x is
+    never live on two nodes."""
+    n1 = await cluster.add("n1", max_bucket=1, replicas=1, lost_after=30)
+    for name in ("n2", "n3"):
+        await cluster.add(name, max_bucket=5, replicas=1, lost_after=30)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    holder = (await n1.fill("jobs", "x", task_type=BOMB, run_after=1, life_span=3)).node_id
+    assert (await n1.drain("jobs", "local-0")).outcome is DrainOutcome.DRAINED  # room here
+    cluster.net.stall(holder)
+    await asyncio.sleep(5.5)  # past x's deadline and its route's expiry
+    cluster.net.resume(holder)
+    while n1._members.members[holder].state is not MemberState.ALIVE:
+        await asyncio.sleep(0.01)
+    assert live(cluster, "x") == [holder]
+    with contextlib.suppress(DuplicateTaskError):
+        await n1.fill("jobs", "x", task_type=BOMB, run_after=1, life_span=3)
+    assert live(cluster, "x") == [holder]  # (a new x, or the gated one)
+    await asyncio.sleep(5)
+    assert cluster.recorders[holder].hooks("x")[:1] == ["exhausted"]
+
+
+async def test_a_drain_of_the_gated_task_answered_unknown_keeps_its_route(
+        cluster: Cluster) -> None:
+    """A drain of gated x through n1 asks H, which cannot drop x's backup
+    (nor leave word with a majority): unknown. H forgot x's
+    origin for that drain (its answer would tell n1); unknown, x is n1's
+    again: H keeps telling n1 that x is still there, so a fill of x again
+    through n1 (room) still asks H first -- not a second x beside the
+    gated one -- and x's end (once the cut heals) is told to n1."""
+    n1, holder, cut = await gated_x(cluster)
+    lost: list[Any] = []
+    n1.on_tasks_lost = lambda *args: lost.append(args)
+    # Its backup's holder cannot be told (it is n1 here, so the call fails).
+    notes = fail_calls(cluster.groups[holder], Kind.BACKUP_NOTE, after=False)
+    with pytest.raises(PeerUnavailableError, match="could not find out"):
+        await n1.drain("jobs", "x")
+    await asyncio.sleep(1)  # (H gives up on it after n1 did)
+    notes.clear()
+    assert live(cluster, "x") == [holder]
+    await asyncio.sleep(5)  # the route lapses unless H's words keep it
+    with pytest.raises(DuplicateTaskError, match=holder):
+        await n1.fill("jobs", "x", task_type=BOMB, run_after=1, life_span=3)
+    assert live(cluster, "x") == [holder]
+    cut.heal()
+    await asyncio.sleep(5)
+    assert live(cluster, "x") == [] and runs(cluster, "x") == 0
+    assert cluster.recorders[holder].hooks("x") == ["exhausted"]
+    assert n1._routes.get("jobs", "x") is None and lost == []  # told by its ended notice

@@ -105,6 +105,47 @@ def test_drained_routes_do_not_grow_the_expiry_queue_without_bound() -> None:
     assert len(routes._expiry) == routes._queued
 
 
+def test_a_route_extended_many_times_keeps_one_heap_entry() -> None:
+    """A waiting start gate's holder says "still here" every probe
+    interval, and no forward may come meanwhile (nothing else expires
+    routes): each word moves the route's expiry, not the heap, and the
+    entry due at the old expiry is pushed again at the new one."""
+    routes = Routes()
+    routes.add("jobs", "n2", "b2", now=0.0, life_span=10.0, task_ids=["a"])
+    now = 0.0
+    for _ in range(100_000):  # ~a day of words every second, with no add
+        now += 1.0
+        routes.extend("jobs", "a", "n2", now, 2.0)
+    assert routes.get("jobs", "a") == ("n2", "b2", now + 3.0, 0)
+    assert len(routes._expiry) == routes._queued == 1
+    routes.expire(now + 2.5)  # the old entry comes due: pushed again, the route kept
+    assert routes.get("jobs", "a") is not None
+    assert len(routes._expiry) == routes._queued == 1
+    assert routes._expiry[0][0] == now + 3.0
+    routes.expire(now + 3.5)  # no word since: it lapses
+    assert routes.get("jobs", "a") is None and routes._queued == 0
+
+
+def test_an_extend_goes_only_to_its_tasks_route() -> None:
+    """A "still here" or reschedule word keeps a route only if it is from
+    the holder the route names, in its boot, about the task the route is
+    for (its batch after the route's mark, or unknown), and the task was
+    not reported lost."""
+    routes = Routes()
+    routes.add("jobs", "n2", "b2", 0.0, 10.0, ["a", "b", "c", "d", "e", "f"], sent=(0.0, 5))
+    first = ("n2", "b2", 11.0, 5)
+    routes.extend("jobs", "a", "n2", 1.0, 30.0, "old-boot", 6)  # an earlier incarnation's
+    routes.extend("jobs", "b", "n2", 1.0, 30.0, "b2", 5)  # an earlier task's (batch <= mark)
+    routes.extend("jobs", "c", "n3", 1.0, 30.0, "b3", 6)  # not routed there
+    assert routes.mark_lost_ids("jobs", ["d"]) == ["d"]
+    routes.extend("jobs", "d", "n2", 1.0, 30.0, "b2", 6)  # reported lost
+    assert routes.get("jobs", "a") == routes.get("jobs", "b") == routes.get("jobs", "c") == first
+    assert routes.get("jobs", "d") == ("n2", "!b2", 11.0, 5)
+    routes.extend("jobs", "e", "n2", 1.0, 30.0, "b2", 6)
+    routes.extend("jobs", "f", "n2", 1.0, 30.0)  # a peer of an earlier version: no boot, batch
+    assert routes.get("jobs", "e") == routes.get("jobs", "f") == ("n2", "b2", 32.0, 5)
+
+
 async def test_queue_splits_an_entry_across_batches_and_keeps_offsets() -> None:
     loop = asyncio.get_running_loop()
     queue = _Queue("boot-1")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from types import SimpleNamespace
 
 import pytest
 
@@ -24,7 +25,7 @@ from gobucket_py import (
     TaskState,
     TaskType,
 )
-from gobucket_py.cluster.ended import EndedNotices, _expand, _runs
+from gobucket_py.cluster.ended import EndedNotices, GateKeepalive, _expand, _runs
 from gobucket_py.cluster.items import encode_item
 from gobucket_py.errors import ProtocolError
 from gobucket_py.testing import MemoryCluster
@@ -177,6 +178,98 @@ async def test_an_ended_notice_for_a_past_task_does_not_hide_a_new_one(two: Two)
     assert (await two.n1.drain("jobs", "order-42")).outcome is DrainOutcome.LOST
 
 
+async def test_a_gate_keepalive_tells_from_before_the_deadline_until_cancelled() -> None:
+    """A gated task's origin hears "still here" from ``keep`` seconds before
+    its deadline (its route there lapses a second after it), then every
+    ``period``, each word asking for ``keep`` seconds more; nothing once
+    the gate answered (cancelled)."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    words: list[tuple[float, float]] = []
+
+    class Notices:
+        def still_pending(self, task: object, keep: float, origin: object) -> None:
+            assert origin == ("n1", 7)
+            words.append((round(loop.time() - start, 3), keep))
+
+    def keepalive(left: float) -> GateKeepalive:
+        return GateKeepalive(Notices(), SimpleNamespace(seconds_left=left),  # type: ignore[arg-type]
+                             ("n1", 7), 0.5, 0.8)
+
+    first = keepalive(3.0)
+    await asyncio.sleep(3.3)
+    first.cancel()
+    await asyncio.sleep(5)
+    assert words == [(2.2, 0.8), (2.7, 0.8), (3.2, 0.8)]
+    late = keepalive(-4.0)  # past its deadline already: at once
+    await asyncio.sleep(0.01)
+    late.cancel()
+    assert words[3:] == [(8.3, 0.8)]
+
+
+async def test_a_gate_that_answers_at_once_sends_no_keepalive_word() -> None:
+    """With less than ``keep`` seconds left when the gate starts, the first
+    word waits for the deadline (short of half a second; of half the time
+    left, for a shorter window): a gate that answers before sends none.
+    Once the gate waits with no bound (:meth:`GateKeepalive.waits`), the
+    first word goes at once, and the next every ``period``."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    words: list[float] = []
+
+    class Notices:
+        def still_pending(self, task: object, keep: float, origin: object) -> None:
+            words.append(round(loop.time() - start, 3))
+
+    task = SimpleNamespace(seconds_left=0.6)
+    quick = GateKeepalive(Notices(), task, ("n1", 7), 0.5, 0.8)  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)  # its backups answered: it runs
+    quick.cancel()
+    await asyncio.sleep(2)
+    assert words == []
+    slow = GateKeepalive(Notices(), task, ("n1", 7), 0.5, 0.8)  # type: ignore[arg-type]
+    await asyncio.sleep(0.35)
+    slow.cancel()
+    assert words == [2.35]  # at 0.3 s: half of the 0.6 s left
+    words.clear()
+    start = loop.time()
+    task = SimpleNamespace(seconds_left=5.0)
+    waits = GateKeepalive(Notices(), task, ("n1", 7), 0.5, 0.8)  # type: ignore[arg-type]
+    await asyncio.sleep(0.1)
+    waits.waits()  # no majority, 5 s left: the first word as planned
+    await asyncio.sleep(0.1)
+    assert words == []
+    task.seconds_left = 0.5
+    waits.waits()  # 0.5 s left (< keep): at once
+    waits.waits()  # (once)
+    await asyncio.sleep(0.6)
+    waits.cancel()
+    assert words == [0.2, 0.7]
+
+
+async def test_an_undelivered_keepalive_word_is_sent_again_as_long_kept() -> None:
+    """A "still here" word for a gated task past its deadline that could not
+    be delivered is queued again with the seconds it asked for (not as a
+    reschedule: those would be none, and the origin's route would lapse),
+    and with the batch that brought the task; a word of a task that ended
+    meanwhile is not."""
+    notices = EndedNotices(SimpleNamespace())  # type: ignore[arg-type]
+    task = SimpleNamespace(bucket="jobs", id="x", seconds_left=-2.0, state=TaskState.PENDING)
+    done = SimpleNamespace(bucket="jobs", id="y", seconds_left=-2.0, state=TaskState.PENDING)
+    notices.still_pending(task, 4.0, ("n1", 7))  # type: ignore[arg-type]
+    notices.still_pending(done, 4.0, ("n1", 8))  # type: ignore[arg-type]
+    assert notices._timer is not None
+    notices._timer.cancel()
+    parts = notices._take("n1")
+    assert parts["extended"] == [["jobs", "x", 4.0], ["jobs", "y", 4.0]]
+    assert parts["extended_batches"] == [7, 8]
+    done.state = TaskState.EXHAUSTED
+    notices._requeue("n1", parts)  # not delivered
+    notices._timer.cancel()
+    again = notices._take("n1")
+    assert again["extended"] == [["jobs", "x", 4.0]] and again["extended_batches"] == [7]
+
+
 @pytest.mark.parametrize("extended", [
     {}, [["jobs", "t"]], [["jobs", "t", "5"]], [["jobs", "t", float("nan")]],
     [[1, "t", 5]], [["jobs", "t", True]]])
@@ -184,7 +277,21 @@ def test_a_malformed_reschedule_notice_is_refused(extended: object) -> None:
     with pytest.raises(ProtocolError, match="reschedule"):
         EndedNotices.check({"ended": {}, "moved": [], "extended": extended})
     ok = EndedNotices.check({"ended": {}, "moved": [], "extended": [["jobs", "t", 5.5]]})
-    assert ok[3] == [["jobs", "t", 5.5]]
+    assert ok[3] == [["jobs", "t", 5.5, -1]]  # (an earlier version's: no batch)
+
+
+@pytest.mark.parametrize("batches", [{}, [3], [1, 2, 3], [-1, 2], [1.0, 2], [True, 2], "12"])
+def test_the_batches_of_reschedules_are_checked(batches: object) -> None:
+    """The batches that brought the tasks of "extended" words go in a field
+    of their own (a node of an earlier version checks each word is three
+    long), one per word."""
+    extended = [["jobs", "a", 5.5], ["jobs", "b", 2]]
+    with pytest.raises(ProtocolError, match="extended_batches"):
+        EndedNotices.check({"ended": {}, "moved": [], "extended": extended,
+                            "extended_batches": batches})
+    ok = EndedNotices.check({"ended": {}, "moved": [], "extended": extended,
+                             "extended_batches": [4, 0]})
+    assert ok[3] == [["jobs", "a", 5.5, 4], ["jobs", "b", 2, 0]]
 
 
 @pytest.mark.parametrize("batches", [

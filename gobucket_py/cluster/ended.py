@@ -10,6 +10,14 @@ request per origin every ``FLUSH`` seconds at most); the origin then drops
 the route. A task handed off on a graceful stop is reported as moved, and
 the origin's route follows it.
 
+A task may also stay pending here past its deadline: a replicated
+time-bomb's start gate waits for its backups' word (see :mod:`.replicas`),
+and the origin's route would expire a second after the deadline -- a fill
+of the id again there would then place a second task of it. While such a
+gate waits, the origin is told the task is still here (a reschedule's
+"extended", with a few seconds left), so it keeps the route
+(:class:`GateKeepalive`).
+
 A notice names, for each task, the FILL batch that brought it (the origin's
 batch number; 0 for a task that came otherwise, handed off or taken over):
 an id may be forwarded here again once its earlier task ended, while the
@@ -44,11 +52,12 @@ from .protocol import Kind
 if TYPE_CHECKING:
     from .group import TaskBucketGroup
 
-__all__ = ["EndedNotices", "Notice"]
+__all__ = ["EndedNotices", "GateKeepalive", "Notice"]
 
 #: A checked ENDED notice: ended ids by bucket (with the batches that
 #: brought them, as runs: see :func:`_runs` and :meth:`.Routes.ended`),
-#: moves, promotions, reschedules, ends of tasks handed to the sender (with
+#: moves, promotions, reschedules and "still here" words (``[bucket, id,
+#: seconds, batch]``, batch -1 if not named), ends of tasks handed to the sender (with
 #: the node, and its boot id, that handed them), and whether the sender
 #: names batches (else: an earlier version).
 Notice = tuple[list[tuple[str, list[str], list[int]]], list[list[Any]], list[list[str]],
@@ -81,8 +90,11 @@ class EndedNotices:
         self._moved: dict[str, list[list[Any]]] = {}
         # origin -> [bucket, id, primary]: tasks this node took over as a backup
         self._promoted: dict[str, list[list[str]]] = {}
-        # origin -> (bucket, id) -> the task (rescheduled here: its new deadline)
-        self._extended: dict[str, dict[tuple[str, str], Task]] = {}
+        # origin -> (bucket, id) -> (the task, rescheduled here: its new
+        # deadline; seconds the origin is to keep its route at least, for
+        # a task whose gate waits: see ``still_pending``; the batch that
+        # brought it, as in ``origins``)
+        self._extended: dict[str, dict[tuple[str, str], tuple[Task, float, int]]] = {}
         self._timer: asyncio.TimerHandle | None = None
 
     # -- the holder's side --------------------------------------------------------------
@@ -170,15 +182,40 @@ class EndedNotices:
         self.accepted(bucket, task_id, origin)
         self.via[(bucket, task_id)] = via
 
-    def forget(self, bucket: str, task_id: str, asker: str) -> None:
+    def forget(self, bucket: str, task_id: str, asker: str
+               ) -> tuple[tuple[str, int], tuple[str, str] | None] | None:
         """``asker`` is draining the task: if it is the task's origin, it
-        learns the outcome from the answer and needs no notice."""
+        learns the outcome from the answer and needs no notice. Returns
+        what was forgotten, for :meth:`unforget` if the drain's answer is
+        not definite (None if nothing was)."""
         where = self.origins.get(bucket)
         entry = None if where is None else where.get(task_id)
-        if entry is not None and entry[0] == asker:
-            del where[task_id]  # type: ignore[union-attr]  # entry implies where
-            if self.via:
-                self.via.pop((bucket, task_id), None)
+        if entry is None or entry[0] != asker:
+            return None
+        del where[task_id]  # type: ignore[union-attr]  # entry implies where
+        via = self.via.pop((bucket, task_id), None) if self.via else None
+        return entry, via
+
+    def unforget(self, task: Task | None,
+                 forgotten: tuple[tuple[str, int], tuple[str, str] | None] | None) -> None:
+        """The drain that :meth:`forget` was for gave no definite answer
+        (``Unknown``): its origin learns nothing from it, so ``task`` (as
+        it was before the drain) is its origin's again -- its end is
+        notified, and while its gate waits the origin is told it is still
+        here (a route lapsed would let a fill of the id again through the
+        origin place a second task). A task that ended meanwhile is
+        notified now."""
+        if task is None or forgotten is None:
+            return
+        where = self.origins.setdefault(task.bucket, {})
+        if task.id in where:
+            return  # (not this task's: it was forwarded here again since)
+        entry, via = forgotten
+        where[task.id] = entry
+        if via is not None:
+            self.via[(task.bucket, task.id)] = via
+        if task.state.terminal:
+            self.task_ended(task)
 
     def task_ended(self, task: Task) -> None:
         """A bucket's ``on_outcome``: queue a notice if the task was forwarded here."""
@@ -223,16 +260,50 @@ class EndedNotices:
         """A bucket's reschedule watcher: a task forwarded here now ends
         later (or sooner); its origin keeps its route until the new deadline
         (past the old one, a crash here would otherwise go unreported)."""
-        origin = self.origin_of(task.bucket, task.id)
-        if origin is not None:
-            self._extended.setdefault(origin, {})[(task.bucket, task.id)] = task
-            self._arm()
+        self._extend(task, 0.0)
+
+    def still_pending(self, task: Task, keep: float, origin: tuple[str, int]) -> None:
+        """The start gate of a task forwarded here (by ``origin``: its node
+        and the batch that brought it) still waits (see
+        :class:`GateKeepalive`): its origin keeps its route at least
+        ``keep`` seconds more, past the task's deadline if need be -- the
+        task is still pending here, and a fill of its id again through the
+        origin must come here (where it is a duplicate), not go elsewhere."""
+        self._extend(task, keep, origin)
+
+    def _extend(self, task: Task, keep: float, origin: tuple[str, int] | None = None) -> None:
+        if origin is None:
+            where = self.origins.get(task.bucket)
+            origin = None if where is None else where.get(task.id)
+            if origin is None:
+                return
+        queued = self._extended.setdefault(origin[0], {})
+        key = (task.bucket, task.id)
+        was = queued.get(key)
+        if was is not None and was[0] is task:
+            keep = max(keep, was[1])
+        queued[key] = (task, keep, origin[1])
+        self._arm()
 
     def promoted(self, bucket: str, task_id: str, origin: str, primary: str) -> None:
         """This node took over, as its backup, a task ``origin`` had
         forwarded to ``primary`` (which died): the origin's route follows."""
         self._promoted.setdefault(origin, []).append([bucket, task_id, primary])
         self._arm()
+
+    def keep_routed(self, task: Task) -> GateKeepalive | None:
+        """While ``task``'s start gate waits, keep its origin's route (see
+        :class:`GateKeepalive`); None if it was not forwarded here. Cancel
+        what this returns once the gate has answered."""
+        where = self.origins.get(task.bucket) if self.origins else None
+        origin = None if where is None else where.get(task.id)
+        if origin is None:
+            return None
+        period = self.group.config.probe_interval
+        # A word keeps the route until the next one, and the time a slow
+        # delivery of that one may take (the origin adds its second).
+        return GateKeepalive(self, task, origin, period,
+                             period + self.group.config.request_timeout)
 
     def _arm(self) -> None:
         if self._timer is None:
@@ -276,27 +347,38 @@ class EndedNotices:
 
     def _take(self, origin: str) -> dict[str, Any]:
         """The notices waiting for ``origin``, taken off the queues, as the
-        fields of an ENDED message. A rescheduled task is reported with its
-        seconds left, read now: the nodes' clocks are not compared."""
+        fields of an ENDED message. A task still pending here that was
+        rescheduled, or whose gate waits, is reported ("extended") with its
+        seconds left, read now (the nodes' clocks are not compared), or the
+        seconds its origin is to keep its route, if more; and the batch
+        that brought it ("extended_batches", a field of its own: a node of
+        an earlier version checks each entry is [bucket, id, seconds]).
+        An ended one is left out: its end is in "ended". (Under
+        ``"_extended"``, not sent: the entries as queued, for
+        :meth:`_requeue`.)"""
         ended = self._ended.pop(origin, {})
         parts: dict[str, Any] = {"ended": {bucket: ids for bucket, (ids, _) in ended.items()},
                                  "moved": self._moved.pop(origin, []),
                                  "batches": {bucket: _runs(batches)
                                              for bucket, (_, batches) in ended.items()}}
-        extended = [[bucket, task_id, task.seconds_left]
-                    for (bucket, task_id), task in self._extended.pop(origin, {}).items()
-                    if not task.state.terminal]  # (an ended one is in ``ended``)
+        kept = [(key, entry) for key, entry in self._extended.pop(origin, {}).items()
+                if not entry[0].state.terminal]
         for name, queued in (("via", self._ended_via.pop(origin, [])),
-                             ("promoted", self._promoted.pop(origin, [])),
-                             ("extended", extended)):
+                             ("promoted", self._promoted.pop(origin, []))):
             if queued:
                 parts[name] = queued
+        if kept:
+            parts["extended"] = [[bucket, task_id, max(task.seconds_left, keep)]
+                                 for (bucket, task_id), (task, keep, _) in kept]
+            parts["extended_batches"] = [entry[2] for _, entry in kept]
+            parts["_extended"] = kept
         return parts
 
     async def _send(self, origin: str, addr: str, parts: dict[str, Any], *,
                     retry: bool = True) -> None:
         group = self.group
-        message = {"v": 1, "from": group._members.header(), **parts}
+        message = {"v": 1, "from": group._members.header(),
+                   **{name: value for name, value in parts.items() if name != "_extended"}}
         try:
             await group.transport.call(addr, Kind.ENDED, message, group.config.request_timeout)
         except GobucketError as exc:  # try again with the next batch
@@ -323,10 +405,14 @@ class EndedNotices:
             self._ended_via.setdefault(origin, []).extend(via)
         if "promoted" in parts:
             self._promoted.setdefault(origin, []).extend(parts["promoted"])
-        for bucket, task_id, _ in parts.get("extended", ()):  # read again: fewer seconds left
-            task = self.group.buckets[bucket].get(task_id)
-            if task is not None:
-                self.rescheduled(task)
+        for key, (task, keep, batch) in parts.get("_extended", ()):  # read again when sent:
+            if not task.state.terminal:  # fewer seconds left; as long kept
+                queued = self._extended.setdefault(origin, {})
+                was = queued.get(key)
+                if was is not None and was[0] is task:
+                    keep = max(keep, was[1])
+                if was is None or was[0] is task:  # (else: a newer task's word)
+                    queued[key] = (task, keep, batch)
         self._arm()
 
     # -- the origin's side ----------------------------------------------------------------
@@ -372,12 +458,22 @@ class EndedNotices:
                 and isinstance(e[1], str) and type(e[2]) in (int, float)
                 and math.isfinite(e[2]) for e in extended):
             raise ProtocolError("ended notice: each reschedule is [bucket, id, seconds left]")
+        # The batches that brought them (absent from a node of an earlier version).
+        extended_batches = message.get("extended_batches")
+        if extended_batches is None:
+            extended_batches = [-1] * len(extended)
+        elif (not isinstance(extended_batches, list) or len(extended_batches) != len(extended)
+                or not all(type(v) is int and v >= 0 for v in extended_batches)):
+            raise ProtocolError("ended notice: 'extended_batches' gives the batch number "
+                                "(an int >= 0) of each reschedule, in the order of 'extended'")
+        extended = [[*e, batch] for e, batch in zip(extended, extended_batches, strict=True)]
         return checked, moved, promoted, extended, via, numbered
 
     def apply(self, sender: str, sender_boot: str, notice: Notice) -> None:
         """Drop the routes of tasks ``sender`` says ended; move those it
         handed off (and settle those it could not settle) or took over;
-        keep those it rescheduled until their new deadline. A task that
+        keep those it rescheduled, or says are still there (a start gate
+        waits), for the seconds it names. A task that
         ended after a handoff comes with the node that handed it to
         ``sender``: its route may still point there (this notice overtook
         that node's word of the move)."""
@@ -411,9 +507,57 @@ class EndedNotices:
             route = routes.move(bucket, task_id, primary, sender, sender_boot)
             if route is not None:  # (followed on to where later notices say it went)
                 group._losses.gone_already(route[0], route[1])
-        for bucket, task_id, left in extended:
-            routes.extend(bucket, task_id, sender, now, left)
+        for bucket, task_id, left, batch in extended:  # (as for its end: a word
+            if batch <= last:  # about an earlier task of the id, or incarnation, is not)
+                routes.extend(bucket, task_id, sender, now, left, sender_boot, batch)
 
+
+
+class GateKeepalive:
+    """Tells the origin of a task whose start gate waits that the task is
+    still pending here (:meth:`EndedNotices.still_pending`), then every
+    ``period`` seconds until cancelled. Each word keeps the route ``keep``
+    seconds (and a second) from when it arrives, so a word late or lost
+    does not let it lapse before the next.
+
+    The route lapses a second after the task's deadline, so the first word
+    goes ``keep`` seconds before it -- if the gate still waits then: one
+    that answers at once (the common case) sends none. With less than
+    ``keep`` seconds left when the gate starts, the first word waits for
+    the deadline, short of half a second (less, for a shorter window);
+    and once the gate waits for a majority or a silent holder
+    (:meth:`waits`), at once. The origin is the one the task came from
+    when its gate started (a drain from it forgets it here for a while:
+    see :meth:`EndedNotices.unforget`)."""
+
+    __slots__ = ("_keep", "_notices", "_origin", "_period", "_task", "_timer", "_told")
+
+    def __init__(self, notices: EndedNotices, task: Task, origin: tuple[str, int],
+                 period: float, keep: float) -> None:
+        self._notices, self._task, self._origin = notices, task, origin
+        self._period, self._keep, self._told = period, keep, False
+        left = task.seconds_left
+        delay = left - keep if left >= keep else left - min(0.5, left / 2)
+        self._timer = asyncio.get_running_loop().call_later(max(0.0, delay), self._tell)
+
+    def waits(self) -> None:
+        """The gate waits now, for a time with no bound (no majority, or a
+        silent holder): with less than ``keep`` seconds to the deadline and
+        no word yet, the first one goes at once."""
+        if not self._told and self._task.seconds_left < self._keep:
+            self._timer.cancel()
+            self._tell()
+
+    def _tell(self) -> None:
+        self._told = True
+        self._notices.still_pending(self._task, self._keep, self._origin)
+        self._timer = asyncio.get_running_loop().call_later(self._period, self._tell)
+
+    def cancel(self) -> None:
+        """The gate answered: the task runs, or it will not here (it ends,
+        and its end is notified; or a backup took it over, whose word moves
+        the route)."""
+        self._timer.cancel()
 
 
 def _left(bucket: str, ids: list[str], batches: list[int],

@@ -63,13 +63,26 @@ class Losses:
 
     def unresolved(self, node_id: str) -> bool:
         """Is ``node_id`` silent but not yet presumed lost, or gone with its loss
-        report waiting for backups to take over (so routes to it stay)?"""
+        report waiting for backups to take over, or back from silence
+        (suspect or dead, same boot) only just (so routes to it stay)? Not
+        after it joined or restarted: a restart's routes are reported lost."""
         if self.awaiting and self.awaiting_promotion(node_id):
             return True
         membership = self.group._membership
         member = None if membership is None else membership.members.get(node_id)
-        return member is not None and not member.lost and member.state in (
-            MemberState.SUSPECT, MemberState.DEAD)
+        if member is None or member.lost:
+            return False
+        if member.state in (MemberState.SUSPECT, MemberState.DEAD):
+            return True
+        # Back from silence: what it queued for this node meanwhile (ended
+        # notices; a waiting start gate's word that the task is still
+        # there, see ended.GateKeepalive) comes within a probe or two and
+        # a round trip. Until then its routes are not taken as expired.
+        config = self.group.config
+        grace = 2 * config.probe_interval + config.request_timeout
+        return (member.state is MemberState.ALIVE
+                and member.was in (MemberState.SUSPECT, MemberState.DEAD)
+                and asyncio.get_running_loop().time() - member.state_since < grace)
 
     def returned(self, member: Member) -> None:
         """A holder presumed lost spoke again with the same boot id."""

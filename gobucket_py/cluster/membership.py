@@ -266,7 +266,7 @@ class Membership:
         old = member.state
         if old is state:
             return
-        member.state = state
+        member.state, member.was = state, old
         member.state_since = asyncio.get_running_loop().time()
         self._prober.changed()
         if state is not MemberState.SUSPECT:
@@ -338,6 +338,7 @@ class Membership:
             member.incarnation = h.incarnation
             member.inflight.clear()
             member.lost = False
+            member.was = None  # a new life: what it held before is reported lost
             if (MemberState.LEFT if h.leaving else MemberState.ALIVE) is was:
                 member.state_since = now  # a new life in the same state: restart its timer
                 self._suspicions.arm(member)

@@ -246,11 +246,20 @@ class Overflow:
 
     def _may_hold(self, route: Route) -> bool:
         """May the peer ``route`` names hold its task? Not if the task was
-        reported lost, its deadline passed (``route[2]``; a route to a dead
-        holder outlives it, for its loss report), or it is this node (a
-        task handed back here: the local bucket says)."""
-        return (not is_lost(route) and route[0] != self.group.node_id
-                and route[2] >= asyncio.get_running_loop().time())
+        reported lost, its route expired (``route[2]``: a second past its
+        deadline, or later as its holder says, see ``Routes.extend``), or
+        it is this node (a task handed back here: the local bucket says).
+        A route to a holder that is dead but not presumed lost, or back
+        only just, outlives its expiry (``Routes.hold``): the task may
+        still be there."""
+        if is_lost(route) or route[0] == self.group.node_id:
+            return False
+        if route[2] >= asyncio.get_running_loop().time():
+            return True
+        # Routes.expire re-arms such a route only when it runs (on the next
+        # forward): its expiry may have passed meanwhile.
+        hold = self.group._routes.hold
+        return hold is not None and hold(route[0])
 
     def view(self, bucket: str) -> tuple[dict[str, asyncio.Future[None]],
                                          dict[str, Route]]:

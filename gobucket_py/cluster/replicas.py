@@ -51,6 +51,7 @@ from .placing import all_pending, backup_item, pack_data, place_backups
 from .wake import resolve
 
 if TYPE_CHECKING:
+    from .ended import GateKeepalive
     from .group import TaskBucketGroup
 
 __all__ = ["Replicas"]
@@ -353,7 +354,20 @@ class Replicas:
 
     async def gate(self, task: Task) -> bool:
         """Before a replicated time-bomb runs: its backups go (see the module
-        docstring). False if a backup took it over."""
+        docstring). False if a backup took it over. Meanwhile the task
+        stays pending here, maybe past its deadline: the origin of a
+        forwarded one is told so, and keeps its route (a fill of the id
+        again there comes here first; see ``ended.GateKeepalive``)."""
+        keepalive = self.group._ended.keep_routed(task)
+        try:
+            return await self._gate(task, keepalive)
+        finally:
+            if keepalive is not None:
+                keepalive.cancel()
+
+    async def _gate(self, task: Task, keepalive: GateKeepalive | None) -> bool:
+        """:meth:`gate`, while its keepalive runs (told when the gate waits
+        with no bound: see ``GateKeepalive.waits``)."""
         group = self.group
         fenced = 0
         while not majority(group):  # polled: no membership change feed
@@ -364,6 +378,8 @@ class Replicas:
                             "of the cluster; it waits event=task_fenced node=%s bucket=%s "
                             "task_id=%s", group.node_id, task.bucket, task.id)
             fenced += 1
+            if keepalive is not None:
+                keepalive.waits()
             await asyncio.sleep(group.config.probe_interval)
         key = (task.bucket, task.id)
         placing = self._placing.get(key)
@@ -394,6 +410,8 @@ class Replicas:
             if names:  # a silent holder, and no majority to leave word with: wait
                 if not group.running:
                     return self._left_to_backups(task)
+                if keepalive is not None:
+                    keepalive.waits()
                 await asyncio.sleep(group.config.probe_interval)
         return True
 

@@ -2,9 +2,11 @@
 
 The origin of a forward remembers the peer (and its boot id) so that ``drain``
 and ``get`` from the origin take one hop. A record lives until the task's
-life span is over (plus a second), when the task cannot be live anywhere.
-Records are expired in groups: one heap entry per batch of tasks that share
-an expiry, so remembering a forwarded batch costs a dict store per task.
+life span is over (plus a second), when the task cannot be live anywhere
+-- or longer, while its holder says it is still there (rescheduled, or its
+start gate waits: :meth:`Routes.extend`). Records are expired in groups:
+one heap entry per batch of tasks that share an expiry, so remembering a
+forwarded batch costs a dict store per task.
 
 One id may be forwarded to the same holder again once its earlier task
 ended there, while the holder's ended notice about that task is still on
@@ -57,7 +59,9 @@ class Routes:
     def __init__(self) -> None:
         #: ``hold(node_id)``: True while a route to that node must outlive
         #: its task's deadline (the node is dead but not yet presumed lost:
-        #: its tasks are reported lost, not silently forgotten).
+        #: its tasks are reported lost, not silently forgotten; or it is
+        #: back only just: its word that a task is still there may be
+        #: coming, see ``ended.GateKeepalive``).
         self.hold: Callable[[str], bool] | None = None
         # Ended notices that arrived before their route: (bucket, id) ->
         # (node, loop time it arrived, the batch it names: see ``ended``).
@@ -122,42 +126,65 @@ class Routes:
         self.expire(now)
 
     def expire(self, now: float) -> None:
-        """Forget every route whose task's deadline has passed."""
+        """Forget every route whose task's deadline has passed (a route
+        extended since its entry was pushed is pushed again at its new
+        expiry; one to a holder ``hold`` names is looked at again in a
+        second)."""
         if self._queued > 2 * len(self) + 1024:
             self._rebuild()
         heap, hold = self._expiry, self.hold
         held: list[tuple[str, str]] = []
+        later: list[tuple[float, str, str]] = []
         while heap and heap[0][0] < now:
-            _, _, bucket, task_ids = heapq.heappop(heap)
+            expiry, _, bucket, task_ids = heapq.heappop(heap)
             self._queued -= len(task_ids)
             where = self._where[bucket]
             for task_id in task_ids:
                 route = where.get(task_id)
-                if route is not None and route[2] < now:
-                    if hold is not None and not is_lost(route) and hold(route[0]):
-                        held.append((bucket, task_id))
-                    else:
-                        del where[task_id]
-                        if self.unsettled:
-                            self.unsettled.pop((bucket, task_id), None)
+                if route is None:
+                    continue
+                if route[2] >= now:
+                    if route[2] > expiry:  # extended (see :meth:`extend`): due then
+                        later.append((route[2], bucket, task_id))
+                    continue
+                if hold is not None and not is_lost(route) and hold(route[0]):
+                    held.append((bucket, task_id))
+                else:
+                    del where[task_id]
+                    if self.unsettled:
+                        self.unsettled.pop((bucket, task_id), None)
+        for expiry, bucket, task_id in later:  # (an entry of a newer forward may be
+            heapq.heappush(heap, (expiry, next(self._seq), bucket, [task_id]))  # there too)
+            self._queued += 1
         for bucket, task_id in held:  # looked at again in a second
             node, boot, _, mark = self._where[bucket][task_id]
             self._where[bucket][task_id] = (node, boot, now + 1.0, mark)
             heapq.heappush(heap, (now + 1.0, next(self._seq), bucket, [task_id]))
             self._queued += 1
 
-    def extend(self, bucket: str, task_id: str, node_id: str, now: float, left: float) -> None:
-        """``node_id`` rescheduled the task: its deadline is ``left`` seconds
-        away. Keep its route (if it is routed there) until then, plus a
-        second, if that is later than now kept."""
+    def extend(self, bucket: str, task_id: str, node_id: str, now: float, left: float,
+               boot: str | None = None, batch: int = -1) -> None:
+        """``node_id`` (in ``boot``; None: not checked) says the task is
+        still there, for ``left`` seconds more at least: it was rescheduled
+        (its deadline is that far), or its start gate waits (see
+        ``ended.GateKeepalive``; maybe past its deadline). Keep its route
+        (if it is routed there, in that boot, and not reported lost) until
+        then, plus a second, if that is later than now kept. ``batch``: the
+        batch that brought the task there, as in :meth:`ended_many` (a word
+        naming one up to the route's mark is about an earlier task of the
+        id); -1 if the word does not say.
+
+        Only the route changes: the heap entry that comes due at its
+        earlier expiry is pushed again at the new one (:meth:`expire`), so
+        words repeated while a gate waits cost no memory."""
         where = self._where.get(bucket)
         route = None if where is None else where.get(task_id)
         expiry = now + left + 1.0
-        if route is None or route[0] != node_id or expiry <= route[2]:
+        if (route is None or route[0] != node_id or expiry <= route[2] or is_lost(route)
+                or (boot is not None and route[1] != boot)
+                or (route[3] and 0 <= batch <= route[3])):
             return
         where[task_id] = (route[0], route[1], expiry, route[3])  # type: ignore[index]
-        heapq.heappush(self._expiry, (expiry, next(self._seq), bucket, [task_id]))
-        self._queued += 1
 
     def forget(self, bucket: str, task_id: str) -> None:
         """Drop one route (the task was drained or found gone)."""

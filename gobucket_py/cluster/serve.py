@@ -224,9 +224,19 @@ class PeerServer:
         lookup = group._lookup
         try:
             if kind is Kind.DRAIN:
+                task = forgotten = None
                 if asker is not None:
-                    group._ended.forget(bucket, task_id, asker.node_id)
-                drained = await lookup.drain_here(bucket, task_id)
+                    # Before the drain: a task it drains here ends at once, and
+                    # its origin learns that from the answer (no notice). The
+                    # answer may be unknown: then it is its origin's again.
+                    forgotten = group._ended.forget(bucket, task_id, asker.node_id)
+                    if forgotten is not None:
+                        task = group.buckets[bucket].get(task_id)
+                try:
+                    drained = await lookup.drain_here(bucket, task_id)
+                except BaseException:  # Unknown (or stopped): no definite answer
+                    group._ended.unforget(task, forgotten)
+                    raise
                 if drained[0] is DrainOutcome.NOT_FOUND:
                     drained = await lookup.routed(kind, bucket, task_id) or drained
                 reply = drain_reply(*drained)
