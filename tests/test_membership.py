@@ -240,6 +240,9 @@ async def test_restart_passes_the_state_it_had(mesh: Mesh) -> None:
     await until(lambda: n1.state("n3") is MemberState.ALIVE, 1)
     member = n1.m.members["n3"]
     assert member.boot == new.boot and not member.lost
+    # A new life, not a return from silence (Member.was: routes to the old
+    # boot are reported lost, not held for a grace).
+    assert member.was is None
     assert n1.restarts == [("n2", MemberState.LEFT), ("n3", MemberState.DEAD)]
     assert n1.returned == []  # a restart is not a return
 

@@ -129,21 +129,23 @@ def test_a_route_extended_many_times_keeps_one_heap_entry() -> None:
 def test_an_extend_goes_only_to_its_tasks_route() -> None:
     """A "still here" or reschedule word keeps a route only if it is from
     the holder the route names, in its boot, about the task the route is
-    for (its batch after the route's mark, or unknown), and the task was
-    not reported lost."""
+    for, and the task was not reported lost. A word naming a batch up to
+    the route's mark counts: the route was re-added by a fill again the
+    holder did not answer, while the earlier task still waits there."""
     routes = Routes()
     routes.add("jobs", "n2", "b2", 0.0, 10.0, ["a", "b", "c", "d", "e", "f"], sent=(0.0, 5))
     first = ("n2", "b2", 11.0, 5)
-    routes.extend("jobs", "a", "n2", 1.0, 30.0, "old-boot", 6)  # an earlier incarnation's
-    routes.extend("jobs", "b", "n2", 1.0, 30.0, "b2", 5)  # an earlier task's (batch <= mark)
-    routes.extend("jobs", "c", "n3", 1.0, 30.0, "b3", 6)  # not routed there
+    routes.extend("jobs", "a", "n2", 1.0, 30.0, "old-boot")  # an earlier incarnation's
+    routes.extend("jobs", "c", "n3", 1.0, 30.0, "b3")  # not routed there
     assert routes.mark_lost_ids("jobs", ["d"]) == ["d"]
-    routes.extend("jobs", "d", "n2", 1.0, 30.0, "b2", 6)  # reported lost
-    assert routes.get("jobs", "a") == routes.get("jobs", "b") == routes.get("jobs", "c") == first
+    routes.extend("jobs", "d", "n2", 1.0, 30.0, "b2")  # reported lost
+    assert routes.get("jobs", "a") == routes.get("jobs", "c") == first
     assert routes.get("jobs", "d") == ("n2", "!b2", 11.0, 5)
-    routes.extend("jobs", "e", "n2", 1.0, 30.0, "b2", 6)
-    routes.extend("jobs", "f", "n2", 1.0, 30.0)  # a peer of an earlier version: no boot, batch
-    assert routes.get("jobs", "e") == routes.get("jobs", "f") == ("n2", "b2", 32.0, 5)
+    routes.extend("jobs", "b", "n2", 1.0, 30.0, "b2")
+    routes.extend("jobs", "e", "n2", 1.0, 30.0, "b2")
+    routes.extend("jobs", "f", "n2", 1.0, 30.0)  # a peer of an earlier version: no boot
+    assert routes.get("jobs", "b") == routes.get("jobs", "e") == routes.get("jobs", "f") == (
+        "n2", "b2", 32.0, 5)
 
 
 async def test_queue_splits_an_entry_across_batches_and_keeps_offsets() -> None:

@@ -270,6 +270,33 @@ async def test_an_undelivered_keepalive_word_is_sent_again_as_long_kept() -> Non
     assert again["extended"] == [["jobs", "x", 4.0]] and again["extended_batches"] == [7]
 
 
+async def test_a_task_being_drained_by_its_origin_still_has_it_for_still_here_words() -> None:
+    """A drain from a task's origin forgets the task's origin here (the
+    answer tells it how the task ended). A start gate that begins meanwhile
+    still gets its keepalive, and a reschedule meanwhile still its word:
+    the drain may answer unknown (a backup holder that cannot be told),
+    and the task then waits there past its deadline. Once the drain has
+    answered, they are gone (no notice of its end either)."""
+    notices = EndedNotices(SimpleNamespace(  # type: ignore[arg-type]
+        config=SimpleNamespace(probe_interval=0.5, request_timeout=1.0)))
+    task = SimpleNamespace(bucket="jobs", id="x", seconds_left=0.2, state=TaskState.PENDING)
+    notices.origins["jobs"] = {"x": ("n1", 7)}
+    forgotten = notices.forget("jobs", "x", "n1")
+    assert forgotten is not None and notices.origin_of("jobs", "x") is None
+    keepalive = notices.keep_routed(task)  # type: ignore[arg-type]
+    assert keepalive is not None and keepalive._origin == ("n1", 7)
+    keepalive.cancel()
+    notices.rescheduled(task)  # type: ignore[arg-type]
+    assert notices._extended["n1"][("jobs", "x")][2] == 7
+    notices.unforget("jobs", "x", task, forgotten)  # unknown: the origin's again
+    assert notices.origin_of("jobs", "x") == "n1" and not notices._draining
+    again = notices.forget("jobs", "x", "n1")
+    notices.drain_answered("jobs", "x", again)  # a definite answer
+    assert notices.keep_routed(task) is None and not notices._draining  # type: ignore[arg-type]
+    assert notices._timer is not None
+    notices._timer.cancel()
+
+
 @pytest.mark.parametrize("extended", [
     {}, [["jobs", "t"]], [["jobs", "t", "5"]], [["jobs", "t", float("nan")]],
     [[1, "t", 5]], [["jobs", "t", True]]])

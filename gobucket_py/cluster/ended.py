@@ -82,6 +82,11 @@ class EndedNotices:
         #: task off to this one: its origin's route may still point there
         #: (see :meth:`handed`).
         self.via: dict[tuple[str, str], tuple[str, str]] = {}
+        # (bucket, task_id) -> its ``origins`` entry, forgotten while a drain
+        # from its origin is on (see forget): still its origin for "still
+        # here" words (a gate that starts meanwhile, a reschedule), not for
+        # its end's notice (the drain's answer tells it).
+        self._draining: dict[tuple[str, str], tuple[str, int]] = {}
         # origin -> bucket -> (ended task ids, their batches); origin -> [bucket, id, via node,
         # its boot] (handed here by it); origin -> [bucket, id, node, boot]
         # (+ [sender boot, batch, index] for a handoff that could not be settled)
@@ -194,9 +199,16 @@ class EndedNotices:
             return None
         del where[task_id]  # type: ignore[union-attr]  # entry implies where
         via = self.via.pop((bucket, task_id), None) if self.via else None
+        self._draining[(bucket, task_id)] = entry
         return entry, via
 
-    def unforget(self, task: Task | None,
+    def drain_answered(self, bucket: str, task_id: str,
+                       forgotten: tuple[tuple[str, int], tuple[str, str] | None] | None) -> None:
+        """The drain that :meth:`forget` was for answered: its origin knows."""
+        if forgotten is not None and self._draining.get((bucket, task_id)) is forgotten[0]:
+            del self._draining[(bucket, task_id)]
+
+    def unforget(self, bucket: str, task_id: str, task: Task | None,
                  forgotten: tuple[tuple[str, int], tuple[str, str] | None] | None) -> None:
         """The drain that :meth:`forget` was for gave no definite answer
         (``Unknown``): its origin learns nothing from it, so ``task`` (as
@@ -205,7 +217,10 @@ class EndedNotices:
         here (a route lapsed would let a fill of the id again through the
         origin place a second task). A task that ended meanwhile is
         notified now."""
-        if task is None or forgotten is None:
+        if forgotten is None:
+            return
+        self.drain_answered(bucket, task_id, forgotten)  # (it did not, but it is over)
+        if task is None:
             return
         where = self.origins.setdefault(task.bucket, {})
         if task.id in where:
@@ -273,8 +288,7 @@ class EndedNotices:
 
     def _extend(self, task: Task, keep: float, origin: tuple[str, int] | None = None) -> None:
         if origin is None:
-            where = self.origins.get(task.bucket)
-            origin = None if where is None else where.get(task.id)
+            origin = self._origin_entry(task)
             if origin is None:
                 return
         queued = self._extended.setdefault(origin[0], {})
@@ -284,6 +298,15 @@ class EndedNotices:
             keep = max(keep, was[1])
         queued[key] = (task, keep, origin[1])
         self._arm()
+
+    def _origin_entry(self, task: Task) -> tuple[str, int] | None:
+        """``task``'s origin and the batch that brought it, if it came by
+        forward -- also while a drain from its origin has it forgotten."""
+        where = self.origins.get(task.bucket) if self.origins else None
+        entry = None if where is None else where.get(task.id)
+        if entry is None and self._draining:
+            entry = self._draining.get((task.bucket, task.id))
+        return entry
 
     def promoted(self, bucket: str, task_id: str, origin: str, primary: str) -> None:
         """This node took over, as its backup, a task ``origin`` had
@@ -295,8 +318,7 @@ class EndedNotices:
         """While ``task``'s start gate waits, keep its origin's route (see
         :class:`GateKeepalive`); None if it was not forwarded here. Cancel
         what this returns once the gate has answered."""
-        where = self.origins.get(task.bucket) if self.origins else None
-        origin = None if where is None else where.get(task.id)
+        origin = self._origin_entry(task)
         if origin is None:
             return None
         period = self.group.config.probe_interval
@@ -507,9 +529,9 @@ class EndedNotices:
             route = routes.move(bucket, task_id, primary, sender, sender_boot)
             if route is not None:  # (followed on to where later notices say it went)
                 group._losses.gone_already(route[0], route[1])
-        for bucket, task_id, left, batch in extended:  # (as for its end: a word
-            if batch <= last:  # about an earlier task of the id, or incarnation, is not)
-                routes.extend(bucket, task_id, sender, now, left, sender_boot, batch)
+        for bucket, task_id, left, batch in extended:
+            if batch <= last:  # (above any batch sent: the clock stepped back, as for ends)
+                routes.extend(bucket, task_id, sender, now, left, sender_boot)
 
 
 

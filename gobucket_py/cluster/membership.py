@@ -315,7 +315,7 @@ class Membership:
             raise ProtocolError(f"node id {h.node_id} {CLASH_TEXT} {member.addr} "
                                 f"(boot {member.boot})")
         self._joiner.reached(h.addr)
-        returned = False
+        returned = restarted = False
         if member is None:
             member = Member(h.node_id, h.addr, h.boot, h.incarnation,
                             state=MemberState.LEFT if h.leaving else MemberState.ALIVE)
@@ -329,6 +329,7 @@ class Membership:
             if self.on_change is not None:
                 self.on_change(member, None)
         elif member.boot != h.boot:
+            restarted = True
             was = member.state
             log.warning("peer restarted event=peer_restarted node=%s peer=%s addr=%s "
                         "old_addr=%s was=%s", self.node_id, h.node_id, h.addr, member.addr,
@@ -338,7 +339,6 @@ class Membership:
             member.incarnation = h.incarnation
             member.inflight.clear()
             member.lost = False
-            member.was = None  # a new life: what it held before is reported lost
             if (MemberState.LEFT if h.leaving else MemberState.ALIVE) is was:
                 member.state_since = now  # a new life in the same state: restart its timer
                 self._suspicions.arm(member)
@@ -353,6 +353,8 @@ class Membership:
         member.heard_at = now
         member.last_heard = time.time()
         self._set_state(member, MemberState.LEFT if h.leaving else MemberState.ALIVE)
+        if restarted:
+            member.was = None  # a new life: what it held before is reported lost
         if returned:
             log.warning("peer presumed lost is back with the same boot id "
                         "event=peer_returned_after_lost node=%s peer=%s addr=%s", self.node_id,

@@ -163,16 +163,21 @@ class Routes:
             self._queued += 1
 
     def extend(self, bucket: str, task_id: str, node_id: str, now: float, left: float,
-               boot: str | None = None, batch: int = -1) -> None:
+               boot: str | None = None) -> None:
         """``node_id`` (in ``boot``; None: not checked) says the task is
         still there, for ``left`` seconds more at least: it was rescheduled
         (its deadline is that far), or its start gate waits (see
         ``ended.GateKeepalive``; maybe past its deadline). Keep its route
         (if it is routed there, in that boot, and not reported lost) until
-        then, plus a second, if that is later than now kept. ``batch``: the
-        batch that brought the task there, as in :meth:`ended_many` (a word
-        naming one up to the route's mark is about an earlier task of the
-        id); -1 if the word does not say.
+        then, plus a second, if that is later than now kept.
+
+        The batch that brought the task is not compared with the route's
+        mark (as :meth:`ended_many` does): a fill of the id again that the
+        holder could not answer (PlacementUnknownError) re-adds the route
+        with a later mark while the earlier task may still wait at its gate
+        there, and its words must keep the route. A late word about an
+        earlier task keeps a route a few seconds longer at worst: the holder
+        is asked, and says.
 
         Only the route changes: the heap entry that comes due at its
         earlier expiry is pushed again at the new one (:meth:`expire`), so
@@ -181,8 +186,7 @@ class Routes:
         route = None if where is None else where.get(task_id)
         expiry = now + left + 1.0
         if (route is None or route[0] != node_id or expiry <= route[2] or is_lost(route)
-                or (boot is not None and route[1] != boot)
-                or (route[3] and 0 <= batch <= route[3])):
+                or (boot is not None and route[1] != boot)):
             return
         where[task_id] = (route[0], route[1], expiry, route[3])  # type: ignore[index]
 

@@ -235,8 +235,9 @@ class PeerServer:
                 try:
                     drained = await lookup.drain_here(bucket, task_id)
                 except BaseException:  # Unknown (or stopped): no definite answer
-                    group._ended.unforget(task, forgotten)
+                    group._ended.unforget(bucket, task_id, task, forgotten)
                     raise
+                group._ended.drain_answered(bucket, task_id, forgotten)
                 if drained[0] is DrainOutcome.NOT_FOUND:
                     drained = await lookup.routed(kind, bucket, task_id) or drained
                 reply = drain_reply(*drained)
