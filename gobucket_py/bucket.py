@@ -50,6 +50,9 @@ _RUNNING = TaskState.RUNNING
 _IMMEDIATE = TaskType.IMMEDIATE
 _SLICE = TimerWheel.SLICE
 _DRAINED = TaskState.DRAINED
+#: Outcome records hold a state's str value (see TaskBucket.__init__).
+_STATE_OF: dict[str, TaskState] = {state._value_: state for state in TaskState}
+_DRAINED_RECORD: str = _DRAINED._value_
 _CANCELLED = TaskState.CANCELLED
 _NOT_FOUND = DrainOutcome.NOT_FOUND
 _DRAINED_ANSWER = DrainOutcome.DRAINED
@@ -182,11 +185,15 @@ class TaskBucket:
         on = config.outcome_retention > 0 and half > 0
         # Each generation is COLD_SHARDS dicts by hash of the id, for the
         # reason the cold tasks are: no rebuild or free of half a million
-        # entries at once (see _rotate_records, _free_records).
-        self._records: list[dict[str, TaskState]] | None = _shards() if on else None
-        self._records_old: list[dict[str, TaskState]] = _shards()
+        # entries at once (see _rotate_records, _free_records). A record is
+        # the state's plain str value, not the TaskState member: a member is
+        # an object the garbage collector tracks, so a dict of them is
+        # visited entry by entry in every full pass (~15 ms at a million
+        # here), where a dict of strs is left out once a pass has seen it.
+        self._records: list[dict[str, str]] | None = _shards() if on else None
+        self._records_old: list[dict[str, str]] = _shards()
         self._records_n = self._records_old_n = 0  # records in each generation
-        self._records_dying: list[dict[str, TaskState]] = []  # forgotten, freed a bit a pass
+        self._records_dying: list[dict[str, str]] = []  # forgotten, freed a bit a pass
         self._records_half = half  # rotate early when current holds this many
         self._records_timer: asyncio.TimerHandle | None = None  # armed while records exist
         # _records_due() runs when current holds this many: 1 while the timer
@@ -346,8 +353,8 @@ class TaskBucket:
         if records is None:
             return None
         h = hash(task_id) & _SHARD
-        state = records[h].get(task_id)
-        return state if state is not None else self._records_old[h].get(task_id)
+        state = records[h].get(task_id) or self._records_old[h].get(task_id)
+        return None if state is None else _STATE_OF[state]
 
     def stats(self) -> dict[str, int]:
         """Counters since creation: fills, rejections, one per terminal
@@ -812,7 +819,7 @@ class TaskBucket:
         if records is not None:
             shard = records[hash(task_id) & _SHARD]
             had = len(shard)
-            shard[task_id] = task.state  # an enum singleton: nothing allocated
+            shard[task_id] = task.state._value_  # (see __init__: a str, untracked)
             self._records_n += len(shard) - had
             if self._records_n >= self._records_trigger:
                 self._records_due()
@@ -967,7 +974,7 @@ class TaskBucket:
                 if records is not None:
                     kept = records[hash(task_id) & _SHARD]
                     had = len(kept)
-                    kept[task_id] = _DRAINED
+                    kept[task_id] = _DRAINED_RECORD
                     self._records_n += len(kept) - had
                     if self._records_n >= self._records_trigger:
                         self._records_due()

@@ -5,6 +5,7 @@ Time is faked with looptime: no sleeps."""
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 
@@ -180,3 +181,21 @@ async def test_records_survive_close() -> None:
     await b.close()
     assert b.drain_nowait("p") is D.RESCUED
 
+
+
+async def test_records_are_nothing_the_garbage_collector_visits() -> None:
+    """A million records must not make every full collector pass walk a
+    million entries (a lateness spike at scale): a record is a str, and a
+    dict of strs is left out of later passes once one has seen it. Its
+    answer is still the TaskState."""
+    b = make(Recorder(), max_bucket=2_001)
+    for i in range(2_000):
+        await b.fill(BOMB, f"t{i}")
+    assert b.drain_many_nowait([f"t{i}" for i in range(2_000)]) == [D.DRAINED] * 2_000
+    await b.fill(IMM, "done")
+    await settle(b)
+    gc.collect()
+    assert b._records is not None
+    assert not any(gc.is_tracked(shard) for shard in b._records)
+    assert b.ended("t7") is TaskState.DRAINED and b.ended("done") is TaskState.FINISHED
+    assert b.drain_nowait("t7") is D.DRAINED
