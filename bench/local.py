@@ -157,7 +157,8 @@ def lateness_at_scale(runs: int = 3, run: Callable[[], ScaleRun] = scale_run) ->
             f"{alone:.1f} ms, bare {balone:.1f} ms): the part no pause of the machine explains. "
             "A full collector pass, timed after ours' window, took "
             + ", ".join(f"{r['pass']:.1f}" for r in results)
-            + " ms (the interpreter's own objects: nothing of the bucket is tracked); after "
+            + " ms (the objects the process holds then: the interpreter's, the bench's, the "
+            "tasks running; none of the bucket's pending tasks, records or wheel); after "
             "gc.freeze(), as the node runner does once started, "
             + ", ".join(f"{r['frozen']:.1f}" for r in results) + " ms")
     return [
