@@ -599,6 +599,20 @@ async def test_a_fill_again_while_the_gate_waits_past_the_deadline_goes_to_the_h
     assert (await n1.fill("jobs", "x", task_type=BOMB)).node_id == "n1"  # free again
 
 
+async def x_forwarded(cluster: Cluster) -> tuple[TaskBucketGroup, str]:
+    """Three nodes with replicas; n1 forwarded time-bomb ``x`` (due in 1 s,
+    deadline in 3 s) to a peer, then got room of its own back. Returns n1
+    and x's holder."""
+    n1 = await cluster.add("n1", max_bucket=1, replicas=1, lost_after=30)
+    for name in ("n2", "n3"):
+        await cluster.add(name, max_bucket=5, replicas=1, lost_after=30)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    holder = (await n1.fill("jobs", "x", task_type=BOMB, run_after=1, life_span=3)).node_id
+    assert (await n1.drain("jobs", "local-0")).outcome is DrainOutcome.DRAINED  # room here
+    return n1, holder
+
+
 async def test_a_fill_again_while_the_gated_holder_is_cut_off_is_placement_unknown(
         cluster: Cluster) -> None:
     """x's holder H stalls before x is due: its gate waits (it sees no
@@ -607,13 +621,7 @@ async def test_a_fill_again_while_the_gated_holder_is_cut_off_is_placement_unkno
     from n1 since re-armed that route; a fill of x again through n1 (room)
     must still take it as held -- H cannot be asked: PlacementUnknownError,
     not a second x here."""
-    n1 = await cluster.add("n1", max_bucket=1, replicas=1, lost_after=30)
-    for name in ("n2", "n3"):
-        await cluster.add(name, max_bucket=5, replicas=1, lost_after=30)
-    await cluster.settle()
-    await fill_local(n1, 1)
-    holder = (await n1.fill("jobs", "x", task_type=BOMB, run_after=1, life_span=3)).node_id
-    assert (await n1.drain("jobs", "local-0")).outcome is DrainOutcome.DRAINED  # room here
+    n1, holder = await x_forwarded(cluster)
     lost: list[Any] = []
     n1.on_tasks_lost = lambda *args: lost.append(args)
     cluster.net.stall(holder)
@@ -634,13 +642,7 @@ async def test_a_fill_again_as_the_gated_holder_comes_back_asks_it_first(
     before H's word that x is still there (held while it was cut off) can
     come. n1 must not take x's route as expired then: it asks H, and x is
     never live on two nodes."""
-    n1 = await cluster.add("n1", max_bucket=1, replicas=1, lost_after=30)
-    for name in ("n2", "n3"):
-        await cluster.add(name, max_bucket=5, replicas=1, lost_after=30)
-    await cluster.settle()
-    await fill_local(n1, 1)
-    holder = (await n1.fill("jobs", "x", task_type=BOMB, run_after=1, life_span=3)).node_id
-    assert (await n1.drain("jobs", "local-0")).outcome is DrainOutcome.DRAINED  # room here
+    n1, holder = await x_forwarded(cluster)
     cluster.net.stall(holder)
     await asyncio.sleep(5.5)  # past x's deadline and its route's expiry
     cluster.net.resume(holder)
