@@ -579,6 +579,18 @@ async def gated_x(cluster: Cluster) -> tuple[TaskBucketGroup, str, Any]:
     return n1, holder, cut
 
 
+async def healed_x_ends_unreported(cluster: Cluster, n1: TaskBucketGroup, holder: str,
+                                   cut: Any, lost: list[Any]) -> None:
+    """Once the cut heals, x's gate ends it out of time: it never ran, one
+    outcome (EXHAUSTED) on its holder, no loss report, and its ended notice
+    drops n1's route."""
+    cut.heal()
+    await asyncio.sleep(5)
+    assert live(cluster, "x") == [] and runs(cluster, "x") == 0
+    assert cluster.recorders[holder].hooks("x") == ["exhausted"]
+    assert n1._routes.get("jobs", "x") is None and lost == []
+
+
 async def test_a_fill_again_while_the_gate_waits_past_the_deadline_goes_to_the_holder(
         cluster: Cluster) -> None:
     """x stays pending on H, gated, past its deadline: H keeps telling n1 so,
@@ -591,11 +603,7 @@ async def test_a_fill_again_while_the_gate_waits_past_the_deadline_goes_to_the_h
     with pytest.raises(DuplicateTaskError, match=holder):
         await n1.fill("jobs", "x", task_type=BOMB, run_after=1, life_span=3)
     assert live(cluster, "x") == [holder]
-    cut.heal()
-    await asyncio.sleep(5)
-    assert live(cluster, "x") == [] and runs(cluster, "x") == 0
-    assert cluster.recorders[holder].hooks("x") == ["exhausted"]
-    assert n1._routes.get("jobs", "x") is None and lost == []
+    await healed_x_ends_unreported(cluster, n1, holder, cut, lost)
     assert (await n1.fill("jobs", "x", task_type=BOMB)).node_id == "n1"  # free again
 
 
@@ -678,8 +686,4 @@ async def test_a_drain_of_the_gated_task_answered_unknown_keeps_its_route(
     with pytest.raises(DuplicateTaskError, match=holder):
         await n1.fill("jobs", "x", task_type=BOMB, run_after=1, life_span=3)
     assert live(cluster, "x") == [holder]
-    cut.heal()
-    await asyncio.sleep(5)
-    assert live(cluster, "x") == [] and runs(cluster, "x") == 0
-    assert cluster.recorders[holder].hooks("x") == ["exhausted"]
-    assert n1._routes.get("jobs", "x") is None and lost == []  # told by its ended notice
+    await healed_x_ends_unreported(cluster, n1, holder, cut, lost)
