@@ -68,6 +68,18 @@ MANY_WIDTH = 20_000
 SWEEP = [(256, 4, 2000), (256, 4, 5000), (1024, 2, 5000), (1024, 4, 5000),
          (4096, 1, 5000), (512, 4, 5000), (256, 8, 5000), (1024, 4, 10000)]
 
+#: The throughput runs' fills start with ``gc.collect(); gc.freeze()`` in the
+#: sender's process (and the local baseline's), what the README asks of an
+#: app that embeds a group once its startup is done, and what the node
+#: runner (the receivers) does once started: the interpreter's objects are
+#: left out of the collector's full passes, which come every few thousand
+#: fills in these patterns (5,000 fills in flight at once: each's coroutine,
+#: task and future live through a few young collections). Each overflow
+#: pattern is also run once with nothing frozen, for the note.
+#: ``GOBUCKET_BENCH_FREEZE=0`` runs them all with nothing frozen (``bench
+#: versus`` sets it: the trees it compares with froze nothing).
+FREEZE = os.environ.get("GOBUCKET_BENCH_FREEZE", "1") != "0"
+
 
 # -- subprocess nodes -------------------------------------------------------------
 
@@ -354,12 +366,20 @@ PATTERNS = {"chunks": fill_chunks, "futures": fill_futures, "workers": fill_work
             "fill_many": fill_batches}
 
 
-async def timed_fill(group: TaskBucketGroup, ids: Sequence[str], pattern: str, width: int
-                     ) -> tuple[float, list[Outcome]]:
+async def timed_fill(group: TaskBucketGroup, ids: Sequence[str], pattern: str, width: int,
+                     frozen: bool = False) -> tuple[float, list[Outcome]]:
+    """The rate of one pattern's fills; ``frozen``: with what the process
+    holds before them (after a collection) left out of later passes (see
+    ``FREEZE``), unfrozen after."""
     gc.collect()
-    t0 = time.perf_counter()
-    out = await PATTERNS[pattern](group, ids, width)
-    return len(ids) / (time.perf_counter() - t0), out
+    if frozen:
+        gc.freeze()
+    try:
+        t0 = time.perf_counter()
+        out = await PATTERNS[pattern](group, ids, width)
+        return len(ids) / (time.perf_counter() - t0), out
+    finally:
+        gc.unfreeze()
 
 
 def tally(outcomes: Sequence[Outcome]) -> tuple[int, int, Counter[str]]:
@@ -394,7 +414,7 @@ async def local_rate(n: int, pattern: str, width: int, tag: str) -> float:
     group = await origin([], GroupConfig(), max_bucket=n, node_id="local", occupied=False)
     try:
         ids = [f"{tag}-{i}" for i in range(n)]
-        rate, out = await timed_fill(group, ids, pattern, width)
+        rate, out = await timed_fill(group, ids, pattern, width, FREEZE)
         _, loc, errors = tally(out)
         if loc != n:
             raise RuntimeError(f"local baseline: {loc}/{n} local, errors {dict(errors)}")
@@ -464,9 +484,10 @@ async def gather_rate(n: int, width: int) -> float:
 
 async def overflow_rate(logdir: Path, n: int, pattern: str, width: int, batch_size: int,
                         batch_concurrency: int, tag: str, loop: str = "asyncio",
-                        receivers: int = 1) -> Run:
+                        receivers: int = 1, frozen: bool = FREEZE) -> Run:
     """Fresh receiver subprocesses (``receivers`` of them, on event loop
-    ``loop``) and a fresh sender (on the running loop) whose one slot is taken."""
+    ``loop``) and a fresh sender (on the running loop) whose one slot is
+    taken; ``frozen``: see ``FREEZE``."""
     names = ["recv"] + [f"recv{k}" for k in range(2, receivers + 1)]
     recvs = [Node(name, logdir, fast=True, max_bucket=2_000_000, extra=["--loop", loop])
              for name in names]
@@ -483,7 +504,7 @@ async def overflow_rate(logdir: Path, n: int, pattern: str, width: int, batch_si
                            "the receivers to be alive with room")
             ids = [f"{tag}-{i}" for i in range(n)]
             cpu = time.process_time()
-            rate, out = await timed_fill(group, ids, pattern, width)
+            rate, out = await timed_fill(group, ids, pattern, width, frozen)
             cpu = (time.process_time() - cpu) * rate / n
             fwd, _, errors = tally(out)
             return Run(rate, fwd, n, errors, watch.bad(), cpu)
@@ -529,6 +550,9 @@ async def throughput(logdir: Path, n: int = 100_000, sweep_n: int = 50_000,
                 alone.append(await gather_rate(n, width))
             over.append(await overflow_rate(logdir, n, pattern, width, bs, bc,
                                             f"o{pattern}{rep}", loop))
+            if FREEZE and rep == 0:
+                unfrozen = await overflow_rate(logdir, n, pattern, width, bs, bc,
+                                               f"u{pattern}", loop, frozen=False)
             print(f"    {pattern} rep {rep}: local {loc[-1]:,.0f}/s, overflow "
                   f"{over[-1].rate:,.0f}/s ({over[-1].forwarded:,}/{n:,} forwarded, sender "
                   f"CPU {over[-1].cpu:.0%})"
@@ -547,7 +571,11 @@ async def throughput(logdir: Path, n: int = 100_000, sweep_n: int = 50_000,
                 f"default timers, no secret; receiver subprocess --fast; every fill "
                 f"forwarded: {'yes' if all_fwd else f'NO ({dict(errors)})'}; sender saw "
                 f"{sus} suspicion(s) of the receiver; runs "
-                f"{', '.join(f'{r.rate / 1e3:.1f}k' for r in over)}/s")
+                f"{', '.join(f'{r.rate / 1e3:.1f}k' for r in over)}/s; "
+                + (f"each run's fills (and the local baseline's) start with gc.collect(); "
+                   f"gc.freeze(), as the README asks of an embedding app; one more run with "
+                   f"nothing frozen: {unfrozen.rate / 1e3:.1f}k/s" if FREEZE else
+                   "nothing frozen (GOBUCKET_BENCH_FREEZE=0)"))
         if pattern == "chunks" and sweep:
             note += (f"; best of sweep (batch_size/batch_concurrency/concurrent: "
                      f"tasks/s, {sweep_n:,} tasks each): {sweep_note}")

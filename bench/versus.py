@@ -29,7 +29,9 @@ FIGURES = {"overflow throughput": True, "cluster drain": False}
 
 def run_part(tree: Path, part: str) -> dict[str, float]:
     """One ``--only part`` run in ``tree``: its rows' values by name."""
-    env = {**os.environ, "PYTHONPATH": str(tree)}
+    # Nothing frozen on either side (see bench.cluster.FREEZE): the trees
+    # compared with froze nothing.
+    env = {**os.environ, "PYTHONPATH": str(tree), "GOBUCKET_BENCH_FREEZE": "0"}
     subprocess.run([sys.executable, "-m", "bench", "cluster", "--only", part], cwd=tree,
                    env=env, check=True, stdout=subprocess.DEVNULL)
     rows = json.loads((tree / "bench" / "results" / "cluster.json").read_text())
