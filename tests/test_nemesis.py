@@ -128,10 +128,11 @@ async def reusing_ids(seed: int, replicas: int, caplog: pytest.LogCaptureFixture
     just after the earlier task's end (its "ended" notice on its way), and
     judged per generation (tests/nemesis.py ``make_plan``, ``_check_reused``).
 
-    Known limits (xfail): ``stale_answer``, a drain or get through a node
-    where an earlier task of the id ended answers from that node's outcome
-    record while the new task lives on a node it does not see alive (it
-    asks the alive peers first); ``two_live``, with replicas, a task whose start
+    Known limits (xfail): ``stale_answer``, a drain that finds a live task
+    of the id stops it and answers, while a second live task of the id,
+    filled from another node (or from one that restarted since), lives on
+    (a record of an ended task is the answer only once every peer that
+    could hold a newer one said it has none); ``two_live``, with replicas, a task whose start
     gate waits (no majority) stays live past its deadline; its holder tells
     the origin so, which keeps its route, but if those words cannot reach
     an origin that sees the holder alive (a one-way cut), the route

@@ -555,6 +555,45 @@ async def test_a_lookup_through_a_node_where_the_id_ended_finds_a_newer_task(
         assert info is not None and info.node_id == "n2" and not info.state.terminal
 
 
+@pytest.mark.parametrize("kind", ["drain", "get"])
+async def test_a_record_here_is_no_answer_while_a_peer_that_may_hold_a_newer_task_is_silent(
+        cluster: Cluster, kind: str) -> None:
+    """x ran and ended on n1; then n2 filled x again (pending on n2), and a
+    cut leaves n2 silent to n1. A drain or get through n1 cannot tell
+    whether a newer x lives on n2: it raises PeerUnavailableError (naming
+    n1's record), not FINISHED -- which would let the new x run after the
+    caller heard it had finished. Once the cut heals, the drain stops the
+    new x on n2; x ran once. Without the new x, n1's record answers again
+    once every peer can be asked."""
+    n1 = await cluster.add("n1", max_bucket=5)
+    n2 = await cluster.add("n2", max_bucket=5)
+    await cluster.settle()
+    assert (await n1.fill("jobs", "x")).node_id == "n1"
+    assert (await n1.fill("jobs", "y")).node_id == "n1"
+    await asyncio.sleep(0.1)
+    assert runs(cluster, "x") == 1 and runs(cluster, "y") == 1
+    assert (await n2.fill("jobs", "x", task_type=BOMB, run_after=30)).node_id == "n2"
+    cut = cluster.net.partition(["n1"], ["n2"])
+    await asyncio.sleep(3)  # n1 sees n2 suspect or dead (not lost: lost_after is longer)
+    assert n1._members.members["n2"].state is not MemberState.ALIVE
+    for task_id in ("x", "y"):
+        with pytest.raises(PeerUnavailableError, match="a task of the id ended here .FINISHED"):
+            await (n1.drain("jobs", task_id) if kind == "drain" else n1.get("jobs", task_id))
+    cut.heal()
+    await asyncio.sleep(5)
+    if kind == "drain":
+        result = await n1.drain("jobs", "x")
+        assert (result.outcome, result.node_id) == (DrainOutcome.DRAINED, "n2")
+        assert (await n1.drain("jobs", "y")).outcome is DrainOutcome.FINISHED
+    else:
+        info = await n1.get("jobs", "x")
+        assert info is not None and info.node_id == "n2" and not info.state.terminal
+        info = await n1.get("jobs", "y")
+        assert info is not None and info.node_id == "n1" and info.state.value == "finished"
+    await asyncio.sleep(40)
+    assert runs(cluster, "x") == (1 if kind == "drain" else 2)
+
+
 # -- a replicated task whose start gate waits past its deadline ------------------------------
 
 

@@ -14,10 +14,10 @@ holder is kept. The order of asking:
    a node that left still serves, and follows its own handoffs, until it
    exits; a dead node with the same boot id may only be stalled (unknown);
    a restarted or presumed-lost holder means the task is LOST;
-3. this node's record of how the task ended here -- after asking the other
-   alive peers whether a newer task of the id lives there (the id filled
-   again; its answer wins if one does, else the record's);
-4. every other peer at once.
+3. every other peer at once; with this node's record of how a task of the
+   id ended here, that record is the answer when no peer has a live task of
+   the id (filled again) and every peer that could hold one said so -- a
+   record is no proof that the id was not filled again elsewhere.
 
 Answers are cached nowhere: a route is dropped only after a definite answer.
 """
@@ -258,10 +258,11 @@ class Lookup:
 
     async def _find(self, kind: Kind, bucket: str, task_id: str,
                     rank: Callable[[Answer], int], ended_here: Answer) -> Answer:
-        """Ask the route's holder; failing that, answer with how the task
-        ended here (``ended_here``), or ask every other peer. The best-ranked
-        definite answer, None if all said no. Raises PeerUnavailableError if
-        a node that could hold the task did not say."""
+        """Ask the route's holder; failing that, every other peer. The
+        best-ranked definite answer: a live task's, else how a task of the
+        id ended here (``ended_here``) if it did, else the best other; None
+        if all said no. Raises PeerUnavailableError if a node that could
+        hold the task did not say."""
         group = self.group
         members = group._members.members
         routes = group._routes
@@ -311,21 +312,30 @@ class Lookup:
                         if rank(answer) > 0:
                             return answer
                 # The holder never had it, or handed it off and has exited: look around.
+        if ended_here is not None and stale is not None:
+            # A task of the id ended here after it left there: the route is old.
+            routes.forget(bucket, task_id)
+            stale = None
+        # A task of the id that ended here is no proof that no newer one lives
+        # elsewhere (the id filled again, here or from another node): every
+        # node that could hold one is asked, as for an id with no record, and
+        # the record is the answer only when none has a live task of it and
+        # none failed to say.
+        unknown: list[str] = []
         if ended_here is not None:
-            if stale is not None:
-                routes.forget(bucket, task_id)
-            return await self._newer(kind, bucket, task_id, rank, asked, ended_here)
+            unknown.append(f"a task of the id ended here ({_told(ended_here)}); whether a "
+                           "newer one lives elsewhere could not be found out")
         membership = group._members
         if not membership.joined and (group.seeds or membership.young()):
             # No member list yet: peers it cannot know of may hold the task (a
             # node restarted without seeds waits for its peers to find it).
-            raise _unavailable(bucket, task_id, ["this node has not reached any peer yet"])
+            raise _unavailable(bucket, task_id,
+                               ["this node has not reached any peer yet", *unknown])
         strangers = membership.unreached()
         if strangers:
             raise _unavailable(bucket, task_id, [f"peers name {', '.join(strangers)}, which "
-                                                 "this node has not reached yet"])
+                                                 "this node has not reached yet", *unknown])
         targets = [m for m in members.values() if m.node_id not in asked and not m.lost]
-        unknown: list[str] = []
         best = await self._best(kind, bucket, task_id, rank, targets, unknown)
         if best is not None and rank(best) >= 2:
             if stale is not None:
@@ -333,8 +343,10 @@ class Lookup:
             return best  # a live task that was stopped, or described
         if group._backups.records and group._backups.at_risk(bucket, task_id):
             unknown.append(f"{group.node_id} holds a backup of it and its holder is not alive")
-        if unknown:
+        if len(unknown) > (ended_here is not None):
             raise _unavailable(bucket, task_id, unknown)
+        if ended_here is not None:
+            return ended_here  # no node has a live task of the id
         found = best if best is not None and rank(best) > 0 else None
         if stale is not None and routes.get(bucket, task_id) == stale:
             if found is None:  # no node has it, nor its outcome: it died there
@@ -361,23 +373,6 @@ class Lookup:
 
         answers = await asyncio.gather(*(one(m) for m in targets))
         return max(answers, key=rank, default=None)
-
-    async def _newer(self, kind: Kind, bucket: str, task_id: str,
-                     rank: Callable[[Answer], int], asked: set[str], ended_here: Answer
-                     ) -> Answer:
-        """A task of this id ended here: a newer one may live on another node
-        (the id filled again there, or from another node). Every other alive
-        peer is asked at once; a live task's answer wins (a drain stops it),
-        else how the task ended here -- also when a peer cannot say: that
-        record is true of a task of the id, and a peer that is not alive is
-        not asked (a newer task there could not be reached anyway)."""
-        members = self.group._members.members.values()
-        targets = [m for m in members if m.node_id not in asked and not m.lost
-                   and m.state is MemberState.ALIVE]
-        if not targets:
-            return ended_here
-        best = await self._best(kind, bucket, task_id, rank, targets, [])
-        return best if best is not None and rank(best) >= 2 else ended_here
 
     async def _took(self, member: Member, bucket: str, task_id: str,
                     pending: tuple[tuple[str, int, int], bool]) -> bool:
@@ -508,6 +503,11 @@ def _lost(kind: Kind, bucket: str, task_id: str, node: str) -> Answer:
     if kind is Kind.DRAIN:
         return DrainOutcome.LOST, node
     return TaskInfo(bucket, task_id, node, None, TaskState.LOST, 0.0, 0.0)
+
+
+def _told(answer: Answer) -> str:
+    """How a record answers: a drain's outcome, or a get's state."""
+    return str(answer[0].value if isinstance(answer, tuple) else answer.state.value).upper()
 
 
 def _unavailable(bucket: str, task_id: str, why: list[str]) -> PeerUnavailableError:
