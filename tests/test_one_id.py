@@ -577,7 +577,9 @@ async def test_a_record_here_is_no_answer_while_a_peer_that_may_hold_a_newer_tas
     await asyncio.sleep(3)  # n1 sees n2 suspect or dead (not lost: lost_after is longer)
     assert n1._members.members["n2"].state is not MemberState.ALIVE
     for task_id in ("x", "y"):
-        with pytest.raises(PeerUnavailableError, match="a task of the id ended here .FINISHED"):
+        # (the record named, and n2 the peer that could not say)
+        with pytest.raises(PeerUnavailableError,
+                           match=r"ended here .FINISHED.*n2|n2.*ended here .FINISHED"):
             await (n1.drain("jobs", task_id) if kind == "drain" else n1.get("jobs", task_id))
     cut.heal()
     await asyncio.sleep(5)
@@ -592,6 +594,35 @@ async def test_a_record_here_is_no_answer_while_a_peer_that_may_hold_a_newer_tas
         assert info is not None and info.node_id == "n1" and info.state.value == "finished"
     await asyncio.sleep(40)
     assert runs(cluster, "x") == (1 if kind == "drain" else 2)
+
+
+async def test_a_peers_record_of_an_earlier_drain_is_no_answer_while_another_peer_is_silent(
+        cluster: Cluster) -> None:
+    """x was filled on n2 and drained there (n2 keeps the record: DRAINED);
+    then n3 filled x again (pending on n3), and a cut leaves n3 silent to
+    n1. A drain through n1 hears DRAINED from n2 -- a record of the earlier
+    x, no live task stopped -- and nothing from n3: it raises
+    PeerUnavailableError, not DRAINED (the new x would then run after the
+    caller heard it was drained). Once the cut heals, the drain stops the
+    new x on n3; x never ran."""
+    n1 = await cluster.add("n1", max_bucket=5)
+    n2 = await cluster.add("n2", max_bucket=5)
+    n3 = await cluster.add("n3", max_bucket=5)
+    await cluster.settle()
+    assert (await n2.fill("jobs", "x", task_type=BOMB, run_after=30)).node_id == "n2"
+    assert (await n2.drain("jobs", "x")).outcome is DrainOutcome.DRAINED
+    assert (await n3.fill("jobs", "x", task_type=BOMB, run_after=30)).node_id == "n3"
+    cut = cluster.net.partition(["n1"], ["n3"])
+    await asyncio.sleep(3)  # n1 sees n3 suspect or dead (not lost: lost_after is longer)
+    with pytest.raises(PeerUnavailableError, match="n3"):
+        await n1.drain("jobs", "x")
+    assert live(cluster, "x") == ["n3"]
+    cut.heal()
+    await asyncio.sleep(5)
+    result = await n1.drain("jobs", "x")
+    assert (result.outcome, result.node_id) == (DrainOutcome.DRAINED, "n3")
+    await asyncio.sleep(40)
+    assert runs(cluster, "x") == 0 and live(cluster, "x") == []
 
 
 # -- a replicated task whose start gate waits past its deadline ------------------------------

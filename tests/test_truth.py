@@ -493,8 +493,8 @@ async def test_drain_between_taking_and_handing_off_waits_for_the_move(
 
     bucket.take_pending = take_pending  # type: ignore[method-assign]
     await n1.stop()
-    outcome, node = answers[0].result()
-    assert outcome is DrainOutcome.DRAINED and node == "n2"
+    outcome, node, record = answers[0].result()
+    assert outcome is DrainOutcome.DRAINED and node == "n2" and not record  # stopped there
     await asyncio.sleep(2)
     assert runs(cluster, "T") == 0
 

@@ -37,14 +37,21 @@ from .protocol import Kind
 from .routes import Route, is_lost
 
 if TYPE_CHECKING:
+    from ..bucket import TaskBucket
     from .group import TaskBucketGroup
 
 __all__ = ["Lookup"]
 
 _OUTCOMES = {o.value: o for o in DrainOutcome}
 
-#: A peer's answer: ``(outcome, node)`` for a drain, a TaskInfo (or None) for a get.
+#: A peer's answer: a :data:`DrainAnswer` for a drain, a TaskInfo (or None) for a get.
 Answer = Any
+
+#: A drain's answer: ``(outcome, the node that held the task, from a
+#: record)``. The last is True when no live task was found: the outcome is
+#: a record of how an earlier task of the id ended (DRAINED, say, by an
+#: earlier drain), true of that task but no proof that none lives elsewhere.
+DrainAnswer = tuple[DrainOutcome, str | None, bool]
 
 #: Seconds an origin keeps settling a handoff its sender could not settle:
 #: the holder keeps its verdicts on handoff batches for 600 s (see
@@ -105,7 +112,7 @@ class Lookup:
 
     # -- this node's own answers (to its callers and to peers) ----------------------------
 
-    async def drain_here(self, bucket: str, task_id: str) -> tuple[DrainOutcome, str | None]:
+    async def drain_here(self, bucket: str, task_id: str) -> DrainAnswer:
         """Drain a task held here or handed off from here; raises :class:`Unknown`."""
         group = self.group
         local = group._bucket(bucket)
@@ -121,15 +128,15 @@ class Lookup:
                     raise Unknown(f"a backup holder of {task_id!r} could not be told to drop "
                                   "it, nor word left with a majority of the cluster: it "
                                   "could take the task over")
-        outcome = local.drain_nowait(task_id)
-        if outcome is not DrainOutcome.NOT_FOUND:
-            return outcome, group.node_id
+        answer = _drain_local(local, task_id, group.node_id)
+        if answer[0] is not DrainOutcome.NOT_FOUND:
+            return answer
         target = await self._moved_to(bucket, task_id)
         if target is None:
-            outcome = local.drain_nowait(task_id)  # a failed handoff is back
-            if outcome is DrainOutcome.NOT_FOUND:
+            answer = _drain_local(local, task_id, group.node_id)  # a failed handoff is back
+            if answer[0] is DrainOutcome.NOT_FOUND:
                 self._check_backups(bucket, task_id)
-            return outcome, group.node_id
+            return answer
         answer = _drain_answer(await self._ask_id(target, Kind.DRAIN, bucket, task_id))
         if answer[0] is DrainOutcome.NOT_FOUND:
             self._check_settled(bucket, task_id, target)
@@ -219,16 +226,17 @@ class Lookup:
         local = group._bucket(bucket)
         live = task_id in local or group._handoff.holder(bucket, task_id) is not None
         if live:
-            outcome, node = await self._known(self.drain_here(bucket, task_id), bucket, task_id)
+            outcome, node, _ = await self._known(self.drain_here(bucket, task_id), bucket,
+                                                 task_id)
             if outcome is not DrainOutcome.NOT_FOUND:
                 return self._drained(bucket, task_id, outcome, node)
         state = local.ended(task_id)
         outcome = None if state is None else DRAIN_ANSWER.get(state)
-        ended = None if outcome is None else (outcome, group.node_id)
+        ended = None if outcome is None else (outcome, group.node_id, True)
         answer = await self._find(Kind.DRAIN, bucket, task_id, _drain_rank, ended)
         if answer is None:
             return DrainResult(DrainOutcome.NOT_FOUND, task_id, None)
-        return self._drained(bucket, task_id, *answer)
+        return self._drained(bucket, task_id, answer[0], answer[1])
 
     async def get(self, bucket: str, task_id: str) -> TaskInfo | None:
         """See :meth:`TaskBucketGroup.get`."""
@@ -501,7 +509,7 @@ _AFTER_LEAVE_CONCURRENCY = 16
 
 def _lost(kind: Kind, bucket: str, task_id: str, node: str) -> Answer:
     if kind is Kind.DRAIN:
-        return DrainOutcome.LOST, node
+        return DrainOutcome.LOST, node, False
     return TaskInfo(bucket, task_id, node, None, TaskState.LOST, 0.0, 0.0)
 
 
@@ -516,18 +524,28 @@ def _unavailable(bucket: str, task_id: str, why: list[str]) -> PeerUnavailableEr
         f"({'; '.join(why)}); it may still be live: try again")
 
 
-def _drain_answer(reply: dict[str, Any]) -> tuple[DrainOutcome, str | None]:
+def _drain_local(local: TaskBucket, task_id: str, node: str) -> DrainAnswer:
+    """Drain ``task_id`` in this node's bucket: from a record unless it was live."""
+    task = local.get(task_id)
+    record = task is None or task.state.terminal
+    return local.drain_nowait(task_id), node, record
+
+
+def _drain_answer(reply: dict[str, Any]) -> DrainAnswer:
     outcome = _OUTCOMES.get(reply.get("outcome"))  # type: ignore[arg-type]
     if outcome is None or outcome is DrainOutcome.NOT_FOUND:
-        return DrainOutcome.NOT_FOUND, None
+        return DrainOutcome.NOT_FOUND, None, False
     node = reply.get("node")
-    return outcome, node if isinstance(node, str) else None
+    # (A node of an earlier version names no records: its answers rank as live.)
+    return outcome, node if isinstance(node, str) else None, reply.get("record") is True
 
 
-def _drain_rank(answer: tuple[DrainOutcome, str | None] | None) -> int:
+def _drain_rank(answer: DrainAnswer | None) -> int:
+    """2: a live task was stopped (that answer wins); 1: a record of how a
+    task of the id ended, or nothing to stop; 0: not there."""
     if answer is None or answer[0] is DrainOutcome.NOT_FOUND:
         return 0
-    return 2 if answer[0].stopped else 1
+    return 2 if answer[0].stopped and not answer[2] else 1
 
 
 def _get_answer(reply: dict[str, Any]) -> TaskInfo | None:
@@ -541,9 +559,14 @@ def _get_rank(info: TaskInfo | None) -> int:
     return 1 if info.state.terminal else 2
 
 
-def drain_reply(outcome: DrainOutcome, node: str | None) -> dict[str, Any]:
-    """The wire answer of a DRAIN (``from`` is added by the caller)."""
-    return {"v": 1, "outcome": outcome.value, "node": node}
+def drain_reply(outcome: DrainOutcome, node: str | None, record: bool = False
+                ) -> dict[str, Any]:
+    """The wire answer of a DRAIN (``from`` is added by the caller); ``record``:
+    see :data:`DrainAnswer` (sent only when true)."""
+    reply: dict[str, Any] = {"v": 1, "outcome": outcome.value, "node": node}
+    if record and outcome is not DrainOutcome.NOT_FOUND:
+        reply["record"] = True
+    return reply
 
 
 def get_reply(info: TaskInfo | None) -> dict[str, Any]:
