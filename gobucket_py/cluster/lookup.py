@@ -320,10 +320,6 @@ class Lookup:
                         if rank(answer) > 0:
                             return answer
                 # The holder never had it, or handed it off and has exited: look around.
-        if ended_here is not None and stale is not None:
-            # A task of the id ended here after it left there: the route is old.
-            routes.forget(bucket, task_id)
-            stale = None
         # A task of the id that ended here is no proof that no newer one lives
         # elsewhere (the id filled again, here or from another node): every
         # node that could hold one is asked, as for an id with no record, and
@@ -353,8 +349,11 @@ class Lookup:
             unknown.append(f"{group.node_id} holds a backup of it and its holder is not alive")
         if len(unknown) > (ended_here is not None):
             raise _unavailable(bucket, task_id, unknown)
-        if ended_here is not None:
-            return ended_here  # no node has a live task of the id
+        if ended_here is not None:  # no node has a live task of the id
+            if stale is not None and routes.get(bucket, task_id) == stale:
+                # A task of the id ended here after it left there: the route is old.
+                routes.forget(bucket, task_id)
+            return ended_here
         found = best if best is not None and rank(best) > 0 else None
         if stale is not None and routes.get(bucket, task_id) == stale:
             if found is None:  # no node has it, nor its outcome: it died there
