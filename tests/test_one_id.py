@@ -579,7 +579,7 @@ async def test_a_record_here_is_no_answer_while_a_peer_that_may_hold_a_newer_tas
     for task_id in ("x", "y"):
         # (the record named, and n2 the peer that could not say)
         with pytest.raises(PeerUnavailableError,
-                           match=r"ended here .FINISHED.*n2|n2.*ended here .FINISHED"):
+                           match=r"ended .FINISHED on n1.*n2|n2.*ended .FINISHED on n1"):
             await (n1.drain("jobs", task_id) if kind == "drain" else n1.get("jobs", task_id))
     cut.heal()
     await asyncio.sleep(5)
@@ -594,6 +594,31 @@ async def test_a_record_here_is_no_answer_while_a_peer_that_may_hold_a_newer_tas
         assert info is not None and info.node_id == "n1" and info.state.value == "finished"
     await asyncio.sleep(40)
     assert runs(cluster, "x") == (1 if kind == "drain" else 2)
+
+
+async def test_a_retried_drain_answers_drained_over_a_record_here_of_an_earlier_task(
+        cluster: Cluster) -> None:
+    """x ran and ended on n1 (n1's record: FINISHED); n2 filled x again. A
+    drain through n1 stops the new x on n2 but its reply is lost: unknown.
+    Retried, n2 answers from its record of that drain (DRAINED), and that
+    is the answer -- not n1's FINISHED, which would tell the caller the job
+    ran when the drain had stopped it."""
+    n1 = await cluster.add("n1", max_bucket=5)
+    n2 = await cluster.add("n2", max_bucket=5)
+    await cluster.settle()
+    assert (await n1.fill("jobs", "x")).node_id == "n1"
+    await asyncio.sleep(0.1)
+    assert runs(cluster, "x") == 1
+    assert (await n2.fill("jobs", "x", task_type=BOMB, run_after=30)).node_id == "n2"
+    switch = fail_calls(n1, Kind.DRAIN, after=True)  # applied on n2; the reply is lost
+    with pytest.raises(PeerUnavailableError):
+        await n1.drain("jobs", "x")
+    assert live(cluster, "x") == []
+    switch.clear()
+    result = await n1.drain("jobs", "x")
+    assert (result.outcome, result.node_id) == (DrainOutcome.DRAINED, "n2")
+    await asyncio.sleep(40)
+    assert runs(cluster, "x") == 1
 
 
 async def test_a_peers_record_of_an_earlier_drain_is_no_answer_while_another_peer_is_silent(

@@ -225,14 +225,17 @@ class Lookup:
         group = self.group
         local = group._bucket(bucket)
         live = task_id in local or group._handoff.holder(bucket, task_id) is not None
+        ended: DrainAnswer | None = None
         if live:
-            outcome, node, _ = await self._known(self.drain_here(bucket, task_id), bucket,
-                                                 task_id)
-            if outcome is not DrainOutcome.NOT_FOUND:
-                return self._drained(bucket, task_id, outcome, node)
-        state = local.ended(task_id)
-        outcome = None if state is None else DRAIN_ANSWER.get(state)
-        ended = None if outcome is None else (outcome, group.node_id, True)
+            here = await self._known(self.drain_here(bucket, task_id), bucket, task_id)
+            if here[0] is not DrainOutcome.NOT_FOUND:
+                if not here[2]:  # a live task, stopped (or ended just now)
+                    return self._drained(bucket, task_id, here[0], here[1])
+                ended = here  # a record (here, or where it was handed off)
+        if ended is None:
+            state = local.ended(task_id)
+            outcome = None if state is None else DRAIN_ANSWER.get(state)
+            ended = None if outcome is None else (outcome, group.node_id, True)
         answer = await self._find(Kind.DRAIN, bucket, task_id, _drain_rank, ended)
         if answer is None:
             return DrainResult(DrainOutcome.NOT_FOUND, task_id, None)
@@ -242,13 +245,16 @@ class Lookup:
         """See :meth:`TaskBucketGroup.get`."""
         group = self.group
         local = group._bucket(bucket)
+        ended: TaskInfo | None = None
         if task_id in local or group._handoff.holder(bucket, task_id) is not None:
             info: TaskInfo | None = await self._known(self.get_here(bucket, task_id), bucket,
                                                       task_id)
-            if info is not None:
+            if info is not None and not info.state.terminal:
                 return info
-        found: TaskInfo | None = await self._find(Kind.GET, bucket, task_id, _get_rank,
-                                                  self._ended_info(bucket, task_id))
+            ended = info  # how it ended (here, or where it was handed off), if it did
+        found: TaskInfo | None = await self._find(
+            Kind.GET, bucket, task_id, _get_rank,
+            ended if ended is not None else self._ended_info(bucket, task_id))
         return found
 
     def _drained(self, bucket: str, task_id: str, outcome: DrainOutcome, node: str | None
@@ -327,8 +333,8 @@ class Lookup:
         # none failed to say.
         unknown: list[str] = []
         if ended_here is not None:
-            unknown.append(f"a task of the id ended here ({_told(ended_here)}); whether a "
-                           "newer one lives elsewhere could not be found out")
+            unknown.append(f"a task of the id ended ({_told(ended_here)}); whether a newer "
+                           "one lives elsewhere could not be found out")
         membership = group._members
         if not membership.joined and (group.seeds or membership.young()):
             # No member list yet: peers it cannot know of may hold the task (a
@@ -341,7 +347,7 @@ class Lookup:
                                                  "this node has not reached yet", *unknown])
         targets = [m for m in members.values() if m.node_id not in asked and not m.lost]
         best = await self._best(kind, bucket, task_id, rank, targets, unknown)
-        if best is not None and rank(best) >= 2:
+        if best is not None and rank(best) >= _LIVE:
             if stale is not None:
                 routes.forget(bucket, task_id)  # it is elsewhere
             return best  # a live task that was stopped, or described
@@ -353,7 +359,9 @@ class Lookup:
             if stale is not None and routes.get(bucket, task_id) == stale:
                 # A task of the id ended here after it left there: the route is old.
                 routes.forget(bucket, task_id)
-            return ended_here
+            # A peer's record of a drain that stopped a task of the id wins
+            # over how one ended here (a retried drain answers DRAINED again).
+            return best if best is not None and rank(best) > rank(ended_here) else ended_here
         found = best if best is not None and rank(best) > 0 else None
         if stale is not None and routes.get(bucket, task_id) == stale:
             if found is None:  # no node has it, nor its outcome: it died there
@@ -513,8 +521,10 @@ def _lost(kind: Kind, bucket: str, task_id: str, node: str) -> Answer:
 
 
 def _told(answer: Answer) -> str:
-    """How a record answers: a drain's outcome, or a get's state."""
-    return str(answer[0].value if isinstance(answer, tuple) else answer.state.value).upper()
+    """How a record answers (a drain's outcome, or a get's state) and where."""
+    if isinstance(answer, tuple):
+        return f"{answer[0].value.upper()} on {answer[1]}"
+    return f"{answer.state.value.upper()} on {answer.node_id}"
 
 
 def _unavailable(bucket: str, task_id: str, why: list[str]) -> PeerUnavailableError:
@@ -539,12 +549,21 @@ def _drain_answer(reply: dict[str, Any]) -> DrainAnswer:
     return outcome, node if isinstance(node, str) else None, reply.get("record") is True
 
 
+#: The rank of an answer about a live task: it wins over peers that could
+#: not say (a drain stopped it; a get describes it).
+_LIVE = 3
+
+
 def _drain_rank(answer: DrainAnswer | None) -> int:
-    """2: a live task was stopped (that answer wins); 1: a record of how a
-    task of the id ended, or nothing to stop; 0: not there."""
+    """3: a live task was stopped now (that answer wins over peers that
+    could not say); 2: a record of a drain that stopped a task of the id
+    (a retried drain answers it again, before other records); 1: a record
+    of how one ended otherwise (nothing to stop); 0: not there."""
     if answer is None or answer[0] is DrainOutcome.NOT_FOUND:
         return 0
-    return 2 if answer[0].stopped and not answer[2] else 1
+    if answer[0].stopped:
+        return 2 if answer[2] else _LIVE
+    return 1
 
 
 def _get_answer(reply: dict[str, Any]) -> TaskInfo | None:
@@ -553,9 +572,10 @@ def _get_answer(reply: dict[str, Any]) -> TaskInfo | None:
 
 
 def _get_rank(info: TaskInfo | None) -> int:
+    """3: a live task; 1: a record of how one ended; 0: not there."""
     if info is None:
         return 0
-    return 1 if info.state.terminal else 2
+    return 1 if info.state.terminal else _LIVE
 
 
 def drain_reply(outcome: DrainOutcome, node: str | None, record: bool = False
