@@ -531,6 +531,21 @@ async def test_an_ended_notice_in_flight_about_a_handed_off_task_keeps_the_new_o
     await new_x_is_routed_and_its_loss_reported(cluster, n1, "n3")
 
 
+async def x_ended_on_n1_then_again_on_n2(cluster: Cluster, run_after: float
+                                         ) -> TaskBucketGroup:
+    """Immediate ``x`` ran and ended on n1 (n1's record: FINISHED); then n2
+    filled time-bomb ``x`` again, due in ``run_after`` s (pending on n2).
+    Returns n1."""
+    n1 = await cluster.add("n1", max_bucket=5)
+    n2 = await cluster.add("n2", max_bucket=5)
+    await cluster.settle()
+    assert (await n1.fill("jobs", "x")).node_id == "n1"
+    await asyncio.sleep(0.1)
+    assert runs(cluster, "x") == 1
+    assert (await n2.fill("jobs", "x", task_type=BOMB, run_after=run_after)).node_id == "n2"
+    return n1
+
+
 @pytest.mark.parametrize("kind", ["drain", "get"])
 async def test_a_lookup_through_a_node_where_the_id_ended_finds_a_newer_task(
         cluster: Cluster, kind: str) -> None:
@@ -538,13 +553,7 @@ async def test_a_lookup_through_a_node_where_the_id_ended_finds_a_newer_task(
     A drain or get through n1 must reach the new x, not answer from n1's
     record of the earlier one (a drain would then stop nothing, and x run
     after the caller heard FINISHED)."""
-    n1 = await cluster.add("n1", max_bucket=5)
-    n2 = await cluster.add("n2", max_bucket=5)
-    await cluster.settle()
-    assert (await n1.fill("jobs", "x")).node_id == "n1"
-    await asyncio.sleep(0.1)
-    assert runs(cluster, "x") == 1
-    assert (await n2.fill("jobs", "x", task_type=BOMB, run_after=10)).node_id == "n2"
+    n1 = await x_ended_on_n1_then_again_on_n2(cluster, run_after=10)
     if kind == "drain":
         result = await n1.drain("jobs", "x")
         assert (result.outcome, result.node_id) == (DrainOutcome.DRAINED, "n2")
@@ -565,14 +574,10 @@ async def test_a_record_here_is_no_answer_while_a_peer_that_may_hold_a_newer_tas
     caller heard it had finished. Once the cut heals, the drain stops the
     new x on n2; x ran once. Without the new x, n1's record answers again
     once every peer can be asked."""
-    n1 = await cluster.add("n1", max_bucket=5)
-    n2 = await cluster.add("n2", max_bucket=5)
-    await cluster.settle()
-    assert (await n1.fill("jobs", "x")).node_id == "n1"
+    n1 = await x_ended_on_n1_then_again_on_n2(cluster, run_after=30)
     assert (await n1.fill("jobs", "y")).node_id == "n1"
     await asyncio.sleep(0.1)
-    assert runs(cluster, "x") == 1 and runs(cluster, "y") == 1
-    assert (await n2.fill("jobs", "x", task_type=BOMB, run_after=30)).node_id == "n2"
+    assert runs(cluster, "y") == 1
     cut = cluster.net.partition(["n1"], ["n2"])
     await asyncio.sleep(3)  # n1 sees n2 suspect or dead (not lost: lost_after is longer)
     assert n1._members.members["n2"].state is not MemberState.ALIVE
@@ -603,13 +608,7 @@ async def test_a_retried_drain_answers_drained_over_a_record_here_of_an_earlier_
     Retried, n2 answers from its record of that drain (DRAINED), and that
     is the answer -- not n1's FINISHED, which would tell the caller the job
     ran when the drain had stopped it."""
-    n1 = await cluster.add("n1", max_bucket=5)
-    n2 = await cluster.add("n2", max_bucket=5)
-    await cluster.settle()
-    assert (await n1.fill("jobs", "x")).node_id == "n1"
-    await asyncio.sleep(0.1)
-    assert runs(cluster, "x") == 1
-    assert (await n2.fill("jobs", "x", task_type=BOMB, run_after=30)).node_id == "n2"
+    n1 = await x_ended_on_n1_then_again_on_n2(cluster, run_after=30)
     switch = fail_calls(n1, Kind.DRAIN, after=True)  # applied on n2; the reply is lost
     with pytest.raises(PeerUnavailableError):
         await n1.drain("jobs", "x")
