@@ -227,6 +227,43 @@ async def test_a_third_node_gets_a_certain_answer_once_the_origin_settles(
     assert runs(cluster, "job") == 0
 
 
+@pytest.mark.parametrize("op", ["drain", "get"])
+async def test_a_record_at_the_origin_does_not_hide_its_unsettled_forward_of_the_id(
+        cluster: Cluster, op: str) -> None:
+    """An earlier "job" ran and ended on the origin n1 (its record:
+    FINISHED); n1, full, forwarded "job" again, and cannot settle that
+    forward. Asked by a third node, n1 must not answer from its record
+    alone: the new job may be on its way to its holder, whose "not here"
+    proves nothing yet. Unknown until n1 can settle; then the new job is
+    found (and a drain stops it)."""
+    n1 = await cluster.add("n1", max_bucket=1)
+    await cluster.add("n2", max_bucket=50)
+    await cluster.add("n3", max_bucket=50)
+    await cluster.settle()
+    assert (await n1.fill("jobs", "job")).node_id == "n1"
+    await asyncio.sleep(0.1)
+    assert runs(cluster, "job") == 1
+    await fill_local(n1, 1)
+    held, settle_fails = hold_fills(n1)
+    with pytest.raises(PlacementUnknownError) as caught:
+        await n1.fill("jobs", "job", task_type=BOMB)
+    asker = cluster.groups[third(caught)]
+    with pytest.raises(PeerUnavailableError, match="not settled"):
+        await (asker.drain if op == "drain" else asker.get)("jobs", "job")
+    late = await deliver(n1, held[0])  # the batch turns up: taken
+    assert late["results"] == ["ok"]
+    settle_fails.clear()
+    if op == "drain":
+        result = await asker.drain("jobs", "job")
+        assert (result.outcome, result.node_id) == (DrainOutcome.DRAINED,
+                                                    caught.value.node_id)
+        await asyncio.sleep(40)
+        assert runs(cluster, "job") == 1  # the first one only
+    else:
+        info = await asker.get("jobs", "job")
+        assert info is not None and info.state is TaskState.PENDING
+
+
 async def test_a_third_node_is_relayed_the_holders_answer_when_the_batch_had_arrived(
         cluster: Cluster) -> None:
     n1 = await spread(cluster)

@@ -164,7 +164,8 @@ class Lookup:
         return ended
 
     async def routed(self, kind: Kind, bucket: str, task_id: str) -> Answer:
-        """For a peer's DRAIN or GET that found nothing here: what this node,
+        """For a peer's DRAIN or GET that found nothing here, or only a
+        record of how an earlier task of the id ended here: what this node,
         the task's origin, knows of where it sent it. A task reported lost
         from here is LOST. A forward this node could not settle may still
         reach its holder, whose "not here" to the asker then proves nothing:

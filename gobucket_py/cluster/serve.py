@@ -238,13 +238,16 @@ class PeerServer:
                     group._ended.unforget(bucket, task_id, task, forgotten)
                     raise
                 group._ended.drain_answered(bucket, task_id, forgotten)
-                if drained[0] is DrainOutcome.NOT_FOUND:
+                # Not here, or only a record of how an earlier task of the id
+                # ended here: what this node sent on of the id comes first (a
+                # forward not settled yet may still reach its holder).
+                if drained[0] is DrainOutcome.NOT_FOUND or drained[2]:
                     drained = await lookup.routed(kind, bucket, task_id) or drained
                 reply = drain_reply(*drained)
             else:
                 info = await lookup.get_here(bucket, task_id)
-                if info is None:
-                    info = await lookup.routed(kind, bucket, task_id)
+                if info is None or info.state.terminal:
+                    info = await lookup.routed(kind, bucket, task_id) or info
                 reply = get_reply(info)
         except Unknown as exc:
             reply = {"v": 1, "unknown": str(exc)}
