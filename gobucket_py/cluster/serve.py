@@ -234,15 +234,18 @@ class PeerServer:
                         task = group.buckets[bucket].get(task_id)
                 try:
                     drained = await lookup.drain_here(bucket, task_id)
+                    # Not here, or only a record of how an earlier task of the
+                    # id ended here: what this node sent on of the id comes
+                    # first (a forward not settled yet may still reach its
+                    # holder), unless it is not found there.
+                    if drained[0] is DrainOutcome.NOT_FOUND or drained[2]:
+                        sent = await lookup.routed(kind, bucket, task_id)
+                        if sent is not None and sent[0] is not DrainOutcome.NOT_FOUND:
+                            drained = sent
                 except BaseException:  # Unknown (or stopped): no definite answer
                     group._ended.unforget(bucket, task_id, task, forgotten)
                     raise
                 group._ended.drain_answered(bucket, task_id, forgotten)
-                # Not here, or only a record of how an earlier task of the id
-                # ended here: what this node sent on of the id comes first (a
-                # forward not settled yet may still reach its holder).
-                if drained[0] is DrainOutcome.NOT_FOUND or drained[2]:
-                    drained = await lookup.routed(kind, bucket, task_id) or drained
                 reply = drain_reply(*drained)
             else:
                 info = await lookup.get_here(bucket, task_id)
