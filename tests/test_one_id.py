@@ -601,6 +601,46 @@ async def test_a_record_here_is_no_answer_while_a_peer_that_may_hold_a_newer_tas
     assert runs(cluster, "x") == (1 if kind == "drain" else 2)
 
 
+@pytest.mark.parametrize("kind", ["drain", "get"])
+async def test_the_route_holders_record_is_no_answer_while_a_peer_is_silent(
+        cluster: Cluster, kind: str) -> None:
+    """n1 forwarded x to a peer, where it ran; its ended notice is held, so
+    n1 keeps its route. The other peer filled x again (pending there), and
+    a cut leaves it silent to n1. Through n1, the route's holder answers
+    how x ended there (a record): that is no answer while the other peer
+    cannot say -- unknown, not FINISHED. Once the cut heals, the drain
+    stops the new x."""
+    n1 = await cluster.add("n1", max_bucket=1)
+    n2 = await cluster.add("n2", max_bucket=5)
+    n3 = await cluster.add("n3", max_bucket=5)
+    await cluster.settle()
+    await fill_local(n1, 1)
+    released = [hold_ended(n2), hold_ended(n3)]
+    sent = (await n1.fill("jobs", "x")).node_id
+    await asyncio.sleep(0.1)
+    assert runs(cluster, "x") == 1
+    other = n3 if sent == "n2" else n2
+    assert (await other.fill("jobs", "x", task_type=BOMB, run_after=30)).node_id == other.node_id
+    cut = cluster.net.partition(["n1"], [other.node_id])
+    await asyncio.sleep(3)
+    assert n1._routes.get("jobs", "x") is not None  # its notice is held
+    with pytest.raises(PeerUnavailableError, match=f"FINISHED on {sent}"):
+        await (n1.drain("jobs", "x") if kind == "drain" else n1.get("jobs", "x"))
+    cut.heal()
+    for event in released:
+        event.set()
+    await asyncio.sleep(5)
+    if kind == "drain":
+        result = await n1.drain("jobs", "x")
+        assert (result.outcome, result.node_id) == (DrainOutcome.DRAINED, other.node_id)
+        await asyncio.sleep(40)
+        assert runs(cluster, "x") == 1
+    else:
+        info = await n1.get("jobs", "x")
+        assert info is not None and info.node_id == other.node_id
+        assert not info.state.terminal
+
+
 async def test_a_retried_drain_answers_drained_over_a_record_here_of_an_earlier_task(
         cluster: Cluster) -> None:
     """x ran and ended on n1 (n1's record: FINISHED); n2 filled x again. A

@@ -325,7 +325,12 @@ class Lookup:
                         if kind is Kind.DRAIN or answer is None or answer.state.terminal:
                             routes.forget(bucket, task_id)  # it ended: a definite answer
                         if rank(answer) > 0:
-                            return answer
+                            if not _record(answer):
+                                return answer
+                            # How the task sent there ended: a newer one of the id
+                            # may live elsewhere (filled from another node).
+                            if ended_here is None or rank(answer) >= rank(ended_here):
+                                ended_here = answer
                 # The holder never had it, or handed it off and has exited: look around.
         # A task of the id that ended here is no proof that no newer one lives
         # elsewhere (the id filled again, here or from another node): every
@@ -519,6 +524,14 @@ def _lost(kind: Kind, bucket: str, task_id: str, node: str) -> Answer:
     if kind is Kind.DRAIN:
         return DrainOutcome.LOST, node, False
     return TaskInfo(bucket, task_id, node, None, TaskState.LOST, 0.0, 0.0)
+
+
+def _record(answer: Answer) -> bool:
+    """Is a definite answer only a record of how a task of the id ended (no
+    live task, and not a loss)? A get's answer says no more than its state."""
+    if isinstance(answer, tuple):
+        return answer[2]
+    return bool(answer.state.terminal and answer.state is not TaskState.LOST)
 
 
 def _told(answer: Answer) -> str:
