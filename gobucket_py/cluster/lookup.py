@@ -530,7 +530,7 @@ def _record(answer: Answer) -> bool:
     """Is a definite answer only a record of how a task of the id ended (no
     live task, and not a loss)? A get's answer says no more than its state."""
     if isinstance(answer, tuple):
-        return answer[2]
+        return bool(answer[2])
     return bool(answer.state.terminal and answer.state is not TaskState.LOST)
 
 
