@@ -14,10 +14,11 @@ holder is kept. The order of asking:
    a node that left still serves, and follows its own handoffs, until it
    exits; a dead node with the same boot id may only be stalled (unknown);
    a restarted or presumed-lost holder means the task is LOST;
-3. every other peer at once; with this node's record of how a task of the
-   id ended here, that record is the answer when no peer has a live task of
-   the id (filled again) and every peer that could hold one said so -- a
-   record is no proof that the id was not filled again elsewhere.
+3. every other peer at once. A record of how a task of the id ended (here,
+   where it was handed off, or on the route's holder) is the answer only
+   when no peer has a live task of the id (filled again) and every peer
+   that could hold one said so -- a record is no proof that the id was not
+   filled again elsewhere.
 
 Answers are cached nowhere: a route is dropped only after a definite answer.
 """
@@ -274,9 +275,9 @@ class Lookup:
     async def _find(self, kind: Kind, bucket: str, task_id: str,
                     rank: Callable[[Answer], int], ended_here: Answer) -> Answer:
         """Ask the route's holder; failing that, every other peer. The
-        best-ranked definite answer: a live task's, else how a task of the
-        id ended here (``ended_here``) if it did, else the best other; None
-        if all said no. Raises PeerUnavailableError if a node that could
+        best-ranked definite answer: a live task's, else a record of how a
+        task of the id ended (``ended_here``, or the route holder's), else
+        the best other; None if all said no. Raises PeerUnavailableError if a node that could
         hold the task did not say."""
         group = self.group
         members = group._members.members
