@@ -1,11 +1,12 @@
 """Randomized check of the backup words' labels (cluster/backups.py).
 
-A backup holder keeps words about a primary's task (tombs, promotions,
-moves) by (bucket, id, primary), and labels a key with the primary's boot
+A backup holder keeps words about a primary's task (tombs, claims,
+promotions, moves) by (bucket, id, primary), and labels a key with the primary's boot
 its words are about, so they are not applied to another incarnation's
 task. The invariant: a labelled key holds only words about that label's
 incarnation (else a task could run twice, or a late copy of a started
-task be kept). Random tombs, notes, takeover announcements with and without
+task be kept, or a claim refuse a new incarnation's word for good). Random
+tombs, notes, takeover checks (claims) and announcements with and without
 boots, promotions, trims and expiry (small table limits), deletions, and
 bequests from a leaving node to this one; a shadow records the boots of
 the words written under each key since it last entered its table. (From a
@@ -31,7 +32,8 @@ pytestmark = pytest.mark.looptime
 Key = tuple[str, str, str]
 KEYS: list[Key] = [("j", str(i), p) for i in range(4) for p in ("n1", "n2")]
 BOOTS: list[str | None] = ["A", "B", "C", None]
-TABLES = ("tombs", "promoted", "moved")
+TABLES = ("tombs", "claims", "promoted", "moved")
+ASKERS = ("n7", "n8", "n9")
 
 
 class Peer:
@@ -44,7 +46,8 @@ class Peer:
 
 def holder(name: str) -> Backups:
     group = types.SimpleNamespace(node_id=name, boot_id=name + "-boot", running=True,
-                                  buckets={}, config=types.SimpleNamespace(request_timeout=1))
+                                  buckets={}, config=types.SimpleNamespace(request_timeout=1),
+                                  _routes=types.SimpleNamespace(get=lambda bucket, task_id: None))
     group._members = types.SimpleNamespace(members={}, header=lambda: {})
     return Backups(group)  # type: ignore[arg-type]
 
@@ -103,6 +106,20 @@ def promote(shadow: Shadow, key: Key, boot: str) -> None:
     shadow.wrote("promoted", key, boot, fresh)
 
 
+def claim(shadow: Shadow, rnd: random.Random, key: Key, boot: str | None) -> None:
+    """A holder's takeover check: the incarnation named per task (``boots``,
+    as now) or for the whole check (``boot``, as an earlier version)."""
+    b = shadow.backups
+    shadow.sync()
+    fresh = key not in b.claims
+    per_task = boot is not None and rnd.random() < 0.6
+    answers = b.check(rnd.choice(ASKERS), key[2], None if per_task else boot,
+                      [[key[0], key[1]]], "x", [boot] if per_task else None)
+    shadow.sync()
+    if answers == ["ok"]:
+        shadow.wrote("claims", key, boot, fresh)
+
+
 def announce(shadow: Shadow, rnd: random.Random, primary: str) -> None:
     b = shadow.backups
     keys = [k for k in (rnd.choice(KEYS) for _ in range(rnd.randrange(1, 4))) if k[2] == primary]
@@ -124,6 +141,8 @@ async def bequest(heir: Shadow, rnd: random.Random) -> None:
         key, boot, table = rnd.choice(KEYS), rnd.choice(BOOTS), rnd.choice(TABLES)
         if table == "tombs":
             leaver.backups._tomb(key, boot)
+        elif table == "claims":
+            claim(leaver, rnd, key, boot)
         elif table == "moved":
             fresh = trimmed_before(leaver.backups.moved, key)
             leaver.backups.took_over(Peer("n8", "y"), key[2], [[key[0], key[1]]], [],
@@ -159,10 +178,18 @@ async def bequest(heir: Shadow, rnd: random.Random) -> None:
             words |= leaver.words["promoted"].get(key, {None})
     tombs = {(r[0], r[1], r[2]): leaver.words["tombs"].get((r[0], r[1], r[2]), {None})
              for r in inherit["tombs"]}
+    claims = {(r[0], r[1], r[2]): leaver.words["claims"].get((r[0], r[1], r[2]), {None})
+              for r in inherit["claims"]}
     b = heir.backups
     before_moved = set(b.moved)
+    before_claims = set(b.claims)
     b.inherit(inherit)  # (its tombs are recorded as kept, with the boot given)
     heir.sync()
+    for key, words in claims.items():
+        if key in b.claims:
+            for boot in words:
+                heir.wrote("claims", key, boot, key not in before_claims)
+                before_claims.add(key)
     for key, words in truth.items():
         if key in b.moved:
             for boot in words:
@@ -178,7 +205,7 @@ async def step(shadow: Shadow, rnd: random.Random) -> None:
     b = shadow.backups
     key, boot = rnd.choice(KEYS), rnd.choice(BOOTS)
     await asyncio.sleep(rnd.choice([0, 0, 1, 3]))
-    op = rnd.randrange(6)
+    op = rnd.randrange(8)
     if op == 0:
         b._tomb(key, boot)
     elif op == 1:
@@ -197,6 +224,15 @@ async def step(shadow: Shadow, rnd: random.Random) -> None:
         b.note(Peer(key[2], incarnation), [["started", key[0], key[1]]])  # type: ignore[arg-type]
     elif op == 5:
         await bequest(shadow, rnd)
+    elif op == 6:
+        claim(shadow, rnd, key, boot)
+    elif op == 7:  # a claim's holder lets it go, or the table is trimmed
+        if rnd.random() < 0.5:
+            b.took_over(Peer(rnd.choice(ASKERS), "x"), key[2], [],  # type: ignore[arg-type]
+                        [[key[0], key[1]]])
+        else:
+            for gone in [k for k in b.claims if rnd.random() < 0.3]:
+                del b.claims[gone]
 
 
 @pytest.mark.parametrize("first", [0, 100, 200])

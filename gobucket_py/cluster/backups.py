@@ -137,13 +137,13 @@ class Backups:
         #: Claims whose holder then took the task over (it said so): its
         #: node id and boot id, as ``"<node> <boot>"``.
         self.moved: dict[tuple[str, str, str], str] = {}
-        #: The primary's boot id each tomb, promotion and move above is about
-        #: (by table, then key), where it is known. Such a word is about one
-        #: task, of one incarnation: a new incarnation that fills the id
-        #: again has another task, which the word must not answer for (see
-        #: :meth:`of`). Words are never dropped or changed for this, only
-        #: not applied to the other incarnation's task: the claim and tomb
-        #: protocol between a primary and its backups stays as it was. A key
+        #: The primary's boot id each tomb, claim, promotion and move above
+        #: is about (by table, then key), where it is known. Such a word is
+        #: about one task, of one incarnation: a new incarnation that fills
+        #: the id again has another task, which the word must not answer for
+        #: (see :meth:`of`). Words are never dropped or changed for this,
+        #: only not applied to the other incarnation's task: the claim and
+        #: tomb protocol about one task stays as it was. A key
         #: whose words were about more than one incarnation (or one not
         #: known) has no label: they apply to every incarnation, as before.
         self.boots: dict[str, dict[tuple[str, str, str], str]] = {}
@@ -253,7 +253,11 @@ class Backups:
             if key in self.moved and self.of("moved", key, primary.boot):
                 answers.append(f"promoted:{self.moved[key]}")  # another holder took it over
                 continue
-            if key in self.claims:  # a backup holder may be taking it over: no word here
+            if key in self.claims and self.of("claims", key, primary.boot):
+                # A backup holder may be taking it over: no word here. (Not
+                # for a claim about another incarnation's task of the id: a
+                # primary that restarted and filled it again has a new task,
+                # which that takeover is not about.)
                 claimer, boot = self.claims[key], self.claim_boots.get(key)
                 member = self.group._members.members.get(claimer)
                 if boot is not None and member is not None and member.boot != boot:
@@ -435,7 +439,8 @@ class Backups:
                           if m.state is MemberState.ALIVE and m.node_id != node]
                 asked.update((m.node_id, m) for m in others)
                 objections = await self._ask_others(node, lost_boot, others,
-                                                    [(b, t) for b, t, _ in chosen])
+                                                    [(b, t) for b, t, _ in chosen],
+                                                    [backup[1] for _, _, backup in chosen])
                 if objections is not None:
                     took = self._take_over(node, [c for c, no in zip(chosen, objections,
                                                                      strict=True) if no == "ok"])
@@ -513,12 +518,16 @@ class Backups:
                 self.claim_boots.pop(key, None)
 
     async def _ask_others(self, node: str, lost_boot: str | None, others: list[Member],
-                          tasks: list[tuple[str, str]]) -> list[str] | None:
+                          tasks: list[tuple[str, str]], boots: list[str]) -> list[str] | None:
+        """Each other node's objections to taking ``tasks`` (of ``node``'s
+        incarnations ``boots``, one per task) over; None unless every one
+        answered and they are a majority with this node."""
         group = self.group
         if not majority(group, without=node):
             return None
         message = {"v": 1, "from": group._members.header(), "notes": [],
-                   "check": [list(t) for t in tasks], "primary": node, "boot": lost_boot}
+                   "check": [list(t) for t in tasks], "primary": node, "boot": lost_boot,
+                   "boots": boots}
 
         async def ask(member: Member) -> list[str] | None:
             try:
@@ -584,7 +593,7 @@ class Backups:
         return took
 
     def check(self, asker: str, primary: str, boot: object, tasks: object,
-              asker_boot: str | None = None) -> list[str]:
+              asker_boot: str | None = None, boots: object = None) -> list[str]:
         """Answer backup holder ``asker``, about to take over ``primary``'s
         tasks: ``alive`` (this node sees ``primary`` alive in boot ``boot``),
         ``tomb`` (it left word that the task started or was drained),
@@ -594,13 +603,19 @@ class Backups:
         already), ``backup:<id>`` (this node holds a backup of it too: the
         lower id takes it over), ``claimed`` (another holder with a lower id
         asked first), or ``ok`` -- which this node remembers as a claim:
-        a tomb the primary sends later is refused (see :meth:`note`)."""
+        a tomb the primary sends later is refused (see :meth:`note`).
+        ``boots``: the primary's incarnation each task is about (an earlier
+        version sends none: then ``boot``, if given); a claim answers only
+        for that incarnation's task."""
         if not isinstance(tasks, list) or not all(
                 isinstance(t, list) and len(t) == 2 and all(isinstance(v, str) for v in t)
                 for t in tasks):
             raise ProtocolError("check must be a list of [bucket, task id]")
         if boot is not None and not isinstance(boot, str):
             raise ProtocolError("check boot must be a string or nil")
+        if boots is not None and not (isinstance(boots, list) and len(boots) == len(tasks)
+                                      and all(isinstance(b, str) for b in boots)):
+            raise ProtocolError("check boots must be a string per task, or nil")
         group = self.group
         seen = group._members.members.get(primary)
         if (boot is not None and seen is not None and seen.boot == boot
@@ -608,7 +623,7 @@ class Backups:
             return ["alive"] * len(tasks)
         answers = []
         claims = self.claims
-        for bucket, task_id in tasks:
+        for index, (bucket, task_id) in enumerate(tasks):
             key = (bucket, task_id, primary)
             local = group.buckets.get(bucket)
             where = self.records.get(bucket)
@@ -632,6 +647,7 @@ class Backups:
                     for old in list(claims)[:_MAX_TOMBS // 2]:
                         del claims[old]
                         self.claim_boots.pop(old, None)
+                self._about("claims", key, boot if boots is None else boots[index])
                 claims[key] = asker
                 if asker_boot is None:
                     self.claim_boots.pop(key, None)
@@ -653,7 +669,8 @@ class Backups:
         moves = list(self.moved.items())[-_BEQUEST:]
         promotions = list(self.promoted)[-_BEQUEST:]
         tombs = [list(k) for k in tomb_keys]
-        claims = [[*k, v] for k, v in list(self.claims.items())[-_BEQUEST:]]
+        claim_keys = list(self.claims)[-_BEQUEST:]
+        claims = [[*k, self.claims[k]] for k in claim_keys]
         mine = f"{group.node_id} {group.boot_id}"  # what it took over itself
         moved = [*([*k, v] for k, v in moves), *([*k, mine] for k in promotions)]
         if not (tombs or claims or moved):
@@ -667,6 +684,7 @@ class Backups:
                 boot = self._boot(name, k)
                 labels[k] = boot if labels.get(k, boot) == boot else None
         about = {"tombs": [[*k, b] for k in tomb_keys if (b := self._boot("tombs", k))],
+                 "claims": [[*k, b] for k in claim_keys if (b := self._boot("claims", k))],
                  "moved": [[*k, b] for k, b in labels.items() if b]}
         message = {"v": 1, "from": group._members.header(), "notes": [],
                    "inherit": {"tombs": tombs, "claims": claims, "moved": moved,
@@ -692,10 +710,11 @@ class Backups:
                 isinstance(rows, list) and all(
                     isinstance(r, list) and len(r) == 4 and all(isinstance(v, str) for v in r)
                     for r in rows)
-                for rows in (about.get("tombs", []), about.get("moved", []))):
-            raise ProtocolError("inherit 'about' maps tombs and moved to rows [bucket, task "
-                                "id, primary, its boot id]")
-        boots: dict[str, dict[tuple[str, str, str], str]] = {"tombs": {}, "moved": {}}
+                for rows in (about.get(kind, []) for kind in ("tombs", "claims", "moved"))):
+            raise ProtocolError("inherit 'about' maps tombs, claims and moved to rows "
+                                "[bucket, task id, primary, its boot id]")
+        boots: dict[str, dict[tuple[str, str, str], str]] = {"tombs": {}, "claims": {},
+                                                              "moved": {}}
         for kind, known in boots.items():
             for r in about.get(kind, []):
                 known.setdefault((r[0], r[1], r[2]), r[3])
@@ -711,8 +730,9 @@ class Backups:
                 if table is None:
                     self._tomb(key, boots["tombs"].get(key))
                 else:
-                    if table is self.moved:  # (kept here already: a label that differs goes)
-                        self._about("moved", key, boots["moved"].get(key))
+                    # (Kept here already: a label that differs goes.)
+                    kind_name = "moved" if table is self.moved else "claims"
+                    self._about(kind_name, key, boots[kind_name].get(key))
                     if key not in table and len(table) < _MAX_TOMBS:
                         table[key] = row[3]
                         if table is self.claims:
@@ -721,8 +741,8 @@ class Backups:
     # -- housekeeping ---------------------------------------------------------------------
 
     def of(self, table: str, key: tuple[str, str, str], boot: str) -> bool:
-        """Is the word under ``key`` in ``table`` ("tombs", "promoted" or
-        "moved") about the task of the primary's incarnation ``boot``? Yes
+        """Is the word under ``key`` in ``table`` ("tombs", "claims",
+        "promoted" or "moved") about the task of the primary's incarnation ``boot``? Yes
         too when that is not known (word from a node of an earlier version)."""
         was = self._boot(table, key)
         return was is None or was == boot

@@ -670,7 +670,8 @@ class Replicas:
                 raise ProtocolError("check needs the primary's node id")
             return {"v": 1, "checked": group._backups.check(sender.node_id, primary,
                                                               message.get("boot"),
-                                                              message["check"], sender.boot)}
+                                                              message["check"], sender.boot,
+                                                              message.get("boots"))}
         if "promoted" in message:
             primary = message.get("primary")
             if not isinstance(primary, str):
