@@ -24,6 +24,7 @@ from gobucket_py import (
     TaskState,
     TaskType,
 )
+from gobucket_py.cluster import backups
 
 from .conftest import Recorder
 from .test_cluster import Cluster
@@ -707,3 +708,30 @@ async def test_a_cancelled_fill_whose_backup_was_made_stays_accepted(cluster: Cl
         assert (f"ok{steps}", "n1") in n2._backups.records["jobs"]
     await asyncio.sleep(40)
     assert all(runs(cluster, f"ok{s}") == 1 for s in range(1, 12))
+
+
+async def test_an_id_filled_again_while_peers_keep_word_of_its_last_task_is_refused_saying_why(
+        cluster: Cluster) -> None:
+    """Each holder told that a task started keeps that word (a tomb) for
+    ``TOMB_KEEP`` seconds, and refuses a backup of the same id from the same
+    node meanwhile: it could be a late copy of the task that started. Once
+    both peers hold such word, a fill of the id again is refused -- with
+    the reason, not "no room" -- and changes nothing; once the word has
+    expired (on an idle node too) the id can be filled again."""
+    n1, _, _ = await three(cluster)
+    for _ in range(2):  # each run leaves word with the holder it had
+        await n1.fill("jobs", "job", task_type=BOMB, run_after=1, life_span=3)
+        await asyncio.sleep(2)
+    # (The second went to the other peer: the first one's holder refused it.)
+    assert {name for name, g in cluster.groups.items()
+            if ("jobs", "job", "n1") in g._backups.tombs} == {"n2", "n3"}
+    assert runs(cluster, "job") == 2
+    with pytest.raises(NoBackupRoomError, match="earlier task of this id from this node "
+                                                r"started or was drained \(kept 600 s"):
+        await n1.fill("jobs", "job", task_type=BOMB, run_after=1, life_span=3)
+    assert "job" not in n1.buckets["jobs"] and not backups_of(cluster, "job")
+    await asyncio.sleep(backups.TOMB_KEEP)  # nothing else happens on the peers meanwhile
+    await n1.fill("jobs", "job", task_type=BOMB, run_after=1, life_span=3)
+    await asyncio.sleep(2)
+    assert runs(cluster, "job") == 3
+    assert not n1._replicas.ended_there  # the reason was taken with the error

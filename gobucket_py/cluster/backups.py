@@ -777,7 +777,13 @@ class Backups:
         if len(tombs) >= _MAX_TOMBS:  # the oldest half goes (kept in insertion order)
             for old in list(tombs)[:_MAX_TOMBS // 2]:
                 del tombs[old]
+        tombs.pop(key, None)  # (to the end: the table stays in the order of its times)
         tombs[key] = now
+        self._prune_tombs(now)
+
+    def _prune_tombs(self, now: float) -> None:
+        """Forget the tombstones older than ``TOMB_KEEP`` (the oldest come first)."""
+        tombs = self.tombs
         while tombs:
             first = next(iter(tombs))
             if now - tombs[first] < TOMB_KEEP:
@@ -790,6 +796,8 @@ class Backups:
                 del where[key]
 
     def _expire(self, now: float) -> None:
+        if self.tombs:
+            self._prune_tombs(now)
         heap = self._expiry
         while heap and heap[0][0] < now:
             _, _, bucket, keys = heapq.heappop(heap)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BucketClosedError, GobucketError, NoBackupRoomError
 from ..task import FillResult, Task, TaskType
+from .backups import TOMB_KEEP
 from .forward import Item
 from .items import encode_item, task_times
 from .overflow import detached, slack
@@ -332,11 +333,18 @@ class Fills:
                 for task in tasks]
 
     def _no_backup_room(self, local: TaskBucket, task: Task) -> NoBackupRoomError:
-        k = self.group._replicas.ks[local.name]
+        replicas = self.group._replicas
+        k = replicas.ks[local.name]
+        why = "too few peers had room (or its data is not serializable)"
+        if replicas.refused_as_ended(local.name, task.id):
+            why = ("too few peers took one: some refused it because they hold word that an "
+                   "earlier task of this id from this node started or was drained (kept "
+                   f"{TOMB_KEEP:.0f} s, so that a late copy of that task's backup is never "
+                   "kept) or was taken over by a backup (kept longer); with replicas, fill "
+                   "each run of a job with its own id")
         return NoBackupRoomError(
             f"task {task.id!r} in bucket {local.name!r} was not accepted: it needs "
-            f"{k} backup(s) on other alive nodes (replicas={k}) and too few peers had "
-            "room (or its data is not serializable)")
+            f"{k} backup(s) on other alive nodes (replicas={k}) and {why}")
 
 
 def _done(results: list[FillResult | Exception | str | None]) -> list[FillResult | Exception]:

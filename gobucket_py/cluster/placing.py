@@ -36,12 +36,14 @@ _state = operator.attrgetter("state")
 
 
 async def place_backups(group: TaskBucketGroup, name: str, tasks: list[Task], origin: str,
-                        k: int) -> list[tuple[str, ...]]:
+                        k: int, ended: set[str] | None = None) -> list[tuple[str, ...]]:
     """Place ``k`` backups of each task of bucket ``name`` on alive peers;
     per task, the nodes that took one -- and those that may have (their
     batch could not be settled: they are told when the task starts or is
     drained, and another is placed). Empty for a task whose data the codec
-    cannot carry (see :func:`pack_data`)."""
+    cannot carry (see :func:`pack_data`). The ids a peer refused because
+    it holds word that an earlier task of the id from this node ended
+    (verdict ``dropped``, see ``Backups.store``) are added to ``ended``."""
     forwarder = group._forwarder
     assert forwarder is not None
     count = len(tasks)
@@ -147,6 +149,8 @@ async def place_backups(group: TaskBucketGroup, name: str, tasks: list[Task], or
                 elif verdict == "restarted" and member.boot != boot:
                     pass  # meant for its last incarnation; the new one is asked next round
                 else:
+                    if verdict == "dropped" and ended is not None:
+                        ended.add(tasks[i].id)
                     # Unsettled: it may hold one -- it is told when the task
                     # starts or is drained, but another is placed (two
                     # copies of a backup: the takeover check lets one run).

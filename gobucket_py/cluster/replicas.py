@@ -91,9 +91,24 @@ class Replicas:
         self._placing: ByBucket[asyncio.Future[None]] = ByBucket()
         # Reschedules being sent to the backups: True if another came meanwhile.
         self._moves: dict[tuple[str, str], bool] = {}
+        #: Tasks that did not get their backups because a peer holds word
+        #: that an earlier task of the id from this node ended (started,
+        #: drained or taken over) -- the fill's error says so (see
+        #: :meth:`refused_as_ended`).
+        self.ended_there: set[tuple[str, str]] = set()
         #: Backups per task, for each bucket that keeps any.
         self.ks: dict[str, int] = {name: k for name, b in group.buckets.items()
                                    if (k := self.k(b))}
+
+    def refused_as_ended(self, bucket: str, task_id: str) -> bool:
+        """Did a peer refuse the last backup of ``task_id`` because it holds
+        word that an earlier task of the id from this node ended? (Asked
+        once, as the fill's error is made.)"""
+        key = (bucket, task_id)
+        if key in self.ended_there:
+            self.ended_there.discard(key)
+            return True
+        return False
 
     def k(self, bucket: TaskBucket) -> int:
         """Backups per task in ``bucket``."""
@@ -183,7 +198,8 @@ class Replicas:
 
     async def _protect(self, name: str, tasks: list[Task], ids: list[str], origin: str,
                        k: int) -> list[bool]:
-        placed = await place_backups(self.group, name, tasks, origin, k)
+        ended: set[str] = set()
+        placed = await place_backups(self.group, name, tasks, origin, k, ended)
         holders = self.holders.bucket(name)
         if k == 1 and () not in placed and all_pending(tasks):
             holders.update(zip(ids, placed, strict=True))  # the common case: one backup each
@@ -191,6 +207,8 @@ class Replicas:
         results = []
         for task_id, task, kept in zip(ids, tasks, placed, strict=True):
             results.append(len(kept) >= k)
+            if len(kept) < k and task_id in ended and len(self.ended_there) < _MAX_KEPT:
+                self.ended_there.add((name, task_id))
             if kept:
                 if task.state is TaskState.PENDING:
                     holders[task_id] = kept
