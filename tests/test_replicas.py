@@ -24,7 +24,8 @@ from gobucket_py import (
     TaskState,
     TaskType,
 )
-from gobucket_py.cluster import backups
+from gobucket_py.codec import PACKED_NONE
+from gobucket_py.errors import ProtocolError
 
 from .conftest import Recorder
 from .test_cluster import Cluster
@@ -635,24 +636,43 @@ def test_backup_columns_travel_shared_values_once_and_read_back_the_same() -> No
 def test_a_column_built_batch_is_the_same_items_sliced_joined_and_packed() -> None:
     """The primary's column-built batch (the common case) reads, slices and
     packs as the equivalent list of item tuples does: the forwarder cuts it
-    into batches and may join a remainder with another entry's items."""
-    from gobucket_py.cluster.columns import Columns, pack_columns, read_columns
+    into batches and may join a remainder with another entry's items. The
+    stamps travel beside the columns, once when they are all the same."""
+    from gobucket_py.cluster.columns import Columns, pack_columns, pack_stamps, read_columns
     from gobucket_py.cluster.protocol import decode, encode
 
     holders = ("n2",)
     cols = Columns("jobs", "n1", holders, [f"t{i}" for i in range(5)], [b"\xc0"] * 5,
-                   [float(i) for i in range(5)], [10.0 + i for i in range(5)])
-    items = [("jobs", f"t{i}", 1, b"\xc0", float(i), 10.0 + i, "n1", 0, holders)
+                   [float(i) for i in range(5)], [10.0 + i for i in range(5)], [7.5] * 5)
+    items = [("jobs", f"t{i}", 1, b"\xc0", float(i), 10.0 + i, "n1", 0, holders, 7.5)
              for i in range(5)]
     assert len(cols) == 5 and list(cols) == items and cols[3] == items[3]
     assert list(cols[1:3]) == items[1:3] and isinstance(cols[1:3], Columns)
     assert pack_columns(cols) == pack_columns(items)
+    assert pack_stamps(cols) == pack_stamps(items) == [7.5]  # one for all
     assert pack_columns(cols[:2])[2] == (b"\xc0",)  # shared data travels once
-    other = Columns("jobs", "n1", holders, ["u"], [b"\x01"], [0.0], [1.0])
+    other = Columns("jobs", "n1", holders, ["u"], [b"\x01"], [0.0], [1.0], [9.0])
     joined = [*cols[3:], *other]  # what the forwarder sends for two entries
-    body = encode({"v": 1, "cols": pack_columns(joined)})
-    rows = list(read_columns(decode(body, 1 << 20)["cols"]))
+    body = encode({"v": 1, "cols": pack_columns(joined), "stamps": pack_stamps(joined)})
+    message = decode(body, 1 << 20)
+    batch = read_columns(message["cols"], message["stamps"])
+    rows = list(batch)
     assert [r[1] for r in rows] == ["t3", "t4", "u"] and rows[2][2] == b"\x01"
+    assert batch.stamps == [7.5, 7.5, 9.0]
+    assert read_columns(message["cols"]).stamps is None  # from a node of an earlier version
+    assert read_columns(message["cols"], [3]).stamps == [3.0, 3.0, 3.0]
+
+
+@pytest.mark.parametrize("stamps", [5.0, [1.0, 2.0], ["x"], [float("nan")], [True], [10**400]])
+def test_malformed_backup_stamps_are_refused(stamps: object) -> None:
+    from gobucket_py.cluster.columns import pack_columns, read_columns
+    from gobucket_py.cluster.protocol import decode, encode
+    from gobucket_py.errors import ProtocolError
+
+    items = [("jobs", f"t{i}", 1, b"\xc0", 1.0, 2.0, "n1", 0, ("n2",), 1.0) for i in range(3)]
+    cols = decode(encode({"v": 1, "cols": pack_columns(items)}), 1 << 20)["cols"]
+    with pytest.raises(ProtocolError, match="stamps"):
+        read_columns(cols, stamps)
 
 
 @pytest.mark.parametrize("steps", [1, 2, 3, 4, 5, 6, 8, 12])
@@ -710,28 +730,85 @@ async def test_a_cancelled_fill_whose_backup_was_made_stays_accepted(cluster: Cl
     assert all(runs(cluster, f"ok{s}") == 1 for s in range(1, 12))
 
 
-async def test_an_id_filled_again_while_peers_keep_word_of_its_last_task_is_refused_saying_why(
+async def test_an_id_filled_again_on_the_same_node_gets_its_backups_each_time(
         cluster: Cluster) -> None:
-    """Each holder told that a task started keeps that word (a tomb) for
-    ``TOMB_KEEP`` seconds, and refuses a backup of the same id from the same
-    node meanwhile: it could be a late copy of the task that started. Once
-    both peers hold such word, a fill of the id again is refused -- with
-    the reason, not "no room" -- and changes nothing; once the word has
-    expired (on an idle node too) the id can be filled again."""
+    """Each holder told that a task started or was drained keeps that word
+    (a tomb) and refuses a late copy of that task's backup. A task of the
+    same id filled again on the same node is another task (a later stamp):
+    its backup is taken, also where such word is kept, and it runs --
+    each of six runs in turn, and four fills drained at once."""
     n1, _, _ = await three(cluster)
-    for _ in range(2):  # each run leaves word with the holder it had
+    for run in range(1, 7):
         await n1.fill("jobs", "job", task_type=BOMB, run_after=1, life_span=3)
+        assert len(backups_of(cluster, "job")) == 1
         await asyncio.sleep(2)
-    # (The second went to the other peer: the first one's holder refused it.)
+        assert runs(cluster, "job") == run
     assert {name for name, g in cluster.groups.items()
             if ("jobs", "job", "n1") in g._backups.tombs} == {"n2", "n3"}
-    assert runs(cluster, "job") == 2
-    with pytest.raises(NoBackupRoomError, match="earlier task of this id from this node "
-                                                r"started or was drained \(kept 600 s"):
-        await n1.fill("jobs", "job", task_type=BOMB, run_after=1, life_span=3)
+    for _ in range(4):
+        await asyncio.sleep(0.01)  # (a later fill time: the stamp tells the tasks apart)
+        await n1.fill("jobs", "job", task_type=BOMB, run_after=5, life_span=8)
+        assert len(backups_of(cluster, "job")) == 1
+        assert (await n1.drain("jobs", "job")).outcome is DrainOutcome.DRAINED
+    await asyncio.sleep(10)
+    assert runs(cluster, "job") == 6 and not backups_of(cluster, "job")
+
+
+async def test_a_late_copy_of_an_earlier_tasks_backup_or_note_changes_nothing(
+        cluster: Cluster) -> None:
+    """A holder keeps word of the latest task of the id that started: a
+    backup stamped no later than that is refused (a late copy); one stamped
+    later is kept, and a late note about the earlier task leaves it be. A
+    backup or note with no stamp (from a node of an earlier version) is
+    taken as about any task of that incarnation, as before stamps."""
+    _, n2, _ = await three(cluster)
+    b = n2._backups
+    sender = n2._members.members["n1"]
+
+    def item(task_id: str) -> tuple[object, ...]:
+        return ("jobs", task_id, PACKED_NONE, 30.0, 60.0, "n1", 0, ("n2",))
+
+    assert b.note(sender, [["started", "jobs", "job"]], [5.0]) == ["ok"]
+    assert b.store([item("job")] * 2, sender, [4.0, 5.0]) == ["dropped", "dropped"]
+    assert b.store([item("job")], sender) == ["dropped"]  # no stamp: about any
+    assert b.store([item("job")], sender, [6.0]) == ["ok"]  # filled again since
+    assert b.note(sender, [["drop", "jobs", "job"]], [5.5]) == ["ok"]  # late, of an earlier
+    assert b.records["jobs"][("job", "n1")][8] == 6.0  # kept
+    b._tomb(("jobs", "old", "n1"), sender.boot, 6.0)
+    assert b.check("n3", "n1", None, [["jobs", "old"]] * 3, "x", [sender.boot] * 3,
+                   [6.0, 5.0, None]) == ["tomb"] * 3  # that task, an earlier one, or any
+    assert b.check("n3", "n1", None, [["jobs", "old"]], "x", ["another-boot"], [7.0]) == ["tomb"]
+    assert b.check("n3", "n1", None, [["jobs", "old"]], "x", [sender.boot], [7.0]) == ["ok"]
+    assert b.note(sender, [["drop", "jobs", "job"]], [6.0]) == ["ok"]  # its own: it goes
+    assert ("job", "n1") not in b.records.get("jobs", {})
+    for bad in ([1.0, 2.0], ["x"], [float("inf")], 3.0):
+        with pytest.raises(ProtocolError, match="stamps"):
+            b.note(sender, [["drop", "jobs", "x"]], bad)
+        with pytest.raises(ProtocolError, match="stamps"):
+            b.check("n3", "n1", None, [["jobs", "x"]], "x", None, bad)
+    assert ("jobs", "x", "n1") not in b.tombs and ("jobs", "x", "n1") not in b.claims
+
+
+async def test_an_id_filled_again_at_the_same_instant_is_refused_saying_why(
+        cluster: Cluster) -> None:
+    """A task filled again in the same clock tick as the earlier one's
+    drain has the same stamp: the holders that were told of the drain
+    refuse its backup (it could be a late copy). The fill says why, not
+    "no room", and changes nothing; a tick later the id is filled again."""
+    n1, _, _ = await three(cluster)
+    refused = None
+    for _ in range(3):  # until both peers hold word of a drain at this instant
+        try:
+            await n1.fill("jobs", "job", task_type=BOMB, run_after=5, life_span=8)
+        except NoBackupRoomError as exc:
+            refused = exc
+            break
+        await n1.drain("jobs", "job")
+    assert refused is not None
+    assert "earlier task of this id from this node started or was drained" in str(refused)
     assert "job" not in n1.buckets["jobs"] and not backups_of(cluster, "job")
-    await asyncio.sleep(backups.TOMB_KEEP)  # nothing else happens on the peers meanwhile
+    assert not n1._replicas.ended_there  # the reason was taken with the error
+    await asyncio.sleep(0.01)
     await n1.fill("jobs", "job", task_type=BOMB, run_after=1, life_span=3)
     await asyncio.sleep(2)
-    assert runs(cluster, "job") == 3
-    assert not n1._replicas.ended_there  # the reason was taken with the error
+    assert runs(cluster, "job") == 1

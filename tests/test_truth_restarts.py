@@ -354,8 +354,14 @@ async def test_a_claim_answers_only_for_the_incarnation_it_is_about() -> None:
         assert backups.note(again, [["started", "jobs", "job"]]) == ["ok"]
         assert backups.check("n2", "n1", None, [["jobs", "old"]], n2.boot) == ["ok"]
         assert backups.note(again, [["started", "jobs", "old"]]) == ["claimed"]
-        with pytest.raises(ProtocolError, match="boots"):
-            backups.check("n2", "n1", None, [["jobs", "x"], ["jobs", "y"]], n2.boot, ["b"])
+        # An earlier version's check that names the incarnation once, for all:
+        assert backups.check("n2", "n1", "old", [["jobs", "one"]], n2.boot) == ["ok"]
+        assert backups.note(Member("n1", n1.addr, "old"), [["started", "jobs", "one"]]) == [
+            "claimed"]
+        assert backups.note(again, [["started", "jobs", "one"]]) == ["ok"]
+        for bad in (["b"], "b", [5, 6]):
+            with pytest.raises(ProtocolError, match="boots"):
+                backups.check("n2", "n1", None, [["jobs", "x"], ["jobs", "y"]], n2.boot, bad)
         assert ("jobs", "x", "n1") not in backups.claims
 
 

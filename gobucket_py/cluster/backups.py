@@ -47,6 +47,7 @@ import asyncio
 import heapq
 import itertools
 import logging
+import math
 from sys import intern
 from typing import TYPE_CHECKING, Any
 
@@ -62,13 +63,14 @@ if TYPE_CHECKING:
     from .columns import BackupBatch
     from .group import TaskBucketGroup
 
-__all__ = ["Backups", "majority", "unknown"]
+__all__ = ["Backups", "majority", "read_stamps", "unknown"]
 
 log = logging.getLogger("gobucket_py")
 
-#: ``(primary, primary boot, origin, packed data, due, deadline, rank, holders)``;
-#: due and deadline in this node's loop time.
-Backup = tuple[str, str, str, bytes, float, float, int, tuple[str, ...]]
+#: ``(primary, primary boot, origin, packed data, due, deadline, rank, holders,
+#: stamp)``; due and deadline in this node's loop time; the stamp is the task's
+#: fill time on the primary's loop clock (None from a node of an earlier version).
+Backup = tuple[str, str, str, bytes, float, float, int, tuple[str, ...], float | None]
 
 #: Tombstones are kept this long (s), and at most this many.
 TOMB_KEEP = 600.0
@@ -147,6 +149,13 @@ class Backups:
         #: whose words were about more than one incarnation (or one not
         #: known) has no label: they apply to every incarnation, as before.
         self.boots: dict[str, dict[tuple[str, str, str], str]] = {}
+        #: Within a labelled incarnation, the latest *stamp* (fill time on the
+        #: primary's clock, see :mod:`.columns`) of the tasks a key's words
+        #: are about, where every word named one: the words apply to that
+        #: task and earlier ones of the id, not to one the primary filled
+        #: after (an id filled again on the same node). Without a stamp
+        #: here, the words apply to every task of the incarnation.
+        self.stamps: dict[str, dict[tuple[str, str, str], float]] = {}
         # (latest deadline, seq, bucket, keys): expiry, one entry per stored
         # batch; keys that were dropped or stored again since are skipped.
         self._expiry: list[tuple[float, int, str, list[tuple[str, str]]]] = []
@@ -168,9 +177,11 @@ class Backups:
 
     # -- what primaries send -----------------------------------------------------------
 
-    def store(self, items: BackupBatch, primary: Member) -> list[str]:
+    def store(self, items: BackupBatch, primary: Member, stamps: list[float] | None = None
+              ) -> list[str]:
         """Keep the backups of one batch (checked by
-        :func:`~.columns.read_columns`); a verdict per backup."""
+        :func:`~.columns.read_columns`, with their ``stamps`` if the primary
+        sent them); a verdict per backup."""
         group = self.group
         now = asyncio.get_running_loop().time()
         self._expire(now)
@@ -192,7 +203,9 @@ class Backups:
         singles = self._singles
         if len(singles) > _MAX_NAMES:
             singles.clear()
-        for bucket, task_id, payload, run_after, life_span, origin, rank, holders in items:
+        each_stamp = itertools.repeat(None, len(items)) if stamps is None else stamps
+        for (bucket, task_id, payload, run_after, life_span, origin, rank, holders), stamp in zip(
+                items, each_stamp, strict=True):
             if bucket != last_bucket:
                 local = buckets.get(bucket)
                 if local is None:
@@ -204,7 +217,7 @@ class Backups:
                 most = local.config.max_backups
                 limit = local.config.max_bucket if most is None else most
             if ended and any((bucket, task_id, node) in table and self.of(name, (
-                    bucket, task_id, node), boot) for name, table in ended):
+                    bucket, task_id, node), boot, stamp) for name, table in ended):
                 verdicts.append("dropped")
                 continue
             key = (task_id, node)
@@ -222,7 +235,7 @@ class Backups:
             else:
                 names = tuple(map(intern, holders))
             where[key] = (node, boot, intern(origin), payload, now + run_after, deadline, rank,
-                          names)
+                          names, stamp)
             keys.append(key)
             if deadline > latest:
                 latest = deadline
@@ -232,28 +245,35 @@ class Backups:
                 heapq.heappush(self._expiry, (latest, next(self._seq), bucket, keys))
         return verdicts
 
-    def note(self, primary: Member, notes: list[Any]) -> list[str]:
+    def note(self, primary: Member, notes: list[Any], stamps: object = None) -> list[str]:
         """A primary's notes: ``[op, bucket, task id]`` with op ``started``
         or ``drop`` (the backup goes) -- each answered ``ok``, or
-        ``promoted`` if this node already took the task over."""
+        ``promoted`` if this node already took the task over. ``stamps``:
+        the stamp of each note's task (see :mod:`.columns`), or None."""
+        stamps = read_stamps(stamps, len(notes), "backup note")
         answers = []
-        for entry in notes:
+        for index, entry in enumerate(notes):
             if (not isinstance(entry, list) or len(entry) != 3
                     or entry[0] not in ("started", "drop", "tomb")
                     or not all(isinstance(v, str) for v in entry)):
                 raise ProtocolError("each backup note is [started|drop|tomb, bucket, task id]")
             _, bucket, task_id = entry
+            stamp = None if stamps is None else stamps[index]
             key = (bucket, task_id, primary.node_id)
             where = self.records.get(bucket)
             if where is not None:
-                where.pop((task_id, primary.node_id), None)
+                backup = where.get((task_id, primary.node_id))
+                if backup is not None and not (
+                        stamp is not None and backup[8] is not None and backup[1] == primary.boot
+                        and backup[8] > stamp):  # (a late note of an earlier task keeps it)
+                    del where[(task_id, primary.node_id)]
             if key in self.promoted and self.of("promoted", key, primary.boot):
                 answers.append(f"promoted:{self.group.node_id} {self.group.boot_id}")
                 continue
             if key in self.moved and self.of("moved", key, primary.boot):
                 answers.append(f"promoted:{self.moved[key]}")  # another holder took it over
                 continue
-            if key in self.claims and self.of("claims", key, primary.boot):
+            if key in self.claims and self.of("claims", key, primary.boot, stamp):
                 # A backup holder may be taking it over: no word here. (Not
                 # for a claim about another incarnation's task of the id: a
                 # primary that restarted and filled it again has a new task,
@@ -271,7 +291,7 @@ class Backups:
             # Word that it started or was drained: kept, so a backup of it
             # that arrives late (another connection) is refused, and a node
             # about to take it over learns not to.
-            self._tomb(key, primary.boot)
+            self._tomb(key, primary.boot, stamp)
             answers.append("ok")
         return answers
 
@@ -423,6 +443,7 @@ class Backups:
         loop = asyncio.get_running_loop()
         keys = [[b, t] for b, t, _ in chosen]
         boot_of = {(b, t): backup[1] for b, t, backup in chosen}
+        stamp_of = {(b, t): backup[8] for b, t, backup in chosen}
         asked: dict[str, Member] = {}  # every node asked: each may hold claims
         took: list[list[str]] = []
         try:
@@ -438,9 +459,7 @@ class Backups:
                 others = [m for m in group._members.members.values()
                           if m.state is MemberState.ALIVE and m.node_id != node]
                 asked.update((m.node_id, m) for m in others)
-                objections = await self._ask_others(node, lost_boot, others,
-                                                    [(b, t) for b, t, _ in chosen],
-                                                    [backup[1] for _, _, backup in chosen])
+                objections = await self._ask_others(node, lost_boot, others, chosen)
                 if objections is not None:
                     took = self._take_over(node, [c for c, no in zip(chosen, objections,
                                                                      strict=True) if no == "ok"])
@@ -451,7 +470,8 @@ class Backups:
                 taken = {(b, t) for b, t in took}
                 released = [key for key in keys if (key[0], key[1]) not in taken]
                 group._spawn(self._announce(list(asked.values()), node, took, released,
-                                            [boot_of[(b, t)] for b, t in took]))
+                                            [boot_of[(b, t)] for b, t in took],
+                                            [stamp_of[(b, t)] for b, t in took]))
 
     def _keep(self, chosen: list[tuple[str, str, Backup]]) -> None:
         """Put back the backups of a takeover called off (their primary is
@@ -461,14 +481,16 @@ class Backups:
             where.setdefault((task_id, backup[0]), backup)
 
     async def _announce(self, others: list[Member], node: str, took: list[list[str]],
-                        released: list[list[str]], boots: list[str]) -> None:
+                        released: list[list[str]], boots: list[str],
+                        stamps: list[float | None]) -> None:
         """Tell the nodes that agreed to a takeover whether it happened, so
         they answer the old primary "promoted here" (it then leaves the
         task to this node) or take its word again, instead of "claimed".
         Retried while they are alive."""
         group = self.group
         message = {"v": 1, "from": group._members.header(), "notes": [],
-                   "promoted": took, "released": released, "primary": node, "boots": boots}
+                   "promoted": took, "released": released, "primary": node, "boots": boots,
+                   "stamps": stamps}
 
         members = group._members.members
 
@@ -493,10 +515,12 @@ class Backups:
         await asyncio.gather(*(tell(m) for m in others))
 
     def took_over(self, asker: Member, primary: str, took: object, released: object,
-                  boots: list[str] | None = None) -> None:
+                  boots: list[str] | None = None, stamps: list[float | None] | None = None
+                  ) -> None:
         """``asker`` took over (``took``: tasks of ``primary``'s incarnations
-        ``boots``, if given) or let go (``released``) these tasks of
-        ``primary`` that this node agreed to (see :meth:`_announce`)."""
+        ``boots``, stamped ``stamps``, where given) or let go (``released``)
+        these tasks of ``primary`` that this node agreed to (see
+        :meth:`_announce`)."""
         for tasks in (took, released):
             if not isinstance(tasks, list) or not all(
                     isinstance(t, list) and len(t) == 2 and all(isinstance(v, str) for v in t)
@@ -509,7 +533,8 @@ class Backups:
                 del moved[old]
         for index, (bucket, task_id) in enumerate(took):
             key = (bucket, task_id, primary)
-            self._about("moved", key, None if boots is None else boots[index])
+            self._about("moved", key, None if boots is None else boots[index],
+                        None if stamps is None else stamps[index])
             moved[key] = f"{asker.node_id} {asker.boot}"
         for bucket, task_id in released:
             key = (bucket, task_id, primary)
@@ -518,16 +543,19 @@ class Backups:
                 self.claim_boots.pop(key, None)
 
     async def _ask_others(self, node: str, lost_boot: str | None, others: list[Member],
-                          tasks: list[tuple[str, str]], boots: list[str]) -> list[str] | None:
-        """Each other node's objections to taking ``tasks`` (of ``node``'s
-        incarnations ``boots``, one per task) over; None unless every one
-        answered and they are a majority with this node."""
+                          chosen: list[tuple[str, str, Backup]]) -> list[str] | None:
+        """Each other node's objections to taking the ``chosen`` backups of
+        ``node``'s tasks over (each named with the primary's incarnation and
+        the task's stamp); None unless every one answered and they are a
+        majority with this node."""
         group = self.group
         if not majority(group, without=node):
             return None
+        tasks = [(bucket, task_id) for bucket, task_id, _ in chosen]
         message = {"v": 1, "from": group._members.header(), "notes": [],
                    "check": [list(t) for t in tasks], "primary": node, "boot": lost_boot,
-                   "boots": boots}
+                   "boots": [backup[1] for _, _, backup in chosen],
+                   "stamps": [backup[8] for _, _, backup in chosen]}
 
         async def ask(member: Member) -> list[str] | None:
             try:
@@ -559,10 +587,11 @@ class Backups:
         now = asyncio.get_running_loop().time()
         took: list[list[str]] = []
         for bucket, task_id, backup in chosen:
-            _, _, origin, payload, due, deadline, _, _ = backup
+            _, boot, origin, payload, due, deadline, _, _, stamp = backup
             if deadline <= now:
                 continue  # its life span is over: it can no longer run
-            if (bucket, task_id, node) in self.tombs:
+            if ((bucket, task_id, node) in self.tombs
+                    and not self._older("tombs", (bucket, task_id, node), boot, stamp)):
                 continue  # its primary told this node meanwhile that it started or was drained
             local = group.buckets[bucket]
             try:
@@ -580,7 +609,7 @@ class Backups:
                             "task_id=%s error=%s", group.node_id, bucket, task_id, exc)
                 continue
             local.recovered[task.id] = max(0.0, now - due)
-            self._about("promoted", (bucket, task.id, node), backup[1])
+            self._about("promoted", (bucket, task.id, node), boot, stamp)
             self.promoted[(bucket, task.id, node)] = now
             took.append([bucket, task.id])
             group._replicas.adopt(bucket, task, origin, node)
@@ -593,7 +622,8 @@ class Backups:
         return took
 
     def check(self, asker: str, primary: str, boot: object, tasks: object,
-              asker_boot: str | None = None, boots: object = None) -> list[str]:
+              asker_boot: str | None = None, boots: object = None, stamps: object = None
+              ) -> list[str]:
         """Answer backup holder ``asker``, about to take over ``primary``'s
         tasks: ``alive`` (this node sees ``primary`` alive in boot ``boot``),
         ``tomb`` (it left word that the task started or was drained),
@@ -606,7 +636,10 @@ class Backups:
         a tomb the primary sends later is refused (see :meth:`note`).
         ``boots``: the primary's incarnation each task is about (an earlier
         version sends none: then ``boot``, if given); a claim answers only
-        for that incarnation's task."""
+        for that incarnation's task. ``stamps``: each task's stamp (see
+        :mod:`.columns`), where known: a tomb about an earlier task of the
+        id from the same incarnation is no objection, and a claim answers
+        for that task and earlier ones only."""
         if not isinstance(tasks, list) or not all(
                 isinstance(t, list) and len(t) == 2 and all(isinstance(v, str) for v in t)
                 for t in tasks):
@@ -616,6 +649,7 @@ class Backups:
         if boots is not None and not (isinstance(boots, list) and len(boots) == len(tasks)
                                       and all(isinstance(b, str) for b in boots)):
             raise ProtocolError("check boots must be a string per task, or nil")
+        stamps = read_stamps(stamps, len(tasks), "check")
         group = self.group
         seen = group._members.members.get(primary)
         if (boot is not None and seen is not None and seen.boot == boot
@@ -625,11 +659,13 @@ class Backups:
         claims = self.claims
         for index, (bucket, task_id) in enumerate(tasks):
             key = (bucket, task_id, primary)
+            about = boot if boots is None else boots[index]
+            stamp = None if stamps is None else stamps[index]
             local = group.buckets.get(bucket)
             where = self.records.get(bucket)
             claimer = claims.get(key)
             route = group._routes.get(bucket, task_id)
-            if key in self.tombs:
+            if key in self.tombs and not self._older("tombs", key, about, stamp):
                 answers.append("tomb")
             elif route is not None and route[0] == primary and is_lost(route):
                 answers.append("reported")
@@ -647,7 +683,7 @@ class Backups:
                     for old in list(claims)[:_MAX_TOMBS // 2]:
                         del claims[old]
                         self.claim_boots.pop(old, None)
-                self._about("claims", key, boot if boots is None else boots[index])
+                self._about("claims", key, about, stamp)
                 claims[key] = asker
                 if asker_boot is None:
                     self.claim_boots.pop(key, None)
@@ -675,7 +711,7 @@ class Backups:
         moved = [*([*k, v] for k, v in moves), *([*k, mine] for k in promotions)]
         if not (tombs or claims or moved):
             return
-        # Which incarnation's task each tomb and move is about, where known:
+        # Which incarnation's task each tomb, claim and move is about, where known:
         # a key of two moved rows (a move and a promotion) only if both are
         # about the same one.
         labels: dict[tuple[str, str, str], str | None] = {}
@@ -740,38 +776,72 @@ class Backups:
 
     # -- housekeeping ---------------------------------------------------------------------
 
-    def of(self, table: str, key: tuple[str, str, str], boot: str) -> bool:
+    def of(self, table: str, key: tuple[str, str, str], boot: str,
+           stamp: float | None = None) -> bool:
         """Is the word under ``key`` in ``table`` ("tombs", "claims",
-        "promoted" or "moved") about the task of the primary's incarnation ``boot``? Yes
-        too when that is not known (word from a node of an earlier version)."""
+        "promoted" or "moved") about the task of the primary's incarnation
+        ``boot`` -- with ``stamp``, about that task or an earlier one of the
+        id? Yes too when that is not known (word from a node of an earlier
+        version, or a word that named no stamp)."""
         was = self._boot(table, key)
-        return was is None or was == boot
+        if was is None:
+            return True
+        if was != boot:
+            return False
+        upto = None if stamp is None else self.stamps.get(table, {}).get(key)
+        return upto is None or stamp <= upto  # type: ignore[operator]
+
+    def _older(self, table: str, key: tuple[str, str, str], boot: str | None,
+               stamp: float | None) -> bool:
+        """Are the words under ``key`` in ``table`` known to be about tasks of
+        incarnation ``boot`` filled before the one stamped ``stamp``?"""
+        if boot is None or stamp is None or self._boot(table, key) != boot:
+            return False
+        upto = self.stamps.get(table, {}).get(key)
+        return upto is not None and upto < stamp
 
     def _boot(self, table: str, key: tuple[str, str, str]) -> str | None:
         """The primary's boot the word under ``key`` in ``table`` is about, if known."""
         boots = self.boots.get(table)
         return None if boots is None else boots.get(key)
 
-    def _about(self, table: str, key: tuple[str, str, str], boot: str | None) -> None:
+    def _about(self, table: str, key: tuple[str, str, str], boot: str | None,
+               stamp: float | None = None) -> None:
         """A word about the task of the primary's incarnation ``boot`` (None:
-        not known) is about to be kept under ``key`` in ``table``. If a word
-        is kept there already about another incarnation, or one not known,
-        the key loses its label: its words then apply to every incarnation
-        (a late word about an earlier one must not relabel a later one's)."""
+        not known), stamped ``stamp`` (None: not known), is about to be kept
+        under ``key`` in ``table``. If a word is kept there already about
+        another incarnation, or one not known, the key loses its label: its
+        words then apply to every incarnation (a late word about an earlier
+        one must not relabel a later one's). Within the incarnation, the
+        key's stamp is the latest of its words' (a word about a task covers
+        the earlier ones of the id: they had ended when it was filled), and
+        goes if one of them named none."""
         boots = self.boots.setdefault(table, {})
+        stamps = self.stamps.setdefault(table, {})
         kept: dict[tuple[str, str, str], Any] = getattr(self, table)
-        if boot is None or (key in kept and boots.get(key) != boot):
+        known = key in kept
+        if boot is None or (known and boots.get(key) != boot):
             boots.pop(key, None)
+            stamps.pop(key, None)
             return
         if len(boots) >= 2 * _MAX_TOMBS:  # words gone since: keep those still kept
             for gone in [k for k in boots if k not in kept]:
                 del boots[gone]
+            for gone in [k for k in stamps if k not in kept]:
+                del stamps[gone]
         boots[key] = boot
+        if stamp is None or (known and key not in stamps):
+            stamps.pop(key, None)
+        elif known:
+            stamps[key] = max(stamps[key], stamp)
+        else:
+            stamps[key] = stamp
 
-    def _tomb(self, key: tuple[str, str, str], boot: str | None = None) -> None:
+    def _tomb(self, key: tuple[str, str, str], boot: str | None = None,
+              stamp: float | None = None) -> None:
         """Keep a primary's word that the task (of its incarnation ``boot``,
-        if known) started or was drained."""
-        self._about("tombs", key, boot)
+        stamped ``stamp``, where known) started or was drained."""
+        self._about("tombs", key, boot, stamp)
         now = asyncio.get_running_loop().time()
         tombs = self.tombs
         if len(tombs) >= _MAX_TOMBS:  # the oldest half goes (kept in insertion order)
@@ -796,8 +866,6 @@ class Backups:
                 del where[key]
 
     def _expire(self, now: float) -> None:
-        if self.tombs:
-            self._prune_tombs(now)
         heap = self._expiry
         while heap and heap[0][0] < now:
             _, _, bucket, keys = heapq.heappop(heap)
@@ -810,3 +878,16 @@ class Backups:
         if self.promoted and len(self.promoted) > 10_000:
             horizon = now - 600.0
             self.promoted = {k: t for k, t in self.promoted.items() if t > horizon}
+
+
+def read_stamps(raw: object, count: int, what: str) -> list[float | None] | None:
+    """The optional ``stamps`` of a message about ``count`` tasks: each
+    task's stamp (see :mod:`.columns`), or None where not known; None if
+    not sent. ``ProtocolError`` (a 400) if malformed."""
+    if raw is None:
+        return None
+    if (not isinstance(raw, list) or len(raw) != count
+            or not all(s is None or (type(s) in (float, int) and math.isfinite(s))
+                       for s in raw)):
+        raise ProtocolError(f"{what} stamps must be a list of numbers (or nil), one per task")
+    return [None if s is None else float(s) for s in raw]

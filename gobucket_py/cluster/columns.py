@@ -14,12 +14,17 @@ about a third smaller.
   ``cols`` (see :mod:`.forward`).
 - Backup batches (``FILL`` with ``backup``): eight columns -- bucket, task
   id, packed data, run_after, life_span, origin, rank, holders
-  (:func:`pack_columns`, :func:`read_columns`).
+  (:func:`pack_columns`, :func:`read_columns`) -- and, beside them,
+  ``stamps``: each task's *stamp*, its fill time on the primary's loop
+  clock, which tells one task of an id from another filled on the same
+  node in the same incarnation (:func:`pack_stamps`; a node of an earlier
+  version sends none, and ignores them).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any, overload
@@ -30,7 +35,7 @@ from ..errors import ProtocolError
 from ..task import TaskType
 
 __all__ = ["BackupBatch", "Columns", "FillBatch", "FillColumns", "join_fill", "pack_columns",
-           "pack_fill", "read_columns", "read_fill"]
+           "pack_fill", "pack_stamps", "read_columns", "read_fill"]
 
 #: A FILL batch's columns, in order: the fields of a FILL item (see :mod:`.items`).
 FILL_COLUMNS = ("bucket", "id", "type", "data", "run_after", "life_span")
@@ -191,8 +196,10 @@ def read_fill(raw: object, unpack: Callable[[bytes], Any]) -> FillBatch:
 COLUMNS = ("bucket", "id", "data", "run_after", "life_span", "origin", "rank", "holders")
 #: Columns that may travel as one value for the whole batch.
 _SHARED = frozenset({0, 2, 5, 6, 7})
-#: Each column's field of a 9-field backup item (the type, 2, is dropped).
+#: Each column's field of a 10-field backup item (the type, 2, is dropped;
+#: the stamp, 9, travels beside the columns).
 _FIELDS = tuple(map(itemgetter, (0, 1, 3, 4, 5, 6, 7, 8)))
+_STAMP = itemgetter(9)
 
 
 class Columns(Sequence[tuple[Any, ...]]):
@@ -200,14 +207,15 @@ class Columns(Sequence[tuple[Any, ...]]):
     column as the primary builds them (no tuple per item): a sequence of
     items to the forwarder, which slices it into batches, and packed as is."""
 
-    __slots__ = ("bucket", "holders", "ids", "life_spans", "origin", "payloads", "run_afters")
+    __slots__ = ("bucket", "holders", "ids", "life_spans", "origin", "payloads", "run_afters",
+                 "stamps")
 
     def __init__(self, bucket: str, origin: str, holders: tuple[str, ...], ids: list[str],
-                 payloads: list[bytes], run_afters: list[float], life_spans: list[float]
-                 ) -> None:
+                 payloads: list[bytes], run_afters: list[float], life_spans: list[float],
+                 stamps: list[float]) -> None:
         self.bucket, self.origin, self.holders = bucket, origin, holders
         self.ids, self.payloads = ids, payloads
-        self.run_afters, self.life_spans = run_afters, life_spans
+        self.run_afters, self.life_spans, self.stamps = run_afters, life_spans, stamps
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -221,9 +229,9 @@ class Columns(Sequence[tuple[Any, ...]]):
         if isinstance(index, slice):
             return Columns(self.bucket, self.origin, self.holders, self.ids[index],
                            self.payloads[index], self.run_afters[index],
-                           self.life_spans[index])
+                           self.life_spans[index], self.stamps[index])
         return (self.bucket, self.ids[index], 1, self.payloads[index], self.run_afters[index],
-                self.life_spans[index], self.origin, 0, self.holders)
+                self.life_spans[index], self.origin, 0, self.holders, self.stamps[index])
 
 
 def pack_columns(items: Sequence[tuple[Any, ...]]) -> list[Any]:
@@ -245,10 +253,25 @@ def pack_columns(items: Sequence[tuple[Any, ...]]) -> list[Any]:
     return out
 
 
-class BackupBatch(_Checked):
-    """A checked backup ``cols`` batch: iterates its backups as 8-field rows."""
+def pack_stamps(items: Sequence[tuple[Any, ...]]) -> list[float]:
+    """The ``stamps`` of a batch of backup items: one per item, or one for
+    all when they are the same (tasks filled in one loop pass)."""
+    column = items.stamps if isinstance(items, Columns) else list(map(_STAMP, items))
+    first = column[0]
+    return [first] if column.count(first) == len(column) else list(column)
 
-    __slots__ = ()
+
+class BackupBatch(_Checked):
+    """A checked backup ``cols`` batch: iterates its backups as 8-field rows.
+    ``stamps``: each backup's stamp (see the module docstring), None for
+    all if the sender gave none."""
+
+    __slots__ = ("stamps",)
+
+    def __init__(self, columns: list[list[Any]], size: int, stamps: list[float] | None
+                 ) -> None:
+        super().__init__(columns, size)
+        self.stamps = stamps
 
 
 def _all(kind: type, column: list[Any]) -> bool:
@@ -294,9 +317,9 @@ def _numbers(name: str, column: list[Any], what: str = "backup") -> None:
         raise ProtocolError(f"{what} item {name} must be a number >= 0, got {bad!r}")
 
 
-def read_columns(raw: object) -> BackupBatch:
-    """Check a received ``cols``; ``ProtocolError`` (a 400) naming the
-    fault if it is malformed."""
+def read_columns(raw: object, stamps: object = None) -> BackupBatch:
+    """Check a received ``cols`` and ``stamps`` (None: not sent);
+    ``ProtocolError`` (a 400) naming the fault if either is malformed."""
     columns, size = _shaped(raw, COLUMNS, _SHARED, "backup")
     _, _, payloads, run_afters, life_spans, origins, ranks, holders = columns
     if not _all(bytes, payloads):
@@ -308,4 +331,16 @@ def read_columns(raw: object) -> BackupBatch:
     for names in holders:
         if type(names) is not list or not 0 < len(names) <= 2 or not _all(str, names):
             raise ProtocolError("backup item holders must be a list of 1 or 2 node ids")
-    return BackupBatch(columns, size)
+    if stamps is None:
+        return BackupBatch(columns, size, None)
+    if (type(stamps) is not list or len(stamps) not in (1, size)
+            or not set(map(type, stamps)) <= {float, int}):
+        raise ProtocolError(f"backup stamps must be a list of 1 or {size} numbers")
+    if int in set(map(type, stamps)):
+        try:
+            stamps[:] = map(float, stamps)
+        except OverflowError:
+            raise ProtocolError("backup stamps must be finite numbers") from None
+    if not all(map(math.isfinite, stamps)):
+        raise ProtocolError("backup stamps must be finite numbers")
+    return BackupBatch(columns, size, stamps * size if len(stamps) != size else stamps)

@@ -28,7 +28,7 @@ from typing import Any
 from ..config import GroupConfig
 from ..errors import GobucketError, PeerError, PeerUnavailableError, ProtocolError
 from ..observe.histogram import Histogram
-from .columns import Columns, FillColumns, join_fill, pack_columns, pack_fill
+from .columns import Columns, FillColumns, join_fill, pack_columns, pack_fill, pack_stamps
 from .membership import Member, Membership
 from .protocol import Kind, field
 from .routes import Sent
@@ -331,6 +331,7 @@ class Forwarder:
         if mode == BACKUP:  # column by column (see .columns)
             message["backup"] = True
             message["cols"] = pack_columns(items)
+            message["stamps"] = pack_stamps(items)
         elif (member.node_id, boot) in self._rows:
             message["items"] = list(items)
         else:

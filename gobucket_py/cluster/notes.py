@@ -2,7 +2,8 @@
 
 A note is ``[op, bucket, task id]`` -- ``started`` or ``drop`` (the backup
 goes; see :mod:`.replicas`), or ``tomb`` (word left with another node for a
-silent holder). The notes of one loop pass for one holder go in one
+silent holder) -- with the task's stamp, where known, in the request's
+``stamps`` (see :mod:`.columns`). The notes of one loop pass for one holder go in one
 ``BACKUP_NOTE`` request, addressed to the holder's incarnation (``to``): a
 restarted holder answers ``gone``, as it knows nothing of what its
 predecessor did. A holder that does not answer is asked again each
@@ -27,8 +28,9 @@ __all__ = ["Notes"]
 
 log = logging.getLogger("gobucket_py")
 
-#: A queued note, the future of its answer, and the incarnation it is for (None: any).
-Queued = tuple[list[str], "asyncio.Future[str]", str | None]
+#: A queued note, the future of its answer, the incarnation it is for (None:
+#: any), and its task's stamp (None: not known).
+Queued = tuple[list[str], "asyncio.Future[str]", str | None, float | None]
 
 
 class Notes:
@@ -40,14 +42,14 @@ class Notes:
         self._pumps: set[str] = set()
 
     async def tell(self, node: str, op: str, bucket: str, task_id: str,
-                   boot: str | None = None) -> str:
+                   boot: str | None = None, stamp: float | None = None) -> str:
         """Tell holder ``node``; its answer (``ok``/``promoted``), or ``gone``
         once it is not alive (it cannot take the task over then without
         first learning it was suspected, which makes it drop every backup).
         With ``boot``, the note is for that incarnation only: another one
-        answers ``gone`` without being asked."""
+        answers ``gone`` without being asked. ``stamp``: the task's, if known."""
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._queued.setdefault(node, []).append(([op, bucket, task_id], future, boot))
+        self._queued.setdefault(node, []).append(([op, bucket, task_id], future, boot, stamp))
         if node not in self._pumps:
             self._pumps.add(node)
             self.group._spawn(self._pump(node))
@@ -70,8 +72,12 @@ class Notes:
                             or member.boot != boot):
                         _resolve(batch, "gone")
                         break
-                    message = {"v": 1, "from": group._members.header(), "to": boot,
-                               "notes": [note for note, _, _ in batch]}
+                    message: dict[str, object] = {
+                        "v": 1, "from": group._members.header(), "to": boot,
+                        "notes": [q[0] for q in batch]}
+                    stamps = [q[3] for q in batch]
+                    if stamps.count(None) != len(stamps):
+                        message["stamps"] = stamps
                     try:
                         reply = await group.transport.call(member.addr, Kind.BACKUP_NOTE,
                                                            message,
@@ -85,7 +91,7 @@ class Notes:
                         await asyncio.sleep(group.config.probe_interval)
                         member = group._members.members.get(node)
                         continue
-                    for (_, future, _), answer in zip(batch, answers, strict=True):
+                    for (_, future, _, _), answer in zip(batch, answers, strict=True):
                         if not future.done():
                             future.set_result(str(answer))
                     break
@@ -96,7 +102,7 @@ class Notes:
 
 
 def _resolve(batch: list[Queued], answer: str) -> None:
-    for _, future, _ in batch:
+    for _, future, _, _ in batch:
         if not future.done():
             future.set_result(answer)
 

@@ -83,9 +83,11 @@ async def place_backups(group: TaskBucketGroup, name: str, tasks: list[Task], or
             ids: list[str] = []
             runs: list[float] = []
             lives: list[float] = []
+            stamps: list[float] = []
             for i in wanted:
                 task = tasks[i]
                 ids.append(task.id)
+                stamps.append(task._filled)
                 run_after = task._run_at - now
                 if run_after < 0.0:
                     run_after = 0.0
@@ -95,7 +97,7 @@ async def place_backups(group: TaskBucketGroup, name: str, tasks: list[Task], or
             # (wanted holds no task whose data could not be packed)
             fast = Columns(name, origin, names_of[only], ids,
                            cast("list[bytes]", payloads if len(wanted) == count
-                                else [payloads[i] for i in wanted]), runs, lives)
+                                else [payloads[i] for i in wanted]), runs, lives, stamps)
             room[only] -= len(ids)
         for i in () if fast else wanted:
             task = tasks[i]
@@ -183,7 +185,9 @@ def pack_data(task: Task, codec: Codec) -> bytes | None:
 
 def backup_item(task: Task, payload: bytes, now: float, origin: str, rank: int,
                 names: tuple[str, ...]) -> Item:
-    """The BACKUP item of ``task`` for its rank-``rank`` holder (times from ``now``)."""
+    """The BACKUP item of ``task`` for its rank-``rank`` holder (times from
+    ``now``; its stamp, the task's fill time here, last: see :mod:`.columns`)."""
     run_after = max(0.0, task._run_at - now)
     life_span = max(task._deadline - now, run_after + 0.001)
-    return (task.bucket, task.id, 1, payload, run_after, life_span, origin, rank, names)
+    return (task.bucket, task.id, 1, payload, run_after, life_span, origin, rank, names,
+            task._filled)

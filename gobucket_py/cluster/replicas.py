@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from ..bucket import TaskBucket
 from ..errors import ProtocolError
 from ..task import Task, TaskState, TaskType
-from .backups import majority, unknown
+from .backups import majority, read_stamps, unknown
 from .forward import BACKUP
 from .keyed import ByBucket
 from .membership import Member, MemberState
@@ -80,7 +80,8 @@ class Replicas:
         #: Per holder: tasks whose drop (or "started") it missed while it was
         #: silent -- word went to other nodes as tombs, but its backup stays
         #: until its deadline unless it is told once it is back.
-        self.missed: dict[str, set[tuple[str, str]]] = {}
+        #: (With the stamp of each task, where known: see :mod:`.columns`.)
+        self.missed: dict[str, dict[tuple[str, str], float | None]] = {}
         #: What the holders are told, batched per holder.
         self.notes = Notes(group)
         # Drops being told, so a retried drain waits for them too.
@@ -199,6 +200,8 @@ class Replicas:
     async def _protect(self, name: str, tasks: list[Task], ids: list[str], origin: str,
                        k: int) -> list[bool]:
         ended: set[str] = set()
+        if self.ended_there:  # a reason left by an earlier placement (no error made) goes
+            self.ended_there.difference_update((name, task_id) for task_id in ids)
         placed = await place_backups(self.group, name, tasks, origin, k, ended)
         holders = self.holders.bucket(name)
         if k == 1 and () not in placed and all_pending(tasks):
@@ -207,13 +210,15 @@ class Replicas:
         results = []
         for task_id, task, kept in zip(ids, tasks, placed, strict=True):
             results.append(len(kept) >= k)
-            if len(kept) < k and task_id in ended and len(self.ended_there) < _MAX_KEPT:
+            if len(kept) < k and task_id in ended:
+                if len(self.ended_there) >= _MAX_KEPT:
+                    self.ended_there.clear()  # (reasons no error took: a wrong one never stays)
                 self.ended_there.add((name, task_id))
             if kept:
                 if task.state is TaskState.PENDING:
                     holders[task_id] = kept
                 else:  # drained (or ended) while its backups were being placed
-                    self._start_drop((name, task_id), list(kept))
+                    self._start_drop((name, task_id), list(kept), stamp=task._filled)
         return results
 
     def moved(self, task: Task) -> None:
@@ -271,7 +276,7 @@ class Replicas:
         key = (bucket.name, task.id)
         if bucket.get(task.id) is not task:
             return False  # it left (drained, ran, handed off); the id may be another task's now
-        self.forget(bucket.name, task.id)
+        self.forget(bucket.name, task.id, task._filled)
         dropping = self._dropping.get(key)
         if dropping is not None:
             # Bounded, so the fill is answered in time; the drop goes on.
@@ -352,12 +357,15 @@ class Replicas:
         if missed:
             self.group._spawn(self._tell_missed(node, missed))
 
-    async def _tell_missed(self, node: str, missed: set[tuple[str, str]]) -> None:
+    async def _tell_missed(self, node: str, missed: dict[tuple[str, str], float | None]
+                           ) -> None:
         keys = list(missed)
-        answers = await asyncio.gather(*(self.notes.tell(node, "drop", *key) for key in keys))
+        answers = await asyncio.gather(*(self.notes.tell(node, "drop", *key, None, missed[key])
+                                         for key in keys))
         if answers.count("gone"):  # silent again: kept for its next return
-            self.missed.setdefault(node, set()).update(
-                key for key, answer in zip(keys, answers, strict=True) if answer == "gone")
+            self.missed.setdefault(node, {}).update(
+                (key, missed[key]) for key, answer in zip(keys, answers, strict=True)
+                if answer == "gone")
         for key, answer in zip(keys, answers, strict=True):
             # It took the task over while this node could not reach it: a
             # gate or drain still deciding must learn it (as from _drop).
@@ -418,7 +426,8 @@ class Replicas:
             # Told in a task of its own, which a drain that comes meanwhile
             # waits for (it cancels this runner, not the telling); one in
             # flight already (a drain's retry) tells them the same.
-            dropping = self._dropping.get(key) or self._start_drop(key, names, "started")
+            dropping = (self._dropping.get(key)
+                        or self._start_drop(key, names, "started", task._filled))
             await asyncio.shield(dropping)
             if self.taken.pop(key, None) is not None:
                 return False  # a backup took it over (this node was cut off)
@@ -446,12 +455,14 @@ class Replicas:
                     group.node_id, task.bucket, task.id)
         return False
 
-    async def _tomb(self, key: tuple[str, str], told: list[str], settled: list[str]
+    async def _tomb(self, key: tuple[str, str], told: list[str], settled: list[str],
+                    stamp: float | None = None
                     ) -> tuple[bool, tuple[str, str] | None, set[str]]:
-        """Leave word with every other alive node that the task started or
-        was drained here, for silent holders that may later try to take it
-        over (``told``: the holders asked already, ``settled`` those of
-        them that took the note, which leaves the same word). True if
+        """Leave word with every other alive node that the task (stamped
+        ``stamp``, if known) started or was drained here, for silent holders
+        that may later try to take it over (``told``: the holders asked
+        already, ``settled`` those of them that took the note, which leaves
+        the same word). True if
         enough nodes have it that, with this one, they are a majority of
         the cluster: a holder about to take a task over asks every node it
         sees alive and needs a majority without the primary
@@ -469,7 +480,8 @@ class Replicas:
         # A holder back in a new boot cannot vouch for what its old one did.
         others = [m.node_id for m in members.values() if m.state is MemberState.ALIVE
                   and m.node_id not in told and _gone(m.node_id) not in told]
-        answers = await asyncio.gather(*(self.notes.tell(node, "tomb", *key) for node in others))
+        answers = await asyncio.gather(*(self.notes.tell(node, "tomb", *key, None, stamp)
+                                         for node in others))
         moved_to = next((_promoter(a) for a in answers if a.startswith("promoted:")), None)
         heard = {*settled, *(n for n, a in zip(others, answers, strict=True) if a == "ok")}
         # Every set of other nodes that is a majority of the cluster (what a
@@ -492,10 +504,12 @@ class Replicas:
         placing = self._placing.get(key)
         if placing is not None:  # its backups are being placed: they are dropped after
             await asyncio.shield(placing)
-        self.forget(name, task_id)
+        task = self.group.buckets[name].get(task_id)  # the task drained (earlier ones ended)
+        stamp = None if task is None else task._filled
+        self.forget(name, task_id, stamp)
         dropping = self._dropping.get(key)
         if dropping is None and key in self.uncertain:  # a retry: ask the silent ones again
-            dropping = self._start_drop(key, self.uncertain.pop(key))
+            dropping = self._start_drop(key, self.uncertain.pop(key), stamp=stamp)
         if dropping is not None:  # bounded: a holder that never answers makes it "unknown"
             done, _ = await asyncio.wait([dropping], timeout=2 * self.group.config.request_timeout)
             if not done:
@@ -540,14 +554,15 @@ class Replicas:
                     left += 1
         return left
 
-    def forget(self, name: str, task_id: str) -> None:
-        """A task ended here without running: drop its backups (see :meth:`release`)."""
+    def forget(self, name: str, task_id: str, stamp: float | None = None) -> None:
+        """A task (stamped ``stamp``, if known) ended here without running:
+        drop its backups (see :meth:`release`)."""
         key = (name, task_id)
         names = list(self.holders.pop(key, ()))
         if self.former:
             names += self._former(key, names)
         if names:
-            self._start_drop(key, names)
+            self._start_drop(key, names, stamp=stamp)
 
     def _former(self, key: tuple[str, str], names: list[str]) -> list[str]:
         """The holders of ``key`` replaced when they went dead: each may have
@@ -564,9 +579,9 @@ class Replicas:
                 more.append(name)
         return more
 
-    def _start_drop(self, key: tuple[str, str], names: list[str], op: str = "drop"
-                    ) -> asyncio.Future[None]:
-        dropping = self.group._spawn(self._drop(key, names, op))
+    def _start_drop(self, key: tuple[str, str], names: list[str], op: str = "drop",
+                    stamp: float | None = None) -> asyncio.Future[None]:
+        dropping = self.group._spawn(self._drop(key, names, op, stamp))
         self._dropping[key] = dropping
 
         def done(_: object) -> None:
@@ -576,23 +591,25 @@ class Replicas:
         dropping.add_done_callback(done)
         return dropping
 
-    async def _drop(self, key: tuple[str, str], names: list[str], op: str) -> None:
-        """Tell ``names`` that the task started or is to be drained (``op``);
-        record in :attr:`uncertain` the silent ones no word could cover, and
-        in :attr:`taken` a holder that had already taken the task over."""
+    async def _drop(self, key: tuple[str, str], names: list[str], op: str,
+                    stamp: float | None = None) -> None:
+        """Tell ``names`` that the task (stamped ``stamp``, if known) started
+        or is to be drained (``op``); record in :attr:`uncertain` the silent
+        ones no word could cover, and in :attr:`taken` a holder that had
+        already taken the task over."""
         members = self.group._members.members
         # Each holder as the incarnation it is now: one that restarts while
         # this is told is gone (its new one must not answer for the old).
         boots = {n: m.boot for n in names if (m := members.get(n)) is not None}
-        answers = await asyncio.gather(*(self.notes.tell(node, op, *key, boots.get(node))
+        answers = await asyncio.gather(*(self.notes.tell(node, op, *key, boots.get(node), stamp)
                                          for node in names))
         silent = [n for n, a in zip(names, answers, strict=True) if a == "gone"]
         for node in silent:  # told again once it is back (see holder_back)
             if _is_gone(node):
                 continue  # gone for good (see holder_gone)
-            missed = self.missed.setdefault(node, set())
+            missed = self.missed.setdefault(node, {})
             if len(missed) < _MAX_KEPT:
-                missed.add(key)
+                missed[key] = stamp
         # A holder that answers "claimed" holds no backup of it any more, but
         # agreed to another holder's takeover: no word is left there.
         silent += [n for n, a in zip(names, answers, strict=True) if a == "claimed"]
@@ -605,7 +622,7 @@ class Replicas:
             took.append(_promoter(f"promoted:{passed_on}"))
         if silent and not took:
             settled = [n for n, a in zip(names, answers, strict=True) if a == "ok"]
-            enough, moved_to, heard = await self._tomb(key, names, settled)
+            enough, moved_to, heard = await self._tomb(key, names, settled, stamp)
             if moved_to is not None:
                 took.append(moved_to)
             elif (not enough and all(map(_is_gone, silent)) and self._never_doubted(key)
@@ -677,7 +694,7 @@ class Replicas:
         """A bucket's outcome watcher: the backups of a task that ended
         without starting (drained, rescued, handed off, out of time) go."""
         if self.holders:
-            self.forget(task.bucket, task.id)
+            self.forget(task.bucket, task.id, task._filled)
 
     def handle(self, sender: Member, message: dict[str, Any]) -> dict[str, Any]:
         """A BACKUP_NOTE: notes from a primary, or a takeover check."""
@@ -689,15 +706,17 @@ class Replicas:
             return {"v": 1, "checked": group._backups.check(sender.node_id, primary,
                                                               message.get("boot"),
                                                               message["check"], sender.boot,
-                                                              message.get("boots"))}
+                                                              message.get("boots"),
+                                                              message.get("stamps"))}
         if "promoted" in message:
             primary = message.get("primary")
             if not isinstance(primary, str):
                 raise ProtocolError("promoted needs the primary's node id")
             took = message["promoted"]
+            count = len(took) if isinstance(took, list) else 0
             group._backups.took_over(sender, primary, took, message.get("released", []),
-                                     _boots(message, len(took) if isinstance(took, list)
-                                            else 0))
+                                     _boots(message, count),
+                                     read_stamps(message.get("stamps"), count, "promoted"))
             return {"v": 1}
         if "inherit" in message:
             group._backups.inherit(message["inherit"])
@@ -710,7 +729,7 @@ class Replicas:
         to = message.get("to")
         if to is not None and to != group.boot_id:  # meant for an earlier incarnation
             return {"v": 1, "answers": ["gone"] * len(notes)}
-        return {"v": 1, "answers": group._backups.note(sender, notes)}
+        return {"v": 1, "answers": group._backups.note(sender, notes, message.get("stamps"))}
 
     def needed(self, holder: str, held: object) -> list[str]:
         """Which of the backups ``holder`` keeps for this node it still needs

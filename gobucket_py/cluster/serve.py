@@ -157,7 +157,7 @@ class PeerServer:
             backup = message.get("backup") is True
             codec = group.codec
             checked: Batch = (
-                read_columns(field(message, "cols", list)) if backup else
+                read_columns(field(message, "cols", list), message.get("stamps")) if backup else
                 read_fill(message["cols"], codec.unpack) if "cols" in message else
                 [decode_item(raw, codec) for raw in field(message, "items", list)])
             seq = message.get("batch")
@@ -346,7 +346,7 @@ class PeerServer:
         group = self.group
         if isinstance(items, BackupBatch):
             assert sender is not None and backup
-            results += group._backups.store(items, sender)
+            results += group._backups.store(items, sender, items.stamps)
             return results
         # Tell the origin when each ends (so a crash here reports only live
         # ones) -- slice by slice: a task may end while the rest are taken.
