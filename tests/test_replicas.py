@@ -773,7 +773,9 @@ async def test_a_late_copy_of_an_earlier_tasks_backup_or_note_changes_nothing(
     assert b.store([item("job")], sender) == ["dropped"]  # no stamp: about any
     assert b.store([item("job")], sender, [6.0]) == ["ok"]  # filled again since
     assert b.note(sender, [["drop", "jobs", "job"]], [5.5]) == ["ok"]  # late, of an earlier
-    assert b.records["jobs"][("job", "n1")][8] == 6.0  # kept
+    assert b.records["jobs"][("job", "n1")][6] == 6.0  # kept
+    assert b.store([item("job")], sender, [5.5]) == ["dropped"]  # a late copy, after it
+    assert b.records["jobs"][("job", "n1")][6] == 6.0
     b._tomb(("jobs", "old", "n1"), sender.boot, 6.0)
     assert b.check("n3", "n1", None, [["jobs", "old"]] * 3, "x", [sender.boot] * 3,
                    [6.0, 5.0, None]) == ["tomb"] * 3  # that task, an earlier one, or any
@@ -786,7 +788,31 @@ async def test_a_late_copy_of_an_earlier_tasks_backup_or_note_changes_nothing(
             b.note(sender, [["drop", "jobs", "x"]], bad)
         with pytest.raises(ProtocolError, match="stamps"):
             b.check("n3", "n1", None, [["jobs", "x"]], "x", None, bad)
-    assert ("jobs", "x", "n1") not in b.tombs and ("jobs", "x", "n1") not in b.claims
+        with pytest.raises(ProtocolError, match="stamps"):
+            n2._replicas.handle(n2._members.members["n3"], {
+                "v": 1, "promoted": [["jobs", "x"]], "primary": "n1", "stamps": bad})
+    assert all(("jobs", "x", "n1") not in table for table in (b.tombs, b.claims, b.moved))
+
+
+async def test_a_takeover_of_an_earlier_task_answers_only_for_that_task(
+        cluster: Cluster) -> None:
+    """Word that a backup holder took task s of an id over (kept here, or
+    by a node told of it) answers the primary "promoted" about s and earlier
+    tasks of the id -- not about one it filled after (that one would end
+    HANDED_OFF at its gate and run nowhere); nor is it an objection to
+    taking that new one over."""
+    _, n2, _ = await three(cluster)
+    b, sender = n2._backups, n2._members.members["n1"]
+    boot = sender.boot
+    for task_id in ("job", "checked"):
+        b._about("promoted", ("jobs", task_id, "n1"), boot, 5.0)
+        b.promoted[("jobs", task_id, "n1")] = 0.0
+    b.took_over(n2._members.members["n3"], "n1", [["jobs", "moved"]], [], [boot], [5.0])
+    assert b.check("n3", "n1", None, [["jobs", "checked"]], "x", [boot], [5.0]) == ["promoted"]
+    assert b.check("n3", "n1", None, [["jobs", "checked"]], "x", [boot], [7.0]) == ["ok"]
+    for task_id in ("job", "moved"):
+        assert b.note(sender, [["started", "jobs", task_id]], [5.0])[0].startswith("promoted:")
+        assert b.note(sender, [["started", "jobs", task_id]], [6.0]) == ["ok"]  # a new task
 
 
 async def test_an_id_filled_again_at_the_same_instant_is_refused_saying_why(

@@ -67,10 +67,12 @@ __all__ = ["Backups", "majority", "read_stamps", "unknown"]
 
 log = logging.getLogger("gobucket_py")
 
-#: ``(primary, primary boot, origin, packed data, due, deadline, rank, holders,
-#: stamp)``; due and deadline in this node's loop time; the stamp is the task's
-#: fill time on the primary's loop clock (None from a node of an earlier version).
-Backup = tuple[str, str, str, bytes, float, float, int, tuple[str, ...], float | None]
+#: ``(primary, primary boot, origin, packed data, due, deadline, stamp,
+#: holders)``; due and deadline in this node's loop time; the stamp is the
+#: task's fill time on the primary's loop clock (None from a node of an
+#: earlier version); the holders in rank order (this node's rank is its
+#: place there: it is not kept apart, a slot less per backup).
+Backup = tuple[str, str, str, bytes, float, float, float | None, tuple[str, ...]]
 
 #: Tombstones are kept this long (s), and at most this many.
 TOMB_KEEP = 600.0
@@ -204,7 +206,7 @@ class Backups:
         if len(singles) > _MAX_NAMES:
             singles.clear()
         each_stamp = itertools.repeat(None, len(items)) if stamps is None else stamps
-        for (bucket, task_id, payload, run_after, life_span, origin, rank, holders), stamp in zip(
+        for (bucket, task_id, payload, run_after, life_span, origin, _, holders), stamp in zip(
                 items, each_stamp, strict=True):
             if bucket != last_bucket:
                 local = buckets.get(bucket)
@@ -221,8 +223,14 @@ class Backups:
                 verdicts.append("dropped")
                 continue
             key = (task_id, node)
-            if len(where) >= limit and key not in where:
-                verdicts.append("backup full")
+            held = where.get(key)
+            if held is None:
+                if len(where) >= limit:
+                    verdicts.append("backup full")
+                    continue
+            elif (stamp is not None and held[6] is not None and held[1] == boot
+                  and held[6] > stamp):
+                verdicts.append("dropped")  # a late copy of an earlier task's backup
                 continue
             deadline = now + life_span
             # Names shared across records, not a copy per backup (decoded
@@ -234,8 +242,8 @@ class Backups:
                     names = singles[holders[0]] = (intern(holders[0]),)
             else:
                 names = tuple(map(intern, holders))
-            where[key] = (node, boot, intern(origin), payload, now + run_after, deadline, rank,
-                          names, stamp)
+            where[key] = (node, boot, intern(origin), payload, now + run_after, deadline, stamp,
+                          names)
             keys.append(key)
             if deadline > latest:
                 latest = deadline
@@ -264,13 +272,13 @@ class Backups:
             if where is not None:
                 backup = where.get((task_id, primary.node_id))
                 if backup is not None and not (
-                        stamp is not None and backup[8] is not None and backup[1] == primary.boot
-                        and backup[8] > stamp):  # (a late note of an earlier task keeps it)
+                        stamp is not None and backup[6] is not None and backup[1] == primary.boot
+                        and backup[6] > stamp):  # (a late note of an earlier task keeps it)
                     del where[(task_id, primary.node_id)]
-            if key in self.promoted and self.of("promoted", key, primary.boot):
+            if key in self.promoted and self.of("promoted", key, primary.boot, stamp):
                 answers.append(f"promoted:{self.group.node_id} {self.group.boot_id}")
                 continue
-            if key in self.moved and self.of("moved", key, primary.boot):
+            if key in self.moved and self.of("moved", key, primary.boot, stamp):
                 answers.append(f"promoted:{self.moved[key]}")  # another holder took it over
                 continue
             if key in self.claims and self.of("claims", key, primary.boot, stamp):
@@ -395,7 +403,7 @@ class Backups:
             for key, backup in mine:
                 del where[key]
                 holders = backup[7]
-                if backup[6] == 1 and holders and holders[0] != group.node_id:
+                if holders and holders[0] != group.node_id:  # a rank-1 backup
                     first = members.get(holders[0])
                     if first is not None and first.state is MemberState.ALIVE:
                         continue  # the rank-0 holder takes it over
@@ -443,7 +451,7 @@ class Backups:
         loop = asyncio.get_running_loop()
         keys = [[b, t] for b, t, _ in chosen]
         boot_of = {(b, t): backup[1] for b, t, backup in chosen}
-        stamp_of = {(b, t): backup[8] for b, t, backup in chosen}
+        stamp_of = {(b, t): backup[6] for b, t, backup in chosen}
         asked: dict[str, Member] = {}  # every node asked: each may hold claims
         took: list[list[str]] = []
         try:
@@ -555,7 +563,7 @@ class Backups:
         message = {"v": 1, "from": group._members.header(), "notes": [],
                    "check": [list(t) for t in tasks], "primary": node, "boot": lost_boot,
                    "boots": [backup[1] for _, _, backup in chosen],
-                   "stamps": [backup[8] for _, _, backup in chosen]}
+                   "stamps": [backup[6] for _, _, backup in chosen]}
 
         async def ask(member: Member) -> list[str] | None:
             try:
@@ -587,7 +595,7 @@ class Backups:
         now = asyncio.get_running_loop().time()
         took: list[list[str]] = []
         for bucket, task_id, backup in chosen:
-            _, boot, origin, payload, due, deadline, _, _, stamp = backup
+            _, boot, origin, payload, due, deadline, stamp, _ = backup
             if deadline <= now:
                 continue  # its life span is over: it can no longer run
             if ((bucket, task_id, node) in self.tombs
@@ -669,7 +677,7 @@ class Backups:
                 answers.append("tomb")
             elif route is not None and route[0] == primary and is_lost(route):
                 answers.append("reported")
-            elif key in self.promoted:
+            elif key in self.promoted and not self._older("promoted", key, about, stamp):
                 answers.append("promoted")
             elif local is not None and task_id in local:
                 answers.append("live")

@@ -363,9 +363,10 @@ class Replicas:
         answers = await asyncio.gather(*(self.notes.tell(node, "drop", *key, None, missed[key])
                                          for key in keys))
         if answers.count("gone"):  # silent again: kept for its next return
-            self.missed.setdefault(node, {}).update(
-                (key, missed[key]) for key, answer in zip(keys, answers, strict=True)
-                if answer == "gone")
+            again = self.missed.setdefault(node, {})
+            for key, answer in zip(keys, answers, strict=True):
+                if answer == "gone":
+                    again[key] = _latest(again.get(key, missed[key]), missed[key])
         for key, answer in zip(keys, answers, strict=True):
             # It took the task over while this node could not reach it: a
             # gate or drain still deciding must learn it (as from _drop).
@@ -608,8 +609,8 @@ class Replicas:
             if _is_gone(node):
                 continue  # gone for good (see holder_gone)
             missed = self.missed.setdefault(node, {})
-            if len(missed) < _MAX_KEPT:
-                missed[key] = stamp
+            if len(missed) < _MAX_KEPT or key in missed:
+                missed[key] = _latest(missed.get(key, stamp), stamp)
         # A holder that answers "claimed" holds no backup of it any more, but
         # agreed to another holder's takeover: no word is left there.
         silent += [n for n, a in zip(names, answers, strict=True) if a == "claimed"]
@@ -773,6 +774,12 @@ def _boots(message: dict[str, Any], count: int) -> list[str] | None:
             or not all(isinstance(b, str) for b in boots)):
         raise ProtocolError("boots must be a list of boot ids, one per task")
     return boots
+
+
+def _latest(a: float | None, b: float | None) -> float | None:
+    """The later of two stamps of words about one id (None, not known,
+    covers every task: it wins)."""
+    return None if a is None or b is None else max(a, b)
 
 
 def _promoter(answer: str) -> tuple[str, str]:
