@@ -239,7 +239,8 @@ async def run() -> list[Row]:
                     baseline=f"replicas=0 {d0:.3f} ms", ratio=f"{d1 / max(d0, 1e-9):.1f}x"))
     per = await backup_bytes()
     rows.append(Row("#13", "memory per backup held (no payload)", per, "B", "<= 300 B",
-                    per <= 300, note=f"tracemalloc over {RECORDS:,} records; ids excluded"))
+                    per <= 300, note=f"tracemalloc over {RECORDS:,} records, each with a "
+                    "stamp of its own (the costlier case); ids excluded"))
     for restart, fast, promote, kills, how in (
             (True, True, None, KILLS, "restarted at once, --fast timers"),
             (False, False, 0.0, KILLS, "left dead, --promote-after 0, default timers"),
