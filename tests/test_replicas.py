@@ -838,3 +838,25 @@ async def test_an_id_filled_again_at_the_same_instant_is_refused_saying_why(
     await n1.fill("jobs", "job", task_type=BOMB, run_after=1, life_span=3)
     await asyncio.sleep(2)
     assert runs(cluster, "job") == 1
+
+
+async def test_a_retried_drop_names_the_task_it_is_about_once_it_is_gone(
+        cluster: Cluster) -> None:
+    """A drain whose drop left a holder silent is retried by the next
+    drain, also once the task is gone here: the retry names that task's
+    stamp, so it does not cover a newer task of the id the holder may
+    hold by then (it would drop that one's backup)."""
+    n1, _, _ = await three(cluster)
+    replicas = n1._replicas
+    told: list[tuple[str, str, float | None]] = []
+
+    async def tell(node: str, op: str, bucket: str, task_id: str, boot: str | None = None,
+                   stamp: float | None = None) -> str:
+        told.append((node, op, stamp))
+        return "ok"
+
+    replicas.notes.tell = tell  # type: ignore[method-assign]
+    replicas.uncertain[("jobs", "job")] = ["n2"]
+    replicas.uncertain_stamps[("jobs", "job")] = 5.0
+    assert await replicas.release("jobs", "job") == (None, True)
+    assert told == [("n2", "drop", 5.0)]

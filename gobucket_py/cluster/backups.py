@@ -4,7 +4,7 @@ With ``replicas=k`` a node that accepts a time-bomb (its *primary*) places k
 backups on other nodes (:mod:`.replicas`). A backup is a compact tuple: the
 packed task, its due time and deadline on this node's loop clock (the times
 travel as seconds relative to receipt), and who holds the task: primary node
-id and boot id, the task's origin, and the backup's rank among the k.
+id and boot id, the task's origin, its stamp, and its holders in rank order.
 
 A backup is dropped when its primary says the task started or was drained
 (``BACKUP_NOTE``), when its deadline passes, or when the primary leaves

@@ -76,6 +76,8 @@ class Replicas:
         #: Drained (or otherwise ended) tasks whose drop some holder did not
         #: answer, and those a holder had already taken over (see release()).
         self.uncertain: dict[tuple[str, str], list[str]] = {}
+        #: The stamp of the last task whose drop left holders in uncertain.
+        self.uncertain_stamps: dict[tuple[str, str], float] = {}
         self.taken: dict[tuple[str, str], tuple[str, str]] = {}
         #: Per holder: tasks whose drop (or "started") it missed while it was
         #: silent -- word went to other nodes as tombs, but its backup stays
@@ -506,7 +508,7 @@ class Replicas:
         if placing is not None:  # its backups are being placed: they are dropped after
             await asyncio.shield(placing)
         task = self.group.buckets[name].get(task_id)  # the task drained (earlier ones ended)
-        stamp = None if task is None else task._filled
+        stamp = self.uncertain_stamps.get(key) if task is None else task._filled
         self.forget(name, task_id, stamp)
         dropping = self._dropping.get(key)
         if dropping is None and key in self.uncertain:  # a retry: ask the silent ones again
@@ -640,7 +642,7 @@ class Replicas:
                 silent = []
         elif took:
             silent = []  # its fate is known: it runs there
-        for table in (self.uncertain, self.taken):
+        for table in (self.uncertain, self.taken, self.uncertain_stamps):
             if len(table) > _MAX_KEPT:
                 for old in list(table)[:_MAX_KEPT // 2]:
                     del table[old]
@@ -654,6 +656,8 @@ class Replicas:
                    if n not in names and n not in silent]
         if silent:
             self.uncertain[key] = silent
+            if stamp is not None:  # told again by a retry, once the task is gone
+                self.uncertain_stamps[key] = stamp
         else:
             self.uncertain.pop(key, None)
         if took:
