@@ -465,12 +465,12 @@ class Replicas:
         ``stamp``, if known) started or was drained here, for silent holders
         that may later try to take it over (``told``: the holders asked
         already, ``settled`` those of them that took the note, which leaves
-        the same word). True if
-        enough nodes have it that, with this one, they are a majority of
-        the cluster: a holder about to take a task over asks every node it
-        sees alive and needs a majority without the primary
-        (``Backups._confirm``), and each of those remembers that it agreed,
-        so at least one of them has the word or refuses it (``claimed``).
+        the same word). True if enough nodes have it that, with this one,
+        they are a majority of the cluster: a holder about to take a task
+        over asks every node it sees alive and needs a majority without the
+        primary (``Backups._confirm``), and each of those remembers that it
+        agreed, so at least one of them has the word or refuses it
+        (``claimed``).
 
         Nodes that left gracefully count in the cluster's size here until
         they are forgotten (``prune_after``): they pass what they know on
