@@ -47,12 +47,12 @@ import asyncio
 import heapq
 import itertools
 import logging
-import math
 from sys import intern
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BucketClosedError, DuplicateTaskError, GobucketError, ProtocolError
 from ..task import TaskType
+from .columns import read_stamps
 from .items import PACKED_NONE
 from .lifecycle import GroupState
 from .membership import Member, MemberState
@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from .columns import BackupBatch
     from .group import TaskBucketGroup
 
-__all__ = ["Backups", "majority", "read_stamps", "unknown"]
+__all__ = ["Backups", "majority", "unknown"]
 
 log = logging.getLogger("gobucket_py")
 
@@ -228,8 +228,7 @@ class Backups:
                 if len(where) >= limit:
                     verdicts.append("backup full")
                     continue
-            elif (stamp is not None and held[6] is not None and held[1] == boot
-                  and held[6] > stamp):
+            elif _later(held, boot, stamp):
                 verdicts.append("dropped")  # a late copy of an earlier task's backup
                 continue
             deadline = now + life_span
@@ -271,10 +270,8 @@ class Backups:
             where = self.records.get(bucket)
             if where is not None:
                 backup = where.get((task_id, primary.node_id))
-                if backup is not None and not (
-                        stamp is not None and backup[6] is not None and backup[1] == primary.boot
-                        and backup[6] > stamp):  # (a late note of an earlier task keeps it)
-                    del where[(task_id, primary.node_id)]
+                if backup is not None and not _later(backup, primary.boot, stamp):
+                    del where[(task_id, primary.node_id)]  # (a late note of an earlier task: kept)
             if key in self.promoted and self.of("promoted", key, primary.boot, stamp):
                 answers.append(f"promoted:{self.group.node_id} {self.group.boot_id}")
                 continue
@@ -888,14 +885,8 @@ class Backups:
             self.promoted = {k: t for k, t in self.promoted.items() if t > horizon}
 
 
-def read_stamps(raw: object, count: int, what: str) -> list[float | None] | None:
-    """The optional ``stamps`` of a message about ``count`` tasks: each
-    task's stamp (see :mod:`.columns`), or None where not known; None if
-    not sent. ``ProtocolError`` (a 400) if malformed."""
-    if raw is None:
-        return None
-    if (not isinstance(raw, list) or len(raw) != count
-            or not all(s is None or (type(s) in (float, int) and math.isfinite(s))
-                       for s in raw)):
-        raise ProtocolError(f"{what} stamps must be a list of numbers (or nil), one per task")
-    return [None if s is None else float(s) for s in raw]
+def _later(backup: Backup, boot: str, stamp: float | None) -> bool:
+    """Is ``backup`` known to be of a task of incarnation ``boot`` filled
+    after the one stamped ``stamp`` (a word or copy about that one is late)?"""
+    held = backup[6]
+    return stamp is not None and held is not None and backup[1] == boot and held > stamp

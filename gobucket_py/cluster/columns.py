@@ -27,7 +27,7 @@ import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from operator import itemgetter
-from typing import Any, overload
+from typing import Any, cast, overload
 
 from ..codec import PACKED_NONE
 from ..config import MAX_SECONDS
@@ -35,7 +35,7 @@ from ..errors import ProtocolError
 from ..task import TaskType
 
 __all__ = ["BackupBatch", "Columns", "FillBatch", "FillColumns", "join_fill", "pack_columns",
-           "pack_fill", "pack_stamps", "read_columns", "read_fill"]
+           "pack_fill", "pack_stamps", "read_columns", "read_fill", "read_stamps"]
 
 #: A FILL batch's columns, in order: the fields of a FILL item (see :mod:`.items`).
 FILL_COLUMNS = ("bucket", "id", "type", "data", "run_after", "life_span")
@@ -333,14 +333,29 @@ def read_columns(raw: object, stamps: object = None) -> BackupBatch:
             raise ProtocolError("backup item holders must be a list of 1 or 2 node ids")
     if stamps is None:
         return BackupBatch(columns, size, None)
-    if (type(stamps) is not list or len(stamps) not in (1, size)
-            or not set(map(type, stamps)) <= {float, int}):
+    if type(stamps) is list and len(stamps) == 1:
+        stamps = stamps * size  # one for all (one object: float() keeps a float as is)
+    checked = read_stamps(stamps, size, "backup")
+    if checked is None or None in checked:
         raise ProtocolError(f"backup stamps must be a list of 1 or {size} numbers")
-    if int in set(map(type, stamps)):
-        try:
-            stamps[:] = map(float, stamps)
-        except OverflowError:
-            raise ProtocolError("backup stamps must be finite numbers") from None
-    if not all(map(math.isfinite, stamps)):
-        raise ProtocolError("backup stamps must be finite numbers")
-    return BackupBatch(columns, size, stamps * size if len(stamps) != size else stamps)
+    return BackupBatch(columns, size, cast("list[float]", checked))
+
+
+def read_stamps(raw: object, count: int, what: str) -> list[float | None] | None:
+    """The optional ``stamps`` of a message about ``count`` tasks: each
+    task's stamp (see the module docstring), or None where not known; None
+    if not sent. ``ProtocolError`` (a 400) if malformed."""
+    if raw is None:
+        return None
+    bad = ProtocolError(f"{what} stamps must be a list of finite numbers (or nil), one per "
+                        "task")
+    if (not isinstance(raw, list) or len(raw) != count
+            or not all(s is None or type(s) in (float, int) for s in raw)):
+        raise bad
+    try:
+        stamps = [None if s is None else float(s) for s in raw]
+    except OverflowError:
+        raise bad from None
+    if not all(s is None or math.isfinite(s) for s in stamps):
+        raise bad
+    return stamps

@@ -42,7 +42,8 @@ from typing import TYPE_CHECKING, Any
 from ..bucket import TaskBucket
 from ..errors import ProtocolError
 from ..task import Task, TaskState, TaskType
-from .backups import majority, read_stamps, unknown
+from .backups import majority, unknown
+from .columns import read_stamps
 from .forward import BACKUP
 from .keyed import ByBucket
 from .membership import Member, MemberState
