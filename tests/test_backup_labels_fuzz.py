@@ -149,11 +149,6 @@ def announce(shadow: Shadow, rnd: random.Random, primary: str) -> None:
         fresh.discard(key)
 
 
-def unstamped(words: set[Word]) -> set[Word]:
-    """Words as an heir keeps them: a bequest passes on no stamps."""
-    return {(boot, None) for boot, _ in words}
-
-
 async def bequest(heir: Shadow, rnd: random.Random) -> None:
     """A leaving node with random words passes them on to the heir."""
     leaver = Shadow(holder("leaver"))
@@ -196,14 +191,12 @@ async def bequest(heir: Shadow, rnd: random.Random) -> None:
         key = (row[0], row[1], row[2])
         words = truth.setdefault(key, set())
         if key in recent_moves:
-            words |= unstamped(leaver.words["moved"].get(key, nothing))
+            words |= leaver.words["moved"].get(key, nothing)
         if key in recent_promotions:
-            words |= unstamped(leaver.words["promoted"].get(key, nothing))
-    tombs = {(r[0], r[1], r[2]): unstamped(leaver.words["tombs"].get((r[0], r[1], r[2]),
-                                                                      nothing))
+            words |= leaver.words["promoted"].get(key, nothing)
+    tombs = {(r[0], r[1], r[2]): leaver.words["tombs"].get((r[0], r[1], r[2]), nothing)
              for r in inherit["tombs"]}
-    claims = {(r[0], r[1], r[2]): unstamped(leaver.words["claims"].get((r[0], r[1], r[2]),
-                                                                        nothing))
+    claims = {(r[0], r[1], r[2]): leaver.words["claims"].get((r[0], r[1], r[2]), nothing)
               for r in inherit["claims"]}
     b = heir.backups
     before_moved = set(b.moved)

@@ -754,6 +754,35 @@ async def test_an_id_filled_again_on_the_same_node_gets_its_backups_each_time(
     assert runs(cluster, "job") == 6 and not backups_of(cluster, "job")
 
 
+async def test_word_passed_on_by_leaving_holders_keeps_its_stamps(cluster: Cluster) -> None:
+    """Holders that stop gracefully pass their word (tombs) on, with the
+    stamp of the task each is about: the heir still refuses a late copy of
+    an earlier task's backup, and takes the backup of the id filled again
+    on the same node (it used to refuse it for ``TOMB_KEEP``: "no room")."""
+    n1, n2, n3 = await three(cluster)
+    for run in range(1, 4):
+        await n1.fill("jobs", "job", task_type=BOMB, run_after=1, life_span=3)
+        await asyncio.sleep(2)
+        assert runs(cluster, "job") == run
+    assert all(("jobs", "job", "n1") in g._backups.tombs for g in (n2, n3))
+    n4 = await cluster.add("n4", max_bucket=50, replicas=1)
+    await cluster.settle()
+    ended = max(g._backups.stamps["tombs"][("jobs", "job", "n1")] for g in (n2, n3))
+    await n2.stop()
+    await n3.stop()
+    await asyncio.sleep(1)
+    b = n4._backups
+    assert b._boot("tombs", ("jobs", "job", "n1")) == n1.boot_id
+    assert b.stamps["tombs"][("jobs", "job", "n1")] == ended
+    sender = n4._members.members["n1"]
+    late = ("jobs", "job", PACKED_NONE, 30.0, 60.0, "n1", 0, ("n4",))
+    assert b.store([late], sender, [ended]) == ["dropped"]  # a late copy: refused
+    await n1.fill("jobs", "job", task_type=BOMB, run_after=1, life_span=3)
+    assert backups_of(cluster, "job") == ["n4"]
+    await asyncio.sleep(2)
+    assert runs(cluster, "job") == 4
+
+
 async def test_a_late_copy_of_an_earlier_tasks_backup_or_note_changes_nothing(
         cluster: Cluster) -> None:
     """A holder keeps word of the latest task of the id that started: a

@@ -366,7 +366,10 @@ async def test_a_claim_answers_only_for_the_incarnation_it_is_about() -> None:
 
 
 @pytest.mark.parametrize("about", [
-    [], {"tombs": 3}, {"moved": [["jobs", "x", "n1"]]}, {"tombs": [["jobs", "x", "n1", 5]]}])
+    [], {"tombs": 3}, {"moved": [["jobs", "x", "n1"]]}, {"tombs": [["jobs", "x", "n1", 5]]},
+    {"tombs": [["jobs", "t", "n1", "A"]], "stamps": 3},
+    {"tombs": [["jobs", "t", "n1", "A"]], "stamps": {"tombs": ["x"]}},
+    {"tombs": [["jobs", "t", "n1", "A"]], "stamps": {"tombs": [1.0, 2.0]}}])
 async def test_a_bequest_names_the_incarnation_its_words_are_about(about: object) -> None:
     # A leaving node passes on its tombs and moves with the primary's boot
     # each is about: the heir does not apply them to another incarnation's
@@ -387,6 +390,13 @@ async def test_a_bequest_names_the_incarnation_its_words_are_about(about: object
             assert backups.of(table, key, "A") and not backups.of(table, key, "B")
         backups.inherit({"tombs": [["jobs", "u", "n1"]]})  # an earlier version's: any boot
         assert backups.of("tombs", ("jobs", "u", "n1"), "B")
+        # With the stamp of the task each is about: that task and earlier ones only.
+        backups.inherit({"tombs": [["jobs", "s", "n1"]], "claims": [], "moved": [],
+                         "about": {"tombs": [["jobs", "s", "n1", "A"]],
+                                   "stamps": {"tombs": [7.0]}}})
+        key = ("jobs", "s", "n1")
+        assert backups.of("tombs", key, "A", 7.0) and backups.of("tombs", key, "A", 6.0)
+        assert not backups.of("tombs", key, "A", 8.0)
 
 
 @contextlib.asynccontextmanager

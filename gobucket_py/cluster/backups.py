@@ -720,13 +720,29 @@ class Backups:
         # a key of two moved rows (a move and a promotion) only if both are
         # about the same one.
         labels: dict[tuple[str, str, str], str | None] = {}
+        # ... and the latest stamp of the tasks they are about, where every
+        # word named one (a key of two moved rows: the later of both).
+        upto: dict[tuple[str, str, str], float | None] = {}
         for name, keys in (("moved", [k for k, _ in moves]), ("promoted", promotions)):
+            stamps = self.stamps.get(name, {})
             for k in keys:
                 boot = self._boot(name, k)
                 labels[k] = boot if labels.get(k, boot) == boot else None
-        about = {"tombs": [[*k, b] for k in tomb_keys if (b := self._boot("tombs", k))],
-                 "claims": [[*k, b] for k in claim_keys if (b := self._boot("claims", k))],
-                 "moved": [[*k, b] for k, b in labels.items() if b]}
+                stamp = stamps.get(k)
+                if k in upto:
+                    prior = upto[k]
+                    stamp = None if stamp is None or prior is None else max(stamp, prior)
+                upto[k] = stamp
+        rows = {"tombs": [[*k, b] for k in tomb_keys if (b := self._boot("tombs", k))],
+                "claims": [[*k, b] for k in claim_keys if (b := self._boot("claims", k))],
+                "moved": [[*k, b] for k, b in labels.items() if b]}
+        kept: dict[str, dict[tuple[str, str, str], Any]] = {
+            "tombs": self.stamps.get("tombs", {}), "claims": self.stamps.get("claims", {}),
+            "moved": upto}
+        # (Stamps go one per labelled row, under a key nodes of an earlier version ignore.)
+        about: dict[str, Any] = {
+            **rows, "stamps": {kind: [kept[kind].get((r[0], r[1], r[2])) for r in labelled]
+                               for kind, labelled in rows.items()}}
         message = {"v": 1, "from": group._members.header(), "notes": [],
                    "inherit": {"tombs": tombs, "claims": claims, "moved": moved,
                                "about": about}}
@@ -754,11 +770,23 @@ class Backups:
                 for rows in (about.get(kind, []) for kind in ("tombs", "claims", "moved"))):
             raise ProtocolError("inherit 'about' maps tombs, claims and moved to rows "
                                 "[bucket, task id, primary, its boot id]")
+        sent = about.get("stamps", {})
+        if not isinstance(sent, dict):
+            raise ProtocolError("inherit 'about' stamps must be a map")
         boots: dict[str, dict[tuple[str, str, str], str]] = {"tombs": {}, "claims": {},
                                                               "moved": {}}
+        stamps: dict[str, dict[tuple[str, str, str], float]] = {"tombs": {}, "claims": {},
+                                                               "moved": {}}
         for kind, known in boots.items():
-            for r in about.get(kind, []):
-                known.setdefault((r[0], r[1], r[2]), r[3])
+            labelled = about.get(kind, [])
+            given = read_stamps(sent.get(kind), len(labelled), "inherit 'about'")
+            for i, r in enumerate(labelled):
+                key = (r[0], r[1], r[2])
+                if key not in known:
+                    known[key] = r[3]
+                    stamp = None if given is None else given[i]
+                    if stamp is not None:
+                        stamps[kind][key] = stamp
         rows = [bequest.get(kind, []) for kind in ("tombs", "claims", "moved")]
         for kind, (size, table) in zip(rows, ((3, None), (4, self.claims), (4, self.moved)),
                                        strict=True):
@@ -769,11 +797,12 @@ class Backups:
             for row in kind:
                 key = (row[0], row[1], row[2])
                 if table is None:
-                    self._tomb(key, boots["tombs"].get(key))
+                    self._tomb(key, boots["tombs"].get(key), stamps["tombs"].get(key))
                 else:
                     # (Kept here already: a label that differs goes.)
                     kind_name = "moved" if table is self.moved else "claims"
-                    self._about(kind_name, key, boots[kind_name].get(key))
+                    self._about(kind_name, key, boots[kind_name].get(key),
+                                stamps[kind_name].get(key))
                     if key not in table and len(table) < _MAX_TOMBS:
                         table[key] = row[3]
                         if table is self.claims:
