@@ -66,9 +66,10 @@ class Shadow:
         self.words: dict[str, dict[Key, set[Word]]] = {t: {} for t in TABLES}
         real = backups._tomb
 
-        def tomb(key: Key, boot: str | None = None, stamp: float | None = None) -> None:
+        def tomb(key: Key, boot: str | None = None, stamp: float | None = None,
+                 keep: float | None = None) -> None:
             fresh = key not in backups.tombs  # every tomb kept, and what it is about
-            real(key, boot, stamp)
+            real(key, boot, stamp, keep)
             self.sync()
             self.wrote("tombs", key, (boot, stamp), fresh)
 

@@ -24,6 +24,7 @@ from gobucket_py import (
     TaskState,
     TaskType,
 )
+from gobucket_py.cluster.backups import TOMB_SLACK
 from gobucket_py.codec import PACKED_NONE
 from gobucket_py.errors import ProtocolError
 
@@ -783,6 +784,45 @@ async def test_word_passed_on_by_leaving_holders_keeps_its_stamps(cluster: Clust
     assert runs(cluster, "job") == 4
 
 
+@pytest.mark.parametrize("end", ["drained", "started"])
+async def test_word_for_a_silent_holder_outlives_its_stale_backup(cluster: Cluster,
+                                                                   end: str) -> None:
+    """A task with a long life ends (drained, or started) while its holder
+    is cut off: the word left with the other node for that holder is kept
+    until a minute past the task's deadline, not only ``TOMB_KEEP``. The
+    primary restarts (forgetting which holder missed the word), and the
+    holder comes back 700 s later, its stale backup still there: its
+    takeover check still finds the word, and the task is not run again (it
+    was: a drained task ran, a started one ran twice)."""
+    n1, _, _ = await three(cluster)
+    run_after = 1 if end == "started" else 1500
+    filled = asyncio.get_running_loop().time()
+    await n1.fill("jobs", "job", task_type=BOMB, run_after=run_after, life_span=2000)
+    [holder] = backups_of(cluster, "job")
+    other = cluster.groups["n3" if holder == "n2" else "n2"]
+    cut = cluster.net.stall(holder)
+    await asyncio.sleep(8)  # dead to the others
+    if end == "drained":
+        assert (await n1.drain("jobs", "job")).outcome is DrainOutcome.DRAINED
+    else:
+        await asyncio.sleep(run_after)
+    assert ("jobs", "job", "n1") in other._backups.tombs
+    assert other._backups.tomb_until[("jobs", "job", "n1")] == pytest.approx(
+        filled + 2000 + TOMB_SLACK, abs=1)
+    await crash(cluster, "n1")
+    n1 = await cluster.add("n1", max_bucket=50, replicas=1)
+    await asyncio.sleep(700)
+    # Another task's word at that node: older words are pruned then.
+    await n1.fill("jobs", "later", task_type=BOMB, run_after=100, life_span=200)
+    assert backups_of(cluster, "later") == [other.node_id]
+    assert (await n1.drain("jobs", "later")).outcome is DrainOutcome.DRAINED
+    assert ("jobs", "job", "n1") in other._backups.tombs
+    assert ("job", "n1") in cluster.groups[holder]._backups.records["jobs"]  # stale
+    cut.heal()
+    await asyncio.sleep(2000)
+    assert runs(cluster, "job") == (1 if end == "started" else 0)
+
+
 async def test_a_late_copy_of_an_earlier_tasks_backup_or_note_changes_nothing(
         cluster: Cluster) -> None:
     """A holder keeps word of the latest task of the id that started: a
@@ -877,15 +917,15 @@ async def test_a_retried_drop_names_the_task_it_is_about_once_it_is_gone(
     hold by then (it would drop that one's backup)."""
     n1, _, _ = await three(cluster)
     replicas = n1._replicas
-    told: list[tuple[str, str, float | None]] = []
+    told: list[tuple[str, str, float | None, float | None]] = []
 
     async def tell(node: str, op: str, bucket: str, task_id: str, boot: str | None = None,
-                   stamp: float | None = None) -> str:
-        told.append((node, op, stamp))
+                   stamp: float | None = None, deadline: float | None = None) -> str:
+        told.append((node, op, stamp, deadline))
         return "ok"
 
     replicas.notes.tell = tell  # type: ignore[method-assign]
     replicas.uncertain[("jobs", "job")] = ["n2"]
-    replicas.uncertain_stamps[("jobs", "job")] = 5.0
+    replicas.uncertain_stamps[("jobs", "job")] = (5.0, 905.0)
     assert await replicas.release("jobs", "job") == (None, True)
-    assert told == [("n2", "drop", 5.0)]
+    assert told == [("n2", "drop", 5.0, 905.0)]

@@ -76,6 +76,10 @@ Backup = tuple[str, str, str, bytes, float, float, float | None, tuple[str, ...]
 
 #: Tombstones are kept this long (s), and at most this many.
 TOMB_KEEP = 600.0
+#: ... or, if later, until this long (s) after their task's deadline, where
+#: the primary said when that is: a silent holder's stale backup of the
+#: task lives until then, and its takeover check must still find the word.
+TOMB_SLACK = 60.0
 _MAX_TOMBS = 100_000
 #: At most this many records of each kind are passed on by a leaving node.
 _BEQUEST = 20_000
@@ -129,6 +133,9 @@ class Backups:
         #: Word left by primaries: these tasks started or were drained while
         #: one of their backup holders was silent -> loop time.
         self.tombs: dict[tuple[str, str, str], float] = {}
+        #: Tombstones kept past ``TOMB_KEEP``: their task lives longer (see
+        #: ``TOMB_SLACK``) -> loop time until which they are kept.
+        self.tomb_until: dict[tuple[str, str, str], float] = {}
         #: Takeovers this node agreed to: (bucket, task id, primary) -> the
         #: backup holder that asked (see :meth:`check`). Whichever comes
         #: first here, a tomb or a claim, wins: a primary's later tomb is
@@ -252,12 +259,16 @@ class Backups:
                 heapq.heappush(self._expiry, (latest, next(self._seq), bucket, keys))
         return verdicts
 
-    def note(self, primary: Member, notes: list[Any], stamps: object = None) -> list[str]:
+    def note(self, primary: Member, notes: list[Any], stamps: object = None,
+             lives: object = None) -> list[str]:
         """A primary's notes: ``[op, bucket, task id]`` with op ``started``
         or ``drop`` (the backup goes) -- each answered ``ok``, or
         ``promoted`` if this node already took the task over. ``stamps``:
-        the stamp of each note's task (see :mod:`.columns`), or None."""
+        the stamp of each note's task (see :mod:`.columns`), or None;
+        ``lives``: the seconds each note's task could still live (the word
+        is kept until then, see ``TOMB_SLACK``), or None."""
         stamps = read_stamps(stamps, len(notes), "backup note")
+        lives = read_stamps(lives, len(notes), "backup note", "lives")
         answers = []
         for index, entry in enumerate(notes):
             if (not isinstance(entry, list) or len(entry) != 3
@@ -296,7 +307,8 @@ class Backups:
             # Word that it started or was drained: kept, so a backup of it
             # that arrives late (another connection) is refused, and a node
             # about to take it over learns not to.
-            self._tomb(key, primary.boot, stamp)
+            life = None if lives is None else lives[index]
+            self._tomb(key, primary.boot, stamp, None if life is None else life + TOMB_SLACK)
             answers.append("ok")
         return answers
 
@@ -743,9 +755,13 @@ class Backups:
         about: dict[str, Any] = {
             **rows, "stamps": {kind: [kept[kind].get((r[0], r[1], r[2])) for r in labelled]
                                for kind, labelled in rows.items()}}
+        # How much longer each tomb is kept than TOMB_KEEP from now, if it is.
+        now = asyncio.get_running_loop().time()
+        keep = [None if (until := self.tomb_until.get(k)) is None else max(0.0, until - now)
+                for k in tomb_keys]
         message = {"v": 1, "from": group._members.header(), "notes": [],
                    "inherit": {"tombs": tombs, "claims": claims, "moved": moved,
-                               "about": about}}
+                               "about": about, "keep": keep}}
         peers = [m for m in group._members.members.values() if m.state is MemberState.ALIVE]
 
         async def send(member: Member) -> None:
@@ -788,16 +804,19 @@ class Backups:
                     if stamp is not None:
                         stamps[kind][key] = stamp
         rows = [bequest.get(kind, []) for kind in ("tombs", "claims", "moved")]
+        keep = read_stamps(bequest.get("keep"), len(rows[0]) if isinstance(rows[0], list)
+                           else 0, "inherit", "keep")
         for kind, (size, table) in zip(rows, ((3, None), (4, self.claims), (4, self.moved)),
                                        strict=True):
             if not isinstance(kind, list) or not all(
                     isinstance(r, list) and len(r) == size and all(isinstance(v, str) for v in r)
                     for r in kind):
                 raise ProtocolError("inherit rows must be lists of strings")
-            for row in kind:
+            for index, row in enumerate(kind):
                 key = (row[0], row[1], row[2])
                 if table is None:
-                    self._tomb(key, boots["tombs"].get(key), stamps["tombs"].get(key))
+                    self._tomb(key, boots["tombs"].get(key), stamps["tombs"].get(key),
+                               None if keep is None else keep[index])
                 else:
                     # (Kept here already: a label that differs goes.)
                     kind_name = "moved" if table is self.moved else "claims"
@@ -872,27 +891,36 @@ class Backups:
             stamps[key] = stamp
 
     def _tomb(self, key: tuple[str, str, str], boot: str | None = None,
-              stamp: float | None = None) -> None:
+              stamp: float | None = None, keep: float | None = None) -> None:
         """Keep a primary's word that the task (of its incarnation ``boot``,
-        stamped ``stamp``, where known) started or was drained."""
+        stamped ``stamp``, where known) started or was drained: for
+        ``TOMB_KEEP``, or ``keep`` seconds if that is longer."""
         self._about("tombs", key, boot, stamp)
         now = asyncio.get_running_loop().time()
-        tombs = self.tombs
+        tombs, until = self.tombs, self.tomb_until
         if len(tombs) >= _MAX_TOMBS:  # the oldest half goes (kept in insertion order)
             for old in list(tombs)[:_MAX_TOMBS // 2]:
                 del tombs[old]
+                until.pop(old, None)
         tombs.pop(key, None)  # (to the end: the table stays in the order of its times)
         tombs[key] = now
+        if keep is not None and keep > TOMB_KEEP:
+            until[key] = max(until.get(key, 0.0), now + keep)
         self._prune_tombs(now)
 
     def _prune_tombs(self, now: float) -> None:
-        """Forget the tombstones older than ``TOMB_KEEP`` (the oldest come first)."""
-        tombs = self.tombs
+        """Forget the tombstones older than ``TOMB_KEEP`` (the oldest come
+        first); one kept longer goes to the end, as if written now."""
+        tombs, until = self.tombs, self.tomb_until
         while tombs:
             first = next(iter(tombs))
             if now - tombs[first] < TOMB_KEEP:
                 break
             del tombs[first]
+            if until.get(first, now) > now:
+                tombs[first] = now
+            else:
+                until.pop(first, None)
 
     def _drop_where(self, test: Any) -> None:
         for where in self.records.values():

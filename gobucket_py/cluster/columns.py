@@ -341,13 +341,15 @@ def read_columns(raw: object, stamps: object = None) -> BackupBatch:
     return BackupBatch(columns, size, cast("list[float]", checked))
 
 
-def read_stamps(raw: object, count: int, what: str) -> list[float | None] | None:
+def read_stamps(raw: object, count: int, what: str, field: str = "stamps"
+                ) -> list[float | None] | None:
     """The optional ``stamps`` of a message about ``count`` tasks: each
     task's stamp (see the module docstring), or None where not known; None
-    if not sent. ``ProtocolError`` (a 400) if malformed."""
+    if not sent. ``ProtocolError`` (a 400) if malformed. (Also reads other
+    per-task numbers, such as the ``lives`` of backup notes: ``field``.)"""
     if raw is None:
         return None
-    bad = ProtocolError(f"{what} stamps must be a list of finite numbers (or nil), one per "
+    bad = ProtocolError(f"{what} {field} must be a list of finite numbers (or nil), one per "
                         "task")
     if (not isinstance(raw, list) or len(raw) != count
             or not all(s is None or type(s) in (float, int) for s in raw)):

@@ -3,7 +3,8 @@
 A note is ``[op, bucket, task id]`` -- ``started`` or ``drop`` (the backup
 goes; see :mod:`.replicas`), or ``tomb`` (word left with another node for a
 silent holder) -- with the task's stamp, where known, in the request's
-``stamps`` (see :mod:`.columns`). The notes of one loop pass for one holder go in one
+``stamps`` (see :mod:`.columns`), and the seconds it could still live, in
+``lives`` (word of it is kept until then). The notes of one loop pass for one holder go in one
 ``BACKUP_NOTE`` request, addressed to the holder's incarnation (``to``): a
 restarted holder answers ``gone``, as it knows nothing of what its
 predecessor did. A holder that does not answer is asked again each
@@ -29,8 +30,8 @@ __all__ = ["Notes"]
 log = logging.getLogger("gobucket_py")
 
 #: A queued note, the future of its answer, the incarnation it is for (None:
-#: any), and its task's stamp (None: not known).
-Queued = tuple[list[str], "asyncio.Future[str]", str | None, float | None]
+#: any), its task's stamp and its deadline in loop time (None: not known).
+Queued = tuple[list[str], "asyncio.Future[str]", str | None, float | None, float | None]
 
 
 class Notes:
@@ -42,14 +43,18 @@ class Notes:
         self._pumps: set[str] = set()
 
     async def tell(self, node: str, op: str, bucket: str, task_id: str,
-                   boot: str | None = None, stamp: float | None = None) -> str:
+                   boot: str | None = None, stamp: float | None = None,
+                   deadline: float | None = None) -> str:
         """Tell holder ``node``; its answer (``ok``/``promoted``), or ``gone``
         once it is not alive (it cannot take the task over then without
-        first learning it was suspected, which makes it drop every backup).
+        asking a majority of the other nodes, which the caller leaves word
+        with: ``Replicas._tomb``).
         With ``boot``, the note is for that incarnation only: another one
-        answers ``gone`` without being asked. ``stamp``: the task's, if known."""
+        answers ``gone`` without being asked. ``stamp``: the task's, and
+        ``deadline`` (loop time), if known."""
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._queued.setdefault(node, []).append(([op, bucket, task_id], future, boot, stamp))
+        self._queued.setdefault(node, []).append(
+            ([op, bucket, task_id], future, boot, stamp, deadline))
         if node not in self._pumps:
             self._pumps.add(node)
             self.group._spawn(self._pump(node))
@@ -78,6 +83,10 @@ class Notes:
                     stamps = [q[3] for q in batch]
                     if stamps.count(None) != len(stamps):
                         message["stamps"] = stamps
+                    now = asyncio.get_running_loop().time()
+                    lives = [None if q[4] is None else max(0.0, q[4] - now) for q in batch]
+                    if lives.count(None) != len(lives):
+                        message["lives"] = lives
                     try:
                         reply = await group.transport.call(member.addr, Kind.BACKUP_NOTE,
                                                            message,
@@ -91,7 +100,7 @@ class Notes:
                         await asyncio.sleep(group.config.probe_interval)
                         member = group._members.members.get(node)
                         continue
-                    for (_, future, _, _), answer in zip(batch, answers, strict=True):
+                    for (_, future, _, _, _), answer in zip(batch, answers, strict=True):
                         if not future.done():
                             future.set_result(str(answer))
                     break
@@ -102,7 +111,7 @@ class Notes:
 
 
 def _resolve(batch: list[Queued], answer: str) -> None:
-    for _, future, _, _ in batch:
+    for _, future, _, _, _ in batch:
         if not future.done():
             future.set_result(answer)
 

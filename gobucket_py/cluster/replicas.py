@@ -77,8 +77,9 @@ class Replicas:
         #: Drained (or otherwise ended) tasks whose drop some holder did not
         #: answer, and those a holder had already taken over (see release()).
         self.uncertain: dict[tuple[str, str], list[str]] = {}
-        #: The stamp of the last task whose drop left holders in uncertain.
-        self.uncertain_stamps: dict[tuple[str, str], float] = {}
+        #: The stamp and deadline of the last task whose drop left holders
+        #: in uncertain.
+        self.uncertain_stamps: dict[tuple[str, str], tuple[float, float | None]] = {}
         self.taken: dict[tuple[str, str], tuple[str, str]] = {}
         #: Per holder: tasks whose drop (or "started") it missed while it was
         #: silent -- word went to other nodes as tombs, but its backup stays
@@ -221,7 +222,8 @@ class Replicas:
                 if task.state is TaskState.PENDING:
                     holders[task_id] = kept
                 else:  # drained (or ended) while its backups were being placed
-                    self._start_drop((name, task_id), list(kept), stamp=task._filled)
+                    self._start_drop((name, task_id), list(kept), stamp=task._filled,
+                                     deadline=task._deadline)
         return results
 
     def moved(self, task: Task) -> None:
@@ -279,7 +281,7 @@ class Replicas:
         key = (bucket.name, task.id)
         if bucket.get(task.id) is not task:
             return False  # it left (drained, ran, handed off); the id may be another task's now
-        self.forget(bucket.name, task.id, task._filled)
+        self.forget(bucket.name, task.id, task._filled, task._deadline)
         dropping = self._dropping.get(key)
         if dropping is not None:
             # Bounded, so the fill is answered in time; the drop goes on.
@@ -431,7 +433,8 @@ class Replicas:
             # waits for (it cancels this runner, not the telling); one in
             # flight already (a drain's retry) tells them the same.
             dropping = (self._dropping.get(key)
-                        or self._start_drop(key, names, "started", task._filled))
+                        or self._start_drop(key, names, "started", task._filled,
+                                            task._deadline))
             await asyncio.shield(dropping)
             if self.taken.pop(key, None) is not None:
                 return False  # a backup took it over (this node was cut off)
@@ -460,10 +463,10 @@ class Replicas:
         return False
 
     async def _tomb(self, key: tuple[str, str], told: list[str], settled: list[str],
-                    stamp: float | None = None
+                    stamp: float | None = None, deadline: float | None = None
                     ) -> tuple[bool, tuple[str, str] | None, set[str]]:
         """Leave word with every other alive node that the task (stamped
-        ``stamp``, if known) started or was drained here, for silent holders
+        ``stamp``, with its ``deadline``, if known) started or was drained here, for silent holders
         that may later try to take it over (``told``: the holders asked
         already, ``settled`` those of them that took the note, which leaves
         the same word). True if enough nodes have it that, with this one,
@@ -484,7 +487,8 @@ class Replicas:
         # A holder back in a new boot cannot vouch for what its old one did.
         others = [m.node_id for m in members.values() if m.state is MemberState.ALIVE
                   and m.node_id not in told and _gone(m.node_id) not in told]
-        answers = await asyncio.gather(*(self.notes.tell(node, "tomb", *key, None, stamp)
+        answers = await asyncio.gather(*(self.notes.tell(node, "tomb", *key, None, stamp,
+                                                         deadline)
                                          for node in others))
         moved_to = next((_promoter(a) for a in answers if a.startswith("promoted:")), None)
         heard = {*settled, *(n for n, a in zip(others, answers, strict=True) if a == "ok")}
@@ -509,11 +513,13 @@ class Replicas:
         if placing is not None:  # its backups are being placed: they are dropped after
             await asyncio.shield(placing)
         task = self.group.buckets[name].get(task_id)  # the task drained (earlier ones ended)
-        stamp = self.uncertain_stamps.get(key) if task is None else task._filled
-        self.forget(name, task_id, stamp)
+        stamp, deadline = (self.uncertain_stamps.get(key, (None, None)) if task is None
+                           else (task._filled, task._deadline))
+        self.forget(name, task_id, stamp, deadline)
         dropping = self._dropping.get(key)
         if dropping is None and key in self.uncertain:  # a retry: ask the silent ones again
-            dropping = self._start_drop(key, self.uncertain.pop(key), stamp=stamp)
+            dropping = self._start_drop(key, self.uncertain.pop(key), stamp=stamp,
+                                        deadline=deadline)
         if dropping is not None:  # bounded: a holder that never answers makes it "unknown"
             done, _ = await asyncio.wait([dropping], timeout=2 * self.group.config.request_timeout)
             if not done:
@@ -558,15 +564,16 @@ class Replicas:
                     left += 1
         return left
 
-    def forget(self, name: str, task_id: str, stamp: float | None = None) -> None:
-        """A task (stamped ``stamp``, if known) ended here without running:
-        drop its backups (see :meth:`release`)."""
+    def forget(self, name: str, task_id: str, stamp: float | None = None,
+               deadline: float | None = None) -> None:
+        """A task (stamped ``stamp``, with its ``deadline``, if known) ended
+        here without running: drop its backups (see :meth:`release`)."""
         key = (name, task_id)
         names = list(self.holders.pop(key, ()))
         if self.former:
             names += self._former(key, names)
         if names:
-            self._start_drop(key, names, stamp=stamp)
+            self._start_drop(key, names, stamp=stamp, deadline=deadline)
 
     def _former(self, key: tuple[str, str], names: list[str]) -> list[str]:
         """The holders of ``key`` replaced when they went dead: each may have
@@ -584,8 +591,9 @@ class Replicas:
         return more
 
     def _start_drop(self, key: tuple[str, str], names: list[str], op: str = "drop",
-                    stamp: float | None = None) -> asyncio.Future[None]:
-        dropping = self.group._spawn(self._drop(key, names, op, stamp))
+                    stamp: float | None = None, deadline: float | None = None
+                    ) -> asyncio.Future[None]:
+        dropping = self.group._spawn(self._drop(key, names, op, stamp, deadline))
         self._dropping[key] = dropping
 
         def done(_: object) -> None:
@@ -596,16 +604,17 @@ class Replicas:
         return dropping
 
     async def _drop(self, key: tuple[str, str], names: list[str], op: str,
-                    stamp: float | None = None) -> None:
-        """Tell ``names`` that the task (stamped ``stamp``, if known) started
-        or is to be drained (``op``); record in :attr:`uncertain` the silent
-        ones no word could cover, and in :attr:`taken` a holder that had
-        already taken the task over."""
+                    stamp: float | None = None, deadline: float | None = None) -> None:
+        """Tell ``names`` that the task (stamped ``stamp``, with its
+        ``deadline``, if known) started or is to be drained (``op``); record
+        in :attr:`uncertain` the silent ones no word could cover, and in
+        :attr:`taken` a holder that had already taken the task over."""
         members = self.group._members.members
         # Each holder as the incarnation it is now: one that restarts while
         # this is told is gone (its new one must not answer for the old).
         boots = {n: m.boot for n in names if (m := members.get(n)) is not None}
-        answers = await asyncio.gather(*(self.notes.tell(node, op, *key, boots.get(node), stamp)
+        answers = await asyncio.gather(*(self.notes.tell(node, op, *key, boots.get(node), stamp,
+                                                         deadline)
                                          for node in names))
         silent = [n for n, a in zip(names, answers, strict=True) if a == "gone"]
         for node in silent:  # told again once it is back (see holder_back)
@@ -626,7 +635,7 @@ class Replicas:
             took.append(_promoter(f"promoted:{passed_on}"))
         if silent and not took:
             settled = [n for n, a in zip(names, answers, strict=True) if a == "ok"]
-            enough, moved_to, heard = await self._tomb(key, names, settled, stamp)
+            enough, moved_to, heard = await self._tomb(key, names, settled, stamp, deadline)
             if moved_to is not None:
                 took.append(moved_to)
             elif (not enough and all(map(_is_gone, silent)) and self._never_doubted(key)
@@ -658,7 +667,7 @@ class Replicas:
         if silent:
             self.uncertain[key] = silent
             if stamp is not None:  # told again by a retry, once the task is gone
-                self.uncertain_stamps[key] = stamp
+                self.uncertain_stamps[key] = (stamp, deadline)
         else:
             self.uncertain.pop(key, None)
         if took:
@@ -700,7 +709,7 @@ class Replicas:
         """A bucket's outcome watcher: the backups of a task that ended
         without starting (drained, rescued, handed off, out of time) go."""
         if self.holders:
-            self.forget(task.bucket, task.id, task._filled)
+            self.forget(task.bucket, task.id, task._filled, task._deadline)
 
     def handle(self, sender: Member, message: dict[str, Any]) -> dict[str, Any]:
         """A BACKUP_NOTE: notes from a primary, or a takeover check."""
@@ -735,7 +744,8 @@ class Replicas:
         to = message.get("to")
         if to is not None and to != group.boot_id:  # meant for an earlier incarnation
             return {"v": 1, "answers": ["gone"] * len(notes)}
-        return {"v": 1, "answers": group._backups.note(sender, notes, message.get("stamps"))}
+        return {"v": 1, "answers": group._backups.note(sender, notes, message.get("stamps"),
+                                                       message.get("lives"))}
 
     def needed(self, holder: str, held: object) -> list[str]:
         """Which of the backups ``holder`` keeps for this node it still needs
