@@ -216,7 +216,7 @@ class TaskBucket:
         # on_execute; False means another node took the task over.
         self._gate: Callable[[Task], Awaitable[bool]] | None = None
         # With replicas: told of each reschedule, so the backups move too.
-        self._moved: Callable[[Task], None] | None = None
+        self._moved: Callable[[Task, float], None] | None = None
         #: Live tasks that a backup recovered after their holder died:
         #: task id -> how late they were (seconds past due) when recovered.
         self.recovered: dict[str, float] = {}
@@ -716,11 +716,12 @@ class TaskBucket:
         return True
 
     def set_gate(self, gate: Callable[[Task], Awaitable[bool]] | None,
-                 moved: Callable[[Task], None] | None = None) -> None:
+                 moved: Callable[[Task, float], None] | None = None) -> None:
         """Internal, for the cluster layer.
 
         Set the cluster layer's gate, and its watcher of reschedules (see
-        :mod:`gobucket_py.cluster.replicas`)."""
+        :mod:`gobucket_py.cluster.replicas`): called with the task and its
+        deadline before the reschedule."""
         self._gate = gate
         self._moved = moved
 
@@ -1057,7 +1058,8 @@ class TaskBucket:
                 or task.type is not TaskType.TIME_BOMB):
             return False
         now = self.loop_time()
-        remaining_life = task._deadline - task._run_at
+        was = task._deadline
+        remaining_life = was - task._run_at
         old = task._run_at
         task._run_at = now + delay
         task._life = task._run_at + remaining_life - task._filled
@@ -1066,7 +1068,7 @@ class TaskBucket:
         assert self._loop is not None
         self._young_soon_after(self._loop)
         if self._moved is not None:
-            self._moved(task)
+            self._moved(task, was)
         return True
 
     def take_pending(self, task_id: str) -> Task | None:

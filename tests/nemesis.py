@@ -2016,20 +2016,23 @@ def main(argv: list[str]) -> int:
 
     flags = [a for a in argv if a.startswith("-")]
     args = [a for a in argv if not a.startswith("-")]
-    known = ("--verbose", "--reuse", "--replicas=")
+    known = ("--verbose", "--reuse", "--replicas=", "--profile=")
     if "-h" in flags or "--help" in flags or any(not f.startswith(known) for f in flags):
-        print("usage: python -m tests.nemesis [SEEDS] [--verbose] [--reuse] [--replicas=K]\n\n"
+        print("usage: python -m tests.nemesis [SEEDS] [--verbose] [--reuse] [--replicas=K]"
+              " [--profile=NAME]\n\n"
               "Run nemesis seeds (SEEDS: N, N-M or N,M,...; default 0-99) on the in-memory\n"
               "cluster and print a census of invariant violations.\n"
               "  --verbose     print each failed seed's report\n"
               "  --reuse       fill some ids again (as NEMESIS_REUSE=1)\n"
-              "  --replicas=K  K backups per time-bomb (as NEMESIS_REPLICAS)")
+              "  --replicas=K  K backups per time-bomb (as NEMESIS_REPLICAS)\n"
+              "  --profile=NAME  every seed with this fault profile (e.g. one_crash)")
         return 0 if "-h" in flags or "--help" in flags else 2
     seeds = _seeds(args[0] if args else "0-99")
     verbose = "--verbose" in flags
     reuse = True if "--reuse" in flags else None
     replicas = next((int(a.split("=", 1)[1]) for a in flags if a.startswith("--replicas=")),
                     None)
+    profile = next((a.split("=", 1)[1] for a in flags if a.startswith("--profile=")), None)
     by_kind: dict[str, list[int]] = {}
     notes: Counter[str] = Counter()
     counts: Counter[str] = Counter()
@@ -2039,7 +2042,7 @@ def main(argv: list[str]) -> int:
     for seed in seeds:
         loop = looptime.new_event_loop(noop_cycles=NOOP_CYCLES)
         try:
-            outcome = loop.run_until_complete(run_seed(seed, replicas, reuse=reuse))
+            outcome = loop.run_until_complete(run_seed(seed, replicas, profile, reuse=reuse))
         finally:
             loop.close()
         profiles[outcome.plan.profile] += 1

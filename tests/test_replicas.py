@@ -24,7 +24,7 @@ from gobucket_py import (
     TaskState,
     TaskType,
 )
-from gobucket_py.cluster.backups import TOMB_SLACK
+from gobucket_py.cluster.backups import TOMB_KEEP
 from gobucket_py.codec import PACKED_NONE
 from gobucket_py.errors import ProtocolError
 
@@ -808,7 +808,7 @@ async def test_word_for_a_silent_holder_outlives_its_stale_backup(cluster: Clust
         await asyncio.sleep(run_after)
     assert ("jobs", "job", "n1") in other._backups.tombs
     assert other._backups.tomb_until[("jobs", "job", "n1")] == pytest.approx(
-        filled + 2000 + TOMB_SLACK, abs=1)
+        filled + 2000 + TOMB_KEEP, abs=1)
     await crash(cluster, "n1")
     n1 = await cluster.add("n1", max_bucket=50, replicas=1)
     await asyncio.sleep(700)
@@ -819,8 +819,107 @@ async def test_word_for_a_silent_holder_outlives_its_stale_backup(cluster: Clust
     assert ("jobs", "job", "n1") in other._backups.tombs
     assert ("job", "n1") in cluster.groups[holder]._backups.records["jobs"]  # stale
     cut.heal()
-    await asyncio.sleep(2000)
+    await asyncio.sleep(10)  # back: it asks, and learns not to take it over
+    h = cluster.groups[holder]
+    assert "job" not in h.buckets["jobs"] and ("job", "n1") not in h._backups.records["jobs"]
+    assert not backups_of(cluster, "job")  # no copy is left anywhere to run it
+    assert not any("job" in g.buckets["jobs"] for g in cluster.groups.values())
     assert runs(cluster, "job") == (1 if end == "started" else 0)
+
+
+async def test_word_for_a_silent_holder_is_kept_by_the_holder_that_took_the_drop_too(
+        cluster: Cluster) -> None:
+    """replicas=2 on four nodes, one holder cut off: the drain's word goes to
+    the fourth node, and the holder that took the drop is told again, so
+    both keep it until ``TOMB_KEEP`` past the deadline (the two of them and
+    the primary are the majority a takeover check meets). A drain with every
+    holder answering leaves word kept ``TOMB_KEEP`` only (the table stays
+    small)."""
+    n1 = await cluster.add("n1", max_bucket=50, replicas=2)
+    for name in ("n2", "n3", "n4"):
+        await cluster.add(name, max_bucket=50, replicas=2)
+    await cluster.settle()
+    filled = asyncio.get_running_loop().time()
+    for task_id in ("job", "calm"):
+        await n1.fill("jobs", task_id, task_type=BOMB, run_after=1500, life_span=2000)
+    assert (await n1.drain("jobs", "calm")).outcome is DrainOutcome.DRAINED
+    assert all(not g._backups.tomb_until for g in cluster.groups.values())
+    silent, settled = backups_of(cluster, "job")
+    [fourth] = {"n2", "n3", "n4"} - {silent, settled}
+    cut = cluster.net.stall(silent)
+    await asyncio.sleep(8)  # dead to the others
+    assert (await n1.drain("jobs", "job")).outcome is DrainOutcome.DRAINED
+    for name in (settled, fourth):
+        until = cluster.groups[name]._backups.tomb_until
+        assert until == {("jobs", "job", "n1"): pytest.approx(filled + 2000 + TOMB_KEEP,
+                                                              abs=1)}, name
+    cut.heal()
+
+
+async def test_word_outlives_a_deadline_a_reschedule_moved_sooner(cluster: Cluster) -> None:
+    """A reschedule moves the task's deadline sooner while its holder is cut
+    off, so that holder keeps the later one: the word left for it when the
+    task starts is kept past that later deadline, and after the primary
+    restarts the holder's stale backup is not run a second time."""
+    n1, _, _ = await three(cluster)
+    filled = asyncio.get_running_loop().time()
+    await n1.fill("jobs", "job", task_type=BOMB, run_after=7000, life_span=7200)
+    [holder] = backups_of(cluster, "job")
+    other = cluster.groups["n3" if holder == "n2" else "n2"]
+    cut = cluster.net.stall(holder)
+    await asyncio.sleep(8)  # dead to the others
+    assert await n1.buckets["jobs"].reschedule("job", 10)  # deadline: 200 s later
+    await asyncio.sleep(12)
+    assert runs(cluster, "job") == 1
+    assert other._backups.tomb_until == {
+        ("jobs", "job", "n1"): pytest.approx(filled + 7200 + TOMB_KEEP, abs=1)}
+    await crash(cluster, "n1")
+    n1 = await cluster.add("n1", max_bucket=50, replicas=1)
+    await asyncio.sleep(900)
+    await n1.fill("jobs", "later", task_type=BOMB, run_after=100, life_span=200)
+    assert (await n1.drain("jobs", "later")).outcome is DrainOutcome.DRAINED  # (prunes)
+    assert ("job", "n1") in cluster.groups[holder]._backups.records["jobs"]  # stale
+    cut.heal()
+    await asyncio.sleep(10)  # back: it asks, and learns not to take it over
+    h = cluster.groups[holder]
+    assert "job" not in h.buckets["jobs"] and ("job", "n1") not in h._backups.records["jobs"]
+    assert runs(cluster, "job") == 1
+
+
+async def test_two_backups_the_holder_with_the_lower_id_takes_it_over_once(
+        cluster: Cluster) -> None:
+    """replicas=2, the primary crashes: both holders ask the other nodes,
+    and the one with the lower node id takes the task over; it runs once."""
+    n1, _, _ = await three(cluster, replicas=2)
+    for i in range(6):
+        await n1.fill("jobs", f"t{i}", task_type=BOMB, run_after=30, life_span=60)
+    assert all(sorted(backups_of(cluster, f"t{i}")) == ["n2", "n3"] for i in range(6))
+    await crash(cluster, "n1")
+    await asyncio.sleep(60)
+    assert sorted(cluster.fired()) == [f"t{i}" for i in range(6)]
+    assert {t for h, t, _ in cluster.recorders["n2"].calls if h == "execute"} == {
+        f"t{i}" for i in range(6)}
+
+
+async def test_two_backups_the_rank_1_copy_runs_when_the_rank_0_holder_has_none(
+        cluster: Cluster) -> None:
+    """replicas=2: the rank-0 holder restarts, and its new incarnation has no
+    room for the backup placed again, so only the rank-1 holder has a copy
+    when the primary crashes. It takes the task over (it used to leave it to
+    the rank-0 holder, alive again: the task ran nowhere and no loss was
+    reported)."""
+    n1, _, _ = await three(cluster, replicas=2)
+    await n1.fill("jobs", "job", task_type=BOMB, run_after=60, life_span=120)
+    ranked = n1._replicas.holders[("jobs", "job")]
+    assert len(ranked) == 2
+    await crash(cluster, ranked[0])
+    again = await cluster.add(ranked[0], max_bucket=50, replicas=2)
+    object.__setattr__(again.buckets["jobs"].config, "max_backups", 0)  # no room
+    await asyncio.sleep(10)
+    assert backups_of(cluster, "job") == [ranked[1]]
+    await crash(cluster, "n1")
+    await asyncio.sleep(100)
+    assert runs(cluster, "job") == 1
 
 
 async def test_a_late_copy_of_an_earlier_tasks_backup_or_note_changes_nothing(
@@ -914,18 +1013,27 @@ async def test_a_retried_drop_names_the_task_it_is_about_once_it_is_gone(
     """A drain whose drop left a holder silent is retried by the next
     drain, also once the task is gone here: the retry names that task's
     stamp, so it does not cover a newer task of the id the holder may
-    hold by then (it would drop that one's backup)."""
+    hold by then (it would drop that one's backup). Word left for it
+    if it is still silent names that task's deadline."""
     n1, _, _ = await three(cluster)
     replicas = n1._replicas
     told: list[tuple[str, str, float | None, float | None]] = []
+    answer = "ok"
 
     async def tell(node: str, op: str, bucket: str, task_id: str, boot: str | None = None,
                    stamp: float | None = None, deadline: float | None = None) -> str:
         told.append((node, op, stamp, deadline))
-        return "ok"
+        return answer if op == "drop" else "ok"
 
     replicas.notes.tell = tell  # type: ignore[method-assign]
     replicas.uncertain[("jobs", "job")] = ["n2"]
     replicas.uncertain_stamps[("jobs", "job")] = (5.0, 905.0)
     assert await replicas.release("jobs", "job") == (None, True)
-    assert told == [("n2", "drop", 5.0, 905.0)]
+    assert told == [("n2", "drop", 5.0, None)]
+    assert ("jobs", "job") not in replicas.uncertain_stamps  # settled
+    told.clear()
+    answer = "gone"
+    replicas.uncertain[("jobs", "job")] = ["n2"]
+    replicas.uncertain_stamps[("jobs", "job")] = (5.0, 905.0)
+    assert await replicas.release("jobs", "job") == (None, True)
+    assert told == [("n2", "drop", 5.0, None), ("n3", "tomb", 5.0, 905.0)]

@@ -1,8 +1,8 @@
 """How long a backup holder keeps a primary's word that a task started or
-was drained (a tombstone, cluster/backups.py): ``TOMB_KEEP``, or until
-``TOMB_SLACK`` past the task's deadline if that is later -- a silent
-holder's stale backup of the task lives until its deadline, and its
-takeover check must still find the word (the cluster-level case is in
+was drained (a tombstone, cluster/backups.py): ``TOMB_KEEP`` past the task's
+deadline where the primary said when that is (word left for a silent holder:
+its stale backup of the task lives until its deadline, and its takeover check
+must still find the word), else ``TOMB_KEEP`` (the cluster-level cases are in
 test_replicas.py). One holder, its loop clock faked; no network.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from gobucket_py.cluster.backups import TOMB_KEEP, TOMB_SLACK
+from gobucket_py.cluster.backups import TOMB_KEEP
 from gobucket_py.errors import ProtocolError
 
 from .test_backup_labels_fuzz import Peer, holder
@@ -32,18 +32,21 @@ async def test_a_note_naming_a_long_life_keeps_the_word_past_tomb_keep() -> None
     start = asyncio.get_running_loop().time()
     assert b.note(SENDER, [["tomb", "jobs", "long"], ["started", "jobs", "short"],  # type: ignore[arg-type]
                            ["drop", "jobs", "unsaid"]], None, [3000.0, 10.0, None]) == ["ok"] * 3
-    assert b.tomb_until == {key("long"): start + 3000.0 + TOMB_SLACK}
-    for tick in range(1, 6):  # newer words prune the old ones each time
+    assert b.tomb_until == {key("long"): start + 3000.0 + TOMB_KEEP,
+                            key("short"): start + 10.0 + TOMB_KEEP}
+    await asyncio.sleep(TOMB_KEEP)
+    b._tomb(key("new0"))  # (prunes)
+    assert key("unsaid") not in b.tombs and key("short") in b.tombs
+    await asyncio.sleep(TOMB_KEEP)  # (kept on at 600 s: looked at again 600 s later)
+    b._tomb(key("new1"))
+    assert key("short") not in b.tombs and key("long") in b.tombs
+    for tick in range(2, 5):  # newer words prune the old ones each time
         await asyncio.sleep(TOMB_KEEP)
         b._tomb(key(f"new{tick}"))
         assert key("long") in b.tombs, tick
-        assert key("short") not in b.tombs and key("unsaid") not in b.tombs
-    await asyncio.sleep(100)  # past its deadline and the slack: gone at the next round
-    b._tomb(key("newer"))
-    assert key("long") in b.tombs  # (a round is TOMB_KEEP: kept at least that long)
-    await asyncio.sleep(TOMB_KEEP)
+    await asyncio.sleep(TOMB_KEEP)  # 3600 s: its deadline and TOMB_KEEP are past
     b._tomb(key("newest"))
-    assert key("long") not in b.tombs and not b.tomb_until
+    assert key("long") not in b.tombs and set(b.tomb_until) <= set(b.tombs)
 
 
 async def test_a_later_word_of_the_same_key_never_shortens_it() -> None:
@@ -52,7 +55,10 @@ async def test_a_later_word_of_the_same_key_never_shortens_it() -> None:
     b.note(SENDER, [["tomb", "jobs", "t"]], None, [3000.0])  # type: ignore[arg-type]
     b.note(SENDER, [["drop", "jobs", "t"]], None, [5.0])  # type: ignore[arg-type]
     b.note(SENDER, [["drop", "jobs", "t"]])  # type: ignore[arg-type]
-    assert b.tomb_until == {key("t"): start + 3000.0 + TOMB_SLACK}
+    assert b.tomb_until == {key("t"): start + 3000.0 + TOMB_KEEP}
+    await asyncio.sleep(4000)
+    b.note(SENDER, [["drop", "jobs", "t"]], None, [5.0])  # type: ignore[arg-type]
+    assert b.tomb_until == {key("t"): start + 4000.0 + 5.0 + TOMB_KEEP}
 
 
 async def test_a_trimmed_table_forgets_the_keep_of_the_words_it_drops(
@@ -62,8 +68,12 @@ async def test_a_trimmed_table_forgets_the_keep_of_the_words_it_drops(
     b = holder("h")
     b.note(SENDER, [["tomb", "jobs", str(i)] for i in range(4)], None,  # type: ignore[arg-type]
            [5000.0] * 4)
-    b._tomb(key("more"))  # at the limit: the oldest half goes
+    b._tomb(key("more"))  # at the limit: the oldest half goes, however long it was kept
     assert set(b.tomb_until) == {key("2"), key("3")} and set(b.tomb_until) <= set(b.tombs)
+    b.note(SENDER, [["tomb", "jobs", str(i)] for i in (2, 3)], None,  # type: ignore[arg-type]
+           [5000.0] * 2)
+    b._tomb(key("2"))  # trimmed and written again: it keeps what it was kept for
+    assert key("2") in b.tomb_until
 
 
 async def test_a_leaving_node_passes_the_keep_on() -> None:
@@ -85,7 +95,8 @@ async def test_a_leaving_node_passes_the_keep_on() -> None:
     [message] = sent
     heir.inherit(message["inherit"])
     assert set(heir.tombs) == {key("long"), key("new")}
-    assert heir.tomb_until == {key("long"): pytest.approx(start + 3000.0 + TOMB_SLACK)}
+    assert heir.tomb_until == {key("long"): pytest.approx(start + 3000.0 + TOMB_KEEP)}
+    assert start + 3000.0 + TOMB_KEEP > asyncio.get_running_loop().time() + TOMB_KEEP
     heir.inherit({"tombs": [["jobs", "old", "n1"]]})  # an earlier version's: TOMB_KEEP
     assert key("old") in heir.tombs and key("old") not in heir.tomb_until
 

@@ -16,8 +16,10 @@ is proven gone (it restarted: a new boot id) or dead for ``promote_after``
 sees a majority of the nodes it knows (not counting those that left) alive:
 on the minority side of a partition nothing is promoted, and the primary
 there does not start its replicated tasks either (see ``Replicas.gate``).
-With two backups, the rank-1 holder promotes only if the rank-0 holder is not
-alive in its view.
+With two backups, both holders ask (below), and the one with the lower node
+id takes the task over. (The rank-1 holder used to leave it to the rank-0
+one whenever that one was alive, which lost the task when the rank-0 holder
+held no copy: it had refused it, or restarted since.)
 
 A primary declared dead may only be stalled or cut off, and a backup may be
 stale (its primary replaced it while this node was silent, then started or
@@ -74,12 +76,11 @@ log = logging.getLogger("gobucket_py")
 #: place there: it is not kept apart, a slot less per backup).
 Backup = tuple[str, str, str, bytes, float, float, float | None, tuple[str, ...]]
 
-#: Tombstones are kept this long (s), and at most this many.
+#: Tombstones are kept this long (s) -- after their task's deadline, where
+#: the primary said when that is (word left for a silent holder: its stale
+#: backup lives until then, and its takeover check must still find the
+#: word) -- and at most this many.
 TOMB_KEEP = 600.0
-#: ... or, if later, until this long (s) after their task's deadline, where
-#: the primary said when that is: a silent holder's stale backup of the
-#: task lives until then, and its takeover check must still find the word.
-TOMB_SLACK = 60.0
 _MAX_TOMBS = 100_000
 #: At most this many records of each kind are passed on by a leaving node.
 _BEQUEST = 20_000
@@ -133,8 +134,8 @@ class Backups:
         #: Word left by primaries: these tasks started or were drained while
         #: one of their backup holders was silent -> loop time.
         self.tombs: dict[tuple[str, str, str], float] = {}
-        #: Tombstones kept past ``TOMB_KEEP``: their task lives longer (see
-        #: ``TOMB_SLACK``) -> loop time until which they are kept.
+        #: Tombstones kept longer than ``TOMB_KEEP`` from when they were
+        #: written, as their task lives on -> loop time until which they are kept.
         self.tomb_until: dict[tuple[str, str, str], float] = {}
         #: Takeovers this node agreed to: (bucket, task id, primary) -> the
         #: backup holder that asked (see :meth:`check`). Whichever comes
@@ -266,7 +267,7 @@ class Backups:
         ``promoted`` if this node already took the task over. ``stamps``:
         the stamp of each note's task (see :mod:`.columns`), or None;
         ``lives``: the seconds each note's task could still live (the word
-        is kept until then, see ``TOMB_SLACK``), or None."""
+        is kept ``TOMB_KEEP`` past then), or None."""
         stamps = read_stamps(stamps, len(notes), "backup note")
         lives = read_stamps(lives, len(notes), "backup note", "lives")
         answers = []
@@ -308,7 +309,7 @@ class Backups:
             # that arrives late (another connection) is refused, and a node
             # about to take it over learns not to.
             life = None if lives is None else lives[index]
-            self._tomb(key, primary.boot, stamp, None if life is None else life + TOMB_SLACK)
+            self._tomb(key, primary.boot, stamp, None if life is None else life + TOMB_KEEP)
             answers.append("ok")
         return answers
 
@@ -404,18 +405,12 @@ class Backups:
         """Take over the backups of ``node`` (in ``lost_boot``; None: in any
         boot but ``new_boot``), once the other nodes confirm (:meth:`_confirm`)."""
         group = self.group
-        members = group._members.members
         chosen: list[tuple[str, str, Backup]] = []
         for bucket, where in self.records.items():
             mine = [(key, b) for key, b in where.items() if b[0] == node
                     and (b[1] == lost_boot if lost_boot is not None else b[1] != new_boot)]
             for key, backup in mine:
                 del where[key]
-                holders = backup[7]
-                if holders and holders[0] != group.node_id:  # a rank-1 backup
-                    first = members.get(holders[0])
-                    if first is not None and first.state is MemberState.ALIVE:
-                        continue  # the rank-0 holder takes it over
                 chosen.append((bucket, key[0], backup))
         if chosen:
             # From now on lookups here say "unknown" for them (see at_risk).
@@ -899,9 +894,13 @@ class Backups:
         now = asyncio.get_running_loop().time()
         tombs, until = self.tombs, self.tomb_until
         if len(tombs) >= _MAX_TOMBS:  # the oldest half goes (kept in insertion order)
+            log.warning("too many tombstones: the oldest half is forgotten early "
+                        "event=tombs_trimmed node=%s count=%d", self.group.node_id,
+                        _MAX_TOMBS // 2)
             for old in list(tombs)[:_MAX_TOMBS // 2]:
                 del tombs[old]
-                until.pop(old, None)
+                if old != key:  # (one written again keeps what it was kept for)
+                    until.pop(old, None)
         tombs.pop(key, None)  # (to the end: the table stays in the order of its times)
         tombs[key] = now
         if keep is not None and keep > TOMB_KEEP:

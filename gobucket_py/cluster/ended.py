@@ -271,7 +271,7 @@ class EndedNotices:
         self._moved.setdefault(origin, []).append(entry)
         self._arm()
 
-    def rescheduled(self, task: Task) -> None:
+    def rescheduled(self, task: Task, was: float = 0.0) -> None:
         """A bucket's reschedule watcher: a task forwarded here now ends
         later (or sooner); its origin keeps its route until the new deadline
         (past the old one, a crash here would otherwise go unreported)."""

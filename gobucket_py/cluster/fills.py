@@ -339,9 +339,10 @@ class Fills:
         if replicas.refused_as_ended(local.name, task.id):
             why = ("too few peers took one: some refused it because they hold word that an "
                    "earlier task of this id from this node started or was drained (kept "
-                   f"{TOMB_KEEP:.0f} s, so that a late copy of that task's backup is never "
-                   "kept) or was taken over by a backup (kept longer); with replicas, fill "
-                   "each run of a job with its own id")
+                   f"{TOMB_KEEP:.0f} s, or that long past that task's deadline, so that a "
+                   "late or stale copy of its backup is never run) or was taken over by a "
+                   "backup (kept longer); with replicas, fill each run of a job with its "
+                   "own id")
         return NoBackupRoomError(
             f"task {task.id!r} in bucket {local.name!r} was not accepted: it needs "
             f"{k} backup(s) on other alive nodes (replicas={k}) and {why}")

@@ -96,6 +96,9 @@ class Replicas:
         self._placing: ByBucket[asyncio.Future[None]] = ByBucket()
         # Reschedules being sent to the backups: True if another came meanwhile.
         self._moves: dict[tuple[str, str], bool] = {}
+        # Tasks whose deadline a reschedule moved sooner: (stamp, the latest
+        # deadline before), see deadline().
+        self._outlived: dict[tuple[str, str], tuple[float, float]] = {}
         #: Tasks that did not get their backups because a peer holds word
         #: that an earlier task of the id from this node ended (started,
         #: drained or taken over) -- the fill's error says so (see
@@ -131,9 +134,9 @@ class Replicas:
             else:
                 bucket.set_gate(None, ended.rescheduled)
 
-    def _rescheduled(self, task: Task) -> None:
+    def _rescheduled(self, task: Task, was: float) -> None:
         self.group._ended.rescheduled(task)
-        self.moved(task)
+        self.moved(task, was)
 
     # -- placing backups -----------------------------------------------------------------
 
@@ -223,20 +226,40 @@ class Replicas:
                     holders[task_id] = kept
                 else:  # drained (or ended) while its backups were being placed
                     self._start_drop((name, task_id), list(kept), stamp=task._filled,
-                                     deadline=task._deadline)
+                                     deadline=self.deadline(task))
         return results
 
-    def moved(self, task: Task) -> None:
+    def moved(self, task: Task, was: float | None = None) -> None:
         """A bucket's reschedule watcher: the task's backups get its new due
         time and deadline. Sent again whole (a holder replaces the backup it
         has, so it is idempotent); one send per task at a time, and a
-        reschedule meanwhile is sent after it, so the last one wins."""
+        reschedule meanwhile is sent after it, so the last one wins. If the
+        deadline moved sooner (from ``was``), a holder that misses the move
+        keeps the later one: word about the task must outlive that too
+        (:meth:`deadline`)."""
         key = (task.bucket, task.id)
+        if was is not None and was > task._deadline and (
+                key in self.holders or key in self._placing):
+            outlived = self._outlived
+            if len(outlived) >= _MAX_KEPT:
+                for old in list(outlived)[:_MAX_KEPT // 2]:
+                    del outlived[old]
+            got = outlived.get(key)
+            outlived[key] = (task._filled, was if got is None or got[0] != task._filled
+                             else max(was, got[1]))
         if key in self._moves:
             self._moves[key] = True
         elif key in self.holders or key in self._placing:
             self._moves[key] = True
             self.group._spawn(self._move(key, task))
+
+    def deadline(self, task: Task) -> float:
+        """The latest deadline a backup of ``task`` may hold (its own, or
+        an earlier one a reschedule moved sooner)."""
+        got = self._outlived.get((task.bucket, task.id))
+        if got is None or got[0] != task._filled:
+            return task._deadline
+        return max(got[1], task._deadline)
 
     async def _move(self, key: tuple[str, str], task: Task) -> None:
         group = self.group
@@ -281,7 +304,7 @@ class Replicas:
         key = (bucket.name, task.id)
         if bucket.get(task.id) is not task:
             return False  # it left (drained, ran, handed off); the id may be another task's now
-        self.forget(bucket.name, task.id, task._filled, task._deadline)
+        self.forget(bucket.name, task.id, task._filled, self.deadline(task))
         dropping = self._dropping.get(key)
         if dropping is not None:
             # Bounded, so the fill is answered in time; the drop goes on.
@@ -434,7 +457,7 @@ class Replicas:
             # flight already (a drain's retry) tells them the same.
             dropping = (self._dropping.get(key)
                         or self._start_drop(key, names, "started", task._filled,
-                                            task._deadline))
+                                            self.deadline(task)))
             await asyncio.shield(dropping)
             if self.taken.pop(key, None) is not None:
                 return False  # a backup took it over (this node was cut off)
@@ -487,9 +510,12 @@ class Replicas:
         # A holder back in a new boot cannot vouch for what its old one did.
         others = [m.node_id for m in members.values() if m.state is MemberState.ALIVE
                   and m.node_id not in told and _gone(m.node_id) not in told]
-        answers = await asyncio.gather(*(self.notes.tell(node, "tomb", *key, None, stamp,
-                                                         deadline)
-                                         for node in others))
+        # The holders that took the note count as word too, but keep it only
+        # TOMB_KEEP: told again (at once, with the others), to keep it as long.
+        again = settled if deadline is not None else []
+        answers = (await asyncio.gather(*(self.notes.tell(node, "tomb", *key, None, stamp,
+                                                          deadline)
+                                          for node in (*others, *again))))[:len(others)]
         moved_to = next((_promoter(a) for a in answers if a.startswith("promoted:")), None)
         heard = {*settled, *(n for n, a in zip(others, answers, strict=True) if a == "ok")}
         # Every set of other nodes that is a majority of the cluster (what a
@@ -514,7 +540,7 @@ class Replicas:
             await asyncio.shield(placing)
         task = self.group.buckets[name].get(task_id)  # the task drained (earlier ones ended)
         stamp, deadline = (self.uncertain_stamps.get(key, (None, None)) if task is None
-                           else (task._filled, task._deadline))
+                           else (task._filled, self.deadline(task)))
         self.forget(name, task_id, stamp, deadline)
         dropping = self._dropping.get(key)
         if dropping is None and key in self.uncertain:  # a retry: ask the silent ones again
@@ -613,8 +639,9 @@ class Replicas:
         # Each holder as the incarnation it is now: one that restarts while
         # this is told is gone (its new one must not answer for the old).
         boots = {n: m.boot for n in names if (m := members.get(n)) is not None}
-        answers = await asyncio.gather(*(self.notes.tell(node, op, *key, boots.get(node), stamp,
-                                                         deadline)
+        # (No deadline: a holder keeps word it takes itself ``TOMB_KEEP``;
+        # the word left for a silent one is kept past the deadline, below.)
+        answers = await asyncio.gather(*(self.notes.tell(node, op, *key, boots.get(node), stamp)
                                          for node in names))
         silent = [n for n, a in zip(names, answers, strict=True) if a == "gone"]
         for node in silent:  # told again once it is back (see holder_back)
@@ -667,9 +694,14 @@ class Replicas:
         if silent:
             self.uncertain[key] = silent
             if stamp is not None:  # told again by a retry, once the task is gone
-                self.uncertain_stamps[key] = (stamp, deadline)
+                # (The latest stamp covers the earlier tasks; the deadline
+                # is the latest of theirs: the word must outlive each.)
+                was = self.uncertain_stamps.get(key, (stamp, deadline))[1]
+                self.uncertain_stamps[key] = (stamp, None if was is None or deadline is None
+                                              else max(was, deadline))
         else:
             self.uncertain.pop(key, None)
+            self.uncertain_stamps.pop(key, None)
         if took:
             self.taken[key] = took[0]
             self._follow(key, *took[0])
@@ -709,7 +741,7 @@ class Replicas:
         """A bucket's outcome watcher: the backups of a task that ended
         without starting (drained, rescued, handed off, out of time) go."""
         if self.holders:
-            self.forget(task.bucket, task.id, task._filled, task._deadline)
+            self.forget(task.bucket, task.id, task._filled, self.deadline(task))
 
     def handle(self, sender: Member, message: dict[str, Any]) -> dict[str, Any]:
         """A BACKUP_NOTE: notes from a primary, or a takeover check."""
