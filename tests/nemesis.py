@@ -1353,7 +1353,7 @@ class LedgerBucket(TaskBucket):
         return moved
 
     def set_gate(self, gate: Callable[[Task], Awaitable[bool]] | None,
-                 moved: Callable[[Task], None] | None = None) -> None:
+                 moved: Callable[[Task, float], None] | None = None) -> None:
         if gate is None:
             super().set_gate(None, moved)
             return

@@ -50,9 +50,11 @@ class Peer:
         self.state = MemberState.ALIVE
 
 
-def holder(name: str) -> Backups:
+def holder(name: str, max_body: int = 1024) -> Backups:
+    """A holder alone; a small ``max_body`` cuts a bequest into many slices."""
     group = types.SimpleNamespace(node_id=name, boot_id=name + "-boot", running=True,
-                                  buckets={}, config=types.SimpleNamespace(request_timeout=1),
+                                  buckets={}, config=types.SimpleNamespace(
+                                      request_timeout=1, max_body=max_body),
                                   _routes=types.SimpleNamespace(get=lambda bucket, task_id: None))
     group._members = types.SimpleNamespace(members={}, header=lambda: {})
     return Backups(group)  # type: ignore[arg-type]
@@ -183,9 +185,14 @@ async def bequest(heir: Shadow, rnd: random.Random) -> None:
     await leaver.backups.bequeath()
     if not sent:
         return
-    inherit = sent[0]["inherit"]
     recent_moves = [k for k, _ in list(leaver.backups.moved.items())[-backups_module._BEQUEST:]]
     recent_promotions = list(leaver.backups.promoted)[-backups_module._BEQUEST:]
+    for message in sent:  # (in slices: one kind of word each, as the heir gets them)
+        inherit(heir, leaver, message["inherit"], recent_moves, recent_promotions)
+
+
+def inherit(heir: Shadow, leaver: Shadow, inherit: dict[str, Any], recent_moves: list[Key],
+            recent_promotions: list[Key]) -> None:
     truth: dict[Key, set[Word]] = {}
     nothing: set[Word] = {(None, None)}
     for row in inherit["moved"]:

@@ -922,6 +922,40 @@ async def test_two_backups_the_rank_1_copy_runs_when_the_rank_0_holder_has_none(
     assert runs(cluster, "job") == 1
 
 
+async def test_a_takeover_of_more_tasks_than_one_request_carries_is_asked_in_slices(
+        cluster: Cluster) -> None:
+    """``max_body`` 8 KiB, and 1,500 backups of a primary that crashes: the
+    takeover check (and the word of what was taken over) would be one
+    request of about 70 KB, refused by every peer, so no task was taken over
+    and none ran. Asked in slices, every task runs once; a holder back from
+    a stall compares its backups with the primary in slices too."""
+    cluster.net.max_body = 8 * 1024
+    for name in ("n1", "n2", "n3"):
+        await cluster.add(name, max_bucket=2_000, replicas=1, max_body=8 * 1024)
+    await cluster.settle()
+    n1 = cluster.groups["n1"]
+    ids = [f"task-{i:05}" for i in range(1_500)]
+    results = await n1.fill_many("jobs", [(i, None) for i in ids], task_type=BOMB,
+                                 run_after=30, life_span=60)
+    assert not [r for r in results if isinstance(r, Exception)]
+    on = {name: [i for i in ids if backups_of(cluster, i) == [name]] for name in ("n2", "n3")}
+    stalled = max(on, key=lambda name: len(on[name]))
+    assert len(on[stalled]) > 600, {k: len(v) for k, v in on.items()}
+    cut = cluster.net.stall(stalled)
+    await asyncio.sleep(8)  # dead to the others: its tasks are backed up again
+    drained = on[stalled][:400]
+    for task_id in drained:
+        assert (await n1.drain("jobs", task_id)).outcome is DrainOutcome.DRAINED
+    cut.heal()
+    await asyncio.sleep(3)  # back: it asks n1 which of its backups are still needed
+    held = cluster.groups[stalled]._backups.records["jobs"]
+    assert not any((task_id, "n1") in held for task_id in drained)
+    await crash(cluster, "n1")
+    await asyncio.sleep(60)
+    fired = cluster.fired()
+    assert sorted(fired) == sorted(set(ids) - set(drained))
+
+
 async def test_a_late_copy_of_an_earlier_tasks_backup_or_note_changes_nothing(
         cluster: Cluster) -> None:
     """A holder keeps word of the latest task of the id that started: a
@@ -1037,3 +1071,64 @@ async def test_a_retried_drop_names_the_task_it_is_about_once_it_is_gone(
     replicas.uncertain_stamps[("jobs", "job")] = (5.0, 905.0)
     assert await replicas.release("jobs", "job") == (None, True)
     assert told == [("n2", "drop", 5.0, None), ("n3", "tomb", 5.0, 905.0)]
+
+
+async def test_a_holder_asked_by_a_lower_id_while_it_confirms_does_not_take_over(
+        cluster: Cluster) -> None:
+    """Two holders of a task whose views differ: the higher-id one asks only
+    the nodes it sees alive (not the lower-id one), the lower-id one asks it
+    while it confirms. The lower id goes on (it ignores the answer
+    ``backup:<higher>``), so the higher one concedes: it does not take the
+    task over even if its own round passes (it would run twice). A higher
+    id asking changes nothing."""
+    _, _, n3 = await three(cluster)
+    b = n3._backups
+    backup = ("n1", "old-boot", "n1", PACKED_NONE, 0.0, 1e9, 1.0, ("n2", "n3"))
+    b._confirming.add(("jobs", "job"))
+    assert b.check("n9", "n1", None, [["jobs", "job"]]) == ["backup:n3"]
+    assert not b._conceded
+    assert b.check("n2", "n1", None, [["jobs", "job"]]) == ["backup:n3"]
+    assert b._conceded == {("jobs", "job")}
+    assert b._take_over("n1", [("jobs", "job", backup)]) == []  # type: ignore[list-item]
+    assert "job" not in n3.buckets["jobs"]
+    b._conceded.clear()
+    assert b._take_over("n1", [("jobs", "job", backup)]) == [  # type: ignore[list-item]
+        ["jobs", "job"]]
+
+
+@pytest.mark.parametrize("again", ["ok", "gone"])
+async def test_a_settled_holder_counts_as_word_only_if_it_took_it_again(
+        cluster: Cluster, again: str) -> None:
+    """A drop that one holder takes and another misses: the word for the
+    silent one is kept past the task's deadline, so the holder that took the
+    drop is told again, and counts toward the majority only if it takes
+    that (else it keeps the word only ``TOMB_KEEP``): the drop stays
+    uncertain."""
+    n1, _, _ = await three(cluster)
+    replicas = n1._replicas
+    told: list[tuple[str, str, float | None]] = []
+
+    async def tell(node: str, op: str, bucket: str, task_id: str, boot: str | None = None,
+                   stamp: float | None = None, deadline: float | None = None) -> str:
+        told.append((node, op, deadline))
+        if op == "drop":
+            return "ok" if node == "n2" else "gone"
+        return again
+
+    replicas.notes.tell = tell  # type: ignore[method-assign]
+    await replicas._drop(("jobs", "job"), ["n2", "n3"], "drop", 5.0, 905.0)
+    assert told == [("n2", "drop", None), ("n3", "drop", None), ("n2", "tomb", 905.0)]
+    assert replicas.uncertain.get(("jobs", "job"), []) == ([] if again == "ok" else ["n3"])
+
+
+async def test_word_about_a_task_outlives_an_earlier_ones_unsettled_drop(
+        cluster: Cluster) -> None:
+    """An earlier task of the id left a holder silent (its drop unsettled,
+    with its deadline): word about the next task of the id, which covers
+    the earlier one too, is kept past the later of the two deadlines."""
+    n1, _, _ = await three(cluster)
+    task = (await n1.fill("jobs", "job", task_type=BOMB, run_after=10, life_span=20)).task
+    assert task is not None
+    assert n1._replicas.deadline(task) == task._deadline
+    n1._replicas.uncertain_stamps[("jobs", "job")] = (task._filled - 1, task._deadline + 5000)
+    assert n1._replicas.deadline(task) == task._deadline + 5000

@@ -58,7 +58,7 @@ from .columns import read_stamps
 from .items import PACKED_NONE
 from .lifecycle import GroupState
 from .membership import Member, MemberState
-from .protocol import Kind
+from .protocol import Kind, slices
 from .routes import is_lost
 
 if TYPE_CHECKING:
@@ -172,6 +172,9 @@ class Backups:
         self._seq = itertools.count()
         # Tasks being confirmed before a takeover: (bucket, task id).
         self._confirming: set[tuple[str, str]] = set()
+        # Of those, the ones a holder with a lower id asked about meanwhile:
+        # it takes them over (see check), this node must not.
+        self._conceded: set[tuple[str, str]] = set()
         # Primaries whose backups wait for this node to see a majority.
         self._waiting: dict[str, str | None] = {}
         self._retry: asyncio.TimerHandle | None = None
@@ -333,31 +336,34 @@ class Backups:
     async def _reconcile(self, member: Member) -> None:
         group = self.group
         node, boot = member.node_id, member.boot
-        held = [(bucket, key, b) for bucket, where in self.records.items()
-                for key, b in where.items() if b[0] == node and b[1] == boot]
-        message = {"v": 1, "from": group._members.header(), "notes": [],
-                   "held": [[bucket, key[0]] for bucket, key, _ in held]}
-        try:
-            reply = await group.transport.call(member.addr, Kind.BACKUP_NOTE, message,
-                                               group.config.request_timeout)
-        except GobucketError as exc:
-            log.debug("backups not reconciled event=backups_not_reconciled node=%s peer=%s "
-                      "error=%s", group.node_id, node, exc)
-            return  # kept until their deadline, as before; the next return tries again
-        kept = reply.get("kept")
-        if not isinstance(kept, list) or len(kept) != len(held) or member.boot != boot:
-            return
+        every = [(bucket, key, b) for bucket, where in self.records.items()
+                 for key, b in where.items() if b[0] == node and b[1] == boot]
+        names = [(bucket, key[0]) for bucket, key, _ in every]
         dropped = 0
-        for (bucket, key, backup), answer in zip(held, kept, strict=True):
-            where = self.records.get(bucket)
-            # Only the record asked about: one stored again since is newer.
-            if answer == "drop" and where is not None and where.get(key) is backup:
-                del where[key]
-                dropped += 1
+        for cut in slices(names, group.config.max_body):
+            held = every[cut]
+            message = {"v": 1, "from": group._members.header(), "notes": [],
+                       "held": [list(name) for name in names[cut]]}
+            try:
+                reply = await group.transport.call(member.addr, Kind.BACKUP_NOTE, message,
+                                                   group.config.request_timeout)
+            except GobucketError as exc:
+                log.debug("backups not reconciled event=backups_not_reconciled node=%s "
+                          "peer=%s error=%s", group.node_id, node, exc)
+                break  # kept until their deadline, as before; the next return tries again
+            kept = reply.get("kept")
+            if not isinstance(kept, list) or len(kept) != len(held) or member.boot != boot:
+                break
+            for (bucket, key, backup), answer in zip(held, kept, strict=True):
+                where = self.records.get(bucket)
+                # Only the record asked about: one stored again since is newer.
+                if answer == "drop" and where is not None and where.get(key) is backup:
+                    del where[key]
+                    dropped += 1
         if dropped:
             log.info("stale backups dropped after a peer came back event=backups_reconciled "
                      "node=%s peer=%s dropped=%d kept=%d", group.node_id, node, dropped,
-                     len(held) - dropped)
+                     len(every) - dropped)
 
     def primary_gone(self, member: Member, *, restarted: bool) -> None:
         """A primary restarted (``restarted``: its backups are those of
@@ -440,6 +446,7 @@ class Backups:
             await self._confirm_all(node, lost_boot, chosen)
         finally:
             self._confirming.difference_update(keys)
+            self._conceded.difference_update(keys)
 
     async def _confirm_all(self, node: str, lost_boot: str | None,
                            chosen: list[tuple[str, str, Backup]]) -> None:
@@ -500,10 +507,15 @@ class Backups:
         task to this node) or take its word again, instead of "claimed".
         Retried while they are alive."""
         group = self.group
-        message = {"v": 1, "from": group._members.header(), "notes": [],
-                   "promoted": took, "released": released, "primary": node, "boots": boots,
-                   "stamps": stamps}
-
+        header = group._members.header()
+        # In slices (see slices()): the tasks taken over, then those let go.
+        messages: list[dict[str, Any]] = [
+            {"v": 1, "from": header, "notes": [], "promoted": took[cut], "released": [],
+             "primary": node, "boots": boots[cut], "stamps": stamps[cut]}
+            for cut in slices(took, group.config.max_body) if took]
+        messages += [{"v": 1, "from": header, "notes": [], "promoted": [],
+                      "released": released[cut], "primary": node, "boots": [], "stamps": []}
+                     for cut in slices(released, group.config.max_body) if released]
         members = group._members.members
 
         async def tell(member: Member) -> None:
@@ -513,13 +525,16 @@ class Backups:
             # claims went with it) or left. A claim never released would
             # refuse the primary's word for good.
             boot = member.boot
-            while (group.state is not GroupState.STOPPED and members.get(member.node_id)
-                   is member and member.boot == boot and member.state is not MemberState.LEFT):
+            todo = list(messages)
+            while (todo and group.state is not GroupState.STOPPED
+                   and members.get(member.node_id) is member and member.boot == boot
+                   and member.state is not MemberState.LEFT):
                 if member.state is MemberState.ALIVE:
                     try:
-                        await group.transport.call(member.addr, Kind.BACKUP_NOTE, message,
+                        await group.transport.call(member.addr, Kind.BACKUP_NOTE, todo[0],
                                                    group.config.request_timeout)
-                        return
+                        del todo[0]
+                        continue
                     except GobucketError:
                         pass
                 await asyncio.sleep(group.config.probe_interval)
@@ -564,21 +579,28 @@ class Backups:
         if not majority(group, without=node):
             return None
         tasks = [(bucket, task_id) for bucket, task_id, _ in chosen]
-        message = {"v": 1, "from": group._members.header(), "notes": [],
-                   "check": [list(t) for t in tasks], "primary": node, "boot": lost_boot,
-                   "boots": [backup[1] for _, _, backup in chosen],
-                   "stamps": [backup[6] for _, _, backup in chosen]}
+        header = group._members.header()
+        # One request per slice (each task's answer stands alone: a slice
+        # asked again is answered the same).
+        messages: list[dict[str, Any]] = [{"v": 1, "from": header, "notes": [],
+                     "check": [list(t) for t in tasks[cut]], "primary": node, "boot": lost_boot,
+                     "boots": [backup[1] for _, _, backup in chosen[cut]],
+                     "stamps": [backup[6] for _, _, backup in chosen[cut]]}
+                    for cut in slices(tasks, group.config.max_body)]
 
         async def ask(member: Member) -> list[str] | None:
-            try:
-                reply = await group.transport.call(member.addr, Kind.BACKUP_NOTE, message,
-                                                   group.config.request_timeout)
-            except GobucketError:
-                return None
-            answers = reply.get("checked")
-            if not isinstance(answers, list) or len(answers) != len(tasks):
-                return None
-            return [str(a) for a in answers]
+            answers: list[str] = []
+            for message in messages:
+                try:
+                    reply = await group.transport.call(member.addr, Kind.BACKUP_NOTE, message,
+                                                       group.config.request_timeout)
+                except GobucketError:
+                    return None
+                checked = reply.get("checked")
+                if not isinstance(checked, list) or len(checked) != len(message["check"]):
+                    return None
+                answers += map(str, checked)
+            return answers
 
         replies = await asyncio.gather(*(ask(m) for m in others))
         if any(r is None for r in replies):
@@ -602,6 +624,8 @@ class Backups:
             _, boot, origin, payload, due, deadline, stamp, _ = backup
             if deadline <= now:
                 continue  # its life span is over: it can no longer run
+            if (bucket, task_id) in self._conceded:
+                continue  # a holder with a lower id asked meanwhile: it takes it over
             if ((bucket, task_id, node) in self.tombs
                     and not self._older("tombs", (bucket, task_id, node), boot, stamp)):
                 continue  # its primary told this node meanwhile that it started or was drained
@@ -688,6 +712,11 @@ class Backups:
             elif ((where is not None and (task_id, primary) in where)
                   or (bucket, task_id) in self._confirming):
                 answers.append(f"backup:{group.node_id}")  # two copies: the lower id wins
+                if asker < group.node_id and (bucket, task_id) in self._confirming:
+                    # It goes on (it asked this node: views may differ, and
+                    # this node's own check may not reach it), so this one
+                    # must not.
+                    self._conceded.add((bucket, task_id))
             elif claimer is not None and claimer < asker:
                 answers.append("claimed")
             else:
@@ -740,32 +769,41 @@ class Backups:
                     prior = upto[k]
                     stamp = None if stamp is None or prior is None else max(stamp, prior)
                 upto[k] = stamp
-        rows = {"tombs": [[*k, b] for k in tomb_keys if (b := self._boot("tombs", k))],
-                "claims": [[*k, b] for k in claim_keys if (b := self._boot("claims", k))],
-                "moved": [[*k, b] for k, b in labels.items() if b]}
         kept: dict[str, dict[tuple[str, str, str], Any]] = {
             "tombs": self.stamps.get("tombs", {}), "claims": self.stamps.get("claims", {}),
             "moved": upto}
-        # (Stamps go one per labelled row, under a key nodes of an earlier version ignore.)
-        about: dict[str, Any] = {
-            **rows, "stamps": {kind: [kept[kind].get((r[0], r[1], r[2])) for r in labelled]
-                               for kind, labelled in rows.items()}}
         # How much longer each tomb is kept than TOMB_KEEP from now, if it is.
         now = asyncio.get_running_loop().time()
         keep = [None if (until := self.tomb_until.get(k)) is None else max(0.0, until - now)
                 for k in tomb_keys]
-        message = {"v": 1, "from": group._members.header(), "notes": [],
-                   "inherit": {"tombs": tombs, "claims": claims, "moved": moved,
-                               "about": about, "keep": keep}}
+        header = group._members.header()
+        messages: list[dict[str, Any]] = []
+        for kind, rows in (("tombs", tombs), ("claims", claims), ("moved", moved)):
+            # In slices that fit a request (see slices(): a row is named twice here).
+            for cut in slices(rows, group.config.max_body // 2) if rows else ():
+                keys = list(dict.fromkeys((r[0], r[1], r[2]) for r in rows[cut]))
+                labelled = [[*k, b] for k in keys if (
+                    b := labels.get(k) if kind == "moved" else self._boot(kind, k))]
+                # Which incarnation's task each row is about, and the stamp,
+                # one per labelled row (under a key earlier versions ignore).
+                inherit: dict[str, Any] = {
+                    "tombs": [], "claims": [], "moved": [], kind: rows[cut],
+                    "about": {kind: labelled, "stamps": {
+                        kind: [kept[kind].get((r[0], r[1], r[2])) for r in labelled]}}}
+                if kind == "tombs":
+                    inherit["keep"] = keep[cut]
+                messages.append({"v": 1, "from": header, "notes": [], "inherit": inherit})
         peers = [m for m in group._members.members.values() if m.state is MemberState.ALIVE]
 
         async def send(member: Member) -> None:
-            try:
-                await group.transport.call(member.addr, Kind.BACKUP_NOTE, message,
-                                           group.config.request_timeout)
-            except GobucketError as exc:
-                log.debug("word not passed on event=bequest_not_delivered node=%s peer=%s "
-                          "error=%s", group.node_id, member.node_id, exc)
+            for message in messages:
+                try:
+                    await group.transport.call(member.addr, Kind.BACKUP_NOTE, message,
+                                               group.config.request_timeout)
+                except GobucketError as exc:
+                    log.debug("word not passed on event=bequest_not_delivered node=%s "
+                              "peer=%s error=%s", group.node_id, member.node_id, exc)
+                    return
 
         await asyncio.gather(*(send(m) for m in peers))
 

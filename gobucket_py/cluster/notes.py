@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import GobucketError
 from .membership import MemberState
-from .protocol import Kind
+from .protocol import Kind, slices
 
 if TYPE_CHECKING:
     from .group import TaskBucketGroup
@@ -72,10 +72,14 @@ class Notes:
                 boot = None if member is None else member.boot
                 _resolve([q for q in queued if q[2] is not None and q[2] != boot], "gone")
                 batch = [q for q in queued if q[2] is None or q[2] == boot]
-                while batch:
+                # In slices that fit a request (many tasks may fall due at once).
+                cuts = slices([(q[0][1], q[0][2]) for q in batch], group.config.max_body)
+                parts = [batch[cut] for cut in cuts] if len(cuts) > 1 else [batch]
+                while parts:
+                    batch = parts[0]
                     if (member is None or member.state is not MemberState.ALIVE
                             or member.boot != boot):
-                        _resolve(batch, "gone")
+                        _resolve([q for part in parts for q in part], "gone")
                         break
                     message: dict[str, object] = {
                         "v": 1, "from": group._members.header(), "to": boot,
@@ -103,7 +107,7 @@ class Notes:
                     for (_, future, _, _, _), answer in zip(batch, answers, strict=True):
                         if not future.done():
                             future.set_result(str(answer))
-                    break
+                    del parts[0]
         finally:
             self._pumps.discard(node)
             rest = self._queued.pop(node, [])

@@ -12,6 +12,7 @@ group's :class:`~gobucket_py.Codec` (whose few ext types are its own, see
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, TypeVar
@@ -21,7 +22,7 @@ import msgpack
 from ..config import MAX_SECONDS
 from ..errors import ProtocolError
 
-__all__ = ["PROTOCOL_VERSION", "Kind", "NodeHeader", "decode", "encode"]
+__all__ = ["PROTOCOL_VERSION", "Kind", "NodeHeader", "decode", "encode", "slices"]
 
 #: Bumped on any incompatible change; a peer speaking another version gets 400.
 PROTOCOL_VERSION = 1
@@ -173,3 +174,26 @@ def check_gossip(raw: object) -> list[tuple[str, str, str, int, str, str]]:
             raise ProtocolError("malformed member entry")
         out.append((node_id, boot, addr, inc, state, by))
     return out
+
+
+def slices(names: Sequence[Sequence[str]], max_body: int) -> list[slice]:
+    """``names`` ([bucket, task id] pairs, each with a few small fields
+    beside it) cut into runs whose message stays well within ``max_body``:
+    the notes of many tasks due at once, or a takeover check about every
+    task of a dead primary, could be far larger than one request may be."""
+    budget = max(1, max_body // 4)
+    cuts: list[slice] = []
+    start, used = 0, 0
+    for index, (bucket, task_id, *_) in enumerate(names):
+        weight = _size(bucket) + _size(task_id) + 64  # (its boot, stamp, verdict beside it)
+        if used + weight > budget and index > start:
+            cuts.append(slice(start, index))
+            start, used = index, 0
+        used += weight
+    if start < len(names) or not cuts:
+        cuts.append(slice(start, len(names)))
+    return cuts
+
+
+def _size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())

@@ -255,11 +255,18 @@ class Replicas:
 
     def deadline(self, task: Task) -> float:
         """The latest deadline a backup of ``task`` may hold (its own, or
-        an earlier one a reschedule moved sooner)."""
-        got = self._outlived.get((task.bucket, task.id))
-        if got is None or got[0] != task._filled:
-            return task._deadline
-        return max(got[1], task._deadline)
+        an earlier one a reschedule moved sooner) -- or of an earlier task
+        of the id whose drop some holder has not answered yet (word about
+        this one covers that one too)."""
+        key = (task.bucket, task.id)
+        latest = task._deadline
+        got = self._outlived.get(key)
+        if got is not None and got[0] == task._filled:
+            latest = max(got[1], latest)
+        earlier = self.uncertain_stamps.get(key)
+        if earlier is not None and earlier[1] is not None:
+            latest = max(earlier[1], latest)
+        return latest
 
     async def _move(self, key: tuple[str, str], task: Task) -> None:
         group = self.group
@@ -513,9 +520,13 @@ class Replicas:
         # The holders that took the note count as word too, but keep it only
         # TOMB_KEEP: told again (at once, with the others), to keep it as long.
         again = settled if deadline is not None else []
-        answers = (await asyncio.gather(*(self.notes.tell(node, "tomb", *key, None, stamp,
+        told_all = await asyncio.gather(*(self.notes.tell(node, "tomb", *key, None, stamp,
                                                           deadline)
-                                          for node in (*others, *again))))[:len(others)]
+                                          for node in (*others, *again)))
+        answers = told_all[:len(others)]
+        if again:  # (one that did not take it again keeps the word too short to count)
+            settled = [n for n, a in zip(again, told_all[len(others):], strict=True)
+                       if a == "ok"]
         moved_to = next((_promoter(a) for a in answers if a.startswith("promoted:")), None)
         heard = {*settled, *(n for n, a in zip(others, answers, strict=True) if a == "ok")}
         # Every set of other nodes that is a majority of the cluster (what a
