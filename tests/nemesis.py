@@ -581,6 +581,13 @@ def _check_one_live(census: Census, gens: list[Generation],
                 continue
             if any(x.seq < b.fill0 for x in attributed[a.key]):
                 continue
+            if any((e.what == "start" or e.what in FINAL) and e.seq < first for e in a.evs):
+                # It started or ended (where a backup took it over, say),
+                # as its origin was told. A copy left on a node cut off
+                # then is a husk -- its gate learns the task was taken over,
+                # and a start there would be a violation of its own
+                # (``run_twice``, ``drained_ran``) -- not a live task of the id.
+                continue
             live = [cp for cp in a.copies if cp.opened < first < cp.closed]
             if live:
                 census.bad("two_live", b.key, f"placed by {origin} on {fills_b[0].node} while "

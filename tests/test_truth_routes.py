@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -406,3 +407,82 @@ async def test_a_batch_goes_to_the_incarnation_it_was_queued_for(two: Two) -> No
     assert await verdict == "restarted"
     assert "job" not in two.cluster["n2"].buckets["jobs"]
     assert await forwarder.send(member, item) == "ok"  # meant for the new one: taken
+
+
+def test_a_large_ended_notice_is_cut_into_messages_in_the_order_its_fields_apply() -> None:
+    """An ENDED notice too large for one request (thousands of forwarded
+    tasks ended while the origin was out of reach) goes as several, each
+    within ``max_body`` and valid, holding every entry once, in the order
+    the origin applies one message's fields (ended, via, moved, promoted,
+    extended)."""
+    from gobucket_py.cluster.ended import _split
+    from gobucket_py.cluster.protocol import encode
+
+    ids = [f"task-{i:05}" for i in range(3_000)]
+    batches = [i // 700 for i in range(3_000)]
+    task = SimpleNamespace(state=TaskState.PENDING)
+    parts: dict[str, Any] = {
+        "ended": {"jobs": ids[:2_000], "other": ids[2_000:]},
+        "batches": {"jobs": _runs(batches[:2_000]), "other": _runs(batches[2_000:])},
+        "via": [["jobs", f"v{i}", "n3", "boot3"] for i in range(300)],
+        "moved": [["jobs", f"m{i}", "n4", "boot4"] for i in range(300)],
+        "promoted": [["jobs", f"p{i}", "n5"] for i in range(300)],
+        "extended": [["jobs", f"e{i}", 5.5] for i in range(300)],
+        "extended_batches": list(range(300)),
+        "_extended": [(("jobs", f"e{i}"), (task, 1.0, i)) for i in range(300)]}
+    assert _split(parts, 4 * 1024 * 1024) == [parts]  # (fits: as it is)
+    pieces = _split(parts, 16 * 1024)
+    assert len(pieces) > 10
+    order = []
+    for piece in pieces:
+        message = {"v": 1, "from": ["n2", "boot"], **{k: v for k, v in piece.items()
+                                                      if k != "_extended"}}
+        assert len(encode(message)) <= 16 * 1024
+        EndedNotices.check(message)  # valid, runs and all
+        order += [name for name in ("ended", "via", "moved", "promoted", "extended")
+                  if piece.get(name)]
+    assert order == sorted(order, key=["ended", "via", "moved", "promoted",
+                                       "extended"].index)  # each field's run, in turn
+    for name in ("via", "moved", "promoted", "extended", "extended_batches", "_extended"):
+        assert [e for p in pieces for e in p.get(name, [])] == parts[name], name
+    for bucket in ("jobs", "other"):
+        assert [i for p in pieces for i in p["ended"].get(bucket, [])] == parts["ended"][bucket]
+        assert [b for p in pieces for b in _expand(p["batches"].get(bucket, []))] == \
+            _expand(parts["batches"][bucket])
+
+
+async def test_ended_notices_too_large_for_one_request_still_reach_the_origin(
+        cluster: Any) -> None:
+    """``max_body`` 8 KiB: 3,000 tasks forwarded by n1 end on n2 at once;
+    their ends reach n1 in several messages (one refused with a 400 before,
+    and sent again and again), and n1 forgets every route."""
+    cluster.net.max_body = 8 * 1024
+    n1 = await cluster.add("n1", max_bucket=1, max_body=8 * 1024)
+    await cluster.add("n2", max_bucket=5_000, max_body=8 * 1024)
+    await cluster.settle()
+    await n1.fill("jobs", "anchor", task_type=BOMB, run_after=500, life_span=600)
+    ids = [f"task-{i:05}" for i in range(3_000)]
+    results = await n1.fill_many("jobs", [(i, None) for i in ids], task_type=BOMB,
+                                 run_after=1, life_span=60)
+    assert all(not isinstance(r, Exception) and r.node_id == "n2" for r in results)
+    assert all(n1._routes.get("jobs", i) is not None for i in ids[:10])
+    await asyncio.sleep(5)
+    assert len(cluster.fired()) == 3_000
+    assert not [i for i in ids if n1._routes.get("jobs", i) is not None]
+
+
+def test_slices_keep_each_request_within_its_bytes_and_items() -> None:
+    """``protocol.slices``: runs of [bucket, id] pairs whose message fits a
+    quarter of ``max_body`` and at most ``SLICE_ITEMS`` entries (a body's
+    lists are limited), every pair in exactly one run, in order."""
+    from gobucket_py.cluster.protocol import SLICE_ITEMS, slices
+
+    short = [("jobs", str(i)) for i in range(25_000)]
+    cuts = slices(short, 64 * 1024 * 1024)
+    assert [c.stop - c.start for c in cuts] == [SLICE_ITEMS, SLICE_ITEMS, 5_000]
+    long = [("jobs", "é" * 500 + str(i)) for i in range(100)]
+    cuts = slices(long, 16 * 1024)
+    assert all(sum(len(b.encode()) + len(t.encode()) for b, t in long[c]) <= 4 * 1024
+               or c.stop - c.start == 1 for c in cuts)
+    assert [p for c in cuts for p in long[c]] == long
+    assert slices([], 1024) == [slice(0, 0)]

@@ -47,7 +47,7 @@ from ..errors import GobucketError, ProtocolError
 from ..task import Task, TaskState
 from .columns import FillBatch
 from .membership import MemberState
-from .protocol import Kind
+from .protocol import SLICE_ITEMS, Kind
 
 if TYPE_CHECKING:
     from .group import TaskBucketGroup
@@ -399,15 +399,24 @@ class EndedNotices:
     async def _send(self, origin: str, addr: str, parts: dict[str, Any], *,
                     retry: bool = True) -> None:
         group = self.group
-        message = {"v": 1, "from": group._members.header(),
-                   **{name: value for name, value in parts.items() if name != "_extended"}}
-        try:
-            await group.transport.call(addr, Kind.ENDED, message, group.config.request_timeout)
-        except GobucketError as exc:  # try again with the next batch
-            log.debug("ended notice not delivered event=ended_not_delivered node=%s origin=%s "
-                      "error=%s", group.node_id, origin, exc)
-            if retry:
-                self._requeue(origin, parts)
+        # In slices that fit a request, one after the other: the origin
+        # applies them in the order one message's fields would be.
+        pieces = _split(parts, group.config.max_body)
+        while pieces:
+            message = {"v": 1, "from": group._members.header(),
+                       **{name: value for name, value in pieces[0].items()
+                          if name != "_extended"}}
+            try:
+                await group.transport.call(addr, Kind.ENDED, message,
+                                           group.config.request_timeout)
+            except GobucketError as exc:  # try again with the next batch
+                log.debug("ended notice not delivered event=ended_not_delivered node=%s "
+                          "origin=%s error=%s", group.node_id, origin, exc)
+                if retry:
+                    for piece in pieces:
+                        self._requeue(origin, piece)
+                return
+            del pieces[0]
 
     def _requeue(self, origin: str, parts: dict[str, Any]) -> None:
         """Queue the notices of an undelivered message again, for the next
@@ -580,6 +589,55 @@ class GateKeepalive:
         and its end is notified; or a backup took it over, whose word moves
         the route)."""
         self._timer.cancel()
+
+
+def _split(parts: dict[str, Any], max_body: int) -> list[dict[str, Any]]:
+    """An ENDED message's ``parts`` (see ``EndedNotices._take``) as one or
+    more messages that each fit a request, in the order the origin applies
+    their fields (ended, via, moved, promoted, extended): sent one after the
+    other, they do what the one message would."""
+    budget, most = max(1, max_body // 4), SLICE_ITEMS
+    ended: dict[str, list[str]] = parts["ended"]
+    lists = [(name, parts.get(name, [])) for name in ("via", "moved", "promoted")]
+    extended = parts.get("extended", [])
+    items = sum(map(len, ended.values())) + sum(len(v) for _, v in lists) + len(extended)
+    # (Characters, not bytes: a quarter of max_body leaves room for any.)
+    weight = 32 * items + sum(sum(map(len, ids)) for ids in ended.values()) + sum(
+        len(str(v)) for _, entries in lists for entry in entries for v in entry)
+    if items <= most and weight <= budget:  # (the usual case)
+        return [parts]
+    pieces: list[dict[str, Any]] = []
+    piece: dict[str, Any] = {}
+    used = count = 0
+
+    def room(size: int) -> dict[str, Any]:
+        nonlocal piece, used, count
+        if count and (used + size > budget or count >= most):
+            pieces.append(piece)
+            piece, used, count = {}, 0, 0
+        if not piece:
+            piece.update(ended={}, batches={}, moved=[])
+        used += size
+        count += 1
+        return piece
+
+    for bucket, ids in ended.items():
+        for task_id, batch in zip(ids, _expand(parts["batches"][bucket]), strict=True):
+            at = room(len(task_id.encode()) + 16)
+            at["ended"].setdefault(bucket, []).append(task_id)
+            at["batches"].setdefault(bucket, []).append(batch)
+    for name, entries in lists:
+        for entry in entries:
+            room(sum(len(str(v).encode()) for v in entry) + 16).setdefault(name, []).append(entry)
+    for index, entry in enumerate(extended):
+        at = room(sum(len(str(v).encode()) for v in entry) + 32)
+        for name in ("extended", "extended_batches", "_extended"):
+            at.setdefault(name, []).append(parts[name][index])
+    if piece:
+        pieces.append(piece)
+    for at in pieces:
+        at["batches"] = {bucket: _runs(batches) for bucket, batches in at["batches"].items()}
+    return pieces
 
 
 def _left(bucket: str, ids: list[str], batches: list[int],

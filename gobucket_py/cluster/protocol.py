@@ -176,6 +176,10 @@ def check_gossip(raw: object) -> list[tuple[str, str, str, int, str, str]]:
     return out
 
 
+#: Items per slice at most (well under ``MAX_ITEMS``, a list's limit in a body).
+SLICE_ITEMS = 10_000
+
+
 def slices(names: Sequence[Sequence[str]], max_body: int) -> list[slice]:
     """``names`` ([bucket, task id] pairs, each with a few small fields
     beside it) cut into runs whose message stays well within ``max_body``:
@@ -186,7 +190,7 @@ def slices(names: Sequence[Sequence[str]], max_body: int) -> list[slice]:
     start, used = 0, 0
     for index, (bucket, task_id, *_) in enumerate(names):
         weight = _size(bucket) + _size(task_id) + 64  # (its boot, stamp, verdict beside it)
-        if used + weight > budget and index > start:
+        if (used + weight > budget or index - start >= SLICE_ITEMS) and index > start:
             cuts.append(slice(start, index))
             start, used = index, 0
         used += weight
