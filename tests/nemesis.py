@@ -581,14 +581,16 @@ def _check_one_live(census: Census, gens: list[Generation],
                 continue
             if any(x.seq < b.fill0 for x in attributed[a.key]):
                 continue
-            if any((e.what == "start" or e.what in FINAL) and e.seq < first for e in a.evs):
-                # It started or ended (where a backup took it over, say),
-                # as its origin was told. A copy left on a node cut off
-                # then is a husk -- its gate learns the task was taken over,
-                # and a start there would be a violation of its own
-                # (``run_twice``, ``drained_ran``) -- not a live task of the id.
-                continue
             live = [cp for cp in a.copies if cp.opened < first < cp.closed]
+            if any(e.what in FINAL and e.seq < first for e in a.evs):
+                # It ended (where a backup took it over, say) before the
+                # new fill, as its origin was told. A copy left on a node
+                # cut off then that never starts, and ends handed off as
+                # its gate learns of the takeover, is a husk, not a live
+                # task of the id. (Not a copy that runs, or stays.)
+                live = [cp for cp in live if not (cp.by == "handed_off" and not any(
+                    e.what == "start" and e.node == cp.node and cp.opened < e.seq < cp.closed
+                    for e in a.evs))]
             if live:
                 census.bad("two_live", b.key, f"placed by {origin} on {fills_b[0].node} while "
                                               f"{a.key} (filled by {origin} too) was live on "

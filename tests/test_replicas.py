@@ -1132,3 +1132,25 @@ async def test_word_about_a_task_outlives_an_earlier_ones_unsettled_drop(
     assert n1._replicas.deadline(task) == task._deadline
     n1._replicas.uncertain_stamps[("jobs", "job")] = (task._filled - 1, task._deadline + 5000)
     assert n1._replicas.deadline(task) == task._deadline + 5000
+
+
+async def test_notes_only_for_an_earlier_incarnation_send_nothing(cluster: Cluster) -> None:
+    """Notes addressed to an incarnation of the holder that is gone are
+    answered ``gone`` without a request (an empty one was sent, and retried
+    while the holder did not answer)."""
+    n1, _, _ = await three(cluster)
+    sent: list[Any] = []
+    real = n1.transport.call
+
+    async def call(addr: str, kind: Any, message: dict[str, Any], timeout: float) -> Any:
+        if "notes" in message:
+            sent.append(message)
+        return await real(addr, kind, message, timeout)
+
+    n1.transport.call = call  # type: ignore[method-assign]
+    answers = await asyncio.gather(*(n1._replicas.notes.tell("n2", "drop", "jobs", f"t{i}",
+                                                            "an-earlier-boot")
+                                     for i in range(3)))
+    assert answers == ["gone"] * 3 and not sent
+    assert await n1._replicas.notes.tell("n2", "drop", "jobs", "t9") == "ok"
+    assert len(sent) == 1 and sent[0]["notes"] == [["drop", "jobs", "t9"]]

@@ -449,6 +449,14 @@ def test_a_large_ended_notice_is_cut_into_messages_in_the_order_its_fields_apply
         assert [i for p in pieces for i in p["ended"].get(bucket, [])] == parts["ended"][bucket]
         assert [b for p in pieces for b in _expand(p["batches"].get(bucket, []))] == \
             _expand(parts["batches"][bucket])
+    # Few entries, long ids, only live-on words: cut too.
+    long = {"ended": {}, "batches": {}, "moved": [],
+            "extended": [["jobs", "x" * 2_000 + str(i), 5.5] for i in range(100)],
+            "extended_batches": list(range(100)),
+            "_extended": [(("jobs", str(i)), (task, 1.0, i)) for i in range(100)]}
+    pieces = _split(long, 64 * 1024)
+    assert len(pieces) > 3 and all(len(encode({k: v for k, v in p.items() if k != "_extended"}))
+                                   <= 64 * 1024 for p in pieces)
 
 
 async def test_ended_notices_too_large_for_one_request_still_reach_the_origin(

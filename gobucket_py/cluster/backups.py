@@ -739,8 +739,9 @@ class Backups:
         """On a graceful stop: pass the word this node holds (tombstones,
         claims, takeovers it was told of) on to every alive peer, so a
         majority that counts only the nodes still there still holds it.
-        Best effort, bounded by ``request_timeout``; the most recent
-        ``_BEQUEST`` records of each kind."""
+        Best effort, bounded by ``request_timeout`` per message (a large
+        bequest goes as several); the most recent ``_BEQUEST`` records of
+        each kind."""
         group = self.group
         tomb_keys = list(self.tombs)[-_BEQUEST:]
         moves = list(self.moved.items())[-_BEQUEST:]

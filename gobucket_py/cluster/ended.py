@@ -350,7 +350,8 @@ class EndedNotices:
 
     async def flush(self) -> None:
         """Send every pending notice now and wait for the answers (on stop:
-        this node's last word to the origins, bounded by request_timeout)."""
+        this node's last word to the origins, bounded by request_timeout
+        per message: a large notice goes as several)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -603,7 +604,8 @@ def _split(parts: dict[str, Any], max_body: int) -> list[dict[str, Any]]:
     items = sum(map(len, ended.values())) + sum(len(v) for _, v in lists) + len(extended)
     # (Characters, not bytes: a quarter of max_body leaves room for any.)
     weight = 32 * items + sum(sum(map(len, ids)) for ids in ended.values()) + sum(
-        len(str(v)) for _, entries in lists for entry in entries for v in entry)
+        len(str(v)) for _, entries in (*lists, ("extended", extended))
+        for entry in entries for v in entry)
     if items <= most and weight <= budget:  # (the usual case)
         return [parts]
     pieces: list[dict[str, Any]] = []

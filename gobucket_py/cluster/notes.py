@@ -72,6 +72,8 @@ class Notes:
                 boot = None if member is None else member.boot
                 _resolve([q for q in queued if q[2] is not None and q[2] != boot], "gone")
                 batch = [q for q in queued if q[2] is None or q[2] == boot]
+                if not batch:
+                    continue
                 # In slices that fit a request (many tasks may fall due at once).
                 cuts = slices([(q[0][1], q[0][2]) for q in batch], group.config.max_body)
                 parts = [batch[cut] for cut in cuts] if len(cuts) > 1 else [batch]

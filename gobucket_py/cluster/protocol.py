@@ -181,15 +181,16 @@ SLICE_ITEMS = 10_000
 
 
 def slices(names: Sequence[Sequence[str]], max_body: int) -> list[slice]:
-    """``names`` ([bucket, task id] pairs, each with a few small fields
-    beside it) cut into runs whose message stays well within ``max_body``:
+    """``names`` (rows of strings: [bucket, task id, ...], each with a few
+    small fields beside it) cut into runs whose message stays well within
+    ``max_body``:
     the notes of many tasks due at once, or a takeover check about every
     task of a dead primary, could be far larger than one request may be."""
     budget = max(1, max_body // 4)
     cuts: list[slice] = []
     start, used = 0, 0
-    for index, (bucket, task_id, *_) in enumerate(names):
-        weight = _size(bucket) + _size(task_id) + 64  # (its boot, stamp, verdict beside it)
+    for index, row in enumerate(names):
+        weight = sum(map(_size, row)) + 64  # (its boot, stamp, verdict beside it)
         if (used + weight > budget or index - start >= SLICE_ITEMS) and index > start:
             cuts.append(slice(start, index))
             start, used = index, 0
