@@ -1154,3 +1154,42 @@ async def test_notes_only_for_an_earlier_incarnation_send_nothing(cluster: Clust
     assert answers == ["gone"] * 3 and not sent
     assert await n1._replicas.notes.tell("n2", "drop", "jobs", "t9") == "ok"
     assert len(sent) == 1 and sent[0]["notes"] == [["drop", "jobs", "t9"]]
+
+
+async def test_word_that_an_earlier_task_was_taken_over_does_not_end_the_next_one(
+        cluster: Cluster) -> None:
+    """A holder's answer that it took over an earlier task of the id (to a
+    retried drop, say) is about that task: the next task of the id filled
+    here runs and drains here (its gate ended it HANDED_OFF, run nowhere,
+    no loss report: nemesis seed 125, replicas=2, ids used again). An
+    answer about the task itself still ends it here."""
+    n1, _, _ = await three(cluster)
+    replicas = n1._replicas
+    replicas.taken[("jobs", "job")] = ("n3", "some-boot", 0.5)  # about an earlier task
+    await asyncio.sleep(1)
+    await n1.fill("jobs", "job", task_type=BOMB, run_after=1, life_span=3)
+    await asyncio.sleep(2)
+    assert runs(cluster, "job") == 1 and ("jobs", "job") not in replicas.taken
+    replicas.taken[("jobs", "again")] = ("n3", "some-boot", 0.5)
+    await n1.fill("jobs", "again", task_type=BOMB, run_after=5, life_span=8)
+    assert (await n1.drain("jobs", "again")).node_id == "n1"
+    task = (await n1.fill("jobs", "taken", task_type=BOMB, run_after=1, life_span=3)).task
+    assert task is not None
+    replicas.taken[("jobs", "taken")] = ("n3", cluster.groups["n3"].boot_id, task._filled)
+    await asyncio.sleep(2)
+    assert runs(cluster, "taken") == 0 and task.state is TaskState.HANDED_OFF
+
+
+async def test_word_passed_on_that_an_earlier_task_moved_does_not_end_the_next_one(
+        cluster: Cluster) -> None:
+    """A primary that holds word (passed on by a leaving holder, say) that
+    a backup took over its own earlier task of the id: the next task of the
+    id still runs here."""
+    n1, _, _ = await three(cluster)
+    asker = n1._members.members["n3"]
+    n1._backups.took_over(asker, "n1", [["jobs", "job"]], [], [n1.boot_id], [0.5])
+    assert ("jobs", "job", "n1") in n1._backups.moved
+    await asyncio.sleep(1)
+    await n1.fill("jobs", "job", task_type=BOMB, run_after=1, life_span=3)
+    await asyncio.sleep(2)
+    assert runs(cluster, "job") == 1

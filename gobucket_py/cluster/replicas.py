@@ -80,7 +80,9 @@ class Replicas:
         #: The stamp and deadline of the last task whose drop left holders
         #: in uncertain.
         self.uncertain_stamps: dict[tuple[str, str], tuple[float, float | None]] = {}
-        self.taken: dict[tuple[str, str], tuple[str, str]] = {}
+        #: ... the holder (node id, boot id) that had taken it over, and the
+        #: stamp of the task the answer was about (see took()).
+        self.taken: dict[tuple[str, str], tuple[str, str, float | None]] = {}
         #: Per holder: tasks whose drop (or "started") it missed while it was
         #: silent -- word went to other nodes as tombs, but its backup stays
         #: until its deadline unless it is told once it is back.
@@ -316,7 +318,7 @@ class Replicas:
         if dropping is not None:
             # Bounded, so the fill is answered in time; the drop goes on.
             done, _ = await asyncio.wait([dropping], timeout=self.group.config.settle_timeout)
-            if not done or key in self.uncertain or key in self.taken:
+            if not done or key in self.uncertain or self.took(key, task) is not None:
                 # Kept (its gate tells the silent ones again), and backed up
                 # anew: the drop may have reached the holders it had.
                 if task.state is TaskState.PENDING:
@@ -409,7 +411,7 @@ class Replicas:
                     key in self.uncertain or key in self._dropping
                     or self.group.buckets[key[0]].get(key[1]) is not None):
                 took = _promoter(answer)
-                self.taken[key] = took
+                self.taken[key] = (*took, missed[key])
                 self._follow(key, *took)
 
     # -- telling the backups ------------------------------------------------------------
@@ -453,7 +455,7 @@ class Replicas:
             # waiting before this gate, so it resumes first), and a holder
             # may answer that it took the task over.
             await asyncio.shield(dropping)
-        if self.taken.pop(key, None) is not None:
+        if self.took(key, task, pop=True) is not None:
             return False  # a drain's drop found that a backup took it over
         names = list(self.holders.pop(key, ()))
         names += [n for n in self.uncertain.get(key, ()) if n not in names]  # drain undone
@@ -466,7 +468,7 @@ class Replicas:
                         or self._start_drop(key, names, "started", task._filled,
                                             self.deadline(task)))
             await asyncio.shield(dropping)
-            if self.taken.pop(key, None) is not None:
+            if self.took(key, task, pop=True) is not None:
                 return False  # a backup took it over (this node was cut off)
             # Holders still silent stay in uncertain until they answer, so
             # a drain meanwhile knows it cannot be sure.
@@ -561,7 +563,7 @@ class Replicas:
             done, _ = await asyncio.wait([dropping], timeout=2 * self.group.config.request_timeout)
             if not done:
                 return None, False
-        took = self.taken.get(key)
+        took = self.took(key, task)
         if took is not None:
             member = self.group._members.members.get(took[0])
             if member is None or member.boot != took[1]:
@@ -591,7 +593,7 @@ class Replicas:
                 # silent holder) cannot say either: that holder may have it.
                 if (task.type is TaskType.TIME_BOMB
                         and (alone or key in self.uncertain or key in self._dropping
-                             or key in self.taken)
+                             or self.took(key, task) is not None)
                         and bucket.take_pending(task.id) is not None):
                     self._left_to_backups(task)
                     # Its backups stay: no drop is sent (task_ended would).
@@ -667,7 +669,7 @@ class Replicas:
         took = [_promoter(a) for a in answers if a.startswith("promoted:")]
         backups, own = self.group._backups, (*key, self.group.node_id)
         passed_on = backups.moved.get(own)
-        if passed_on is not None and not backups.of("moved", own, self.group.boot_id):
+        if passed_on is not None and not backups.of("moved", own, self.group.boot_id, stamp):
             passed_on = None  # a takeover of an earlier incarnation's task of the id
         if passed_on is not None:  # a holder that left had taken it over
             took.append(_promoter(f"promoted:{passed_on}"))
@@ -714,8 +716,24 @@ class Replicas:
             self.uncertain.pop(key, None)
             self.uncertain_stamps.pop(key, None)
         if took:
-            self.taken[key] = took[0]
+            self.taken[key] = (*took[0], stamp)
             self._follow(key, *took[0])
+
+    def took(self, key: tuple[str, str], task: Task | None, *, pop: bool = False
+             ) -> tuple[str, str] | None:
+        """The holder (node id, boot id) that had taken the task ``key``
+        over -- ``task``, or (None) the last one drained here -- if a
+        holder's answer said so; ``pop``: forget it. An answer about an
+        earlier task of the id is no answer about ``task``: it is dropped
+        (the new task's gate would end it HANDED_OFF, run nowhere)."""
+        got = self.taken.get(key)
+        if got is None:
+            return None
+        node, boot, stamp = got
+        stale = task is not None and stamp is not None and stamp < task._filled
+        if stale or pop:
+            del self.taken[key]
+        return None if stale else (node, boot)
 
     def _all_heard(self, silent: list[str], heard: set[str]) -> bool:
         """Has every node of the cluster but the silent (gone) holders taken
