@@ -626,9 +626,15 @@ class Backups:
                 continue  # its life span is over: it can no longer run
             if (bucket, task_id) in self._conceded:
                 continue  # a holder with a lower id asked meanwhile: it takes it over
-            if ((bucket, task_id, node) in self.tombs
-                    and not self._older("tombs", (bucket, task_id, node), boot, stamp)):
+            key = (bucket, task_id, node)
+            if key in self.tombs and not self._older("tombs", key, boot, stamp):
                 continue  # its primary told this node meanwhile that it started or was drained
+            if ((key in self.moved and not self._older("moved", key, boot, stamp))
+                    or (key in self.promoted and not self._older("promoted", key, boot, stamp))):
+                # Another holder took it over already (this node was told,
+                # or a leaving one passed it on), or this one did: the word
+                # it would answer another holder's check with.
+                continue
             local = group.buckets[bucket]
             try:
                 data = None if payload == PACKED_NONE else group.codec.unpack(payload)
