@@ -1214,3 +1214,12 @@ async def test_a_holder_that_holds_word_of_a_takeover_does_not_take_the_task_ove
     assert b._take_over("n9", [("jobs", "job", backup(1.0))]) == []
     assert "job" not in n3.buckets["jobs"]
     assert b._take_over("n9", [("jobs", "job", backup(2.0))]) == [["jobs", "job"]]
+    # Its own takeover of that task, then the primary restarted (boot10)
+    # and filled the id again: that new task is taken over as well.
+    n3.buckets["jobs"].drain_many_nowait(["job"])
+    assert ("jobs", "job", "n9") in b.promoted
+    again = ("n9", "boot10", "n9", PACKED_NONE, 0.0, 1e9, 0.5, ("n1", "n3"))
+    assert b._take_over("n9", [("jobs", "job", again)]) == [["jobs", "job"]]
+    n3.buckets["jobs"].drain_many_nowait(["job"])
+    # (Its words are about two incarnations now: they answer for every task.)
+    assert b._take_over("n9", [("jobs", "job", backup(1.5))]) == []

@@ -629,11 +629,12 @@ class Backups:
             key = (bucket, task_id, node)
             if key in self.tombs and not self._older("tombs", key, boot, stamp):
                 continue  # its primary told this node meanwhile that it started or was drained
-            if ((key in self.moved and not self._older("moved", key, boot, stamp))
-                    or (key in self.promoted and not self._older("promoted", key, boot, stamp))):
-                # Another holder took it over already (this node was told,
-                # or a leaving one passed it on), or this one did: the word
-                # it would answer another holder's check with.
+            if ((key in self.moved and self.of("moved", key, boot, stamp))
+                    or (key in self.promoted and self.of("promoted", key, boot, stamp))):
+                # Another holder took this task over already (this node was
+                # told, or a leaving one passed it on), or this one did. (Not
+                # word about another incarnation's task of the id, or an
+                # earlier one's.)
                 continue
             local = group.buckets[bucket]
             try:

@@ -407,9 +407,9 @@ class Replicas:
         for key, answer in zip(keys, answers, strict=True):
             # It took the task over while this node could not reach it: a
             # gate or drain still deciding must learn it (as from _drop).
-            if answer.startswith("promoted:") and key not in self.taken and (
-                    key in self.uncertain or key in self._dropping
-                    or self.group.buckets[key[0]].get(key[1]) is not None):
+            live = self.group.buckets[key[0]].get(key[1])
+            if answer.startswith("promoted:") and self.took(key, live) is None and (
+                    key in self.uncertain or key in self._dropping or live is not None):
                 took = _promoter(answer)
                 self.taken[key] = (*took, missed[key])
                 self._follow(key, *took)
