@@ -1083,7 +1083,7 @@ async def test_a_holder_asked_by_a_lower_id_while_it_confirms_does_not_take_over
     id asking changes nothing."""
     _, _, n3 = await three(cluster)
     b = n3._backups
-    backup = ("n1", "old-boot", "n1", PACKED_NONE, 0.0, 1e9, 1.0, ("n2", "n3"))
+    backup = ("n1", "old-boot", "n1", PACKED_NONE, 0.0, 1e9, 1.0)
     b._confirming.add(("jobs", "job"))
     assert b.check("n9", "n1", None, [["jobs", "job"]]) == ["backup:n3"]
     assert not b._conceded
@@ -1209,7 +1209,7 @@ async def test_a_holder_that_holds_word_of_a_takeover_does_not_take_the_task_ove
     b.took_over(asker, "n9", [["jobs", "job"]], [], ["boot9"], [1.0])
 
     def backup(stamp: float) -> Any:
-        return ("n9", "boot9", "n9", PACKED_NONE, 0.0, 1e9, stamp, ("n1", "n3"))
+        return ("n9", "boot9", "n9", PACKED_NONE, 0.0, 1e9, stamp)
 
     assert b._take_over("n9", [("jobs", "job", backup(1.0))]) == []
     assert "job" not in n3.buckets["jobs"]
@@ -1218,7 +1218,7 @@ async def test_a_holder_that_holds_word_of_a_takeover_does_not_take_the_task_ove
     # and filled the id again: that new task is taken over as well.
     n3.buckets["jobs"].drain_many_nowait(["job"])
     assert ("jobs", "job", "n9") in b.promoted
-    again = ("n9", "boot10", "n9", PACKED_NONE, 0.0, 1e9, 0.5, ("n1", "n3"))
+    again = ("n9", "boot10", "n9", PACKED_NONE, 0.0, 1e9, 0.5)
     assert b._take_over("n9", [("jobs", "job", again)]) == [["jobs", "job"]]
     n3.buckets["jobs"].drain_many_nowait(["job"])
     # (Its words are about two incarnations now: they answer for every task.)

@@ -4,7 +4,7 @@ With ``replicas=k`` a node that accepts a time-bomb (its *primary*) places k
 backups on other nodes (:mod:`.replicas`). A backup is a compact tuple: the
 packed task, its due time and deadline on this node's loop clock (the times
 travel as seconds relative to receipt), and who holds the task: primary node
-id and boot id, the task's origin, its stamp, and its holders in rank order.
+id and boot id, the task's origin and its stamp.
 
 A backup is dropped when its primary says the task started or was drained
 (``BACKUP_NOTE``), when its deadline passes, or when the primary leaves
@@ -69,12 +69,12 @@ __all__ = ["Backups", "majority", "unknown"]
 
 log = logging.getLogger("gobucket_py")
 
-#: ``(primary, primary boot, origin, packed data, due, deadline, stamp,
-#: holders)``; due and deadline in this node's loop time; the stamp is the
-#: task's fill time on the primary's loop clock (None from a node of an
-#: earlier version); the holders in rank order (this node's rank is its
-#: place there: it is not kept apart, a slot less per backup).
-Backup = tuple[str, str, str, bytes, float, float, float | None, tuple[str, ...]]
+#: ``(primary, primary boot, origin, packed data, due, deadline, stamp)``;
+#: due and deadline in this node's loop time; the stamp is the task's fill
+#: time on the primary's loop clock (None from a node of an earlier
+#: version). (The batch also names the task's holders, in rank order: not
+#: kept, as with two copies the lower node id takes the task over.)
+Backup = tuple[str, str, str, bytes, float, float, float | None]
 
 #: Tombstones are kept this long (s) -- after their task's deadline, where
 #: the primary said when that is (word left for a silent holder: its stale
@@ -84,9 +84,6 @@ TOMB_KEEP = 600.0
 _MAX_TOMBS = 100_000
 #: At most this many records of each kind are passed on by a leaving node.
 _BEQUEST = 20_000
-
-#: Holder names cached for sharing (bounded: any peer may send any name).
-_MAX_NAMES = 1024
 
 
 def unknown(group: TaskBucketGroup) -> int:
@@ -178,8 +175,6 @@ class Backups:
         # Primaries whose backups wait for this node to see a majority.
         self._waiting: dict[str, str | None] = {}
         self._retry: asyncio.TimerHandle | None = None
-        # Holder node id -> the one-holder tuple records share.
-        self._singles: dict[str, tuple[str, ...]] = {}
 
     def __len__(self) -> int:
         return sum(map(len, self.records.values()))
@@ -213,11 +208,8 @@ class Backups:
         where: dict[tuple[str, str], Backup] = {}
         keys: list[tuple[str, str]] = []
         limit = 0
-        singles = self._singles
-        if len(singles) > _MAX_NAMES:
-            singles.clear()
         each_stamp = itertools.repeat(None, len(items)) if stamps is None else stamps
-        for (bucket, task_id, payload, run_after, life_span, origin, _, holders), stamp in zip(
+        for (bucket, task_id, payload, run_after, life_span, origin, _, _), stamp in zip(
                 items, each_stamp, strict=True):
             if bucket != last_bucket:
                 local = buckets.get(bucket)
@@ -243,17 +235,7 @@ class Backups:
                 verdicts.append("dropped")  # a late copy of an earlier task's backup
                 continue
             deadline = now + life_span
-            # Names shared across records, not a copy per backup (decoded
-            # strings are new objects): about 100 bytes less per backup.
-            names: tuple[str, ...] | None
-            if len(holders) == 1:
-                names = singles.get(holders[0])
-                if names is None:
-                    names = singles[holders[0]] = (intern(holders[0]),)
-            else:
-                names = tuple(map(intern, holders))
-            where[key] = (node, boot, intern(origin), payload, now + run_after, deadline, stamp,
-                          names)
+            where[key] = (node, boot, intern(origin), payload, now + run_after, deadline, stamp)
             keys.append(key)
             if deadline > latest:
                 latest = deadline
@@ -621,7 +603,7 @@ class Backups:
         now = asyncio.get_running_loop().time()
         took: list[list[str]] = []
         for bucket, task_id, backup in chosen:
-            _, boot, origin, payload, due, deadline, stamp, _ = backup
+            _, boot, origin, payload, due, deadline, stamp = backup
             if deadline <= now:
                 continue  # its life span is over: it can no longer run
             if (bucket, task_id) in self._conceded:
