@@ -351,8 +351,7 @@ class Backups:
         """A primary restarted (``restarted``: its backups are those of
         other boots) or was declared dead: take its tasks over (a dead one
         after ``promote_after``, if it is still dead then)."""
-        cfg = self.group.config
-        delay = cfg.lost_after if cfg.promote_after is None else cfg.promote_after
+        delay = self.promote_delay()
         if restarted or not delay:
             self._waiting[member.node_id] = None if restarted else member.boot
             self._promote_waiting()
@@ -360,9 +359,26 @@ class Backups:
             asyncio.get_running_loop().call_later(delay, self._still_dead, member.node_id,
                                                   member.boot)
 
+    def promote_delay(self) -> float:
+        """How long this node holds a primary dead before it takes its tasks
+        over (``promote_after``, by default ``lost_after``). Nodes of one
+        cluster are meant to share it (README, known limits)."""
+        cfg = self.group.config
+        return cfg.lost_after if cfg.promote_after is None else cfg.promote_after
+
+    def _dead_long_enough(self, member: Member) -> bool:
+        """Has ``member`` been dead ``promote_after`` in its current death?
+        (A timer armed by an earlier one may fire within a later, shorter
+        one; the primary counts on a takeover coming no sooner than
+        ``promote_after`` after it was last heard: see
+        ``replicas._died_early``.)"""
+        now = asyncio.get_running_loop().time()
+        return now >= member.state_since + self.promote_delay()
+
     def _still_dead(self, node: str, boot: str) -> None:
         member = self.group._members.members.get(node)
-        if member is not None and member.boot == boot and member.state is MemberState.DEAD:
+        if (member is not None and member.boot == boot and member.state is MemberState.DEAD
+                and self._dead_long_enough(member)):  # (else its own timer comes)
             self._waiting[node] = boot
             self._promote_waiting()
 
@@ -385,8 +401,9 @@ class Backups:
             if member is None:
                 continue
             if lost_boot is not None and (member.state is not MemberState.DEAD
-                                          or member.boot != lost_boot):
-                continue  # it came back after all
+                                          or member.boot != lost_boot
+                                          or not self._dead_long_enough(member)):
+                continue  # it came back after all (dead again: that death's timer comes)
             self._promote(node, lost_boot, member.boot)
 
     def _promote(self, node: str, lost_boot: str | None, new_boot: str) -> None:

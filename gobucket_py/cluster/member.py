@@ -70,6 +70,8 @@ class Member:
     heard_at: float | None = None
     #: Loop time of the last state change.
     state_since: float = 0.0
+    #: Loop time this node first heard of the peer's current boot.
+    met_at: float = 0.0
     #: The state before the last change (None: none yet, or a new life).
     was: MemberState | None = None
     #: Dead for ``lost_after`` seconds with the same boot id: presumed lost.

@@ -319,7 +319,7 @@ class Membership:
         if member is None:
             member = Member(h.node_id, h.addr, h.boot, h.incarnation,
                             state=MemberState.LEFT if h.leaving else MemberState.ALIVE)
-            member.state_since = now
+            member.state_since = member.met_at = now
             self.members[h.node_id] = member
             self._suspicions.arm(member)
             self._broadcast(member)
@@ -335,6 +335,7 @@ class Membership:
                         "old_addr=%s was=%s", self.node_id, h.node_id, h.addr, member.addr,
                         was.value)
             member.boot = h.boot
+            member.met_at = now
             member.addr = h.addr
             member.incarnation = h.incarnation
             member.inflight.clear()

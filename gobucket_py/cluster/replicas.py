@@ -479,7 +479,13 @@ class Replicas:
                 if keepalive is not None:
                     keepalive.waits()
                 await asyncio.sleep(group.config.probe_interval)
-        return True
+                # Read again: one that restarted meanwhile is named gone now
+                # (its new boot, asked as the holder, would answer for the
+                # old). A drain's drop may have taken them meanwhile: then
+                # the next round waits for it.
+                names = list(self.uncertain.get(key, ())) or (
+                    names if key in self._dropping else [])
+        return self.took(key, task, pop=True) is None  # (a drain's drop may have learned it)
 
     def _left_to_backups(self, task: Task) -> bool:
         """A stopping node that cannot learn whether a backup took a due task
@@ -656,7 +662,9 @@ class Replicas:
         # the word left for a silent one is kept past the deadline, below.)
         answers = await asyncio.gather(*(self.notes.tell(node, op, *key, boots.get(node), stamp)
                                          for node in names))
-        silent = [n for n, a in zip(names, answers, strict=True) if a == "gone"]
+        # (Not one whose old boot died before it could take the task over.)
+        silent = [n for n, a in zip(names, answers, strict=True) if a == "gone"
+                  and not self._gone_early(n, stamp)]
         for node in silent:  # told again once it is back (see holder_back)
             if _is_gone(node):
                 continue  # gone for good (see holder_gone)
@@ -744,6 +752,17 @@ class Replicas:
                    for m in self.group._members.members.values()
                    if m.state is not MemberState.LEFT)
 
+    def _gone_early(self, name: str, stamp: float | None) -> bool:
+        """Is ``name`` a holder of the task stamped ``stamp`` that restarted,
+        whose new boot this node met before any holder could have taken the
+        task over (:func:`_died_early`)? Its old boot died with its backup,
+        having taken nothing over: it is settled."""
+        if stamp is None or not _is_gone(name):
+            return False
+        member = self.group._members.members.get(name[:-len(" (gone)")])
+        return (member is not None and member.state is not MemberState.LEFT
+                and _died_early(member, stamp, self.group._backups.promote_delay()))
+
     def _never_doubted(self, key: tuple[str, str]) -> bool:
         """Has this node not had to refute a suspicion of itself since the
         task ``key`` came here?"""
@@ -828,6 +847,15 @@ class Replicas:
                 holder in self.holders.get(key, ())
                 or any(node == holder for node, _ in self.former.get(key, ())))) else "drop")
         return answers
+
+
+def _died_early(member: Member, stamp: float, promote_after: float) -> bool:
+    """Did this node meet ``member``'s current boot before any holder could
+    have taken over a task stamped ``stamp``? A holder heard from this node
+    when it took the backup, and takes a task over only once it has held
+    this node dead ``promote_after``; the boot before the current one had
+    died by the time this one was met."""
+    return member.met_at <= stamp + promote_after
 
 
 def _gone(node: str) -> str:

@@ -1,0 +1,141 @@
+"""A holder that restarts while the primary waits for its answer.
+
+Its new boot cannot answer for the old one, which may have taken the task
+over: it is asked as gone, and only word left with a majority settles the
+task -- unless the old boot died before any takeover was possible. Found by
+the nemesis (seed 849 with ``replicas=1`` and ``promote_after=0``: a new boot
+answered "ok" for the old one's backup, and the task ran twice; and seeds
+892 (``replicas=1``), 485 and 768 (``replicas=2``), where the first fix left
+drains "unknown" for holders that restarted seconds after the task came).
+
+In-memory cluster, faked loop clock; ``notes.tell`` is replaced to script the
+answers, as in ``test_replicas``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gobucket_py import TaskBucketGroup, TaskType
+
+from .test_cluster import Cluster
+from .test_replicas import backups_of, three
+
+pytestmark = pytest.mark.looptime
+
+BOMB = TaskType.TIME_BOMB
+
+Told = list[tuple[str, str, str | None]]
+
+
+def script(group: TaskBucketGroup, told: Told, answer: dict[tuple[str, str | None], str]
+           ) -> None:
+    """Answer each note from ``answer`` by (node, boot), else "gone"."""
+
+    async def tell(node: str, op: str, bucket: str, task_id: str, boot: str | None = None,
+                   stamp: float | None = None, deadline: float | None = None) -> str:
+        told.append((node, op, boot))
+        return answer.get((node, boot), answer.get((node, "*"), "gone"))
+
+    group._replicas.notes.tell = tell  # type: ignore[method-assign]
+
+
+def promote_delay(group: TaskBucketGroup) -> float:
+    cfg = group.config
+    return cfg.lost_after if cfg.promote_after is None else cfg.promote_after
+
+
+async def test_a_holder_whose_new_boot_came_before_a_takeover_was_possible_is_settled(
+        cluster: Cluster) -> None:
+    """The holder restarted (it is asked as gone) and no other node takes
+    the word: still, if this node met the holder's new boot before any
+    holder could have taken the task over (a takeover waits
+    ``promote_after`` after the holder last heard from this node, which was
+    when it took the backup), the old boot died with its backup and took
+    nothing over: the drop is settled, and nothing stays "unknown"."""
+    n1, _, _ = await three(cluster)
+    after = promote_delay(n1)
+    assert after > 1
+    for task_id, met, settled in (("early", after - 0.5, True), ("late", after + 0.5, False)):
+        await n1.fill("jobs", task_id, task_type=BOMB, run_after=100, life_span=200)
+        task = n1.buckets["jobs"].get(task_id)
+        assert task is not None
+        [holder] = backups_of(cluster, task_id)
+        n1._members.members[holder].met_at = task._filled + met
+        told: Told = []
+        script(n1, told, {})  # nobody answers but "gone"
+        gone = f"{holder} (gone)"
+        await n1._replicas._drop(("jobs", task_id), [gone], "drop", task._filled,
+                                 task._filled + 200)
+        assert n1._replicas.uncertain.get(("jobs", task_id), []) == ([] if settled
+                                                                      else [gone]), task_id
+
+
+async def test_a_gate_asks_a_holder_that_restarted_while_it_waited_as_gone(
+        cluster: Cluster) -> None:
+    """The gate waits for a silent holder; meanwhile the holder restarts.
+    The next round must ask it as gone: its new boot (asked by the name it
+    had) answers "ok" for a backup it never held, and the task ran although
+    the old boot may have taken it over (nemesis seed 849, replicas=1)."""
+    n1, _, _ = await three(cluster)
+    await n1.fill("jobs", "job", task_type=BOMB, run_after=100, life_span=200)
+    task = n1.buckets["jobs"].get("job")
+    assert task is not None
+    [holder] = backups_of(cluster, "job")
+    member = n1._members.members[holder]
+    old = member.boot
+    told: Told = []
+    # The old boot is silent, the other node does not answer either: no
+    # word is left, the gate waits. A new boot answers "ok" to anything.
+    script(n1, told, {(holder, "new-boot"): "ok"})
+    gate = asyncio.ensure_future(n1._replicas._gate(task, None))
+    await asyncio.sleep(0.01)
+    assert (holder, "started", old) in told and not gate.done()
+    assert n1._replicas.uncertain[("jobs", "job")] == [holder]
+    # It restarts once a takeover was possible (it was cut off long
+    # enough), and this node learns it.
+    await asyncio.sleep(promote_delay(n1))
+    member.boot = "new-boot"
+    member.met_at = asyncio.get_running_loop().time()
+    n1._replicas.holder_gone(holder)
+    await asyncio.sleep(5 * n1.config.probe_interval)
+    assert (holder, "started", "new-boot") not in told
+    assert not gate.done()  # still waiting: nobody can say whether it moved
+    assert n1._replicas.uncertain[("jobs", "job")] == [f"{holder} (gone)"]
+    gate.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gate
+
+
+async def test_a_takeover_waits_promote_after_in_the_primarys_latest_death(
+        cluster: Cluster) -> None:
+    """The primary is declared dead, comes back, and is declared dead again
+    shortly before the first death's ``promote_after`` is up: the timer of
+    the first death must not take its task over then (it would come sooner
+    than ``promote_after`` after the holder last heard from the primary,
+    which the primary counts on); the latest death's timer does."""
+    n1, _, _ = await three(cluster)
+    await n1.fill("jobs", "job", task_type=BOMB, run_after=100, life_span=200)
+    [holder] = backups_of(cluster, "job")
+    h = cluster.groups[holder]
+    after = promote_delay(h)
+    cut = cluster.net.stall("n1")
+    while h._members.members["n1"].state.value != "dead":
+        await asyncio.sleep(0.05)
+    first = asyncio.get_running_loop().time()
+    await asyncio.sleep(after / 2)
+    cut.heal()
+    while h._members.members["n1"].state.value != "alive":
+        await asyncio.sleep(0.05)
+    cut = cluster.net.stall("n1")
+    while h._members.members["n1"].state.value != "dead":
+        await asyncio.sleep(0.05)
+    second = asyncio.get_running_loop().time()
+    assert second < first + after - 0.5
+    await asyncio.sleep(first + after + 0.2 - second)
+    assert "job" not in h.buckets["jobs"]  # the first death's timer: not yet
+    await asyncio.sleep(second + after + 1 - asyncio.get_running_loop().time())
+    assert "job" in h.buckets["jobs"]  # the latest death's: taken over
+    cut.heal()
