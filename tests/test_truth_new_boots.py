@@ -21,7 +21,7 @@ import pytest
 from gobucket_py import TaskBucketGroup, TaskType
 
 from .test_cluster import Cluster
-from .test_replicas import backups_of, three
+from .test_replicas import backups_of, crash, three
 
 pytestmark = pytest.mark.looptime
 
@@ -139,3 +139,65 @@ async def test_a_takeover_waits_promote_after_in_the_primarys_latest_death(
     await asyncio.sleep(second + after + 1 - asyncio.get_running_loop().time())
     assert "job" in h.buckets["jobs"]  # the latest death's: taken over
     cut.heal()
+
+
+async def test_a_holder_that_restarted_early_lets_the_gate_run_the_task(
+        cluster: Cluster) -> None:
+    """The gate waits for a silent holder and no other node answers; the
+    holder is killed and comes back (a real restart: this node meets its
+    new boot through membership) within ``promote_after`` of the fill. Its
+    old boot died before it could take the task over, so the task runs,
+    once, instead of waiting at its gate for good."""
+    n1, _, _ = await three(cluster)
+    await n1.fill("jobs", "job", task_type=BOMB, run_after=1, life_span=60)
+    task = n1.buckets["jobs"].get("job")
+    assert task is not None
+    [holder] = backups_of(cluster, "job")
+    told: Told = []
+    script(n1, told, {})  # nobody answers
+    await asyncio.sleep(1.5)
+    assert task.state.value == "pending" and n1._replicas.uncertain[("jobs", "job")] == [holder]
+    await crash(cluster, holder)
+    await cluster.add(holder, max_bucket=50, replicas=1)
+    await asyncio.sleep(1)
+    member = n1._members.members[holder]
+    now = asyncio.get_running_loop().time()
+    assert task._filled < member.met_at <= now  # met through membership
+    assert member.met_at < task._filled + promote_delay(n1)
+    assert (holder, "started", member.boot) not in told  # the new boot is not asked
+    assert ("jobs", "job") not in n1._replicas.uncertain
+    assert cluster.fired().count("job") == 1
+
+
+async def test_a_holder_left_by_an_earlier_task_of_the_id_is_judged_by_that_ones_stamp(
+        cluster: Cluster) -> None:
+    """A drain of task A leaves its holder silent; the holder restarts late
+    for A (after a takeover of A was possible). Task B of the same id is
+    stamped later, and the restart is early for B -- but the holder left
+    in uncertain held A's backup, whose old boot may have taken A over:
+    B's drop must not settle it (a holder of B's alone is judged by B's)."""
+    n1, _, _ = await three(cluster)
+    after = promote_delay(n1)
+    await n1.fill("jobs", "job", task_type=BOMB, run_after=100, life_span=200)
+    task = n1.buckets["jobs"].get("job")
+    assert task is not None
+    [holder] = backups_of(cluster, "job")
+    s1 = task._filled
+    told: Told = []
+    script(n1, told, {})  # nobody answers
+    replicas = n1._replicas
+    await replicas._drop(("jobs", "job"), [holder], "drop", s1, s1 + 200)
+    assert replicas.uncertain[("jobs", "job")] == [holder]
+    member = n1._members.members[holder]
+    member.boot, member.met_at = "new-boot", s1 + after + 0.5  # late for A
+    replicas.holder_gone(holder)
+    gone = f"{holder} (gone)"
+    s2 = s1 + after  # B: the restart is early for it
+    # B's own holder (the other node) restarted early for B, too: it held
+    # only B's backup, so it settles; A's does not.
+    [other] = {"n2", "n3"} - {holder}
+    peer = n1._members.members[other]
+    peer.boot, peer.met_at = "new-boot-2", s2 + 1
+    await replicas._drop(("jobs", "job"), [gone, f"{other} (gone)"], "drop", s2, s2 + 200)
+    assert replicas.uncertain[("jobs", "job")] == [gone]
+    assert replicas.uncertain_since[("jobs", "job")] == {holder: s1}

@@ -172,8 +172,10 @@ class Backups:
         # Of those, the ones a holder with a lower id asked about meanwhile:
         # it takes them over (see check), this node must not.
         self._conceded: set[tuple[str, str]] = set()
-        # Primaries whose backups wait for this node to see a majority.
-        self._waiting: dict[str, str | None] = {}
+        # Primaries whose backups wait for this node to see a majority: the
+        # boot that died (None: it restarted) and when that death began
+        # (None: promoted at once), so a later death does not count.
+        self._waiting: dict[str, tuple[str | None, float | None]] = {}
         self._retry: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
@@ -353,11 +355,15 @@ class Backups:
         after ``promote_after``, if it is still dead then)."""
         delay = self.promote_delay()
         if restarted or not delay:
-            self._waiting[member.node_id] = None if restarted else member.boot
+            self._waiting[member.node_id] = (None if restarted else member.boot, None)
             self._promote_waiting()
         else:
+            # Timed from this death: a timer armed by an earlier one must not
+            # take over within a later, shorter one (the primary counts on a
+            # takeover no sooner than ``promote_after`` after it was last
+            # heard: see ``replicas._died_early``).
             asyncio.get_running_loop().call_later(delay, self._still_dead, member.node_id,
-                                                  member.boot)
+                                                  member.boot, member.state_since)
 
     def promote_delay(self) -> float:
         """How long this node holds a primary dead before it takes its tasks
@@ -366,20 +372,11 @@ class Backups:
         cfg = self.group.config
         return cfg.lost_after if cfg.promote_after is None else cfg.promote_after
 
-    def _dead_long_enough(self, member: Member) -> bool:
-        """Has ``member`` been dead ``promote_after`` in its current death?
-        (A timer armed by an earlier one may fire within a later, shorter
-        one; the primary counts on a takeover coming no sooner than
-        ``promote_after`` after it was last heard: see
-        ``replicas._died_early``.)"""
-        now = asyncio.get_running_loop().time()
-        return now >= member.state_since + self.promote_delay()
-
-    def _still_dead(self, node: str, boot: str) -> None:
+    def _still_dead(self, node: str, boot: str, since: float) -> None:
         member = self.group._members.members.get(node)
         if (member is not None and member.boot == boot and member.state is MemberState.DEAD
-                and self._dead_long_enough(member)):  # (else its own timer comes)
-            self._waiting[node] = boot
+                and member.state_since == since):  # (dead again since: that one's timer comes)
+            self._waiting[node] = (boot, since)
             self._promote_waiting()
 
     def _promote_waiting(self) -> None:
@@ -396,13 +393,13 @@ class Backups:
             return
         members = group._members.members
         waiting, self._waiting = self._waiting, {}
-        for node, lost_boot in waiting.items():
+        for node, (lost_boot, since) in waiting.items():
             member = members.get(node)
             if member is None:
                 continue
             if lost_boot is not None and (member.state is not MemberState.DEAD
                                           or member.boot != lost_boot
-                                          or not self._dead_long_enough(member)):
+                                          or since not in (None, member.state_since)):
                 continue  # it came back after all (dead again: that death's timer comes)
             self._promote(node, lost_boot, member.boot)
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -70,8 +71,9 @@ class Member:
     heard_at: float | None = None
     #: Loop time of the last state change.
     state_since: float = 0.0
-    #: Loop time this node first heard of the peer's current boot.
-    met_at: float = 0.0
+    #: Loop time this node first heard of the peer's current boot (set by
+    #: ``Membership.heard``; a record made otherwise has met it "never").
+    met_at: float = math.inf
     #: The state before the last change (None: none yet, or a new life).
     was: MemberState | None = None
     #: Dead for ``lost_after`` seconds with the same boot id: presumed lost.

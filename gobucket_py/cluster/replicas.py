@@ -57,6 +57,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Replicas"]
 
+#: See _died_early.
+_MARGIN = 0.01
+
 #: Bound on the records of uncertain drops and taken-over tasks (each ~200 B).
 _MAX_KEPT = 100_000
 
@@ -80,6 +83,10 @@ class Replicas:
         #: The stamp and deadline of the last task whose drop left holders
         #: in uncertain.
         self.uncertain_stamps: dict[tuple[str, str], tuple[float, float | None]] = {}
+        #: ... and, per holder there (by node id), the earliest stamp of the
+        #: tasks it held a backup of (one left by an earlier task of the id
+        #: may hold that one's; None: one was not stamped): see _gone_early.
+        self.uncertain_since: dict[tuple[str, str], dict[str, float | None]] = {}
         #: ... the holder (node id, boot id) that had taken it over, and the
         #: stamp of the task the answer was about (see took()).
         self.taken: dict[tuple[str, str], tuple[str, str, float | None]] = {}
@@ -94,6 +101,8 @@ class Replicas:
         self._dropping: dict[tuple[str, str], asyncio.Future[Any]] = {}
         # Single fills waiting for this loop pass's placement: (bucket, origin).
         self._waiting: dict[tuple[str, str], list[tuple[Task, asyncio.Future[bool]]]] = {}
+        # Tasks whose gate waits for silent holders (kept in uncertain).
+        self._gating: set[tuple[str, str]] = set()
         # Tasks whose backups are being placed: the gate waits for them.
         self._placing: ByBucket[asyncio.Future[None]] = ByBucket()
         # Reschedules being sent to the backups: True if another came meanwhile.
@@ -423,9 +432,12 @@ class Replicas:
         forwarded one is told so, and keeps its route (a fill of the id
         again there comes here first; see ``ended.GateKeepalive``)."""
         keepalive = self.group._ended.keep_routed(task)
+        key = (task.bucket, task.id)
+        self._gating.add(key)
         try:
             return await self._gate(task, keepalive)
         finally:
+            self._gating.discard(key)
             if keepalive is not None:
                 keepalive.cancel()
 
@@ -460,6 +472,13 @@ class Replicas:
         names = list(self.holders.pop(key, ()))
         names += [n for n in self.uncertain.get(key, ()) if n not in names]  # drain undone
         names += self._former(key, names)
+        return await self._tell_started(task, key, names, keepalive)
+
+    async def _tell_started(self, task: Task, key: tuple[str, str], names: list[str],
+                            keepalive: GateKeepalive | None) -> bool:
+        """The gate's rounds: tell ``names`` the task starts, until every
+        holder answered or word covers the silent ones."""
+        group = self.group
         while names:
             # Told in a task of its own, which a drain that comes meanwhile
             # waits for (it cancels this runner, not the telling); one in
@@ -658,13 +677,18 @@ class Replicas:
         # Each holder as the incarnation it is now: one that restarts while
         # this is told is gone (its new one must not answer for the old).
         boots = {n: m.boot for n in names if (m := members.get(n)) is not None}
+        # The earliest task each may hold a backup of (one left silent by an
+        # earlier task of the id: that one's), read before anything changes it.
+        prior = self.uncertain_since.get(key, {})
+        since = {_bare(n): _earliest(prior[_bare(n)], stamp) if _bare(n) in prior else stamp
+                 for n in names}
         # (No deadline: a holder keeps word it takes itself ``TOMB_KEEP``;
         # the word left for a silent one is kept past the deadline, below.)
         answers = await asyncio.gather(*(self.notes.tell(node, op, *key, boots.get(node), stamp)
                                          for node in names))
         # (Not one whose old boot died before it could take the task over.)
         silent = [n for n, a in zip(names, answers, strict=True) if a == "gone"
-                  and not self._gone_early(n, stamp)]
+                  and not self._gone_early(n, since[_bare(n)])]
         for node in silent:  # told again once it is back (see holder_back)
             if _is_gone(node):
                 continue  # gone for good (see holder_gone)
@@ -703,7 +727,12 @@ class Replicas:
         for table in (self.uncertain, self.taken, self.uncertain_stamps):
             if len(table) > _MAX_KEPT:
                 for old in list(table)[:_MAX_KEPT // 2]:
-                    del table[old]
+                    if old not in self._gating:  # (a gate reads its silent holders there)
+                        del table[old]
+        if len(self.uncertain_since) > _MAX_KEPT:  # (goes with uncertain)
+            for old in [k for k in self.uncertain_since
+                        if k not in self.uncertain and k not in self._dropping]:
+                del self.uncertain_since[old]
         # A silent holder that restarted meanwhile is gone (holder_gone
         # renamed it in uncertain already, which this must not undo).
         silent = [_gone(n) if n in boots and (
@@ -714,6 +743,15 @@ class Replicas:
                    if n not in names and n not in silent]
         if silent:
             self.uncertain[key] = silent
+            # Only the silent ones, each with its earliest task (asked here,
+            # or as a concurrent drop left it).
+            kept = self.uncertain_since.get(key, {})
+            firsts: dict[str, float | None] = {}
+            for node in map(_bare, silent):
+                here, there = node in since, node in kept
+                firsts[node] = (_earliest(since[node], kept[node]) if here and there
+                                else since[node] if here else kept[node] if there else stamp)
+            self.uncertain_since[key] = firsts
             if stamp is not None:  # told again by a retry, once the task is gone
                 # (The latest stamp covers the earlier tasks; the deadline
                 # is the latest of theirs: the word must outlive each.)
@@ -723,6 +761,7 @@ class Replicas:
         else:
             self.uncertain.pop(key, None)
             self.uncertain_stamps.pop(key, None)
+            self.uncertain_since.pop(key, None)
         if took:
             self.taken[key] = (*took[0], stamp)
             self._follow(key, *took[0])
@@ -759,7 +798,7 @@ class Replicas:
         having taken nothing over: it is settled."""
         if stamp is None or not _is_gone(name):
             return False
-        member = self.group._members.members.get(name[:-len(" (gone)")])
+        member = self.group._members.members.get(_bare(name))
         return (member is not None and member.state is not MemberState.LEFT
                 and _died_early(member, stamp, self.group._backups.promote_delay()))
 
@@ -853,9 +892,20 @@ def _died_early(member: Member, stamp: float, promote_after: float) -> bool:
     """Did this node meet ``member``'s current boot before any holder could
     have taken over a task stamped ``stamp``? A holder heard from this node
     when it took the backup, and takes a task over only once it has held
-    this node dead ``promote_after``; the boot before the current one had
-    died by the time this one was met."""
-    return member.met_at <= stamp + promote_after
+    this node dead ``promote_after`` (``Backups.primary_gone``); the boot
+    before the current one had died by the time this one was met. (With a
+    margin for timers that fire early, uvloop's by up to a millisecond, and
+    for two processes' clocks running at rates a little apart.)"""
+    return member.met_at + _MARGIN <= stamp + promote_after
+
+
+def _bare(name: str) -> str:
+    """The node id of a holder's name (``_gone`` or not)."""
+    return name[:-len(" (gone)")] if _is_gone(name) else name
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else min(a, b)
 
 
 def _gone(node: str) -> str:
