@@ -347,6 +347,7 @@ class TimerWheel:
         now = self._loop.time()
         current = self._tick(now + _EARLY)  # a slot due by float rounding is due
         slots, ticks, fire = self._slots, self._ticks, self._fire
+        res, floor, due = self._res, math.floor, now + _EARLY
         carry: list[Task | str] = []
         budget = self.SLICE
         sliced = False
@@ -356,13 +357,21 @@ class TimerWheel:
             self._entries -= len(entries)
             for i, entry in enumerate(entries):
                 if not budget:  # a burst: the rest fires in the next loop turn
-                    self._put_back(tick, entries[i:])
+                    if type(entries) is list:
+                        # The slot's own list (popped above): drop what fired
+                        # in place, not copy the rest once per slice.
+                        del entries[:i]
+                        self._put_back(tick, entries)
+                    else:
+                        self._put_back(tick, entries[i:])
                     sliced = True
                     break
                 task = self._warmed(entry, tick) if isinstance(entry, str) else entry
-                if task is None or not self._valid(task, tick):
+                # (_valid, inline: this runs once per task fired)
+                if (task is None or task.state is not _PENDING or task._runner is not None
+                        or floor(task._run_at / res) != tick):
                     continue
-                if task._run_at <= now + _EARLY:
+                if task._run_at <= due:
                     self._live -= 1
                     budget -= 1
                     fire(task)  # sets task._runner, so a duplicate entry is skipped
