@@ -248,10 +248,6 @@ class TimerWheel:
         self._handle_when = when
         self._handle = self._loop.call_at(when, self._on_timer)
 
-    def _valid(self, task: Task, tick: int) -> bool:
-        return (task.state is _PENDING and task._runner is None
-                and self._tick(task._run_at) == tick)
-
     def _warmed(self, task_id: str, tick: int) -> Task | None:
         """The task a cold entry at ``tick`` stands for, thawed; None if the
         entry is stale (drained since, or a newer task with that id)."""
@@ -367,7 +363,8 @@ class TimerWheel:
                     sliced = True
                     break
                 task = self._warmed(entry, tick) if isinstance(entry, str) else entry
-                # (_valid, inline: this runs once per task fired)
+                # Still pending, not started, and still due in this tick (not
+                # drained or rescheduled since): inline, as it runs per task.
                 if (task is None or task.state is not _PENDING or task._runner is not None
                         or floor(task._run_at / res) != tick):
                     continue
@@ -444,7 +441,8 @@ class TimerWheel:
                     task = value  # thawed by a get: kept as the task
                 else:
                     task = entry
-                # (_valid, inlined: this runs over every entry)
+                # Still pending, not started, still due in this tick (inline:
+                # this runs over every entry).
                 if (task.state is _PENDING and task._runner is None
                         and floor(task._run_at / res) == tick and id(task) not in seen):
                     seen.add(id(task))
