@@ -368,7 +368,7 @@ class Backups:
     def promote_delay(self) -> float:
         """How long this node holds a primary dead before it takes its tasks
         over (``promote_after``, by default ``lost_after``). Nodes of one
-        cluster are meant to share it (README, known limits)."""
+        cluster are meant to share it (README, replicas)."""
         cfg = self.group.config
         return cfg.lost_after if cfg.promote_after is None else cfg.promote_after
 

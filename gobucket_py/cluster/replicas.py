@@ -680,8 +680,7 @@ class Replicas:
         # The earliest task each may hold a backup of (one left silent by an
         # earlier task of the id: that one's), read before anything changes it.
         prior = self.uncertain_since.get(key, {})
-        since = {_bare(n): _earliest(prior[_bare(n)], stamp) if _bare(n) in prior else stamp
-                 for n in names}
+        since = {node: _earliest(prior.get(node, stamp), stamp) for node in map(_bare, names)}
         # (No deadline: a holder keeps word it takes itself ``TOMB_KEEP``;
         # the word left for a silent one is kept past the deadline, below.)
         answers = await asyncio.gather(*(self.notes.tell(node, op, *key, boots.get(node), stamp)
@@ -748,9 +747,8 @@ class Replicas:
             kept = self.uncertain_since.get(key, {})
             firsts: dict[str, float | None] = {}
             for node in map(_bare, silent):
-                here, there = node in since, node in kept
-                firsts[node] = (_earliest(since[node], kept[node]) if here and there
-                                else since[node] if here else kept[node] if there else stamp)
+                first = since.get(node, kept.get(node, stamp))
+                firsts[node] = _earliest(first, kept.get(node, first))
             self.uncertain_since[key] = firsts
             if stamp is not None:  # told again by a retry, once the task is gone
                 # (The latest stamp covers the earlier tasks; the deadline
