@@ -429,6 +429,33 @@ async def test_restart_on_the_same_address_is_always_a_restart(mesh: Mesh) -> No
     assert n1.restarts == [("x", MemberState.ALIVE)]
 
 
+async def test_a_late_message_from_an_earlier_boot_is_not_a_restart(mesh: Mesh) -> None:
+    # A message the old process sent before it died (a reply in flight, a
+    # request left in a socket buffer during a stall) read after its new boot
+    # was heard: it must not be taken for a restart back to the old boot --
+    # that would tell the replicas the live new boot is gone, and let them
+    # take its tasks over while it runs them.
+    n1 = await mesh.add("n1", seeds=[])
+    old = await mesh.add("a", node_id="x")
+    await asyncio.sleep(1)
+    late = old.m.header()  # sent before the kill, read after the restart
+    await mesh.kill("a")
+    new = await mesh.add("a", node_id="x")
+    assert n1.m.members["x"].boot == new.boot and n1.restarts == [("x", MemberState.ALIVE)]
+    with pytest.raises(ProtocolError, match=f"earlier boot {old.boot}"):
+        n1.m.heard(late)
+    member = n1.m.members["x"]
+    assert member.boot == new.boot and member.addr == "a"
+    assert n1.restarts == [("x", MemberState.ALIVE)]  # one restart, not two
+    await asyncio.sleep(3)  # the new boot is still taken for alive, and only once
+    assert n1.state("x") is MemberState.ALIVE and len(n1.restarts) == 1
+    # The same from another address (it had moved): refused the same way.
+    late[2] = "elsewhere"
+    with pytest.raises(ProtocolError, match="earlier boot"):
+        n1.m.heard(late)
+    assert n1.m.members["x"].boot == new.boot and len(n1.restarts) == 1
+
+
 async def test_restart_on_a_new_address_after_leaving_is_a_restart(mesh: Mesh) -> None:
     n1 = await mesh.add("n1", seeds=[])
     await mesh.add("a", node_id="x")

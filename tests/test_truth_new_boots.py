@@ -15,13 +15,14 @@ answers, as in ``test_replicas``.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
 from gobucket_py import TaskBucketGroup, TaskType
 
 from .test_cluster import Cluster
-from .test_replicas import backups_of, crash, three
+from .test_replicas import backups_of, crash, runs, three
 
 pytestmark = pytest.mark.looptime
 
@@ -201,3 +202,43 @@ async def test_a_holder_left_by_an_earlier_task_of_the_id_is_judged_by_that_ones
     await replicas._drop(("jobs", "job"), [gone, f"{other} (gone)"], "drop", s2, s2 + 200)
     assert replicas.uncertain[("jobs", "job")] == [gone]
     assert replicas.uncertain_since[("jobs", "job")] == {holder: s1}
+
+
+async def test_a_late_message_from_the_primarys_old_boot_does_not_hand_its_tasks_over(
+        cluster: Cluster, caplog: pytest.LogCaptureFixture) -> None:
+    """n1's old boot sent messages to the holders just before it was killed;
+    they arrive (a slow link) after its new boot was heard and had filled
+    tasks of its own, backed up on those holders. Read as a restart back to
+    the old boot, they would tell the holders the new boot is gone, and the
+    holders would take its live tasks over (only the primary's start gate
+    would then keep each from running twice)."""
+    caplog.set_level(logging.INFO, logger="gobucket_py")
+    n1, _, _ = await three(cluster, replicas=2)
+    slow = [cluster.net.delay("n1", peer, 3.0) for peer in ("n2", "n3")]
+    await asyncio.sleep(0.5)  # its probes and acks are on the slow links now
+    await crash(cluster, "n1")
+    new = await cluster.add("n1", max_bucket=50, replicas=2)
+    for fault in slow:
+        fault.heal()  # the new boot's messages go fast; the old ones are still on their way
+    await cluster.settle()
+    for peer in ("n2", "n3"):
+        assert cluster.groups[peer]._members.members["n1"].boot == new.boot_id
+    ids = [f"job-{i}" for i in range(4)]
+    for task_id in ids:
+        placed = await new.fill("jobs", task_id, task_type=BOMB, run_after=10, life_span=20)
+        assert placed.node_id == "n1"
+        assert sorted(backups_of(cluster, task_id)) == ["n2", "n3"]
+    await asyncio.sleep(15)  # the old messages arrived (at 3.0-3.5 s); the tasks are due
+    for peer in ("n2", "n3"):
+        assert cluster.groups[peer]._members.members["n1"].boot == new.boot_id
+    assert [runs(cluster, task_id) for task_id in ids] == [1, 1, 1, 1]
+    # Run by their primary, not taken over (the primary's gate kept them
+    # from running twice, but a holder had taken them from a live node).
+    ran_on_n1 = [t for h, t, _ in cluster.recorders["n1"].calls if h == "execute"]
+    assert sorted(ran_on_n1) == ids
+    restarts = [r.getMessage() for r in caplog.records
+                if "event=peer_restarted" in r.getMessage() and "peer=n1 " in r.getMessage()]
+    assert len(restarts) == 2, restarts  # once at n2, once at n3: no flip back and forth
+    assert not [r for r in caplog.records if "event=tasks_promoted" in r.getMessage()]
+    stale = [r.getMessage() for r in caplog.records if "event=stale_boot" in r.getMessage()]
+    assert stale and all(f"boot={n1.boot_id} current_boot={new.boot_id}" in m for m in stale)

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-__all__ = ["ChangeCallback", "Member", "MemberCallback", "MemberState", "PeerInfo",
-           "RestartCallback"]
+__all__ = ["RETIRED_BOOTS", "ChangeCallback", "Member", "MemberCallback", "MemberState",
+           "PeerInfo", "RestartCallback"]
 
 
 class MemberState(StrEnum):
@@ -51,6 +51,10 @@ class PeerInfo:
     lost: bool = False
 
 
+#: How many of a peer's earlier boot ids :attr:`Member.retired` keeps.
+RETIRED_BOOTS = 8
+
+
 @dataclass(slots=True, eq=False)
 class Member:
     """The mutable record this node keeps about one peer."""
@@ -74,6 +78,10 @@ class Member:
     #: Loop time this node first heard of the peer's current boot (set by
     #: ``Membership.heard``; a record made otherwise has met it "never").
     met_at: float = math.inf
+    #: Its earlier boot ids this node saw replaced, newest last (at most
+    #: :data:`RETIRED_BOOTS`): a message from one of them is a late one from a
+    #: process that is gone, not a restart (``Membership.heard`` refuses it).
+    retired: tuple[str, ...] = ()
     #: The state before the last change (None: none yet, or a new life).
     was: MemberState | None = None
     #: Dead for ``lost_after`` seconds with the same boot id: presumed lost.

@@ -72,7 +72,15 @@ from .gossip import SUSPICION_CONFIRMATIONS as SUSPICION_CONFIRMATIONS
 from .gossip import Broadcasts
 from .joining import SEED_WARN_ROUNDS, Joiner
 from .joining import SYNC_INTERVAL as SYNC_INTERVAL
-from .member import ChangeCallback, Member, MemberCallback, MemberState, PeerInfo, RestartCallback
+from .member import (
+    RETIRED_BOOTS,
+    ChangeCallback,
+    Member,
+    MemberCallback,
+    MemberState,
+    PeerInfo,
+    RestartCallback,
+)
 from .probing import MAX_HEALTH as MAX_HEALTH
 from .probing import Prober
 from .protocol import Kind, NodeHeader, check_gossip
@@ -303,6 +311,15 @@ class Membership:
             self._joiner.pending.discard(h.addr)
             return None
         member = self.members.get(h.node_id)
+        if member is not None and member.boot != h.boot and h.boot in member.retired:
+            # Sent by a process this node saw replaced (a reply or request in
+            # flight when it died, read late): not a restart back to it, which
+            # would tell the replicas the live boot is gone.
+            log.info("message from a peer's earlier boot refused event=stale_boot node=%s "
+                     "peer=%s addr=%s boot=%s current_boot=%s", self.node_id, h.node_id,
+                     h.addr, h.boot, member.boot)
+            raise ProtocolError(f"node {h.node_id}: a message from its earlier boot {h.boot} "
+                                f"(it restarted as boot {member.boot})")
         if (member is not None and member.boot != h.boot and member.addr != h.addr
                 and member.state in (MemberState.ALIVE, MemberState.SUSPECT)
                 and member.heard_at is not None and now - member.heard_at < self._clash_window()):
@@ -334,6 +351,7 @@ class Membership:
             log.warning("peer restarted event=peer_restarted node=%s peer=%s addr=%s "
                         "old_addr=%s was=%s", self.node_id, h.node_id, h.addr, member.addr,
                         was.value)
+            member.retired = (*member.retired[1 - RETIRED_BOOTS:], member.boot)
             member.boot = h.boot
             member.met_at = now
             member.addr = h.addr
