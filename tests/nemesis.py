@@ -1055,10 +1055,10 @@ class Strike:
     """One blow of the nemesis, ``at`` seconds into the workload, for ``lasts`` seconds."""
 
     at: float
-    kind: str  # delay, drop, partition, one_way, stall, crash, clock
+    kind: str  # delay, drop, partition, one_way, stall, crash, slow_crash, leave, clock
     nodes: tuple[int, ...]  # delay/drop: (src, dst); partition: side a; stall/crash: (node,)
     other: tuple[int, ...] = ()  # partition: side b
-    value: float = 0.0  # delay seconds, clock step
+    value: float = 0.0  # delay seconds (slow_crash: of its outgoing links), clock step
     lasts: float = 0.0
 
     def text(self, names: list[str]) -> str:
@@ -1071,6 +1071,8 @@ class Strike:
             "one_way": f"one-way partition {a} -> {b} for {self.lasts:.2f}s",
             "stall": f"stall {a} for {self.lasts:.2f}s",
             "crash": f"crash {a}, restart after {self.lasts:.2f}s",
+            "slow_crash": f"crash {a} with its links slowed +{self.value:.2f}s, restart "
+                          f"before its last messages arrive",
             "leave": f"graceful stop of {a}, restart after {self.lasts:.2f}s",
             "clock": f"wall clock step {self.value:+.1f}s",
         }[self.kind]
@@ -1106,6 +1108,10 @@ FAULTS_OF = {
     # Only kill -9 and restart, one node at a time, a second apart: with
     # replicas, "a crash loses nothing" is judged too (Ledger.crash_safe).
     "one_crash": ("crash",),
+    # kill -9 of a node whose outgoing links are slow, restarted (and its
+    # links healed) before what its old boot sent last arrives: late
+    # messages from a boot its peers have seen replaced.
+    "late_boots": ("slow_crash", "crash", "delay"),
 }
 
 
@@ -1205,7 +1211,7 @@ def make_plan(seed: int, profile: str | None = None, reuse: bool = False) -> Pla
             cut = rng.randint(1, n - 1)
             faults.append(Strike(t, kind, tuple(sorted(order[:cut])), tuple(sorted(order[cut:])),
                                 lasts=lasts))
-        elif kind in ("stall", "crash", "leave"):
+        elif kind in ("stall", "crash", "leave", "slow_crash"):
             busy = {node for start, end, node in down if start <= t + lasts and t <= end}
             if profile == "one_crash" and any(start - 1.0 <= t + lasts and t <= end + 1.0
                                               for start, end, _ in down):
@@ -1215,7 +1221,8 @@ def make_plan(seed: int, profile: str | None = None, reuse: bool = False) -> Pla
                 continue
             node = rng.choice(free)
             down.append((t, t + lasts, node))
-            faults.append(Strike(t, kind, (node,), lasts=lasts))
+            value = rng.uniform(0.3, 1.2) if kind == "slow_crash" else 0.0
+            faults.append(Strike(t, kind, (node,), value=value, lasts=lasts))
         else:
             step = rng.choice((-1, 1)) * rng.uniform(0.5, 60.0)
             faults.append(Strike(t, "clock", (), value=step))
@@ -1896,6 +1903,19 @@ class Run:
                                 None, stamp)
                 self.current[a[0]] = None
                 await asyncio.sleep(fault.lasts)
+                self.ledger.action(f"restart {a[0]}")
+                await self.boot(a[0])
+            return
+        if fault.kind == "slow_crash":
+            lock = self.crash_locks.setdefault(a[0], asyncio.Lock())
+            async with lock:
+                slow = [net.delay(a[0], other, fault.value) for other in names
+                        if other != a[0]]
+                await asyncio.sleep(fault.value / 2)  # its messages are on the slow links
+                await self.crash(a[0])
+                await asyncio.sleep(fault.value / 4)
+                for handle in slow:
+                    handle.heal()  # the new boot's messages overtake the old one's
                 self.ledger.action(f"restart {a[0]}")
                 await self.boot(a[0])
             return

@@ -629,3 +629,29 @@ async def test_void_from_a_restarted_holder_does_not_settle_the_old_batch() -> N
     with pytest.raises(Unsettled):
         await forwarder.send(member, item)
     assert net.kinds[:2] == [Kind.FILL, Kind.SETTLE]
+
+
+async def test_a_forward_whose_reply_cannot_be_read_is_settled_not_placed_again(
+        cluster: Cluster) -> None:
+    """A peer applied a FILL batch and answered 200 with a body this node
+    cannot read (another protocol version, a corrupt or oversized body): it
+    may have taken the tasks, so they must not go elsewhere as though it had
+    refused them (they would be live on two nodes, or ClusterFullError
+    would be said of a task that is live)."""
+    n1 = await spread(cluster)
+    for name in ("n2", "n3"):
+        transport = cluster.groups[name].transport
+        real = transport._handler  # type: ignore[attr-defined]
+
+        async def garbled(kind: Kind, message: dict[str, Any], real: Any = real
+                          ) -> dict[str, Any]:
+            reply: dict[str, Any] = await real(kind, message)
+            return {**reply, "v": 99} if kind is Kind.FILL else reply
+
+        transport._handler = garbled  # type: ignore[attr-defined]
+    placed = await n1.fill("jobs", "job", task_type=BOMB, run_after=5, life_span=10)
+    # Settled by asking the peer (its SETTLE reply is readable): one copy.
+    holders = [n for n in ("n2", "n3") if "job" in cluster.bucket(n)]
+    assert holders == [placed.node_id]
+    await asyncio.sleep(6)
+    assert runs(cluster, "job") == 1

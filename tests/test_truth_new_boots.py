@@ -242,3 +242,34 @@ async def test_a_late_message_from_the_primarys_old_boot_does_not_hand_its_tasks
     assert not [r for r in caplog.records if "event=tasks_promoted" in r.getMessage()]
     stale = [r.getMessage() for r in caplog.records if "event=stale_boot" in r.getMessage()]
     assert stale and all(f"boot={n1.boot_id} current_boot={new.boot_id}" in m for m in stale)
+
+
+async def test_a_forward_reply_read_after_the_peers_new_boot_keeps_its_verdict(
+        cluster: Cluster) -> None:
+    """n2 took a forwarded task, answered, and was killed; its reply, on a
+    slow link, reaches n1 after n2's new boot was heard there. The reply is
+    the old boot's own verdict: the fill says where the task went (not
+    "unknown"), and, the old boot being gone, the task is reported lost
+    once -- without the old boot's header taking n1's record back."""
+    n1 = await cluster.add("n1", max_bucket=1)
+    await cluster.add("n2", max_bucket=50)
+    await cluster.settle()
+    await n1.fill("jobs", "local", task_type=BOMB)  # n1's one slot: the next fill overflows
+    lost: list[tuple[str, str, list[str]]] = []
+    n1.on_tasks_lost = lambda node, bucket, ids: lost.append((node, bucket, list(ids)))
+    slow = cluster.net.delay("n2", "n1", 0.3)  # n2's reply reaches n1 0.3 s late
+    filling = asyncio.ensure_future(
+        n1.fill("jobs", "job", task_type=BOMB, run_after=5, life_span=10))
+    await asyncio.sleep(0.1)  # taken by n2, its reply on the way
+    assert "job" in cluster.bucket("n2")
+    await crash(cluster, "n2")
+    slow.heal()
+    new = await cluster.add("n2", max_bucket=50)  # it joins through n1: heard at once
+    assert n1._members.members["n2"].boot == new.boot_id and not filling.done()
+    placed = await filling
+    assert placed.forwarded and placed.node_id == "n2"
+    assert n1._members.members["n2"].boot == new.boot_id  # not taken back
+    await asyncio.sleep(1)
+    assert lost == [("n2", "jobs", ["job"])]
+    await asyncio.sleep(10)
+    assert runs(cluster, "job") == 0 and lost == [("n2", "jobs", ["job"])]

@@ -709,6 +709,37 @@ async def test_call_to_hung_peer_times_out(reply: bytes, transport: HttpTranspor
     assert info.value.maybe_delivered is True
 
 
+CHUNK = b"x" * 2000
+
+
+@pytest.mark.parametrize("reply", [
+    pytest.param(b"HTTP/1.1 200 OK\r\nContent-Type: application/msgpack\r\n"
+                 b"Content-Length: 1025\r\n\r\n", id="announced-too-long"),
+    pytest.param(b"HTTP/1.1 200 OK\r\nContent-Type: application/msgpack\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n"
+                 + b"7d0\r\n" + CHUNK + b"\r\n", id="chunked-without-end"),
+    pytest.param(b"HTTP/1.1 200 OK\r\nContent-Type: application/msgpack\r\n"
+                 b"Content-Length: 3\r\n\r\n\xc1\xc1\xc1", id="garbled"),
+    pytest.param(b"HTTP/1.1 200 OK\r\nContent-Type: application/msgpack\r\n"
+                 b"Content-Length: 4\r\n\r\n\x81\xa1v\x02", id="other-version"),
+])
+async def test_a_reply_that_cannot_be_read_is_unknown_not_refused(reply: bytes) -> None:
+    """The peer answered 200, so it had the request and may have applied
+    it: a reply too long (refused before it is all held in memory, even if
+    it never ends), malformed or of another version is "may have been
+    delivered", never a refusal (a forward would be placed again elsewhere)."""
+    transport = HttpTransport("127.0.0.1", 0, keyring=KEYRING, max_body=1024)
+    await transport.open_client()
+    try:
+        async with HungServer(reply) as peer:
+            with pytest.raises(PeerUnavailableError, match="reply") as info:
+                await transport.call(peer.address, Kind.FILL, {"v": 1, "from": ATTACKER}, 2.0)
+        assert info.value.maybe_delivered is True
+        assert "did not answer" not in str(info.value)  # refused at once, not timed out
+    finally:
+        await transport.close()
+
+
 async def test_call_to_closed_port_is_unavailable_and_not_delivered(
         transport: HttpTransport) -> None:
     server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)

@@ -625,6 +625,12 @@ class Backups:
             key = (bucket, task_id, node)
             if key in self.tombs and not self._older("tombs", key, boot, stamp):
                 continue  # its primary told this node meanwhile that it started or was drained
+            route = group._routes.get(bucket, task_id)
+            if route is not None and route[0] == node and is_lost(route):
+                # This node is its origin and reported it lost (its takeover
+                # was deferred past promote_grace): taken over now, it would
+                # run after that report -- what check() answers another holder.
+                continue
             if ((key in self.moved and self.of("moved", key, boot, stamp))
                     or (key in self.promoted and self.of("promoted", key, boot, stamp))):
                 # Another holder took this task over already (this node was

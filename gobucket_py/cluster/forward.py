@@ -29,7 +29,7 @@ from ..config import GroupConfig
 from ..errors import GobucketError, PeerError, PeerUnavailableError, ProtocolError
 from ..observe.histogram import Histogram
 from .columns import Columns, FillColumns, join_fill, pack_columns, pack_fill, pack_stamps
-from .membership import Member, Membership
+from .membership import Member, Membership, StaleBootError
 from .protocol import Kind, field
 from .routes import Sent
 from .transport import Transport
@@ -347,7 +347,17 @@ class Forwarder:
                 answered = True
                 self.latency.observe(loop.time() - started)
                 results = self._results(member, reply, len(items))
-                self.membership.heard(reply.get("from"))  # fresh capacity, includes this batch
+                try:
+                    self.membership.heard(reply.get("from"))  # fresh capacity, with this batch
+                except StaleBootError as exc:
+                    if exc.boot != boot:
+                        raise
+                    # The boot it was sent to answered, then died (its successor
+                    # was heard first). Its verdicts stand: what it took is
+                    # reported lost with its routes (Overflow._still_there); a
+                    # backup it took died with it, so the successor is asked.
+                    if mode == BACKUP:
+                        results = ["restarted"] * len(items)
             except GobucketError as exc:
                 error = exc
                 if answered or _ambiguous(exc):

@@ -239,6 +239,10 @@ class Lookup:
             outcome = None if state is None else DRAIN_ANSWER.get(state)
             ended = None if outcome is None else (outcome, group.node_id, True)
         answer = await self._find(Kind.DRAIN, bucket, task_id, _drain_rank, ended)
+        if (answer is None or answer[2]) and not live and task_id in local:
+            # Placed here while the others were asked (a backup of it taken
+            # over here, a handoff back): "not found" would be stale.
+            return await self.drain(bucket, task_id)
         if answer is None:
             return DrainResult(DrainOutcome.NOT_FOUND, task_id, None)
         return self._drained(bucket, task_id, answer[0], answer[1])
@@ -248,7 +252,8 @@ class Lookup:
         group = self.group
         local = group._bucket(bucket)
         ended: TaskInfo | None = None
-        if task_id in local or group._handoff.holder(bucket, task_id) is not None:
+        live = task_id in local or group._handoff.holder(bucket, task_id) is not None
+        if live:
             info: TaskInfo | None = await self._known(self.get_here(bucket, task_id), bucket,
                                                       task_id)
             if info is not None and not info.state.terminal:
@@ -257,6 +262,8 @@ class Lookup:
         found: TaskInfo | None = await self._find(
             Kind.GET, bucket, task_id, _get_rank,
             ended if ended is not None else self._ended_info(bucket, task_id))
+        if (found is None or found.state.terminal) and not live and task_id in local:
+            return await self.get(bucket, task_id)  # placed here meanwhile (see drain)
         return found
 
     def _drained(self, bucket: str, task_id: str, outcome: DrainOutcome, node: str | None

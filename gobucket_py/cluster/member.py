@@ -79,8 +79,9 @@ class Member:
     #: ``Membership.heard``; a record made otherwise has met it "never").
     met_at: float = math.inf
     #: Its earlier boot ids this node saw replaced, newest last (at most
-    #: :data:`RETIRED_BOOTS`): a message from one of them is a late one from a
-    #: process that is gone, not a restart (``Membership.heard`` refuses it).
+    #: :data:`RETIRED_BOOTS`): a message from one of them at its current
+    #: address is a late one from a process that is gone, not a restart
+    #: (``Membership.heard`` refuses it).
     retired: tuple[str, ...] = ()
     #: The state before the last change (None: none yet, or a new life).
     was: MemberState | None = None

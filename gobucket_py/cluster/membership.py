@@ -33,7 +33,12 @@ The table's own rules:
   a peer that spoke to us within the last probe round is ignored (we have
   newer evidence), but checked with a probe of our own.
 - **Incarnations.** A new ``boot`` id for a known node id means it restarted:
-  its old tasks are gone (``on_restart``).
+  its old tasks are gone (``on_restart``). A message from a boot this node
+  saw replaced, at the address its successor uses, is a late one from a
+  process that is gone (its successor could not have taken the address
+  while it lived): refused with :class:`StaleBootError`, not a restart
+  back to it. At another address it is judged as below: a clash while the
+  successor speaks, else a restart (a paused process that came back).
 - **Leaving.** A stopping node says so (``leaving`` in its header and a LEAVE
   message); peers mark it *left*, not dead, and stop routing to it.
 - **Node id clashes.** Two live nodes with one node id would make every peer
@@ -89,7 +94,7 @@ from .suspicion import Suspicions
 from .transport import Transport
 
 __all__ = ["CLASH_TEXT", "SEED_WARN_ROUNDS", "Member", "MemberCallback", "MemberState",
-           "Membership", "PeerInfo", "RestartCallback"]
+           "Membership", "PeerInfo", "RestartCallback", "StaleBootError"]
 
 log = logging.getLogger("gobucket_py")
 
@@ -101,6 +106,15 @@ CLASH_TEXT = "is already used by the node at"
 CLASH_LOG_INTERVAL = 10.0
 #: Peers that failure news and refutations are pushed to at once.
 PUSH_FANOUT = 3
+
+
+class StaleBootError(ProtocolError):
+    """A message from a boot of a peer this node saw replaced (see
+    :meth:`Membership.heard`); ``boot`` is that boot id."""
+
+    def __init__(self, message: str, *, boot: str) -> None:
+        super().__init__(message)
+        self.boot = boot
 
 
 class Membership:
@@ -295,7 +309,9 @@ class Membership:
         Returns its record, or None when the message came from ourselves.
         Raises :class:`~gobucket_py.ProtocolError` (a 400 for a request) when
         the header is malformed or its node id is used by another live node
-        (ours included): the sender is refused and the record is untouched.
+        (ours included), and :class:`StaleBootError` when it comes from an
+        earlier boot of the peer (see the module docstring): the sender is
+        refused and the record is untouched.
         """
         h = NodeHeader.unpack(raw_header)
         loop = asyncio.get_running_loop()
@@ -311,15 +327,21 @@ class Membership:
             self._joiner.pending.discard(h.addr)
             return None
         member = self.members.get(h.node_id)
-        if member is not None and member.boot != h.boot and h.boot in member.retired:
+        if (member is not None and member.boot != h.boot and member.addr == h.addr
+                and h.boot in member.retired and member.heard_at is not None
+                and now - member.heard_at < self._clash_window()):
             # Sent by a process this node saw replaced (a reply or request in
-            # flight when it died, read late): not a restart back to it, which
-            # would tell the replicas the live boot is gone.
+            # flight when it died, read late), while its successor speaks:
+            # not a restart back to it, which would tell the replicas the live
+            # boot is gone. (Only while the successor speaks: a node that met
+            # the old boot only through such a late message took it for the
+            # successor -- boots are not ordered -- and must not lock the
+            # real successor out once the late messages stop.)
             log.info("message from a peer's earlier boot refused event=stale_boot node=%s "
                      "peer=%s addr=%s boot=%s current_boot=%s", self.node_id, h.node_id,
                      h.addr, h.boot, member.boot)
-            raise ProtocolError(f"node {h.node_id}: a message from its earlier boot {h.boot} "
-                                f"(it restarted as boot {member.boot})")
+            raise StaleBootError(f"node {h.node_id}: a message from its earlier boot {h.boot} "
+                                 f"(it restarted as boot {member.boot})", boot=h.boot)
         if (member is not None and member.boot != h.boot and member.addr != h.addr
                 and member.state in (MemberState.ALIVE, MemberState.SUSPECT)
                 and member.heard_at is not None and now - member.heard_at < self._clash_window()):
@@ -351,7 +373,7 @@ class Membership:
             log.warning("peer restarted event=peer_restarted node=%s peer=%s addr=%s "
                         "old_addr=%s was=%s", self.node_id, h.node_id, h.addr, member.addr,
                         was.value)
-            member.retired = (*member.retired[1 - RETIRED_BOOTS:], member.boot)
+            member.retired = (*member.retired, member.boot)[-RETIRED_BOOTS:]
             member.boot = h.boot
             member.met_at = now
             member.addr = h.addr

@@ -73,7 +73,7 @@ from typing import Any
 
 from ..config import check_delay
 from ..errors import PeerUnavailableError, ProtocolError, UnknownBucketError
-from .protocol import Kind, decode, encode
+from .protocol import Kind, decode, decode_reply, encode
 from .transport import Handler, Transport, raise_for_status
 
 __all__ = ["Fault", "MemoryNetwork", "MemoryTransport"]
@@ -189,7 +189,9 @@ class MemoryNetwork:
 
         Its transport is closed at once: its handlers in progress are
         cancelled, requests in flight to it fail with a reset, replies in
-        flight to it are lost, and new calls to ``address`` are refused until
+        flight to it are lost (the replies and requests it sent before are
+        still delivered, late if their link is slow), and new calls to
+        ``address`` are refused until
         a new transport starts there (a restart: a new
         :class:`~gobucket_py.TaskBucketGroup` with the same ``node_id`` and a
         fresh ``net.transport(address)``, which gets a new boot id). The
@@ -424,6 +426,11 @@ class MemoryNetwork:
             error = _status_error(dst, 404, str(exc))
         except Exception as exc:  # a handler bug: the caller sees it, as in a test it should
             error = exc
+        # Answered: the reply is on the wire, and arrives even if the target
+        # is killed now (kill -9 leaves what a process sent to the kernel).
+        carrier = asyncio.current_task()
+        if carrier is not None:
+            target._carriers.pop(carrier, None)
         sent = target._sent
         sent[0] += 1
         sent[1] += len(payload)
@@ -434,7 +441,10 @@ class MemoryNetwork:
         if error is not None:
             reply.set_exception(error)
         else:
-            reply.set_result(decode(payload, self.max_body))
+            try:
+                reply.set_result(decode_reply(dst, kind, payload, self.max_body))
+            except PeerUnavailableError as exc:
+                reply.set_exception(exc)
 
     async def _travel(self, frm: str, to: str, call: Link | None) -> bool:
         """One message from ``frm`` to ``to`` (a reply when ``call`` is the

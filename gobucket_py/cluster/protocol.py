@@ -20,9 +20,10 @@ from typing import Any, TypeVar
 import msgpack
 
 from ..config import MAX_SECONDS
-from ..errors import ProtocolError
+from ..errors import PeerUnavailableError, ProtocolError
 
-__all__ = ["PROTOCOL_VERSION", "Kind", "NodeHeader", "decode", "encode", "slices"]
+__all__ = ["PROTOCOL_VERSION", "Kind", "NodeHeader", "decode", "decode_reply", "encode",
+           "slices"]
 
 #: Bumped on any incompatible change; a peer speaking another version gets 400.
 PROTOCOL_VERSION = 1
@@ -88,6 +89,21 @@ def decode(body: bytes, max_body: int) -> dict[str, Any]:
     if type(version) is not int or version != PROTOCOL_VERSION:
         raise ProtocolError(f"protocol version {version!r} is not {PROTOCOL_VERSION}")
     return message
+
+
+def decode_reply(addr: str, kind: Kind, body: bytes, max_body: int) -> dict[str, Any]:
+    """:func:`decode` for a peer's 200 reply. A reply that cannot be read
+    (too large, malformed, another version) says nothing of what the peer
+    did: it answered, so it had the request and may have applied it. That
+    is :class:`~gobucket_py.PeerUnavailableError` with ``maybe_delivered``,
+    never the :class:`~gobucket_py.ProtocolError` of a refused request (a
+    400, which applied nothing): a forward treated as refused would be
+    placed again elsewhere."""
+    try:
+        return decode(body, max_body)
+    except ProtocolError as exc:
+        raise PeerUnavailableError(f"peer {addr} answered {kind.name} with a reply that "
+                                   f"cannot be read: {exc}") from exc
 
 
 def field(message: dict[str, Any], name: str, kind: type[T]) -> T:

@@ -33,7 +33,7 @@ from ..errors import PeerError, PeerUnavailableError, ProtocolError, UnknownBuck
 from .auth import AuthError, Keyring, ReplayStoreFull
 from .datagrams import Datagrams
 from .guard import Limits, guarded
-from .protocol import PATHS, Kind, decode, encode
+from .protocol import PATHS, Kind, decode, decode_reply, encode
 from .tls import TLSConfig
 
 __all__ = ["Handler", "HttpTransport", "Reply", "Transport", "serve_aiohttp"]
@@ -126,6 +126,26 @@ def _error(status: int, text: str) -> Reply:
 def _response(reply: Reply) -> web.Response:
     return web.Response(status=reply.status, body=reply.body,
                         headers={"Content-Type": reply.content_type, **dict(reply.headers)})
+
+
+async def _read(resp: aiohttp.ClientResponse, addr: str, kind: Kind, limit: int) -> bytes:
+    """A reply's body, refused (``PeerUnavailableError``: it answered, so
+    it may have applied the request) once it is longer than ``limit``,
+    before more of it is held in memory."""
+    length = resp.content_length
+    if length is None:  # chunked: read it a piece at a time, up to the limit
+        data = bytearray()
+        async for chunk in resp.content.iter_chunked(1 << 16):
+            data += chunk
+            if len(data) > limit:
+                break
+        length = len(data)
+        if length <= limit:
+            return bytes(data)
+    if length > limit:
+        raise PeerUnavailableError(f"peer {addr} answered {kind.name} with a reply "
+                                   f"over {limit} bytes")
+    return await resp.read()
 
 
 def raise_for_status(addr: str, status: int, text: str) -> None:
@@ -412,7 +432,7 @@ class HttpTransport(Transport):
             except Exception:
                 text = data[:200].decode(errors="replace")
             raise_for_status(addr, status, text)
-        return decode(data, self.max_body)
+        return decode_reply(addr, kind, data, self.max_body)
 
     async def _post(self, session: aiohttp.ClientSession, addr: str, kind: Kind,
                     message: dict[str, Any]) -> tuple[int, bytes]:
@@ -423,7 +443,7 @@ class HttpTransport(Transport):
             headers.update(self.keyring.sign("POST", path, body))
         async with session.post(f"{self._scheme}://{addr}{path}", data=body,
                                 headers=headers) as resp:
-            return resp.status, await resp.read()
+            return resp.status, await _read(resp, addr, kind, self.max_body)
 
     async def close(self) -> None:
         self._closed = True
