@@ -139,6 +139,12 @@ class Backups:
         #: first here, a tomb or a claim, wins: a primary's later tomb is
         #: answered ``claimed`` and a holder's later check ``tomb``.
         self.claims: dict[tuple[str, str, str], str] = {}
+        #: Drains this node answered NOT_FOUND: (bucket, task id) -> loop
+        #: time. A holder that then learns its primary is gone (later than
+        #: the nodes the drain asked) and asks to take a backup of the id
+        #: over is answered ``tomb``: taken over, it would run after that
+        #: answer. Kept ``TOMB_KEEP``, at most ``_MAX_TOMBS``.
+        self.not_found: dict[tuple[str, str], float] = {}
         #: The boot id of the holder that asked, per claim (not for claims
         #: passed on by a leaving node): if it restarts, its old incarnation
         #: can no longer say whether it took the task over.
@@ -714,6 +720,8 @@ class Backups:
                 answers.append("tomb")
             elif route is not None and route[0] == primary and is_lost(route):
                 answers.append("reported")
+            elif (bucket, task_id) in self.not_found:
+                answers.append("tomb")  # a drain here answered NOT_FOUND
             elif key in self.promoted and not self._older("promoted", key, about, stamp):
                 answers.append("promoted")
             elif local is not None and task_id in local:
@@ -954,6 +962,24 @@ class Backups:
         if keep is not None and keep > TOMB_KEEP:
             until[key] = max(until.get(key, 0.0), now + keep)
         self._prune_tombs(now)
+
+    def drained_nowhere(self, bucket: str, task_id: str) -> bool:
+        """A drain of ``task_id`` found it nowhere: remember it (see
+        :attr:`not_found`) and return True -- unless a holder was told here
+        it may take a backup of the id over (a claim): then False, and the
+        drain cannot say NOT_FOUND."""
+        members = self.group._members.members
+        claims = self.claims
+        if claims and any((bucket, task_id, node) in claims for node in members):
+            return False
+        marks = self.not_found
+        now = asyncio.get_running_loop().time()
+        while marks and (len(marks) >= _MAX_TOMBS
+                         or now - next(iter(marks.values())) >= TOMB_KEEP):
+            del marks[next(iter(marks))]
+        marks.pop((bucket, task_id), None)
+        marks[(bucket, task_id)] = now
+        return True
 
     def _prune_tombs(self, now: float) -> None:
         """Forget the tombstones older than ``TOMB_KEEP`` (the oldest come

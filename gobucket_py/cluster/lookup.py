@@ -244,6 +244,10 @@ class Lookup:
             # over here, a handoff back): "not found" would be stale.
             return await self.drain(bucket, task_id)
         if answer is None:
+            if bucket in group._replicas.ks and not group._backups.drained_nowhere(bucket,
+                                                                                     task_id):
+                raise _unavailable(bucket, task_id, [
+                    "a backup holder was told it may take a task of the id over"])
             return DrainResult(DrainOutcome.NOT_FOUND, task_id, None)
         return self._drained(bucket, task_id, answer[0], answer[1])
 
