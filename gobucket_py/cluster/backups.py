@@ -966,12 +966,19 @@ class Backups:
     def drained_nowhere(self, bucket: str, task_id: str) -> bool:
         """A drain of ``task_id`` found it nowhere: remember it (see
         :attr:`not_found`) and return True -- unless a holder was told here
-        it may take a backup of the id over (a claim): then False, and the
-        drain cannot say NOT_FOUND."""
+        it may take a backup of the id over (a claim) and may still do so
+        (it has not said it did, and it is neither presumed lost nor
+        restarted): then False, and the drain cannot say NOT_FOUND."""
         members = self.group._members.members
         claims = self.claims
-        if claims and any((bucket, task_id, node) in claims for node in members):
-            return False
+        for node in members if claims else ():
+            key = (bucket, task_id, node)
+            claimer = claims.get(key)
+            if claimer is None or key in self.moved:
+                continue  # none, or the holder said it took the task over (it ran there)
+            holder, boot = members.get(claimer), self.claim_boots.get(key)
+            if holder is not None and not holder.lost and boot in (None, holder.boot):
+                return False  # it may still take it over
         marks = self.not_found
         now = asyncio.get_running_loop().time()
         while marks and (len(marks) >= _MAX_TOMBS
