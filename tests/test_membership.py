@@ -29,7 +29,7 @@ from gobucket_py import (
     TaskBucketGroup,
 )
 from gobucket_py.cluster.membership import CLASH_LOG_INTERVAL, CLASH_TEXT, Member, Membership
-from gobucket_py.cluster.protocol import Kind, check_gossip, field
+from gobucket_py.cluster.protocol import Kind, boot_started, check_gossip, field, new_boot_id
 
 from .conftest import Recorder
 
@@ -47,7 +47,7 @@ class Node:
                  config: GroupConfig) -> None:
         self.net = net
         self.addr = addr
-        self.boot = uuid.uuid4().hex
+        self.boot = new_boot_id()
         self.transport = net.transport(addr)
         self.m = Membership(node_id=node_id, boot=self.boot, transport=self.transport,
                             config=config, capacity=dict, seeds=seeds,
@@ -460,6 +460,28 @@ async def test_a_late_message_from_an_earlier_boot_is_not_a_restart(mesh: Mesh) 
     await until(lambda: n1.state("x") is MemberState.DEAD, DETECT)
     assert n1.m.heard(late) is n1.m.members["x"]
     assert n1.m.members["x"].boot == old.boot and len(n1.restarts) == 2
+
+
+async def test_a_late_message_from_an_earlier_boot_never_met_is_not_a_restart(
+        mesh: Mesh) -> None:
+    # This node met only the new boot (it restarted, or joined, since the old
+    # one died); a late message from the old one carries an earlier start in
+    # its boot id: refused, not a restart back to it (which would, worse,
+    # then refuse the live boot as the earlier one).
+    n1 = await mesh.add("n1", seeds=[])
+    new = await mesh.add("a", node_id="x")
+    await asyncio.sleep(1)
+    started = boot_started(new.boot)
+    assert started is not None
+    older, later = f"{started - 1:016x}-{'0' * 16}", f"{started + 1:016x}-{'0' * 16}"
+    with pytest.raises(ProtocolError, match=f"earlier boot {older}"):
+        n1.m.heard(["x", older, "a", 0, False, {}])
+    assert n1.m.members["x"].boot == new.boot and n1.restarts == []
+    # A boot id of another form (an earlier version's) is not ordered: a restart.
+    assert boot_started(uuid.uuid4().hex) is None
+    # A later start is a restart, as ever.
+    assert n1.m.heard(["x", later, "a", 0, False, {}]) is n1.m.members["x"]
+    assert n1.m.members["x"].boot == later and n1.restarts == [("x", MemberState.ALIVE)]
 
 
 async def test_restart_on_a_new_address_after_leaving_is_a_restart(mesh: Mesh) -> None:

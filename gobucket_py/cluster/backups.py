@@ -631,6 +631,8 @@ class Backups:
             key = (bucket, task_id, node)
             if key in self.tombs and not self._older("tombs", key, boot, stamp):
                 continue  # its primary told this node meanwhile that it started or was drained
+            if (bucket, task_id) in self.not_found:
+                continue  # a drain here answered NOT_FOUND (see check())
             route = group._routes.get(bucket, task_id)
             if route is not None and route[0] == node and is_lost(route):
                 # This node is its origin and reported it lost (its takeover

@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import random
-import secrets
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
@@ -58,6 +57,7 @@ from .lookup import Lookup
 from .losses import Losses, TasksLost
 from .membership import Membership, PeerInfo
 from .overflow import Overflow
+from .protocol import new_boot_id
 from .reactions import PeerReactions
 from .replicas import Replicas
 from .routes import Routes
@@ -148,7 +148,7 @@ class TaskBucketGroup:
         self.insecure = insecure
         self.seeds = list(peers)
         self._node_id = node_id
-        self.boot_id = secrets.token_hex(8)
+        self.boot_id = new_boot_id()
         self.rng = rng or random.Random()
         self.state = GroupState.NEW
         #: Called for each peer that rejected a task when no node could take

@@ -88,7 +88,7 @@ from .member import (
 )
 from .probing import MAX_HEALTH as MAX_HEALTH
 from .probing import Prober
-from .protocol import Kind, NodeHeader, check_gossip
+from .protocol import Kind, NodeHeader, boot_started, check_gossip
 from .protocol import field as msg_field
 from .suspicion import Suspicions
 from .transport import Transport
@@ -106,6 +106,12 @@ CLASH_TEXT = "is already used by the node at"
 CLASH_LOG_INTERVAL = 10.0
 #: Peers that failure news and refutations are pushed to at once.
 PUSH_FANOUT = 3
+
+
+def _earlier(boot: str, than: str) -> bool:
+    """Did ``boot`` start before ``than`` (both made by ``new_boot_id``)?"""
+    a, b = boot_started(boot), boot_started(than)
+    return a is not None and b is not None and a < b
 
 
 class StaleBootError(ProtocolError):
@@ -328,8 +334,9 @@ class Membership:
             return None
         member = self.members.get(h.node_id)
         if (member is not None and member.boot != h.boot and member.addr == h.addr
-                and h.boot in member.retired and member.heard_at is not None
-                and now - member.heard_at < self._clash_window()):
+                and member.heard_at is not None
+                and now - member.heard_at < self._clash_window()
+                and (h.boot in member.retired or _earlier(h.boot, member.boot))):
             # Sent by a process this node saw replaced (a reply or request in
             # flight when it died, read late), while its successor speaks:
             # not a restart back to it, which would tell the replicas the live

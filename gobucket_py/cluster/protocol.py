@@ -12,6 +12,8 @@ group's :class:`~gobucket_py.Codec` (whose few ext types are its own, see
 
 from __future__ import annotations
 
+import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -22,8 +24,8 @@ import msgpack
 from ..config import MAX_SECONDS
 from ..errors import PeerUnavailableError, ProtocolError
 
-__all__ = ["PROTOCOL_VERSION", "Kind", "NodeHeader", "decode", "decode_reply", "encode",
-           "slices"]
+__all__ = ["PROTOCOL_VERSION", "Kind", "NodeHeader", "boot_started", "decode", "decode_reply",
+           "encode", "new_boot_id", "slices"]
 
 #: Bumped on any incompatible change; a peer speaking another version gets 400.
 PROTOCOL_VERSION = 1
@@ -125,6 +127,26 @@ def number(message: dict[str, Any], name: str) -> float:
 
 #: The longest node id, boot id or address a peer may send.
 MAX_NAME = 256
+
+
+def new_boot_id() -> str:
+    """A boot id for a node starting now: 16 hex digits of the wall clock in
+    nanoseconds, ``-``, then 16 random ones. Peers order a node's boots by
+    the first part (see :func:`boot_started`), so a late message from an
+    earlier boot is not taken for a restart back to it; the random part
+    keeps two starts within one clock tick apart."""
+    return f"{time.time_ns():016x}-{secrets.token_hex(8)}"
+
+
+def boot_started(boot: str) -> int | None:
+    """The start time (ns) a boot id made by :func:`new_boot_id` carries;
+    None for one made otherwise (an earlier version's, a test's)."""
+    if len(boot) != 33 or boot[16] != "-":
+        return None
+    try:
+        return int(boot[:16], 16)
+    except ValueError:
+        return None
 
 
 def is_name(value: object) -> bool:
