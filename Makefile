@@ -86,6 +86,7 @@ chaos: $(STAMP)
 	  || status=1; \
 	PYTHONHASHSEED=0 NEMESIS_SEEDS=$${NEMESIS_SEEDS:-2000} \
 	  NEMESIS_REPLICA_SEEDS=$${NEMESIS_REPLICA_SEEDS:-2000} NEMESIS_CRASH_SEEDS=$${NEMESIS_CRASH_SEEDS:-1000} \
+	  NEMESIS_LATE_SEEDS=$${NEMESIS_LATE_SEEDS:-1000} \
 	  $(PY) -m pytest -q tests/test_nemesis.py \
 	  || status=1; \
 	exit $$status
