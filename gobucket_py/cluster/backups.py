@@ -143,7 +143,8 @@ class Backups:
         #: time. A holder that then learns its primary is gone (later than
         #: the nodes the drain asked) and asks to take a backup of the id
         #: over is answered ``tomb``: taken over, it would run after that
-        #: answer. Kept ``TOMB_KEEP``, at most ``_MAX_TOMBS``.
+        #: answer. Kept ``TOMB_KEEP``, at most ``_MAX_TOMBS``; left only
+        #: while a node is not alive or restarted lately (see drained_nowhere).
         self.not_found: dict[tuple[str, str], float] = {}
         #: The boot id of the holder that asked, per claim (not for claims
         #: passed on by a leaving node): if it restarts, its old incarnation
@@ -631,7 +632,7 @@ class Backups:
             key = (bucket, task_id, node)
             if key in self.tombs and not self._older("tombs", key, boot, stamp):
                 continue  # its primary told this node meanwhile that it started or was drained
-            if (bucket, task_id) in self.not_found:
+            if self.answered_not_found(bucket, task_id, now):
                 continue  # a drain here answered NOT_FOUND (see check())
             route = group._routes.get(bucket, task_id)
             if route is not None and route[0] == node and is_lost(route):
@@ -722,7 +723,7 @@ class Backups:
                 answers.append("tomb")
             elif route is not None and route[0] == primary and is_lost(route):
                 answers.append("reported")
-            elif (bucket, task_id) in self.not_found:
+            elif self.not_found and self.answered_not_found(bucket, task_id):
                 answers.append("tomb")  # a drain here answered NOT_FOUND
             elif key in self.promoted and not self._older("promoted", key, about, stamp):
                 answers.append("promoted")
@@ -965,9 +966,19 @@ class Backups:
             until[key] = max(until.get(key, 0.0), now + keep)
         self._prune_tombs(now)
 
+    def answered_not_found(self, bucket: str, task_id: str, now: float | None = None) -> bool:
+        """Did a drain here answer NOT_FOUND for ``task_id`` within ``TOMB_KEEP``?"""
+        at = self.not_found.get((bucket, task_id))
+        if at is None:
+            return False
+        if now is None:
+            now = asyncio.get_running_loop().time()
+        return now - at < TOMB_KEEP
+
     def drained_nowhere(self, bucket: str, task_id: str) -> bool:
         """A drain of ``task_id`` found it nowhere: remember it (see
-        :attr:`not_found`) and return True -- unless a holder was told here
+        :attr:`not_found`, unless every node is alive and none restarted
+        lately) and return True -- unless a holder was told here
         it may take a backup of the id over (a claim) and may still do so
         (it has not said it did, and it is neither presumed lost nor
         restarted): then False, and the drain cannot say NOT_FOUND."""
@@ -981,8 +992,15 @@ class Backups:
             holder, boot = members.get(claimer), self.claim_boots.get(key)
             if holder is not None and not holder.lost and boot in (None, holder.boot):
                 return False  # it may still take it over
-        marks = self.not_found
         now = asyncio.get_running_loop().time()
+        if all(m.state is MemberState.ALIVE and now - m.met_at > self.promote_delay()
+               for m in members.values()):
+            # Every node alive, none met anew (a restart) within the time a
+            # takeover waits: no backup is about to be taken over, and no word
+            # is left (it would keep a later task of the id from being taken
+            # over: a drain-then-fill of one id is a common pattern).
+            return True
+        marks = self.not_found
         while marks and (len(marks) >= _MAX_TOMBS
                          or now - next(iter(marks.values())) >= TOMB_KEEP):
             del marks[next(iter(marks))]

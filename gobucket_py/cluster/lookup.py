@@ -227,6 +227,7 @@ class Lookup:
         group = self.group
         local = group._bucket(bucket)
         live = task_id in local or group._handoff.holder(bucket, task_id) is not None
+        was = local.ended(task_id)
         ended: DrainAnswer | None = None
         if live:
             here = await self._known(self.drain_here(bucket, task_id), bucket, task_id)
@@ -239,9 +240,11 @@ class Lookup:
             outcome = None if state is None else DRAIN_ANSWER.get(state)
             ended = None if outcome is None else (outcome, group.node_id, True)
         answer = await self._find(Kind.DRAIN, bucket, task_id, _drain_rank, ended)
-        if (answer is None or answer[2]) and not live and task_id in local:
+        if ((answer is None or answer[2]) and not live
+                and (task_id in local or local.ended(task_id) is not was)):
             # Placed here while the others were asked (a backup of it taken
-            # over here, a handoff back): "not found" would be stale.
+            # over here, a handoff back; maybe ended already): "not found"
+            # would be stale.
             return await self.drain(bucket, task_id)
         if answer is None:
             if bucket in group._replicas.ks and not group._backups.drained_nowhere(bucket,
@@ -257,6 +260,7 @@ class Lookup:
         local = group._bucket(bucket)
         ended: TaskInfo | None = None
         live = task_id in local or group._handoff.holder(bucket, task_id) is not None
+        was = local.ended(task_id)
         if live:
             info: TaskInfo | None = await self._known(self.get_here(bucket, task_id), bucket,
                                                       task_id)
@@ -266,7 +270,8 @@ class Lookup:
         found: TaskInfo | None = await self._find(
             Kind.GET, bucket, task_id, _get_rank,
             ended if ended is not None else self._ended_info(bucket, task_id))
-        if (found is None or found.state.terminal) and not live and task_id in local:
+        if ((found is None or found.state.terminal) and not live
+                and (task_id in local or local.ended(task_id) is not was)):
             return await self.get(bucket, task_id)  # placed here meanwhile (see drain)
         return found
 

@@ -34,10 +34,11 @@ The table's own rules:
   newer evidence), but checked with a probe of our own.
 - **Incarnations.** A new ``boot`` id for a known node id means it restarted:
   its old tasks are gone (``on_restart``). A message from a boot this node
-  saw replaced, at the address its successor uses, is a late one from a
-  process that is gone (its successor could not have taken the address
-  while it lived): refused with :class:`StaleBootError`, not a restart
-  back to it. At another address it is judged as below: a clash while the
+  saw replaced, or that started earlier (boot ids carry their start time),
+  at the address its successor uses while the successor is alive, is a
+  late one from a process that is gone (its successor could not have taken
+  the address while it lived): refused with :class:`StaleBootError`, not a
+  restart back to it. At another address it is judged as below: a clash while the
   successor speaks, else a restart (a paused process that came back).
 - **Leaving.** A stopping node says so (``leaving`` in its header and a LEAVE
   message); peers mark it *left*, not dead, and stop routing to it.
@@ -334,16 +335,17 @@ class Membership:
             return None
         member = self.members.get(h.node_id)
         if (member is not None and member.boot != h.boot and member.addr == h.addr
-                and member.heard_at is not None
-                and now - member.heard_at < self._clash_window()
+                and (member.state is MemberState.ALIVE
+                     or (member.heard_at is not None
+                         and now - member.heard_at < self._clash_window()))
                 and (h.boot in member.retired or _earlier(h.boot, member.boot))):
             # Sent by a process this node saw replaced (a reply or request in
-            # flight when it died, read late), while its successor speaks:
+            # flight when it died, read late), while its successor is alive:
             # not a restart back to it, which would tell the replicas the live
-            # boot is gone. (Only while the successor speaks: a node that met
-            # the old boot only through such a late message took it for the
-            # successor -- boots are not ordered -- and must not lock the
-            # real successor out once the late messages stop.)
+            # boot is gone. (Only while the successor is alive or spoke lately:
+            # a wall clock set back between two starts orders them the wrong
+            # way, and the live boot must not be locked out once the dead one
+            # is silent and suspected.)
             log.info("message from a peer's earlier boot refused event=stale_boot node=%s "
                      "peer=%s addr=%s boot=%s current_boot=%s", self.node_id, h.node_id,
                      h.addr, h.boot, member.boot)
