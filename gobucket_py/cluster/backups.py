@@ -993,8 +993,8 @@ class Backups:
             if holder is not None and not holder.lost and boot in (None, holder.boot):
                 return False  # it may still take it over
         now = asyncio.get_running_loop().time()
-        if all(m.state is MemberState.ALIVE and now - m.met_at > self.promote_delay()
-               for m in members.values()):
+        settled = now - self.promote_delay()  # met before this: not a restart a takeover waits on
+        if all(m.state is MemberState.ALIVE and m.met_at < settled for m in members.values()):
             # Every node alive, none met anew (a restart) within the time a
             # takeover waits: no backup is about to be taken over, and no word
             # is left (it would keep a later task of the id from being taken
