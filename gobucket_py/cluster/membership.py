@@ -116,8 +116,9 @@ def _earlier(boot: str, than: str) -> bool:
 
 
 class StaleBootError(ProtocolError):
-    """A message from a boot of a peer this node saw replaced (see
-    :meth:`Membership.heard`); ``boot`` is that boot id."""
+    """A message from an earlier boot of a peer, one this node saw replaced
+    or that started before the current one (see :meth:`Membership.heard`);
+    ``boot`` is that boot id."""
 
     def __init__(self, message: str, *, boot: str) -> None:
         super().__init__(message)
@@ -334,18 +335,7 @@ class Membership:
             self._joiner.pending.discard(h.addr)
             return None
         member = self.members.get(h.node_id)
-        if (member is not None and member.boot != h.boot and member.addr == h.addr
-                and (member.state is MemberState.ALIVE
-                     or (member.heard_at is not None
-                         and now - member.heard_at < self._clash_window()))
-                and (h.boot in member.retired or _earlier(h.boot, member.boot))):
-            # Sent by a process this node saw replaced (a reply or request in
-            # flight when it died, read late), while its successor is alive:
-            # not a restart back to it, which would tell the replicas the live
-            # boot is gone. (Only while the successor is alive or spoke lately:
-            # a wall clock set back between two starts orders them the wrong
-            # way, and the live boot must not be locked out once the dead one
-            # is silent and suspected.)
+        if member is not None and member.boot != h.boot and self._stale(member, h, now):
             log.info("message from a peer's earlier boot refused event=stale_boot node=%s "
                      "peer=%s addr=%s boot=%s current_boot=%s", self.node_id, h.node_id,
                      h.addr, h.boot, member.boot)
@@ -487,6 +477,21 @@ class Membership:
                 self._set_state(member, MemberState.LEFT)
 
     # -- node id clashes -------------------------------------------------------
+
+    def _stale(self, member: Member, h: NodeHeader, now: float) -> bool:
+        """Is ``h`` (another boot than ``member``'s) from a process that is
+        gone -- a reply or request in flight when it died, read late? So if
+        that boot was replaced here, or started earlier, and it speaks from
+        the address its successor uses while the successor is alive or
+        spoke lately. Taken for a restart back to it, it would tell the
+        replicas the live boot is gone. (Only then: a wall clock set back
+        between two starts orders them the wrong way, and the live boot
+        must not be locked out once the dead one is silent and suspected.)"""
+        return (member.addr == h.addr
+                and (member.state is MemberState.ALIVE
+                     or (member.heard_at is not None
+                         and now - member.heard_at < self._clash_window()))
+                and (h.boot in member.retired or _earlier(h.boot, member.boot)))
 
     def _clash_window(self) -> float:
         """A member heard from this recently is alive: another node using its id clashes."""
