@@ -1442,22 +1442,28 @@ def filed_tasks() -> Iterator[None]:
 
 @contextmanager
 def wall_clock() -> Iterator[Callable[[float], None]]:
-    """Let the nemesis step the wall clock (``time.time``); durations in the
-    library must not notice. Yields ``step(seconds)``; restored on exit."""
-    real = time.time
+    """Let the nemesis step the wall clock (``time.time`` and ``time.time_ns``:
+    boot ids and first batch numbers are read from the latter, so a node
+    restarted after a step back starts "earlier" than its dead boot);
+    durations in the library must not notice. Yields ``step(seconds)``;
+    restored on exit."""
+    real, real_ns = time.time, time.time_ns
     offset = [0.0]
 
     def fake() -> float:
         return real() + offset[0]
 
+    def fake_ns() -> int:
+        return real_ns() + int(offset[0] * 1e9)
+
     def step(seconds: float) -> None:
         offset[0] += seconds
 
-    time.time = fake
+    time.time, time.time_ns = fake, fake_ns
     try:
         yield step
     finally:
-        time.time = real
+        time.time, time.time_ns = real, real_ns
 
 
 def _describe(callback: Any) -> str:

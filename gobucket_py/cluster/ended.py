@@ -48,6 +48,7 @@ from ..task import Task, TaskState
 from .columns import FillBatch
 from .membership import MemberState
 from .protocol import SLICE_ITEMS, Kind
+from .routes import Route
 
 if TYPE_CHECKING:
     from .group import TaskBucketGroup
@@ -526,15 +527,15 @@ class EndedNotices:
         for bucket, task_id, handed_by, boot in via:  # (came by handoff: no batch of ours)
             routes.ended(bucket, task_id, sender, now, via=(handed_by, boot),
                          batch=0 if numbered else -1)
+        member = group._members.members.get(sender) if moved else None
+        stopping = (member is not None and member.boot == sender_boot
+                    and member.state is MemberState.LEFT)  # handoffs, not takeovers
         for bucket, task_id, node, boot, *rest in moved:
             slot = (rest[0], rest[1], rest[2]) if rest else None
-            route = routes.move(bucket, task_id, sender, node, boot, slot, sender_boot)
-            if route is None:
-                continue
-            if (bucket, task_id) in routes.unsettled:
-                group._spawn(group._lookup.resolve(bucket, task_id))
-            else:  # (followed on to where later notices say it went)
-                group._losses.gone_already(route[0], route[1])
+            route = routes.move(bucket, task_id, sender, node, boot, slot, sender_boot,
+                                handoff=stopping)
+            if route is not None:
+                self.followed(bucket, task_id, route)
         for bucket, task_id, primary in promoted:
             route = routes.move(bucket, task_id, primary, sender, sender_boot)
             if route is not None:  # (followed on to where later notices say it went)
@@ -543,6 +544,16 @@ class EndedNotices:
             if batch <= last:  # (above any batch sent: the clock stepped back, as for ends)
                 routes.extend(bucket, task_id, sender, now, left, sender_boot)
 
+
+    def followed(self, bucket: str, task_id: str, route: Route) -> None:
+        """A route was moved by a handoff's word (and followed on to where
+        later words say it went: ``route``): settle the handoff if its
+        holder could not, else report the task if that holder is gone."""
+        group = self.group
+        if (bucket, task_id) in group._routes.unsettled:
+            group._spawn(group._lookup.resolve(bucket, task_id))
+        else:
+            group._losses.gone_already(route[0], route[1])
 
 
 class GateKeepalive:

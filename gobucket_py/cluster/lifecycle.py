@@ -61,6 +61,7 @@ async def start(group: TaskBucketGroup) -> None:
     membership.on_returned = group._losses.returned
     membership.on_pruned = group._lookup.forget_member
     group._routes.hold = group._losses.unresolved
+    group._routes.moved_early = group._ended.followed
     membership.on_change = reactions.changed
     group._membership = membership
     if isinstance(group.transport, HttpTransport):

@@ -480,18 +480,23 @@ class Membership:
 
     def _stale(self, member: Member, h: NodeHeader, now: float) -> bool:
         """Is ``h`` (another boot than ``member``'s) from a process that is
-        gone -- a reply or request in flight when it died, read late? So if
-        that boot was replaced here, or started earlier, and it speaks from
-        the address its successor uses while the successor is alive or
-        spoke lately. Taken for a restart back to it, it would tell the
-        replicas the live boot is gone. (Only then: a wall clock set back
-        between two starts orders them the wrong way, and the live boot
-        must not be locked out once the dead one is silent and suspected.)"""
-        return (member.addr == h.addr
-                and (member.state is MemberState.ALIVE
-                     or (member.heard_at is not None
-                         and now - member.heard_at < self._clash_window()))
-                and (h.boot in member.retired or _earlier(h.boot, member.boot)))
+        gone -- a reply or request in flight when it died, read late? Taken
+        for a restart back to it, it would tell the replicas the live boot
+        is gone. So if it speaks from the address its successor uses, and
+        either that boot was replaced here (until the successor is presumed
+        lost: a successor that is merely suspect may be alive behind a slow
+        link), or it started earlier while the successor is alive or spoke
+        lately. (Only then, for a start time: a wall clock set back between
+        two starts orders them the wrong way, and the live boot must not be
+        locked out once the dead one is silent and suspected.)"""
+        if member.addr != h.addr:
+            return False
+        if h.boot in member.retired:
+            return not member.lost
+        return ((member.state is MemberState.ALIVE
+                 or (member.heard_at is not None
+                     and now - member.heard_at < self._clash_window()))
+                and _earlier(h.boot, member.boot))
 
     def _clash_window(self) -> float:
         """A member heard from this recently is alive: another node using its id clashes."""

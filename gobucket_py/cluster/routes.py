@@ -72,6 +72,16 @@ class Routes:
         # of a handoff from that holder that could not be settled)],
         # applied when a move points the route at that holder.
         self._later: dict[tuple[str, str], list[tuple[Notice, tuple[str, int, int] | None]]] = {}
+        # Words of a handoff that came before the route itself (the forward's
+        # verdict was still on its way): ``(bucket, id)`` -> the same entries
+        # as ``_later``, from a holder named with its boot, applied when a
+        # route to that holder in that boot is added (see add).
+        self._early_moves: dict[tuple[str, str],
+                                list[tuple[Notice, tuple[str, int, int] | None]]] = {}
+        #: ``moved_early(bucket, task_id, route)``: a route just added was
+        #: moved on by such words (to ``route``), as ``EndedNotices.apply``
+        #: would have moved it.
+        self.moved_early: Callable[[str, str, Route], None] | None = None
         #: Routes to a holder that may or may not have taken the task (its
         #: forward could not be settled): ``(bucket, id)`` -> ``(slot,
         #: handoff)``, the batch slot to settle before trusting a "not here"
@@ -121,6 +131,11 @@ class Routes:
         if self.unsettled:
             for task_id in task_ids:
                 self.unsettled.pop((bucket, task_id), None)
+        if self._early_moves:
+            for task_id in task_ids:
+                kept = self._early_moves.pop((bucket, task_id), None)
+                if kept:
+                    self._catch_up(bucket, task_id, where, route, kept)
         heapq.heappush(self._expiry, (expiry, next(self._seq), bucket, task_ids))
         self._queued += len(task_ids)
         self.expire(now)
@@ -226,12 +241,14 @@ class Routes:
         route is never added."""
         where = self._where.get(bucket)
         route = None if where is None else where.get(task_id)
+        if route is None and via is not None:  # before the route to ``via``, maybe
+            self._keep(self._early_moves, bucket, task_id, (via[0], via[1], "", ""))
         if route is None or via is None or route[0] == node_id:
             self.ended_many(bucket, [task_id], node_id, now, batch)
         elif route[:2] == via:  # the move's own word comes later (the route is this task's:
             self.ended_many(bucket, [task_id], route[0], now)  # ``via`` stopped, then)
         elif not is_lost(route):  # moved more than once: the earlier words come later
-            self._defer(bucket, task_id, (via[0], via[1], "", ""))
+            self._keep(self._later, bucket, task_id, (via[0], via[1], "", ""))
 
     def ended_many(self, bucket: str, task_ids: Iterable[str], node_id: str, now: float,
                    batch: int = -1) -> None:
@@ -260,18 +277,28 @@ class Routes:
                 del early[key]
 
     def move(self, bucket: str, task_id: str, from_node: str, node_id: str, boot: str,
-             slot: tuple[str, int, int] | None = None, from_boot: str = "") -> Route | None:
+             slot: tuple[str, int, int] | None = None, from_boot: str = "", *,
+             handoff: bool = False) -> Route | None:
         """A task routed to ``from_node`` (in ``from_boot``, "" if unknown)
         was handed off to ``node_id`` (in ``boot``; ``slot``: the handoff
         could not be settled), or taken over by it. Returns the route now,
         None if it did not move. A notice that overtook an earlier move's
-        (the route points elsewhere) is kept, and applied when that move is."""
+        (the route points elsewhere) is kept, and applied when that move is.
+        ``handoff``: ``from_node`` told it as it stopped (it takes no new
+        forward), so with no route yet the word may have overtaken the
+        forward's verdict: it is kept, and applied when the route is added."""
         where = self._where.get(bucket)
         route = None if where is None else where.get(task_id)
-        if where is None or route is None or is_lost(route):
+        if where is None or route is None:
+            if handoff and from_boot:
+                self._keep(self._early_moves, bucket, task_id,
+                           (from_node, from_boot, node_id, boot), slot)
+            return None
+        if is_lost(route):
             return None
         if route[0] != from_node or from_boot not in ("", route[1]):
-            self._defer(bucket, task_id, (from_node, from_boot, node_id, boot), slot)
+            self._keep(self._later, bucket, task_id, (from_node, from_boot, node_id, boot),
+                       slot)
             return None
         route = where[task_id] = (node_id, boot, route[2], 0)
         if slot is not None:
@@ -280,15 +307,29 @@ class Routes:
             self.unsettled.pop((bucket, task_id), None)
         return self._follow(bucket, task_id, where, route)
 
-    def _defer(self, bucket: str, task_id: str, notice: Notice,
-               slot: tuple[str, int, int] | None = None) -> None:
-        later = self._later
-        kept = later.setdefault((bucket, task_id), [])
+    @staticmethod
+    def _keep(table: dict[tuple[str, str], list[tuple[Notice, tuple[str, int, int] | None]]],
+              bucket: str, task_id: str, notice: Notice,
+              slot: tuple[str, int, int] | None = None) -> None:
+        """Keep a word about a holder the route does not point at (yet) in
+        ``table`` (``_later`` or ``_early_moves``)."""
+        kept = table.setdefault((bucket, task_id), [])
         if (notice, slot) not in kept:
             kept.append((notice, slot))
-        if len(later) > EARLY_MAX:  # drop the oldest half
-            for key in list(later)[:EARLY_MAX // 2]:
-                del later[key]
+        if len(table) > EARLY_MAX:  # drop the oldest half
+            for key in list(table)[:EARLY_MAX // 2]:
+                del table[key]
+
+    def _catch_up(self, bucket: str, task_id: str, where: dict[str, Route], route: Route,
+                  kept: list[tuple[Notice, tuple[str, int, int] | None]]) -> None:
+        """Apply words of a handoff that came before the route ``route`` just
+        added (from its holder, in its boot: a stopping node takes no new
+        forward, so they are about this task), as :meth:`move` would have;
+        the others wait in ``_later`` for the route to reach their holder."""
+        self._later.setdefault((bucket, task_id), []).extend(kept)
+        moved = self._follow(bucket, task_id, where, route)
+        if moved is not None and moved != route and self.moved_early is not None:
+            self.moved_early(bucket, task_id, moved)
 
     def _follow(self, bucket: str, task_id: str, where: dict[str, Route], route: Route
                 ) -> Route | None:
