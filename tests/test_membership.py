@@ -493,6 +493,34 @@ async def test_a_late_message_from_a_replaced_boot_is_refused_while_its_successo
     assert member.boot == old.boot and len(n1.restarts) == 2
 
 
+async def test_a_late_message_from_a_replaced_boot_after_its_successor_left(
+        mesh: Mesh) -> None:
+    # A successor that left is never presumed lost: the old boot is refused
+    # while the successor leaves and for lost_after of its silence, then may
+    # come back (so a live boot wrongly taken for replaced is not locked out
+    # until the record is pruned).
+    n1 = await mesh.add("n1", seeds=[])
+    old = await mesh.add("a", node_id="x")
+    await asyncio.sleep(1)
+    late = old.m.header()
+    await mesh.kill("a")
+    new = await mesh.add("a", node_id="x")
+    await asyncio.sleep(1)
+    await mesh.nodes.pop("a").stop(leave=True)
+    await until(lambda: n1.state("x") is MemberState.LEFT, DETECT)
+    left_at = asyncio.get_running_loop().time()
+    with pytest.raises(ProtocolError, match=f"earlier boot {old.boot}"):
+        n1.m.heard(late)
+    await asyncio.sleep(CFG.lost_after - 0.5)
+    with pytest.raises(ProtocolError, match=f"earlier boot {old.boot}"):
+        n1.m.heard(late)
+    member = n1.m.members["x"]
+    assert member.boot == new.boot and member.state is MemberState.LEFT
+    await asyncio.sleep(1.0)  # silent past lost_after
+    assert asyncio.get_running_loop().time() - left_at > CFG.lost_after
+    assert n1.m.heard(late) is member and member.boot == old.boot
+
+
 async def test_a_late_message_from_an_earlier_boot_never_met_is_not_a_restart(
         mesh: Mesh) -> None:
     # This node met only the new boot (it restarted, or joined, since the old

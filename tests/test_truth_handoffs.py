@@ -307,6 +307,22 @@ def test_a_handoff_told_before_the_forwards_verdict_moves_the_route_once_it_is_a
     assert routes.get("jobs", "new") == ("n2", "b2", 61.0, 0)
 
 
+def test_a_forward_left_unsettled_is_settled_by_its_holders_early_word() -> None:
+    # As above, and n1 could not settle its forward either (n2 had exited):
+    # n2's word of the handoff proves it took the task, so what is left to
+    # settle is n2's handoff to n3 (its slot), not n1's forward to n2.
+    routes = Routes()
+    moved: list[str] = []
+    routes.moved_early = lambda bucket, task_id, route: moved.append(task_id)
+    routes.move("jobs", "job", "n2", "n3", "b3", ("b2", 9, 0), from_boot="b2", handoff=True)
+    routes.add("jobs", "n2", "b2", 0.0, 60.0, ["job", "plain"])
+    routes.unsure("jobs", "job", ("b1", 4, 0), False, ("n2", "b2"))
+    routes.unsure("jobs", "plain", ("b1", 4, 1), False, ("n2", "b2"))
+    assert routes.get("jobs", "job") == ("n3", "b3", 61.0, 0) and moved == ["job"]
+    assert routes.unsettled[("jobs", "job")] == (("b2", 9, 0), True)
+    assert routes.unsettled[("jobs", "plain")] == (("b1", 4, 1), False)
+
+
 @pytest.mark.looptime
 async def test_a_task_that_ends_while_its_big_handoff_batch_is_taken_is_told_to_its_origin(
 ) -> None:

@@ -34,12 +34,13 @@ The table's own rules:
   newer evidence), but checked with a probe of our own.
 - **Incarnations.** A new ``boot`` id for a known node id means it restarted:
   its old tasks are gone (``on_restart``). A message from a boot this node
-  saw replaced, or that started earlier (boot ids carry their start time),
-  at the address its successor uses while the successor is alive, is a
-  late one from a process that is gone (its successor could not have taken
-  the address while it lived): refused with :class:`StaleBootError`, not a
-  restart back to it. At another address it is judged as below: a clash while the
-  successor speaks, else a restart (a paused process that came back).
+  saw replaced (until its successor is presumed lost), or that started
+  earlier (boot ids carry their start time) while the successor is alive,
+  at the address its successor uses, is a late one from a process that is
+  gone (its successor could not have taken the address while it lived):
+  refused with :class:`StaleBootError`, not a restart back to it. At
+  another address it is judged as below: a clash while the successor
+  speaks, else a restart (a paused process that came back).
 - **Leaving.** A stopping node says so (``leaving`` in its header and a LEAVE
   message); peers mark it *left*, not dead, and stop routing to it.
 - **Node id clashes.** Two live nodes with one node id would make every peer
@@ -484,15 +485,19 @@ class Membership:
         for a restart back to it, it would tell the replicas the live boot
         is gone. So if it speaks from the address its successor uses, and
         either that boot was replaced here (until the successor is presumed
-        lost: a successor that is merely suspect may be alive behind a slow
-        link), or it started earlier while the successor is alive or spoke
-        lately. (Only then, for a start time: a wall clock set back between
-        two starts orders them the wrong way, and the live boot must not be
-        locked out once the dead one is silent and suspected.)"""
+        lost, or has left and been silent as long: a successor that is
+        merely suspect may be alive behind a slow link, and taking the old
+        boot back would let the replicas take its tasks over at once), or it
+        started earlier while the successor is alive or spoke lately. (Only
+        then, for a start time: a wall clock set back between two starts
+        orders them the wrong way, and the live boot must not be locked out
+        once the dead one is silent and suspected.)"""
         if member.addr != h.addr:
             return False
-        if h.boot in member.retired:
-            return not member.lost
+        if h.boot in member.retired:  # until its successor is presumed lost, or left
+            return not (member.lost or (  # and silent as long (no lost for a LEFT one)
+                member.state is MemberState.LEFT and member.heard_at is not None
+                and now - member.heard_at >= self.config.lost_after))
         return ((member.state is MemberState.ALIVE
                  or (member.heard_at is not None
                      and now - member.heard_at < self._clash_window()))

@@ -555,7 +555,8 @@ class Overflow:
         self._remember(bucket, member, placed, sent, boot)
         for item, outcome in zip(items, outcomes, strict=True):
             if isinstance(outcome, Unsettled) and outcome.slot is not None:
-                group._routes.unsure(bucket, item[1], outcome.slot, False)
+                group._routes.unsure(bucket, item[1], outcome.slot, False,
+                                     (member.node_id, boot))
         return retry
 
     def _remember(self, bucket: str, member: Member, placed: dict[float, list[str]],
@@ -718,7 +719,8 @@ class Overflow:
             self._still_there(member, boot)
             if isinstance(outcome, Unsettled):
                 if outcome.slot is not None:
-                    routes.unsure(bucket, task_id, outcome.slot, handoff)
+                    routes.unsure(bucket, task_id, outcome.slot, handoff,
+                                  (member.node_id, boot))
                 raise _unknown(member, item, outcome)
             return True
         if outcome == "restarted" and member.boot != boot:

@@ -122,6 +122,7 @@ class Routes:
         where = self._where.get(bucket)
         if where is None:
             where = self._where[bucket] = {}
+        given = task_ids
         if self._early:
             task_ids = [t for t in task_ids if not self._overtaken(bucket, t, node_id, sent)]
         if self._later:  # a new task of the id: notices of moves are of an earlier one
@@ -132,9 +133,9 @@ class Routes:
             for task_id in task_ids:
                 self.unsettled.pop((bucket, task_id), None)
         if self._early_moves:
-            for task_id in task_ids:
+            for task_id in given:  # (one that ended there has nothing to follow)
                 kept = self._early_moves.pop((bucket, task_id), None)
-                if kept:
+                if kept and where.get(task_id) is route:
                     self._catch_up(bucket, task_id, where, route, kept)
         heapq.heappush(self._expiry, (expiry, next(self._seq), bucket, task_ids))
         self._queued += len(task_ids)
@@ -214,8 +215,15 @@ class Routes:
             self.unsettled.pop((bucket, task_id), None)
 
     def unsure(self, bucket: str, task_id: str, slot: tuple[str, int, int],
-               handoff: bool) -> None:
-        """The route to ``task_id`` is to a holder that may not have taken it."""
+               handoff: bool, holder: tuple[str, str] | None = None) -> None:
+        """The route to ``task_id`` is to a holder that may not have taken it
+        (``holder``: the node and boot it was sent to; a route no longer
+        there was moved on, or ended, by that holder's own word, which came
+        first: it had the task, and nothing is left to settle)."""
+        if holder is not None:
+            route = self.get(bucket, task_id)
+            if route is None or route[:2] != holder:
+                return
         self.unsettled[(bucket, task_id)] = (slot, handoff)
 
     def _overtaken(self, bucket: str, task_id: str, node_id: str, sent: Sent | None) -> bool:
