@@ -26,7 +26,7 @@ from gobucket_py.cluster.forward import HANDOFF
 from gobucket_py.cluster.items import PACKED_NONE
 from gobucket_py.cluster.protocol import Kind
 from gobucket_py.cluster.routes import Routes
-from gobucket_py.errors import ProtocolError
+from gobucket_py.errors import PlacementUnknownError, ProtocolError
 from gobucket_py.testing import MemoryCluster
 
 from .conftest import Recorder
@@ -153,6 +153,53 @@ async def test_a_handed_off_task_taken_over_by_its_backup_is_not_reported_lost()
         await asyncio.sleep(30)  # found dead, taken over, and due
         assert three.runs("job") == 1
         assert "job" not in three.lost
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize("down", [0.0, 0.2, 1.0])
+async def test_a_takeover_told_before_the_forward_is_settled_is_followed(down: float) -> None:
+    # n1's forward of "job" to n2 gets no reply (n2 took it, backed up on n3
+    # or n4); n2 is killed -9 and restarted: its backup takes the job over at
+    # once and tells n1 before n1 gives the forward up (the route is then
+    # added, unsettled). Dropped, that word left the route at n2's dead boot:
+    # reported lost, while the backup ran the job (an outcome and a loss
+    # report, with down 0 and 0.2 s).
+    three = Three(replicas=1, nodes=4)
+    async with three.cluster as c:
+        await c.settle()
+        await c["n1"].fill("jobs", "anchor", task_type=BOMB, run_after=500, life_span=600)
+        for name in ("n3", "n4"):
+            for i in range(50):
+                c[name].buckets["jobs"].fill_nowait(BOMB, f"hold-{i}", run_after=500,
+                                                    life_span=600)
+        await c.wait_for(lambda: all(c["n1"]._members.members[n].free.get("jobs") == 0
+                                     for n in ("n3", "n4")))
+        lossy = c.drop_replies("n1", "n2")
+        fill = asyncio.create_task(c["n1"].fill("jobs", "job", task_type=BOMB, run_after=20,
+                                                life_span=60))
+        await c.wait_for(lambda: "job" in c["n2"].buckets["jobs"])
+        c.crash("n2")
+        await asyncio.sleep(down)
+        await c.restart("n2")
+        lossy.heal()
+        with pytest.raises(PlacementUnknownError):
+            await fill
+        await asyncio.sleep(40)
+        assert three.runs("job") == 1  # on its backup's node
+        assert "job" not in three.lost
+
+
+def test_a_word_before_the_route_is_kept_a_while_only() -> None:
+    routes = Routes()
+    routes.move("jobs", "job", "n2", "n4", "b4", early=0.0)  # a takeover from n2
+    routes.add("jobs", "n2", "b2", 10.0, 60.0, ["job"])
+    assert routes.get("jobs", "job") == ("n4", "b4", 71.0, 0)
+    routes.move("jobs", "old", "n2", "n4", "b4", early=0.0)
+    routes.add("jobs", "n2", "b2", 31.0, 60.0, ["old"])  # past EARLY_KEEP: not this forward's
+    assert routes.get("jobs", "old") == ("n2", "b2", 92.0, 0)
+    routes.move("jobs", "none", "n2", "n4", "b4")  # not early: dropped
+    routes.add("jobs", "n2", "b2", 1.0, 60.0, ["none"])
+    assert routes.get("jobs", "none") == ("n2", "b2", 62.0, 0)
 
 
 async def chain(three: Three, run_after: float, late: tuple[float, float] = (0.0, 0.0)
@@ -292,13 +339,13 @@ def test_a_handoff_told_before_the_forwards_verdict_moves_the_route_once_it_is_a
     routes = Routes()
     moved: list[tuple[str, tuple[str, str, float, int]]] = []
     routes.moved_early = lambda bucket, task_id, route: moved.append((task_id, route))
-    assert routes.move("jobs", "job", "n2", "n3", "b3", from_boot="b2", handoff=True) is None
+    assert routes.move("jobs", "job", "n2", "n3", "b3", from_boot="b2", early=0.0) is None
     routes.ended("jobs", "done", "n3", 1.0, via=("n2", "b2"))  # handed off, then ended
     # A takeover's word (not from a stopping node: it may take the id again)
     # with no route is about an earlier task: not kept.
     assert routes.move("jobs", "other", "n2", "n4", "b4", from_boot="b2") is None
     # A handoff by another boot of n2 is about another task.
-    routes.move("jobs", "new", "n2", "n3", "b3", from_boot="b2old", handoff=True)
+    routes.move("jobs", "new", "n2", "n3", "b3", from_boot="b2old", early=0.0)
     routes.add("jobs", "n2", "b2", 0.0, 60.0, ["job", "done", "other", "new"])
     assert routes.get("jobs", "job") == ("n3", "b3", 61.0, 0)
     assert moved == [("job", ("n3", "b3", 61.0, 0))]
@@ -314,7 +361,7 @@ def test_a_forward_left_unsettled_is_settled_by_its_holders_early_word() -> None
     routes = Routes()
     moved: list[str] = []
     routes.moved_early = lambda bucket, task_id, route: moved.append(task_id)
-    routes.move("jobs", "job", "n2", "n3", "b3", ("b2", 9, 0), from_boot="b2", handoff=True)
+    routes.move("jobs", "job", "n2", "n3", "b3", ("b2", 9, 0), from_boot="b2", early=0.0)
     routes.add("jobs", "n2", "b2", 0.0, 60.0, ["job", "plain"])
     routes.unsure("jobs", "job", ("b1", 4, 0), False, ("n2", "b2"))
     routes.unsure("jobs", "plain", ("b1", 4, 1), False, ("n2", "b2"))

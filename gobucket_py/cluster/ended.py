@@ -527,17 +527,23 @@ class EndedNotices:
         for bucket, task_id, handed_by, boot in via:  # (came by handoff: no batch of ours)
             routes.ended(bucket, task_id, sender, now, via=(handed_by, boot),
                          batch=0 if numbered else -1)
+        # A word that comes before the route may have overtaken the verdict
+        # of the forward (its reply lost, the batch being settled): a move
+        # told by a stopping node (it takes no new forward: the word is
+        # about the task it had), a takeover of an id this node is placing.
         member = group._members.members.get(sender) if moved else None
         stopping = (member is not None and member.boot == sender_boot
-                    and member.state is MemberState.LEFT)  # handoffs, not takeovers
+                    and member.state is MemberState.LEFT)
         for bucket, task_id, node, boot, *rest in moved:
             slot = (rest[0], rest[1], rest[2]) if rest else None
             route = routes.move(bucket, task_id, sender, node, boot, slot, sender_boot,
-                                handoff=stopping)
+                                early=now if stopping else None)
             if route is not None:
                 self.followed(bucket, task_id, route)
+        placing = group._overflow.is_placing
         for bucket, task_id, primary in promoted:
-            route = routes.move(bucket, task_id, primary, sender, sender_boot)
+            route = routes.move(bucket, task_id, primary, sender, sender_boot,
+                                early=now if placing(bucket, task_id) else None)
             if route is not None:  # (followed on to where later notices say it went)
                 group._losses.gone_already(route[0], route[1])
         for bucket, task_id, left, batch in extended:

@@ -231,6 +231,12 @@ class Overflow:
 
     # -- one id at a time from this node ------------------------------------------
 
+    def is_placing(self, bucket: str, task_id: str) -> bool:
+        """Is ``task_id`` being placed on a peer from here now (from its fill
+        to its result)?"""
+        marks = self._placing.get(bucket)
+        return marks is not None and task_id in marks
+
     def held(self, bucket: str, task_id: str) -> bool:
         """Is ``task_id`` being placed on a peer from here, or routed to
         one (forwarded from here, and not known to have ended, been lost,

@@ -52,6 +52,11 @@ Notice = tuple[str, str, str, str]
 #: Ended notices kept for routes not added yet (a few seconds' worth).
 EARLY_MAX = 10_000
 
+#: How long a word of a move that came before its route is kept (seconds): a
+#: forward is settled well within it (``request_timeout`` plus
+#: ``settle_timeout``), and a stale word is not applied to a later forward.
+EARLY_KEEP = 30.0
+
 
 class Routes:
     """Forwarded tasks by ``(bucket, task_id)``."""
@@ -72,12 +77,12 @@ class Routes:
         # of a handoff from that holder that could not be settled)],
         # applied when a move points the route at that holder.
         self._later: dict[tuple[str, str], list[tuple[Notice, tuple[str, int, int] | None]]] = {}
-        # Words of a handoff that came before the route itself (the forward's
-        # verdict was still on its way): ``(bucket, id)`` -> the same entries
-        # as ``_later``, from a holder named with its boot, applied when a
-        # route to that holder in that boot is added (see add).
-        self._early_moves: dict[tuple[str, str],
-                                list[tuple[Notice, tuple[str, int, int] | None]]] = {}
+        # Words of a move that came before the route itself (the forward's
+        # verdict was still on its way): ``(bucket, id)`` -> (loop time the
+        # last came, the same entries as ``_later``), applied when a route to
+        # their holder is added within EARLY_KEEP (see add).
+        self._early_moves: dict[tuple[str, str], tuple[
+            float, list[tuple[Notice, tuple[str, int, int] | None]]]] = {}
         #: ``moved_early(bucket, task_id, route)``: a route just added was
         #: moved on by such words (to ``route``), as ``EndedNotices.apply``
         #: would have moved it.
@@ -135,8 +140,9 @@ class Routes:
         if self._early_moves:
             for task_id in given:  # (one that ended there has nothing to follow)
                 kept = self._early_moves.pop((bucket, task_id), None)
-                if kept and where.get(task_id) is route:
-                    self._catch_up(bucket, task_id, where, route, kept)
+                if (kept is not None and now - kept[0] <= EARLY_KEEP
+                        and where.get(task_id) is route):
+                    self._catch_up(bucket, task_id, where, route, kept[1])
         heapq.heappush(self._expiry, (expiry, next(self._seq), bucket, task_ids))
         self._queued += len(task_ids)
         self.expire(now)
@@ -250,13 +256,13 @@ class Routes:
         where = self._where.get(bucket)
         route = None if where is None else where.get(task_id)
         if route is None and via is not None:  # before the route to ``via``, maybe
-            self._keep(self._early_moves, bucket, task_id, (via[0], via[1], "", ""))
+            self.keep_early(bucket, task_id, (via[0], via[1], "", ""), None, now)
         if route is None or via is None or route[0] == node_id:
             self.ended_many(bucket, [task_id], node_id, now, batch)
         elif route[:2] == via:  # the move's own word comes later (the route is this task's:
             self.ended_many(bucket, [task_id], route[0], now)  # ``via`` stopped, then)
         elif not is_lost(route):  # moved more than once: the earlier words come later
-            self._keep(self._later, bucket, task_id, (via[0], via[1], "", ""))
+            self._keep(bucket, task_id, (via[0], via[1], "", ""))
 
     def ended_many(self, bucket: str, task_ids: Iterable[str], node_id: str, now: float,
                    batch: int = -1) -> None:
@@ -286,27 +292,27 @@ class Routes:
 
     def move(self, bucket: str, task_id: str, from_node: str, node_id: str, boot: str,
              slot: tuple[str, int, int] | None = None, from_boot: str = "", *,
-             handoff: bool = False) -> Route | None:
+             early: float | None = None) -> Route | None:
         """A task routed to ``from_node`` (in ``from_boot``, "" if unknown)
         was handed off to ``node_id`` (in ``boot``; ``slot``: the handoff
         could not be settled), or taken over by it. Returns the route now,
         None if it did not move. A notice that overtook an earlier move's
         (the route points elsewhere) is kept, and applied when that move is.
-        ``handoff``: ``from_node`` told it as it stopped (it takes no new
-        forward), so with no route yet the word may have overtaken the
-        forward's verdict: it is kept, and applied when the route is added."""
+        ``early``: the loop time now, if with no route yet the word may have
+        overtaken the verdict of this node's forward of the task (the caller
+        knows: see ``EndedNotices.apply``); it is kept, and applied if the
+        route to ``from_node`` is added within ``EARLY_KEEP``."""
         where = self._where.get(bucket)
         route = None if where is None else where.get(task_id)
         if where is None or route is None:
-            if handoff and from_boot:
-                self._keep(self._early_moves, bucket, task_id,
-                           (from_node, from_boot, node_id, boot), slot)
+            if early is not None:
+                self.keep_early(bucket, task_id, (from_node, from_boot, node_id, boot), slot,
+                                early)
             return None
         if is_lost(route):
             return None
         if route[0] != from_node or from_boot not in ("", route[1]):
-            self._keep(self._later, bucket, task_id, (from_node, from_boot, node_id, boot),
-                       slot)
+            self._keep(bucket, task_id, (from_node, from_boot, node_id, boot), slot)
             return None
         route = where[task_id] = (node_id, boot, route[2], 0)
         if slot is not None:
@@ -315,25 +321,38 @@ class Routes:
             self.unsettled.pop((bucket, task_id), None)
         return self._follow(bucket, task_id, where, route)
 
-    @staticmethod
-    def _keep(table: dict[tuple[str, str], list[tuple[Notice, tuple[str, int, int] | None]]],
-              bucket: str, task_id: str, notice: Notice,
+    def _keep(self, bucket: str, task_id: str, notice: Notice,
               slot: tuple[str, int, int] | None = None) -> None:
-        """Keep a word about a holder the route does not point at (yet) in
-        ``table`` (``_later`` or ``_early_moves``)."""
-        kept = table.setdefault((bucket, task_id), [])
+        """Keep a word about a holder the route does not point at yet."""
+        later = self._later
+        kept = later.setdefault((bucket, task_id), [])
         if (notice, slot) not in kept:
             kept.append((notice, slot))
-        if len(table) > EARLY_MAX:  # drop the oldest half
-            for key in list(table)[:EARLY_MAX // 2]:
-                del table[key]
+        if len(later) > EARLY_MAX:  # drop the oldest half
+            for key in list(later)[:EARLY_MAX // 2]:
+                del later[key]
+
+    def keep_early(self, bucket: str, task_id: str, notice: Notice,
+                   slot: tuple[str, int, int] | None, now: float) -> None:
+        """Keep a word of a move (or of an end after a handoff) that may have
+        overtaken the verdict of this node's forward of the task: applied if
+        the route to its holder is added within ``EARLY_KEEP``."""
+        early = self._early_moves
+        was = early.pop((bucket, task_id), None)
+        kept = [] if was is None or now - was[0] > EARLY_KEEP else was[1]
+        if (notice, slot) not in kept:
+            kept.append((notice, slot))
+        early[(bucket, task_id)] = (now, kept)  # (last: the newest)
+        if len(early) > EARLY_MAX:  # drop the oldest half
+            for key in list(early)[:EARLY_MAX // 2]:
+                del early[key]
 
     def _catch_up(self, bucket: str, task_id: str, where: dict[str, Route], route: Route,
                   kept: list[tuple[Notice, tuple[str, int, int] | None]]) -> None:
-        """Apply words of a handoff that came before the route ``route`` just
-        added (from its holder, in its boot: a stopping node takes no new
-        forward, so they are about this task), as :meth:`move` would have;
-        the others wait in ``_later`` for the route to reach their holder."""
+        """Apply words of a move that came before the route ``route`` just
+        added (from its holder: see :meth:`keep_early`), as :meth:`move`
+        would have; the others wait in ``_later`` for the route to reach
+        their holder."""
         self._later.setdefault((bucket, task_id), []).extend(kept)
         moved = self._follow(bucket, task_id, where, route)
         if moved is not None and moved != route and self.moved_early is not None:
