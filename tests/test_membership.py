@@ -429,18 +429,25 @@ async def test_restart_on_the_same_address_is_always_a_restart(mesh: Mesh) -> No
     assert n1.restarts == [("x", MemberState.ALIVE)]
 
 
+async def replaced(mesh: Mesh) -> tuple[Node, Node, Node, list[Any]]:
+    """n1 meets node x (boot one, at "a"), which is killed -9 a second later
+    and started again at once at "a" (boot two): n1, the two nodes, and a
+    header boot one sent before it died, to be read late."""
+    n1 = await mesh.add("n1", seeds=[])
+    old = await mesh.add("a", node_id="x")
+    await asyncio.sleep(1)
+    late = old.m.header()
+    await mesh.kill("a")
+    return n1, old, await mesh.add("a", node_id="x"), late
+
+
 async def test_a_late_message_from_an_earlier_boot_is_not_a_restart(mesh: Mesh) -> None:
     # A message the old process sent before it died (a reply in flight, a
     # request left in a socket buffer during a stall) read after its new boot
     # was heard: it must not be taken for a restart back to the old boot --
     # that would tell the replicas the live new boot is gone, and let them
     # take its tasks over while it runs them.
-    n1 = await mesh.add("n1", seeds=[])
-    old = await mesh.add("a", node_id="x")
-    await asyncio.sleep(1)
-    late = old.m.header()  # sent before the kill, read after the restart
-    await mesh.kill("a")
-    new = await mesh.add("a", node_id="x")
+    n1, old, new, late = await replaced(mesh)
     assert n1.m.members["x"].boot == new.boot and n1.restarts == [("x", MemberState.ALIVE)]
     with pytest.raises(ProtocolError, match=f"earlier boot {old.boot}"):
         n1.m.heard(late)
@@ -472,12 +479,7 @@ async def test_a_late_message_from_a_replaced_boot_is_refused_while_its_successo
     # after a drain had answered NOT_FOUND). Once the new boot is presumed
     # lost, the old one may come back (a wall clock set back may have ordered
     # the two the wrong way).
-    n1 = await mesh.add("n1", seeds=[])
-    old = await mesh.add("a", node_id="x")
-    await asyncio.sleep(1)
-    late = old.m.header()
-    await mesh.kill("a")
-    new = await mesh.add("a", node_id="x")
+    n1, old, new, late = await replaced(mesh)
     await asyncio.sleep(1)
     await mesh.kill("a")
     await until(lambda: n1.state("x") is MemberState.SUSPECT, DETECT)
@@ -499,12 +501,7 @@ async def test_a_late_message_from_a_replaced_boot_after_its_successor_left(
     # while the successor leaves and for lost_after of its silence, then may
     # come back (so a live boot wrongly taken for replaced is not locked out
     # until the record is pruned).
-    n1 = await mesh.add("n1", seeds=[])
-    old = await mesh.add("a", node_id="x")
-    await asyncio.sleep(1)
-    late = old.m.header()
-    await mesh.kill("a")
-    new = await mesh.add("a", node_id="x")
+    n1, old, new, late = await replaced(mesh)
     await asyncio.sleep(1)
     await mesh.nodes.pop("a").stop(leave=True)
     await until(lambda: n1.state("x") is MemberState.LEFT, DETECT)

@@ -550,11 +550,11 @@ class EndedNotices:
             if batch <= last:  # (above any batch sent: the clock stepped back, as for ends)
                 routes.extend(bucket, task_id, sender, now, left, sender_boot)
 
-
     def followed(self, bucket: str, task_id: str, route: Route) -> None:
-        """A route was moved by a handoff's word (and followed on to where
-        later words say it went: ``route``): settle the handoff if its
-        holder could not, else report the task if that holder is gone."""
+        """A route was moved by a word of a handoff or a takeover (and
+        followed on to where later words say it went: ``route``): settle the
+        handoff if its holder could not, else report the task if that holder
+        is gone."""
         group = self.group
         if (bucket, task_id) in group._routes.unsettled:
             group._spawn(group._lookup.resolve(bucket, task_id))
