@@ -1112,6 +1112,9 @@ FAULTS_OF = {
     # links healed) before what its old boot sent last arrives: late
     # messages from a boot its peers have seen replaced.
     "late_boots": ("slow_crash", "crash", "delay"),
+    # Lost replies while holders are killed -9 or stop gracefully: words of
+    # handoffs and takeovers racing the verdicts of the forwards they concern.
+    "lost_replies": ("drop", "drop", "crash", "leave", "delay"),
 }
 
 

@@ -146,6 +146,28 @@ async def test_seed_with_late_messages_from_old_boots(
         pytest.fail("\n" + outcome.report(), pytrace=False)
 
 
+#: Seeds run with ``replicas=2`` and the ``lost_replies`` profile
+#: (``NEMESIS_LOST_SEEDS``): lost replies while holders are killed -9 or stop
+#: gracefully, so words of handoffs and takeovers race the verdicts of the
+#: forwards they concern. Its first run failed 2 of 900 seeds, which run too:
+#: 74 (a backup taken over at its own origin while the forward to its
+#: primary was being settled: the route added then was reported lost, and
+#: the task ran) and 592 (a backup stored after its primary left, found only
+#: when it started again: drains "unknown" for good).
+LOST_SEEDS = int(os.environ.get("NEMESIS_LOST_SEEDS", "30"))
+LOST_FOUND = [74, 592]
+
+
+@pytest.mark.parametrize("seed", sorted({*range(FIRST_SEED, FIRST_SEED + LOST_SEEDS),
+                                         *LOST_FOUND}))
+async def test_seed_with_lost_replies_racing_handoffs_and_takeovers(
+        seed: int, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="gobucket_py")
+    outcome = await run_seed(seed, replicas=2, profile="lost_replies")
+    if outcome.failed:
+        pytest.fail("\n" + outcome.report(), pytrace=False)
+
+
 #: Seeds run with ids filled again (``NEMESIS_REUSE_SEEDS``), each with replicas 0 and 1.
 REUSE_SEEDS = int(os.environ.get("NEMESIS_REUSE_SEEDS", "30"))
 #: Violations the reuse runs find that are known, reported limits of the library

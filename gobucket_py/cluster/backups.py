@@ -314,6 +314,14 @@ class Backups:
         backed up anew by their new holders), or ran or were rescued there."""
         self._drop_where(lambda b: b[0] == member.node_id)
 
+    def primary_replaced(self, member: Member) -> None:
+        """A primary that had left started again (``member``, in its new
+        boot): what its earlier boots backed up here since they left (a
+        copy sent before the stop, stored late) is stale, as the backups
+        :meth:`primary_left` dropped were, and would keep lookups of those
+        tasks "unknown" (a holder not alive) until their deadline."""
+        self._drop_where(lambda b: b[0] == member.node_id and b[1] != member.boot)
+
     def primary_back(self, member: Member) -> None:
         """A primary this node had seen suspect or dead is alive again (same
         boot id). Drops it sent meanwhile could not reach this node (its word

@@ -64,6 +64,7 @@ class PeerReactions:
             # said so. If an incarnation did not say it was done (killed
             # during its stop), each task routed to it is looked for.
             node = member.node_id
+            group._backups.primary_replaced(member)
             done = {boot for peer, boot in group._lookup.done if peer == node}
             stale = group._routes.forget_node(node, done)
             if stale:

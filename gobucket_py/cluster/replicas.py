@@ -347,6 +347,11 @@ class Replicas:
             # case: this node is its origin, but the backup names the node
             # that handed it off to ``primary``.
             group._routes.forget(name, task.id)
+            if route is None and group._overflow.is_placing(name, task.id):
+                # Its forward to ``primary`` is still being settled: the route
+                # that adds goes too (as if ``primary`` had said it ended).
+                group._routes.keep_early(name, task.id, (primary, "", "", ""), None,
+                                         asyncio.get_running_loop().time())
         elif origin != primary:
             group._ended.accepted(name, task.id, origin)
             group._ended.promoted(name, task.id, origin, primary)
