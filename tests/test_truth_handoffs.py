@@ -189,6 +189,21 @@ async def test_a_takeover_told_before_the_forward_is_settled_is_followed(down: f
         assert "job" not in three.lost
 
 
+def test_a_takeover_at_the_origin_drops_the_route_its_forward_adds_later() -> None:
+    # This node took "job" over as its backup (its primary n2, boot b2,
+    # restarted) while its own forward of "job" to n2 was being settled: the
+    # route that forward adds (unsettled) goes at once (nemesis seed 74,
+    # lost_replies, replicas=2: it was reported lost while the task ran here).
+    routes = Routes()
+    routes.keep_early("jobs", "job", ("n2", "b2", "", ""), None, 0.0)
+    routes.keep_early("jobs", "other", ("n2", "b2", "", ""), None, 0.0)
+    routes.add("jobs", "n2", "b2", 1.0, 60.0, ["job"])
+    routes.unsure("jobs", "job", ("b1", 4, 0), False, ("n2", "b2"))
+    assert routes.get("jobs", "job") is None and ("jobs", "job") not in routes.unsettled
+    routes.add("jobs", "n2", "b2new", 1.0, 60.0, ["other"])  # another boot's: not that task
+    assert routes.get("jobs", "other") == ("n2", "b2new", 62.0, 0)
+
+
 def test_a_word_before_the_route_is_kept_a_while_only() -> None:
     routes = Routes()
     routes.move("jobs", "job", "n2", "n4", "b4", early=0.0)  # a takeover from n2

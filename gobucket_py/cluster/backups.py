@@ -208,6 +208,11 @@ class Backups:
         stored: dict[str, list[tuple[str, str]]] = {}
         latest = now
         node, boot = primary.node_id, primary.boot
+        if primary.state is MemberState.LEFT:
+            # A copy sent before it stopped, read late: what it had is handed
+            # off (and backed up by its new holders), and a copy kept would
+            # name a holder gone for good (see primary_left).
+            return ["dropped"] * len(items)
         # Late copies: it started or was drained, or was taken over (say a
         # primary back from a stall re-sending it on a reschedule).
         ended = (("tombs", self.tombs), ("promoted", self.promoted), ("moved", self.moved)) if (
@@ -674,7 +679,7 @@ class Backups:
             self._about("promoted", (bucket, task.id, node), boot, stamp)
             self.promoted[(bucket, task.id, node)] = now
             took.append([bucket, task.id])
-            group._replicas.adopt(bucket, task, origin, node)
+            group._replicas.adopt(bucket, task, origin, node, boot)
         promoted = len(took)
         if promoted:
             group.events.add("tasks_promoted", f"{promoted} tasks of {node} taken over here",

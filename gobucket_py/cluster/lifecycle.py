@@ -62,6 +62,9 @@ async def start(group: TaskBucketGroup) -> None:
     membership.on_pruned = group._lookup.forget_member
     group._routes.hold = group._losses.unresolved
     group._routes.moved_early = group._ended.followed
+    config = group.config  # a forward is settled within these (then its route is added)
+    group._routes.early_keep = max(group._routes.early_keep, 2 * (
+        config.forward_timeout + config.request_timeout + config.settle_timeout))
     membership.on_change = reactions.changed
     group._membership = membership
     if isinstance(group.transport, HttpTransport):

@@ -393,7 +393,10 @@ class Membership:
         member.free = h.free
         member.heard_at = now
         member.last_heard = time.time()
-        self._set_state(member, MemberState.LEFT if h.leaving else MemberState.ALIVE)
+        if restarted or h.leaving or member.state is not MemberState.LEFT:
+            # (A boot that left never comes back: a message of it without
+            # the word is one it sent before it stopped, read late.)
+            self._set_state(member, MemberState.LEFT if h.leaving else MemberState.ALIVE)
         if restarted:
             member.was = None  # a new life: what it held before is reported lost
         if returned:

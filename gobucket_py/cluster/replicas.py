@@ -337,9 +337,10 @@ class Replicas:
                 return False
         return bucket.get(task.id) is task and bucket.withdraw(task.id)
 
-    def adopt(self, name: str, task: Task, origin: str, primary: str) -> None:
-        """A task this node took over from ``primary`` as its backup: tell
-        the origin where it is now, and back it up again (best effort)."""
+    def adopt(self, name: str, task: Task, origin: str, primary: str, boot: str) -> None:
+        """A task this node took over from ``primary`` (in ``boot``) as its
+        backup: tell the origin where it is now, and back it up again (best
+        effort)."""
         group = self.group
         route = group._routes.get(name, task.id)
         if origin == group.node_id or (route is not None and route[0] == primary):
@@ -350,7 +351,7 @@ class Replicas:
             if route is None and group._overflow.is_placing(name, task.id):
                 # Its forward to ``primary`` is still being settled: the route
                 # that adds goes too (as if ``primary`` had said it ended).
-                group._routes.keep_early(name, task.id, (primary, "", "", ""), None,
+                group._routes.keep_early(name, task.id, (primary, boot, "", ""), None,
                                          asyncio.get_running_loop().time())
         elif origin != primary:
             group._ended.accepted(name, task.id, origin)

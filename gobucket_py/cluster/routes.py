@@ -87,6 +87,9 @@ class Routes:
         #: moved on by such words (to ``route``), as ``EndedNotices.apply``
         #: would have moved it.
         self.moved_early: Callable[[str, str, Route], None] | None = None
+        #: How long such words are kept (s): ``EARLY_KEEP``, or longer if a
+        #: forward may take longer to settle (see ``lifecycle.start``).
+        self.early_keep = EARLY_KEEP
         #: Routes to a holder that may or may not have taken the task (its
         #: forward could not be settled): ``(bucket, id)`` -> ``(slot,
         #: handoff)``, the batch slot to settle before trusting a "not here"
@@ -140,7 +143,7 @@ class Routes:
         if self._early_moves:
             for task_id in given:  # (one that ended there has nothing to follow)
                 kept = self._early_moves.pop((bucket, task_id), None)
-                if (kept is not None and now - kept[0] <= EARLY_KEEP
+                if (kept is not None and now - kept[0] <= self.early_keep
                         and where.get(task_id) is route):
                     self._catch_up(bucket, task_id, where, route, kept[1])
         heapq.heappush(self._expiry, (expiry, next(self._seq), bucket, task_ids))
@@ -301,7 +304,7 @@ class Routes:
         ``early``: the loop time now, if with no route yet the word may have
         overtaken the verdict of this node's forward of the task (the caller
         knows: see ``EndedNotices.apply``); it is kept, and applied if the
-        route to ``from_node`` is added within ``EARLY_KEEP``."""
+        route to ``from_node`` is added within ``early_keep``."""
         where = self._where.get(bucket)
         route = None if where is None else where.get(task_id)
         if where is None or route is None:
@@ -336,10 +339,10 @@ class Routes:
                    slot: tuple[str, int, int] | None, now: float) -> None:
         """Keep a word of a move (or of an end after a handoff) that may have
         overtaken the verdict of this node's forward of the task: applied if
-        the route to its holder is added within ``EARLY_KEEP``."""
+        the route to its holder is added within ``early_keep``."""
         early = self._early_moves
         was = early.pop((bucket, task_id), None)
-        kept = [] if was is None or now - was[0] > EARLY_KEEP else was[1]
+        kept = [] if was is None or now - was[0] > self.early_keep else was[1]
         if (notice, slot) not in kept:
             kept.append((notice, slot))
         early[(bucket, task_id)] = (now, kept)  # (last: the newest)
