@@ -1223,3 +1223,37 @@ async def test_a_holder_that_holds_word_of_a_takeover_does_not_take_the_task_ove
     n3.buckets["jobs"].drain_many_nowait(["job"])
     # (Its words are about two incarnations now: they answer for every task.)
     assert b._take_over("n9", [("jobs", "job", backup(1.5))]) == []
+
+
+async def test_backups_of_a_primary_that_left_are_refused_and_dropped_on_its_restart() -> None:
+    """A copy a primary sent before its graceful stop, read after it left,
+    is refused; one stored before that is dropped when the primary starts
+    again (nemesis seed 592, lost_replies, replicas=2: kept, it named a
+    holder "not alive", and drains answered "unknown" until its deadline)."""
+    from gobucket_py import BucketConfig, TaskBucket, TaskBucketGroup
+    from gobucket_py.cluster.member import Member, MemberState
+    from gobucket_py.cluster.memory import MemoryNetwork
+
+    bucket = TaskBucket(BucketConfig(life_span=60, replicas=1), Recorder(), name="jobs")
+    group = TaskBucketGroup({"jobs": bucket}, [], node_id="n1",
+                            transport=MemoryNetwork().transport("n1"))
+    await group.start()
+    try:
+        backups = group._backups
+
+        def copy(task_id: str) -> tuple[Any, ...]:
+            return ("jobs", task_id, PACKED_NONE, 30.0, 60.0, "n3", None, None)
+
+        old = Member("n2", "n2", "b0", state=MemberState.LEFT)
+        assert backups.store([copy("late")], old) == ["dropped"]  # type: ignore[arg-type]
+        old.state = MemberState.ALIVE  # (stored before it left)
+        assert backups.store([copy("kept")], old) == ["ok"]  # type: ignore[arg-type]
+        new = Member("n2", "n2", "b1")  # started again: this node's record of it
+        group._members.members["n2"] = new
+        assert backups.store([copy("new")], new) == ["ok"]  # type: ignore[arg-type]
+        assert backups.at_risk("jobs", "kept")
+        backups.primary_replaced(new)
+        assert not backups.at_risk("jobs", "kept")
+        assert ("new", "n2") in backups.records["jobs"] and len(backups.records["jobs"]) == 1
+    finally:
+        await group.stop()
