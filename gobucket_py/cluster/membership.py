@@ -34,15 +34,18 @@ The table's own rules:
   newer evidence), but checked with a probe of our own.
 - **Incarnations.** A new ``boot`` id for a known node id means it restarted:
   its old tasks are gone (``on_restart``). A message from a boot this node
-  saw replaced (until its successor is presumed lost), or that started
-  earlier (boot ids carry their start time) while the successor is alive,
-  at the address its successor uses, is a late one from a process that is
+  saw replaced (until its successor is presumed lost, or has left and been
+  silent as long), or that started earlier (boot ids carry their start
+  time) while the successor is alive, at the address its successor uses,
+  is a late one from a process that is
   gone (its successor could not have taken the address while it lived):
   refused with :class:`StaleBootError`, not a restart back to it. At
   another address it is judged as below: a clash while the successor
   speaks, else a restart (a paused process that came back).
 - **Leaving.** A stopping node says so (``leaving`` in its header and a LEAVE
-  message); peers mark it *left*, not dead, and stop routing to it.
+  message); peers mark it *left*, not dead, and stop routing to it. A boot
+  that left stays left: its messages without the word were sent before it
+  stopped, read late.
 - **Node id clashes.** Two live nodes with one node id would make every peer
   see a "restart" at each message. A message whose node id belongs to a
   member heard from within the last few probe intervals at *another* address
@@ -497,10 +500,10 @@ class Membership:
         once the dead one is silent and suspected.)"""
         if member.addr != h.addr:
             return False
-        if h.boot in member.retired:  # until its successor is presumed lost, or left
-            return not (member.lost or (  # and silent as long (no lost for a LEFT one)
-                member.state is MemberState.LEFT and member.heard_at is not None
-                and now - member.heard_at >= self.config.lost_after))
+        if h.boot in member.retired:  # (a LEFT successor is never presumed lost)
+            silent_left = (member.state is MemberState.LEFT and member.heard_at is not None
+                           and now - member.heard_at >= self.config.lost_after)
+            return not (member.lost or silent_left)
         return ((member.state is MemberState.ALIVE
                  or (member.heard_at is not None
                      and now - member.heard_at < self._clash_window()))

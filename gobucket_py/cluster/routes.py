@@ -22,6 +22,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable, Iterable
+from typing import Any
 
 __all__ = ["Route", "Routes", "Sent", "is_lost"]
 
@@ -56,6 +57,13 @@ EARLY_MAX = 10_000
 #: forward is settled well within it (``request_timeout`` plus
 #: ``settle_timeout``), and a stale word is not applied to a later forward.
 EARLY_KEEP = 30.0
+
+
+def _bound(table: dict[tuple[str, str], Any]) -> None:
+    """Drop the oldest half of a table of kept words once it passes ``EARLY_MAX``."""
+    if len(table) > EARLY_MAX:
+        for key in list(table)[:EARLY_MAX // 2]:
+            del table[key]
 
 
 class Routes:
@@ -289,9 +297,7 @@ class Routes:
         kept = early.get((bucket, task_id))
         if kept is None or kept[0] != node_id or kept[2] <= batch:
             early[(bucket, task_id)] = (node_id, now, batch)  # (the latest task's)
-        if len(early) > EARLY_MAX:  # drop the oldest half
-            for key in list(early)[:EARLY_MAX // 2]:
-                del early[key]
+        _bound(early)
 
     def move(self, bucket: str, task_id: str, from_node: str, node_id: str, boot: str,
              slot: tuple[str, int, int] | None = None, from_boot: str = "", *,
@@ -331,9 +337,7 @@ class Routes:
         kept = later.setdefault((bucket, task_id), [])
         if (notice, slot) not in kept:
             kept.append((notice, slot))
-        if len(later) > EARLY_MAX:  # drop the oldest half
-            for key in list(later)[:EARLY_MAX // 2]:
-                del later[key]
+        _bound(later)
 
     def keep_early(self, bucket: str, task_id: str, notice: Notice,
                    slot: tuple[str, int, int] | None, now: float) -> None:
@@ -346,9 +350,7 @@ class Routes:
         if (notice, slot) not in kept:
             kept.append((notice, slot))
         early[(bucket, task_id)] = (now, kept)  # (last: the newest)
-        if len(early) > EARLY_MAX:  # drop the oldest half
-            for key in list(early)[:EARLY_MAX // 2]:
-                del early[key]
+        _bound(early)
 
     def _catch_up(self, bucket: str, task_id: str, where: dict[str, Route], route: Route,
                   kept: list[tuple[Notice, tuple[str, int, int] | None]]) -> None:
